@@ -1,0 +1,74 @@
+"""The `runstream` command: `server`, `demo`, and a look at runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from runstream.config import Settings, default_data_dir
+
+
+def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("server", help="run the tracking server (embedded PostgreSQL and Redis by default)")
+    d = Settings()
+    p.add_argument("--host", default=os.environ.get("RUNSTREAM_HOST", d.host))
+    p.add_argument("--port", type=int, default=int(os.environ.get("RUNSTREAM_PORT", d.port)))
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())),
+                   help="where the embedded PostgreSQL and Redis keep their data")
+    p.add_argument("--postgres-url", default=None, help="external PostgreSQL (env RUNSTREAM_POSTGRES_URL)")
+    p.add_argument("--redis-url", default=None, help="external Redis (env RUNSTREAM_REDIS_URL)")
+    p.add_argument("--role", choices=["all", "ingest", "load"], default=d.role)
+    p.add_argument("--loaders", type=int, default=d.loaders, help="loader processes (role all)")
+    p.add_argument("--shards", type=int, default=d.shards, help="metric stream shards")
+    p.add_argument("--redis-prefix", default=d.redis_prefix, help="prefix of every Redis key")
+    p.add_argument("--read-count", type=int, default=d.read_count, help="stream entries per loader read")
+    p.add_argument("--claim-idle-ms", type=int, default=d.claim_idle_ms,
+                   help="claim entries a loader left pending this long")
+    p.add_argument("--max-backlog", type=int, default=d.max_backlog,
+                   help="stream entries per shard above which ingest pushes back")
+    p.add_argument("--log-level", default="INFO")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _server_parser(sub)
+    demo = sub.add_parser("demo", help="start a server if none runs, train models and compare the runs")
+    demo.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    demo.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())))
+    demo.add_argument("--epochs", type=int, default=300)
+    runs = sub.add_parser("runs", help="list the runs of an experiment with their last metric values")
+    runs.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    runs.add_argument("run_ids", nargs="+")
+    args = parser.parse_args(argv)
+
+    if args.command == "server":
+        from runstream import server
+
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        settings = Settings(
+            host=args.host, port=args.port, data_dir=args.data_dir, postgres_url=args.postgres_url,
+            redis_url=args.redis_url, role=args.role, loaders=args.loaders, shards=args.shards,
+            redis_prefix=args.redis_prefix, read_count=args.read_count, claim_idle_ms=args.claim_idle_ms,
+            max_backlog=args.max_backlog,
+        )
+        return server.run(settings)
+    if args.command == "demo":
+        from runstream import demo as demo_mod
+
+        return demo_mod.main(args.url, args.data_dir, args.epochs)
+    if args.command == "runs":
+        from runstream.client import Client
+        from runstream.report import runs_table
+
+        with Client(args.url) as client:
+            print(runs_table([client.get_run(r) for r in args.run_ids]))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Server settings: command-line flags with RUNSTREAM_* environment variables as defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runstream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "runstream"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = default_data_dir()
+    postgres_url: str | None = None  # None: the embedded PostgreSQL in data_dir
+    redis_url: str | None = None  # None: the embedded Redis in data_dir
+    role: str = "all"  # all | ingest | load
+    loaders: int = 1  # loader processes started by role all
+    shards: int = DEFAULT_SHARDS
+    redis_prefix: str = DEFAULT_PREFIX
+    read_count: int = 200  # stream entries a loader takes per read (per shard)
+    claim_idle_ms: int = 30_000  # pending entries idle this long are claimed by another loader
+    max_backlog: int = 20_000  # entries per shard above which ingest answers RESOURCE_EXHAUSTED
+    pool_size: int = 8
+    grace_s: float = 10.0
+
+    def env_overrides(self) -> Settings:
+        """Fill unset URLs from RUNSTREAM_POSTGRES_URL / RUNSTREAM_REDIS_URL."""
+        self.postgres_url = self.postgres_url or os.environ.get("RUNSTREAM_POSTGRES_URL") or None
+        self.redis_url = self.redis_url or os.environ.get("RUNSTREAM_REDIS_URL") or None
+        return self

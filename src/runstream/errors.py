@@ -1,0 +1,91 @@
+"""Typed errors shared by the server and the SDK, each tied to one gRPC status code.
+
+The server raises them and the gRPC layer turns them into statuses; the SDK turns
+statuses back into them, so callers catch `RunNotFound` rather than parse messages.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RunstreamError(Exception):
+    """Base of every runstream error; `code` is the gRPC status it travels as."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(RunstreamError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RunstreamError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class RunNotFound(NotFound):
+    pass
+
+
+class ExperimentNotFound(NotFound):
+    pass
+
+
+class AlreadyExists(RunstreamError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ParamConflict(AlreadyExists):
+    """A param was logged again with a different value; params are immutable."""
+
+
+class FailedPrecondition(RunstreamError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(RunstreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(RunstreamError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unavailable(RunstreamError, ConnectionError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(RunstreamError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class BufferFull(RunstreamError):
+    """The SDK's metric buffer stayed full for longer than its block timeout."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# The SDK picks the most specific class from the status code and a detail prefix.
+_BY_CODE: dict[grpc.StatusCode, type[RunstreamError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
+                Unauthenticated, Unavailable, DeadlineExceeded)
+}
+_BY_PREFIX: list[tuple[str, type[RunstreamError]]] = [
+    ("run ", RunNotFound),
+    ("experiment ", ExperimentNotFound),
+    ("param ", ParamConflict),
+]
+
+
+def from_status(code: grpc.StatusCode, details: str) -> RunstreamError:
+    """The typed error for a gRPC status, as the SDK raises it."""
+    base = _BY_CODE.get(code, RunstreamError)
+    for prefix, cls in _BY_PREFIX:
+        if issubclass(cls, base) and cls is not base and details.startswith(prefix):
+            base = cls
+            break
+    err = base(details)
+    if base is RunstreamError:
+        err.code = code
+    return err

@@ -1,0 +1,324 @@
+"""The TrackingService: run lifecycle, params and tags straight to PostgreSQL, and metric
+batches appended, as received, to the Redis streams the loaders drain.
+
+A metric batch is validated cheaply (columns agree, limits, the run exists), appended as
+one stream entry, and acknowledged only after Redis answered the append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+
+from runstream import batch as wire
+from runstream import store
+from runstream.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RunNotFound,
+    RunstreamError,
+    Unavailable,
+)
+from runstream.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.proto import tracking_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_NAME = 500
+RUN_CACHE_S = 30.0
+BACKLOG_POLL_S = 0.5
+TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
+
+
+def _check_params(values: dict[str, str], what: str, limit: int) -> None:
+    for key, value in values.items():
+        wire.check_key(key, what)
+        if len(value) > limit:
+            raise InvalidArgument(f"{what} {key!r} value is {len(value):,} characters; the limit is {limit:,}")
+
+
+def _run_message(run: store.RunRow) -> pb.Run:
+    return pb.Run(
+        run_id=run.run_id,
+        experiment_id=str(run.experiment_id),
+        name=run.name,
+        status=run.status,  # type: ignore[arg-type]
+        start_time_ms=run.start_time_ms,
+        end_time_ms=run.end_time_ms or 0,
+        lifecycle_stage=run.lifecycle_stage,
+        params=run.params,
+        tags=run.tags,
+        metrics=[pb.MetricSummary(**dict(m)) for m in run.metrics],
+    )
+
+
+def _experiment_message(e: store.ExperimentRow) -> pb.Experiment:
+    return pb.Experiment(
+        experiment_id=str(e.experiment_id), name=e.name, artifact_location=e.artifact_location,
+        lifecycle_stage=e.lifecycle_stage, creation_time_ms=e.creation_time_ms, tags=e.tags,
+    )
+
+
+def _experiment_id(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidArgument(f"experiment_id {text[:80]!r} is not an experiment id (a whole number)")
+    return int(text)
+
+
+class Tracking:
+    """The TrackingService handlers; see protos/runstream/v1/tracking.proto."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, max_backlog: int) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.keys = keys
+        self.max_backlog = max_backlog
+        self._runs: dict[str, float] = {}  # active run id -> when the cache entry expires
+        self._known_keys: set[str] = set()
+        self._backlog = [0] * keys.shards
+        self._backlog_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._backlog_task = asyncio.create_task(self._watch_backlog())
+
+    async def stop(self) -> None:
+        if self._backlog_task:
+            self._backlog_task.cancel()
+
+    async def _watch_backlog(self) -> None:
+        """Keep the stream lengths current, so ingest can push back when loaders lag."""
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for stream in self.keys.streams():
+                        pipe.xlen(stream)
+                    self._backlog = [int(n) for n in await pipe.execute()]
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("cannot read stream lengths: %s", exc)
+            await asyncio.sleep(BACKLOG_POLL_S)
+
+    # ------------------------------------------------------------ experiments
+
+    async def CreateExperiment(self, req: pb.CreateExperimentRequest, ctx: Any) -> pb.Experiment:
+        if not req.name or len(req.name) > MAX_NAME:
+            raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+        async with self.pool.acquire() as conn:
+            return _experiment_message(
+                await store.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
+            )
+
+    async def GetExperiment(self, req: pb.GetExperimentRequest, ctx: Any) -> pb.Experiment:
+        async with self.pool.acquire() as conn:
+            if req.WhichOneof("ref") == "experiment_id":
+                row = await store.get_experiment(conn, experiment_id=_experiment_id(req.experiment_id))
+            elif req.WhichOneof("ref") == "name":
+                row = await store.get_experiment(conn, name=req.name)
+            else:
+                raise InvalidArgument("give experiment_id or name")
+            return _experiment_message(row)
+
+    async def ListExperiments(self, req: pb.ListExperimentsRequest, ctx: Any) -> pb.ListExperimentsResponse:
+        limit = req.max_results or 1000
+        if not 0 < limit <= 10_000:
+            raise InvalidArgument("max_results must be between 1 and 10,000")
+        after = _experiment_id(req.page_token) if req.page_token else 0
+        async with self.pool.acquire() as conn:
+            rows = await store.list_experiments(conn, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return pb.ListExperimentsResponse(
+            experiments=[_experiment_message(r) for r in rows],
+            next_page_token=str(rows[-1].experiment_id) if more else "",
+        )
+
+    # ------------------------------------------------------------ runs
+
+    async def CreateRun(self, req: pb.CreateRunRequest, ctx: Any) -> pb.Run:
+        if len(req.name) > MAX_NAME:
+            raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
+        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        run_id = str(uuid.uuid4())
+        start = req.start_time_ms or store.now_ms()
+        async with self.pool.acquire() as conn:
+            which = req.WhichOneof("experiment")
+            if which == "experiment_id":
+                experiment_id = _experiment_id(req.experiment_id)
+            else:
+                name = req.experiment_name or "Default"
+                if len(name) > MAX_NAME:
+                    raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+                experiment_id = await store.get_or_create_experiment(conn, name)
+            await store.create_run(
+                conn, run_id, experiment_id, req.name or run_id[:8], pb.RUNNING, start, dict(req.tags)
+            )
+            run = await store.get_run(conn, run_id)
+        self._runs[run_id] = time.monotonic() + RUN_CACHE_S
+        return _run_message(run)
+
+    async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
+        wire.check_run_id(req.run_id)
+        async with self.pool.acquire() as conn:
+            return _run_message(await store.get_run(conn, req.run_id))
+
+    async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
+        wire.check_run_id(req.run_id)
+        if req.status not in pb.RunStatus.values():
+            raise InvalidArgument(f"status {req.status} is not a RunStatus")
+        status = req.status or None
+        end = req.end_time_ms or (store.now_ms() if status in TERMINAL else None)
+        name = req.name if req.HasField("name") else None
+        if name is not None and len(name) > MAX_NAME:
+            raise InvalidArgument(f"run name is {len(name)} characters; the limit is {MAX_NAME}")
+        async with self.pool.acquire() as conn:
+            await store.update_run(conn, req.run_id, status, end, name)
+            return _run_message(await store.get_run(conn, req.run_id))
+
+    async def LogParams(self, req: pb.LogParamsRequest, ctx: Any) -> pb.LogParamsResponse:
+        wire.check_run_id(req.run_id)
+        _check_params(dict(req.params), "param", MAX_PARAM_VALUE)
+        async with self.pool.acquire() as conn:
+            await store.log_params(conn, req.run_id, dict(req.params))
+        return pb.LogParamsResponse()
+
+    async def SetTags(self, req: pb.SetTagsRequest, ctx: Any) -> pb.SetTagsResponse:
+        wire.check_run_id(req.run_id)
+        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        async with self.pool.acquire() as conn:
+            await store.set_tags(conn, req.run_id, dict(req.tags))
+        return pb.SetTagsResponse()
+
+    async def DeleteTag(self, req: pb.DeleteTagRequest, ctx: Any) -> pb.DeleteTagResponse:
+        wire.check_run_id(req.run_id)
+        async with self.pool.acquire() as conn:
+            if not await store.delete_tag(conn, req.run_id, req.key):
+                await store.get_run(conn, req.run_id)  # NOT_FOUND names the run when it is the run
+                raise NotFound(f"tag {req.key!r} is not set on run {req.run_id}")
+        return pb.DeleteTagResponse()
+
+    # ------------------------------------------------------------ metrics
+
+    async def _check_run(self, run_id: str) -> None:
+        expires = self._runs.get(run_id)
+        if expires is not None and expires > time.monotonic():
+            return
+        async with self.pool.acquire() as conn:
+            stage = await store.run_lifecycle(conn, run_id)
+        if stage is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        if stage != "active":
+            raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
+        self._runs[run_id] = time.monotonic() + RUN_CACHE_S
+
+    async def append(self, data: bytes) -> pb.BatchAck:
+        """Validate one serialized batch and append it to its run's stream."""
+        b = wire.decode(data)
+        wire.validate(b, len(data), self._known_keys)
+        await self._check_run(b.run_id)
+        shard = self.keys.shard_of(b.run_id)
+        if self._backlog[shard] >= self.max_backlog:
+            raise ResourceExhausted(
+                f"ingest backlog is full ({self._backlog[shard]:,} batches waiting for the loaders); retry later"
+            )
+        if b.points:
+            try:
+                await self.redis.xadd(
+                    self.keys.stream(shard), {FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()}
+                )
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                raise Unavailable(f"the ingest log (Redis) is unreachable: {exc}") from None
+        return pb.BatchAck(seq=b.seq, code=0, points=b.points)
+
+    async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
+        return await self.append(data)
+
+    async def StreamMetrics(self, requests: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[pb.BatchAck]:
+        async for data in requests:
+            try:
+                yield await self.append(data)
+            except RunstreamError as exc:
+                yield pb.BatchAck(seq=_seq_of(data), code=exc.code.value[0], message=str(exc))
+
+
+def _seq_of(data: bytes) -> int:
+    """The seq of a batch that was rejected, when it can be read at all (0 otherwise)."""
+    try:
+        return wire.decode(data).seq
+    except InvalidArgument:
+        return 0
+
+
+# ---------------------------------------------------------------- gRPC wiring
+
+RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, RunstreamError):
+        return exc.code, str(exc)
+    if isinstance(exc, asyncpg.PostgresConnectionError | OSError):
+        return grpc.StatusCode.UNAVAILABLE, f"the database is unreachable: {exc}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(req: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(req, ctx)
+        except Exception as exc:  # every failure becomes a status the client can act on
+            code, message = _status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", getattr(fn, "__name__", "handler"))
+            await ctx.abort(code, message)
+
+    return handler
+
+
+def _stream(
+    fn: Callable[[Any, Any], AsyncIterator[Any]],
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(reqs: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(reqs, ctx):
+                yield item
+        except Exception as exc:  # an error outside one batch ends the stream with its status
+            code, message = _status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("stream failed")
+            await ctx.abort(code, message)
+
+    return handler
+
+
+def service_handler(servicer: Any, service: str = "TrackingService") -> grpc.GenericRpcHandler:
+    """A generic handler for every method of `service` as declared in the protos; the
+    metric methods skip protobuf deserialization."""
+    desc = pb.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for method in desc.methods:
+        fn = getattr(servicer, method.name)
+        out_cls = getattr(pb, method.output_type.name)
+        raw = method.name in RAW_REQUEST_METHODS
+        deserialize = None if raw else getattr(pb, method.input_type.name).FromString
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _stream(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+            )
+        else:
+            raise NotImplementedError(f"{method.full_name}: only unary and bidi methods are wired")
+    return grpc.method_handlers_generic_handler(desc.full_name, handlers)

@@ -1,0 +1,166 @@
+"""The runstream server process: services, roles and a graceful lifecycle.
+
+Role `all` (the default) runs the gRPC ingester in this process and `--loaders` loader
+processes beside it; `ingest` and `load` run one part only, so parts scale on their own.
+With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
+On SIGINT/SIGTERM: stop accepting RPCs, let the loaders drain the streams, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+
+from runstream import store
+from runstream.config import Settings
+from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
+from runstream.ingest import Tracking, service_handler
+from runstream.keys import Keys
+from runstream.loader import Loader
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
+
+
+@contextmanager
+def services(settings: Settings) -> Iterator[Settings]:
+    """Settings with both URLs set, starting the embedded services for the missing ones."""
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        resolved = replace(settings)
+        if not resolved.postgres_url:
+            pg = EmbeddedPostgres(settings.data_dir)
+            started.append(pg)
+            resolved.postgres_url = pg.url
+        if not resolved.redis_url:
+            rd = EmbeddedRedis(settings.data_dir)
+            started.append(rd)
+            resolved.redis_url = rd.url
+        yield resolved
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+async def connect(settings: Settings) -> tuple[asyncpg.Pool, aioredis.Redis]:
+    assert settings.postgres_url and settings.redis_url
+    pool = await asyncpg.create_pool(
+        settings.postgres_url, min_size=1, max_size=settings.pool_size,
+        server_settings={"application_name": f"runstream-{settings.role}"},
+    )
+    redis = aioredis.from_url(settings.redis_url, socket_keepalive=True)
+    await redis.ping()
+    return pool, redis
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_ingest(settings: Settings, loaders: list[multiprocessing.process.BaseProcess]) -> None:
+    pool, redis = await connect(settings)
+    async with pool.acquire() as conn:
+        applied = await store.migrate(conn)
+    if applied:
+        log.info("applied migrations %s", applied)
+    keys = Keys(settings.redis_prefix, settings.shards)
+    tracking = Tracking(pool, redis, keys, settings.max_backlog)
+    await tracking.start()
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ])
+    server.add_generic_rpc_handlers((service_handler(tracking),))
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    stop = _stop_event()
+    print(f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes)",
+          flush=True)
+    await stop.wait()
+    print("runstream: stopping; no new RPCs, draining streams into PostgreSQL", flush=True)
+    await server.stop(settings.grace_s)
+    await tracking.stop()
+    for proc in loaders:
+        if proc.pid is not None and proc.is_alive():
+            proc.terminate()  # SIGTERM: the loader drains, then exits
+    for proc in loaders:
+        await asyncio.to_thread(proc.join)
+    await pool.close()
+    await redis.aclose()
+
+
+async def serve_load(settings: Settings) -> None:
+    pool, redis = await connect(settings)
+    async with pool.acquire() as conn:
+        await store.migrate(conn)
+    loader = Loader(
+        pool, redis, Keys(settings.redis_prefix, settings.shards),
+        read_count=settings.read_count, claim_idle_ms=settings.claim_idle_ms,
+    )
+    stop = _stop_event()
+    log.info("loader %s started", loader.consumer)
+    await loader.run(stop)
+    log.info("loader %s drained: %s", loader.consumer, loader.stats)
+    await pool.close()
+    await redis.aclose()
+
+
+def loader_process(settings: Settings) -> None:
+    """Entry point of a loader process started by role `all`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s loader %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when loaders stop (SIGTERM)
+    asyncio.run(serve_load(settings))
+
+
+def run(settings: Settings) -> int:
+    settings.env_overrides()
+    with services(settings) as resolved:
+        print(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}",
+              flush=True)
+        if resolved.role == "load":
+            asyncio.run(serve_load(resolved))
+            return 0
+        loaders: list[multiprocessing.process.BaseProcess] = []
+        if resolved.role == "all":
+            ctx = multiprocessing.get_context("spawn")
+            for _ in range(resolved.loaders):
+                proc = ctx.Process(target=loader_process, args=(replace(resolved, role="load"),), daemon=False)
+                proc.start()
+                loaders.append(proc)
+        try:
+            asyncio.run(serve_ingest(resolved, loaders))
+        finally:
+            for proc in loaders:
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(60)
+    return 0
+
+
+def _where(url: str | None) -> str:
+    """A URL fit to print: without its password."""
+    if not url:
+        return "?"
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url
+
+
+if __name__ == "__main__":
+    sys.exit(run(Settings()))

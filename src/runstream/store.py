@@ -1,0 +1,340 @@
+"""Every SQL statement runstream runs, and the versioned migrations that shape the schema.
+
+The server's handlers and the loaders call these functions; nothing else talks SQL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from runstream.errors import AlreadyExists, ExperimentNotFound, ParamConflict, RunNotFound
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+MIGRATION_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
+# Any constant works; it only has to be the same in every runstream process.
+MIGRATION_LOCK = 0x72756E73
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped in runstream/sql/migrations, in order."""
+    found = []
+    for entry in resources.files("runstream.sql").joinpath("migrations").iterdir():
+        m = MIGRATION_NAME.fullmatch(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: Conn) -> list[int]:
+    """Apply the migrations this database has not seen; returns the versions applied.
+
+    An advisory lock makes concurrent server starts apply each migration once.
+    """
+    applied_now = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied_now.append(version)
+    return applied_now
+
+
+# ---------------------------------------------------------------- experiments
+
+
+@dataclass
+class ExperimentRow:
+    experiment_id: int
+    name: str
+    artifact_location: str
+    lifecycle_stage: str
+    creation_time_ms: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+_EXPERIMENT_COLUMNS = "experiment_id, name, artifact_location, lifecycle_stage, creation_time_ms"
+
+
+async def _experiment_with_tags(conn: Conn, row: asyncpg.Record) -> ExperimentRow:
+    tags = await conn.fetch("SELECT key, value FROM experiment_tags WHERE experiment_id = $1", row[0])
+    return ExperimentRow(*row, tags={t["key"]: t["value"] for t in tags})
+
+
+async def create_experiment(conn: Conn, name: str, artifact_location: str, tags: dict[str, str]) -> ExperimentRow:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"""INSERT INTO experiments (name, artifact_location, creation_time_ms)
+                VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING {_EXPERIMENT_COLUMNS}""",
+            name, artifact_location, now_ms(),
+        )
+        if row is None:
+            raise AlreadyExists(f"experiment {name!r} already exists")
+        await conn.executemany(
+            "INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3)",
+            [(row[0], k, v) for k, v in tags.items()],
+        )
+        return await _experiment_with_tags(conn, row)
+
+
+async def get_experiment(conn: Conn, *, experiment_id: int | None = None, name: str | None = None) -> ExperimentRow:
+    if experiment_id is not None:
+        row = await conn.fetchrow(
+            f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE experiment_id = $1", experiment_id
+        )
+        missing = f"experiment {experiment_id} does not exist"
+    else:
+        row = await conn.fetchrow(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE name = $1", name)
+        missing = f"experiment named {name!r} does not exist"
+    if row is None:
+        raise ExperimentNotFound(missing)
+    return await _experiment_with_tags(conn, row)
+
+
+async def get_or_create_experiment(conn: Conn, name: str) -> int:
+    """The id of the experiment named `name`, creating it (safely under concurrency) if missing."""
+    row = await conn.fetchrow(
+        """INSERT INTO experiments (name, creation_time_ms) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING experiment_id""",
+        name, now_ms(),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def list_experiments(conn: Conn, limit: int, after_id: int) -> list[ExperimentRow]:
+    rows = await conn.fetch(
+        f"""SELECT {_EXPERIMENT_COLUMNS} FROM experiments
+            WHERE experiment_id > $1 AND lifecycle_stage = 'active' ORDER BY experiment_id LIMIT $2""",
+        after_id, limit,
+    )
+    return [await _experiment_with_tags(conn, r) for r in rows]
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    experiment_id: int
+    name: str
+    status: int
+    start_time_ms: int
+    end_time_ms: int | None
+    lifecycle_stage: str
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[asyncpg.Record] = field(default_factory=list)
+
+
+_RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage"
+
+
+async def create_run(
+    conn: Conn, run_id: str, experiment_id: int, name: str, status: int, start_time_ms: int, tags: dict[str, str]
+) -> None:
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                """INSERT INTO runs (run_id, experiment_id, name, status, start_time_ms)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                run_id, experiment_id, name, status, start_time_ms,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise ExperimentNotFound(f"experiment {experiment_id} does not exist") from None
+        await conn.executemany(
+            "INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3)", [(run_id, k, v) for k, v in tags.items()]
+        )
+
+
+async def get_run(conn: Conn, run_id: str) -> RunRow:
+    row = await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id)
+    if row is None:
+        raise RunNotFound(f"run {run_id} does not exist")
+    run = RunRow(*row)
+    run.params = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM params WHERE run_id = $1", run_id)}
+    run.tags = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM tags WHERE run_id = $1", run_id)}
+    run.metrics = await conn.fetch(
+        """SELECT key, last_value, last_step, last_timestamp_ms, min_value, max_value, count
+           FROM metric_summaries WHERE run_id = $1 ORDER BY key""",
+        run_id,
+    )
+    return run
+
+
+async def run_lifecycle(conn: Conn, run_id: str) -> str | None:
+    """'active' or 'deleted' for a run that exists, None for one that does not."""
+    value: str | None = await conn.fetchval("SELECT lifecycle_stage FROM runs WHERE run_id = $1", run_id)
+    return value
+
+
+async def update_run(
+    conn: Conn, run_id: str, status: int | None, end_time_ms: int | None, name: str | None
+) -> None:
+    result = await conn.execute(
+        """UPDATE runs SET status = coalesce($2, status),
+                           end_time_ms = coalesce($3, end_time_ms),
+                           name = coalesce($4, name)
+           WHERE run_id = $1""",
+        run_id, status, end_time_ms, name,
+    )
+    if result == "UPDATE 0":
+        raise RunNotFound(f"run {run_id} does not exist")
+
+
+async def log_params(conn: Conn, run_id: str, params: dict[str, str]) -> None:
+    """Record params; the same value again is fine, a different one is a ParamConflict."""
+    keys, values = list(params), list(params.values())
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                """INSERT INTO params (run_id, key, value)
+                   SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+                   ON CONFLICT (run_id, key) DO NOTHING""",
+                run_id, keys, values,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise RunNotFound(f"run {run_id} does not exist") from None
+        stored = await conn.fetch(
+            "SELECT key, value FROM params WHERE run_id = $1 AND key = ANY($2::text[]) ORDER BY key", run_id, keys
+        )
+    for row in stored:
+        if row["value"] != params[row["key"]]:
+            raise ParamConflict(
+                f"param {row['key']!r} of run {run_id} was already logged as {row['value']!r}; "
+                f"params are immutable, so {params[row['key']]!r} was refused"
+            )
+
+
+async def set_tags(conn: Conn, run_id: str, tags: dict[str, str]) -> None:
+    try:
+        await conn.execute(
+            """INSERT INTO tags (run_id, key, value)
+               SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+               ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value""",
+            run_id, list(tags), list(tags.values()),
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise RunNotFound(f"run {run_id} does not exist") from None
+
+
+async def delete_tag(conn: Conn, run_id: str, key: str) -> bool:
+    result = await conn.execute("DELETE FROM tags WHERE run_id = $1 AND key = $2", run_id, key)
+    return bool(result != "DELETE 0")
+
+
+# ---------------------------------------------------------------- the loaders' writes
+
+
+async def series_ids(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+    """Ids of the series (run_id, key, writer_id), creating the missing ones."""
+    runs, names, writers = (list(col) for col in zip(*keys, strict=True))
+    await conn.execute(
+        """INSERT INTO metric_series (run_id, key, writer_id)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ORDER BY 1, 2, 3
+           ON CONFLICT DO NOTHING""",
+        runs, names, writers,
+    )
+    rows = await conn.fetch(
+        """SELECT s.run_id::text, s.key, s.writer_id, s.series_id
+           FROM metric_series s JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS t(r, k, w)
+             ON s.run_id = t.r AND s.key = t.k AND s.writer_id = t.w""",
+        runs, names, writers,
+    )
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+
+async def record_batches(
+    conn: Conn, run_ids: list[str], writer_ids: list[str], seqs: list[int], points: list[int]
+) -> set[tuple[str, str, int]]:
+    """Record batches as loaded; returns those not recorded before (the rest are retries).
+
+    Inside the loader's transaction: a concurrent loader holding the same batch waits on
+    the primary key and then sees it as already recorded.
+    """
+    rows = await conn.fetch(
+        """INSERT INTO ingested_batches (run_id, writer_id, seq, points)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int4[]) ORDER BY 1, 2, 3
+           ON CONFLICT DO NOTHING
+           RETURNING run_id::text, writer_id, seq""",
+        run_ids, writer_ids, seqs, points,
+    )
+    return {(r[0], r[1], r[2]) for r in rows}
+
+
+CHUNK_COLUMNS = (
+    "series_id", "first_step", "last_step", "n", "min_value", "max_value",
+    "first_value", "last_value", "steps", "timestamps", "vals",
+)
+
+
+async def copy_chunks(conn: Conn, records: Iterable[tuple[Any, ...]]) -> None:
+    """Binary COPY of chunk rows (one record per chunk, in CHUNK_COLUMNS order)."""
+    await conn.copy_records_to_table("metric_chunks", records=records, columns=CHUNK_COLUMNS)
+
+
+async def upsert_summaries(conn: Conn, columns: Sequence[Sequence[Any]]) -> None:
+    """Fold per-key summaries into metric_summaries.
+
+    `columns`: run_ids, keys, last_values, last_steps, last_timestamps, mins, maxs, counts,
+    one entry per (run, key), sorted so that concurrent loaders lock rows in one order.
+    NaN never wins min or max unless both sides are NaN.
+    """
+    await conn.execute(
+        """INSERT INTO metric_summaries AS s
+             (run_id, key, last_value, last_step, last_timestamp_ms, min_value, max_value, count)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int8[], $5::int8[],
+                                $6::float8[], $7::float8[], $8::int8[])
+           ON CONFLICT (run_id, key) DO UPDATE SET
+             last_value = CASE WHEN excluded.last_step >= s.last_step
+                               THEN excluded.last_value ELSE s.last_value END,
+             last_timestamp_ms = CASE WHEN excluded.last_step >= s.last_step
+                                      THEN excluded.last_timestamp_ms ELSE s.last_timestamp_ms END,
+             last_step = greatest(s.last_step, excluded.last_step),
+             min_value = CASE WHEN s.min_value = 'NaN' THEN excluded.min_value
+                              WHEN excluded.min_value = 'NaN' THEN s.min_value
+                              ELSE least(s.min_value, excluded.min_value) END,
+             max_value = CASE WHEN s.max_value = 'NaN' THEN excluded.max_value
+                              WHEN excluded.max_value = 'NaN' THEN s.max_value
+                              ELSE greatest(s.max_value, excluded.max_value) END,
+             count = s.count + excluded.count""",
+        *columns,
+    )
+
+
+# ---------------------------------------------------------------- reading points back
+
+
+async def series_chunks(conn: Conn, run_id: str, key: str) -> list[asyncpg.Record]:
+    """Every chunk of a run's key, all writers, in step order of each series."""
+    return await conn.fetch(
+        """SELECT s.writer_id, c.steps, c.timestamps, c.vals
+           FROM metric_series s JOIN metric_chunks c USING (series_id)
+           WHERE s.run_id = $1 AND s.key = $2
+           ORDER BY s.writer_id, c.first_step""",
+        run_id, key,
+    )
