@@ -1,0 +1,242 @@
+"""The Python SDK: `Client` for experiments and runs, `Run` for logging into one run.
+
+Unary calls are synchronous and raise the typed errors of runstream.errors; metric
+logging goes through a MetricWriter and never waits on the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from runstream.errors import from_status
+from runstream.proto import tracking_pb2 as pb
+from runstream.proto import tracking_pb2_grpc as pb_grpc
+from runstream.writer import MetricWriter
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
+_STATUS_BY_NAME = {v: k for k, v in STATUS_NAMES.items()}
+T = TypeVar("T")
+
+_live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+
+
+def default_writer_id() -> str:
+    """`rank<RANK>` under torchrun-style launchers, else host/pid: unique per process."""
+    rank = os.environ.get("RANK")
+    base = f"{socket.gethostname()}/{os.getpid()}"
+    return f"rank{rank}/{base}" if rank is not None else base
+
+
+def _typed_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_status(exc.code(), exc.details() or "") from None
+
+    return wrapper
+
+
+class Client:
+    """A connection to a runstream server (`target` or RUNSTREAM_URL, e.g. "host:50051")."""
+
+    def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
+        self.target = target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ])
+        self._stub = pb_grpc.TrackingServiceStub(self._channel)
+        self._pid = os.getpid()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channel
+
+    # ------------------------------------------------------------ experiments
+
+    @_typed_errors
+    def create_experiment(self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+                          ) -> pb.Experiment:
+        return self._stub.CreateExperiment(
+            pb.CreateExperimentRequest(name=name, artifact_location=artifact_location, tags=dict(tags or {})),
+            timeout=self.timeout,
+        )
+
+    @_typed_errors
+    def get_experiment(self, experiment_id: str | None = None, *, name: str | None = None) -> pb.Experiment:
+        req = pb.GetExperimentRequest(name=name) if name is not None else pb.GetExperimentRequest(
+            experiment_id=experiment_id or "")
+        return self._stub.GetExperiment(req, timeout=self.timeout)
+
+    @_typed_errors
+    def list_experiments(self) -> list[pb.Experiment]:
+        found: list[pb.Experiment] = []
+        token = ""
+        while True:
+            page = self._stub.ListExperiments(pb.ListExperimentsRequest(page_token=token), timeout=self.timeout)
+            found += page.experiments
+            token = page.next_page_token
+            if not token:
+                return found
+
+    # ------------------------------------------------------------ runs
+
+    @_typed_errors
+    def create_run(self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None,
+                   start_time_ms: int = 0) -> pb.Run:
+        """Create a run in the experiment named `experiment` (created when missing)."""
+        return self._stub.CreateRun(
+            pb.CreateRunRequest(experiment_name=experiment, name=name, tags=dict(tags or {}),
+                                start_time_ms=start_time_ms),
+            timeout=self.timeout,
+        )
+
+    @_typed_errors
+    def get_run(self, run_id: str) -> pb.Run:
+        return self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
+
+    @_typed_errors
+    def update_run(self, run_id: str, status: str | None = None, name: str | None = None,
+                   end_time_ms: int = 0) -> pb.Run:
+        req = pb.UpdateRunRequest(run_id=run_id, end_time_ms=end_time_ms)
+        if status is not None:
+            if status not in _STATUS_BY_NAME:
+                raise ValueError(f"status must be one of {sorted(_STATUS_BY_NAME)}")
+            req.status = _STATUS_BY_NAME[status]  # type: ignore[assignment]
+        if name is not None:
+            req.name = name
+        return self._stub.UpdateRun(req, timeout=self.timeout)
+
+    @_typed_errors
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self._stub.LogParams(
+            pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()}), timeout=self.timeout
+        )
+
+    @_typed_errors
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self._stub.SetTags(pb.SetTagsRequest(run_id=run_id, tags={k: str(v) for k, v in tags.items()}),
+                           timeout=self.timeout)
+
+    @_typed_errors
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._stub.DeleteTag(pb.DeleteTagRequest(run_id=run_id, key=key), timeout=self.timeout)
+
+    def start_run(self, experiment: str = "Default", name: str = "", *, params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, str] | None = None, writer_id: str | None = None, **writer_options: Any) -> Run:
+        run = self.create_run(experiment, name, tags)
+        handle = Run(self, run.run_id, writer_id, **writer_options)
+        if params:
+            handle.log_params(params)
+        return handle
+
+    def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
+        """A handle to log into an existing run, e.g. from another rank of the same job."""
+        self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
+        return Run(self, run_id, writer_id, owner=False, **writer_options)
+
+
+class Run:
+    """One run seen from one writer. As a context manager it ends the run on exit:
+    FINISHED normally, FAILED when an exception escapes (only the run's creator ends it)."""
+
+    def __init__(self, client: Client, run_id: str, writer_id: str | None = None, *, owner: bool = True,
+                 **writer_options: Any) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.writer_id = writer_id or default_writer_id()
+        self.owner = owner
+        self._writer_options = writer_options
+        self._writer: MetricWriter | None = None
+        self._writer_lock = threading.Lock()
+        self.ended = False
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, writer_id={self.writer_id!r})"
+
+    @property
+    def writer(self) -> MetricWriter:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = MetricWriter(self.client.channel, self.client.target, self.run_id,
+                                                self.writer_id, **self._writer_options)
+                    _live_writers.add(self._writer)
+        return self._writer
+
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:
+        self.writer.log({key: value}, step, timestamp_ms)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None,
+                    timestamp_ms: int | None = None) -> None:
+        self.writer.log(metrics, step, timestamp_ms)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.client.log_params(self.run_id, params)
+
+    def log_param(self, key: str, value: Any) -> None:
+        self.client.log_params(self.run_id, {key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.set_tags(self.run_id, tags)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.client.set_tags(self.run_id, {key: value})
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._writer is not None:
+            self._writer.flush(timeout)
+
+    def info(self) -> pb.Run:
+        return self.client.get_run(self.run_id)
+
+    def end(self, status: str = "FINISHED", timeout: float | None = 60.0) -> None:
+        """Flush this writer's points, then (as the run's creator) mark the run ended."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if self._writer is not None:
+                self._writer.close(timeout)
+        finally:
+            if self.owner:
+                self.client.update_run(self.run_id, status=status)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.end("FINISHED" if exc_type is None else "FAILED")
+
+
+def flush_all(timeout: float = 30.0) -> None:
+    """Flush every live writer of this process (run at interpreter exit)."""
+    for writer in list(_live_writers):
+        writer.close(timeout)
+
+
+# A forked child inherits the parent's writers without their threads; they are not its to flush.
+os.register_at_fork(after_in_child=_live_writers.clear)
