@@ -37,10 +37,30 @@ from runstream.errors import (
 )
 
 __all__ = [
-    "AlreadyExists", "BufferFull", "Client", "DeadlineExceeded", "ExperimentNotFound", "FailedPrecondition",
-    "InvalidArgument", "NotFound", "ParamConflict", "ResourceExhausted", "Run", "RunNotFound",
-    "RunstreamError", "Unauthenticated", "Unavailable", "active_run", "attach", "end_run", "flush",
-    "log_metric", "log_metrics", "log_params", "set_tags", "start_run",
+    "AlreadyExists",
+    "BufferFull",
+    "Client",
+    "DeadlineExceeded",
+    "ExperimentNotFound",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ParamConflict",
+    "ResourceExhausted",
+    "Run",
+    "RunNotFound",
+    "RunstreamError",
+    "Unauthenticated",
+    "Unavailable",
+    "active_run",
+    "attach",
+    "end_run",
+    "flush",
+    "log_metric",
+    "log_metrics",
+    "log_params",
+    "set_tags",
+    "start_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,8 +75,15 @@ def _default_client() -> Client:
     return _client
 
 
-def start_run(experiment: str = "Default", name: str = "", *, params: Mapping[str, Any] | None = None,
-              tags: Mapping[str, str] | None = None, writer_id: str | None = None, **writer_options: Any) -> Run:
+def start_run(
+    experiment: str = "Default",
+    name: str = "",
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    writer_id: str | None = None,
+    **writer_options: Any,
+) -> Run:
     """Start (or, with RUNSTREAM_RUN_ID set, join) a run and make it the active one."""
     global _active
     if _active is not None and not _active.ended:
@@ -68,8 +95,7 @@ def start_run(experiment: str = "Default", name: str = "", *, params: Mapping[st
         if params:
             _active.log_params(params)
     else:
-        _active = client.start_run(experiment, name, params=params, tags=tags, writer_id=writer_id,
-                                   **writer_options)
+        _active = client.start_run(experiment, name, params=params, tags=tags, writer_id=writer_id, **writer_options)
     return _active
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +34,12 @@ _F64 = np.dtype("<f8")
 _U32 = np.dtype("<u4")
 
 # (field number, wire type LEN) tags of the packed columns, and their dtypes.
-_COLUMNS = {5: ("key_index", _U32), 6: ("step", _I64), 7: ("timestamp_ms", _I64), 8: ("value", _F64)}
+_COLUMNS: dict[int, tuple[str, np.dtype[Any]]] = {
+    5: ("key_index", _U32),
+    6: ("step", _I64),
+    7: ("timestamp_ms", _I64),
+    8: ("value", _F64),
+}
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,7 @@ def pack(
         n = b.points
         if not n:
             continue
-        lut = np.array(
-            [local.setdefault((b.run_id, key, b.writer_id), len(local)) for key in b.keys], dtype=np.int64
-        )
+        lut = np.array([local.setdefault((b.run_id, key, b.writer_id), len(local)) for key in b.keys], dtype=np.int64)
         parts_local.append(lut[b.key_index])
         parts_step.append(b.step if len(b.step) else np.full(n, b.seq, dtype=np.int64))
         parts_ts.append(b.timestamp_ms if len(b.timestamp_ms) else np.full(n, recv, dtype=np.int64))
@@ -90,16 +88,28 @@ def pack(
     steps_b, stamps_b, values_b = steps.tobytes(), stamps.tobytes(), values.tobytes()
     records = []
     for i, (a, z) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        records.append((
-            ids[chunk_series[i]], first_steps[i], last_steps[i], z - a, float(mins[i]), float(maxs[i]),
-            first_vals[i], last_vals[i],
-            steps_b[8 * a : 8 * z], stamps_b[8 * a : 8 * z], values_b[8 * a : 8 * z],
-        ))
+        records.append(
+            (
+                ids[chunk_series[i]],
+                first_steps[i],
+                last_steps[i],
+                z - a,
+                float(mins[i]),
+                float(maxs[i]),
+                first_vals[i],
+                last_vals[i],
+                steps_b[8 * a : 8 * z],
+                stamps_b[8 * a : 8 * z],
+                values_b[8 * a : 8 * z],
+            )
+        )
     return Packed(records, _summaries(list(local), bounds, steps, stamps, values), len(values))
 
 
 def _sort_unordered_series(
-    steps: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64], values: npt.NDArray[np.float64],
+    steps: npt.NDArray[np.int64],
+    stamps: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
     bounds: npt.NDArray[np.int64],
 ) -> None:
     """Put each series in step order in place; only series that arrived out of order are sorted."""
@@ -115,8 +125,11 @@ def _sort_unordered_series(
 
 
 def _summaries(
-    keys: list[SeriesKey], bounds: npt.NDArray[np.int64], steps: npt.NDArray[np.int64],
-    stamps: npt.NDArray[np.int64], values: npt.NDArray[np.float64],
+    keys: list[SeriesKey],
+    bounds: npt.NDArray[np.int64],
+    steps: npt.NDArray[np.int64],
+    stamps: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
 ) -> list[list[Any]]:
     """Per (run, key) summary columns for store.upsert_summaries, combining writers."""
     starts, ends = bounds[:-1], bounds[1:]
@@ -130,8 +143,14 @@ def _summaries(
         if not nonempty[i]:
             continue
         last = int(ends[i]) - 1
-        entry = [float(values[last]), int(steps[last]), int(stamps[last]),
-                 float(mins[i]), float(maxs[i]), int(ends[i] - starts[i])]
+        entry = [
+            float(values[last]),
+            int(steps[last]),
+            int(stamps[last]),
+            float(mins[i]),
+            float(maxs[i]),
+            int(ends[i] - starts[i]),
+        ]
         have = combined.get((run_id, key))
         if have is None:
             combined[(run_id, key)] = entry

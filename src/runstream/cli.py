@@ -16,8 +16,12 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     d = Settings()
     p.add_argument("--host", default=os.environ.get("RUNSTREAM_HOST", d.host))
     p.add_argument("--port", type=int, default=int(os.environ.get("RUNSTREAM_PORT", d.port)))
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())),
-                   help="where the embedded PostgreSQL and Redis keep their data")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())),
+        help="where the embedded PostgreSQL and Redis keep their data",
+    )
     p.add_argument("--postgres-url", default=None, help="external PostgreSQL (env RUNSTREAM_POSTGRES_URL)")
     p.add_argument("--redis-url", default=None, help="external Redis (env RUNSTREAM_REDIS_URL)")
     p.add_argument("--role", choices=["all", "ingest", "load"], default=d.role)
@@ -25,10 +29,12 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--shards", type=int, default=d.shards, help="metric stream shards")
     p.add_argument("--redis-prefix", default=d.redis_prefix, help="prefix of every Redis key")
     p.add_argument("--read-count", type=int, default=d.read_count, help="stream entries per loader read")
-    p.add_argument("--claim-idle-ms", type=int, default=d.claim_idle_ms,
-                   help="claim entries a loader left pending this long")
-    p.add_argument("--max-backlog", type=int, default=d.max_backlog,
-                   help="stream entries per shard above which ingest pushes back")
+    p.add_argument(
+        "--claim-idle-ms", type=int, default=d.claim_idle_ms, help="claim entries a loader left pending this long"
+    )
+    p.add_argument(
+        "--max-backlog", type=int, default=d.max_backlog, help="stream entries per shard above which ingest pushes back"
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -50,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         settings = Settings(
-            host=args.host, port=args.port, data_dir=args.data_dir, postgres_url=args.postgres_url,
-            redis_url=args.redis_url, role=args.role, loaders=args.loaders, shards=args.shards,
-            redis_prefix=args.redis_prefix, read_count=args.read_count, claim_idle_ms=args.claim_idle_ms,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            postgres_url=args.postgres_url,
+            redis_url=args.redis_url,
+            role=args.role,
+            loaders=args.loaders,
+            shards=args.shards,
+            redis_prefix=args.redis_prefix,
+            read_count=args.read_count,
+            claim_idle_ms=args.claim_idle_ms,
             max_backlog=args.max_backlog,
         )
         return server.run(settings)

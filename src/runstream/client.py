@@ -54,11 +54,14 @@ class Client:
     def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
         self.target = target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target, options=[
-            ("grpc.max_send_message_length", 8 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ])
-        self._stub = pb_grpc.TrackingServiceStub(self._channel)
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_send_message_length", 8 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ],
+        )
+        self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._pid = os.getpid()
 
     def __enter__(self) -> Client:
@@ -77,18 +80,24 @@ class Client:
     # ------------------------------------------------------------ experiments
 
     @_typed_errors
-    def create_experiment(self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
-                          ) -> pb.Experiment:
-        return self._stub.CreateExperiment(
+    def create_experiment(
+        self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+    ) -> pb.Experiment:
+        out: pb.Experiment = self._stub.CreateExperiment(
             pb.CreateExperimentRequest(name=name, artifact_location=artifact_location, tags=dict(tags or {})),
             timeout=self.timeout,
         )
+        return out
 
     @_typed_errors
     def get_experiment(self, experiment_id: str | None = None, *, name: str | None = None) -> pb.Experiment:
-        req = pb.GetExperimentRequest(name=name) if name is not None else pb.GetExperimentRequest(
-            experiment_id=experiment_id or "")
-        return self._stub.GetExperiment(req, timeout=self.timeout)
+        req = (
+            pb.GetExperimentRequest(name=name)
+            if name is not None
+            else pb.GetExperimentRequest(experiment_id=experiment_id or "")
+        )
+        out: pb.Experiment = self._stub.GetExperiment(req, timeout=self.timeout)
+        return out
 
     @_typed_errors
     def list_experiments(self) -> list[pb.Experiment]:
@@ -104,30 +113,36 @@ class Client:
     # ------------------------------------------------------------ runs
 
     @_typed_errors
-    def create_run(self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None,
-                   start_time_ms: int = 0) -> pb.Run:
+    def create_run(
+        self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None, start_time_ms: int = 0
+    ) -> pb.Run:
         """Create a run in the experiment named `experiment` (created when missing)."""
-        return self._stub.CreateRun(
-            pb.CreateRunRequest(experiment_name=experiment, name=name, tags=dict(tags or {}),
-                                start_time_ms=start_time_ms),
+        out: pb.Run = self._stub.CreateRun(
+            pb.CreateRunRequest(
+                experiment_name=experiment, name=name, tags=dict(tags or {}), start_time_ms=start_time_ms
+            ),
             timeout=self.timeout,
         )
+        return out
 
     @_typed_errors
     def get_run(self, run_id: str) -> pb.Run:
-        return self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
+        out: pb.Run = self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
+        return out
 
     @_typed_errors
-    def update_run(self, run_id: str, status: str | None = None, name: str | None = None,
-                   end_time_ms: int = 0) -> pb.Run:
+    def update_run(
+        self, run_id: str, status: str | None = None, name: str | None = None, end_time_ms: int = 0
+    ) -> pb.Run:
         req = pb.UpdateRunRequest(run_id=run_id, end_time_ms=end_time_ms)
         if status is not None:
             if status not in _STATUS_BY_NAME:
                 raise ValueError(f"status must be one of {sorted(_STATUS_BY_NAME)}")
-            req.status = _STATUS_BY_NAME[status]  # type: ignore[assignment]
+            req.status = _STATUS_BY_NAME[status]
         if name is not None:
             req.name = name
-        return self._stub.UpdateRun(req, timeout=self.timeout)
+        out: pb.Run = self._stub.UpdateRun(req, timeout=self.timeout)
+        return out
 
     @_typed_errors
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -137,15 +152,24 @@ class Client:
 
     @_typed_errors
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self._stub.SetTags(pb.SetTagsRequest(run_id=run_id, tags={k: str(v) for k, v in tags.items()}),
-                           timeout=self.timeout)
+        self._stub.SetTags(
+            pb.SetTagsRequest(run_id=run_id, tags={k: str(v) for k, v in tags.items()}), timeout=self.timeout
+        )
 
     @_typed_errors
     def delete_tag(self, run_id: str, key: str) -> None:
         self._stub.DeleteTag(pb.DeleteTagRequest(run_id=run_id, key=key), timeout=self.timeout)
 
-    def start_run(self, experiment: str = "Default", name: str = "", *, params: Mapping[str, Any] | None = None,
-                  tags: Mapping[str, str] | None = None, writer_id: str | None = None, **writer_options: Any) -> Run:
+    def start_run(
+        self,
+        experiment: str = "Default",
+        name: str = "",
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        writer_id: str | None = None,
+        **writer_options: Any,
+    ) -> Run:
         run = self.create_run(experiment, name, tags)
         handle = Run(self, run.run_id, writer_id, **writer_options)
         if params:
@@ -162,8 +186,9 @@ class Run:
     """One run seen from one writer. As a context manager it ends the run on exit:
     FINISHED normally, FAILED when an exception escapes (only the run's creator ends it)."""
 
-    def __init__(self, client: Client, run_id: str, writer_id: str | None = None, *, owner: bool = True,
-                 **writer_options: Any) -> None:
+    def __init__(
+        self, client: Client, run_id: str, writer_id: str | None = None, *, owner: bool = True, **writer_options: Any
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.writer_id = writer_id or default_writer_id()
@@ -181,16 +206,16 @@ class Run:
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
-                    self._writer = MetricWriter(self.client.channel, self.client.target, self.run_id,
-                                                self.writer_id, **self._writer_options)
+                    self._writer = MetricWriter(
+                        self.client.channel, self.client.target, self.run_id, self.writer_id, **self._writer_options
+                    )
                     _live_writers.add(self._writer)
         return self._writer
 
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:
         self.writer.log({key: value}, step, timestamp_ms)
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None,
-                    timestamp_ms: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, timestamp_ms: int | None = None) -> None:
         self.writer.log(metrics, step, timestamp_ms)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -227,8 +252,9 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.end("FINISHED" if exc_type is None else "FAILED")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runstream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
@@ -18,7 +18,7 @@ def default_data_dir() -> Path:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
-    data_dir: Path = default_data_dir()
+    data_dir: Path = field(default_factory=default_data_dir)
     postgres_url: str | None = None  # None: the embedded PostgreSQL in data_dir
     redis_url: str | None = None  # None: the embedded Redis in data_dir
     role: str = "all"  # all | ingest | load

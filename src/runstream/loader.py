@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -50,8 +51,15 @@ class LoadStats:
 
 class Loader:
     def __init__(
-        self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, *, read_count: int = 200,
-        claim_idle_ms: int = 30_000, block_ms: int = 200, consumer: str | None = None,
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        read_count: int = 200,
+        claim_idle_ms: int = 30_000,
+        block_ms: int = 200,
+        consumer: str | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -86,10 +94,13 @@ class Loader:
         entries = await self._claim_stale()
         if not entries:
             reply = await self.redis.xreadgroup(
-                LOADER_GROUP, self.consumer, dict.fromkeys(self.keys.streams(), ">"),
-                count=self.read_count, block=self.block_ms if block else None,
+                LOADER_GROUP,
+                self.consumer,
+                dict.fromkeys(self.keys.streams(), ">"),
+                count=self.read_count,
+                block=self.block_ms if block else None,
             )
-            entries = [(s.decode(), eid, fields) for s, items in reply for eid, fields in items]
+            entries = _entries(reply)
         if not entries:
             return 0
         await self.load(entries)
@@ -162,11 +173,15 @@ class Loader:
                 self._series.update(await store.series_ids(conn, missing))
             async with conn.transaction():
                 new = await store.record_batches(
-                    conn, [b.run_id for b in batches], [b.writer_id for b in batches],
-                    [b.seq for b in batches], [b.points for b in batches],
+                    conn,
+                    [b.run_id for b in batches],
+                    [b.writer_id for b in batches],
+                    [b.seq for b in batches],
+                    [b.points for b in batches],
                 )
-                fresh = [(b, r) for b, r in zip(batches, received, strict=True)
-                         if (b.run_id, b.writer_id, b.seq) in new]
+                fresh = [
+                    (b, r) for b, r in zip(batches, received, strict=True) if (b.run_id, b.writer_id, b.seq) in new
+                ]
                 self.stats.duplicates += len(batches) - len(fresh)
                 if not fresh:
                     return
@@ -184,3 +199,8 @@ async def backlog(redis: aioredis.Redis, keys: Keys) -> int:
         for stream in keys.streams():
             pipe.xlen(stream)
         return sum(int(n) for n in await pipe.execute())
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """XREADGROUP's [[stream, [(id, fields), ...]], ...] as (stream, id, fields) tuples."""
+    return [(stream.decode(), eid, fields) for stream, items in reply for eid, fields in items]

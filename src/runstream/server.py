@@ -55,10 +55,13 @@ def services(settings: Settings) -> Iterator[Settings]:
 async def connect(settings: Settings) -> tuple[asyncpg.Pool, aioredis.Redis]:
     assert settings.postgres_url and settings.redis_url
     pool = await asyncpg.create_pool(
-        settings.postgres_url, min_size=1, max_size=settings.pool_size,
+        settings.postgres_url,
+        min_size=1,
+        max_size=settings.pool_size,
         server_settings={"application_name": f"runstream-{settings.role}"},
     )
-    redis = aioredis.from_url(settings.redis_url, socket_keepalive=True)
+    tcp = not settings.redis_url.startswith("unix://")
+    redis = aioredis.from_url(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
     await redis.ping()
     return pool, redis
 
@@ -80,16 +83,20 @@ async def serve_ingest(settings: Settings, loaders: list[multiprocessing.process
     keys = Keys(settings.redis_prefix, settings.shards)
     tracking = Tracking(pool, redis, keys, settings.max_backlog)
     await tracking.start()
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+    )
     server.add_generic_rpc_handlers((service_handler(tracking),))
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     stop = _stop_event()
-    print(f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes)",
-          flush=True)
+    print(
+        f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes)",
+        flush=True,
+    )
     await stop.wait()
     print("runstream: stopping; no new RPCs, draining streams into PostgreSQL", flush=True)
     await server.stop(settings.grace_s)
@@ -108,8 +115,11 @@ async def serve_load(settings: Settings) -> None:
     async with pool.acquire() as conn:
         await store.migrate(conn)
     loader = Loader(
-        pool, redis, Keys(settings.redis_prefix, settings.shards),
-        read_count=settings.read_count, claim_idle_ms=settings.claim_idle_ms,
+        pool,
+        redis,
+        Keys(settings.redis_prefix, settings.shards),
+        read_count=settings.read_count,
+        claim_idle_ms=settings.claim_idle_ms,
     )
     stop = _stop_event()
     log.info("loader %s started", loader.consumer)
@@ -129,8 +139,9 @@ def loader_process(settings: Settings) -> None:
 def run(settings: Settings) -> int:
     settings.env_overrides()
     with services(settings) as resolved:
-        print(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}",
-              flush=True)
+        print(
+            f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}", flush=True
+        )
         if resolved.role == "load":
             asyncio.run(serve_load(resolved))
             return 0
@@ -138,7 +149,9 @@ def run(settings: Settings) -> int:
         if resolved.role == "all":
             ctx = multiprocessing.get_context("spawn")
             for _ in range(resolved.loaders):
-                proc = ctx.Process(target=loader_process, args=(replace(resolved, role="load"),), daemon=False)
+                proc: multiprocessing.process.BaseProcess = ctx.Process(
+                    target=loader_process, args=(replace(resolved, role="load"),), daemon=False
+                )
                 proc.start()
                 loaders.append(proc)
         try:

@@ -81,7 +81,7 @@ _EXPERIMENT_COLUMNS = "experiment_id, name, artifact_location, lifecycle_stage, 
 
 async def _experiment_with_tags(conn: Conn, row: asyncpg.Record) -> ExperimentRow:
     tags = await conn.fetch("SELECT key, value FROM experiment_tags WHERE experiment_id = $1", row[0])
-    return ExperimentRow(*row, tags={t["key"]: t["value"] for t in tags})
+    return ExperimentRow(**dict(row), tags={t["key"]: t["value"] for t in tags})
 
 
 async def create_experiment(conn: Conn, name: str, artifact_location: str, tags: dict[str, str]) -> ExperimentRow:
@@ -89,7 +89,9 @@ async def create_experiment(conn: Conn, name: str, artifact_location: str, tags:
         row = await conn.fetchrow(
             f"""INSERT INTO experiments (name, artifact_location, creation_time_ms)
                 VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING {_EXPERIMENT_COLUMNS}""",
-            name, artifact_location, now_ms(),
+            name,
+            artifact_location,
+            now_ms(),
         )
         if row is None:
             raise AlreadyExists(f"experiment {name!r} already exists")
@@ -119,7 +121,8 @@ async def get_or_create_experiment(conn: Conn, name: str) -> int:
     row = await conn.fetchrow(
         """INSERT INTO experiments (name, creation_time_ms) VALUES ($1, $2)
            ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING experiment_id""",
-        name, now_ms(),
+        name,
+        now_ms(),
     )
     assert row is not None
     return int(row[0])
@@ -129,7 +132,8 @@ async def list_experiments(conn: Conn, limit: int, after_id: int) -> list[Experi
     rows = await conn.fetch(
         f"""SELECT {_EXPERIMENT_COLUMNS} FROM experiments
             WHERE experiment_id > $1 AND lifecycle_stage = 'active' ORDER BY experiment_id LIMIT $2""",
-        after_id, limit,
+        after_id,
+        limit,
     )
     return [await _experiment_with_tags(conn, r) for r in rows]
 
@@ -162,7 +166,11 @@ async def create_run(
             await conn.execute(
                 """INSERT INTO runs (run_id, experiment_id, name, status, start_time_ms)
                    VALUES ($1, $2, $3, $4, $5)""",
-                run_id, experiment_id, name, status, start_time_ms,
+                run_id,
+                experiment_id,
+                name,
+                status,
+                start_time_ms,
             )
         except asyncpg.ForeignKeyViolationError:
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist") from None
@@ -192,15 +200,16 @@ async def run_lifecycle(conn: Conn, run_id: str) -> str | None:
     return value
 
 
-async def update_run(
-    conn: Conn, run_id: str, status: int | None, end_time_ms: int | None, name: str | None
-) -> None:
+async def update_run(conn: Conn, run_id: str, status: int | None, end_time_ms: int | None, name: str | None) -> None:
     result = await conn.execute(
         """UPDATE runs SET status = coalesce($2, status),
                            end_time_ms = coalesce($3, end_time_ms),
                            name = coalesce($4, name)
            WHERE run_id = $1""",
-        run_id, status, end_time_ms, name,
+        run_id,
+        status,
+        end_time_ms,
+        name,
     )
     if result == "UPDATE 0":
         raise RunNotFound(f"run {run_id} does not exist")
@@ -215,7 +224,9 @@ async def log_params(conn: Conn, run_id: str, params: dict[str, str]) -> None:
                 """INSERT INTO params (run_id, key, value)
                    SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
                    ON CONFLICT (run_id, key) DO NOTHING""",
-                run_id, keys, values,
+                run_id,
+                keys,
+                values,
             )
         except asyncpg.ForeignKeyViolationError:
             raise RunNotFound(f"run {run_id} does not exist") from None
@@ -236,7 +247,9 @@ async def set_tags(conn: Conn, run_id: str, tags: dict[str, str]) -> None:
             """INSERT INTO tags (run_id, key, value)
                SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
                ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value""",
-            run_id, list(tags), list(tags.values()),
+            run_id,
+            list(tags),
+            list(tags.values()),
         )
     except asyncpg.ForeignKeyViolationError:
         raise RunNotFound(f"run {run_id} does not exist") from None
@@ -257,13 +270,17 @@ async def series_ids(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> dict[t
         """INSERT INTO metric_series (run_id, key, writer_id)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ORDER BY 1, 2, 3
            ON CONFLICT DO NOTHING""",
-        runs, names, writers,
+        runs,
+        names,
+        writers,
     )
     rows = await conn.fetch(
         """SELECT s.run_id::text, s.key, s.writer_id, s.series_id
            FROM metric_series s JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS t(r, k, w)
              ON s.run_id = t.r AND s.key = t.k AND s.writer_id = t.w""",
-        runs, names, writers,
+        runs,
+        names,
+        writers,
     )
     return {(r[0], r[1], r[2]): r[3] for r in rows}
 
@@ -281,14 +298,26 @@ async def record_batches(
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int4[]) ORDER BY 1, 2, 3
            ON CONFLICT DO NOTHING
            RETURNING run_id::text, writer_id, seq""",
-        run_ids, writer_ids, seqs, points,
+        run_ids,
+        writer_ids,
+        seqs,
+        points,
     )
     return {(r[0], r[1], r[2]) for r in rows}
 
 
 CHUNK_COLUMNS = (
-    "series_id", "first_step", "last_step", "n", "min_value", "max_value",
-    "first_value", "last_value", "steps", "timestamps", "vals",
+    "series_id",
+    "first_step",
+    "last_step",
+    "n",
+    "min_value",
+    "max_value",
+    "first_value",
+    "last_value",
+    "steps",
+    "timestamps",
+    "vals",
 )
 
 
@@ -336,5 +365,6 @@ async def series_chunks(conn: Conn, run_id: str, key: str) -> list[asyncpg.Recor
            FROM metric_series s JOIN metric_chunks c USING (series_id)
            WHERE s.run_id = $1 AND s.key = $2
            ORDER BY s.writer_id, c.first_step""",
-        run_id, key,
+        run_id,
+        key,
     )

@@ -34,9 +34,15 @@ from runstream.proto import tracking_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.CANCELLED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
 _CLOSE = None
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -73,7 +79,8 @@ class MetricWriter:
 
         self._stream_method = channel.stream_stream(
             "/runstream.v1.TrackingService/StreamMetrics",
-            request_serializer=None, response_deserializer=pb.BatchAck.FromString,
+            request_serializer=None,
+            response_deserializer=pb.BatchAck.FromString,
         )
         self._lock = threading.Condition()
         self._pending: list[tuple[tuple[str, ...], int, int, list[float]]] = []
@@ -123,8 +130,9 @@ class MetricWriter:
         if self.on_full == "drop":
             self.dropped_points += n
             if self._drops_logged % 10_000 == 0:
-                log.warning("runstream buffer full (server unreachable?): dropped %d points so far",
-                            self.dropped_points)
+                log.warning(
+                    "runstream buffer full (server unreachable?): dropped %d points so far", self.dropped_points
+                )
             self._drops_logged += 1
             return False
         deadline = time.monotonic() + self.block_timeout
@@ -215,7 +223,7 @@ class MetricWriter:
             try:
                 for ack in call:
                     if not self._on_ack(ack):
-                        call.cancel()  # the server pushed back: resend after a pause, on a new stream
+                        call.cancel()  # type: ignore[no-untyped-call]  # the server pushed back: resend after a pause, on a new stream
                         break
                     backoff = 0.1
                 else:

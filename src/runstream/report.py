@@ -1,0 +1,53 @@
+"""Plain-text tables of runs for the terminal."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from runstream.proto import tracking_pb2 as pb
+
+STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; numbers (cells starting with a digit or sign) right-aligned."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for cell, width in zip(cells, widths, strict=False):
+            numeric = cell[:1].isdigit() or (cell[:1] in "-+" and cell[1:2].isdigit())
+            out.append(cell.rjust(width) if numeric else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+def runs_table(
+    runs: Sequence[pb.Run], params: Sequence[str] | None = None, metrics: Sequence[str] | None = None
+) -> str:
+    """One row per run: name, status, the chosen params, and each metric's last value and count."""
+    params = list(params) if params is not None else sorted({k for r in runs for k in r.params})
+    metrics = list(metrics) if metrics is not None else sorted({m.key for r in runs for m in r.metrics})
+    header = ["run", "status", *params, *(f"{m} (last)" for m in metrics), "points"]
+    rows = []
+    for run in runs:
+        summary = {m.key: m for m in run.metrics}
+        rows.append(
+            [
+                run.name,
+                STATUS.get(run.status, "?"),
+                *(run.params.get(p, "") for p in params),
+                *(fmt(summary[m].last_value) if m in summary else "" for m in metrics),
+                f"{sum(m.count for m in run.metrics):,}",
+            ]
+        )
+    return table(header, rows)

@@ -1,0 +1,216 @@
+"""Fixtures: real runstream servers (subprocesses) on real PostgreSQL and Redis.
+
+The machine's PostgreSQL and Redis are used when they answer (RUNSTREAM_TEST_POSTGRES_URL,
+RUNSTREAM_TEST_REDIS_URL override the defaults); otherwise the embedded ones are started
+once for the session. Every server gets its own database and Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+
+PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _pg_answers(url: str) -> bool:
+    try:
+        sql(url, "SELECT 1")
+        return True
+    except (OSError, asyncpg.PostgresError):
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Services:
+    pg_admin_url: str
+    redis_url: str
+
+    def new_database(self) -> str:
+        name = f"rs_test_{uuid.uuid4().hex[:10]}"
+        sql(self.pg_admin_url, f"CREATE DATABASE {name}")
+        return _with_database(self.pg_admin_url, name)
+
+
+def _with_database(url: str, name: str) -> str:
+    scheme, rest = url.split("://", 1)
+    if "?" in rest:
+        base, query = rest.split("?", 1)
+        query = "?" + query
+    else:
+        base, query = rest, ""
+    host = base.rsplit("/", 1)[0] if "/" in base else base
+    return f"{scheme}://{host}/{name}{query}"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    if _pg_answers(PG_ADMIN_URL) and _redis_answers(REDIS_URL):
+        yield Services(PG_ADMIN_URL, REDIS_URL)
+        return
+    from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    data = tmp_path_factory.mktemp("embedded")
+    pg, rd = EmbeddedPostgres(data), EmbeddedRedis(data)
+    try:
+        yield Services(pg.url, rd.url)
+    finally:
+        rd.stop()
+        pg.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `runstream server` subprocess; `target` for clients, `db_url` to check storage."""
+
+    db_url: str
+    redis_url: str
+    prefix: str
+    port: int
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runstream.cli", "server", "--port", str(self.port), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if "runstream listening on" in line or ("loader" in line and "started" in line):
+                _pump(self.proc, self.output)
+                return self
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return sql(self.db_url, query, *args)
+
+    def wait_points(self, run_id: str, expected: int, timeout: float = 120.0) -> int:
+        """Wait until the summaries of `run_id` count `expected` points; returns the count."""
+        deadline = time.monotonic() + timeout
+        count = 0
+        while time.monotonic() < deadline:
+            count = self.sql(
+                "SELECT coalesce(sum(count), 0)::int8 AS n FROM metric_summaries WHERE run_id = $1", run_id
+            )[0]["n"]
+            if count >= expected:
+                time.sleep(0.3)  # anything beyond `expected` would be a doubled point: let it show
+                return int(
+                    self.sql(
+                        "SELECT coalesce(sum(count), 0)::int8 AS n FROM metric_summaries WHERE run_id = $1", run_id
+                    )[0]["n"]
+                )
+            time.sleep(0.1)
+        return int(count)
+
+
+def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
+    """Keep reading the server's output so it never blocks on a full pipe."""
+    import threading
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+@pytest.fixture
+def make_server(services: Services) -> Iterator[Any]:
+    """A factory of servers; servers made with the same `like=` share database and prefix."""
+    made: list[Server] = []
+
+    def make(*extra: str, like: Server | None = None, env: dict[str, str] | None = None, start: bool = True) -> Server:
+        db_url = like.db_url if like else services.new_database()
+        prefix = like.prefix if like else f"rs-test-{uuid.uuid4().hex[:8]}"
+        args = [
+            "--postgres-url",
+            db_url,
+            "--redis-url",
+            services.redis_url,
+            "--redis-prefix",
+            prefix,
+            "--claim-idle-ms",
+            "1000",
+            *extra,
+        ]
+        server = Server(db_url, services.redis_url, prefix, free_port(), args, {**os.environ, **(env or {})})
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Any) -> Server:
+    return make_server()  # type: ignore[no-any-return]
+
+
+ROOT = Path(__file__).resolve().parent.parent
