@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 import redis
+
+from runstream import chunks
+from runstream.proto import tracking_pb2
 
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -90,6 +94,16 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         rd.stop()
         pg.stop()
+
+
+def raw_log(client: Any, data: bytes) -> Any:
+    """LogMetrics with a batch serialized by hand (so tests can send what the SDK never would)."""
+    call = client.channel.unary_unary(
+        "/runstream.v1.TrackingService/LogMetrics",
+        request_serializer=None,
+        response_deserializer=tracking_pb2.BatchAck.FromString,
+    )
+    return call(data, timeout=30)
 
 
 def free_port() -> int:
@@ -166,6 +180,21 @@ class Server:
                 )
             time.sleep(0.1)
         return int(count)
+
+    def stored(self, run_id: str) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """Every stored point of a run, decoded from its chunks: (key, writer) -> (steps, values)."""
+        rows = self.sql(
+            "SELECT s.key, s.writer_id, c.steps, c.timestamps, c.vals FROM metric_chunks c "
+            "JOIN metric_series s USING (series_id) WHERE s.run_id = $1 ORDER BY s.series_id, c.first_step",
+            run_id,
+        )
+        parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for r in rows:
+            steps, _, vals = chunks.unpack(r["steps"], r["timestamps"], r["vals"])
+            parts.setdefault((r["key"], r["writer_id"]), []).append((steps, vals))
+        return {
+            k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])) for k, v in parts.items()
+        }
 
 
 def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:

@@ -11,21 +11,13 @@ import runstream
 from runstream import batch as wire
 from runstream import chunks
 from runstream.proto import tracking_pb2 as pb
+from tests.conftest import raw_log
 
 
 @pytest.fixture
 def client(server):
     with runstream.Client(server.target) as c:
         yield c
-
-
-def raw_log(client, data: bytes) -> pb.BatchAck:
-    call = client.channel.unary_unary(
-        "/runstream.v1.TrackingService/LogMetrics",
-        request_serializer=None,
-        response_deserializer=pb.BatchAck.FromString,
-    )
-    return call(data, timeout=30)
 
 
 def test_experiments_are_created_found_and_listed(client) -> None:

@@ -7,6 +7,7 @@ logging goes through a MetricWriter and never waits on the network.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from runstream.errors import from_status
+from runstream.errors import RunstreamError, from_status
 from runstream.proto import tracking_pb2 as pb
 from runstream.proto import tracking_pb2_grpc as pb_grpc
 from runstream.writer import MetricWriter
@@ -26,6 +27,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
 _STATUS_BY_NAME = {v: k for k, v in STATUS_NAMES.items()}
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
 
@@ -63,6 +65,7 @@ class Client:
         )
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._pid = os.getpid()
+        self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
 
     def __enter__(self) -> Client:
         return self
@@ -71,6 +74,12 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Flush and close the writers of this client's runs, then the channel."""
+        for writer in list(self._writers):
+            try:
+                writer.close(self.timeout)
+            except RunstreamError as exc:  # closing must not hide the caller's own exception
+                log.warning("runstream: closing the writer of run %s: %s", writer.run_id, exc)
         self._channel.close()
 
     @property
@@ -210,6 +219,7 @@ class Run:
                         self.client.channel, self.client.target, self.run_id, self.writer_id, **self._writer_options
                     )
                     _live_writers.add(self._writer)
+                    self.client._writers.add(self._writer)
         return self._writer
 
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.synchronize
 import signal
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from runstream.keys import Keys
 from runstream.loader import Loader
 
 log = logging.getLogger(__name__)
+DrainFlag = multiprocessing.synchronize.Event
 MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
 
 
@@ -74,7 +76,9 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve_ingest(settings: Settings, loaders: list[multiprocessing.process.BaseProcess]) -> None:
+async def serve_ingest(
+    settings: Settings, loaders: list[multiprocessing.process.BaseProcess], drain: DrainFlag | None = None
+) -> None:
     pool, redis = await connect(settings)
     async with pool.acquire() as conn:
         applied = await store.migrate(conn)
@@ -101,16 +105,22 @@ async def serve_ingest(settings: Settings, loaders: list[multiprocessing.process
     print("runstream: stopping; no new RPCs, draining streams into PostgreSQL", flush=True)
     await server.stop(settings.grace_s)
     await tracking.stop()
-    for proc in loaders:
-        if proc.pid is not None and proc.is_alive():
-            proc.terminate()  # SIGTERM: the loader drains, then exits
+    if drain is not None:
+        drain.set()  # the loaders drain, then exit (also one that is still starting)
     for proc in loaders:
         await asyncio.to_thread(proc.join)
     await pool.close()
     await redis.aclose()
 
 
-async def serve_load(settings: Settings) -> None:
+async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:
+    """Set `stop` once the parent raised the drain flag (a process-shared event)."""
+    while not await asyncio.to_thread(flag.wait, 0.5):
+        pass
+    stop.set()
+
+
+async def serve_load(settings: Settings, drain: DrainFlag | None = None) -> None:
     pool, redis = await connect(settings)
     async with pool.acquire() as conn:
         await store.migrate(conn)
@@ -122,18 +132,21 @@ async def serve_load(settings: Settings) -> None:
         claim_idle_ms=settings.claim_idle_ms,
     )
     stop = _stop_event()
+    follower = asyncio.create_task(_follow(drain, stop)) if drain is not None else None
     log.info("loader %s started", loader.consumer)
     await loader.run(stop)
+    if follower is not None:
+        follower.cancel()
     log.info("loader %s drained: %s", loader.consumer, loader.stats)
     await pool.close()
     await redis.aclose()
 
 
-def loader_process(settings: Settings) -> None:
-    """Entry point of a loader process started by role `all`."""
+def loader_process(settings: Settings, drain: DrainFlag) -> None:
+    """Entry point of a loader process started by role `all`; it stops when `drain` is set."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s loader %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when loaders stop (SIGTERM)
-    asyncio.run(serve_load(settings))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    asyncio.run(serve_load(settings, drain))
 
 
 def run(settings: Settings) -> int:
@@ -146,21 +159,24 @@ def run(settings: Settings) -> int:
             asyncio.run(serve_load(resolved))
             return 0
         loaders: list[multiprocessing.process.BaseProcess] = []
+        ctx = multiprocessing.get_context("spawn")
+        drain = ctx.Event()
         if resolved.role == "all":
-            ctx = multiprocessing.get_context("spawn")
             for _ in range(resolved.loaders):
                 proc: multiprocessing.process.BaseProcess = ctx.Process(
-                    target=loader_process, args=(replace(resolved, role="load"),), daemon=False
+                    target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False
                 )
                 proc.start()
                 loaders.append(proc)
         try:
-            asyncio.run(serve_ingest(resolved, loaders))
+            asyncio.run(serve_ingest(resolved, loaders, drain))
         finally:
+            drain.set()
             for proc in loaders:
+                proc.join(60)
                 if proc.is_alive():
+                    log.error("loader %s did not drain within 60 s; terminating it", proc.pid)
                     proc.terminate()
-                    proc.join(60)
     return 0
 
 

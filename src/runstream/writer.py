@@ -219,7 +219,14 @@ class MetricWriter:
                 if self._closing:
                     self._queue.put(_CLOSE)
                 requests = self._queue
-            call = self._stream_method(_drain(requests))
+            try:
+                call = self._stream_method(_drain(requests))
+            except ValueError:  # grpc: "Channel closed!" -- the client was closed under us
+                with self._lock:
+                    lost = sum(points for _, points in self._unacked.values())
+                if lost:
+                    log.error("runstream: client closed with %d points of run %s unacknowledged", lost, self.run_id)
+                return
             try:
                 for ack in call:
                     if not self._on_ack(ack):
