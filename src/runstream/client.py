@@ -61,6 +61,11 @@ class Client:
             options=[
                 ("grpc.max_send_message_length", 8 * 1024 * 1024),
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                # A training job outlives server restarts: try again within seconds, not minutes.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 3000),
+                # A forked child must not reuse the parent's connections from the global pool.
+                ("grpc.use_local_subchannel_pool", 1),
             ],
         )
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]

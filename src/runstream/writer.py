@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -95,8 +97,11 @@ class MetricWriter:
         self._closing = False
         self._closed = False
         self._drops_logged = 0
+        self._call: Any = None  # the open StreamMetrics call, while the stream thread is inside gRPC
+        self._paused = False  # a fork is under way: stay out of gRPC
         self._batcher = threading.Thread(target=self._batch_loop, name=f"runstream-batcher-{writer_id}", daemon=True)
         self._streamer = threading.Thread(target=self._stream_loop, name=f"runstream-stream-{writer_id}", daemon=True)
+        _running.add(self)
         self._batcher.start()
         self._streamer.start()
 
@@ -211,6 +216,8 @@ class MetricWriter:
         backoff = 0.1
         while True:
             with self._lock:
+                while self._paused:
+                    self._lock.wait()
                 if self._closing and not self._unacked:
                     return
                 self._queue = queue.SimpleQueue()  # the batcher now feeds the new stream
@@ -220,7 +227,8 @@ class MetricWriter:
                     self._queue.put(_CLOSE)
                 requests = self._queue
             try:
-                call = self._stream_method(_drain(requests))
+                with self._lock:
+                    call = self._call = self._stream_method(_drain(requests))
             except ValueError:  # grpc: "Channel closed!" -- the client was closed under us
                 with self._lock:
                     lost = sum(points for _, points in self._unacked.values())
@@ -240,11 +248,30 @@ class MetricWriter:
                 log.debug("metric stream ended (%s: %s); reconnecting in %.1f s", exc.code(), exc.details(), backoff)
             finally:
                 requests.put(_CLOSE)  # release grpc's reader of the old request iterator
+                with self._lock:
+                    self._call = None
+                    self._lock.notify_all()
             with self._lock:
                 self._lock.wait(backoff)
                 if self._closed and not self._unacked:
                     return
             backoff = min(backoff * 2, 5.0)
+
+    def _pause_for_fork(self) -> None:
+        """Leave gRPC before the process forks: gRPC's fork handlers only run when no
+        thread is inside a call. Unacked batches are resent on the next stream."""
+        with self._lock:
+            self._paused = True
+            if self._call is not None:
+                self._call.cancel()
+            deadline = time.monotonic() + 5.0
+            while self._call is not None and time.monotonic() < deadline:
+                self._lock.wait(0.05)
+
+    def _resume_after_fork(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._lock.notify_all()
 
     def _on_ack(self, ack: pb.BatchAck) -> bool:
         """Settle one batch; False when the server asks for it again later."""
@@ -263,6 +290,26 @@ class MetricWriter:
                 self.errors.append(err)
             self._lock.notify_all()
         return True
+
+
+_running: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for writer in list(_running):
+        writer._pause_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for writer in list(_running):
+        writer._resume_after_fork()
+
+
+def _after_fork_in_child() -> None:
+    _running.clear()  # the parent's writers have no threads here; they are not the child's to run
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _drain(q: queue.SimpleQueue[bytes | None]) -> Iterator[bytes]:

@@ -1,0 +1,111 @@
+"""The SDK against a real server: logging never waits on the network, survives the server
+going away and coming back, says what it dropped, and works from forked and spawned ranks."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+import runstream
+from runstream.proto import tracking_pb2 as pb
+from tests.conftest import Server
+from tests.workers import KEYS, log_points, log_with_module_api
+
+
+def test_points_logged_while_the_server_is_down_arrive_once_it_is_back(server: Server) -> None:
+    client = runstream.Client(server.target)
+    run = client.start_run("outage", writer_id="w")
+    for step in range(100):
+        run.log_metrics({"a": step, "b": -step}, step=step)
+    run.flush(30)
+    server.stop()
+
+    started = time.monotonic()
+    for step in range(100, 20_100):
+        run.log_metrics({"a": step, "b": -step}, step=step)
+    assert time.monotonic() - started < 5  # 20,000 calls with no server: none waits on the network
+    with pytest.raises(runstream.DeadlineExceeded, match="not acknowledged"):
+        run.flush(0.5)
+
+    server.start()
+    run.flush(60)
+    run.end()
+    assert server.wait_points(run.run_id, 40_200) == 40_200
+    steps, values = server.stored(run.run_id)[("a", "w")]
+    np.testing.assert_array_equal(np.sort(steps), np.arange(20_100))
+    assert values.sum() == sum(range(20_100))
+    client.close()
+
+
+def test_a_full_buffer_drops_with_a_count_or_blocks_then_raises(server: Server, caplog) -> None:  # type: ignore[no-untyped-def]
+    client = runstream.Client(server.target)
+    run_id = client.create_run("full").run_id
+    dropping = client.attach(run_id, writer_id="drop", on_full="drop", max_buffer_points=1000)
+    blocking = client.attach(run_id, writer_id="block", on_full="block", max_buffer_points=100, block_timeout=0.5)
+    server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="runstream.writer"):
+        for step in range(500):  # 5,000 points into room for 1,000
+            dropping.log_metrics(dict.fromkeys(KEYS, 1.0), step=step)
+    assert dropping.writer.dropped_points == 4000
+    assert any("dropped 10 points so far" in r.getMessage() for r in caplog.records)
+
+    for step in range(10):
+        blocking.log_metrics(dict.fromkeys(KEYS, 1.0), step=step)
+    started = time.monotonic()
+    with pytest.raises(runstream.BufferFull, match="held 100 points"):
+        blocking.log_metrics(dict.fromkeys(KEYS, 1.0), step=10)
+    assert time.monotonic() - started >= 0.5
+
+    server.start()
+    dropping.end(timeout=60)
+    blocking.end(timeout=60)
+    assert server.wait_points(run_id, 1100) == 1100
+    client.close()
+
+
+def test_ranks_started_with_fork_and_spawn_log_into_one_run(server: Server) -> None:
+    client = runstream.Client(server.target)
+    run = client.start_run("ranks", writer_id="parent")
+    run.log_metrics(dict.fromkeys(KEYS, 0.5), step=0)  # the parent's writer threads are running when it forks
+    run.flush(30)
+    procs = [
+        multiprocessing.get_context(method).Process(target=log_points, args=(server.target, run.run_id, rank, 1000))
+        for rank, method in enumerate(["fork", "spawn", "fork", "spawn"], start=1)
+    ]
+    os.environ["RUNSTREAM_RUN_ID"], os.environ["RUNSTREAM_URL"] = run.run_id, server.target
+    try:
+        procs.append(multiprocessing.get_context("spawn").Process(target=log_with_module_api, args=(500,)))
+        for p in procs:
+            p.start()
+    finally:
+        del os.environ["RUNSTREAM_RUN_ID"], os.environ["RUNSTREAM_URL"]
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    run.log_metrics(dict.fromkeys(KEYS, 0.25), step=1)  # the parent's writer carries on after the forks
+    run.end()
+    assert server.wait_points(run.run_id, 20 + 4 * 10_000 + 500) == 40_520
+    writers = {w for _, w in server.stored(run.run_id)}
+    assert writers == {"parent", "rank1", "rank2", "rank3", "rank4", "module-rank"}
+    assert client.get_run(run.run_id).status == pb.FINISHED
+    client.close()
+
+
+def test_statuses_become_typed_exceptions(server: Server) -> None:
+    with runstream.Client(server.target) as client:
+        with pytest.raises(runstream.RunNotFound, match="does not exist"):
+            client.attach("6f1c7c9e-2d55-4b9e-8c43-0c1b8e0c6f00")
+        run = client.start_run("typed")
+        with pytest.raises(runstream.InvalidArgument, match="metric key 'bad,key'"):
+            run.log_metric("bad,key", 1.0)
+        run.end()
+    with runstream.Client("127.0.0.1:1", timeout=1) as client, pytest.raises(
+        (runstream.Unavailable, runstream.DeadlineExceeded)
+    ):
+        client.create_run("nowhere")
