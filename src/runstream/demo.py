@@ -159,7 +159,8 @@ def _start_server(url: str, data_dir: Path) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        print("  server:", line.rstrip(), flush=True)
+        if line.startswith("runstream"):  # not the embedded services' own chatter
+            print("  server:", line.rstrip(), flush=True)
         if "listening on" in line:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe from filling
             return proc

@@ -1,0 +1,404 @@
+"""Ingest benchmark: server capacity and the SDK path, on the machine's PostgreSQL and Redis.
+
+    python benchmarks/ingest.py [--postgres-url URL] [--redis-url URL] [--points N] [--loaders N]
+
+1. Server capacity: a load generator streams pre-encoded MetricBatches (10 keys per step) on
+   1, 4 and 16 StreamMetrics streams; points/s from the first send until every point is
+   committed in PostgreSQL, ack latency p50/p99, and the raw COPY rate of the same chunks
+   into the same PostgreSQL (the ceiling), with the ratio.
+2. SDK path: 4 processes calling `run.log_metrics` with 10 keys per step as fast as they can;
+   points/s until committed, and the SDK's cost per point in the calling thread.
+
+Each configuration uses a fresh database and Redis prefix; the server runs as
+`runstream server` subprocess exactly as deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import asyncpg
+import grpc
+import numpy as np
+import redis
+
+import runstream
+from runstream import batch as wire
+from runstream import chunks, store
+from runstream.proto import tracking_pb2 as pb
+
+KEYS = [f"metric/{i}" for i in range(10)]
+RUNS = 4
+
+
+# ------------------------------------------------------------------ server and databases
+
+
+class BenchServer:
+    """A fresh database + Redis prefix and a `runstream server` on them."""
+
+    def __init__(self, admin_url: str, redis_url: str, loaders: int) -> None:
+        self.admin_url, self.redis_url = admin_url, redis_url
+        self.db = f"rs_bench_{uuid.uuid4().hex[:8]}"
+        self.prefix = f"rs-bench-{uuid.uuid4().hex[:8]}"
+        asyncio.run(_execute(admin_url, f"CREATE DATABASE {self.db}"))
+        self.db_url = admin_url.rsplit("/", 1)[0] + "/" + self.db
+        self.port = _free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runstream.cli",
+                "server",
+                "--port",
+                str(self.port),
+                "--postgres-url",
+                self.db_url,
+                "--redis-url",
+                redis_url,
+                "--redis-prefix",
+                self.prefix,
+                "--loaders",
+                str(loaders),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "listening on" in line:
+                break
+        else:
+            raise RuntimeError("the server did not start")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(120)
+        r = redis.Redis.from_url(self.redis_url)
+        for key in r.scan_iter(f"{self.prefix}:*"):
+            r.delete(key)
+        asyncio.run(_execute(self.admin_url, f"DROP DATABASE {self.db} WITH (FORCE)"))
+
+
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_committed(db_url: str, run_ids: list[str], expected: int, timeout: float = 600) -> float:
+    """Poll until the runs' summaries count `expected` points; returns when (monotonic)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = await conn.fetchval(
+                "SELECT coalesce(sum(count), 0)::int8 FROM metric_summaries WHERE run_id = ANY($1::uuid[])", run_ids
+            )
+            if n >= expected:
+                return time.monotonic()
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"only {n:,} of {expected:,} points committed")
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------ 1. server capacity
+
+
+def make_batches(run_id: str, writer: str, count: int, points: int) -> list[bytes]:
+    """`count` serialized batches of `points` points (10 keys per step) with seq 1..count."""
+    steps_per_batch = points // len(KEYS)
+    key_index = np.tile(np.arange(len(KEYS), dtype=np.uint32), steps_per_batch)
+    rng = np.random.default_rng(0)
+    out = []
+    for seq in range(1, count + 1):
+        step = np.repeat(np.arange((seq - 1) * steps_per_batch, seq * steps_per_batch, dtype=np.int64), len(KEYS))
+        stamp = 1_700_000_000_000 + step
+        out.append(wire.encode(run_id, writer, seq, KEYS, key_index, step, stamp, rng.random(points)))
+    return out
+
+
+async def _stream(target: str, batches: list[bytes], window: int, latencies: list[float]) -> None:
+    """Send batches on one StreamMetrics stream, at most `window` unacknowledged."""
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        method = channel.stream_stream(
+            "/runstream.v1.TrackingService/StreamMetrics",
+            request_serializer=None,
+            response_deserializer=pb.BatchAck.FromString,
+        )
+        call = method()
+        room = asyncio.Semaphore(window)
+        sent: dict[int, float] = {}
+
+        async def read() -> None:
+            for _ in batches:
+                ack = await call.read()
+                if ack.code:
+                    raise RuntimeError(f"batch {ack.seq} refused: {ack.message}")
+                latencies.append(time.perf_counter() - sent.pop(ack.seq))
+                room.release()
+
+        reader = asyncio.create_task(read())
+        for seq, data in enumerate(batches, 1):
+            await room.acquire()
+            sent[seq] = time.perf_counter()
+            await call.write(data)
+        await call.done_writing()
+        await reader
+
+
+def _generator(
+    target: str,
+    specs: list[tuple[str, str, int, int]],
+    window: int,
+    start: threading.Barrier,
+    results: multiprocessing.Queue,
+) -> None:  # type: ignore[type-arg]
+    """One load-generator process: its streams' batches are encoded before the clock starts."""
+    work = [make_batches(*spec) for spec in specs]
+    latencies: list[float] = []
+
+    async def go() -> None:
+        await asyncio.gather(*(_stream(target, w, window, latencies) for w in work))
+
+    start.wait()
+    asyncio.run(go())
+    results.put(latencies)
+
+
+async def _capacity(
+    server: BenchServer, streams: int, batch_points: int, total: int, window: int, generators: int
+) -> dict[str, float]:
+    with runstream.Client(server.target) as client:
+        run_ids = [client.create_run("bench", f"capacity-{streams}x{batch_points}").run_id for _ in range(RUNS)]
+    per_stream = max(1, total // (streams * batch_points))
+    specs = [(run_ids[i % RUNS], f"gen{i}", per_stream, batch_points) for i in range(streams)]
+    expected = per_stream * batch_points * streams
+    generators = min(generators, streams)
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(generators + 1), ctx.Queue()
+    procs = [
+        ctx.Process(target=_generator, args=(server.target, specs[g::generators], window, start, results))
+        for g in range(generators)
+    ]
+    for proc in procs:
+        proc.start()
+    await asyncio.to_thread(start.wait)
+    started = time.monotonic()
+    latencies = [x for _ in procs for x in await asyncio.to_thread(results.get)]
+    acked = time.monotonic()
+    for proc in procs:
+        proc.join()
+    committed = await _wait_committed(server.db_url, run_ids, expected)
+    raw = await _raw_copy_rate(server.db_url, [b for spec in specs for b in make_batches(*spec)])
+    lat = np.array(latencies) * 1000
+    return {
+        "points": expected,
+        "acked_pps": expected / (acked - started),
+        "committed_pps": expected / (committed - started),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "raw_pps": raw,
+    }
+
+
+async def _raw_copy_rate(db_url: str, batches: list[bytes], per_transaction: int = 200) -> float:
+    """COPY the chunks the loaders would write for these batches (packed as a loader packs a
+    read of `per_transaction` entries) straight into metric_chunks of the same database;
+    only the COPY and commit are timed."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        decoded = [wire.decode(b) for b in batches]
+        ids = {k: i for i, k in enumerate(chunks.series_of(decoded), start=10_000_000)}
+        groups = [
+            chunks.pack(decoded[i : i + per_transaction], [0] * len(decoded[i : i + per_transaction]), ids.__getitem__)
+            for i in range(0, len(decoded), per_transaction)
+        ]
+        points = sum(g.points for g in groups)
+        started = time.perf_counter()
+        for g in groups:
+            async with conn.transaction():
+                await store.copy_chunks(conn, g.chunk_records)
+        elapsed = time.perf_counter() - started
+        await conn.execute("DELETE FROM metric_chunks WHERE series_id >= 10000000")
+        return points / elapsed
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------ 2. SDK path
+
+
+def _sdk_rank(
+    target: str, run_id: str, rank: int, steps: int, start: threading.Barrier, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
+    client = runstream.Client(target)
+    run = client.attach(run_id, writer_id=f"rank{rank}")
+    values = np.random.default_rng(rank).random((1000, len(KEYS))).tolist()
+    rows = [dict(zip(KEYS, v, strict=True)) for v in values]
+    start.wait()  # every rank is up: the clock starts with the first log call
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    for step in range(steps):
+        run.log_metrics(rows[step % 1000], step=step)
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+    run.end(timeout=300)
+    results.put((wall, cpu))
+    client.close()
+
+
+def _sdk(server: BenchServer, processes: int, steps: int) -> dict[str, float]:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("bench", "sdk").run_id
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(processes + 1), ctx.Queue()
+    procs = [
+        ctx.Process(target=_sdk_rank, args=(server.target, run_id, r, steps, start, results)) for r in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    start.wait()
+    started = time.monotonic()
+    outcome = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    expected = processes * steps * len(KEYS)
+    committed = asyncio.run(_wait_committed(server.db_url, [run_id], expected))
+    return {
+        "points": expected,
+        "committed_pps": expected / (committed - started),
+        "caller_cpu_us": sum(o[1] for o in outcome) / expected * 1e6,
+        "caller_wall_us": sum(o[0] for o in outcome) / expected * 1e6,
+    }
+
+
+# ------------------------------------------------------------------ main
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get("RUNSTREAM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--points", type=int, default=4_000_000, help="points per capacity configuration")
+    p.add_argument("--streams", default="1,4,16")
+    p.add_argument("--batch-points", default="1000,10000")
+    p.add_argument("--window", type=int, default=8, help="unacknowledged batches per stream")
+    p.add_argument("--loaders", type=int, default=1)
+    p.add_argument("--generators", type=int, default=1, help="load-generator processes")
+    p.add_argument("--sdk-processes", type=int, default=4)
+    p.add_argument("--sdk-steps", type=int, default=250_000, help="log_metrics calls per SDK process")
+    p.add_argument("--skip-sdk", action="store_true")
+    args = p.parse_args()
+
+    rows = []
+    for batch_points in [int(x) for x in args.batch_points.split(",")]:
+        for streams in [int(x) for x in args.streams.split(",")]:
+            server = BenchServer(args.postgres_url, args.redis_url, args.loaders)
+            try:
+                r = asyncio.run(_capacity(server, streams, batch_points, args.points, args.window, args.generators))
+            finally:
+                server.close()
+            rows.append(
+                [
+                    f"{batch_points:,}",
+                    str(streams),
+                    f"{r['points']:,.0f}",
+                    f"{r['acked_pps']:,.0f}",
+                    f"{r['committed_pps']:,.0f}",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p99_ms']:.1f}",
+                    f"{r['raw_pps']:,.0f}",
+                    f"{r['committed_pps'] / r['raw_pps']:.0%}",
+                ]
+            )
+            print(
+                f"  batch {batch_points:,} x {streams} streams: {r['committed_pps']:,.0f} points/s committed",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"\nServer capacity ({args.loaders} loader process(es), {args.generators} load-generator processes, "
+        f"window {args.window} batches per stream)\n"
+    )
+    print(
+        table(
+            [
+                "batch points",
+                "streams",
+                "points",
+                "acked pts/s",
+                "committed pts/s",
+                "ack p50 ms",
+                "ack p99 ms",
+                "raw COPY pts/s",
+                "of raw",
+            ],
+            rows,
+        )
+    )
+
+    if not args.skip_sdk:
+        server = BenchServer(args.postgres_url, args.redis_url, args.loaders)
+        try:
+            r = _sdk(server, args.sdk_processes, args.sdk_steps)
+        finally:
+            server.close()
+        print(f"\nSDK path ({args.sdk_processes} processes, log_metrics with {len(KEYS)} keys per call)\n")
+        print(
+            table(
+                ["processes", "points", "committed pts/s (end to end)", "caller CPU µs/point", "caller wall µs/point"],
+                [
+                    [
+                        str(args.sdk_processes),
+                        f"{r['points']:,.0f}",
+                        f"{r['committed_pps']:,.0f}",
+                        f"{r['caller_cpu_us']:.3f}",
+                        f"{r['caller_wall_us']:.3f}",
+                    ]
+                ],
+            )
+        )
+        print(
+            "\nCPU: time.thread_time() of the calling thread inside log_metrics loops; wall: the same loops'\n"
+            "elapsed time, which on 2 cores includes waiting for CPU behind the other processes."
+        )
+
+
+if __name__ == "__main__":
+    main()
