@@ -109,3 +109,22 @@ def test_statuses_become_typed_exceptions(server: Server) -> None:
         (runstream.Unavailable, runstream.DeadlineExceeded)
     ):
         client.create_run("nowhere")
+
+
+def test_runs_as_context_managers_finish_or_fail(server: Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RUNSTREAM_URL", server.target)
+    monkeypatch.setattr(runstream, "_client", None)  # the module's client is made on first use, from the env
+    with runstream.start_run(experiment="ctx", name="ok", params={"lr": 0.1}) as run:
+        runstream.log_metrics({"loss": 0.5, "acc": 0.9}, step=0)
+        runstream.log_metric("loss", 0.25)  # no step: the writer's own counter goes on (step 1)
+        assert runstream.active_run() is run
+    assert runstream.active_run() is None
+    with pytest.raises(ZeroDivisionError), runstream.start_run(experiment="ctx", name="boom") as failed:
+        runstream.log_metric("loss", 1.0, step=0)
+        _ = 1 / 0
+    with runstream.Client(server.target) as client:
+        ok, boom = client.get_run(run.run_id), client.get_run(failed.run_id)
+        assert ok.status == pb.FINISHED and boom.status == pb.FAILED and dict(ok.params) == {"lr": "0.1"}
+        assert server.wait_points(run.run_id, 3) == 3
+        loss = {m.key: m for m in client.get_run(run.run_id).metrics}["loss"]
+        assert (loss.last_step, loss.last_value, loss.count) == (1, 0.25, 2)

@@ -92,6 +92,10 @@ def test_batch_limits_get_invalid_argument_and_good_batches_still_land(server, c
         "keys are": wire.encode(run, "w", 1, ["no;"], [0], [0], None, [1.0]),
         "key_index refers": wire.encode(run, "w", 1, ["x"], [3], [0], None, [1.0]),
         "step has": wire.encode(run, "w", 1, ["x"], [0, 0], [0], None, [1.0, 2.0]),
+        "writer_id is 251": wire.encode(run, "w" * 251, 1, ["x"], [0], [0], None, [1.0]),
+        "seq must count": wire.encode(run, "w", 0, ["x"], [0], [0], None, [1.0]),
+        "not a run id": wire.encode("run-1", "w", 1, ["x"], [0], [0], None, [1.0]),
+        "timestamp_ms has": wire.encode(run, "w", 1, ["x"], [0, 0], None, [5], [1.0, 2.0]),
     }
     for message, data in bad.items():
         with pytest.raises(grpc.RpcError) as err:
