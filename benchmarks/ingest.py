@@ -324,10 +324,11 @@ def main() -> None:
     p.add_argument("--sdk-processes", type=int, default=4)
     p.add_argument("--sdk-steps", type=int, default=250_000, help="log_metrics calls per SDK process")
     p.add_argument("--skip-sdk", action="store_true")
+    p.add_argument("--skip-capacity", action="store_true")
     args = p.parse_args()
 
     rows = []
-    for batch_points in [int(x) for x in args.batch_points.split(",")]:
+    for batch_points in [] if args.skip_capacity else [int(x) for x in args.batch_points.split(",")]:
         for streams in [int(x) for x in args.streams.split(",")]:
             server = BenchServer(args.postgres_url, args.redis_url, args.loaders)
             try:
@@ -352,26 +353,27 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    print(
-        f"\nServer capacity ({args.loaders} loader process(es), {args.generators} load-generator processes, "
-        f"window {args.window} batches per stream)\n"
-    )
-    print(
-        table(
-            [
-                "batch points",
-                "streams",
-                "points",
-                "acked pts/s",
-                "committed pts/s",
-                "ack p50 ms",
-                "ack p99 ms",
-                "raw COPY pts/s",
-                "of raw",
-            ],
-            rows,
+    if rows:
+        print(
+            f"\nServer capacity ({args.loaders} loader process(es), {args.generators} load-generator processes, "
+            f"window {args.window} batches per stream)\n"
         )
-    )
+        print(
+            table(
+                [
+                    "batch points",
+                    "streams",
+                    "points",
+                    "acked pts/s",
+                    "committed pts/s",
+                    "ack p50 ms",
+                    "ack p99 ms",
+                    "raw COPY pts/s",
+                    "of raw",
+                ],
+                rows,
+            )
+        )
 
     if not args.skip_sdk:
         server = BenchServer(args.postgres_url, args.redis_url, args.loaders)
