@@ -235,6 +235,13 @@ def make_server(services: Services) -> Iterator[Any]:
     yield make
     for server in made:
         server.stop()
+    # Leave nothing behind: each server's database and Redis keys.
+    r = redis.Redis.from_url(services.redis_url)
+    for prefix in {s.prefix for s in made}:
+        for key in r.scan_iter(f"{prefix}:*"):
+            r.delete(key)
+    for db_url in {s.db_url for s in made}:
+        sql(services.pg_admin_url, f"DROP DATABASE IF EXISTS {db_url.rsplit('/', 1)[1].split('?')[0]} WITH (FORCE)")
 
 
 @pytest.fixture

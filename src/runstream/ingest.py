@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from runstream import batch as wire
 from runstream import store
+from runstream.appender import StreamAppender
 from runstream.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -27,7 +28,6 @@ from runstream.errors import (
     ResourceExhausted,
     RunNotFound,
     RunstreamError,
-    Unavailable,
 )
 from runstream.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.proto import tracking_pb2 as pb
@@ -39,6 +39,7 @@ MAX_TAG_VALUE = 8000
 MAX_NAME = 500
 RUN_CACHE_S = 30.0
 BACKLOG_POLL_S = 0.5
+STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
 TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
 
 
@@ -93,6 +94,7 @@ class Tracking:
         self._known_keys: set[str] = set()
         self._backlog = [0] * keys.shards
         self._backlog_task: asyncio.Task[None] | None = None
+        self._appenders = [StreamAppender(redis, stream) for stream in keys.streams()]
 
     async def start(self) -> None:
         self._backlog_task = asyncio.create_task(self._watch_backlog())
@@ -100,6 +102,8 @@ class Tracking:
     async def stop(self) -> None:
         if self._backlog_task:
             self._backlog_task.cancel()
+        for appender in self._appenders:
+            await appender.stop()
 
     async def _watch_backlog(self) -> None:
         """Keep the stream lengths current, so ingest can push back when loaders lag."""
@@ -225,8 +229,9 @@ class Tracking:
             raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
 
-    async def append(self, data: bytes) -> pb.BatchAck:
-        """Validate one serialized batch and append it to its run's stream."""
+    async def _accept(self, data: bytes) -> tuple[pb.BatchAck, asyncio.Future[None] | None]:
+        """Validate one serialized batch and submit it to its shard's appender; returns the ack
+        to send and the future of the append (None for an empty batch)."""
         b = wire.decode(data)
         wire.validate(b, len(data), self._known_keys)
         await self._check_run(b.run_id)
@@ -235,22 +240,52 @@ class Tracking:
             raise ResourceExhausted(
                 f"ingest backlog is full ({self._backlog[shard]:,} batches waiting for the loaders); retry later"
             )
-        if b.points:
-            try:
-                await self.redis.xadd(self.keys.stream(shard), {FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                raise Unavailable(f"the ingest log (Redis) is unreachable: {exc}") from None
-        return pb.BatchAck(seq=b.seq, code=0, points=b.points)
+        ack = pb.BatchAck(seq=b.seq, code=0, points=b.points)
+        if not b.points:
+            return ack, None
+        return ack, self._appenders[shard].submit({FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
-        return await self.append(data)
+        ack, appended = await self._accept(data)
+        if appended is not None:
+            await appended
+        return ack
 
     async def StreamMetrics(self, requests: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[pb.BatchAck]:
-        async for data in requests:
+        """Batches of one stream are validated in order and appended in order, but a sender is
+        not held to one Redis round trip per batch: up to STREAM_PIPELINE appends are in flight,
+        and each ack goes back once its own append has returned."""
+        inflight: asyncio.Queue[tuple[pb.BatchAck, asyncio.Future[None] | None] | None] = asyncio.Queue(
+            STREAM_PIPELINE
+        )
+
+        async def read() -> None:
             try:
-                yield await self.append(data)
-            except RunstreamError as exc:
-                yield pb.BatchAck(seq=_seq_of(data), code=exc.code.value[0], message=str(exc))
+                async for data in requests:
+                    try:
+                        await inflight.put(await self._accept(data))
+                    except RunstreamError as exc:
+                        await inflight.put((_refusal(data, exc), None))
+            finally:
+                await inflight.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await inflight.get()) is not None:
+                ack, appended = item
+                if appended is not None:
+                    try:
+                        await appended
+                    except RunstreamError as exc:
+                        ack = pb.BatchAck(seq=ack.seq, code=exc.code.value[0], message=str(exc))
+                yield ack
+            await reader  # re-raise what ended the request stream, if anything
+        finally:
+            reader.cancel()
+
+
+def _refusal(data: bytes, exc: RunstreamError) -> pb.BatchAck:
+    return pb.BatchAck(seq=_seq_of(data), code=exc.code.value[0], message=str(exc))
 
 
 def _seq_of(data: bytes) -> int:
