@@ -82,11 +82,15 @@ class BenchServer:
                 break
         else:
             raise RuntimeError("the server did not start")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.output: list[str] = []
+        threading.Thread(target=lambda: self.output.extend(self.proc.stdout or []), daemon=True).start()
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(120)
+        for line in self.output:
+            if "drained" in line:  # the loaders' own account: transactions and where the time went
+                print("   ", line.strip().split(" INFO ", 1)[-1], file=sys.stderr)
         r = redis.Redis.from_url(self.redis_url)
         for key in r.scan_iter(f"{self.prefix}:*"):
             r.delete(key)

@@ -105,7 +105,8 @@ def test_a_loader_killed_mid_load_loses_and_doubles_nothing(make_server, failpoi
         if failpoint == "loader.after_copy":
             assert committed_before == 0  # its transaction died with it
         else:
-            assert committed_before == pending  # committed but not acknowledged: a claim must not redo them
+            # Committed but not acknowledged (plus what it had read ahead): a claim must not redo them.
+            assert 0 < committed_before <= pending
 
         rescuer = make_server("--role", "load", like=ingest)
         total = batches * per_batch
