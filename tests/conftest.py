@@ -209,8 +209,7 @@ def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
     threading.Thread(target=read, daemon=True).start()
 
 
-@pytest.fixture
-def make_server(services: Services) -> Iterator[Any]:
+def _server_factory(services: Services) -> Iterator[Any]:
     """A factory of servers; servers made with the same `like=` share database and prefix."""
     made: list[Server] = []
 
@@ -242,6 +241,17 @@ def make_server(services: Services) -> Iterator[Any]:
             r.delete(key)
     for db_url in {s.db_url for s in made}:
         sql(services.pg_admin_url, f"DROP DATABASE IF EXISTS {db_url.rsplit('/', 1)[1].split('?')[0]} WITH (FORCE)")
+
+
+@pytest.fixture
+def make_server(services: Services) -> Iterator[Any]:
+    yield from _server_factory(services)
+
+
+@pytest.fixture(scope="module")
+def make_module_server(services: Services) -> Iterator[Any]:
+    """Servers shared by a module's tests (e.g. one data set read many ways)."""
+    yield from _server_factory(services)
 
 
 @pytest.fixture

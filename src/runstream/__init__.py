@@ -35,6 +35,7 @@ from runstream.errors import (
     Unauthenticated,
     Unavailable,
 )
+from runstream.query_client import MetricHistory, QueryClient
 
 __all__ = [
     "AlreadyExists",
@@ -44,8 +45,10 @@ __all__ = [
     "ExperimentNotFound",
     "FailedPrecondition",
     "InvalidArgument",
+    "MetricHistory",
     "NotFound",
     "ParamConflict",
+    "QueryClient",
     "ResourceExhausted",
     "Run",
     "RunNotFound",

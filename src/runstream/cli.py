@@ -49,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     runs = sub.add_parser("runs", help="list the runs of an experiment with their last metric values")
     runs.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     runs.add_argument("run_ids", nargs="+")
+    metrics = sub.add_parser("metrics", help="a run's metric history as CSV or JSON on stdout")
+    metrics.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    metrics.add_argument("run_id")
+    metrics.add_argument("key")
+    metrics.add_argument("--max-points", type=int, default=1000, help="above this, buckets of first/last/min/max")
+    metrics.add_argument("--min-step", type=int)
+    metrics.add_argument("--max-step", type=int)
+    metrics.add_argument("--writer", help="only this writer's points (e.g. rank3)")
+    metrics.add_argument("--aggregate", choices=["mean", "min", "max"], help="one value per step across writers")
+    metrics.add_argument("--format", choices=["csv", "json"], default="csv")
     args = parser.parse_args(argv)
 
     if args.command == "server":
@@ -80,6 +90,27 @@ def main(argv: list[str] | None = None) -> int:
 
         with Client(args.url) as client:
             print(runs_table([client.get_run(r) for r in args.run_ids]))
+        return 0
+    if args.command == "metrics":
+        from runstream.errors import RunstreamError
+        from runstream.query_client import QueryClient
+        from runstream.report import write_history
+
+        try:
+            with QueryClient(args.url) as q:
+                history = q.get_metric_history(
+                    args.run_id,
+                    args.key,
+                    min_step=args.min_step,
+                    max_step=args.max_step,
+                    max_points=args.max_points,
+                    writer=args.writer,
+                    aggregate=args.aggregate,
+                )
+        except RunstreamError as exc:
+            print(f"runstream: {exc}", file=sys.stderr)
+            return 1
+        write_history(history, args.format, sys.stdout)
         return 0
     return 2
 

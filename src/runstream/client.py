@@ -39,7 +39,26 @@ def default_writer_id() -> str:
     return f"rank{rank}/{base}" if rank is not None else base
 
 
-def _typed_errors(fn: Callable[..., T]) -> Callable[..., T]:
+def resolve_target(target: str | None) -> str:
+    return target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
+
+
+def open_channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # A training job outlives server restarts: try again within seconds, not minutes.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 3000),
+            # A forked child must not reuse the parent's connections from the global pool.
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )
+
+
+def typed_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
@@ -54,20 +73,9 @@ class Client:
     """A connection to a runstream server (`target` or RUNSTREAM_URL, e.g. "host:50051")."""
 
     def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
-        self.target = target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
+        self.target = resolve_target(target)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", 8 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                # A training job outlives server restarts: try again within seconds, not minutes.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 3000),
-                # A forked child must not reuse the parent's connections from the global pool.
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
+        self._channel = open_channel(self.target)
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._pid = os.getpid()
         self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
@@ -93,7 +101,7 @@ class Client:
 
     # ------------------------------------------------------------ experiments
 
-    @_typed_errors
+    @typed_errors
     def create_experiment(
         self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
     ) -> pb.Experiment:
@@ -103,7 +111,7 @@ class Client:
         )
         return out
 
-    @_typed_errors
+    @typed_errors
     def get_experiment(self, experiment_id: str | None = None, *, name: str | None = None) -> pb.Experiment:
         req = (
             pb.GetExperimentRequest(name=name)
@@ -113,7 +121,7 @@ class Client:
         out: pb.Experiment = self._stub.GetExperiment(req, timeout=self.timeout)
         return out
 
-    @_typed_errors
+    @typed_errors
     def list_experiments(self) -> list[pb.Experiment]:
         found: list[pb.Experiment] = []
         token = ""
@@ -126,7 +134,7 @@ class Client:
 
     # ------------------------------------------------------------ runs
 
-    @_typed_errors
+    @typed_errors
     def create_run(
         self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None, start_time_ms: int = 0
     ) -> pb.Run:
@@ -139,12 +147,12 @@ class Client:
         )
         return out
 
-    @_typed_errors
+    @typed_errors
     def get_run(self, run_id: str) -> pb.Run:
         out: pb.Run = self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
         return out
 
-    @_typed_errors
+    @typed_errors
     def update_run(
         self, run_id: str, status: str | None = None, name: str | None = None, end_time_ms: int = 0
     ) -> pb.Run:
@@ -158,19 +166,19 @@ class Client:
         out: pb.Run = self._stub.UpdateRun(req, timeout=self.timeout)
         return out
 
-    @_typed_errors
+    @typed_errors
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self._stub.LogParams(
             pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()}), timeout=self.timeout
         )
 
-    @_typed_errors
+    @typed_errors
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._stub.SetTags(
             pb.SetTagsRequest(run_id=run_id, tags={k: str(v) for k, v in tags.items()}), timeout=self.timeout
         )
 
-    @_typed_errors
+    @typed_errors
     def delete_tag(self, run_id: str, key: str) -> None:
         self._stub.DeleteTag(pb.DeleteTagRequest(run_id=run_id, key=key), timeout=self.timeout)
 

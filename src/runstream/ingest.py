@@ -11,11 +11,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import grpc
 import redis.asyncio as aioredis
 
 from runstream import batch as wire
@@ -294,68 +293,3 @@ def _seq_of(data: bytes) -> int:
         return wire.decode(data).seq
     except InvalidArgument:
         return 0
-
-
-# ---------------------------------------------------------------- gRPC wiring
-
-RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
-
-
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RunstreamError):
-        return exc.code, str(exc)
-    if isinstance(exc, asyncpg.PostgresConnectionError | OSError):
-        return grpc.StatusCode.UNAVAILABLE, f"the database is unreachable: {exc}"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def handler(req: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await fn(req, ctx)
-        except Exception as exc:  # every failure becomes a status the client can act on
-            code, message = _status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", getattr(fn, "__name__", "handler"))
-            await ctx.abort(code, message)
-
-    return handler
-
-
-def _stream(
-    fn: Callable[[Any, Any], AsyncIterator[Any]],
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def handler(reqs: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            async for item in fn(reqs, ctx):
-                yield item
-        except Exception as exc:  # an error outside one batch ends the stream with its status
-            code, message = _status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("stream failed")
-            await ctx.abort(code, message)
-
-    return handler
-
-
-def service_handler(servicer: Any, service: str = "TrackingService") -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    """A generic handler for every method of `service` as declared in the protos; the
-    metric methods skip protobuf deserialization."""
-    desc = pb.DESCRIPTOR.services_by_name[service]
-    handlers = {}
-    for method in desc.methods:
-        fn = getattr(servicer, method.name)
-        out_cls = getattr(pb, method.output_type.name)
-        raw = method.name in RAW_REQUEST_METHODS
-        deserialize = None if raw else getattr(pb, method.input_type.name).FromString
-        if method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
-            )
-        elif not method.client_streaming and not method.server_streaming:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
-            )
-        else:
-            raise NotImplementedError(f"{method.full_name}: only unary and bidi methods are wired")
-    return grpc.method_handlers_generic_handler(desc.full_name, handlers)

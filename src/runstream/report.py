@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runstream.proto import tracking_pb2 as pb
+
+if TYPE_CHECKING:
+    from runstream.query_client import MetricHistory
 
 STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
 
@@ -51,3 +57,31 @@ def runs_table(
             ]
         )
     return table(header, rows)
+
+
+def write_history(history: MetricHistory, fmt: str, out: TextIO) -> None:
+    """Points (step, value, timestamp_ms, writer) or buckets as CSV rows or one JSON document."""
+    columns: dict[str, Any]
+    if history.downsampled:
+        columns = dict(history.buckets)
+    else:
+        columns = {"step": history.step, "value": history.value}
+        if len(history.timestamp_ms):
+            columns |= {"timestamp_ms": history.timestamp_ms, "writer": history.writer}
+    names = list(columns)
+    rows = zip(*(c.tolist() if hasattr(c, "tolist") else c for c in columns.values()), strict=True)
+    if fmt == "json":
+        json.dump(
+            {
+                "key": history.key,
+                "total_points": history.total_points,
+                "downsampled": history.downsampled,
+                "rows": [dict(zip(names, r, strict=True)) for r in rows],
+            },
+            out,
+        )
+        out.write("\n")
+        return
+    writer = csv.writer(out)
+    writer.writerow(names)
+    writer.writerows(rows)

@@ -25,9 +25,12 @@ import redis.asyncio as aioredis
 from runstream import store
 from runstream.config import Settings
 from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
-from runstream.ingest import Tracking, service_handler
+from runstream.ingest import Tracking
 from runstream.keys import Keys
 from runstream.loader import Loader
+from runstream.proto import query_pb2, tracking_pb2
+from runstream.query import Query
+from runstream.rpc import service_handler
 
 log = logging.getLogger(__name__)
 DrainFlag = multiprocessing.synchronize.Event
@@ -93,7 +96,12 @@ async def serve_ingest(
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
     )
-    server.add_generic_rpc_handlers((service_handler(tracking),))
+    server.add_generic_rpc_handlers(
+        (
+            service_handler(tracking, tracking_pb2, "TrackingService"),
+            service_handler(Query(pool), query_pb2, "QueryService"),
+        )
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     stop = _stop_event()

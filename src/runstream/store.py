@@ -368,3 +368,58 @@ async def series_chunks(conn: Conn, run_id: str, key: str) -> list[asyncpg.Recor
         run_id,
         key,
     )
+
+
+# ---------------------------------------------------------------- metric histories
+
+
+async def metric_series(conn: Conn, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
+    """(series_id, writer_id) of a run's key, every writer or one, in writer order."""
+    if writer is None:
+        return await conn.fetch(
+            "SELECT series_id, writer_id FROM metric_series WHERE run_id = $1 AND key = $2 ORDER BY writer_id",
+            run_id,
+            key,
+        )
+    return await conn.fetch(
+        "SELECT series_id, writer_id FROM metric_series WHERE run_id = $1 AND key = $2 AND writer_id = $3",
+        run_id,
+        key,
+        writer,
+    )
+
+
+async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> asyncpg.Record:
+    """first step, last step and point count of the chunks overlapping [lo, hi]."""
+    row = await conn.fetchrow(
+        """SELECT min(first_step) AS first_step, max(last_step) AS last_step, coalesce(sum(n), 0) AS points
+           FROM metric_chunks WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3""",
+        series_ids,
+        lo,
+        hi,
+    )
+    assert row is not None
+    return row
+
+
+async def history_chunks(
+    conn: Conn, series_ids: list[int], lo: int, hi: int, width: int, decode_all: bool
+) -> list[asyncpg.Record]:
+    """Chunks overlapping [lo, hi]. Their arrays come back only where they are needed: for
+    every chunk with `decode_all`, else for chunks crossing a bucket boundary (buckets of
+    `width` steps from `lo`) or the range's ends; the others are used by their summaries."""
+    return await conn.fetch(
+        """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
+                  CASE WHEN whole THEN NULL ELSE steps END AS steps,
+                  CASE WHEN whole THEN NULL ELSE timestamps END AS timestamps,
+                  CASE WHEN whole THEN NULL ELSE vals END AS vals
+           FROM (SELECT *, NOT $5 AND first_step >= $2 AND last_step <= $3
+                           AND (first_step - $2) / $4 = (last_step - $2) / $4 AS whole
+                 FROM metric_chunks
+                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c""",
+        series_ids,
+        lo,
+        hi,
+        width,
+        decode_all,
+    )

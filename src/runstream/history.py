@@ -1,0 +1,113 @@
+"""Metric histories from stored chunks, with numpy: merge writers in step order, aggregate
+across writers per step, and downsample into buckets that keep first, last, min and max.
+
+Downsampling takes "items": a whole chunk inside one bucket is one item carrying its stored
+summary (first/last step and value, min, max, count), so it is never decoded; a decoded
+point is an item of count 1. Buckets are then reductions over items sorted by bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class Points:
+    step: I64
+    value: F64
+    timestamp_ms: I64
+    writer: npt.NDArray[np.uint32]
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+@dataclass
+class Items:
+    """Summarised pieces of a series: whole chunks or single points."""
+
+    first_step: I64
+    last_step: I64
+    first: F64
+    last: F64
+    min: F64
+    max: F64
+    count: I64
+
+    @staticmethod
+    def of_points(step: I64, value: F64) -> Items:
+        return Items(step, step, value, value, value, value, np.ones(len(step), dtype=np.int64))
+
+    @staticmethod
+    def concat(parts: list[Items]) -> Items:
+        fields = ("first_step", "last_step", "first", "last", "min", "max", "count")
+        return Items(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
+@dataclass
+class Buckets:
+    first_step: I64
+    last_step: I64
+    first: F64
+    last: F64
+    min: F64
+    max: F64
+    count: I64
+
+
+def merge(parts: list[Points], lo: int, hi: int) -> Points:
+    """Points of several chunks and writers within [lo, hi], in step order then writer order."""
+    if not parts:
+        return Points(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty(0, np.uint32))
+    step = np.concatenate([p.step for p in parts])
+    keep = (step >= lo) & (step <= hi)
+    value = np.concatenate([p.value for p in parts])[keep]
+    stamp = np.concatenate([p.timestamp_ms for p in parts])[keep]
+    writer = np.concatenate([p.writer for p in parts])[keep]
+    step = step[keep]
+    order = np.lexsort((writer, step))
+    return Points(step[order], value[order], stamp[order], writer[order])
+
+
+def aggregate(points: Points, how: str) -> tuple[I64, F64]:
+    """One value per step across writers: mean, min or max (NaN-skipping for min and max)."""
+    if not len(points):
+        return points.step, points.value
+    steps, starts = np.unique(points.step, return_index=True)  # points are in step order
+    if how == "mean":
+        counts = np.diff(np.append(starts, len(points)))
+        return steps, np.add.reduceat(points.value, starts) / counts
+    reduce = np.fmin if how == "min" else np.fmax
+    return steps, reduce.reduceat(points.value, starts)
+
+
+def downsample(items: Items, lo: int, width: int) -> Buckets:
+    """Fold items into buckets [lo + k*width, lo + (k+1)*width) by their first step."""
+    if not len(items.count):
+        e = np.empty(0)
+        return Buckets(np.empty(0, np.int64), np.empty(0, np.int64), e, e, e, e, np.empty(0, np.int64))
+    bucket = (items.first_step - lo) // width
+    by_first = np.lexsort((items.first_step, bucket))
+    sorted_bucket = bucket[by_first]
+    starts = np.flatnonzero(np.diff(sorted_bucket, prepend=sorted_bucket[0] - 1))
+    ends = np.append(starts[1:], len(sorted_bucket))
+    by_last = np.lexsort((items.last_step, bucket))  # same bucket boundaries: bucket is the primary key
+    return Buckets(
+        first_step=items.first_step[by_first][starts],
+        last_step=items.last_step[by_last][ends - 1],
+        first=items.first[by_first][starts],
+        last=items.last[by_last][ends - 1],
+        min=np.fmin.reduceat(items.min[by_first], starts),
+        max=np.fmax.reduceat(items.max[by_first], starts),
+        count=np.add.reduceat(items.count[by_first], starts),
+    )
+
+
+def bucket_width(lo: int, hi: int, buckets: int) -> int:
+    return max(1, -(-(hi - lo + 1) // buckets))

@@ -1,0 +1,71 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Aggregate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATE_NONE: _ClassVar[Aggregate]
+    MEAN: _ClassVar[Aggregate]
+    MIN: _ClassVar[Aggregate]
+    MAX: _ClassVar[Aggregate]
+AGGREGATE_NONE: Aggregate
+MEAN: Aggregate
+MIN: Aggregate
+MAX: Aggregate
+
+class GetMetricHistoryRequest(_message.Message):
+    __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    key: str
+    min_step: int
+    max_step: int
+    max_points: int
+    writer: str
+    aggregate: Aggregate
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., max_points: _Optional[int] = ..., writer: _Optional[str] = ..., aggregate: _Optional[_Union[Aggregate, str]] = ...) -> None: ...
+
+class MetricHistory(_message.Message):
+    __slots__ = ("key", "total_points", "downsampled", "writers", "step", "value", "timestamp_ms", "writer_index", "bucket_first_step", "bucket_last_step", "bucket_first", "bucket_last", "bucket_min", "bucket_max", "bucket_count")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_POINTS_FIELD_NUMBER: _ClassVar[int]
+    DOWNSAMPLED_FIELD_NUMBER: _ClassVar[int]
+    WRITERS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIRST_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_LAST_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_MIN_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_MAX_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    total_points: int
+    downsampled: bool
+    writers: _containers.RepeatedScalarFieldContainer[str]
+    step: _containers.RepeatedScalarFieldContainer[int]
+    value: _containers.RepeatedScalarFieldContainer[float]
+    timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
+    writer_index: _containers.RepeatedScalarFieldContainer[int]
+    bucket_first_step: _containers.RepeatedScalarFieldContainer[int]
+    bucket_last_step: _containers.RepeatedScalarFieldContainer[int]
+    bucket_first: _containers.RepeatedScalarFieldContainer[float]
+    bucket_last: _containers.RepeatedScalarFieldContainer[float]
+    bucket_min: _containers.RepeatedScalarFieldContainer[float]
+    bucket_max: _containers.RepeatedScalarFieldContainer[float]
+    bucket_count: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[str] = ..., total_points: _Optional[int] = ..., downsampled: _Optional[bool] = ..., writers: _Optional[_Iterable[str]] = ..., step: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ..., writer_index: _Optional[_Iterable[int]] = ..., bucket_first_step: _Optional[_Iterable[int]] = ..., bucket_last_step: _Optional[_Iterable[int]] = ..., bucket_first: _Optional[_Iterable[float]] = ..., bucket_last: _Optional[_Iterable[float]] = ..., bucket_min: _Optional[_Iterable[float]] = ..., bucket_max: _Optional[_Iterable[float]] = ..., bucket_count: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -1,0 +1,145 @@
+"""The QueryService: metric histories read from the stored chunks.
+
+A history with at most `max_points` points comes back whole, in step order. A longer one
+comes back as `max_points` buckets over its step range; chunks that lie inside one bucket
+contribute their stored summaries, so at coarse zoom most chunks are never decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from runstream import batch as wire
+from runstream import chunks, history, store
+from runstream.errors import InvalidArgument, NotFound, RunNotFound
+from runstream.proto import query_pb2 as qpb
+
+DEFAULT_MAX_POINTS = 1000
+MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
+
+
+class Query:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
+        wire.check_run_id(req.run_id)
+        wire.check_key(req.key)
+        max_points = req.max_points or DEFAULT_MAX_POINTS
+        if not 0 < max_points <= MAX_POINTS:
+            raise InvalidArgument(f"max_points is {max_points:,}; it must be between 1 and {MAX_POINTS:,}")
+        if req.aggregate not in (qpb.AGGREGATE_NONE, *AGGREGATES):
+            raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
+        lo = req.min_step if req.HasField("min_step") else INT64_MIN
+        hi = req.max_step if req.HasField("max_step") else INT64_MAX
+        if lo > hi:
+            raise InvalidArgument(f"min_step {lo} is above max_step {hi}")
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            ids = [r["series_id"] for r in series]
+            writers = [r["writer_id"] for r in series]
+            extent = await store.chunk_extent(conn, ids, lo, hi)
+            out = qpb.MetricHistory(key=req.key, writers=writers)
+            if extent["first_step"] is None:
+                return out
+            lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
+            whole = req.aggregate != qpb.AGGREGATE_NONE or extent["points"] <= max_points
+            width = history.bucket_width(lo, hi, max_points)
+            rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
+        writer_of = {sid: i for i, sid in enumerate(ids)}
+        if whole:
+            points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
+            out.total_points = len(points)
+            if req.aggregate != qpb.AGGREGATE_NONE:
+                steps, values = history.aggregate(points, AGGREGATES[req.aggregate])
+                if len(steps) <= max_points:
+                    out.step.extend(steps.tolist())
+                    out.value.extend(values.tolist())
+                    return out
+                return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), lo, width))
+            if len(points) <= max_points:
+                out.step.extend(points.step.tolist())
+                out.value.extend(points.value.tolist())
+                out.timestamp_ms.extend(points.timestamp_ms.tolist())
+                out.writer_index.extend(points.writer.tolist())
+                return out
+            return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+        items = _items(rows, lo, hi)
+        out.total_points = int(items.count.sum())
+        return _with_buckets(out, history.downsample(items, lo, width))
+
+    async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
+        series = await store.metric_series(conn, run_id, key, writer)
+        if series:
+            return series
+        if await store.run_lifecycle(conn, run_id) is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        if writer is not None and await store.metric_series(conn, run_id, key, None):
+            raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
+        raise NotFound(f"run {run_id} has no metric {key!r}")
+
+
+def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:
+    steps, stamps, values = chunks.unpack(row["steps"], row["timestamps"], row["vals"])
+    return history.Points(steps, values, stamps, np.full(len(steps), writer_of[row["series_id"]], dtype=np.uint32))
+
+
+def _items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
+    """Whole chunks as summary items, and the in-range points of the chunks that came decoded."""
+    whole = [r for r in rows if r["steps"] is None]
+    parts = []
+    if whole:
+        cols = list(
+            zip(
+                *(
+                    (
+                        r["first_step"],
+                        r["last_step"],
+                        r["first_value"],
+                        r["last_value"],
+                        r["min_value"],
+                        r["max_value"],
+                        r["n"],
+                    )
+                    for r in whole
+                ),
+                strict=True,
+            )
+        )
+        parts.append(
+            history.Items(
+                np.array(cols[0], np.int64),
+                np.array(cols[1], np.int64),
+                np.array(cols[2]),
+                np.array(cols[3]),
+                np.array(cols[4]),
+                np.array(cols[5]),
+                np.array(cols[6], np.int64),
+            )
+        )
+    decoded = [r for r in rows if r["steps"] is not None]
+    if decoded:
+        steps = np.concatenate([np.frombuffer(r["steps"], "<i8") for r in decoded])
+        values = np.concatenate([np.frombuffer(r["vals"], "<f8") for r in decoded])
+        keep = (steps >= lo) & (steps <= hi)
+        parts.append(history.Items.of_points(steps[keep], values[keep]))
+    if not parts:
+        return history.Items.of_points(np.empty(0, np.int64), np.empty(0))
+    return history.Items.concat(parts)
+
+
+def _with_buckets(out: qpb.MetricHistory, b: history.Buckets) -> qpb.MetricHistory:
+    out.downsampled = True
+    out.bucket_first_step.extend(b.first_step.tolist())
+    out.bucket_last_step.extend(b.last_step.tolist())
+    out.bucket_first.extend(b.first.tolist())
+    out.bucket_last.extend(b.last.tolist())
+    out.bucket_min.extend(b.min.tolist())
+    out.bucket_max.extend(b.max.tolist())
+    out.bucket_count.extend(b.count.tolist())
+    return out

@@ -1,0 +1,112 @@
+"""The query side of the SDK, for dashboards and notebooks: `QueryClient(target)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from runstream.client import open_channel, resolve_target, typed_errors
+from runstream.proto import query_pb2 as qpb
+from runstream.proto import query_pb2_grpc as qpb_grpc
+
+_AGGREGATES = {None: qpb.AGGREGATE_NONE, "mean": qpb.MEAN, "min": qpb.MIN, "max": qpb.MAX}
+
+
+@dataclass
+class MetricHistory:
+    """A metric's points in step order or, when `downsampled`, its buckets (each with
+    first/last step and first, last, min, max value and count)."""
+
+    key: str
+    total_points: int
+    downsampled: bool
+    writers: list[str]
+    step: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    timestamp_ms: npt.NDArray[np.int64]
+    writer: list[str]
+    buckets: dict[str, npt.NDArray[Any]]
+
+    def to_pandas(self) -> Any:
+        import pandas as pd  # type: ignore[import-untyped,import-not-found,unused-ignore]  # optional
+
+        if self.downsampled:
+            return pd.DataFrame(self.buckets)
+        frame: dict[str, Any] = {"step": self.step, "value": self.value}
+        if len(self.timestamp_ms):
+            frame |= {"timestamp_ms": self.timestamp_ms, "writer": self.writer}
+        return pd.DataFrame(frame)
+
+
+def _history(msg: qpb.MetricHistory) -> MetricHistory:
+    buckets: dict[str, npt.NDArray[Any]] = {}
+    if msg.downsampled:
+        buckets = {
+            "first_step": np.array(msg.bucket_first_step, np.int64),
+            "last_step": np.array(msg.bucket_last_step, np.int64),
+            "first": np.array(msg.bucket_first, np.float64),
+            "last": np.array(msg.bucket_last, np.float64),
+            "min": np.array(msg.bucket_min, np.float64),
+            "max": np.array(msg.bucket_max, np.float64),
+            "count": np.array(msg.bucket_count, np.int64),
+        }
+    writers = list(msg.writers)
+    return MetricHistory(
+        key=msg.key,
+        total_points=msg.total_points,
+        downsampled=msg.downsampled,
+        writers=writers,
+        step=np.array(msg.step, np.int64),
+        value=np.array(msg.value, np.float64),
+        timestamp_ms=np.array(msg.timestamp_ms, np.int64),
+        writer=[writers[i] for i in msg.writer_index],
+        buckets=buckets,
+    )
+
+
+class QueryClient:
+    """Reads metric histories from a runstream server (`target` or RUNSTREAM_URL)."""
+
+    def __init__(self, target: str | None = None, *, timeout: float = 60.0) -> None:
+        self.target = resolve_target(target)
+        self.timeout = timeout
+        self._channel = open_channel(self.target)
+        self._stub: Any = qpb_grpc.QueryServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> QueryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @typed_errors
+    def get_metric_history(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        max_points: int = 1000,
+        writer: str | None = None,
+        aggregate: str | None = None,
+    ) -> MetricHistory:
+        """Every point when there are at most `max_points`, else `max_points` buckets.
+        `writer` keeps one writer's points; `aggregate` ("mean", "min", "max") gives one value
+        per step across writers."""
+        if aggregate not in _AGGREGATES:
+            raise ValueError("aggregate must be None, 'mean', 'min' or 'max'")
+        req = qpb.GetMetricHistoryRequest(
+            run_id=run_id, key=key, max_points=max_points, writer=writer or "", aggregate=_AGGREGATES[aggregate]
+        )
+        if min_step is not None:
+            req.min_step = min_step
+        if max_step is not None:
+            req.max_step = max_step
+        return _history(self._stub.GetMetricHistory(req, timeout=self.timeout))
