@@ -405,18 +405,20 @@ async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> a
 async def history_chunks(
     conn: Conn, series_ids: list[int], lo: int, hi: int, width: int, decode_all: bool
 ) -> list[asyncpg.Record]:
-    """Chunks overlapping [lo, hi]. Their arrays come back only where they are needed: for
-    every chunk with `decode_all`, else for chunks crossing a bucket boundary (buckets of
-    `width` steps from `lo`) or the range's ends; the others are used by their summaries."""
+    """Chunks overlapping [lo, hi], in the order of `series_ids`, then by first step.
+    Their arrays come back only where they are needed: for every chunk with `decode_all`,
+    else for chunks crossing a bucket boundary (buckets of `width` steps from `lo`) or the
+    range's ends; the others are used by their summaries."""
     return await conn.fetch(
         """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
                   CASE WHEN whole THEN NULL ELSE steps END AS steps,
-                  CASE WHEN whole THEN NULL ELSE timestamps END AS timestamps,
+                  CASE WHEN $5 THEN timestamps END AS timestamps,  -- buckets carry no timestamps
                   CASE WHEN whole THEN NULL ELSE vals END AS vals
            FROM (SELECT *, NOT $5 AND first_step >= $2 AND last_step <= $3
                            AND (first_step - $2) / $4 = (last_step - $2) / $4 AS whole
                  FROM metric_chunks
-                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c""",
+                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c
+           ORDER BY array_position($1::int8[], series_id), first_step""",
         series_ids,
         lo,
         hi,

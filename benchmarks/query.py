@@ -1,0 +1,106 @@
+"""Query benchmark: metric histories of a 1,000,000-point series on the machine's PostgreSQL.
+
+    python benchmarks/query.py [--postgres-url URL] [--redis-url URL] [--points N] [--calls N]
+
+Loads one run with one key (one writer, or several) through a real server, then times
+GetMetricHistory over gRPC: downsampled to 1,000 buckets (whole range and zoomed in), and
+whole windows of 200,000 points (points/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import BenchServer, table
+
+import runstream
+from runstream import batch as wire
+from runstream.query_client import QueryClient
+
+
+def load(server: BenchServer, points: int, writers: int) -> str:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("bench", "history").run_id
+        call = client.channel.unary_unary(
+            "/runstream.v1.TrackingService/LogMetrics", request_serializer=None, response_deserializer=None
+        )
+        per_writer = points // writers
+        rng = np.random.default_rng(0)
+        for w in range(writers):
+            for seq, lo in enumerate(range(0, per_writer, 10_000), start=1):
+                n = min(10_000, per_writer - lo)
+                steps = np.arange(lo, lo + n)
+                call(
+                    wire.encode(run_id, f"rank{w}", seq, ["loss"], np.zeros(n), steps, None, rng.random(n)), timeout=60
+                )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            count = sum(m.count for m in client.get_run(run_id).metrics)
+            if count >= per_writer * writers:
+                return run_id
+            time.sleep(0.2)
+    raise TimeoutError("points were not committed")
+
+
+def timed(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    fn()  # warm up (connection, plans, caches)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.percentile(times, 50)) * 1000, float(np.percentile(times, 95)) * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get("RUNSTREAM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--points", type=int, default=1_000_000)
+    p.add_argument("--calls", type=int, default=20)
+    args = p.parse_args()
+
+    rows = []
+    for writers in (1, 4):
+        server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
+        try:
+            print(f"  loading {args.points:,} points from {writers} writer(s)", file=sys.stderr, flush=True)
+            run_id = load(server, args.points, writers)
+            steps = args.points // writers
+            with QueryClient(server.target) as q:
+                history = partial(q.get_metric_history, run_id, "loss")
+                window = (steps // 2, steps // 2 + steps // 10)
+                cases = [
+                    ("downsample whole range to 1,000", partial(history, max_points=1000)),
+                    ("downsample 10% window to 1,000", partial(history, min_step=window[0], max_step=window[1])),
+                    (
+                        "whole 200,000-point window",
+                        partial(history, min_step=0, max_step=200_000 // writers - 1, max_points=200_000),
+                    ),
+                ]
+                for name, fn in cases:
+                    p50, p95 = timed(fn, args.calls)
+                    got = fn()
+                    n = got.total_points
+                    rate = f"{n / (p50 / 1000):,.0f}" if not got.downsampled else ""
+                    rows.append([f"{args.points:,}", str(writers), name, f"{p50:.1f}", f"{p95:.1f}", rate])
+        finally:
+            server.close()
+    print(f"\nGetMetricHistory over gRPC ({args.calls} calls each, after one warm-up)\n")
+    print(table(["series points", "writers", "query", "p50 ms", "p95 ms", "points/s"], rows))
+
+
+if __name__ == "__main__":
+    main()
