@@ -29,6 +29,7 @@ from runstream.errors import (
     RunstreamError,
 )
 from runstream.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.messages import experiment_message, run_message
 from runstream.proto import tracking_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -47,32 +48,6 @@ def _check_params(values: dict[str, str], what: str, limit: int) -> None:
         wire.check_key(key, what)
         if len(value) > limit:
             raise InvalidArgument(f"{what} {key!r} value is {len(value):,} characters; the limit is {limit:,}")
-
-
-def _run_message(run: store.RunRow) -> pb.Run:
-    return pb.Run(
-        run_id=run.run_id,
-        experiment_id=str(run.experiment_id),
-        name=run.name,
-        status=run.status,  # type: ignore[arg-type]
-        start_time_ms=run.start_time_ms,
-        end_time_ms=run.end_time_ms or 0,
-        lifecycle_stage=run.lifecycle_stage,
-        params=run.params,
-        tags=run.tags,
-        metrics=[pb.MetricSummary(**dict(m)) for m in run.metrics],
-    )
-
-
-def _experiment_message(e: store.ExperimentRow) -> pb.Experiment:
-    return pb.Experiment(
-        experiment_id=str(e.experiment_id),
-        name=e.name,
-        artifact_location=e.artifact_location,
-        lifecycle_stage=e.lifecycle_stage,
-        creation_time_ms=e.creation_time_ms,
-        tags=e.tags,
-    )
 
 
 def _experiment_id(text: str) -> int:
@@ -122,7 +97,7 @@ class Tracking:
         if not req.name or len(req.name) > MAX_NAME:
             raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
         async with self.pool.acquire() as conn:
-            return _experiment_message(
+            return experiment_message(
                 await store.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
             )
 
@@ -134,7 +109,7 @@ class Tracking:
                 row = await store.get_experiment(conn, name=req.name)
             else:
                 raise InvalidArgument("give experiment_id or name")
-            return _experiment_message(row)
+            return experiment_message(row)
 
     async def ListExperiments(self, req: pb.ListExperimentsRequest, ctx: Any) -> pb.ListExperimentsResponse:
         limit = req.max_results or 1000
@@ -146,7 +121,7 @@ class Tracking:
         more = len(rows) > limit
         rows = rows[:limit]
         return pb.ListExperimentsResponse(
-            experiments=[_experiment_message(r) for r in rows],
+            experiments=[experiment_message(r) for r in rows],
             next_page_token=str(rows[-1].experiment_id) if more else "",
         )
 
@@ -172,12 +147,12 @@ class Tracking:
             )
             run = await store.get_run(conn, run_id)
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
-        return _run_message(run)
+        return run_message(run)
 
     async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
-            return _run_message(await store.get_run(conn, req.run_id))
+            return run_message(await store.get_run(conn, req.run_id))
 
     async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
@@ -190,7 +165,7 @@ class Tracking:
             raise InvalidArgument(f"run name is {len(name)} characters; the limit is {MAX_NAME}")
         async with self.pool.acquire() as conn:
             await store.update_run(conn, req.run_id, status, end, name)
-            return _run_message(await store.get_run(conn, req.run_id))
+            return run_message(await store.get_run(conn, req.run_id))
 
     async def LogParams(self, req: pb.LogParamsRequest, ctx: Any) -> pb.LogParamsResponse:
         wire.check_run_id(req.run_id)

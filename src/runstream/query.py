@@ -7,19 +7,25 @@ contribute their stored summaries, so at coarse zoom most chunks are never decod
 
 from __future__ import annotations
 
+import base64
+import json
+import zlib
 from typing import Any
 
 import asyncpg
 import numpy as np
 
 from runstream import batch as wire
-from runstream import chunks, history, store
+from runstream import chunks, history, search, store
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
+from runstream.messages import run_message
 from runstream.proto import query_pb2 as qpb
 
 DEFAULT_MAX_POINTS = 1000
 MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DEFAULT_MAX_RESULTS = 100
+MAX_RESULTS = 10_000
 AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
 
 
@@ -73,6 +79,30 @@ class Query:
         out.total_points = int(items.count.sum())
         return _with_buckets(out, history.downsample(items, lo, width))
 
+    async def SearchRuns(self, req: qpb.SearchRunsRequest, ctx: Any) -> qpb.SearchRunsResponse:
+        limit = req.max_results or DEFAULT_MAX_RESULTS
+        if not 0 < limit <= MAX_RESULTS:
+            raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
+        experiment_ids = []
+        for e in req.experiment_ids:
+            if not e.isdigit():
+                raise InvalidArgument(f"experiment id {e[:80]!r} is not an experiment id (a whole number)")
+            experiment_ids.append(int(e))
+        sql = search.Sql(offset=4)  # $1..$4 belong to store.search_runs
+        where = search.where(req.filter, sql)
+        order = search.order_by(list(req.order_by), sql)
+        fingerprint = _fingerprint(req)
+        offset = _page_offset(req.page_token, fingerprint)
+        async with self.pool.acquire() as conn:
+            runs = await store.search_runs(
+                conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
+            )
+        more = len(runs) > limit
+        return qpb.SearchRunsResponse(
+            runs=[run_message(r) for r in runs[:limit]],
+            next_page_token=_page_token(offset + limit, fingerprint) if more else "",
+        )
+
     async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
         series = await store.metric_series(conn, run_id, key, writer)
         if series:
@@ -82,6 +112,29 @@ class Query:
         if writer is not None and await store.metric_series(conn, run_id, key, None):
             raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
         raise NotFound(f"run {run_id} has no metric {key!r}")
+
+
+def _fingerprint(req: qpb.SearchRunsRequest) -> int:
+    """What a page token is bound to: the same query asked again."""
+    text = "\x00".join([req.filter, *req.order_by, "|", *req.experiment_ids, str(req.include_deleted)])
+    return zlib.crc32(text.encode())
+
+
+def _page_token(offset: int, fingerprint: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": fingerprint}).encode()).decode()
+
+
+def _page_offset(token: str, fingerprint: int) -> int:
+    if not token:
+        return 0
+    try:
+        page = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, bound = int(page["o"]), int(page["q"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not one this server gave out") from None
+    if bound != fingerprint or offset < 0:
+        raise InvalidArgument("page_token belongs to another search (filter, order_by or experiments differ)")
+    return offset
 
 
 def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:

@@ -11,6 +11,7 @@ import numpy.typing as npt
 from runstream.client import open_channel, resolve_target, typed_errors
 from runstream.proto import query_pb2 as qpb
 from runstream.proto import query_pb2_grpc as qpb_grpc
+from runstream.proto import tracking_pb2 as pb
 
 _AGGREGATES = {None: qpb.AGGREGATE_NONE, "mean": qpb.MEAN, "min": qpb.MIN, "max": qpb.MAX}
 
@@ -39,6 +40,12 @@ class MetricHistory:
         if len(self.timestamp_ms):
             frame |= {"timestamp_ms": self.timestamp_ms, "writer": self.writer}
         return pd.DataFrame(frame)
+
+
+@dataclass
+class RunPage:
+    runs: list[pb.Run]
+    next_page_token: str
 
 
 def _history(msg: qpb.MetricHistory) -> MetricHistory:
@@ -110,3 +117,28 @@ class QueryClient:
         if max_step is not None:
             req.max_step = max_step
         return _history(self._stub.GetMetricHistory(req, timeout=self.timeout))
+
+    @typed_errors
+    def search_runs(
+        self,
+        experiment_ids: list[str] | None = None,
+        filter: str = "",
+        order_by: list[str] | None = None,
+        max_results: int = 100,
+        page_token: str = "",
+        include_deleted: bool = False,
+    ) -> RunPage:
+        """One page of runs matching `filter` (MLflow's search syntax), in `order_by` order;
+        pass `page.next_page_token` back for the next page."""
+        reply = self._stub.SearchRuns(
+            qpb.SearchRunsRequest(
+                experiment_ids=experiment_ids or [],
+                filter=filter,
+                order_by=order_by or [],
+                max_results=max_results,
+                page_token=page_token,
+                include_deleted=include_deleted,
+            ),
+            timeout=self.timeout,
+        )
+        return RunPage(list(reply.runs), reply.next_page_token)

@@ -425,3 +425,45 @@ async def history_chunks(
         width,
         decode_all,
     )
+
+
+# ---------------------------------------------------------------- run search
+
+
+async def search_runs(
+    conn: Conn,
+    experiment_ids: list[int],
+    include_deleted: bool,
+    where: str,
+    order_by: str,
+    where_args: Sequence[Any],
+    limit: int,
+    offset: int,
+) -> list[RunRow]:
+    """Runs matching `where` (built by runstream.search with parameters numbered from $5),
+    in `order_by` order, with their params, tags and metric summaries."""
+    rows = await conn.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM runs r
+            WHERE (cardinality($1::int8[]) = 0 OR r.experiment_id = ANY($1::int8[]))
+              AND ($2 OR r.lifecycle_stage = 'active') AND {where}
+            ORDER BY {order_by} LIMIT $3 OFFSET $4""",
+        experiment_ids,
+        include_deleted,
+        limit,
+        offset,
+        *where_args,
+    )
+    runs = [RunRow(*row) for row in rows]
+    by_id = {run.run_id: run for run in runs}
+    ids = list(by_id)
+    for r in await conn.fetch("SELECT run_id::text, key, value FROM params WHERE run_id = ANY($1::uuid[])", ids):
+        by_id[r[0]].params[r[1]] = r[2]
+    for r in await conn.fetch("SELECT run_id::text, key, value FROM tags WHERE run_id = ANY($1::uuid[])", ids):
+        by_id[r[0]].tags[r[1]] = r[2]
+    for r in await conn.fetch(
+        """SELECT run_id::text AS run_id, key, last_value, last_step, last_timestamp_ms, min_value, max_value, count
+           FROM metric_summaries WHERE run_id = ANY($1::uuid[]) ORDER BY key""",
+        ids,
+    ):
+        by_id[r["run_id"]].metrics.append(r)
+    return runs

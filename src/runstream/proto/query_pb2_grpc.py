@@ -40,6 +40,11 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.MetricHistory.FromString,
                 _registered_method=True)
+        self.SearchRuns = channel.unary_unary(
+                '/runstream.v1.QueryService/SearchRuns',
+                request_serializer=runstream_dot_v1_dot_query__pb2.SearchRunsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.SearchRunsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -56,6 +61,13 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchRuns(self, request, context):
+        """Runs matching a filter in MLflow's search language, ordered, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +75,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.MetricHistory.SerializeToString,
+            ),
+            'SearchRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchRuns,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.SearchRunsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.SearchRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +110,33 @@ class QueryService:
             '/runstream.v1.QueryService/GetMetricHistory',
             runstream_dot_v1_dot_query__pb2.GetMetricHistoryRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.MetricHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/SearchRuns',
+            runstream_dot_v1_dot_query__pb2.SearchRunsRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.SearchRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
