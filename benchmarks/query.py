@@ -51,6 +51,80 @@ def load(server: BenchServer, points: int, writers: int) -> str:
     raise TimeoutError("points were not committed")
 
 
+async def _seed_runs(db_url: str, experiment_id: int, runs: int) -> None:
+    """`runs` finished runs with params and metric summaries, written straight into the
+    tables the server keeps (the bulk insert is set-up, not what is measured)."""
+    import uuid
+
+    import asyncpg
+
+    rng = np.random.default_rng(1)
+    ids = [uuid.uuid4() for _ in range(runs)]
+    conn = await asyncpg.connect(db_url)
+    try:
+        now = int(time.time() * 1000)
+        await conn.copy_records_to_table(
+            "runs",
+            columns=["run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms"],
+            records=[(i, experiment_id, f"run-{n}", 2, now - n, now) for n, i in enumerate(ids)],
+        )
+        await conn.copy_records_to_table(
+            "params",
+            columns=["run_id", "key", "value"],
+            records=[(i, k, str(v)) for i in ids for k, v in (("lr", rng.choice([0.1, 0.01, 0.001])), ("layers", 3))],
+        )
+        await conn.copy_records_to_table(
+            "metric_summaries",
+            columns=[
+                "run_id",
+                "key",
+                "last_value",
+                "last_step",
+                "last_timestamp_ms",
+                "min_value",
+                "max_value",
+                "count",
+            ],
+            records=[
+                (i, k, float(v), 999, now, 0.0, 1.0, 1000)
+                for i in ids
+                for k, v in (("acc", rng.random()), ("loss", rng.random()))
+            ],
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def search_benchmark(args: argparse.Namespace) -> list[list[str]]:
+    import asyncio
+
+    server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
+    rows = []
+    try:
+        with runstream.Client(server.target) as client:
+            experiment = client.create_experiment("search-bench").experiment_id
+        print(f"  seeding {args.runs:,} runs", file=sys.stderr, flush=True)
+        asyncio.run(_seed_runs(server.db_url, int(experiment), args.runs))
+        with QueryClient(server.target) as q:
+            cases = [
+                ("metric filter, metric order", "metrics.acc > 0.5", ["metrics.acc DESC"]),
+                (
+                    "metric + param filter, metric order",
+                    "metrics.acc > 0.5 and params.lr = '0.01'",
+                    ["metrics.loss ASC"],
+                ),
+                ("no filter, start_time order", "", ["attributes.start_time DESC"]),
+            ]
+            for name, filter, order in cases:
+                search = partial(q.search_runs, [experiment], filter, order, max_results=100)
+                p50, p95 = timed(search, args.calls)
+                rows.append([f"{args.runs:,}", name, str(len(search().runs)), f"{p50:.1f}", f"{p95:.1f}"])
+    finally:
+        server.close()
+    return rows
+
+
 def timed(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     fn()  # warm up (connection, plans, caches)
     times = []
@@ -70,6 +144,7 @@ def main() -> None:
     p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--points", type=int, default=1_000_000)
     p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--runs", type=int, default=10_000, help="runs for the SearchRuns benchmark")
     args = p.parse_args()
 
     rows = []
@@ -100,6 +175,9 @@ def main() -> None:
             server.close()
     print(f"\nGetMetricHistory over gRPC ({args.calls} calls each, after one warm-up)\n")
     print(table(["series points", "writers", "query", "p50 ms", "p95 ms", "points/s"], rows))
+    search_rows = search_benchmark(args)
+    print(f"\nSearchRuns over gRPC, max_results 100 ({args.calls} calls each, after one warm-up)\n")
+    print(table(["runs", "search", "returned", "p50 ms", "p95 ms"], search_rows))
 
 
 if __name__ == "__main__":
