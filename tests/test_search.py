@@ -4,6 +4,8 @@ stable pages, and malformed or hostile filters answered with INVALID_ARGUMENT.""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -175,3 +177,17 @@ def test_max_results_and_experiment_ids_are_checked(searchable) -> None:  # type
             q.search_runs([experiment], max_results=20_000)
         with pytest.raises(runstream.InvalidArgument, match="not an experiment id"):
             q.search_runs(["abc"])
+
+
+def test_the_cli_lists_runs_matching_a_filter(searchable) -> None:  # type: ignore[no-untyped-def]
+    server, _, _, _ = searchable
+    cli = [sys.executable, "-m", "runstream.cli", "runs", "ls", "--url", server.target, "--experiment", "search"]
+    out = subprocess.run(
+        [*cli, "--filter", "metrics.acc > 0.9", "--order-by", "metrics.acc DESC"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].split()[:2] == ["run", "status"] and [line.split()[0] for line in out[2:]] == ["a", "c"]
+    bad = subprocess.run([*cli, "--filter", "metrics.acc >"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "expected a number" in bad.stderr

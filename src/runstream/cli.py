@@ -46,9 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     demo.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())))
     demo.add_argument("--epochs", type=int, default=300)
-    runs = sub.add_parser("runs", help="list the runs of an experiment with their last metric values")
-    runs.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
-    runs.add_argument("run_ids", nargs="+")
+    runs = sub.add_parser("runs", help="search runs, or show some, with params and last metric values")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    ls = runs_sub.add_parser("ls", help="runs matching a filter, as a table")
+    ls.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    ls.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable; default: all)")
+    ls.add_argument("--filter", default="", help="e.g. \"metrics.acc > 0.9 and params.lr = '0.01'\"")
+    ls.add_argument("--order-by", action="append", default=[], help="e.g. 'metrics.acc DESC' (repeatable)")
+    ls.add_argument("--max-results", type=int, default=50)
+    show = runs_sub.add_parser("show", help="the given runs, as a table")
+    show.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    show.add_argument("run_ids", nargs="+")
     metrics = sub.add_parser("metrics", help="a run's metric history as CSV or JSON on stdout")
     metrics.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     metrics.add_argument("run_id")
@@ -85,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo_mod.main(args.url, args.data_dir, args.epochs)
     if args.command == "runs":
-        from runstream.client import Client
-        from runstream.report import runs_table
-
-        with Client(args.url) as client:
-            print(runs_table([client.get_run(r) for r in args.run_ids]))
-        return 0
+        return _runs(args)
     if args.command == "metrics":
         from runstream.errors import RunstreamError
         from runstream.query_client import QueryClient
@@ -113,6 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         write_history(history, args.format, sys.stdout)
         return 0
     return 2
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from runstream.client import Client
+    from runstream.errors import RunstreamError
+    from runstream.query_client import QueryClient
+    from runstream.report import runs_table
+
+    try:
+        with Client(args.url) as client, QueryClient(args.url) as query:
+            if args.runs_command == "show":
+                runs = [client.get_run(r) for r in args.run_ids]
+            else:
+                experiments = [client.get_experiment(name=name).experiment_id for name in args.experiment]
+                runs = query.search_runs(experiments, args.filter, args.order_by, args.max_results).runs
+    except RunstreamError as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    print(runs_table(runs))
+    return 0
 
 
 if __name__ == "__main__":
