@@ -167,6 +167,32 @@ class Client:
         return out
 
     @typed_errors
+    def delete_run(self, run_id: str) -> pb.Run:
+        """Soft-delete a run: hidden from search, refuses new metrics until restored."""
+        out: pb.Run = self._stub.DeleteRun(pb.RunRef(run_id=run_id), timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def restore_run(self, run_id: str) -> pb.Run:
+        out: pb.Run = self._stub.RestoreRun(pb.RunRef(run_id=run_id), timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def delete_experiment(self, experiment_id: str) -> pb.Experiment:
+        """Soft-delete an experiment and its runs."""
+        out: pb.Experiment = self._stub.DeleteExperiment(
+            pb.ExperimentRef(experiment_id=experiment_id), timeout=self.timeout
+        )
+        return out
+
+    @typed_errors
+    def restore_experiment(self, experiment_id: str) -> pb.Experiment:
+        out: pb.Experiment = self._stub.RestoreExperiment(
+            pb.ExperimentRef(experiment_id=experiment_id), timeout=self.timeout
+        )
+        return out
+
+    @typed_errors
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self._stub.LogParams(
             pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()}), timeout=self.timeout

@@ -167,6 +167,32 @@ class Tracking:
             await store.update_run(conn, req.run_id, status, end, name)
             return run_message(await store.get_run(conn, req.run_id))
 
+    async def _set_run_stage(self, run_id: str, stage: str) -> pb.Run:
+        wire.check_run_id(run_id)
+        self._runs.pop(run_id, None)  # this ingester sees the change at once; others within RUN_CACHE_S
+        async with self.pool.acquire() as conn:
+            await store.set_run_lifecycle(conn, run_id, stage)
+            return run_message(await store.get_run(conn, run_id))
+
+    async def DeleteRun(self, req: pb.RunRef, ctx: Any) -> pb.Run:
+        return await self._set_run_stage(req.run_id, "deleted")
+
+    async def RestoreRun(self, req: pb.RunRef, ctx: Any) -> pb.Run:
+        return await self._set_run_stage(req.run_id, "active")
+
+    async def _set_experiment_stage(self, experiment_id: str, stage: str) -> pb.Experiment:
+        eid = _experiment_id(experiment_id)
+        self._runs.clear()  # its runs change stage too
+        async with self.pool.acquire() as conn:
+            await store.set_experiment_lifecycle(conn, eid, stage)
+            return experiment_message(await store.get_experiment(conn, experiment_id=eid))
+
+    async def DeleteExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
+        return await self._set_experiment_stage(req.experiment_id, "deleted")
+
+    async def RestoreExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
+        return await self._set_experiment_stage(req.experiment_id, "active")
+
     async def LogParams(self, req: pb.LogParamsRequest, ctx: Any) -> pb.LogParamsResponse:
         wire.check_run_id(req.run_id)
         _check_params(dict(req.params), "param", MAX_PARAM_VALUE)
@@ -229,9 +255,7 @@ class Tracking:
         """Batches of one stream are validated in order and appended in order, but a sender is
         not held to one Redis round trip per batch: up to STREAM_PIPELINE appends are in flight,
         and each ack goes back once its own append has returned."""
-        inflight: asyncio.Queue[tuple[pb.BatchAck, asyncio.Future[None] | None] | None] = asyncio.Queue(
-            STREAM_PIPELINE
-        )
+        inflight: asyncio.Queue[tuple[pb.BatchAck, asyncio.Future[None] | None] | None] = asyncio.Queue(STREAM_PIPELINE)
 
         async def read() -> None:
             try:

@@ -467,3 +467,22 @@ async def search_runs(
     ):
         by_id[r["run_id"]].metrics.append(r)
     return runs
+
+
+# ---------------------------------------------------------------- soft delete
+
+
+async def set_run_lifecycle(conn: Conn, run_id: str, stage: str) -> None:
+    if await conn.execute("UPDATE runs SET lifecycle_stage = $2 WHERE run_id = $1", run_id, stage) == "UPDATE 0":
+        raise RunNotFound(f"run {run_id} does not exist")
+
+
+async def set_experiment_lifecycle(conn: Conn, experiment_id: int, stage: str) -> None:
+    """Mark an experiment and every run in it, as MLflow does."""
+    async with conn.transaction():
+        done = await conn.execute(
+            "UPDATE experiments SET lifecycle_stage = $2 WHERE experiment_id = $1", experiment_id, stage
+        )
+        if done == "UPDATE 0":
+            raise ExperimentNotFound(f"experiment {experiment_id} does not exist")
+        await conn.execute("UPDATE runs SET lifecycle_stage = $2 WHERE experiment_id = $1", experiment_id, stage)

@@ -179,6 +179,18 @@ class UpdateRunRequest(_message.Message):
     name: str
     def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., end_time_ms: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
+class RunRef(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ExperimentRef(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
 class LogParamsRequest(_message.Message):
     __slots__ = ("run_id", "params")
     class ParamsEntry(_message.Message):

@@ -65,6 +65,26 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/runstream.v1.TrackingService/DeleteRun',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.RunRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+                _registered_method=True)
+        self.RestoreRun = channel.unary_unary(
+                '/runstream.v1.TrackingService/RestoreRun',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.RunRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+                _registered_method=True)
+        self.DeleteExperiment = channel.unary_unary(
+                '/runstream.v1.TrackingService/DeleteExperiment',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.RestoreExperiment = channel.unary_unary(
+                '/runstream.v1.TrackingService/RestoreExperiment',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
+                _registered_method=True)
         self.LogParams = channel.unary_unary(
                 '/runstream.v1.TrackingService/LogParams',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.LogParamsRequest.SerializeToString,
@@ -127,6 +147,32 @@ class TrackingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """Soft delete, as in MLflow: a deleted run is hidden from search and refuses new metrics
+        (FAILED_PRECONDITION) until it is restored. Deleting an experiment deletes its runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExperiment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreExperiment(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +243,26 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.UpdateRun,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.RunRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
+            ),
+            'RestoreRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreRun,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.RunRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
+            ),
+            'DeleteExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExperiment,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Experiment.SerializeToString,
+            ),
+            'RestoreExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreExperiment,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Experiment.SerializeToString,
             ),
             'LogParams': grpc.unary_unary_rpc_method_handler(
                     servicer.LogParams,
@@ -387,6 +453,114 @@ class TrackingService:
             '/runstream.v1.TrackingService/UpdateRun',
             runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/DeleteRun',
+            runstream_dot_v1_dot_tracking__pb2.RunRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/RestoreRun',
+            runstream_dot_v1_dot_tracking__pb2.RunRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/DeleteExperiment',
+            runstream_dot_v1_dot_tracking__pb2.ExperimentRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/RestoreExperiment',
+            runstream_dot_v1_dot_tracking__pb2.ExperimentRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
             options,
             channel_credentials,
             insecure,
