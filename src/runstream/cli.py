@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ls.add_argument("--filter", default="", help="e.g. \"metrics.acc > 0.9 and params.lr = '0.01'\"")
     ls.add_argument("--order-by", action="append", default=[], help="e.g. 'metrics.acc DESC' (repeatable)")
     ls.add_argument("--max-results", type=int, default=50)
+    cmp = runs_sub.add_parser("compare", help="runs side by side: params that differ, best run per metric")
+    cmp.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    cmp.add_argument("run_ids", nargs="+")
+    cmp.add_argument("--key", action="append", default=[], help="metric keys to compare (default: all)")
     show = runs_sub.add_parser("show", help="the given runs, as a table")
     show.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     show.add_argument("run_ids", nargs="+")
@@ -122,10 +126,13 @@ def _runs(args: argparse.Namespace) -> int:
     from runstream.client import Client
     from runstream.errors import RunstreamError
     from runstream.query_client import QueryClient
-    from runstream.report import runs_table
+    from runstream.report import comparison_table, runs_table
 
     try:
         with Client(args.url) as client, QueryClient(args.url) as query:
+            if args.runs_command == "compare":
+                print(comparison_table(query.compare_runs(args.run_ids, args.key or None)))
+                return 0
             if args.runs_command == "show":
                 runs = [client.get_run(r) for r in args.run_ids]
             else:

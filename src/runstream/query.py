@@ -16,7 +16,7 @@ import asyncpg
 import numpy as np
 
 from runstream import batch as wire
-from runstream import chunks, history, search, store
+from runstream import chunks, compare, history, search, store
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.messages import run_message
 from runstream.proto import query_pb2 as qpb
@@ -25,6 +25,9 @@ DEFAULT_MAX_POINTS = 1000
 MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_MAX_RESULTS = 100
+DEFAULT_COMPARE_POINTS = 500
+MAX_COMPARE_RUNS = 100
+MAX_COMPARE_KEYS = 50
 MAX_RESULTS = 10_000
 AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
 
@@ -36,9 +39,7 @@ class Query:
     async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
         wire.check_run_id(req.run_id)
         wire.check_key(req.key)
-        max_points = req.max_points or DEFAULT_MAX_POINTS
-        if not 0 < max_points <= MAX_POINTS:
-            raise InvalidArgument(f"max_points is {max_points:,}; it must be between 1 and {MAX_POINTS:,}")
+        max_points = _max_points(req.max_points, DEFAULT_MAX_POINTS)
         if req.aggregate not in (qpb.AGGREGATE_NONE, *AGGREGATES):
             raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
         lo = req.min_step if req.HasField("min_step") else INT64_MIN
@@ -47,37 +48,51 @@ class Query:
             raise InvalidArgument(f"min_step {lo} is above max_step {hi}")
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
-            ids = [r["series_id"] for r in series]
-            writers = [r["writer_id"] for r in series]
-            extent = await store.chunk_extent(conn, ids, lo, hi)
-            out = qpb.MetricHistory(key=req.key, writers=writers)
-            if extent["first_step"] is None:
-                return out
-            lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
-            whole = req.aggregate != qpb.AGGREGATE_NONE or extent["points"] <= max_points
-            width = history.bucket_width(lo, hi, max_points)
-            rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
-        writer_of = {sid: i for i, sid in enumerate(ids)}
-        if whole:
-            points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
-            out.total_points = len(points)
-            if req.aggregate != qpb.AGGREGATE_NONE:
-                steps, values = history.aggregate(points, AGGREGATES[req.aggregate])
-                if len(steps) <= max_points:
-                    out.step.extend(steps.tolist())
-                    out.value.extend(values.tolist())
-                    return out
-                return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), lo, width))
-            if len(points) <= max_points:
-                out.step.extend(points.step.tolist())
-                out.value.extend(points.value.tolist())
-                out.timestamp_ms.extend(points.timestamp_ms.tolist())
-                out.writer_index.extend(points.writer.tolist())
-                return out
-            return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
-        items = _items(rows, lo, hi)
-        out.total_points = int(items.count.sum())
-        return _with_buckets(out, history.downsample(items, lo, width))
+            return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
+
+    async def CompareRuns(self, req: qpb.CompareRunsRequest, ctx: Any) -> qpb.CompareRunsResponse:
+        if not 0 < len(req.run_ids) <= MAX_COMPARE_RUNS:
+            raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(req.run_ids)})")
+        for run_id in req.run_ids:
+            wire.check_run_id(run_id)
+        for key in req.keys:
+            wire.check_key(key)
+        for key, direction in req.direction.items():
+            if direction not in ("min", "max"):
+                raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
+        max_points = _max_points(req.max_points, DEFAULT_COMPARE_POINTS)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            runs = [await store.get_run(conn, run_id) for run_id in req.run_ids]
+            keys = list(req.keys) or sorted({m["key"] for run in runs for m in run.metrics})
+            if len(keys) > MAX_COMPARE_KEYS:
+                raise InvalidArgument(f"comparing {len(keys)} keys; name at most {MAX_COMPARE_KEYS} in keys")
+            out = qpb.CompareRunsResponse(runs=[run_message(r) for r in runs])
+            out.params.extend(compare.param_rows([r.params for r in runs]))
+            summaries = [{m["key"]: m["last_value"] for m in r.metrics} for r in runs]
+            for key in keys:
+                direction = req.direction.get(key) or compare.default_direction(key)
+                out.metrics.append(compare.metric_row(key, [s.get(key) for s in summaries], direction))
+                series = [await store.metric_series(conn, r.run_id, key, None) for r in runs]
+                ids = [x["series_id"] for s in series for x in s]
+                extent = await store.chunk_extent(conn, ids, INT64_MIN, INT64_MAX)
+                row = out.series.add(key=key)
+                for s in series:  # one common step axis: the same range, so the same buckets
+                    if extent["first_step"] is None or not s:
+                        row.histories.add(key=key)
+                        continue
+                    row.histories.append(
+                        await _history(
+                            conn,
+                            key,
+                            s,
+                            extent["first_step"],
+                            extent["last_step"],
+                            max_points,
+                            qpb.AGGREGATE_NONE,
+                            fixed_range=True,
+                        )
+                    )
+        return out
 
     async def SearchRuns(self, req: qpb.SearchRunsRequest, ctx: Any) -> qpb.SearchRunsResponse:
         limit = req.max_results or DEFAULT_MAX_RESULTS
@@ -112,6 +127,59 @@ class Query:
         if writer is not None and await store.metric_series(conn, run_id, key, None):
             raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
         raise NotFound(f"run {run_id} has no metric {key!r}")
+
+
+async def _history(
+    conn: Any,
+    key: str,
+    series: list[asyncpg.Record],
+    lo: int,
+    hi: int,
+    max_points: int,
+    aggregate: qpb.Aggregate,
+    fixed_range: bool,
+) -> qpb.MetricHistory:
+    """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
+    range shrinks to the steps present; with it, buckets span exactly [lo, hi], so several
+    runs downsampled over one range share their bucket edges."""
+    ids = [r["series_id"] for r in series]
+    out = qpb.MetricHistory(key=key, writers=[r["writer_id"] for r in series])
+    extent = await store.chunk_extent(conn, ids, lo, hi)
+    if extent["first_step"] is None:
+        return out
+    if not fixed_range:
+        lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
+    whole = aggregate != qpb.AGGREGATE_NONE or extent["points"] <= max_points
+    width = history.bucket_width(lo, hi, max_points)
+    rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
+    if not whole:
+        items = _items(rows, lo, hi)
+        out.total_points = int(items.count.sum())
+        return _with_buckets(out, history.downsample(items, lo, width))
+    writer_of = {sid: i for i, sid in enumerate(ids)}
+    points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
+    out.total_points = len(points)
+    if aggregate != qpb.AGGREGATE_NONE:
+        steps, values = history.aggregate(points, AGGREGATES[aggregate])
+        if len(steps) <= max_points:
+            out.step.extend(steps.tolist())
+            out.value.extend(values.tolist())
+            return out
+        return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), lo, width))
+    if len(points) <= max_points:
+        out.step.extend(points.step.tolist())
+        out.value.extend(points.value.tolist())
+        out.timestamp_ms.extend(points.timestamp_ms.tolist())
+        out.writer_index.extend(points.writer.tolist())
+        return out
+    return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+
+
+def _max_points(asked: int, default: int) -> int:
+    max_points = asked or default
+    if not 0 < max_points <= MAX_POINTS:
+        raise InvalidArgument(f"max_points is {max_points:,}; it must be between 1 and {MAX_POINTS:,}")
+    return max_points
 
 
 def _fingerprint(req: qpb.SearchRunsRequest) -> int:

@@ -43,6 +43,20 @@ class MetricHistory:
 
 
 @dataclass
+class Comparison:
+    """Runs side by side. `params[key]` and `metrics[key]` hold one entry per run (None where
+    absent); `differs` names the params that differ; `best[key]` is the index of the best run."""
+
+    runs: list[pb.Run]
+    params: dict[str, list[str | None]]
+    differs: list[str]
+    metrics: dict[str, list[float | None]]
+    direction: dict[str, str]
+    best: dict[str, int | None]
+    series: dict[str, list[MetricHistory]]
+
+
+@dataclass
 class RunPage:
     runs: list[pb.Run]
     next_page_token: str
@@ -142,3 +156,28 @@ class QueryClient:
             timeout=self.timeout,
         )
         return RunPage(list(reply.runs), reply.next_page_token)
+
+    @typed_errors
+    def compare_runs(
+        self,
+        run_ids: list[str],
+        keys: list[str] | None = None,
+        *,
+        max_points: int = 500,
+        direction: dict[str, str] | None = None,
+    ) -> Comparison:
+        """Params, last metric values with the best run per key (`direction` overrides
+        min/max per key), and each key's series over one common step range."""
+        reply = self._stub.CompareRuns(
+            qpb.CompareRunsRequest(run_ids=run_ids, keys=keys or [], max_points=max_points, direction=direction or {}),
+            timeout=self.timeout,
+        )
+        return Comparison(
+            runs=list(reply.runs),
+            params={r.key: [v if p else None for v, p in zip(r.values, r.present, strict=True)] for r in reply.params},
+            differs=[r.key for r in reply.params if r.differs],
+            metrics={r.key: [v if p else None for v, p in zip(r.last, r.present, strict=True)] for r in reply.metrics},
+            direction={r.key: r.direction for r in reply.metrics},
+            best={r.key: (r.best if r.best >= 0 else None) for r in reply.metrics},
+            series={s.key: [_history(h) for h in s.histories] for s in reply.series},
+        )

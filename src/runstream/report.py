@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from runstream.proto import tracking_pb2 as pb
 
 if TYPE_CHECKING:
-    from runstream.query_client import MetricHistory
+    from runstream.query_client import Comparison, MetricHistory
 
 STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
 
@@ -85,3 +85,17 @@ def write_history(history: MetricHistory, fmt: str, out: TextIO) -> None:
     writer = csv.writer(out)
     writer.writerow(names)
     writer.writerows(rows)
+
+
+def comparison_table(c: Comparison) -> str:
+    """Params (those that differ first, marked *) and last metric values, best run marked <."""
+    header = ["", *(run.name for run in c.runs)]
+    rows = []
+    for key in [*c.differs, *(k for k in c.params if k not in c.differs)]:
+        mark = "* " if key in c.differs else "  "
+        rows.append([f"{mark}params.{key}", *(v if v is not None else "-" for v in c.params[key])])
+    for key, values in c.metrics.items():
+        best = c.best[key]
+        cells = [("-" if v is None else fmt(v)) + (" <" if i == best else "") for i, v in enumerate(values)]
+        rows.append([f"  {key} ({c.direction[key]})", *cells])
+    return table(header, rows)

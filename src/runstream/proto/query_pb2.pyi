@@ -19,6 +19,71 @@ MEAN: Aggregate
 MIN: Aggregate
 MAX: Aggregate
 
+class CompareRunsRequest(_message.Message):
+    __slots__ = ("run_ids", "keys", "max_points", "direction")
+    class DirectionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    max_points: int
+    direction: _containers.ScalarMap[str, str]
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., keys: _Optional[_Iterable[str]] = ..., max_points: _Optional[int] = ..., direction: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ParamRow(_message.Message):
+    __slots__ = ("key", "values", "present", "differs")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    DIFFERS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    differs: bool
+    def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., present: _Optional[_Iterable[bool]] = ..., differs: _Optional[bool] = ...) -> None: ...
+
+class MetricRow(_message.Message):
+    __slots__ = ("key", "last", "present", "direction", "best")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    last: _containers.RepeatedScalarFieldContainer[float]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    direction: str
+    best: int
+    def __init__(self, key: _Optional[str] = ..., last: _Optional[_Iterable[float]] = ..., present: _Optional[_Iterable[bool]] = ..., direction: _Optional[str] = ..., best: _Optional[int] = ...) -> None: ...
+
+class SeriesSet(_message.Message):
+    __slots__ = ("key", "histories")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    HISTORIES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    histories: _containers.RepeatedCompositeFieldContainer[MetricHistory]
+    def __init__(self, key: _Optional[str] = ..., histories: _Optional[_Iterable[_Union[MetricHistory, _Mapping]]] = ...) -> None: ...
+
+class CompareRunsResponse(_message.Message):
+    __slots__ = ("runs", "params", "metrics", "series")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[_tracking_pb2.Run]
+    params: _containers.RepeatedCompositeFieldContainer[ParamRow]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricRow]
+    series: _containers.RepeatedCompositeFieldContainer[SeriesSet]
+    def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[ParamRow, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[MetricRow, _Mapping]]] = ..., series: _Optional[_Iterable[_Union[SeriesSet, _Mapping]]] = ...) -> None: ...
+
 class SearchRunsRequest(_message.Message):
     __slots__ = ("experiment_ids", "filter", "order_by", "max_results", "page_token", "include_deleted")
     EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]

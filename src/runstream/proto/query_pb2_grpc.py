@@ -45,6 +45,11 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.SearchRunsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.SearchRunsResponse.FromString,
                 _registered_method=True)
+        self.CompareRuns = channel.unary_unary(
+                '/runstream.v1.QueryService/CompareRuns',
+                request_serializer=runstream_dot_v1_dot_query__pb2.CompareRunsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.CompareRunsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -68,6 +73,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareRuns(self, request, context):
+        """Runs side by side: params (those that differ marked), each key's last value with the
+        best run, and each key's series downsampled over one common step range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +93,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.SearchRuns,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.SearchRunsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.SearchRunsResponse.SerializeToString,
+            ),
+            'CompareRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareRuns,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.CompareRunsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.CompareRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class QueryService:
             '/runstream.v1.QueryService/SearchRuns',
             runstream_dot_v1_dot_query__pb2.SearchRunsRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.SearchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/CompareRuns',
+            runstream_dot_v1_dot_query__pb2.CompareRunsRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.CompareRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
