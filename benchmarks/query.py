@@ -125,6 +125,42 @@ def search_benchmark(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
+def compare_benchmark(args: argparse.Namespace) -> list[list[str]]:
+    """10 runs x 3 keys x 100,000 points, compared with 500 buckets per series."""
+    server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
+    rows = []
+    try:
+        with runstream.Client(server.target) as client:
+            call = client.channel.unary_unary(
+                "/runstream.v1.TrackingService/LogMetrics", request_serializer=None, response_deserializer=None
+            )
+            keys = ["loss", "acc", "lr"]
+            run_ids = [client.create_run("compare-bench", f"run{i}").run_id for i in range(10)]
+            print("  loading 10 runs x 3 keys x 100,000 points", file=sys.stderr, flush=True)
+            rng = np.random.default_rng(2)
+            for run_id in run_ids:
+                client.log_params(run_id, {"lr": rng.choice([0.1, 0.01]), "layers": 3})
+                for seq, lo in enumerate(range(0, 100_000, 3_000), start=1):
+                    n = min(3_000, 100_000 - lo)
+                    steps = np.repeat(np.arange(lo, lo + n), 3)
+                    call(
+                        wire.encode(run_id, "rank0", seq, keys, np.tile([0, 1, 2], n), steps, None, rng.random(3 * n)),
+                        timeout=60,
+                    )
+            deadline = time.monotonic() + 300
+            while sum(m.count for r in run_ids for m in client.get_run(r).metrics) < 3_000_000:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("points were not committed")
+                time.sleep(0.2)
+        with QueryClient(server.target) as q:
+            compare = partial(q.compare_runs, run_ids, keys, max_points=500)
+            p50, p95 = timed(compare, args.calls)
+            rows.append(["10 x 3 x 100,000", "500 buckets per series", f"{p50:.1f}", f"{p95:.1f}"])
+    finally:
+        server.close()
+    return rows
+
+
 def timed(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     fn()  # warm up (connection, plans, caches)
     times = []
@@ -178,6 +214,9 @@ def main() -> None:
     search_rows = search_benchmark(args)
     print(f"\nSearchRuns over gRPC, max_results 100 ({args.calls} calls each, after one warm-up)\n")
     print(table(["runs", "search", "returned", "p50 ms", "p95 ms"], search_rows))
+    compare_rows = compare_benchmark(args)
+    print(f"\nCompareRuns over gRPC ({args.calls} calls, after one warm-up)\n")
+    print(table(["runs x keys x points", "series", "p50 ms", "p95 ms"], compare_rows))
 
 
 if __name__ == "__main__":
