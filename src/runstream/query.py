@@ -7,6 +7,7 @@ contribute their stored summaries, so at coarse zoom most chunks are never decod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import zlib
@@ -69,29 +70,25 @@ class Query:
             out = qpb.CompareRunsResponse(runs=[run_message(r) for r in runs])
             out.params.extend(compare.param_rows([r.params for r in runs]))
             summaries = [{m["key"]: m["last_value"] for m in r.metrics} for r in runs]
+            plan = []  # (series of one run's key, step range shared by the key's runs)
             for key in keys:
                 direction = req.direction.get(key) or compare.default_direction(key)
                 out.metrics.append(compare.metric_row(key, [s.get(key) for s in summaries], direction))
                 series = [await store.metric_series(conn, r.run_id, key, None) for r in runs]
-                ids = [x["series_id"] for s in series for x in s]
-                extent = await store.chunk_extent(conn, ids, INT64_MIN, INT64_MAX)
-                row = out.series.add(key=key)
-                for s in series:  # one common step axis: the same range, so the same buckets
-                    if extent["first_step"] is None or not s:
-                        row.histories.add(key=key)
-                        continue
-                    row.histories.append(
-                        await _history(
-                            conn,
-                            key,
-                            s,
-                            extent["first_step"],
-                            extent["last_step"],
-                            max_points,
-                            qpb.AGGREGATE_NONE,
-                            fixed_range=True,
-                        )
-                    )
+                extent = await store.chunk_extent(
+                    conn, [x["series_id"] for s in series for x in s], INT64_MIN, INT64_MAX
+                )
+                plan += [(key, s, extent["first_step"], extent["last_step"]) for s in series]
+
+        async def one(key: str, series: list[asyncpg.Record], lo: int | None, hi: int | None) -> qpb.MetricHistory:
+            if lo is None or hi is None or not series:
+                return qpb.MetricHistory(key=key)
+            async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
+                return await _history(conn, key, series, lo, hi, max_points, qpb.AGGREGATE_NONE, fixed_range=True)
+
+        histories = await asyncio.gather(*(one(*item) for item in plan))
+        for i, key in enumerate(keys):  # one common step axis per key: the same range, so the same buckets
+            out.series.add(key=key).histories.extend(histories[i * len(runs) : (i + 1) * len(runs)])
         return out
 
     async def SearchRuns(self, req: qpb.SearchRunsRequest, ctx: Any) -> qpb.SearchRunsResponse:
