@@ -1,8 +1,10 @@
-"""The QueryService: metric histories read from the stored chunks.
+"""The QueryService: metric histories, run search and run comparison.
 
 A history with at most `max_points` points comes back whole, in step order. A longer one
 comes back as `max_points` buckets over its step range; chunks that lie inside one bucket
 contribute their stored summaries, so at coarse zoom most chunks are never decoded.
+SearchRuns turns MLflow's filter language into parameterised SQL (search.py); CompareRuns
+puts runs side by side (compare.py) with their series on one step axis.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ DEFAULT_MAX_POINTS = 1000
 MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_MAX_RESULTS = 100
+MAX_RESULTS = 10_000
 DEFAULT_COMPARE_POINTS = 500
 MAX_COMPARE_RUNS = 100
 MAX_COMPARE_KEYS = 50
-MAX_RESULTS = 10_000
 AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
 
 
