@@ -206,6 +206,7 @@ class Loader:
                 await store.copy_chunks(conn, packed.chunk_records)
                 failpoint("loader.after_copy")
                 await store.upsert_summaries(conn, packed.summary_columns)
+                await store.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
         self.stats.batches += len(fresh)
         self.stats.points += packed.points
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ from runstream import chunks, compare, history, search, store
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.messages import run_message
 from runstream.proto import query_pb2 as qpb
+from runstream.tail import Notifications
 
 DEFAULT_MAX_POINTS = 1000
 MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
@@ -38,6 +40,25 @@ AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
 class Query:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.notifications = Notifications(pool)
+
+    async def close(self) -> None:
+        await self.notifications.close()
+
+    async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[qpb.MetricPoints]:
+        if not 0 < len(req.run_ids) <= MAX_COMPARE_RUNS:
+            raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(req.run_ids)})")
+        for run_id in req.run_ids:
+            wire.check_run_id(run_id)
+        for key in req.keys:
+            wire.check_key(key)
+        async with self.pool.acquire() as conn:
+            for run_id in req.run_ids:
+                if await store.run_lifecycle(conn, run_id) is None:
+                    raise RunNotFound(f"run {run_id} does not exist")
+        from_step = req.from_step if req.HasField("from_step") else None
+        async for points in self.notifications.tail(list(req.run_ids), list(req.keys), from_step):
+            yield points
 
     async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
         wire.check_run_id(req.run_id)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
 from runstream.client import open_channel, resolve_target, typed_errors
+from runstream.errors import from_status
 from runstream.proto import query_pb2 as qpb
 from runstream.proto import query_pb2_grpc as qpb_grpc
 from runstream.proto import tracking_pb2 as pb
@@ -54,6 +57,18 @@ class Comparison:
     direction: dict[str, str]
     best: dict[str, int | None]
     series: dict[str, list[MetricHistory]]
+
+
+@dataclass
+class TailPoints:
+    """New points of one series (run, key, writer), in step order."""
+
+    run_id: str
+    key: str
+    writer: str
+    step: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    timestamp_ms: npt.NDArray[np.int64]
 
 
 @dataclass
@@ -181,3 +196,27 @@ class QueryClient:
             best={r.key: (r.best if r.best >= 0 else None) for r in reply.metrics},
             series={s.key: [_history(h) for h in s.histories] for s in reply.series},
         )
+
+    def tail_metrics(
+        self, run_ids: list[str], keys: list[str] | None = None, from_step: int | None = None
+    ) -> Iterator[TailPoints]:
+        """Points as the server commits them, until every run has ended (or the caller stops
+        iterating). Only new points unless `from_step` asks for stored ones too."""
+        req = qpb.TailMetricsRequest(run_ids=run_ids, keys=keys or [])
+        if from_step is not None:
+            req.from_step = from_step
+        call = self._stub.TailMetrics(req)
+        try:
+            for m in call:
+                yield TailPoints(
+                    m.run_id,
+                    m.key,
+                    m.writer,
+                    np.array(m.step, np.int64),
+                    np.array(m.value, np.float64),
+                    np.array(m.timestamp_ms, np.int64),
+                )
+        except grpc.RpcError as exc:
+            raise from_status(exc.code(), exc.details() or "") from None
+        finally:
+            call.cancel()

@@ -73,6 +73,10 @@ def service_handler(servicer: Any, module: ModuleType, service: str) -> grpc.Gen
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _unary(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
             )
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _stream(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+            )
         else:
-            raise NotImplementedError(f"{method.full_name}: only unary and bidi methods are wired")
+            raise NotImplementedError(f"{method.full_name}: client-streaming methods are not wired")
     return grpc.method_handlers_generic_handler(desc.full_name, handlers)

@@ -96,10 +96,11 @@ async def serve_ingest(
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
     )
+    query = Query(pool)
     server.add_generic_rpc_handlers(
         (
             service_handler(tracking, tracking_pb2, "TrackingService"),
-            service_handler(Query(pool), query_pb2, "QueryService"),
+            service_handler(query, query_pb2, "QueryService"),
         )
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -113,6 +114,7 @@ async def serve_ingest(
     print("runstream: stopping; no new RPCs, draining streams into PostgreSQL", flush=True)
     await server.stop(settings.grace_s)
     await tracking.stop()
+    await query.close()
     if drain is not None:
         drain.set()  # the loaders drain, then exit (also one that is still starting)
     for proc in loaders:

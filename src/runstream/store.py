@@ -486,3 +486,52 @@ async def set_experiment_lifecycle(conn: Conn, experiment_id: int, stage: str) -
         if done == "UPDATE 0":
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist")
         await conn.execute("UPDATE runs SET lifecycle_stage = $2 WHERE experiment_id = $1", experiment_id, stage)
+
+
+# ---------------------------------------------------------------- live tails
+
+LOADED_CHANNEL = "runstream_loaded"
+_NOTIFY_LIMIT = 7900  # PostgreSQL refuses payloads of 8,000 bytes or more
+
+
+async def notify_loaded(conn: Conn, run_ids: set[str]) -> None:
+    """Tell tails which runs got points; PostgreSQL delivers it when the transaction commits."""
+    payload = ",".join(sorted(run_ids))
+    await conn.execute("SELECT pg_notify($1, $2)", LOADED_CHANNEL, payload if len(payload) < _NOTIFY_LIMIT else "*")
+
+
+async def tail_series(conn: Conn, run_ids: list[str], keys: list[str]) -> list[asyncpg.Record]:
+    """(series_id, run_id, key, writer_id) of the runs' keys (every key when `keys` is empty)."""
+    return await conn.fetch(
+        """SELECT series_id, run_id::text AS run_id, key, writer_id FROM metric_series
+           WHERE run_id = ANY($1::uuid[]) AND (cardinality($2::text[]) = 0 OR key = ANY($2::text[]))
+           ORDER BY run_id, key, writer_id""",
+        run_ids,
+        keys,
+    )
+
+
+async def chunks_after(conn: Conn, series_ids: list[int], after: list[int]) -> list[asyncpg.Record]:
+    """Chunks holding steps beyond each series' cursor (`after[i]` for `series_ids[i]`)."""
+    return await conn.fetch(
+        """SELECT c.series_id, c.steps, c.timestamps, c.vals
+           FROM unnest($1::int8[], $2::int8[]) AS cur(series_id, after)
+           JOIN metric_chunks c ON c.series_id = cur.series_id AND c.last_step > cur.after
+           ORDER BY c.series_id, c.first_step""",
+        series_ids,
+        after,
+    )
+
+
+async def last_steps(conn: Conn, series_ids: list[int]) -> dict[int, int]:
+    rows = await conn.fetch(
+        "SELECT series_id, max(last_step) AS step FROM metric_chunks WHERE series_id = ANY($1::int8[]) "
+        "GROUP BY series_id",
+        series_ids,
+    )
+    return {r["series_id"]: r["step"] for r in rows}
+
+
+async def run_statuses(conn: Conn, run_ids: list[str]) -> dict[str, int]:
+    rows = await conn.fetch("SELECT run_id::text, status FROM runs WHERE run_id = ANY($1::uuid[])", run_ids)
+    return {r[0]: r[1] for r in rows}

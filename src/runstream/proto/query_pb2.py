@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from runstream.proto import tracking_pb2 as runstream_dot_v1_dot_tracking__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x1brunstream/v1/tracking.proto\"\xbd\x01\n\x12\x43ompareRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\x05\x12\x42\n\tdirection\x18\x04 \x03(\x0b\x32/.runstream.v1.CompareRunsRequest.DirectionEntry\x1a\x30\n\x0e\x44irectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x08ParamRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x0f\n\x07\x64iffers\x18\x04 \x01(\x08\"X\n\tMetricRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x03(\x01\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\x05\"H\n\tSeriesSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\thistories\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.MetricHistory\"\xb1\x01\n\x13\x43ompareRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12&\n\x06params\x18\x02 \x03(\x0b\x32\x16.runstream.v1.ParamRow\x12(\n\x07metrics\x18\x03 \x03(\x0b\x32\x17.runstream.v1.MetricRow\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.runstream.v1.SeriesSet\"\x8f\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\"N\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\x08min_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08max_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x0e\n\x06writer\x18\x06 \x01(\t\x12*\n\taggregate\x18\x07 \x01(\x0e\x32\x17.runstream.v1.AggregateB\x0b\n\t_min_stepB\x0b\n\t_max_step\"\xbf\x02\n\rMetricHistory\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x0f\n\x07writers\x18\x04 \x03(\t\x12\x0c\n\x04step\x18\x05 \x03(\x10\x12\r\n\x05value\x18\x06 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x03(\x10\x12\x14\n\x0cwriter_index\x18\x08 \x03(\x07\x12\x19\n\x11\x62ucket_first_step\x18\t \x03(\x10\x12\x18\n\x10\x62ucket_last_step\x18\n \x03(\x10\x12\x14\n\x0c\x62ucket_first\x18\x0b \x03(\x01\x12\x13\n\x0b\x62ucket_last\x18\x0c \x03(\x01\x12\x12\n\nbucket_min\x18\r \x03(\x01\x12\x12\n\nbucket_max\x18\x0e \x03(\x01\x12\x14\n\x0c\x62ucket_count\x18\x0f \x03(\x10*;\n\tAggregate\x12\x12\n\x0e\x41GGREGATE_NONE\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03MIN\x10\x02\x12\x07\n\x03MAX\x10\x03\x32\x8b\x02\n\x0cQueryService\x12V\n\x10GetMetricHistory\x12%.runstream.v1.GetMetricHistoryRequest\x1a\x1b.runstream.v1.MetricHistory\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12R\n\x0b\x43ompareRuns\x12 .runstream.v1.CompareRunsRequest\x1a!.runstream.v1.CompareRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x1brunstream/v1/tracking.proto\"Y\n\x12TailMetricsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x16\n\tfrom_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0c\n\n_from_step\"n\n\x0cMetricPoints\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06writer\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x03(\x10\x12\r\n\x05value\x18\x05 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x03(\x10\"\xbd\x01\n\x12\x43ompareRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\x05\x12\x42\n\tdirection\x18\x04 \x03(\x0b\x32/.runstream.v1.CompareRunsRequest.DirectionEntry\x1a\x30\n\x0e\x44irectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x08ParamRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x0f\n\x07\x64iffers\x18\x04 \x01(\x08\"X\n\tMetricRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x03(\x01\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\x05\"H\n\tSeriesSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\thistories\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.MetricHistory\"\xb1\x01\n\x13\x43ompareRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12&\n\x06params\x18\x02 \x03(\x0b\x32\x16.runstream.v1.ParamRow\x12(\n\x07metrics\x18\x03 \x03(\x0b\x32\x17.runstream.v1.MetricRow\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.runstream.v1.SeriesSet\"\x8f\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\"N\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\x08min_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08max_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x0e\n\x06writer\x18\x06 \x01(\t\x12*\n\taggregate\x18\x07 \x01(\x0e\x32\x17.runstream.v1.AggregateB\x0b\n\t_min_stepB\x0b\n\t_max_step\"\xbf\x02\n\rMetricHistory\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x0f\n\x07writers\x18\x04 \x03(\t\x12\x0c\n\x04step\x18\x05 \x03(\x10\x12\r\n\x05value\x18\x06 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x03(\x10\x12\x14\n\x0cwriter_index\x18\x08 \x03(\x07\x12\x19\n\x11\x62ucket_first_step\x18\t \x03(\x10\x12\x18\n\x10\x62ucket_last_step\x18\n \x03(\x10\x12\x14\n\x0c\x62ucket_first\x18\x0b \x03(\x01\x12\x13\n\x0b\x62ucket_last\x18\x0c \x03(\x01\x12\x12\n\nbucket_min\x18\r \x03(\x01\x12\x12\n\nbucket_max\x18\x0e \x03(\x01\x12\x14\n\x0c\x62ucket_count\x18\x0f \x03(\x10*;\n\tAggregate\x12\x12\n\x0e\x41GGREGATE_NONE\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03MIN\x10\x02\x12\x07\n\x03MAX\x10\x03\x32\xda\x02\n\x0cQueryService\x12V\n\x10GetMetricHistory\x12%.runstream.v1.GetMetricHistoryRequest\x1a\x1b.runstream.v1.MetricHistory\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12R\n\x0b\x43ompareRuns\x12 .runstream.v1.CompareRunsRequest\x1a!.runstream.v1.CompareRunsResponse\x12M\n\x0bTailMetrics\x12 .runstream.v1.TailMetricsRequest\x1a\x1a.runstream.v1.MetricPoints0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._loaded_options = None
   _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_options = b'8\001'
-  _globals['_AGGREGATE']._serialized_start=1439
-  _globals['_AGGREGATE']._serialized_end=1498
-  _globals['_COMPARERUNSREQUEST']._serialized_start=72
-  _globals['_COMPARERUNSREQUEST']._serialized_end=261
-  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_start=213
-  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_end=261
-  _globals['_PARAMROW']._serialized_start=263
-  _globals['_PARAMROW']._serialized_end=336
-  _globals['_METRICROW']._serialized_start=338
-  _globals['_METRICROW']._serialized_end=426
-  _globals['_SERIESSET']._serialized_start=428
-  _globals['_SERIESSET']._serialized_end=500
-  _globals['_COMPARERUNSRESPONSE']._serialized_start=503
-  _globals['_COMPARERUNSRESPONSE']._serialized_end=680
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=683
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=826
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=828
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=906
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=909
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1115
-  _globals['_METRICHISTORY']._serialized_start=1118
-  _globals['_METRICHISTORY']._serialized_end=1437
-  _globals['_QUERYSERVICE']._serialized_start=1501
-  _globals['_QUERYSERVICE']._serialized_end=1768
+  _globals['_AGGREGATE']._serialized_start=1642
+  _globals['_AGGREGATE']._serialized_end=1701
+  _globals['_TAILMETRICSREQUEST']._serialized_start=71
+  _globals['_TAILMETRICSREQUEST']._serialized_end=160
+  _globals['_METRICPOINTS']._serialized_start=162
+  _globals['_METRICPOINTS']._serialized_end=272
+  _globals['_COMPARERUNSREQUEST']._serialized_start=275
+  _globals['_COMPARERUNSREQUEST']._serialized_end=464
+  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_start=416
+  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_end=464
+  _globals['_PARAMROW']._serialized_start=466
+  _globals['_PARAMROW']._serialized_end=539
+  _globals['_METRICROW']._serialized_start=541
+  _globals['_METRICROW']._serialized_end=629
+  _globals['_SERIESSET']._serialized_start=631
+  _globals['_SERIESSET']._serialized_end=703
+  _globals['_COMPARERUNSRESPONSE']._serialized_start=706
+  _globals['_COMPARERUNSRESPONSE']._serialized_end=883
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=886
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=1029
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1031
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1109
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1112
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1318
+  _globals['_METRICHISTORY']._serialized_start=1321
+  _globals['_METRICHISTORY']._serialized_end=1640
+  _globals['_QUERYSERVICE']._serialized_start=1704
+  _globals['_QUERYSERVICE']._serialized_end=2050
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,32 @@ MEAN: Aggregate
 MIN: Aggregate
 MAX: Aggregate
 
+class TailMetricsRequest(_message.Message):
+    __slots__ = ("run_ids", "keys", "from_step")
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    from_step: int
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., keys: _Optional[_Iterable[str]] = ..., from_step: _Optional[int] = ...) -> None: ...
+
+class MetricPoints(_message.Message):
+    __slots__ = ("run_id", "key", "writer", "step", "value", "timestamp_ms")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    key: str
+    writer: str
+    step: _containers.RepeatedScalarFieldContainer[int]
+    value: _containers.RepeatedScalarFieldContainer[float]
+    timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., writer: _Optional[str] = ..., step: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class CompareRunsRequest(_message.Message):
     __slots__ = ("run_ids", "keys", "max_points", "direction")
     class DirectionEntry(_message.Message):

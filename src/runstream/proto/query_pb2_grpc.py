@@ -50,6 +50,11 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.CompareRunsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.CompareRunsResponse.FromString,
                 _registered_method=True)
+        self.TailMetrics = channel.unary_stream(
+                '/runstream.v1.QueryService/TailMetrics',
+                request_serializer=runstream_dot_v1_dot_query__pb2.TailMetricsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -81,6 +86,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TailMetrics(self, request, context):
+        """New points of the runs as loaders commit them, per series in step order, without gaps
+        or repeats; ends once every run has ended and no new points came for 2 seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +111,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.CompareRuns,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.CompareRunsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.CompareRunsResponse.SerializeToString,
+            ),
+            'TailMetrics': grpc.unary_stream_rpc_method_handler(
+                    servicer.TailMetrics,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.TailMetricsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.MetricPoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +200,33 @@ class QueryService:
             '/runstream.v1.QueryService/CompareRuns',
             runstream_dot_v1_dot_query__pb2.CompareRunsRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.CompareRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TailMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runstream.v1.QueryService/TailMetrics',
+            runstream_dot_v1_dot_query__pb2.TailMetricsRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
             options,
             channel_credentials,
             insecure,
