@@ -312,13 +312,18 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def service_arguments(p: argparse.ArgumentParser) -> None:
+    """--postgres-url and --redis-url: the machine's services unless told otherwise."""
     p.add_argument(
         "--postgres-url",
         default=os.environ.get("RUNSTREAM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    service_arguments(p)
     p.add_argument("--points", type=int, default=4_000_000, help="points per capacity configuration")
     p.add_argument("--streams", default="1,4,16")
     p.add_argument("--batch-points", default="1000,10000")

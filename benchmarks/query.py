@@ -10,7 +10,6 @@ whole windows of 200,000 points (points/s).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from functools import partial
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import BenchServer, table
+from ingest import BenchServer, service_arguments, table
 
 import runstream
 from runstream import batch as wire
@@ -173,11 +172,7 @@ def timed(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--postgres-url",
-        default=os.environ.get("RUNSTREAM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    service_arguments(p)
     p.add_argument("--points", type=int, default=1_000_000)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--runs", type=int, default=10_000, help="runs for the SearchRuns benchmark")

@@ -30,7 +30,8 @@ class Points:
 
 @dataclass
 class Items:
-    """Summarised pieces of a series: whole chunks or single points."""
+    """Summarised pieces of a series: whole chunks, single points, or the buckets that
+    downsample() folds them into (each bucket is an item of its own)."""
 
     first_step: I64
     last_step: I64
@@ -48,17 +49,6 @@ class Items:
     def concat(parts: list[Items]) -> Items:
         fields = ("first_step", "last_step", "first", "last", "min", "max", "count")
         return Items(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
-
-
-@dataclass
-class Buckets:
-    first_step: I64
-    last_step: I64
-    first: F64
-    last: F64
-    min: F64
-    max: F64
-    count: I64
 
 
 def merge(parts: list[Points], lo: int, hi: int) -> Points:
@@ -90,11 +80,10 @@ def aggregate(points: Points, how: str) -> tuple[I64, F64]:
     return steps, reduce.reduceat(points.value, starts)
 
 
-def downsample(items: Items, lo: int, width: int) -> Buckets:
+def downsample(items: Items, lo: int, width: int) -> Items:
     """Fold items into buckets [lo + k*width, lo + (k+1)*width) by their first step."""
     if not len(items.count):
-        e = np.empty(0)
-        return Buckets(np.empty(0, np.int64), np.empty(0, np.int64), e, e, e, e, np.empty(0, np.int64))
+        return items
     # An item lies within one bucket, so ordering by first (or last) step also orders by bucket.
     # The stable sort is a merge sort: fast on what it gets, runs of chunks already in step order.
     by_first = np.argsort(items.first_step, kind="stable")
@@ -102,7 +91,7 @@ def downsample(items: Items, lo: int, width: int) -> Buckets:
     sorted_bucket = (items.first_step[by_first] - lo) // width
     starts = np.flatnonzero(np.diff(sorted_bucket, prepend=sorted_bucket[0] - 1))
     ends = np.append(starts[1:], len(sorted_bucket))
-    return Buckets(
+    return Items(
         first_step=items.first_step[by_first][starts],
         last_step=items.last_step[by_last][ends - 1],
         first=items.first[by_first][starts],

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -46,12 +46,7 @@ class Query:
         await self.notifications.close()
 
     async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[qpb.MetricPoints]:
-        if not 0 < len(req.run_ids) <= MAX_COMPARE_RUNS:
-            raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(req.run_ids)})")
-        for run_id in req.run_ids:
-            wire.check_run_id(run_id)
-        for key in req.keys:
-            wire.check_key(key)
+        _check_runs_and_keys(req.run_ids, req.keys)
         async with self.pool.acquire() as conn:
             for run_id in req.run_ids:
                 if await store.run_lifecycle(conn, run_id) is None:
@@ -75,12 +70,7 @@ class Query:
             return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
 
     async def CompareRuns(self, req: qpb.CompareRunsRequest, ctx: Any) -> qpb.CompareRunsResponse:
-        if not 0 < len(req.run_ids) <= MAX_COMPARE_RUNS:
-            raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(req.run_ids)})")
-        for run_id in req.run_ids:
-            wire.check_run_id(run_id)
-        for key in req.keys:
-            wire.check_key(key)
+        _check_runs_and_keys(req.run_ids, req.keys)
         for key, direction in req.direction.items():
             if direction not in ("min", "max"):
                 raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
@@ -195,6 +185,15 @@ async def _history(
     return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
 
 
+def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:
+    if not 0 < len(run_ids) <= MAX_COMPARE_RUNS:
+        raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(run_ids)})")
+    for run_id in run_ids:
+        wire.check_run_id(run_id)
+    for key in keys:
+        wire.check_key(key)
+
+
 def _max_points(asked: int, default: int) -> int:
     max_points = asked or default
     if not 0 < max_points <= MAX_POINTS:
@@ -274,7 +273,7 @@ def _items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
     return history.Items.concat(parts)
 
 
-def _with_buckets(out: qpb.MetricHistory, b: history.Buckets) -> qpb.MetricHistory:
+def _with_buckets(out: qpb.MetricHistory, b: history.Items) -> qpb.MetricHistory:
     out.downsampled = True
     out.bucket_first_step.extend(b.first_step.tolist())
     out.bucket_last_step.extend(b.last_step.tolist())

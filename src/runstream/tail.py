@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from runstream import store
+from runstream import chunks, store
 from runstream.proto import query_pb2 as qpb
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,12 @@ class Notifications:
                         cursors.setdefault(s["series_id"], -(2**63) if from_step is None else from_step - 1)
                     ids = [s["series_id"] for s in series]
                     rows = await store.chunks_after(conn, ids, [cursors[i] for i in ids])
+                by_series: dict[int, list[asyncpg.Record]] = {}
+                for r in rows:
+                    by_series.setdefault(r["series_id"], []).append(r)
                 sent = False
                 for s in series:
-                    points = _new_points([r for r in rows if r["series_id"] == s["series_id"]], cursors[s["series_id"]])
+                    points = _new_points(by_series.get(s["series_id"], []), cursors[s["series_id"]])
                     if points is None:
                         continue
                     steps, stamps, values = points
@@ -120,9 +123,8 @@ def _new_points(rows: list[asyncpg.Record], after: int) -> tuple[Any, Any, Any] 
     """The points of a series' chunks beyond `after`, in step order (None when there are none)."""
     if not rows:
         return None
-    steps = np.concatenate([np.frombuffer(r["steps"], "<i8") for r in rows])
-    stamps = np.concatenate([np.frombuffer(r["timestamps"], "<i8") for r in rows])
-    values = np.concatenate([np.frombuffer(r["vals"], "<f8") for r in rows])
+    parts = [chunks.unpack(r["steps"], r["timestamps"], r["vals"]) for r in rows]
+    steps, stamps, values = (np.concatenate(column) for column in zip(*parts, strict=True))
     keep = steps > after
     if not keep.any():
         return None
