@@ -1,11 +1,8 @@
 """The columnar MetricBatch on the wire: encode from numpy columns, decode into numpy views.
 
-The metric columns are fixed-width packed protobuf fields, so their wire bytes are already
-the little-endian arrays we want. Decoding walks the message field by field (a handful of
-fields, never one step per point) and hands out `np.frombuffer` views; encoding writes the
-arrays' bytes behind their tags. Anything the fast path does not expect (an unpacked
-repeated field, a field split in two) is still valid protobuf and goes through the
-protobuf library instead, so every valid encoding of a MetricBatch is accepted.
+The metric columns are fixed-width packed protobuf fields, read and written as arrays by
+packed.py. Anything its fast path does not expect is still valid protobuf and goes through
+the protobuf library instead, so every valid encoding of a MetricBatch is accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from runstream import packed
 from runstream.errors import InvalidArgument
 from runstream.proto import tracking_pb2
 
@@ -60,84 +58,26 @@ class Batch:
         return len(self.value)
 
 
-class _Unexpected(Exception):
-    """The fast path met a valid encoding it does not handle; use the protobuf library."""
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf):
-            raise InvalidArgument("batch: truncated message")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise InvalidArgument("batch: malformed varint")
-
-
 def decode(data: bytes) -> Batch:
     """Decode a serialized MetricBatch; raises InvalidArgument when it is not one."""
     try:
         return _decode_fast(data)
-    except _Unexpected:
+    except packed.Unexpected:
         return _decode_slow(data)
 
 
 def _decode_fast(data: bytes) -> Batch:
-    run_id = writer_id = ""
-    seq = 0
-    keys: list[str] = []
-    columns: dict[str, np.ndarray] = {}
-    pos, end = 0, len(data)
-    while pos < end:
-        tag, pos = _varint(data, pos)
-        field, wire = tag >> 3, tag & 7
-        if wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > end:
-                raise InvalidArgument("batch: truncated message")
-            if field in _COLUMNS:
-                name, dtype = _COLUMNS[field]
-                if name in columns or length % dtype.itemsize:
-                    raise _Unexpected
-                columns[name] = np.frombuffer(data, dtype=dtype, count=length // dtype.itemsize, offset=pos)
-            elif field in (1, 2, 4):
-                try:
-                    text = data[pos : pos + length].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InvalidArgument("batch: a string field is not valid UTF-8") from None
-                if field == 1:
-                    run_id = text
-                elif field == 2:
-                    writer_id = text
-                else:
-                    keys.append(text)
-            pos += length
-        elif wire == 0:
-            value, pos = _varint(data, pos)
-            if field == 3:
-                seq = value
-        elif field in _COLUMNS:
-            raise _Unexpected  # an unpacked repeated column
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise InvalidArgument(f"batch: unsupported wire type {wire}")
-    if pos != end:
-        raise InvalidArgument("batch: truncated message")
+    try:
+        fields = packed.decode(data, {n: dtype for n, (_, dtype) in _COLUMNS.items()}, strings={1, 2, 4})
+    except packed.Malformed as exc:
+        raise InvalidArgument(f"batch: {exc}") from None
+    columns = {name: fields.columns[n] for n, (name, _) in _COLUMNS.items() if n in fields.columns}
     empty_i64 = np.empty(0, dtype=_I64)
     return Batch(
-        run_id=run_id,
-        writer_id=writer_id,
-        seq=seq,
-        keys=keys,
+        run_id=fields.string(1),
+        writer_id=fields.string(2),
+        seq=fields.varints.get(3, 0),
+        keys=fields.strings.get(4, []),
         key_index=columns.get("key_index", np.empty(0, dtype=_U32)),
         step=columns.get("step", empty_i64),
         timestamp_ms=columns.get("timestamp_ms", empty_i64),
@@ -163,19 +103,6 @@ def _decode_slow(data: bytes) -> Batch:
     )
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _put_bytes(out: bytearray, field: int, payload: bytes) -> None:
-    out.append((field << 3) | 2)
-    _put_varint(out, len(payload))
-    out += payload
-
-
 def encode(
     run_id: str,
     writer_id: str,
@@ -188,22 +115,18 @@ def encode(
 ) -> bytes:
     """Serialize a MetricBatch from columns; the result parses with any protobuf library."""
     out = bytearray()
-    if run_id:
-        _put_bytes(out, 1, run_id.encode())
-    if writer_id:
-        _put_bytes(out, 2, writer_id.encode())
-    if seq:
-        out.append(3 << 3)
-        _put_varint(out, seq)
+    packed.put_string(out, 1, run_id)
+    packed.put_string(out, 2, writer_id)
+    packed.put_varint(out, 3, seq)
     for key in keys:
-        _put_bytes(out, 4, key.encode())
-    for field, column in ((5, key_index), (6, step), (7, timestamp_ms), (8, value)):
-        if column is None:
-            continue
-        dtype = _COLUMNS[field][1]
-        arr = np.ascontiguousarray(column, dtype=dtype)
-        if arr.size:
-            _put_bytes(out, field, arr.tobytes())
+        packed.put_bytes(out, 4, key.encode())
+    packed.put_columns(
+        out,
+        [
+            (n, column, _COLUMNS[n][1])
+            for n, column in zip(_COLUMNS, (key_index, step, timestamp_ms, value), strict=True)
+        ],
+    )
     return bytes(out)
 
 
