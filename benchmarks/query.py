@@ -10,6 +10,8 @@ whole windows of 200,000 points (points/s).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import time
 from functools import partial
@@ -23,6 +25,7 @@ from ingest import BenchServer, service_arguments, table
 
 import runstream
 from runstream import batch as wire
+from runstream import history, search, store
 from runstream.query_client import QueryClient
 
 
@@ -95,9 +98,7 @@ async def _seed_runs(db_url: str, experiment_id: int, runs: int) -> None:
         await conn.close()
 
 
-def search_benchmark(args: argparse.Namespace) -> list[list[str]]:
-    import asyncio
-
+def search_benchmark(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]]]:
     server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
     rows = []
     try:
@@ -116,12 +117,26 @@ def search_benchmark(args: argparse.Namespace) -> list[list[str]]:
                 ("no filter, start_time order", "", ["attributes.start_time DESC"]),
             ]
             for name, filter, order in cases:
-                search = partial(q.search_runs, [experiment], filter, order, max_results=100)
-                p50, p95 = timed(search, args.calls)
-                rows.append([f"{args.runs:,}", name, str(len(search().runs)), f"{p50:.1f}", f"{p95:.1f}"])
+                call = partial(q.search_runs, [experiment], filter, order, max_results=100)
+                p50, p95 = timed(call, args.calls)
+                rows.append([f"{args.runs:,}", name, str(len(call().runs)), f"{p50:.1f}", f"{p95:.1f}"])
+        sql = search.Sql(offset=4)
+        where, order = search.where("metrics.acc > 0.5", sql), search.order_by(["metrics.acc DESC"], sql)
+        explain = asyncio.run(
+            _explain(
+                server.db_url,
+                f"search {args.runs:,} runs, metric filter + order",
+                store.search_runs_sql(where, order),
+                [int(experiment)],
+                False,
+                101,
+                0,
+                *sql.args,
+            )
+        )
     finally:
         server.close()
-    return rows
+    return rows, [explain]
 
 
 def compare_benchmark(args: argparse.Namespace) -> list[list[str]]:
@@ -160,6 +175,66 @@ def compare_benchmark(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
+def read_all(q: QueryClient, run_id: str) -> int:
+    return sum(len(part) for part in q.read_metrics(run_id, "loss"))
+
+
+async def _explain(db_url: str, name: str, sql: str, *args: object) -> list[str]:
+    """One table row: planning and execution time, and the plan's nodes, outermost first."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.fetch(sql, *args)  # warm the cache, as the timed calls do
+        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+    finally:
+        await conn.close()
+    doc = json.loads(plan)[0]
+    nodes = []
+
+    def walk(node: dict, depth: int) -> None:  # type: ignore[type-arg]
+        label = node["Node Type"] + (f" on {node['Relation Name']}" if "Relation Name" in node else "")
+        if "Index Name" in node:
+            label += f" using {node['Index Name']}"
+        nodes.append(("  " * depth) + label)
+        for child in node.get("Plans", []):
+            walk(child, depth + 1)
+
+    walk(doc["Plan"], 0)
+    return [
+        name,
+        f"{doc['Planning Time']:.2f}",
+        f"{doc['Execution Time']:.2f}",
+        " > ".join(n.strip() for n in nodes[:5]),
+    ]
+
+
+async def _explain_history(db_url: str, run_id: str) -> list[list[str]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        ids = [r[0] for r in await conn.fetch("SELECT series_id FROM metric_series WHERE run_id = $1", run_id)]
+        lo, hi = await conn.fetchrow(
+            "SELECT min(first_step), max(last_step) FROM metric_chunks WHERE series_id = ANY($1::int8[])", ids
+        )
+    finally:
+        await conn.close()
+    width = history.bucket_width(lo, hi, 1000)
+    return [
+        await _explain(db_url, "history chunks, 1,000 buckets", store.HISTORY_CHUNKS_SQL, ids, lo, hi, width, False),
+        await _explain(
+            db_url,
+            "series read (ReadMetrics)",
+            "SELECT first_step, last_step, steps, timestamps, vals FROM metric_chunks "
+            "WHERE series_id = $1 AND last_step >= $2 AND first_step <= $3 ORDER BY first_step",
+            ids[0],
+            lo,
+            hi,
+        ),
+    ]
+
+
 def timed(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     fn()  # warm up (connection, plans, caches)
     times = []
@@ -190,6 +265,7 @@ def main() -> None:
                 window = (steps // 2, steps // 2 + steps // 10)
                 cases = [
                     ("downsample whole range to 1,000", partial(history, max_points=1000)),
+                    ("stream every point (ReadMetrics)", partial(read_all, q, run_id)),
                     ("downsample 10% window to 1,000", partial(history, min_step=window[0], max_step=window[1])),
                     (
                         "whole 200,000-point window",
@@ -199,19 +275,23 @@ def main() -> None:
                 for name, fn in cases:
                     p50, p95 = timed(fn, args.calls)
                     got = fn()
-                    n = got.total_points
-                    rate = f"{n / (p50 / 1000):,.0f}" if not got.downsampled else ""
+                    n = got if isinstance(got, int) else got.total_points
+                    rate = f"{n / (p50 / 1000):,.0f}" if isinstance(got, int) or not got.downsampled else ""
                     rows.append([f"{args.points:,}", str(writers), name, f"{p50:.1f}", f"{p95:.1f}", rate])
+            if writers == 1:
+                explain_rows = asyncio.run(_explain_history(server.db_url, run_id))
         finally:
             server.close()
     print(f"\nGetMetricHistory over gRPC ({args.calls} calls each, after one warm-up)\n")
     print(table(["series points", "writers", "query", "p50 ms", "p95 ms", "points/s"], rows))
-    search_rows = search_benchmark(args)
+    search_rows, search_explain = search_benchmark(args)
     print(f"\nSearchRuns over gRPC, max_results 100 ({args.calls} calls each, after one warm-up)\n")
     print(table(["runs", "search", "returned", "p50 ms", "p95 ms"], search_rows))
     compare_rows = compare_benchmark(args)
     print(f"\nCompareRuns over gRPC ({args.calls} calls, after one warm-up)\n")
     print(table(["runs x keys x points", "series", "p50 ms", "p95 ms"], compare_rows))
+    print("\nEXPLAIN (ANALYZE, BUFFERS) of the queries behind them, on the same data\n")
+    print(table(["query", "planning ms", "execution ms", "plan"], explain_rows + search_explain))
 
 
 if __name__ == "__main__":

@@ -192,9 +192,7 @@ class Server:
         for r in rows:
             steps, _, vals = chunks.unpack(r["steps"], r["timestamps"], r["vals"])
             parts.setdefault((r["key"], r["writer_id"]), []).append((steps, vals))
-        return {
-            k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])) for k, v in parts.items()
-        }
+        return {k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])) for k, v in parts.items()}
 
 
 def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:

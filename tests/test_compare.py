@@ -88,3 +88,28 @@ def test_the_cli_compares_runs(server: Server) -> None:
     assert out[0].split() == ["fast", "slow"]
     assert out[2].split() == ["*", "params.lr", "0.1", "0.01"] and out[3].split() == ["params.seed", "1", "1"]
     assert out[4].split() == ["loss", "(min)", "0.5", "0.25", "<"]
+
+
+def test_the_cli_plots_compared_curves(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    from PIL import Image  # matplotlib depends on Pillow
+
+    with runstream.Client(server.target) as client:
+        ids = []
+        for i in range(2):
+            run_id = client.create_run("cmp-plot", f"run{i}").run_id
+            steps = np.arange(5_000)
+            _log(client, run_id, "loss", steps, np.exp(-steps / (1_000 * (i + 1))))
+            server.wait_points(run_id, len(steps))
+            ids.append(run_id)
+    png = tmp_path / "curves.png"
+    subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "runs", "compare", "--url", server.target, "--plot", str(png), *ids],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    for color in ((31, 119, 180), (255, 127, 14)):  # matplotlib's first two line colors: one per run
+        near = np.abs(image - np.array(color)).sum(axis=2) < 40
+        assert near.sum() > 300, f"no curve drawn in {color}"

@@ -84,18 +84,28 @@ def test_a_loader_killed_mid_load_loses_and_doubles_nothing(make_server, failpoi
         run_id = client.create_run("crash").run_id
         for seq in range(1, batches + 1):
             steps = np.arange((seq - 1) * per_batch // 2, seq * per_batch // 2).repeat(2)
-            data = wire.encode(run_id, "w", seq, ["a", "b"], np.tile([0, 1], per_batch // 2), steps, None,
-                               steps.astype(np.float64))
+            data = wire.encode(
+                run_id, "w", seq, ["a", "b"], np.tile([0, 1], per_batch // 2), steps, None, steps.astype(np.float64)
+            )
             assert raw_log(client, data).code == 0
 
         if failpoint == "loader.after_copy":
             # The doomed loader has COPYed and sits inside its open transaction.
-            _wait_for(lambda: ingest.sql("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = "
-                                         "'runstream-load' AND state = 'idle in transaction'")[0]["n"] == 1,
-                      what="the loader to pause inside its transaction")
+            _wait_for(
+                lambda: (
+                    ingest.sql(
+                        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = "
+                        "'runstream-load' AND state = 'idle in transaction'"
+                    )[0]["n"]
+                    == 1
+                ),
+                what="the loader to pause inside its transaction",
+            )
         else:
-            _wait_for(lambda: ingest.sql("SELECT count(*) AS n FROM ingested_batches")[0]["n"] > 0,
-                      what="the loader to commit")
+            _wait_for(
+                lambda: ingest.sql("SELECT count(*) AS n FROM ingested_batches")[0]["n"] > 0,
+                what="the loader to commit",
+            )
         committed_before = ingest.sql("SELECT count(*) AS n FROM ingested_batches")[0]["n"]
         doomed.stop(signal.SIGKILL)
         keys = Keys(ingest.prefix, DEFAULT_SHARDS)

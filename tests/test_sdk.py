@@ -105,8 +105,9 @@ def test_statuses_become_typed_exceptions(server: Server) -> None:
         with pytest.raises(runstream.InvalidArgument, match="metric key 'bad,key'"):
             run.log_metric("bad,key", 1.0)
         run.end()
-    with runstream.Client("127.0.0.1:1", timeout=1) as client, pytest.raises(
-        (runstream.Unavailable, runstream.DeadlineExceeded)
+    with (
+        runstream.Client("127.0.0.1:1", timeout=1) as client,
+        pytest.raises((runstream.Unavailable, runstream.DeadlineExceeded)),
     ):
         client.create_run("nowhere")
 

@@ -21,7 +21,7 @@ def test_a_tail_delivers_new_points_in_order_then_ends(server: Server) -> None:
         assert raw_log(client, old).code == 0
         assert server.wait_points(run_id, 100) == 100
 
-        received: list[runstream.query_client.TailPoints] = []
+        received: list[runstream.SeriesPoints] = []
         with runstream.QueryClient(server.target) as q:
             tail = q.tail_metrics([run_id], ["loss"])
             done = threading.Event()

@@ -35,6 +35,7 @@ from runstream.errors import (
     Unauthenticated,
     Unavailable,
 )
+from runstream.points import SeriesPoints
 from runstream.query_client import MetricHistory, QueryClient
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Run",
     "RunNotFound",
     "RunstreamError",
+    "SeriesPoints",
     "Unauthenticated",
     "Unavailable",
     "active_run",

@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     cmp.add_argument("run_ids", nargs="+")
     cmp.add_argument("--key", action="append", default=[], help="metric keys to compare (default: all)")
+    cmp.add_argument("--plot", type=Path, help="also draw each key's curves into this PNG (needs matplotlib)")
+    experiments = sub.add_parser("experiments", help="experiments with their run counts")
+    experiments_sub = experiments.add_subparsers(dest="experiments_command", required=True)
+    els = experiments_sub.add_parser("ls", help="experiments with run counts by status, latest activity first")
+    els.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    els.add_argument("--name", default="", help="SQL LIKE pattern on the name, e.g. 'vision-%%'")
+    els.add_argument("--deleted", action="store_true", help="include deleted experiments")
+    els.add_argument("--max-results", type=int, default=100)
     show = runs_sub.add_parser("show", help="the given runs, as a table")
     show.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     show.add_argument("run_ids", nargs="+")
@@ -71,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--writer", help="only this writer's points (e.g. rank3)")
     metrics.add_argument("--aggregate", choices=["mean", "min", "max"], help="one value per step across writers")
     metrics.add_argument("--format", choices=["csv", "json"], default="csv")
+    metrics.add_argument("--all", action="store_true", help="stream every point as CSV, writer by writer")
     args = parser.parse_args(argv)
 
     if args.command == "server":
@@ -98,50 +107,91 @@ def main(argv: list[str] | None = None) -> int:
         return demo_mod.main(args.url, args.data_dir, args.epochs)
     if args.command == "runs":
         return _runs(args)
+    if args.command == "experiments":
+        return _experiments(args)
     if args.command == "metrics":
-        from runstream.errors import RunstreamError
-        from runstream.query_client import QueryClient
-        from runstream.report import write_history
-
-        try:
-            with QueryClient(args.url) as q:
-                history = q.get_metric_history(
-                    args.run_id,
-                    args.key,
-                    min_step=args.min_step,
-                    max_step=args.max_step,
-                    max_points=args.max_points,
-                    writer=args.writer,
-                    aggregate=args.aggregate,
-                )
-        except RunstreamError as exc:
-            print(f"runstream: {exc}", file=sys.stderr)
-            return 1
-        write_history(history, args.format, sys.stdout)
-        return 0
+        return _metrics(args)
     return 2
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from runstream.errors import RunstreamError
+    from runstream.query_client import QueryClient
+    from runstream.report import write_history, write_points
+
+    if args.all and args.format != "csv":
+        print("runstream: --all writes CSV; leave out --format json", file=sys.stderr)
+        return 2
+    try:
+        with QueryClient(args.url) as q:
+            if args.all:
+                parts = q.read_metrics(
+                    args.run_id, args.key, min_step=args.min_step, max_step=args.max_step, writer=args.writer
+                )
+                write_points(parts, sys.stdout)
+                return 0
+            history = q.get_metric_history(
+                args.run_id,
+                args.key,
+                min_step=args.min_step,
+                max_step=args.max_step,
+                max_points=args.max_points,
+                writer=args.writer,
+                aggregate=args.aggregate,
+            )
+    except RunstreamError as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    write_history(history, args.format, sys.stdout)
+    return 0
+
+
+def _experiments(args: argparse.Namespace) -> int:
+    from runstream.errors import RunstreamError
+    from runstream.query_client import QueryClient
+    from runstream.report import experiments_table
+
+    try:
+        with QueryClient(args.url) as q:
+            page = q.list_experiments(include_deleted=args.deleted, name_like=args.name, max_results=args.max_results)
+    except RunstreamError as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    print(experiments_table(page.experiments))
+    if page.next_page_token:
+        print(f"(first {len(page.experiments)}; raise --max-results for more)")
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
     from runstream.client import Client
     from runstream.errors import RunstreamError
     from runstream.query_client import QueryClient
-    from runstream.report import comparison_table, runs_table
+    from runstream.report import comparison_table, plot_comparison, runs_table
 
+    footer = ""
     try:
         with Client(args.url) as client, QueryClient(args.url) as query:
             if args.runs_command == "compare":
-                print(comparison_table(query.compare_runs(args.run_ids, args.key or None)))
+                comparison = query.compare_runs(args.run_ids, args.key or None)
+                print(comparison_table(comparison))
+                if args.plot:
+                    plot_comparison(comparison, args.plot)
+                    print(f"curves drawn to {args.plot}")
                 return 0
             if args.runs_command == "show":
                 runs = [client.get_run(r) for r in args.run_ids]
             else:
                 experiments = [client.get_experiment(name=name).experiment_id for name in args.experiment]
-                runs = query.search_runs(experiments, args.filter, args.order_by, args.max_results).runs
+                page = query.search_runs(experiments, args.filter, args.order_by, args.max_results, count_total=True)
+                runs = page.runs
+                footer = f"{len(runs):,} of {page.total_count:,} matching runs"
     except RunstreamError as exc:
         print(f"runstream: {exc}", file=sys.stderr)
         return 1
     print(runs_table(runs))
+    if footer:
+        print(footer)
     return 0
 
 

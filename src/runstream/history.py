@@ -43,7 +43,7 @@ class Items:
 
     @staticmethod
     def of_points(step: I64, value: F64) -> Items:
-        return Items(step, step, value, value, value, value, np.ones(len(step), dtype=np.int64))
+        return Items(step, step, value, value, value, value, np.broadcast_to(np.int64(1), len(step)))
 
     @staticmethod
     def concat(parts: list[Items]) -> Items:
@@ -84,11 +84,15 @@ def downsample(items: Items, lo: int, width: int) -> Items:
     """Fold items into buckets [lo + k*width, lo + (k+1)*width) by their first step."""
     if not len(items.count):
         return items
-    # An item lies within one bucket, so ordering by first (or last) step also orders by bucket.
-    # The stable sort is a merge sort: fast on what it gets, runs of chunks already in step order.
+    if _ascending(items.first_step) and (items.last_step is items.first_step or _ascending(items.last_step)):
+        return _fold(items, lo, width)  # one series in step order (the usual case): no sorting
+    # Several series: order by bucket, then by first step for first values; the stable sort is
+    # a merge sort, fast on what it gets (runs already in step order). An item lies within one
+    # bucket, but items of different series may overlap, so last values need their own order.
+    bucket = (items.first_step - lo) // width
     by_first = np.argsort(items.first_step, kind="stable")
-    by_last = np.argsort(items.last_step, kind="stable")
-    sorted_bucket = (items.first_step[by_first] - lo) // width
+    by_last = np.lexsort((items.last_step, bucket))
+    sorted_bucket = bucket[by_first]
     starts = np.flatnonzero(np.diff(sorted_bucket, prepend=sorted_bucket[0] - 1))
     ends = np.append(starts[1:], len(sorted_bucket))
     return Items(
@@ -99,6 +103,32 @@ def downsample(items: Items, lo: int, width: int) -> Items:
         min=np.fmin.reduceat(items.min[by_first], starts),
         max=np.fmax.reduceat(items.max[by_first], starts),
         count=np.add.reduceat(items.count[by_first], starts),
+    )
+
+
+def _ascending(a: I64) -> bool:
+    return bool(np.all(a[1:] >= a[:-1]))
+
+
+def _fold(items: Items, lo: int, width: int) -> Items:
+    """Buckets of items in step order: each bucket is a run of consecutive items, found by
+    binary search for the bucket edges rather than a pass over every item."""
+    steps = items.first_step
+    first_bucket, last_bucket = (int(steps[0]) - lo) // width, (int(steps[-1]) - lo) // width
+    edges = lo + np.arange(first_bucket, last_bucket + 1, dtype=np.int64) * width
+    starts = np.searchsorted(steps, edges)
+    starts = starts[np.diff(starts, append=len(steps)) > 0]  # skip empty buckets
+    ends = np.append(starts[1:], len(steps))
+    single_points = items.first is items.min is items.max
+    count = ends - starts if single_points else np.add.reduceat(items.count, starts)
+    return Items(
+        first_step=steps[starts],
+        last_step=items.last_step[ends - 1],
+        first=items.first[starts],
+        last=items.last[ends - 1],
+        min=np.fmin.reduceat(items.min, starts),
+        max=np.fmax.reduceat(items.max, starts),
+        count=count.astype(np.int64),
     )
 
 

@@ -20,9 +20,9 @@ import asyncpg
 import numpy as np
 
 from runstream import batch as wire
-from runstream import chunks, compare, history, search, store
+from runstream import chunks, compare, export, history, search, store
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
-from runstream.messages import run_message
+from runstream.messages import experiment_message, run_message
 from runstream.proto import query_pb2 as qpb
 from runstream.tail import Notifications
 
@@ -31,6 +31,7 @@ MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB mess
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_MAX_RESULTS = 100
 MAX_RESULTS = 10_000
+MAX_EXPERIMENTS = 1_000
 DEFAULT_COMPARE_POINTS = 500
 MAX_COMPARE_RUNS = 100
 MAX_COMPARE_KEYS = 50
@@ -45,7 +46,7 @@ class Query:
     async def close(self) -> None:
         await self.notifications.close()
 
-    async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[qpb.MetricPoints]:
+    async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
         _check_runs_and_keys(req.run_ids, req.keys)
         async with self.pool.acquire() as conn:
             for run_id in req.run_ids:
@@ -55,16 +56,37 @@ class Query:
         async for points in self.notifications.tail(list(req.run_ids), list(req.keys), from_step):
             yield points
 
+    async def ReadMetrics(self, req: qpb.ReadMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
+        wire.check_run_id(req.run_id)
+        wire.check_key(req.key)
+        lo, hi = _step_range(req)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi):
+                yield message
+
+    async def ListExperiments(self, req: qpb.ListExperimentsQuery, ctx: Any) -> qpb.ExperimentList:
+        limit = req.max_results or DEFAULT_MAX_RESULTS
+        if not 0 < limit <= MAX_EXPERIMENTS:
+            raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_EXPERIMENTS:,}")
+        fingerprint = zlib.crc32(f"{req.include_deleted}\x00{req.name_like}".encode())
+        offset = _page_offset(req.page_token, fingerprint)
+        async with self.pool.acquire() as conn:
+            rows = await store.experiments_with_counts(conn, req.include_deleted, req.name_like, limit + 1, offset)
+        return qpb.ExperimentList(
+            experiments=[
+                qpb.ExperimentCounts(experiment=experiment_message(e), **counts) for e, counts in rows[:limit]
+            ],
+            next_page_token=_page_token(offset + limit, fingerprint) if len(rows) > limit else "",
+        )
+
     async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
         wire.check_run_id(req.run_id)
         wire.check_key(req.key)
         max_points = _max_points(req.max_points, DEFAULT_MAX_POINTS)
         if req.aggregate not in (qpb.AGGREGATE_NONE, *AGGREGATES):
             raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
-        lo = req.min_step if req.HasField("min_step") else INT64_MIN
-        hi = req.max_step if req.HasField("max_step") else INT64_MAX
-        if lo > hi:
-            raise InvalidArgument(f"min_step {lo} is above max_step {hi}")
+        lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
@@ -122,10 +144,16 @@ class Query:
             runs = await store.search_runs(
                 conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
             )
+            total = 0
+            if req.count_total:  # the filter alone: order_by's parameters would be unused there
+                count_sql = search.Sql(offset=4)
+                count_where = search.where(req.filter, count_sql)
+                total = await store.count_runs(conn, experiment_ids, req.include_deleted, count_where, count_sql.args)
         more = len(runs) > limit
         return qpb.SearchRunsResponse(
             runs=[run_message(r) for r in runs[:limit]],
             next_page_token=_page_token(offset + limit, fingerprint) if more else "",
+            total_count=total,
         )
 
     async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
@@ -163,9 +191,9 @@ async def _history(
     width = history.bucket_width(lo, hi, max_points)
     rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
     if not whole:
-        items = _items(rows, lo, hi)
-        out.total_points = int(items.count.sum())
-        return _with_buckets(out, history.downsample(items, lo, width))
+        buckets = _downsampled(rows, lo, hi, width)
+        out.total_points = int(buckets.count.sum())
+        return _with_buckets(out, buckets)
     writer_of = {sid: i for i, sid in enumerate(ids)}
     points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
     out.total_points = len(points)
@@ -192,6 +220,14 @@ def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:
         wire.check_run_id(run_id)
     for key in keys:
         wire.check_key(key)
+
+
+def _step_range(req: qpb.GetMetricHistoryRequest | qpb.ReadMetricsRequest) -> tuple[int, int]:
+    lo = req.min_step if req.HasField("min_step") else INT64_MIN
+    hi = req.max_step if req.HasField("max_step") else INT64_MAX
+    if lo > hi:
+        raise InvalidArgument(f"min_step {lo} is above max_step {hi}")
+    return lo, hi
 
 
 def _max_points(asked: int, default: int) -> int:
@@ -229,48 +265,66 @@ def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:
     return history.Points(steps, values, stamps, np.full(len(steps), writer_of[row["series_id"]], dtype=np.uint32))
 
 
-def _items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
-    """Whole chunks as summary items, and the in-range points of the chunks that came decoded."""
-    whole = [r for r in rows if r["steps"] is None]
-    parts = []
-    if whole:
-        cols = list(
-            zip(
-                *(
-                    (
-                        r["first_step"],
-                        r["last_step"],
-                        r["first_value"],
-                        r["last_value"],
-                        r["min_value"],
-                        r["max_value"],
-                        r["n"],
-                    )
-                    for r in whole
-                ),
-                strict=True,
-            )
-        )
-        parts.append(
-            history.Items(
-                np.array(cols[0], np.int64),
-                np.array(cols[1], np.int64),
-                np.array(cols[2]),
-                np.array(cols[3]),
-                np.array(cols[4]),
-                np.array(cols[5]),
-                np.array(cols[6], np.int64),
-            )
-        )
-    decoded = [r for r in rows if r["steps"] is not None]
-    if decoded:
-        steps = np.concatenate([np.frombuffer(r["steps"], "<i8") for r in decoded])
-        values = np.concatenate([np.frombuffer(r["vals"], "<f8") for r in decoded])
-        keep = (steps >= lo) & (steps <= hi)
-        parts.append(history.Items.of_points(steps[keep], values[keep]))
-    if not parts:
+def _downsampled(rows: list[asyncpg.Record], lo: int, hi: int, width: int) -> history.Items:
+    """Buckets of the chunk rows (grouped by series, each in first-step order): each series
+    is folded on its own, in step order without sorting, then the series' buckets merge."""
+    per_series: dict[int, list[asyncpg.Record]] = {}
+    for r in rows:
+        per_series.setdefault(r["series_id"], []).append(r)
+    buckets = [history.downsample(_series_items(part, lo, hi), lo, width) for part in per_series.values()]
+    if not buckets:
         return history.Items.of_points(np.empty(0, np.int64), np.empty(0))
-    return history.Items.concat(parts)
+    if len(buckets) == 1:
+        return buckets[0]
+    return history.downsample(history.Items.concat(buckets), lo, width)
+
+
+def _series_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
+    """One series' chunks as items in step order: a whole chunk is one item carrying its
+    summary; a chunk that came decoded gives its points within [lo, hi]."""
+    parts = []
+    run: list[asyncpg.Record] = []  # consecutive rows of one kind (whole or decoded)
+    for r in rows:
+        if run and (r["steps"] is None) != (run[0]["steps"] is None):
+            parts.append(_run_items(run, lo, hi))
+            run = []
+        run.append(r)
+    if run:
+        parts.append(_run_items(run, lo, hi))
+    return parts[0] if len(parts) == 1 else history.Items.concat(parts)
+
+
+def _run_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
+    if rows[0]["steps"] is None:
+        return _summary_items(rows)
+    steps = np.frombuffer(b"".join([r["steps"] for r in rows]), "<i8")
+    values = np.frombuffer(b"".join([r["vals"] for r in rows]), "<f8")
+    if any(r["first_step"] < lo or r["last_step"] > hi for r in rows):  # chunks at the range's ends
+        keep = (steps >= lo) & (steps <= hi)
+        steps, values = steps[keep], values[keep]
+    return history.Items.of_points(steps, values)
+
+
+def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
+    cols = list(
+        zip(
+            *(
+                (
+                    r["first_step"],
+                    r["last_step"],
+                    r["first_value"],
+                    r["last_value"],
+                    r["min_value"],
+                    r["max_value"],
+                    r["n"],
+                )
+                for r in rows
+            ),
+            strict=True,
+        )
+    )
+    ints, floats = np.array(cols[0:2] + cols[6:7], np.int64), np.array(cols[2:6], np.float64)
+    return history.Items(ints[0], ints[1], floats[0], floats[1], floats[2], floats[3], ints[2])
 
 
 def _with_buckets(out: qpb.MetricHistory, b: history.Items) -> qpb.MetricHistory:

@@ -10,8 +10,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from runstream import points
 from runstream.client import open_channel, resolve_target, typed_errors
 from runstream.errors import from_status
+from runstream.points import SeriesPoints
 from runstream.proto import query_pb2 as qpb
 from runstream.proto import query_pb2_grpc as qpb_grpc
 from runstream.proto import tracking_pb2 as pb
@@ -60,20 +62,38 @@ class Comparison:
 
 
 @dataclass
-class TailPoints:
-    """New points of one series (run, key, writer), in step order."""
+class RunPage:
+    runs: list[pb.Run]
+    next_page_token: str
+    total_count: int | None = None  # with count_total: matching runs over all pages
 
-    run_id: str
-    key: str
-    writer: str
-    step: npt.NDArray[np.int64]
-    value: npt.NDArray[np.float64]
-    timestamp_ms: npt.NDArray[np.int64]
+    def to_pandas(self) -> Any:
+        """One row per run, with columns as MLflow's search_runs names them."""
+        import pandas as pd  # type: ignore[import-untyped,import-not-found,unused-ignore]  # optional
+
+        rows = []
+        for r in self.runs:
+            row: dict[str, Any] = {
+                "run_id": r.run_id,
+                "experiment_id": r.experiment_id,
+                "run_name": r.name,
+                "status": pb.RunStatus.Name(r.status),
+                "start_time": pd.to_datetime(r.start_time_ms, unit="ms"),
+                "end_time": pd.to_datetime(r.end_time_ms, unit="ms") if r.end_time_ms else None,
+            }
+            row |= {f"metrics.{m.key}": m.last_value for m in r.metrics}
+            row |= {f"params.{k}": v for k, v in r.params.items()}
+            row |= {f"tags.{k}": v for k, v in r.tags.items()}
+            rows.append(row)
+        return pd.DataFrame(rows)
 
 
 @dataclass
-class RunPage:
-    runs: list[pb.Run]
+class ExperimentPage:
+    """Experiments with run counts (`runs`, `running`, `finished`, `failed`, `killed`,
+    `deleted_runs`, `last_run_start_ms`)."""
+
+    experiments: list[qpb.ExperimentCounts]
     next_page_token: str
 
 
@@ -156,9 +176,11 @@ class QueryClient:
         max_results: int = 100,
         page_token: str = "",
         include_deleted: bool = False,
+        count_total: bool = False,
     ) -> RunPage:
         """One page of runs matching `filter` (MLflow's search syntax), in `order_by` order;
-        pass `page.next_page_token` back for the next page."""
+        pass `page.next_page_token` back for the next page. `count_total` also counts every
+        matching run."""
         reply = self._stub.SearchRuns(
             qpb.SearchRunsRequest(
                 experiment_ids=experiment_ids or [],
@@ -167,10 +189,11 @@ class QueryClient:
                 max_results=max_results,
                 page_token=page_token,
                 include_deleted=include_deleted,
+                count_total=count_total,
             ),
             timeout=self.timeout,
         )
-        return RunPage(list(reply.runs), reply.next_page_token)
+        return RunPage(list(reply.runs), reply.next_page_token, reply.total_count if count_total else None)
 
     @typed_errors
     def compare_runs(
@@ -199,24 +222,54 @@ class QueryClient:
 
     def tail_metrics(
         self, run_ids: list[str], keys: list[str] | None = None, from_step: int | None = None
-    ) -> Iterator[TailPoints]:
+    ) -> Iterator[SeriesPoints]:
         """Points as the server commits them, until every run has ended (or the caller stops
         iterating). Only new points unless `from_step` asks for stored ones too."""
         req = qpb.TailMetricsRequest(run_ids=run_ids, keys=keys or [])
         if from_step is not None:
             req.from_step = from_step
-        call = self._stub.TailMetrics(req)
+        yield from self._points("TailMetrics", req, timeout=None)
+
+    def read_metrics(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        writer: str | None = None,
+    ) -> Iterator[SeriesPoints]:
+        """Every point of a run's key, streamed in pieces of up to 65,536 points: each piece is
+        one writer's points in step order, writers one after another."""
+        req = qpb.ReadMetricsRequest(run_id=run_id, key=key, writer=writer or "")
+        if min_step is not None:
+            req.min_step = min_step
+        if max_step is not None:
+            req.max_step = max_step
+        yield from self._points("ReadMetrics", req, timeout=self.timeout)
+
+    def _points(self, method: str, req: Any, timeout: float | None) -> Iterator[SeriesPoints]:
+        call: Any = self._channel.unary_stream(
+            f"/runstream.v1.QueryService/{method}",
+            request_serializer=type(req).SerializeToString,
+            response_deserializer=points.decode,
+        )(req, timeout=timeout)
         try:
-            for m in call:
-                yield TailPoints(
-                    m.run_id,
-                    m.key,
-                    m.writer,
-                    np.array(m.step, np.int64),
-                    np.array(m.value, np.float64),
-                    np.array(m.timestamp_ms, np.int64),
-                )
+            yield from call
         except grpc.RpcError as exc:
             raise from_status(exc.code(), exc.details() or "") from None
         finally:
             call.cancel()
+
+    @typed_errors
+    def list_experiments(
+        self, *, include_deleted: bool = False, name_like: str = "", max_results: int = 100, page_token: str = ""
+    ) -> ExperimentPage:
+        """Experiments with their run counts by status, latest activity first."""
+        reply = self._stub.ListExperiments(
+            qpb.ListExperimentsQuery(
+                include_deleted=include_deleted, name_like=name_like, max_results=max_results, page_token=page_token
+            ),
+            timeout=self.timeout,
+        )
+        return ExperimentPage(list(reply.experiments), reply.next_page_token)

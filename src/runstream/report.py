@@ -1,16 +1,22 @@
-"""Plain-text tables of runs for the terminal."""
+"""What people read: tables of runs and experiments for the terminal, CSV/JSON of metric
+histories, and plots of compared runs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runstream.proto import tracking_pb2 as pb
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runstream.points import SeriesPoints
+    from runstream.proto import query_pb2 as qpb
     from runstream.query_client import Comparison, MetricHistory
 
 STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
@@ -99,3 +105,55 @@ def comparison_table(c: Comparison) -> str:
         cells = [("-" if v is None else fmt(v)) + (" <" if i == best else "") for i, v in enumerate(values)]
         rows.append([f"  {key} ({c.direction[key]})", *cells])
     return table(header, rows)
+
+
+def experiments_table(experiments: Sequence[qpb.ExperimentCounts]) -> str:
+    header = ["id", "name", "runs", "running", "finished", "failed", "killed", "deleted", "last run"]
+    rows = []
+    for x in experiments:
+        e = x.experiment
+        last = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(x.last_run_start_ms / 1000)) if x.last_run_start_ms else ""
+        )
+        name = e.name + (" (deleted)" if e.lifecycle_stage == "deleted" else "")
+        counts = (x.runs, x.running, x.finished, x.failed, x.killed, x.deleted_runs)
+        rows.append([e.experiment_id, name, *(f"{c:,}" for c in counts), last])
+    return table(header, rows)
+
+
+def write_points(parts: Iterable[SeriesPoints], out: TextIO) -> int:
+    """Streamed points as CSV rows (step, value, timestamp_ms, writer); returns how many."""
+    writer = csv.writer(out)
+    writer.writerow(["step", "value", "timestamp_ms", "writer"])
+    total = 0
+    for part in parts:
+        name = [part.writer] * len(part)
+        writer.writerows(zip(part.step.tolist(), part.value.tolist(), part.timestamp_ms.tolist(), name, strict=True))
+        total += len(part)
+    return total
+
+
+def plot_comparison(c: Comparison, path: Path) -> None:
+    """One panel per metric key, one line per run; downsampled series are drawn through each
+    bucket's last value with its min-max range shaded, so spikes stay visible."""
+    import matplotlib  # optional: pip install 'runstream[plot]'
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(c.series)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 3 * max(1, len(keys))), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for run, h in zip(c.runs, c.series[key], strict=True):
+            if h.downsampled:
+                b = h.buckets
+                (line,) = ax.plot(b["last_step"], b["last"], label=run.name, linewidth=1)
+                ax.fill_between(b["last_step"], b["min"], b["max"], color=line.get_color(), alpha=0.2, linewidth=0)
+            elif len(h.step):
+                ax.plot(h.step, h.value, label=run.name, linewidth=1)
+        ax.set_title(f"{key} ({c.direction.get(key, '')})")
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

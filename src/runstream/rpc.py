@@ -16,6 +16,7 @@ from runstream.errors import RunstreamError
 log = logging.getLogger(__name__)
 
 RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
+RAW_RESPONSE_METHODS = {"TailMetrics", "ReadMetrics"}  # yield MetricPoints already serialized (points.py)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -57,7 +58,7 @@ def _stream(
 
 def service_handler(servicer: Any, module: ModuleType, service: str) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """A generic handler for every method of `service` as declared in the generated
-    `module`; the metric methods skip protobuf deserialization."""
+    `module`; the metric methods skip protobuf (de)serialization."""
     desc = module.DESCRIPTOR.services_by_name[service]
     handlers = {}
     for method in desc.methods:
@@ -65,6 +66,7 @@ def service_handler(servicer: Any, module: ModuleType, service: str) -> grpc.Gen
         out_cls = getattr(module, method.output_type.name)
         raw = method.name in RAW_REQUEST_METHODS
         deserialize = None if raw else getattr(module, method.input_type.name).FromString
+        serialize = None if method.name in RAW_RESPONSE_METHODS else out_cls.SerializeToString
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 _stream(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
@@ -75,7 +77,7 @@ def service_handler(servicer: Any, module: ModuleType, service: str) -> grpc.Gen
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+                _stream(fn), request_deserializer=deserialize, response_serializer=serialize
             )
         else:
             raise NotImplementedError(f"{method.full_name}: client-streaming methods are not wired")

@@ -138,6 +138,49 @@ async def list_experiments(conn: Conn, limit: int, after_id: int) -> list[Experi
     return [await _experiment_with_tags(conn, r) for r in rows]
 
 
+EXPERIMENT_COUNTS = ("runs", "running", "finished", "failed", "killed", "deleted_runs", "last_run_start_ms")
+
+
+async def experiments_with_counts(
+    conn: Conn, include_deleted: bool, name_like: str, limit: int, offset: int
+) -> list[tuple[ExperimentRow, dict[str, int]]]:
+    """Experiments with their run counts (EXPERIMENT_COUNTS), the latest activity first."""
+    rows = await conn.fetch(
+        f"""SELECT {", ".join("e." + c for c in _EXPERIMENT_COLUMNS.split(", "))},
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'active') AS runs,
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'active' AND r.status = 1) AS running,
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'active' AND r.status = 2) AS finished,
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'active' AND r.status = 3) AS failed,
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'active' AND r.status = 4) AS killed,
+                   count(r.run_id) FILTER (WHERE r.lifecycle_stage = 'deleted') AS deleted_runs,
+                   coalesce(max(r.start_time_ms), 0) AS last_run_start_ms
+            FROM experiments e LEFT JOIN runs r USING (experiment_id)
+            WHERE ($1 OR e.lifecycle_stage = 'active') AND ($2 = '' OR e.name LIKE $2)
+            GROUP BY e.experiment_id
+            ORDER BY greatest(e.creation_time_ms, max(r.start_time_ms)) DESC, e.experiment_id DESC
+            LIMIT $3 OFFSET $4""",
+        include_deleted,
+        name_like,
+        limit,
+        offset,
+    )
+    tags = await conn.fetch(
+        "SELECT experiment_id, key, value FROM experiment_tags WHERE experiment_id = ANY($1::int8[])",
+        [r["experiment_id"] for r in rows],
+    )
+    by_experiment: dict[int, dict[str, str]] = {}
+    for t in tags:
+        by_experiment.setdefault(t["experiment_id"], {})[t["key"]] = t["value"]
+    columns = _EXPERIMENT_COLUMNS.split(", ")
+    return [
+        (
+            ExperimentRow(**{c: r[c] for c in columns}, tags=by_experiment.get(r["experiment_id"], {})),
+            {c: int(r[c]) for c in EXPERIMENT_COUNTS},
+        )
+        for r in rows
+    ]
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -402,6 +445,17 @@ async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> a
     return row
 
 
+HISTORY_CHUNKS_SQL = """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
+                  CASE WHEN whole THEN NULL ELSE steps END AS steps,
+                  CASE WHEN $5 THEN timestamps END AS timestamps,  -- buckets carry no timestamps
+                  CASE WHEN whole THEN NULL ELSE vals END AS vals
+           FROM (SELECT *, NOT $5 AND first_step >= $2 AND last_step <= $3
+                           AND (first_step - $2) / $4 = (last_step - $2) / $4 AS whole
+                 FROM metric_chunks
+                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c
+           ORDER BY array_position($1::int8[], series_id), first_step"""
+
+
 async def history_chunks(
     conn: Conn, series_ids: list[int], lo: int, hi: int, width: int, decode_all: bool
 ) -> list[asyncpg.Record]:
@@ -410,15 +464,7 @@ async def history_chunks(
     else for chunks crossing a bucket boundary (buckets of `width` steps from `lo`) or the
     range's ends; the others are used by their summaries."""
     return await conn.fetch(
-        """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
-                  CASE WHEN whole THEN NULL ELSE steps END AS steps,
-                  CASE WHEN $5 THEN timestamps END AS timestamps,  -- buckets carry no timestamps
-                  CASE WHEN whole THEN NULL ELSE vals END AS vals
-           FROM (SELECT *, NOT $5 AND first_step >= $2 AND last_step <= $3
-                           AND (first_step - $2) / $4 = (last_step - $2) / $4 AS whole
-                 FROM metric_chunks
-                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c
-           ORDER BY array_position($1::int8[], series_id), first_step""",
+        HISTORY_CHUNKS_SQL,
         series_ids,
         lo,
         hi,
@@ -427,7 +473,45 @@ async def history_chunks(
     )
 
 
+def series_chunk_cursor(conn: Conn, series_id: int, lo: int, hi: int) -> Any:
+    """A cursor (inside a transaction) over one series' chunks overlapping [lo, hi], by first step."""
+    return conn.cursor(
+        """SELECT first_step, last_step, steps, timestamps, vals FROM metric_chunks
+           WHERE series_id = $1 AND last_step >= $2 AND first_step <= $3 ORDER BY first_step""",
+        series_id,
+        lo,
+        hi,
+        prefetch=64,
+    )
+
+
 # ---------------------------------------------------------------- run search
+
+
+_RUN_SCOPE = (
+    "(cardinality($1::int8[]) = 0 OR r.experiment_id = ANY($1::int8[])) AND ($2 OR r.lifecycle_stage = 'active')"
+)
+
+
+def search_runs_sql(where: str, order_by: str) -> str:
+    """The page query of search_runs: $1 experiment ids, $2 include deleted, $3 LIMIT, $4 OFFSET."""
+    return f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {_RUN_SCOPE} AND {where} ORDER BY {order_by} LIMIT $3 OFFSET $4"
+
+
+async def count_runs(
+    conn: Conn, experiment_ids: list[int], include_deleted: bool, where: str, where_args: Sequence[Any]
+) -> int:
+    """How many runs search_runs would return over all pages ($3 and $4 are its LIMIT and
+    OFFSET: LIMIT NULL is no limit)."""
+    count = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM runs r WHERE {_RUN_SCOPE} AND {where} LIMIT $3 OFFSET $4) matching",
+        experiment_ids,
+        include_deleted,
+        None,
+        0,
+        *where_args,
+    )
+    return int(count)
 
 
 async def search_runs(
@@ -443,10 +527,7 @@ async def search_runs(
     """Runs matching `where` (built by runstream.search with parameters numbered from $5),
     in `order_by` order, with their params, tags and metric summaries."""
     rows = await conn.fetch(
-        f"""SELECT {_RUN_COLUMNS} FROM runs r
-            WHERE (cardinality($1::int8[]) = 0 OR r.experiment_id = ANY($1::int8[]))
-              AND ($2 OR r.lifecycle_stage = 'active') AND {where}
-            ORDER BY {order_by} LIMIT $3 OFFSET $4""",
+        search_runs_sql(where, order_by),
         experiment_ids,
         include_deleted,
         limit,

@@ -18,8 +18,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from runstream import chunks, store
-from runstream.proto import query_pb2 as qpb
+from runstream import chunks, points, store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,8 @@ class Notifications:
             await self.pool.release(self._conn)
             self._conn = None
 
-    async def tail(self, run_ids: list[str], keys: list[str], from_step: int | None) -> AsyncIterator[qpb.MetricPoints]:
+    async def tail(self, run_ids: list[str], keys: list[str], from_step: int | None) -> AsyncIterator[bytes]:
+        """Serialized MetricPoints messages (points.py)."""
         await self._listen()
         wake = self.register(set(run_ids))
         cursors: dict[int, int] = {}  # series id -> last step sent
@@ -91,20 +91,13 @@ class Notifications:
                     by_series.setdefault(r["series_id"], []).append(r)
                 sent = False
                 for s in series:
-                    points = _new_points(by_series.get(s["series_id"], []), cursors[s["series_id"]])
-                    if points is None:
+                    new = _new_points(by_series.get(s["series_id"], []), cursors[s["series_id"]])
+                    if new is None:
                         continue
-                    steps, stamps, values = points
+                    steps, stamps, values = new
                     cursors[s["series_id"]] = int(steps[-1])
                     sent = True
-                    yield qpb.MetricPoints(
-                        run_id=s["run_id"],
-                        key=s["key"],
-                        writer=s["writer_id"],
-                        step=steps.tolist(),
-                        value=values.tolist(),
-                        timestamp_ms=stamps.tolist(),
-                    )
+                    yield points.encode(s["run_id"], s["key"], s["writer_id"], steps, values, stamps)
                 # A run's last points may still be on their way through Redis when it ends:
                 # stop only after the runs ended and nothing new came for QUIET_S.
                 if not ended or sent:

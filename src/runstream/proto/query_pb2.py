@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from runstream.proto import tracking_pb2 as runstream_dot_v1_dot_tracking__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x1brunstream/v1/tracking.proto\"Y\n\x12TailMetricsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x16\n\tfrom_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0c\n\n_from_step\"n\n\x0cMetricPoints\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06writer\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x03(\x10\x12\r\n\x05value\x18\x05 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x03(\x10\"\xbd\x01\n\x12\x43ompareRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\x05\x12\x42\n\tdirection\x18\x04 \x03(\x0b\x32/.runstream.v1.CompareRunsRequest.DirectionEntry\x1a\x30\n\x0e\x44irectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x08ParamRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x0f\n\x07\x64iffers\x18\x04 \x01(\x08\"X\n\tMetricRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x03(\x01\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\x05\"H\n\tSeriesSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\thistories\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.MetricHistory\"\xb1\x01\n\x13\x43ompareRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12&\n\x06params\x18\x02 \x03(\x0b\x32\x16.runstream.v1.ParamRow\x12(\n\x07metrics\x18\x03 \x03(\x0b\x32\x17.runstream.v1.MetricRow\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.runstream.v1.SeriesSet\"\x8f\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\"N\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\x08min_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08max_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x0e\n\x06writer\x18\x06 \x01(\t\x12*\n\taggregate\x18\x07 \x01(\x0e\x32\x17.runstream.v1.AggregateB\x0b\n\t_min_stepB\x0b\n\t_max_step\"\xbf\x02\n\rMetricHistory\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x0f\n\x07writers\x18\x04 \x03(\t\x12\x0c\n\x04step\x18\x05 \x03(\x10\x12\r\n\x05value\x18\x06 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x03(\x10\x12\x14\n\x0cwriter_index\x18\x08 \x03(\x07\x12\x19\n\x11\x62ucket_first_step\x18\t \x03(\x10\x12\x18\n\x10\x62ucket_last_step\x18\n \x03(\x10\x12\x14\n\x0c\x62ucket_first\x18\x0b \x03(\x01\x12\x13\n\x0b\x62ucket_last\x18\x0c \x03(\x01\x12\x12\n\nbucket_min\x18\r \x03(\x01\x12\x12\n\nbucket_max\x18\x0e \x03(\x01\x12\x14\n\x0c\x62ucket_count\x18\x0f \x03(\x10*;\n\tAggregate\x12\x12\n\x0e\x41GGREGATE_NONE\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03MIN\x10\x02\x12\x07\n\x03MAX\x10\x03\x32\xda\x02\n\x0cQueryService\x12V\n\x10GetMetricHistory\x12%.runstream.v1.GetMetricHistoryRequest\x1a\x1b.runstream.v1.MetricHistory\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12R\n\x0b\x43ompareRuns\x12 .runstream.v1.CompareRunsRequest\x1a!.runstream.v1.CompareRunsResponse\x12M\n\x0bTailMetrics\x12 .runstream.v1.TailMetricsRequest\x1a\x1a.runstream.v1.MetricPoints0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x1brunstream/v1/tracking.proto\"\x89\x01\n\x12ReadMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\x08min_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08max_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x0e\n\x06writer\x18\x05 \x01(\tB\x0b\n\t_min_stepB\x0b\n\t_max_step\"k\n\x14ListExperimentsQuery\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\x12\x11\n\tname_like\x18\x02 \x01(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xc2\x01\n\x10\x45xperimentCounts\x12,\n\nexperiment\x18\x01 \x01(\x0b\x32\x18.runstream.v1.Experiment\x12\x0c\n\x04runs\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x0e\n\x06killed\x18\x06 \x01(\x03\x12\x14\n\x0c\x64\x65leted_runs\x18\x07 \x01(\x03\x12\x19\n\x11last_run_start_ms\x18\x08 \x01(\x03\"^\n\x0e\x45xperimentList\x12\x33\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1e.runstream.v1.ExperimentCounts\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x12TailMetricsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x16\n\tfrom_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0c\n\n_from_step\"n\n\x0cMetricPoints\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06writer\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x03(\x10\x12\r\n\x05value\x18\x05 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x03(\x10\"\xbd\x01\n\x12\x43ompareRunsRequest\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\x05\x12\x42\n\tdirection\x18\x04 \x03(\x0b\x32/.runstream.v1.CompareRunsRequest.DirectionEntry\x1a\x30\n\x0e\x44irectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x08ParamRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x0f\n\x07\x64iffers\x18\x04 \x01(\x08\"X\n\tMetricRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04last\x18\x02 \x03(\x01\x12\x0f\n\x07present\x18\x03 \x03(\x08\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x65st\x18\x05 \x01(\x05\"H\n\tSeriesSet\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\thistories\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.MetricHistory\"\xb1\x01\n\x13\x43ompareRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12&\n\x06params\x18\x02 \x03(\x0b\x32\x16.runstream.v1.ParamRow\x12(\n\x07metrics\x18\x03 \x03(\x0b\x32\x17.runstream.v1.MetricRow\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.runstream.v1.SeriesSet\"\xa4\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x17\n\x0finclude_deleted\x18\x06 \x01(\x08\x12\x13\n\x0b\x63ount_total\x18\x07 \x01(\x08\"c\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\"\xce\x01\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\x08min_step\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08max_step\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x0e\n\x06writer\x18\x06 \x01(\t\x12*\n\taggregate\x18\x07 \x01(\x0e\x32\x17.runstream.v1.AggregateB\x0b\n\t_min_stepB\x0b\n\t_max_step\"\xbf\x02\n\rMetricHistory\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x0f\n\x07writers\x18\x04 \x03(\t\x12\x0c\n\x04step\x18\x05 \x03(\x10\x12\r\n\x05value\x18\x06 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x03(\x10\x12\x14\n\x0cwriter_index\x18\x08 \x03(\x07\x12\x19\n\x11\x62ucket_first_step\x18\t \x03(\x10\x12\x18\n\x10\x62ucket_last_step\x18\n \x03(\x10\x12\x14\n\x0c\x62ucket_first\x18\x0b \x03(\x01\x12\x13\n\x0b\x62ucket_last\x18\x0c \x03(\x01\x12\x12\n\nbucket_min\x18\r \x03(\x01\x12\x12\n\nbucket_max\x18\x0e \x03(\x01\x12\x14\n\x0c\x62ucket_count\x18\x0f \x03(\x10*;\n\tAggregate\x12\x12\n\x0e\x41GGREGATE_NONE\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03MIN\x10\x02\x12\x07\n\x03MAX\x10\x03\x32\xfe\x03\n\x0cQueryService\x12V\n\x10GetMetricHistory\x12%.runstream.v1.GetMetricHistoryRequest\x1a\x1b.runstream.v1.MetricHistory\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12R\n\x0b\x43ompareRuns\x12 .runstream.v1.CompareRunsRequest\x1a!.runstream.v1.CompareRunsResponse\x12M\n\x0bTailMetrics\x12 .runstream.v1.TailMetricsRequest\x1a\x1a.runstream.v1.MetricPoints0\x01\x12M\n\x0bReadMetrics\x12 .runstream.v1.ReadMetricsRequest\x1a\x1a.runstream.v1.MetricPoints0\x01\x12S\n\x0fListExperiments\x12\".runstream.v1.ListExperimentsQuery\x1a\x1c.runstream.v1.ExperimentListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._loaded_options = None
   _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_options = b'8\001'
-  _globals['_AGGREGATE']._serialized_start=1642
-  _globals['_AGGREGATE']._serialized_end=1701
-  _globals['_TAILMETRICSREQUEST']._serialized_start=71
-  _globals['_TAILMETRICSREQUEST']._serialized_end=160
-  _globals['_METRICPOINTS']._serialized_start=162
-  _globals['_METRICPOINTS']._serialized_end=272
-  _globals['_COMPARERUNSREQUEST']._serialized_start=275
-  _globals['_COMPARERUNSREQUEST']._serialized_end=464
-  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_start=416
-  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_end=464
-  _globals['_PARAMROW']._serialized_start=466
-  _globals['_PARAMROW']._serialized_end=539
-  _globals['_METRICROW']._serialized_start=541
-  _globals['_METRICROW']._serialized_end=629
-  _globals['_SERIESSET']._serialized_start=631
-  _globals['_SERIESSET']._serialized_end=703
-  _globals['_COMPARERUNSRESPONSE']._serialized_start=706
-  _globals['_COMPARERUNSRESPONSE']._serialized_end=883
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=886
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=1029
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1031
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1109
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1112
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1318
-  _globals['_METRICHISTORY']._serialized_start=1321
-  _globals['_METRICHISTORY']._serialized_end=1640
-  _globals['_QUERYSERVICE']._serialized_start=1704
-  _globals['_QUERYSERVICE']._serialized_end=2050
+  _globals['_AGGREGATE']._serialized_start=2226
+  _globals['_AGGREGATE']._serialized_end=2285
+  _globals['_READMETRICSREQUEST']._serialized_start=72
+  _globals['_READMETRICSREQUEST']._serialized_end=209
+  _globals['_LISTEXPERIMENTSQUERY']._serialized_start=211
+  _globals['_LISTEXPERIMENTSQUERY']._serialized_end=318
+  _globals['_EXPERIMENTCOUNTS']._serialized_start=321
+  _globals['_EXPERIMENTCOUNTS']._serialized_end=515
+  _globals['_EXPERIMENTLIST']._serialized_start=517
+  _globals['_EXPERIMENTLIST']._serialized_end=611
+  _globals['_TAILMETRICSREQUEST']._serialized_start=613
+  _globals['_TAILMETRICSREQUEST']._serialized_end=702
+  _globals['_METRICPOINTS']._serialized_start=704
+  _globals['_METRICPOINTS']._serialized_end=814
+  _globals['_COMPARERUNSREQUEST']._serialized_start=817
+  _globals['_COMPARERUNSREQUEST']._serialized_end=1006
+  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_start=958
+  _globals['_COMPARERUNSREQUEST_DIRECTIONENTRY']._serialized_end=1006
+  _globals['_PARAMROW']._serialized_start=1008
+  _globals['_PARAMROW']._serialized_end=1081
+  _globals['_METRICROW']._serialized_start=1083
+  _globals['_METRICROW']._serialized_end=1171
+  _globals['_SERIESSET']._serialized_start=1173
+  _globals['_SERIESSET']._serialized_end=1245
+  _globals['_COMPARERUNSRESPONSE']._serialized_start=1248
+  _globals['_COMPARERUNSRESPONSE']._serialized_end=1425
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=1428
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=1592
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1594
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1693
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1696
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1902
+  _globals['_METRICHISTORY']._serialized_start=1905
+  _globals['_METRICHISTORY']._serialized_end=2224
+  _globals['_QUERYSERVICE']._serialized_start=2288
+  _globals['_QUERYSERVICE']._serialized_end=2798
 # @@protoc_insertion_point(module_scope)

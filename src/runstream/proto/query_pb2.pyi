@@ -19,6 +19,60 @@ MEAN: Aggregate
 MIN: Aggregate
 MAX: Aggregate
 
+class ReadMetricsRequest(_message.Message):
+    __slots__ = ("run_id", "key", "min_step", "max_step", "writer")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    key: str
+    min_step: int
+    max_step: int
+    writer: str
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., writer: _Optional[str] = ...) -> None: ...
+
+class ListExperimentsQuery(_message.Message):
+    __slots__ = ("include_deleted", "name_like", "max_results", "page_token")
+    INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    NAME_LIKE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    include_deleted: bool
+    name_like: str
+    max_results: int
+    page_token: str
+    def __init__(self, include_deleted: _Optional[bool] = ..., name_like: _Optional[str] = ..., max_results: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ExperimentCounts(_message.Message):
+    __slots__ = ("experiment", "runs", "running", "finished", "failed", "killed", "deleted_runs", "last_run_start_ms")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    KILLED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_RUNS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_START_MS_FIELD_NUMBER: _ClassVar[int]
+    experiment: _tracking_pb2.Experiment
+    runs: int
+    running: int
+    finished: int
+    failed: int
+    killed: int
+    deleted_runs: int
+    last_run_start_ms: int
+    def __init__(self, experiment: _Optional[_Union[_tracking_pb2.Experiment, _Mapping]] = ..., runs: _Optional[int] = ..., running: _Optional[int] = ..., finished: _Optional[int] = ..., failed: _Optional[int] = ..., killed: _Optional[int] = ..., deleted_runs: _Optional[int] = ..., last_run_start_ms: _Optional[int] = ...) -> None: ...
+
+class ExperimentList(_message.Message):
+    __slots__ = ("experiments", "next_page_token")
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentCounts]
+    next_page_token: str
+    def __init__(self, experiments: _Optional[_Iterable[_Union[ExperimentCounts, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class TailMetricsRequest(_message.Message):
     __slots__ = ("run_ids", "keys", "from_step")
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -111,28 +165,32 @@ class CompareRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., params: _Optional[_Iterable[_Union[ParamRow, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[MetricRow, _Mapping]]] = ..., series: _Optional[_Iterable[_Union[SeriesSet, _Mapping]]] = ...) -> None: ...
 
 class SearchRunsRequest(_message.Message):
-    __slots__ = ("experiment_ids", "filter", "order_by", "max_results", "page_token", "include_deleted")
+    __slots__ = ("experiment_ids", "filter", "order_by", "max_results", "page_token", "include_deleted", "count_total")
     EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_TOTAL_FIELD_NUMBER: _ClassVar[int]
     experiment_ids: _containers.RepeatedScalarFieldContainer[str]
     filter: str
     order_by: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
     page_token: str
     include_deleted: bool
-    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., order_by: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., page_token: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
+    count_total: bool
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., order_by: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., page_token: _Optional[str] = ..., include_deleted: _Optional[bool] = ..., count_total: _Optional[bool] = ...) -> None: ...
 
 class SearchRunsResponse(_message.Message):
-    __slots__ = ("runs", "next_page_token")
+    __slots__ = ("runs", "next_page_token", "total_count")
     RUNS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[_tracking_pb2.Run]
     next_page_token: str
-    def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    total_count: int
+    def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
 
 class GetMetricHistoryRequest(_message.Message):
     __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate")

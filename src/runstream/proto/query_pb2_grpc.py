@@ -55,6 +55,16 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.TailMetricsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
                 _registered_method=True)
+        self.ReadMetrics = channel.unary_stream(
+                '/runstream.v1.QueryService/ReadMetrics',
+                request_serializer=runstream_dot_v1_dot_query__pb2.ReadMetricsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/runstream.v1.QueryService/ListExperiments',
+                request_serializer=runstream_dot_v1_dot_query__pb2.ListExperimentsQuery.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.ExperimentList.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -94,6 +104,22 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadMetrics(self, request, context):
+        """Every point of a run's key, for export and notebooks, from one consistent snapshot:
+        messages of up to 65,536 points, each one writer's points in step order; writers follow
+        one another in writer order (GetMetricHistory merges them instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Experiments with their run counts by status, newest activity first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +142,16 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.TailMetrics,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.TailMetricsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.MetricPoints.SerializeToString,
+            ),
+            'ReadMetrics': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadMetrics,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.ReadMetricsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.MetricPoints.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.ListExperimentsQuery.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.ExperimentList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +263,60 @@ class QueryService:
             '/runstream.v1.QueryService/TailMetrics',
             runstream_dot_v1_dot_query__pb2.TailMetricsRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runstream.v1.QueryService/ReadMetrics',
+            runstream_dot_v1_dot_query__pb2.ReadMetricsRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.MetricPoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/ListExperiments',
+            runstream_dot_v1_dot_query__pb2.ListExperimentsQuery.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.ExperimentList.FromString,
             options,
             channel_credentials,
             insecure,
