@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -122,6 +124,7 @@ class Server:
     port: int
     args: list[str]
     env: dict[str, str]
+    artifacts: Path  # the local artifact store's directory
     proc: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
 
@@ -214,7 +217,12 @@ def _server_factory(services: Services) -> Iterator[Any]:
     def make(*extra: str, like: Server | None = None, env: dict[str, str] | None = None, start: bool = True) -> Server:
         db_url = like.db_url if like else services.new_database()
         prefix = like.prefix if like else f"rs-test-{uuid.uuid4().hex[:8]}"
+        artifacts = like.artifacts if like else Path(tempfile.mkdtemp(prefix="rs-artifacts-"))
         args = [
+            "--artifacts",
+            artifacts.as_uri(),
+            "--http-port",
+            str(free_port()),
             "--postgres-url",
             db_url,
             "--redis-url",
@@ -225,7 +233,7 @@ def _server_factory(services: Services) -> Iterator[Any]:
             "1000",
             *extra,
         ]
-        server = Server(db_url, services.redis_url, prefix, free_port(), args, {**os.environ, **(env or {})})
+        server = Server(db_url, services.redis_url, prefix, free_port(), args, {**os.environ, **(env or {})}, artifacts)
         made.append(server)
         return server.start() if start else server
 
@@ -237,6 +245,8 @@ def _server_factory(services: Services) -> Iterator[Any]:
     for prefix in {s.prefix for s in made}:
         for key in r.scan_iter(f"{prefix}:*"):
             r.delete(key)
+    for folder in {s.artifacts for s in made}:
+        shutil.rmtree(folder, ignore_errors=True)
     for db_url in {s.db_url for s in made}:
         sql(services.pg_admin_url, f"DROP DATABASE IF EXISTS {db_url.rsplit('/', 1)[1].split('?')[0]} WITH (FORCE)")
 

@@ -24,6 +24,15 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--postgres-url", default=None, help="external PostgreSQL (env RUNSTREAM_POSTGRES_URL)")
     p.add_argument("--redis-url", default=None, help="external Redis (env RUNSTREAM_REDIS_URL)")
+    p.add_argument("--artifacts", default=None, help="artifact store: file:///dir (env RUNSTREAM_ARTIFACTS)")
+    p.add_argument("--http-port", type=int, default=None, help="serves the local store's signed URLs (default: port+1)")
+    p.add_argument("--public-http-url", default=None, help="how clients reach --http-port (default http://HOST:PORT)")
+    p.add_argument(
+        "--artifact-url-expiry", type=int, default=d.artifact_url_expiry_s, help="seconds a signed URL lives"
+    )
+    p.add_argument(
+        "--artifact-part-size", type=int, default=d.artifact_part_size, help="bytes per part of multipart uploads"
+    )
     p.add_argument("--role", choices=["all", "ingest", "load"], default=d.role)
     p.add_argument("--loaders", type=int, default=d.loaders, help="loader processes (role all)")
     p.add_argument("--shards", type=int, default=d.shards, help="metric stream shards")
@@ -92,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             postgres_url=args.postgres_url,
             redis_url=args.redis_url,
+            artifacts=args.artifacts,
+            http_port=args.http_port,
+            public_http_url=args.public_http_url,
+            artifact_url_expiry_s=args.artifact_url_expiry,
+            artifact_part_size=args.artifact_part_size,
             role=args.role,
             loaders=args.loaders,
             shards=args.shards,

@@ -13,8 +13,9 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -22,6 +23,9 @@ from runstream.errors import RunstreamError, from_status
 from runstream.proto import tracking_pb2 as pb
 from runstream.proto import tracking_pb2_grpc as pb_grpc
 from runstream.writer import MetricWriter
+
+if TYPE_CHECKING:
+    from runstream.artifacts.sdk import ArtifactClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
@@ -77,6 +81,7 @@ class Client:
         self.timeout = timeout
         self._channel = open_channel(self.target)
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._artifacts: ArtifactClient | None = None
         self._pid = os.getpid()
         self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
 
@@ -192,6 +197,27 @@ class Client:
         )
         return out
 
+    @property
+    def artifacts(self) -> ArtifactClient:
+        """Artifact uploads and downloads (signed URLs straight to the store)."""
+        from runstream.artifacts.sdk import ArtifactClient
+
+        if self._artifacts is None:
+            self._artifacts = ArtifactClient(self._channel, self.timeout)
+        return self._artifacts
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> Any:
+        return self.artifacts.log_artifact(run_id, local_path, artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> Any:
+        return self.artifacts.log_artifacts(run_id, local_dir, artifact_path)
+
+    def list_artifacts(self, run_id: str, path: str = "") -> Any:
+        return self.artifacts.list_artifacts(run_id, path)
+
+    def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return self.artifacts.download_artifacts(run_id, path, dst)
+
     @typed_errors
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self._stub.LogParams(
@@ -266,6 +292,16 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, timestamp_ms: int | None = None) -> None:
         self.writer.log(metrics, step, timestamp_ms)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> Any:
+        """Upload a file into the run's artifacts (under `artifact_path` if given)."""
+        return self.client.artifacts.log_artifact(self.run_id, local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> Any:
+        return self.client.artifacts.log_artifacts(self.run_id, local_dir, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> Any:
+        return self.client.artifacts.log_text(self.run_id, text, artifact_file)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.client.log_params(self.run_id, params)

@@ -28,11 +28,28 @@ class Settings:
     read_count: int = 200  # stream entries a loader takes per read (per shard)
     claim_idle_ms: int = 30_000  # pending entries idle this long are claimed by another loader
     max_backlog: int = 20_000  # entries per shard above which ingest answers RESOURCE_EXHAUSTED
+    artifacts: str | None = None  # file:///dir; None: the local store under data_dir
+    http_port: int | None = None  # the local store's signed URLs; None: port + 1
+    public_http_url: str | None = None  # how clients reach http_port; None: http://host:http_port
+    artifact_url_expiry_s: int = 15 * 60
+    artifact_part_size: int = 64 * 1024 * 1024  # uploads above this go in parts, one URL each
     pool_size: int = 8
     grace_s: float = 10.0
+
+    @property
+    def artifacts_url(self) -> str:
+        return self.artifacts or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return self.public_http_url or f"http://{host}:{self.http_port}"
 
     def env_overrides(self) -> Settings:
         """Fill unset URLs from RUNSTREAM_POSTGRES_URL / RUNSTREAM_REDIS_URL."""
         self.postgres_url = self.postgres_url or os.environ.get("RUNSTREAM_POSTGRES_URL") or None
         self.redis_url = self.redis_url or os.environ.get("RUNSTREAM_REDIS_URL") or None
+        self.artifacts = self.artifacts or os.environ.get("RUNSTREAM_ARTIFACTS") or None
+        if self.http_port is None:
+            self.http_port = self.port + 1
         return self

@@ -21,14 +21,18 @@ from dataclasses import replace
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from runstream import store
+from runstream.artifacts.local import LocalStore
+from runstream.artifacts.service import Artifacts
+from runstream.artifacts.stores import StoreSettings, open_store
 from runstream.config import Settings
 from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.ingest import Tracking
 from runstream.keys import Keys
 from runstream.loader import Loader
-from runstream.proto import query_pb2, tracking_pb2
+from runstream.proto import artifacts_pb2, query_pb2, tracking_pb2
 from runstream.query import Query
 from runstream.rpc import service_handler
 
@@ -97,15 +101,18 @@ async def serve_ingest(
         ]
     )
     query = Query(pool)
+    artifacts, http = await _artifacts(settings, pool)
     server.add_generic_rpc_handlers(
         (
             service_handler(tracking, tracking_pb2, "TrackingService"),
             service_handler(query, query_pb2, "QueryService"),
+            service_handler(artifacts, artifacts_pb2, "ArtifactService"),
         )
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     stop = _stop_event()
+    print(f"runstream artifacts: {settings.artifacts_url}" + (f", served on {settings.http_url}" if http else ""))
     print(
         f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes)",
         flush=True,
@@ -115,12 +122,31 @@ async def serve_ingest(
     await server.stop(settings.grace_s)
     await tracking.stop()
     await query.close()
+    await artifacts.close()
+    if http is not None:
+        await http.cleanup()
     if drain is not None:
         drain.set()  # the loaders drain, then exit (also one that is still starting)
     for proc in loaders:
         await asyncio.to_thread(proc.join)
     await pool.close()
     await redis.aclose()
+
+
+async def _artifacts(settings: Settings, pool: asyncpg.Pool) -> tuple[Artifacts, web.AppRunner | None]:
+    """The ArtifactService on its store; a local store's signed URLs are served over HTTP here."""
+    store_settings = StoreSettings(
+        settings.artifacts_url, settings.http_url, settings.artifact_url_expiry_s, settings.artifact_part_size
+    )
+    objects = open_store(store_settings)
+    runner = None
+    if isinstance(objects, LocalStore):
+        runner = web.AppRunner(objects.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.http_port).start()
+    artifacts = Artifacts(pool, objects, store_settings)
+    artifacts.start()
+    return artifacts, runner
 
 
 async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:

@@ -485,6 +485,99 @@ def series_chunk_cursor(conn: Conn, series_id: int, lo: int, hi: int) -> Any:
     )
 
 
+# ---------------------------------------------------------------- artifacts
+
+
+async def create_upload(conn: Conn, upload: dict[str, Any]) -> None:
+    await conn.execute(
+        """INSERT INTO artifact_uploads (upload_id, run_id, path, object_key, size, sha256, content_type,
+                                         multipart_id, part_size, created_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+        upload["upload_id"],
+        upload["run_id"],
+        upload["path"],
+        upload["object_key"],
+        upload["size"],
+        upload["sha256"],
+        upload["content_type"],
+        upload["multipart_id"],
+        upload["part_size"],
+        now_ms(),
+    )
+
+
+async def get_upload(conn: Conn, upload_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT upload_id::text, run_id::text, path, object_key, size, sha256, content_type, multipart_id,
+                  part_size, created_ms
+           FROM artifact_uploads WHERE upload_id = $1::uuid""",
+        upload_id,
+    )
+
+
+async def delete_upload(conn: Conn, upload_id: str) -> None:
+    await conn.execute("DELETE FROM artifact_uploads WHERE upload_id = $1::uuid", upload_id)
+
+
+async def stale_uploads(conn: Conn, created_before_ms: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT upload_id::text, object_key, multipart_id FROM artifact_uploads WHERE created_ms < $1",
+        created_before_ms,
+    )
+
+
+async def record_artifact(conn: Conn, upload: asyncpg.Record) -> asyncpg.Record:
+    """Record a completed upload as the run's artifact at its path (replacing an older one)."""
+    row = await conn.fetchrow(
+        """INSERT INTO artifacts (run_id, path, object_key, size, sha256, content_type, created_ms)
+           VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (run_id, path) DO UPDATE SET object_key = excluded.object_key, size = excluded.size,
+               sha256 = excluded.sha256, content_type = excluded.content_type, created_ms = excluded.created_ms
+           RETURNING path, size, sha256, content_type, created_ms""",
+        upload["run_id"],
+        upload["path"],
+        upload["object_key"],
+        upload["size"],
+        upload["sha256"],
+        upload["content_type"],
+        now_ms(),
+    )
+    assert row is not None
+    return row
+
+
+async def get_artifact(conn: Conn, run_id: str, path: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT path, object_key, size, sha256, content_type, created_ms FROM artifacts
+           WHERE run_id = $1::uuid AND path = $2""",
+        run_id,
+        path,
+    )
+
+
+async def delete_artifact(conn: Conn, run_id: str, path: str) -> str | None:
+    """The deleted artifact's object key, or None when there was none."""
+    key: str | None = await conn.fetchval(
+        "DELETE FROM artifacts WHERE run_id = $1::uuid AND path = $2 RETURNING object_key", run_id, path
+    )
+    return key
+
+
+async def list_artifacts(conn: Conn, run_id: str, prefix: str) -> list[asyncpg.Record]:
+    """Files and directories directly under `prefix` ("" or ending in "/"): one row per name,
+    a directory's size summing everything under it."""
+    return await conn.fetch(
+        """SELECT $2 || split_part(rest, '/', 1) AS path, strpos(rest, '/') > 0 AS is_dir,
+                  sum(size)::int8 AS size, max(sha256) AS sha256, max(content_type) AS content_type,
+                  max(created_ms) AS created_ms
+           FROM (SELECT substr(path, length($2) + 1) AS rest, size, sha256, content_type, created_ms
+                 FROM artifacts WHERE run_id = $1::uuid AND starts_with(path, $2)) under
+           GROUP BY 1, 2 ORDER BY 1, 2""",
+        run_id,
+        prefix,
+    )
+
+
 # ---------------------------------------------------------------- run search
 
 

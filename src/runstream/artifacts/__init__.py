@@ -1,0 +1,1 @@
+"""Artifacts: paths, object stores (local directory, S3) and the ArtifactService."""
