@@ -134,7 +134,8 @@ def test_a_loader_killed_mid_load_loses_and_doubles_nothing(make_server, failpoi
 
 def test_the_embedded_server_keeps_its_data_across_restarts(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
-    server = Server("", "", "", free_port(), ["--data-dir", str(tmp_path / "data")], env)
+    args = ["--data-dir", str(tmp_path / "data"), "--http-port", str(free_port())]
+    server = Server("", "", "", free_port(), args, env, tmp_path / "data" / "artifacts")
     server.start(timeout=120)
     try:
         assert "postgres postgresql://" in "".join(server.output) and str(tmp_path) in "".join(server.output)
@@ -143,6 +144,7 @@ def test_the_embedded_server_keeps_its_data_across_restarts(tmp_path: Path) -> N
             for step in range(1000):
                 run.log_metric("loss", 1.0 / (step + 1), step=step)
             run.flush(30)
+            run.log_text("kept too", "notes.txt")  # the default artifact store is in the data dir
         assert server.stop() == 0  # SIGTERM: drain into PostgreSQL, stop both services
         assert list((tmp_path / "data" / "redis").glob("appendonly*"))  # Redis keeps its append-only file
 
@@ -152,6 +154,8 @@ def test_the_embedded_server_keeps_its_data_across_restarts(tmp_path: Path) -> N
             got = client.get_run(run.run_id)
             assert got.name == "kept" and dict(got.params) == {"lr": "0.1"}
             assert got.metrics[0].count == 1000 and got.metrics[0].last_step == 999
+            notes = client.download_artifacts(run.run_id, "notes.txt", tmp_path / "down")
+            assert notes.read_text() == "kept too"
             again = client.attach(run.run_id, writer_id="after-restart")
             again.log_metric("loss", 0.5, step=1000)
             again.end()
