@@ -398,21 +398,6 @@ async def upsert_summaries(conn: Conn, columns: Sequence[Sequence[Any]]) -> None
     )
 
 
-# ---------------------------------------------------------------- reading points back
-
-
-async def series_chunks(conn: Conn, run_id: str, key: str) -> list[asyncpg.Record]:
-    """Every chunk of a run's key, all writers, in step order of each series."""
-    return await conn.fetch(
-        """SELECT s.writer_id, c.steps, c.timestamps, c.vals
-           FROM metric_series s JOIN metric_chunks c USING (series_id)
-           WHERE s.run_id = $1 AND s.key = $2
-           ORDER BY s.writer_id, c.first_step""",
-        run_id,
-        key,
-    )
-
-
 # ---------------------------------------------------------------- metric histories
 
 

@@ -24,7 +24,6 @@ class ArtifactClient:
         self._stub: Any = apb_grpc.ArtifactServiceStub(channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
-    @typed_errors
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> apb.Artifact:
         """Upload a file as `artifact_path/<file name>` (or at the top) of the run's artifacts."""
         local = Path(local_path)
@@ -36,7 +35,7 @@ class ArtifactClient:
         root = Path(local_dir)
         base = artifact_path.strip("/") + "/" if artifact_path else ""
         return [
-            typed_errors(self._upload)(run_id, f, base + f.relative_to(root).as_posix())
+            self._upload(run_id, f, base + f.relative_to(root).as_posix())
             for f in sorted(root.rglob("*"))
             if f.is_file()
         ]
@@ -45,7 +44,7 @@ class ArtifactClient:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "text"
             local.write_text(text, encoding="utf-8")
-            return typed_errors(self._upload)(run_id, local, artifact_file, "text/plain; charset=utf-8")
+            return self._upload(run_id, local, artifact_file, "text/plain; charset=utf-8")
 
     @typed_errors
     def list_artifacts(self, run_id: str, path: str = "") -> list[apb.Artifact]:
@@ -77,6 +76,7 @@ class ArtifactClient:
     def delete_artifact(self, run_id: str, path: str) -> None:
         self._stub.DeleteArtifact(apb.ArtifactRef(run_id=run_id, path=path), timeout=self.timeout)
 
+    @typed_errors
     def _upload(self, run_id: str, local: Path, path: str, content_type: str = "") -> apb.Artifact:
         size = local.stat().st_size
         upload = self._stub.CreateUpload(
