@@ -268,3 +268,55 @@ def server(make_server: Any) -> Server:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "runstream-test", "AWS_SECRET_ACCESS_KEY": "runstream-test-secret"}
+
+
+@dataclass
+class S3:
+    """moto's standalone S3 server on loopback, and a boto3 client of it for checking buckets."""
+
+    endpoint: str
+    client: Any
+
+    def new_bucket(self) -> str:
+        name = f"rs-test-{uuid.uuid4().hex[:10]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[S3]:
+    import boto3
+    import urllib3
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib3.request("GET", f"{endpoint}/moto-api/", timeout=1)
+            break
+        except urllib3.exceptions.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto's S3 server did not start") from None
+            time.sleep(0.2)
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    try:
+        yield S3(endpoint, client)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -24,7 +24,17 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--postgres-url", default=None, help="external PostgreSQL (env RUNSTREAM_POSTGRES_URL)")
     p.add_argument("--redis-url", default=None, help="external Redis (env RUNSTREAM_REDIS_URL)")
-    p.add_argument("--artifacts", default=None, help="artifact store: file:///dir (env RUNSTREAM_ARTIFACTS)")
+    p.add_argument(
+        "--artifacts", default=None, help="artifact store: file:///dir or s3://bucket/prefix (env RUNSTREAM_ARTIFACTS)"
+    )
+    p.add_argument(
+        "--s3-endpoint-url", default=None, help="S3 API endpoint (MinIO, Ceph; env RUNSTREAM_S3_ENDPOINT_URL)"
+    )
+    p.add_argument(
+        "--s3-public-endpoint-url", default=None, help="endpoint in signed URLs, when clients reach S3 elsewhere"
+    )
+    p.add_argument("--s3-region", default=None, help="S3 region (default: AWS_REGION, the profile, or us-east-1)")
+    p.add_argument("--s3-addressing-style", choices=["auto", "path", "virtual"], default=d.s3_addressing_style)
     p.add_argument("--http-port", type=int, default=None, help="serves the local store's signed URLs (default: port+1)")
     p.add_argument("--public-http-url", default=None, help="how clients reach --http-port (default http://HOST:PORT)")
     p.add_argument(
@@ -102,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             postgres_url=args.postgres_url,
             redis_url=args.redis_url,
             artifacts=args.artifacts,
+            s3_endpoint_url=args.s3_endpoint_url,
+            s3_public_endpoint_url=args.s3_public_endpoint_url,
+            s3_region=args.s3_region,
+            s3_addressing_style=args.s3_addressing_style,
             http_port=args.http_port,
             public_http_url=args.public_http_url,
             artifact_url_expiry_s=args.artifact_url_expiry,

@@ -28,7 +28,11 @@ class Settings:
     read_count: int = 200  # stream entries a loader takes per read (per shard)
     claim_idle_ms: int = 30_000  # pending entries idle this long are claimed by another loader
     max_backlog: int = 20_000  # entries per shard above which ingest answers RESOURCE_EXHAUSTED
-    artifacts: str | None = None  # file:///dir; None: the local store under data_dir
+    artifacts: str | None = None  # file:///dir or s3://bucket/prefix; None: the local store under data_dir
+    s3_endpoint_url: str | None = None  # MinIO, Ceph...; None: AWS (or botocore's AWS_ENDPOINT_URL)
+    s3_public_endpoint_url: str | None = None  # the endpoint clients reach, when it differs
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
     http_port: int | None = None  # the local store's signed URLs; None: port + 1
     public_http_url: str | None = None  # how clients reach http_port; None: http://host:http_port
     artifact_url_expiry_s: int = 15 * 60
@@ -50,6 +54,10 @@ class Settings:
         self.postgres_url = self.postgres_url or os.environ.get("RUNSTREAM_POSTGRES_URL") or None
         self.redis_url = self.redis_url or os.environ.get("RUNSTREAM_REDIS_URL") or None
         self.artifacts = self.artifacts or os.environ.get("RUNSTREAM_ARTIFACTS") or None
+        self.s3_endpoint_url = self.s3_endpoint_url or os.environ.get("RUNSTREAM_S3_ENDPOINT_URL") or None
+        self.s3_public_endpoint_url = (
+            self.s3_public_endpoint_url or os.environ.get("RUNSTREAM_S3_PUBLIC_ENDPOINT_URL") or None
+        )
         if self.http_port is None:
             self.http_port = self.port + 1
         return self

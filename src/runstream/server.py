@@ -26,7 +26,7 @@ from aiohttp import web
 from runstream import store
 from runstream.artifacts.local import LocalStore
 from runstream.artifacts.service import Artifacts
-from runstream.artifacts.stores import StoreSettings, open_store
+from runstream.artifacts.stores import S3Options, StoreSettings, StoreUnavailable, open_store
 from runstream.config import Settings
 from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.ingest import Tracking
@@ -135,10 +135,16 @@ async def serve_ingest(
 
 async def _artifacts(settings: Settings, pool: asyncpg.Pool) -> tuple[Artifacts, web.AppRunner | None]:
     """The ArtifactService on its store; a local store's signed URLs are served over HTTP here."""
-    store_settings = StoreSettings(
-        settings.artifacts_url, settings.http_url, settings.artifact_url_expiry_s, settings.artifact_part_size
+    s3 = S3Options(
+        settings.s3_endpoint_url, settings.s3_public_endpoint_url, settings.s3_region, settings.s3_addressing_style
     )
-    objects = open_store(store_settings)
+    store_settings = StoreSettings(
+        settings.artifacts_url, settings.http_url, settings.artifact_url_expiry_s, settings.artifact_part_size, s3
+    )
+    try:
+        objects = await open_store(store_settings)
+    except (ValueError, StoreUnavailable) as exc:  # a wrong flag or bucket: say so and stop, no traceback
+        raise SystemExit(f"runstream: cannot use the artifact store {settings.artifacts_url}: {exc}") from None
     runner = None
     if isinstance(objects, LocalStore):
         runner = web.AppRunner(objects.app(), access_log=None)

@@ -506,7 +506,8 @@ async def delete_upload(conn: Conn, upload_id: str) -> None:
 
 async def stale_uploads(conn: Conn, created_before_ms: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT upload_id::text, object_key, multipart_id FROM artifact_uploads WHERE created_ms < $1",
+        """SELECT upload_id::text, run_id::text, path, object_key, multipart_id
+           FROM artifact_uploads WHERE created_ms < $1""",
         created_before_ms,
     )
 

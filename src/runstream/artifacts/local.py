@@ -23,6 +23,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from runstream.artifacts.stores import PartsRejected
+
 CHUNK = 1024 * 1024
 
 
@@ -76,7 +78,9 @@ class LocalStore:
         for number, etag in sorted(parts):
             part = folder / str(number)
             if not part.exists() or _etag(part) != etag.strip('"'):
-                raise FileNotFoundError(f"part {number} was not uploaded (or was uploaded again since)")
+                raise PartsRejected(
+                    f"cannot complete the upload: part {number} was not uploaded (or was uploaded again since)"
+                )
             files.append(part)
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import asyncpg
 from runstream import batch as wire
 from runstream import store
 from runstream.artifacts.paths import check_path, check_prefix, object_key
-from runstream.artifacts.stores import ObjectStore, StoreSettings
+from runstream.artifacts.stores import ObjectStore, StoreSettings, StoreUnavailable
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
 from runstream.proto import artifacts_pb2 as apb
 
@@ -97,12 +97,9 @@ class Artifacts:
                 numbers = sorted(p.part_number for p in req.parts)
                 if numbers != list(range(1, expected + 1)):
                     raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
-                try:
-                    await self.objects.complete_multipart(
-                        upload["object_key"], upload["multipart_id"], [(p.part_number, p.etag) for p in req.parts]
-                    )
-                except FileNotFoundError as exc:
-                    raise FailedPrecondition(f"cannot complete the upload: {exc}") from None
+                await self.objects.complete_multipart(
+                    upload["object_key"], upload["multipart_id"], [(p.part_number, p.etag) for p in req.parts]
+                )
             stored = await self.objects.size_of(upload["object_key"])
             if stored is None:
                 raise FailedPrecondition(f"nothing was uploaded for {upload['path']!r}; PUT the file first")
@@ -118,7 +115,7 @@ class Artifacts:
     async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
         async with self.pool.acquire() as conn:
             upload = await _upload(conn, req.upload_id)
-            await self._abort(conn, upload["upload_id"], upload["object_key"], upload["multipart_id"])
+            await self._abort(conn, upload)
         return apb.AbortUploadResponse()
 
     async def ListArtifacts(self, req: apb.ListArtifactsRequest, ctx: Any) -> apb.ListArtifactsResponse:
@@ -158,10 +155,12 @@ class Artifacts:
                 raise NotFound(f"run {req.run_id} has no artifact {path!r}")
         return row
 
-    async def _abort(self, conn: Any, upload_id: str, key: str, multipart_id: str | None) -> None:
-        if multipart_id is not None:
-            await self.objects.abort_multipart(key, multipart_id)
-        await store.delete_upload(conn, upload_id)
+    async def _abort(self, conn: Any, upload: asyncpg.Record) -> None:
+        if upload["multipart_id"] is not None:
+            await self.objects.abort_multipart(upload["object_key"], upload["multipart_id"])
+        elif await store.get_artifact(conn, upload["run_id"], upload["path"]) is None:
+            await self.objects.delete(upload["object_key"])  # a single PUT may have landed: unrecorded bytes
+        await store.delete_upload(conn, upload["upload_id"])
 
     async def _sweep_forever(self) -> None:
         """Abort uploads nobody completed within STALE_AFTER_MS, freeing their parts."""
@@ -169,9 +168,9 @@ class Artifacts:
             try:
                 async with self.pool.acquire() as conn:
                     for u in await store.stale_uploads(conn, store.now_ms() - STALE_AFTER_MS):
-                        await self._abort(conn, u["upload_id"], u["object_key"], u["multipart_id"])
+                        await self._abort(conn, u)
                         log.info("aborted stale upload %s (%s)", u["upload_id"], u["object_key"])
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, StoreUnavailable) as exc:
                 log.warning("sweeping stale uploads failed: %s", exc)
             await asyncio.sleep(SWEEP_S)
 

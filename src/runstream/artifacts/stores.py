@@ -3,18 +3,37 @@ service itself never moves artifact bytes. `open_store` picks one from `--artifa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+
+from runstream.errors import FailedPrecondition, Unavailable
+
+
+class PartsRejected(FailedPrecondition):
+    """The store would not put the parts the client named together (missing, re-sent, wrong ETag)."""
+
+
+class StoreUnavailable(Unavailable):
+    """The store did not answer, or refused the server (credentials, bucket)."""
+
+
+@dataclass
+class S3Options:
+    endpoint_url: str | None = None  # None: AWS (or AWS_ENDPOINT_URL)
+    presign_endpoint_url: str | None = None  # where clients reach the store, if not endpoint_url
+    region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / profile, else us-east-1
+    addressing_style: str = "auto"  # path for MinIO/Ceph without wildcard DNS
 
 
 @dataclass
 class StoreSettings:
-    url: str  # file:///dir
+    url: str  # file:///dir or s3://bucket/prefix
     public_url: str = ""  # local store: how clients reach the server's HTTP port
     expires_s: int = 15 * 60
     part_size: int = 64 * 1024 * 1024
+    s3: S3Options = field(default_factory=S3Options)
 
 
 class ObjectStore(Protocol):
@@ -31,10 +50,14 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
-def open_store(settings: StoreSettings) -> ObjectStore:
+async def open_store(settings: StoreSettings) -> ObjectStore:
     parsed = urlparse(settings.url)
     if parsed.scheme == "file":
         from runstream.artifacts.local import LocalStore
 
-        return LocalStore(Path(parsed.path), settings.public_url)
-    raise ValueError(f"--artifacts {settings.url!r}: use file:///a/directory")
+        return LocalStore(Path(unquote(parsed.path)), settings.public_url)
+    if parsed.scheme == "s3" and parsed.netloc:
+        from runstream.artifacts.s3 import S3Store
+
+        return await S3Store.open(parsed.netloc, unquote(parsed.path), settings.s3)
+    raise ValueError(f"--artifacts {settings.url!r}: use file:///a/directory or s3://bucket/prefix")
