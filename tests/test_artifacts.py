@@ -9,8 +9,11 @@ import contextlib
 import hashlib
 import hmac
 import http.client
+import json
 import os
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -128,6 +131,7 @@ def test_directories_upload_list_and_download(store: Store, tmp_path: Path) -> N
             ("figures/val", True),
         ]
         got = client.download_artifacts(run.run_id, "figures", tmp_path / "copy")
+        assert got == tmp_path / "copy" / "figures"
         assert (got / "val" / "acc.csv").read_text() == "step,acc\n1,0.5\n" and (
             got / "loss.svg"
         ).read_text() == "<svg/>"
@@ -287,3 +291,67 @@ def test_server_memory_stays_flat_while_a_gib_goes_through(server: Server, tmp_p
     peak_kib = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     assert peak_kib < 400 * 1024, f"server peak RSS {peak_kib // 1024} MiB while moving 1 GiB"
     os.unlink(out)
+
+
+CLI = [sys.executable, "-m", "runstream.cli", "artifacts"]
+
+
+def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args, "--url", server.target], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_puts_lists_gets_and_removes(server: Server, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    (model / "weights").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavor: sklearn\n")
+    _file(model / "weights" / "w.bin", 3 * MiB + 7, seed=5)
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("artifacts").run_id
+    put = _cli(server, "put", run_id, str(model), "--path", "model")
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.splitlines() == ["uploaded model/MLmodel (16 B)", "uploaded model/weights/w.bin (3.0 MiB)"]
+    ls = _cli(server, "ls", run_id, "model")
+    assert ls.returncode == 0, ls.stderr
+    header, _, *rows = ls.stdout.splitlines()
+    assert header.split() == ["path", "size", "type", "sha256", "created"]
+    assert [r.split()[:3] for r in rows] == [["model/MLmodel", "16", "B"], ["model/weights/", "3.0", "MiB"]]
+    got = _cli(server, "get", run_id, "model", "-o", str(tmp_path / "down"))
+    assert got.returncode == 0, got.stderr
+    assert transfer.sha256_of(tmp_path / "down" / "model" / "weights" / "w.bin") == transfer.sha256_of(
+        model / "weights" / "w.bin"
+    )
+    assert _cli(server, "rm", run_id, "model/MLmodel").returncode == 0
+    assert [r.split()[0] for r in _cli(server, "ls", run_id, "model").stdout.splitlines()[2:]] == ["model/weights/"]
+    missing = _cli(server, "get", run_id, "model/MLmodel", "-o", str(tmp_path))
+    assert missing.returncode == 1 and f"run {run_id} has no artifact 'model/MLmodel'" in missing.stderr
+    empty = _cli(server, "ls", run_id, "nothing/here")
+    assert empty.stdout.strip() == f"run {run_id} has no artifacts under 'nothing/here'"
+
+
+def test_figures_and_dicts_are_logged_with_their_types(server: Server, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [3, 1, 2])
+    with runstream.Client(server.target) as client:
+        run = runstream.Run(client, client.create_run("artifacts").run_id)
+        png = run.log_figure(fig, "plots/loss.png", dpi=50)
+        svg = run.log_figure(fig, "plots/loss.svg")
+        cfg = run.log_dict({"lr": 0.1, "layers": [64, 32]}, "config.json")
+        with pytest.raises(runstream.InvalidArgument, match="name the figure with its format"):
+            run.log_figure(fig, "plots/loss")
+        assert (png.content_type, svg.content_type, cfg.content_type) == (
+            "image/png",
+            "image/svg+xml",
+            "application/json",
+        )
+        back = client.download_artifacts(run.run_id, "plots", tmp_path)
+        assert back == tmp_path / "plots"
+        assert (back / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (back / "loss.svg").read_bytes()[:1000]
+        got = client.download_artifacts(run.run_id, "config.json", tmp_path)
+        assert json.loads(got.read_text()) == {"layers": [64, 32], "lr": 0.1}
+    plt.close(fig)

@@ -99,6 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("--aggregate", choices=["mean", "min", "max"], help="one value per step across writers")
     metrics.add_argument("--format", choices=["csv", "json"], default="csv")
     metrics.add_argument("--all", action="store_true", help="stream every point as CSV, writer by writer")
+    arts = sub.add_parser("artifacts", help="a run's artifacts: list, download, upload")
+    arts_sub = arts.add_subparsers(dest="artifacts_command", required=True)
+    als = arts_sub.add_parser("ls", help="files and directories under a path of the run's artifacts")
+    als.add_argument("run_id")
+    als.add_argument("path", nargs="?", default="")
+    aget = arts_sub.add_parser("get", help="download a file or a whole directory (SHA-256 checked)")
+    aget.add_argument("run_id")
+    aget.add_argument("path", help="artifact path; a directory comes down with everything under it")
+    aget.add_argument("-o", "--output", type=Path, default=Path("."), help="local directory (default: .)")
+    aput = arts_sub.add_parser("put", help="upload a file or a directory")
+    aput.add_argument("run_id")
+    aput.add_argument("local", type=Path, help="a file, or a directory uploaded with its layout")
+    aput.add_argument("--path", default=None, help="artifact directory to put it under (default: the top)")
+    arm = arts_sub.add_parser("rm", help="delete one artifact file")
+    arm.add_argument("run_id")
+    arm.add_argument("path")
+    for p in (als, aget, aput, arm):
+        p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     args = parser.parse_args(argv)
 
     if args.command == "server":
@@ -139,7 +157,45 @@ def main(argv: list[str] | None = None) -> int:
         return _experiments(args)
     if args.command == "metrics":
         return _metrics(args)
+    if args.command == "artifacts":
+        return _artifacts(args)
     return 2
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from runstream.client import Client
+    from runstream.errors import RunstreamError
+    from runstream.report import artifacts_table, human_bytes
+
+    try:
+        with Client(args.url) as client:
+            if args.artifacts_command == "ls":
+                listing = client.list_artifacts(args.run_id, args.path)
+                if not listing:
+                    where = f" under {args.path!r}" if args.path else ""
+                    print(f"run {args.run_id} has no artifacts{where}")
+                    return 0
+                print(artifacts_table(listing))
+            elif args.artifacts_command == "get":
+                got = client.download_artifacts(args.run_id, args.path, args.output)
+                print(f"downloaded to {got}")
+            elif args.artifacts_command == "put":
+                if args.local.is_dir():
+                    done = client.log_artifacts(args.run_id, args.local, args.path)
+                elif args.local.is_file():
+                    done = [client.log_artifact(args.run_id, args.local, args.path)]
+                else:
+                    print(f"runstream: {args.local} is neither a file nor a directory", file=sys.stderr)
+                    return 2
+                for a in done:
+                    print(f"uploaded {a.path} ({human_bytes(a.size)})")
+            else:
+                client.artifacts.delete_artifact(args.run_id, args.path)
+                print(f"deleted {args.path}")
+    except (RunstreamError, OSError) as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _metrics(args: argparse.Namespace) -> int:

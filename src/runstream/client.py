@@ -303,6 +303,13 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> Any:
         return self.client.artifacts.log_text(self.run_id, text, artifact_file)
 
+    def log_dict(self, dictionary: Any, artifact_file: str) -> Any:
+        return self.client.artifacts.log_dict(self.run_id, dictionary, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str, **savefig: Any) -> Any:
+        """Save a matplotlib figure (format from the name: .png, .svg, .pdf) as an artifact."""
+        return self.client.artifacts.log_figure(self.run_id, figure, artifact_file, **savefig)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.client.log_params(self.run_id, params)
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from runstream.points import SeriesPoints
+    from runstream.proto import artifacts_pb2 as apb
     from runstream.proto import query_pb2 as qpb
     from runstream.query_client import Comparison, MetricHistory
 
@@ -119,6 +120,23 @@ def experiments_table(experiments: Sequence[qpb.ExperimentCounts]) -> str:
         counts = (x.runs, x.running, x.finished, x.failed, x.killed, x.deleted_runs)
         rows.append([e.experiment_id, name, *(f"{c:,}" for c in counts), last])
     return table(header, rows)
+
+
+def artifacts_table(artifacts: Sequence[apb.Artifact]) -> str:
+    rows = []
+    for a in artifacts:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created_ms / 1000)) if a.created_ms else ""
+        kind = "dir" if a.is_dir else (a.content_type or "")
+        rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], when])
+    return table(["path", "size", "type", "sha256", "created"], rows)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def write_points(parts: Iterable[SeriesPoints], out: TextIO) -> int:

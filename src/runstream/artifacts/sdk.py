@@ -3,6 +3,8 @@ the store (parts in parallel, with retries), and record the upload once it has l
 
 from __future__ import annotations
 
+import json
+import mimetypes
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ import grpc
 
 from runstream.artifacts import transfer
 from runstream.client import typed_errors
+from runstream.errors import InvalidArgument
 from runstream.proto import artifacts_pb2 as apb
 from runstream.proto import artifacts_pb2_grpc as apb_grpc
 
@@ -28,14 +31,14 @@ class ArtifactClient:
         """Upload a file as `artifact_path/<file name>` (or at the top) of the run's artifacts."""
         local = Path(local_path)
         path = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
-        return self._upload(run_id, local, path)
+        return self._upload(run_id, local, path, mimetypes.guess_type(local.name)[0] or "")
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> list[apb.Artifact]:
         """Upload every file under `local_dir`, keeping its layout under `artifact_path`."""
         root = Path(local_dir)
         base = artifact_path.strip("/") + "/" if artifact_path else ""
         return [
-            self._upload(run_id, f, base + f.relative_to(root).as_posix())
+            self._upload(run_id, f, base + f.relative_to(root).as_posix(), mimetypes.guess_type(f.name)[0] or "")
             for f in sorted(root.rglob("*"))
             if f.is_file()
         ]
@@ -46,6 +49,24 @@ class ArtifactClient:
             local.write_text(text, encoding="utf-8")
             return self._upload(run_id, local, artifact_file, "text/plain; charset=utf-8")
 
+    def log_dict(self, run_id: str, dictionary: Any, artifact_file: str) -> apb.Artifact:
+        """A JSON-serialisable object as a JSON artifact (e.g. a config or a label map)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "dict.json"
+            local.write_text(json.dumps(dictionary, indent=2, sort_keys=True), encoding="utf-8")
+            return self._upload(run_id, local, artifact_file, "application/json")
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str, **savefig: Any) -> apb.Artifact:
+        """A matplotlib figure saved in the format its name says (png, svg, pdf...)."""
+        suffix = Path(artifact_file).suffix
+        if not suffix:
+            raise InvalidArgument(f"{artifact_file!r}: name the figure with its format, e.g. 'loss.png' or 'loss.svg'")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / f"figure{suffix}"
+            figure.savefig(local, **savefig)
+            content_type = mimetypes.guess_type(artifact_file)[0] or "application/octet-stream"
+            return self._upload(run_id, local, artifact_file, content_type)
+
     @typed_errors
     def list_artifacts(self, run_id: str, path: str = "") -> list[apb.Artifact]:
         """Files and directories directly under `path` ("" for the top)."""
@@ -54,23 +75,30 @@ class ArtifactClient:
 
     @typed_errors
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> Path:
-        """Download a file, or a directory with everything under it, into the directory `dst`;
-        each file's SHA-256 is checked against the recorded one. Returns the local path."""
-        dst = Path(dst)
-        dst.mkdir(parents=True, exist_ok=True)
+        """Download a file, or a directory with everything under it, into the directory `dst`
+        (as MLflow does: `plots` arrives as `dst/plots/...`, "" as everything in `dst`); each
+        file's SHA-256 is checked against the recorded one. Returns the local path."""
         path = path.strip("/")
+        target = Path(dst) / path.rsplit("/", 1)[-1] if path else Path(dst)
         listing = self._stub.ListArtifacts(apb.ListArtifactsRequest(run_id=run_id, prefix=path), timeout=self.timeout)
         if listing.artifacts:  # a directory
-            for entry in listing.artifacts:
-                name = entry.path.rsplit("/", 1)[-1]
-                if entry.is_dir:
-                    self.download_artifacts(run_id, entry.path, dst / name)
-                else:
-                    self._download(run_id, entry.path, dst / name)
-            return dst
-        target = dst / path.rsplit("/", 1)[-1]
+            self._download_tree(run_id, listing.artifacts, target)
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
         self._download(run_id, path, target)
         return target
+
+    def _download_tree(self, run_id: str, entries: Any, into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            local = into / entry.path.rsplit("/", 1)[-1]
+            if entry.is_dir:
+                listing = self._stub.ListArtifacts(
+                    apb.ListArtifactsRequest(run_id=run_id, prefix=entry.path), timeout=self.timeout
+                )
+                self._download_tree(run_id, listing.artifacts, local)
+            else:
+                self._download(run_id, entry.path, local)
 
     @typed_errors
     def delete_artifact(self, run_id: str, path: str) -> None:
