@@ -45,7 +45,14 @@ RUNS = 4
 class BenchServer:
     """A fresh database + Redis prefix and a `runstream server` on them."""
 
-    def __init__(self, admin_url: str, redis_url: str, loaders: int) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        redis_url: str,
+        loaders: int,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.admin_url, self.redis_url = admin_url, redis_url
         self.db = f"rs_bench_{uuid.uuid4().hex[:8]}"
         self.prefix = f"rs-bench-{uuid.uuid4().hex[:8]}"
@@ -69,12 +76,16 @@ class BenchServer:
                 self.prefix,
                 "--loaders",
                 str(loaders),
+                "--http-port",
+                str(_free_port()),
                 "--log-level",
                 "WARNING",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

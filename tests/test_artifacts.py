@@ -5,6 +5,7 @@ to another key, size or time."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import numpy as np
 import pytest
 
 import runstream
@@ -33,11 +35,11 @@ MiB = 1024 * 1024
 
 
 def _file(path: Path, size: int, seed: int = 0) -> Path:
-    """A file of `size` pseudo-random bytes, written a MiB at a time."""
-    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
+    """A file of `size` random bytes (no two parts alike), written 16 MiB at a time."""
+    rng = np.random.default_rng(seed)
     with path.open("wb") as f:
-        for offset in range(0, size, MiB):
-            f.write(block[: min(MiB, size - offset)])
+        for offset in range(0, size, 16 * MiB):
+            f.write(rng.bytes(min(16 * MiB, size - offset)))
     return path
 
 
@@ -164,21 +166,83 @@ def test_an_upload_never_completed_is_not_listed(store: Store) -> None:
             _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=wrong.upload_id))
 
 
-def test_a_signed_url_cannot_write_another_key_size_or_time(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_signed_url_cannot_write_another_key_size_content_or_time(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = make_server("--artifact-url-expiry", "2")
+    abc = hashlib.sha256(b"abc").hexdigest()
     with runstream.Client(server.target) as client:
         run = runstream.Run(client, client.create_run("artifacts").run_id)
         upload = client.artifacts._stub.CreateUpload(
-            apb.CreateUploadRequest(run_id=run.run_id, path="a.txt", size=3, sha256="0" * 64)
+            apb.CreateUploadRequest(run_id=run.run_id, path="a.txt", size=3, sha256=abc)
         )
         assert _put(upload.url.replace("/a.txt?", "/b.txt?"), b"abc") == 403  # another key
         other_run = upload.url.replace(run.run_id, "00000000-0000-4000-8000-000000000000")
         assert _put(other_run, b"abc") == 403
         assert _put(upload.url.replace("s=3", "s=4"), b"abcd") == 403  # another size
+        abd = hashlib.sha256(b"abd").hexdigest()
+        assert _put(upload.url.replace(abc, abd), b"abd") == 403  # another checksum
         assert _put(upload.url, b"abcd") == 400  # more bytes than signed for
+        assert _put(upload.url, b"abd") == 400  # other bytes than signed for
+        assert not any(p.is_file() for p in (server.artifacts / "objects").rglob("*"))
         time.sleep(3)
         assert _put(upload.url, b"abc") == 403  # expired
     assert not any(p.is_file() for p in (server.artifacts / "objects").rglob("*"))
+
+
+def test_parts_are_signed_one_by_one_for_their_checksums(make_server: Any, tmp_path: Path) -> None:
+    server = make_server("--artifact-part-size", str(5 * MiB))
+    src = _file(tmp_path / "w.bin", 11 * MiB, seed=9)
+    with runstream.Client(server.target) as client:
+        run = runstream.Run(client, client.create_run("artifacts").run_id)
+        stub = client.artifacts._stub
+        upload = stub.CreateUpload(
+            apb.CreateUploadRequest(run_id=run.run_id, path="w.bin", size=11 * MiB, sha256=transfer.sha256_of(src))
+        )
+        assert [(p.part_number, p.offset, p.size, p.url) for p in upload.parts] == [
+            (1, 0, 5 * MiB, ""),
+            (2, 5 * MiB, 5 * MiB, ""),
+            (3, 10 * MiB, MiB, ""),
+        ]
+        sums = [transfer.sha256_of(src, p.offset, p.size) for p in upload.parts]
+        signed = stub.SignParts(
+            apb.SignPartsRequest(
+                upload_id=upload.upload_id,
+                parts=[apb.PartChecksum(part_number=n, sha256=h) for n, h in zip((1, 2, 3), sums, strict=True)],
+            )
+        ).parts
+        with src.open("rb") as f:
+            bodies = [f.read(p.size) for p in upload.parts]
+        assert _put(signed[0].url, bodies[1]) == 400  # part 2's bytes under part 1's checksum
+        etags = [transfer.put_range(p.url, src, p.offset, p.size, p.headers) for p in signed]
+        with pytest.raises(runstream.InvalidArgument, match="every part's sha256"):
+            _rpc(
+                client,
+                "CompleteUpload",
+                apb.CompleteUploadRequest(
+                    upload_id=upload.upload_id,
+                    parts=[apb.CompletedPart(part_number=n, etag=e) for n, e in zip((1, 2, 3), etags, strict=True)],
+                ),
+            )
+        with pytest.raises(runstream.InvalidArgument, match=r"part_number 4 is not a part of this upload \(1 to 3\)"):
+            _rpc(
+                client,
+                "SignParts",
+                apb.SignPartsRequest(
+                    upload_id=upload.upload_id, parts=[apb.PartChecksum(part_number=4, sha256=sums[0])]
+                ),
+            )
+        done = stub.CompleteUpload(
+            apb.CompleteUploadRequest(
+                upload_id=upload.upload_id,
+                parts=[
+                    apb.CompletedPart(part_number=n, etag=e, sha256=h)
+                    for n, e, h in zip((1, 2, 3), etags, sums, strict=True)
+                ],
+            )
+        )
+        assert (done.size, done.sha256) == (11 * MiB, transfer.sha256_of(src))
+        single = stub.CreateUpload(apb.CreateUploadRequest(run_id=run.run_id, path="s", size=1, sha256="0" * 64))
+        with pytest.raises(runstream.FailedPrecondition, match="it has no parts"):
+            _rpc(client, "SignParts", apb.SignPartsRequest(upload_id=single.upload_id))
 
 
 def _sigv4_signature(url: str, method: str, headers: dict[str, str], secret: str) -> str:
@@ -200,43 +264,54 @@ def _sigv4_signature(url: str, method: str, headers: dict[str, str], secret: str
 
 
 def test_s3_urls_are_signed_for_one_key_size_and_expiry(make_server: Any, moto_s3: S3) -> None:
-    # moto does not check presigned signatures, so the test checks what S3 would: the signature
-    # covers exactly this bucket/key, this Content-Length and this lifetime, and nothing else.
+    # moto checks neither presigned signatures nor checksums, so the test checks what S3 would: the
+    # signature covers exactly this bucket/key, Content-Length, SHA-256 and lifetime, nothing else.
     store = s3_server(make_server, moto_s3, "--artifact-url-expiry", "120", "--artifact-part-size", str(5 * MiB))
     secret = S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     host = urlsplit(moto_s3.endpoint).netloc
     with runstream.Client(store.server.target) as client:
         run = runstream.Run(client, client.create_run("artifacts").run_id)
         before = datetime.now(timezone.utc).replace(microsecond=0)
+        abc = hashlib.sha256(b"abc").hexdigest()
         single = client.artifacts._stub.CreateUpload(
-            apb.CreateUploadRequest(run_id=run.run_id, path="dir/a b.txt", size=3, sha256="0" * 64)
+            apb.CreateUploadRequest(run_id=run.run_id, path="dir/a b.txt", size=3, sha256=abc)
         )
         multi = client.artifacts._stub.CreateUpload(
             apb.CreateUploadRequest(run_id=run.run_id, path="big.bin", size=11 * MiB, sha256="0" * 64)
         )
+        part_sums = [hashlib.sha256(str(n).encode()).hexdigest() for n in (1, 2, 3)]
+        parts = client.artifacts._stub.SignParts(
+            apb.SignPartsRequest(
+                upload_id=multi.upload_id,
+                parts=[apb.PartChecksum(part_number=n, sha256=h) for n, h in zip((1, 2, 3), part_sums, strict=True)],
+            )
+        ).parts
     url = urlsplit(single.url)
     query = dict(parse_qsl(url.query))
     assert url.path == f"/{store.bucket}/team/a/runs/{run.run_id}/artifacts/dir/a%20b.txt"
-    assert query["X-Amz-Expires"] == "120" and query["X-Amz-SignedHeaders"] == "content-length;host"
+    assert query["X-Amz-Expires"] == "120"
+    assert query["X-Amz-SignedHeaders"] == "content-length;host;x-amz-checksum-sha256"
+    checksum = base64.b64encode(bytes.fromhex(abc)).decode()
+    assert dict(single.headers) == {"x-amz-checksum-sha256": checksum}  # what the client must send
     signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
     assert 0 <= (signed_at - before).total_seconds() < 10
-    assert (
-        _sigv4_signature(single.url, "PUT", {"content-length": "3", "host": host}, secret) == query["X-Amz-Signature"]
-    )
+    headers = {"content-length": "3", "host": host, "x-amz-checksum-sha256": checksum}
+    assert _sigv4_signature(single.url, "PUT", headers, secret) == query["X-Amz-Signature"]
     for bent in (
         single.url.replace("a%20b.txt", "b.txt"),
         single.url.replace("X-Amz-Expires=120", "X-Amz-Expires=9999"),
     ):
-        assert _sigv4_signature(bent, "PUT", {"content-length": "3", "host": host}, secret) != query["X-Amz-Signature"]
-    assert (
-        _sigv4_signature(single.url, "PUT", {"content-length": "4", "host": host}, secret) != query["X-Amz-Signature"]
-    )
-    assert [(p.part_number, p.size) for p in multi.parts] == [(1, 5 * MiB), (2, 5 * MiB), (3, MiB)]
-    for part in multi.parts:
+        assert _sigv4_signature(bent, "PUT", headers, secret) != query["X-Amz-Signature"]
+    for other in ({"content-length": "4"}, {"x-amz-checksum-sha256": "A" + checksum[1:]}):
+        assert _sigv4_signature(single.url, "PUT", {**headers, **other}, secret) != query["X-Amz-Signature"]
+    assert [(p.part_number, p.size) for p in parts] == [(1, 5 * MiB), (2, 5 * MiB), (3, MiB)]
+    for part, part_sum in zip(parts, part_sums, strict=True):
         q = dict(parse_qsl(urlsplit(part.url).query))
         assert (q["partNumber"], q["X-Amz-Expires"]) == (str(part.part_number), "120")
-        headers = {"content-length": str(part.size), "host": host}
-        assert _sigv4_signature(part.url, "PUT", headers, secret) == q["X-Amz-Signature"]
+        part_checksum = base64.b64encode(bytes.fromhex(part_sum)).decode()
+        assert dict(part.headers) == {"x-amz-checksum-sha256": part_checksum}
+        part_headers = {"content-length": str(part.size), "host": host, "x-amz-checksum-sha256": part_checksum}
+        assert _sigv4_signature(part.url, "PUT", part_headers, secret) == q["X-Amz-Signature"]
 
 
 def test_a_server_pointed_at_a_missing_bucket_says_so(make_server: Any, moto_s3: S3) -> None:

@@ -1,6 +1,7 @@
 """The local directory store: the embedded default. The server signs URLs itself (HMAC-SHA256
-over method, key, size, upload and expiry) and serves them on its HTTP port, streaming bodies
-to and from disk, so a URL for one key can write nothing else and dies at its expiry.
+over method, key, size, content SHA-256, upload and expiry) and serves them on its HTTP port,
+streaming bodies to and from disk, so a URL for one key can write nothing else, no other bytes,
+and dies at its expiry.
 
 Layout under the root: `objects/<key>` for stored objects, `.uploads/<id>/<part>` for the parts
 of unfinished multipart uploads, `.secret` for the signing key (shared by servers that share
@@ -23,7 +24,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from runstream.artifacts.stores import PartsRejected
+from runstream.artifacts.stores import Part, PartsRejected, SignedUrl
 
 CHUNK = 1024 * 1024
 
@@ -40,14 +41,16 @@ class LocalStore:
 
     # ------------------------------------------------------------ signing
 
-    def _signature(self, method: str, key: str, expires: int, size: int, upload: str, part: int) -> str:
-        message = "\n".join([method, key, str(expires), str(size), upload, str(part)]).encode()
+    def _signature(self, method: str, key: str, expires: int, size: int, sha256: str, upload: str, part: int) -> str:
+        message = "\n".join([method, key, str(expires), str(size), sha256, upload, str(part)]).encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
-    def _url(self, method: str, key: str, expires_s: int, size: int = -1, upload: str = "", part: int = 0) -> str:
+    def _url(
+        self, method: str, key: str, expires_s: int, size: int = -1, sha256: str = "", upload: str = "", part: int = 0
+    ) -> str:
         expires = int(time.time()) + expires_s
-        query: dict[str, str | int] = {"e": expires, "s": size, "u": upload, "p": part}
-        query["sig"] = self._signature(method, key, expires, size, upload, part)
+        query: dict[str, str | int] = {"e": expires, "s": size, "h": sha256, "u": upload, "p": part}
+        query["sig"] = self._signature(method, key, expires, size, sha256, upload, part)
         return f"{self.public_url}/objects/{quote(key)}?{urlencode(query)}"
 
     def _path(self, key: str) -> Path:
@@ -58,28 +61,30 @@ class LocalStore:
 
     # ------------------------------------------------------------ ObjectStore
 
-    async def presign_put(self, key: str, size: int, expires_s: int) -> str:
-        return self._url("PUT", key, expires_s, size)
+    async def presign_put(self, key: str, size: int, sha256: str, expires_s: int) -> SignedUrl:
+        return SignedUrl(self._url("PUT", key, expires_s, size, sha256))
 
     async def create_multipart(self, key: str, content_type: str) -> str:
         upload_id = uuid.uuid4().hex
         (self.uploads / upload_id).mkdir()
         return upload_id
 
-    async def presign_part(self, key: str, upload_id: str, part_number: int, size: int, expires_s: int) -> str:
-        return self._url("PUT", key, expires_s, size, upload_id, part_number)
+    async def presign_part(
+        self, key: str, upload_id: str, part_number: int, size: int, sha256: str, expires_s: int
+    ) -> SignedUrl:
+        return SignedUrl(self._url("PUT", key, expires_s, size, sha256, upload_id, part_number))
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         await asyncio.to_thread(self._concatenate, key, upload_id, parts)
 
-    def _concatenate(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    def _concatenate(self, key: str, upload_id: str, parts: list[Part]) -> None:
         folder = self.uploads / upload_id
         files = []
-        for number, etag in sorted(parts):
-            part = folder / str(number)
-            if not part.exists() or _etag(part) != etag.strip('"'):
+        for p in sorted(parts, key=lambda p: p.number):
+            part = folder / str(p.number)
+            if not part.exists() or _etag(part) != p.etag.strip('"'):
                 raise PartsRejected(
-                    f"cannot complete the upload: part {number} was not uploaded (or was uploaded again since)"
+                    f"cannot complete the upload: part {p.number} was not uploaded (or was uploaded again since)"
                 )
             files.append(part)
         target = self._path(key)
@@ -118,22 +123,23 @@ class LocalStore:
         app.router.add_get("/objects/{key:.+}", self._get)
         return app
 
-    def _check(self, request: web.Request, method: str) -> tuple[str, int, str, int]:
+    def _check(self, request: web.Request, method: str) -> tuple[str, int, str, str, int]:
         key = request.match_info["key"]
         q = request.query
         try:
-            expires, size, upload, part, sig = int(q["e"]), int(q["s"]), q["u"], int(q["p"]), q["sig"]
+            expires, size, sha256, upload, part = int(q["e"]), int(q["s"]), q["h"], q["u"], int(q["p"])
+            sig = q["sig"]
         except (KeyError, ValueError):
             raise web.HTTPForbidden(text="not a signed URL") from None
-        want = self._signature(method, key, expires, size, upload, part)
+        want = self._signature(method, key, expires, size, sha256, upload, part)
         if not hmac.compare_digest(want, sig):
-            raise web.HTTPForbidden(text="signature does not match this method, key and size")
+            raise web.HTTPForbidden(text="signature does not match this method, key, size and content")
         if time.time() > expires:
             raise web.HTTPForbidden(text="URL expired")
-        return key, size, upload, part
+        return key, size, sha256, upload, part
 
     async def _put(self, request: web.Request) -> web.StreamResponse:
-        key, size, upload, part = self._check(request, "PUT")
+        key, size, sha256, upload, part = self._check(request, "PUT")
         if request.content_length is not None and request.content_length != size:
             raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes, not {request.content_length}")
         if upload and not (self.uploads / upload).is_dir():
@@ -142,22 +148,26 @@ class LocalStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.uploads / f"tmp-{uuid.uuid4().hex}"
         written = 0
+        digest = hashlib.sha256()
         try:
             with tmp.open("wb") as out:  # writes of 1 MiB land in the page cache: short enough to not block
                 async for data in request.content.iter_chunked(CHUNK):
                     written += len(data)
                     if written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
+                    digest.update(data)
                     out.write(data)
             if written != size:
                 raise web.HTTPBadRequest(text=f"got {written} bytes; this URL takes exactly {size}")
+            if digest.hexdigest() != sha256:
+                raise web.HTTPBadRequest(text="the content does not match the SHA-256 this URL was signed for")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
         return web.Response(status=200, headers={"ETag": f'"{_etag(target)}"'})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        key, _, _, _ = self._check(request, "GET")
+        key, _, _, _, _ = self._check(request, "GET")
         path = self._path(key)
         if not path.is_file():
             raise web.HTTPNotFound(text="no such object")

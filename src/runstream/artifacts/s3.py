@@ -8,6 +8,7 @@ roles...). Only S3 API calls every S3-compatible store implements are used.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runstream.artifacts.stores import PartsRejected, S3Options, StoreUnavailable
+from runstream.artifacts.stores import Part, PartsRejected, S3Options, SignedUrl, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -80,28 +81,42 @@ class S3Store:
 
     # ------------------------------------------------------------ ObjectStore
 
-    async def presign_put(self, key: str, size: int, expires_s: int) -> str:
-        return await self._sign("put_object", {"Key": self._key(key), "ContentLength": size}, expires_s)
+    async def presign_put(self, key: str, size: int, sha256: str, expires_s: int) -> SignedUrl:
+        checksum = _base64(sha256)  # signed in: S3 verifies the content against it
+        params = {"Key": self._key(key), "ContentLength": size, "ChecksumSHA256": checksum}
+        return SignedUrl(await self._sign("put_object", params, expires_s), {"x-amz-checksum-sha256": checksum})
 
     async def create_multipart(self, key: str, content_type: str) -> str:
-        call = self._api.create_multipart_upload(Bucket=self.bucket, Key=self._key(key), ContentType=content_type)
+        call = self._api.create_multipart_upload(
+            Bucket=self.bucket, Key=self._key(key), ContentType=content_type, ChecksumAlgorithm="SHA256"
+        )
         reply = await self._call("a multipart upload", call)
         return str(reply["UploadId"])
 
-    async def presign_part(self, key: str, upload_id: str, part_number: int, size: int, expires_s: int) -> str:
-        params = {"Key": self._key(key), "UploadId": upload_id, "PartNumber": part_number, "ContentLength": size}
-        return await self._sign("upload_part", params, expires_s)
+    async def presign_part(
+        self, key: str, upload_id: str, part_number: int, size: int, sha256: str, expires_s: int
+    ) -> SignedUrl:
+        checksum = _base64(sha256)
+        params = {
+            "Key": self._key(key),
+            "UploadId": upload_id,
+            "PartNumber": part_number,
+            "ContentLength": size,
+            "ChecksumSHA256": checksum,
+        }
+        return SignedUrl(await self._sign("upload_part", params, expires_s), {"x-amz-checksum-sha256": checksum})
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
+        listed = [
+            {"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": _base64(p.sha256)}
+            for p in sorted(parts, key=lambda p: p.number)
+        ]
         try:
             await self._api.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]},
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, MultipartUpload={"Parts": listed}
             )
         except ClientError as exc:
-            if _code(exc) in ("InvalidPart", "InvalidPartOrder", "NoSuchUpload", "EntityTooSmall"):
+            if _code(exc) in ("InvalidPart", "InvalidPartOrder", "NoSuchUpload", "EntityTooSmall", "BadDigest"):
                 raise PartsRejected(f"cannot complete the upload: {_message(exc)}") from None
             raise StoreUnavailable(f"the artifact store refused to complete an upload: {_message(exc)}") from None
         except BotoCoreError as exc:
@@ -133,6 +148,10 @@ class S3Store:
 
     async def close(self) -> None:
         await self._exits.aclose()
+
+
+def _base64(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
 
 
 def _code(exc: ClientError) -> str:

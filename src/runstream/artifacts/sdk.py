@@ -116,19 +116,31 @@ class ArtifactClient:
         try:
             with _progress(size, f"upload {path}") as advance:
                 if upload.parts:
-                    etags = transfer.put_parts(list(upload.parts), local, PARALLEL_PARTS, advance)
-                    parts = [apb.CompletedPart(part_number=n, etag=e) for n, e in etags]
+                    done = transfer.put_parts(
+                        list(upload.parts), local, self._part_signer(upload.upload_id), PARALLEL_PARTS, advance
+                    )
+                    parts = [apb.CompletedPart(part_number=n, etag=e, sha256=h) for n, e, h in done]
                 else:
-                    transfer.put_range(upload.url, local, 0, size)
+                    transfer.put_range(upload.url, local, 0, size, upload.headers)
                     advance(size)
                     parts = []
         except BaseException:
             self._stub.AbortUpload(apb.UploadRef(upload_id=upload.upload_id), timeout=self.timeout)
             raise
-        done: apb.Artifact = self._stub.CompleteUpload(
+        artifact: apb.Artifact = self._stub.CompleteUpload(
             apb.CompleteUploadRequest(upload_id=upload.upload_id, parts=parts), timeout=self.timeout
         )
-        return done
+        return artifact
+
+    def _part_signer(self, upload_id: str) -> Callable[[int, str], apb.UploadPart]:
+        def sign(part_number: int, sha256: str) -> apb.UploadPart:
+            request = apb.SignPartsRequest(
+                upload_id=upload_id, parts=[apb.PartChecksum(part_number=part_number, sha256=sha256)]
+            )
+            signed: apb.UploadPart = self._stub.SignParts(request, timeout=self.timeout).parts[0]
+            return signed
+
+        return sign
 
     def _download(self, run_id: str, path: str, target: Path) -> None:
         link = self._stub.GetDownloadUrl(apb.ArtifactRef(run_id=run_id, path=path), timeout=self.timeout)

@@ -15,7 +15,7 @@ import asyncpg
 from runstream import batch as wire
 from runstream import store
 from runstream.artifacts.paths import check_path, check_prefix, object_key
-from runstream.artifacts.stores import ObjectStore, StoreSettings, StoreUnavailable
+from runstream.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
 from runstream.proto import artifacts_pb2 as apb
 
@@ -65,14 +65,15 @@ class Artifacts:
             expires = self.settings.expires_s
             out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
             multipart_id = None
-            if parts:
+            if parts:  # the layout only: SignParts signs each part for its checksum
                 multipart_id = await self.objects.create_multipart(key, content_type)
                 for n in range(1, parts + 1):
-                    size = min(part_size, req.size - (n - 1) * part_size)
-                    url = await self.objects.presign_part(key, multipart_id, n, size, expires)
-                    out.parts.add(part_number=n, offset=(n - 1) * part_size, size=size, url=url)
+                    offset, size = _part(n, req.size, part_size)
+                    out.parts.add(part_number=n, offset=offset, size=size)
             else:
-                out.url = await self.objects.presign_put(key, req.size, expires)
+                signed = await self.objects.presign_put(key, req.size, req.sha256, expires)
+                out.url = signed.url
+                out.headers.update(signed.headers)
             await store.create_upload(
                 conn,
                 {
@@ -89,6 +90,26 @@ class Artifacts:
             )
         return out
 
+    async def SignParts(self, req: apb.SignPartsRequest, ctx: Any) -> apb.SignPartsResponse:
+        async with self.pool.acquire() as conn:
+            upload = await _upload(conn, req.upload_id)
+        if upload["multipart_id"] is None:
+            raise FailedPrecondition(f"upload {req.upload_id} is one PUT to the URL CreateUpload gave; it has no parts")
+        count = -(-upload["size"] // upload["part_size"])
+        expires = self.settings.expires_s
+        out = apb.SignPartsResponse(expires_at_ms=store.now_ms() + expires * 1000)
+        for p in req.parts:
+            if not 1 <= p.part_number <= count:
+                raise InvalidArgument(f"part_number {p.part_number} is not a part of this upload (1 to {count})")
+            if not SHA256.fullmatch(p.sha256):
+                raise InvalidArgument(f"part {p.part_number}: sha256 must be 64 lowercase hex digits")
+            offset, size = _part(p.part_number, upload["size"], upload["part_size"])
+            signed = await self.objects.presign_part(
+                upload["object_key"], upload["multipart_id"], p.part_number, size, p.sha256, expires
+            )
+            out.parts.add(part_number=p.part_number, offset=offset, size=size, url=signed.url, headers=signed.headers)
+        return out
+
     async def CompleteUpload(self, req: apb.CompleteUploadRequest, ctx: Any) -> apb.Artifact:
         async with self.pool.acquire() as conn:
             upload = await _upload(conn, req.upload_id)
@@ -97,8 +118,12 @@ class Artifacts:
                 numbers = sorted(p.part_number for p in req.parts)
                 if numbers != list(range(1, expected + 1)):
                     raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
+                if not all(SHA256.fullmatch(p.sha256) for p in req.parts):
+                    raise InvalidArgument("give every part's sha256 as signed by SignParts (64 lowercase hex digits)")
                 await self.objects.complete_multipart(
-                    upload["object_key"], upload["multipart_id"], [(p.part_number, p.etag) for p in req.parts]
+                    upload["object_key"],
+                    upload["multipart_id"],
+                    [Part(p.part_number, p.etag, p.sha256) for p in req.parts],
                 )
             stored = await self.objects.size_of(upload["object_key"])
             if stored is None:
@@ -196,6 +221,12 @@ async def _upload(conn: Any, upload_id: str) -> asyncpg.Record:
     if upload is None:
         raise NotFound(f"upload {upload_id} does not exist (completed, aborted or never created)")
     return upload
+
+
+def _part(number: int, size: int, part_size: int) -> tuple[int, int]:
+    """Offset and size of part `number` (from 1) of `size` bytes cut into `part_size` pieces."""
+    offset = (number - 1) * part_size
+    return offset, min(part_size, size - offset)
 
 
 def _artifact(row: asyncpg.Record, is_dir: bool) -> apb.Artifact:

@@ -36,13 +36,29 @@ class StoreSettings:
     s3: S3Options = field(default_factory=S3Options)
 
 
-class ObjectStore(Protocol):
-    """What the service needs of a store; keys are relative to the store's root."""
+@dataclass
+class SignedUrl:
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)  # the client sends these with the request
 
-    async def presign_put(self, key: str, size: int, expires_s: int) -> str: ...
+
+@dataclass
+class Part:
+    number: int
+    etag: str
+    sha256: str  # hex
+
+
+class ObjectStore(Protocol):
+    """What the service needs of a store; keys are relative to the store's root. Upload URLs
+    are bound to the content's size and SHA-256 (hex), so the store refuses other bytes."""
+
+    async def presign_put(self, key: str, size: int, sha256: str, expires_s: int) -> SignedUrl: ...
     async def create_multipart(self, key: str, content_type: str) -> str: ...
-    async def presign_part(self, key: str, upload_id: str, part_number: int, size: int, expires_s: int) -> str: ...
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None: ...
+    async def presign_part(
+        self, key: str, upload_id: str, part_number: int, size: int, sha256: str, expires_s: int
+    ) -> SignedUrl: ...
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None: ...
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
     async def size_of(self, key: str) -> int | None: ...
     async def presign_get(self, key: str, expires_s: int) -> str: ...

@@ -8,7 +8,7 @@ import hashlib
 import http.client
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,8 +42,11 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def put_range(url: str, path: Path, offset: int, size: int, timeout: float = 300.0) -> str:
-    """PUT `size` bytes of `path` from `offset`; returns the ETag. Retried on failure."""
+def put_range(
+    url: str, path: Path, offset: int, size: int, headers: Mapping[str, str] | None = None, timeout: float = 300.0
+) -> str:
+    """PUT `size` bytes of `path` from `offset` (with the `headers` the URL was signed for);
+    returns the ETag. Retried on failure."""
     for attempt in range(1, RETRIES + 1):
         conn, target = _connection(url, timeout)
         try:
@@ -51,6 +54,8 @@ def put_range(url: str, path: Path, offset: int, size: int, timeout: float = 300
                 f.seek(offset)
                 conn.putrequest("PUT", target, skip_accept_encoding=True)
                 conn.putheader("Content-Length", str(size))
+                for name, value in (headers or {}).items():
+                    conn.putheader(name, value)
                 conn.endheaders()
                 body = _Range(f, size)
                 while chunk := body.read(CHUNK):
@@ -73,13 +78,19 @@ def put_range(url: str, path: Path, offset: int, size: int, timeout: float = 300
     raise TransferError(f"upload failed after {RETRIES} attempts: {error}")
 
 
-def put_parts(parts: list[Any], path: Path, workers: int, progress: Callable[[int], None]) -> list[tuple[int, str]]:
-    """PUT every part (part_number, offset, size, url) of `path` in parallel; (number, ETag) each."""
+def put_parts(
+    parts: list[Any], path: Path, sign: Callable[[int, str], Any], workers: int, progress: Callable[[int], None]
+) -> list[tuple[int, str, str]]:
+    """PUT every part (part_number, offset, size) of `path`, `workers` at a time: each is hashed,
+    signed for its hash by `sign(part_number, sha256)` (which answers with url and headers) just
+    before it is sent, then sent. Returns (number, ETag, sha256) of each part."""
 
-    def one(part: Any) -> tuple[int, str]:
-        etag = put_range(part.url, path, part.offset, part.size)
+    def one(part: Any) -> tuple[int, str, str]:
+        sha256 = sha256_of(path, part.offset, part.size)
+        signed = sign(part.part_number, sha256)
+        etag = put_range(signed.url, path, part.offset, part.size, signed.headers)
         progress(part.size)
-        return part.part_number, etag
+        return part.part_number, etag, sha256
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, parts))
@@ -110,9 +121,12 @@ def get_to_file(url: str, dst: Path, sha256: str, progress: Callable[[int], None
         tmp.unlink(missing_ok=True)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, offset: int = 0, size: int = -1) -> str:
+    """SHA-256 (hex) of `size` bytes of `path` from `offset` (all of it by default)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
+        f.seek(offset)
+        body: Any = _Range(f, size) if size >= 0 else f
+        while chunk := body.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

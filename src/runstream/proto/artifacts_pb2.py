@@ -24,39 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crunstream/v1/artifacts.proto\x12\x0crunstream.v1\"g\n\x13\x43reateUploadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"L\n\nUploadPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0b\n\x03url\x18\x04 \x01(\t\"h\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\'\n\x05parts\x18\x03 \x03(\x0b\x32\x18.runstream.v1.UploadPart\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"2\n\rCompletedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"V\n\x15\x43ompleteUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12*\n\x05parts\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.CompletedPart\"\x1e\n\tUploadRef\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\x15\n\x13\x41\x62ortUploadResponse\"p\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\ncreated_ms\x18\x06 \x01(\x03\"6\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"B\n\x15ListArtifactsResponse\x12)\n\tartifacts\x18\x01 \x03(\x0b\x32\x16.runstream.v1.Artifact\"+\n\x0b\x41rtifactRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"[\n\x0b\x44ownloadUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12(\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x16.runstream.v1.Artifact\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\"\x18\n\x16\x44\x65leteArtifactResponse2\xe9\x03\n\x0f\x41rtifactService\x12G\n\x0c\x43reateUpload\x12!.runstream.v1.CreateUploadRequest\x1a\x14.runstream.v1.Upload\x12M\n\x0e\x43ompleteUpload\x12#.runstream.v1.CompleteUploadRequest\x1a\x16.runstream.v1.Artifact\x12I\n\x0b\x41\x62ortUpload\x12\x17.runstream.v1.UploadRef\x1a!.runstream.v1.AbortUploadResponse\x12X\n\rListArtifacts\x12\".runstream.v1.ListArtifactsRequest\x1a#.runstream.v1.ListArtifactsResponse\x12\x46\n\x0eGetDownloadUrl\x12\x19.runstream.v1.ArtifactRef\x1a\x19.runstream.v1.DownloadUrl\x12Q\n\x0e\x44\x65leteArtifact\x12\x19.runstream.v1.ArtifactRef\x1a$.runstream.v1.DeleteArtifactResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crunstream/v1/artifacts.proto\x12\x0crunstream.v1\"g\n\x13\x43reateUploadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"\xb4\x01\n\nUploadPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x36\n\x07headers\x18\x05 \x03(\x0b\x32%.runstream.v1.UploadPart.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcc\x01\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x32\n\x07headers\x18\x05 \x03(\x0b\x32!.runstream.v1.Upload.HeadersEntry\x12\'\n\x05parts\x18\x03 \x03(\x0b\x32\x18.runstream.v1.UploadPart\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0cPartChecksum\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"P\n\x10SignPartsRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12)\n\x05parts\x18\x02 \x03(\x0b\x32\x1a.runstream.v1.PartChecksum\"S\n\x11SignPartsResponse\x12\'\n\x05parts\x18\x01 \x03(\x0b\x32\x18.runstream.v1.UploadPart\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\"B\n\rCompletedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"V\n\x15\x43ompleteUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12*\n\x05parts\x18\x02 \x03(\x0b\x32\x1b.runstream.v1.CompletedPart\"\x1e\n\tUploadRef\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\x15\n\x13\x41\x62ortUploadResponse\"p\n\x08\x41rtifact\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x12\n\ncreated_ms\x18\x06 \x01(\x03\"6\n\x14ListArtifactsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"B\n\x15ListArtifactsResponse\x12)\n\tartifacts\x18\x01 \x03(\x0b\x32\x16.runstream.v1.Artifact\"+\n\x0b\x41rtifactRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"[\n\x0b\x44ownloadUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12(\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x16.runstream.v1.Artifact\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\"\x18\n\x16\x44\x65leteArtifactResponse2\xb7\x04\n\x0f\x41rtifactService\x12G\n\x0c\x43reateUpload\x12!.runstream.v1.CreateUploadRequest\x1a\x14.runstream.v1.Upload\x12L\n\tSignParts\x12\x1e.runstream.v1.SignPartsRequest\x1a\x1f.runstream.v1.SignPartsResponse\x12M\n\x0e\x43ompleteUpload\x12#.runstream.v1.CompleteUploadRequest\x1a\x16.runstream.v1.Artifact\x12I\n\x0b\x41\x62ortUpload\x12\x17.runstream.v1.UploadRef\x1a!.runstream.v1.AbortUploadResponse\x12X\n\rListArtifacts\x12\".runstream.v1.ListArtifactsRequest\x1a#.runstream.v1.ListArtifactsResponse\x12\x46\n\x0eGetDownloadUrl\x12\x19.runstream.v1.ArtifactRef\x1a\x19.runstream.v1.DownloadUrl\x12Q\n\x0e\x44\x65leteArtifact\x12\x19.runstream.v1.ArtifactRef\x1a$.runstream.v1.DeleteArtifactResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runstream.v1.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_UPLOADPART_HEADERSENTRY']._loaded_options = None
+  _globals['_UPLOADPART_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_UPLOAD_HEADERSENTRY']._loaded_options = None
+  _globals['_UPLOAD_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEUPLOADREQUEST']._serialized_start=46
   _globals['_CREATEUPLOADREQUEST']._serialized_end=149
-  _globals['_UPLOADPART']._serialized_start=151
-  _globals['_UPLOADPART']._serialized_end=227
-  _globals['_UPLOAD']._serialized_start=229
-  _globals['_UPLOAD']._serialized_end=333
-  _globals['_COMPLETEDPART']._serialized_start=335
-  _globals['_COMPLETEDPART']._serialized_end=385
-  _globals['_COMPLETEUPLOADREQUEST']._serialized_start=387
-  _globals['_COMPLETEUPLOADREQUEST']._serialized_end=473
-  _globals['_UPLOADREF']._serialized_start=475
-  _globals['_UPLOADREF']._serialized_end=505
-  _globals['_ABORTUPLOADRESPONSE']._serialized_start=507
-  _globals['_ABORTUPLOADRESPONSE']._serialized_end=528
-  _globals['_ARTIFACT']._serialized_start=530
-  _globals['_ARTIFACT']._serialized_end=642
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=644
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=698
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=700
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=766
-  _globals['_ARTIFACTREF']._serialized_start=768
-  _globals['_ARTIFACTREF']._serialized_end=811
-  _globals['_DOWNLOADURL']._serialized_start=813
-  _globals['_DOWNLOADURL']._serialized_end=904
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=906
-  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=930
-  _globals['_ARTIFACTSERVICE']._serialized_start=933
-  _globals['_ARTIFACTSERVICE']._serialized_end=1422
+  _globals['_UPLOADPART']._serialized_start=152
+  _globals['_UPLOADPART']._serialized_end=332
+  _globals['_UPLOADPART_HEADERSENTRY']._serialized_start=286
+  _globals['_UPLOADPART_HEADERSENTRY']._serialized_end=332
+  _globals['_UPLOAD']._serialized_start=335
+  _globals['_UPLOAD']._serialized_end=539
+  _globals['_UPLOAD_HEADERSENTRY']._serialized_start=286
+  _globals['_UPLOAD_HEADERSENTRY']._serialized_end=332
+  _globals['_PARTCHECKSUM']._serialized_start=541
+  _globals['_PARTCHECKSUM']._serialized_end=592
+  _globals['_SIGNPARTSREQUEST']._serialized_start=594
+  _globals['_SIGNPARTSREQUEST']._serialized_end=674
+  _globals['_SIGNPARTSRESPONSE']._serialized_start=676
+  _globals['_SIGNPARTSRESPONSE']._serialized_end=759
+  _globals['_COMPLETEDPART']._serialized_start=761
+  _globals['_COMPLETEDPART']._serialized_end=827
+  _globals['_COMPLETEUPLOADREQUEST']._serialized_start=829
+  _globals['_COMPLETEUPLOADREQUEST']._serialized_end=915
+  _globals['_UPLOADREF']._serialized_start=917
+  _globals['_UPLOADREF']._serialized_end=947
+  _globals['_ABORTUPLOADRESPONSE']._serialized_start=949
+  _globals['_ABORTUPLOADRESPONSE']._serialized_end=970
+  _globals['_ARTIFACT']._serialized_start=972
+  _globals['_ARTIFACT']._serialized_end=1084
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=1086
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=1140
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=1142
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=1208
+  _globals['_ARTIFACTREF']._serialized_start=1210
+  _globals['_ARTIFACTREF']._serialized_end=1253
+  _globals['_DOWNLOADURL']._serialized_start=1255
+  _globals['_DOWNLOADURL']._serialized_end=1346
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_start=1348
+  _globals['_DELETEARTIFACTRESPONSE']._serialized_end=1372
+  _globals['_ARTIFACTSERVICE']._serialized_start=1375
+  _globals['_ARTIFACTSERVICE']._serialized_end=1942
 # @@protoc_insertion_point(module_scope)

@@ -21,36 +21,80 @@ class CreateUploadRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class UploadPart(_message.Message):
-    __slots__ = ("part_number", "offset", "size", "url")
+    __slots__ = ("part_number", "offset", "size", "url", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PART_NUMBER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     part_number: int
     offset: int
     size: int
     url: str
-    def __init__(self, part_number: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., url: _Optional[str] = ...) -> None: ...
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, part_number: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Upload(_message.Message):
-    __slots__ = ("upload_id", "url", "parts", "expires_at_ms")
+    __slots__ = ("upload_id", "url", "headers", "parts", "expires_at_ms")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     url: str
+    headers: _containers.ScalarMap[str, str]
     parts: _containers.RepeatedCompositeFieldContainer[UploadPart]
     expires_at_ms: int
-    def __init__(self, upload_id: _Optional[str] = ..., url: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[UploadPart, _Mapping]]] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, upload_id: _Optional[str] = ..., url: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., parts: _Optional[_Iterable[_Union[UploadPart, _Mapping]]] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class PartChecksum(_message.Message):
+    __slots__ = ("part_number", "sha256")
+    PART_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    part_number: int
+    sha256: str
+    def __init__(self, part_number: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SignPartsRequest(_message.Message):
+    __slots__ = ("upload_id", "parts")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    parts: _containers.RepeatedCompositeFieldContainer[PartChecksum]
+    def __init__(self, upload_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[PartChecksum, _Mapping]]] = ...) -> None: ...
+
+class SignPartsResponse(_message.Message):
+    __slots__ = ("parts", "expires_at_ms")
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[UploadPart]
+    expires_at_ms: int
+    def __init__(self, parts: _Optional[_Iterable[_Union[UploadPart, _Mapping]]] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class CompletedPart(_message.Message):
-    __slots__ = ("part_number", "etag")
+    __slots__ = ("part_number", "etag", "sha256")
     PART_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     part_number: int
     etag: str
-    def __init__(self, part_number: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+    sha256: str
+    def __init__(self, part_number: _Optional[int] = ..., etag: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CompleteUploadRequest(_message.Message):
     __slots__ = ("upload_id", "parts")

@@ -42,6 +42,11 @@ class ArtifactServiceStub:
                 request_serializer=runstream_dot_v1_dot_artifacts__pb2.CreateUploadRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_artifacts__pb2.Upload.FromString,
                 _registered_method=True)
+        self.SignParts = channel.unary_unary(
+                '/runstream.v1.ArtifactService/SignParts',
+                request_serializer=runstream_dot_v1_dot_artifacts__pb2.SignPartsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_artifacts__pb2.SignPartsResponse.FromString,
+                _registered_method=True)
         self.CompleteUpload = channel.unary_unary(
                 '/runstream.v1.ArtifactService/CompleteUpload',
                 request_serializer=runstream_dot_v1_dot_artifacts__pb2.CompleteUploadRequest.SerializeToString,
@@ -76,7 +81,16 @@ class ArtifactServiceServicer:
     """
 
     def CreateUpload(self, request, context):
-        """One presigned PUT URL, or above the part size a multipart upload with one URL per part.
+        """One presigned PUT URL, or above the part size a multipart upload whose parts SignParts signs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignParts(self, request, context):
+        """URLs for parts of a multipart upload, each bound to its part's size and SHA-256 (the store
+        refuses other bytes). Clients sign each part just before sending it, so no URL has to outlive
+        a long upload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +135,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.CreateUpload,
                     request_deserializer=runstream_dot_v1_dot_artifacts__pb2.CreateUploadRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_artifacts__pb2.Upload.SerializeToString,
+            ),
+            'SignParts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignParts,
+                    request_deserializer=runstream_dot_v1_dot_artifacts__pb2.SignPartsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_artifacts__pb2.SignPartsResponse.SerializeToString,
             ),
             'CompleteUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteUpload,
@@ -178,6 +197,33 @@ class ArtifactService:
             '/runstream.v1.ArtifactService/CreateUpload',
             runstream_dot_v1_dot_artifacts__pb2.CreateUploadRequest.SerializeToString,
             runstream_dot_v1_dot_artifacts__pb2.Upload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignParts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.ArtifactService/SignParts',
+            runstream_dot_v1_dot_artifacts__pb2.SignPartsRequest.SerializeToString,
+            runstream_dot_v1_dot_artifacts__pb2.SignPartsResponse.FromString,
             options,
             channel_credentials,
             insecure,
