@@ -61,9 +61,11 @@ __all__ = [
     "attach",
     "end_run",
     "flush",
+    "log_input",
     "log_metric",
     "log_metrics",
     "log_params",
+    "register_model",
     "set_tags",
     "start_run",
 ]
@@ -136,6 +138,15 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 def set_tags(tags: Mapping[str, Any]) -> None:
     _require_run().set_tags(tags)
+
+
+def log_input(name: str, source: str = "", digest: str = "", context: str = "") -> None:
+    _require_run().log_input(name, source, digest, context)
+
+
+def register_model(run_id: str, artifact_path: str, name: str, **kwargs: Any) -> Any:
+    """Register the run's artifact at `artifact_path` as a new version of model `name`."""
+    return _default_client().register_model(run_id, artifact_path, name, **kwargs)
 
 
 def flush(timeout: float | None = None) -> None:

@@ -117,6 +117,31 @@ def main(argv: list[str] | None = None) -> int:
     arm.add_argument("path")
     for p in (als, aget, aput, arm):
         p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    models = sub.add_parser("models", help="the model registry: list, versions, register, promote, alias, lineage")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    mls = models_sub.add_parser("ls", help="registered models with their newest version per stage and aliases")
+    mls.add_argument("--name", default="", help="SQL LIKE pattern, e.g. 'wine%%'")
+    mvs = models_sub.add_parser("versions", help="a model's versions, newest first")
+    mvs.add_argument("name")
+    mvs.add_argument("--stage", action="append", default=[], help="only these stages (repeatable)")
+    mreg = models_sub.add_parser("register", help="register a run's artifact as a new version")
+    mreg.add_argument("run_id")
+    mreg.add_argument("artifact_path")
+    mreg.add_argument("name")
+    mpro = models_sub.add_parser("promote", help="move a version to a stage (None, Staging, Production, Archived)")
+    mpro.add_argument("name")
+    mpro.add_argument("version", type=int)
+    mpro.add_argument("stage")
+    mpro.add_argument("--archive-existing", action="store_true", help="archive the versions now in that stage")
+    mal = models_sub.add_parser("alias", help="point an alias at a version (or --delete it)")
+    mal.add_argument("name")
+    mal.add_argument("alias")
+    mal.add_argument("version", type=int, nargs="?")
+    mal.add_argument("--delete", action="store_true")
+    mlin = models_sub.add_parser("lineage", help="the run, params, code, data and artifact behind a version")
+    mlin.add_argument("uri", help="models:/NAME/VERSION, models:/NAME/STAGE or models:/NAME@ALIAS")
+    for p in (mls, mvs, mreg, mpro, mal, mlin):
+        p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     args = parser.parse_args(argv)
 
     if args.command == "server":
@@ -159,7 +184,45 @@ def main(argv: list[str] | None = None) -> int:
         return _metrics(args)
     if args.command == "artifacts":
         return _artifacts(args)
+    if args.command == "models":
+        return _models(args)
     return 2
+
+
+def _models(args: argparse.Namespace) -> int:
+    from runstream.client import Client
+    from runstream.errors import RunstreamError
+    from runstream.report import lineage_text, models_table, versions_table
+
+    try:
+        with Client(args.url) as client:
+            reg = client.registry
+            if args.models_command == "ls":
+                print(models_table(reg.search_registered_models(args.name)))
+            elif args.models_command == "versions":
+                print(versions_table(reg.list_model_versions(args.name, args.stage)))
+            elif args.models_command == "register":
+                v = reg.register_model(args.run_id, args.artifact_path, args.name)
+                print(f"registered {v.name} version {v.version} from runs:/{v.run_id}/{v.artifact_path}")
+            elif args.models_command == "promote":
+                v = reg.transition_stage(args.name, args.version, args.stage, args.archive_existing)
+                print(f"{v.name} version {v.version} is now in {v.stage}")
+            elif args.models_command == "alias":
+                if args.delete:
+                    reg.delete_alias(args.name, args.alias)
+                    print(f"deleted alias {args.alias} of {args.name}")
+                elif args.version is None:
+                    print("runstream: give the version to point the alias at, or --delete", file=sys.stderr)
+                    return 2
+                else:
+                    v = reg.set_alias(args.name, args.alias, args.version)
+                    print(f"{args.name}@{args.alias} -> version {v.version}")
+            else:
+                print(lineage_text(reg.lineage(args.uri)))
+    except RunstreamError as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _artifacts(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from runstream.writer import MetricWriter
 
 if TYPE_CHECKING:
     from runstream.artifacts.sdk import ArtifactClient
+    from runstream.registry_client import RegistryClient
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
@@ -82,6 +83,7 @@ class Client:
         self._channel = open_channel(self.target)
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._artifacts: ArtifactClient | None = None
+        self._registry: RegistryClient | None = None
         self._pid = os.getpid()
         self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
 
@@ -206,6 +208,38 @@ class Client:
             self._artifacts = ArtifactClient(self._channel, self.timeout)
         return self._artifacts
 
+    @property
+    def registry(self) -> RegistryClient:
+        """The model registry: versions, stages, aliases, reviews, lineage."""
+        from runstream.registry_client import RegistryClient
+
+        if self._registry is None:
+            self._registry = RegistryClient(self._channel, self.artifacts, self.timeout)
+        return self._registry
+
+    def register_model(self, run_id: str, artifact_path: str, name: str, **kwargs: Any) -> Any:
+        return self.registry.register_model(run_id, artifact_path, name, **kwargs)
+
+    def get_model_version(self, name_or_uri: str, version: int | None = None) -> Any:
+        return self.registry.get_model_version(name_or_uri, version)
+
+    def transition_stage(self, name: str, version: int, stage: str, archive_existing: bool = False) -> Any:
+        return self.registry.transition_stage(name, version, stage, archive_existing)
+
+    def set_alias(self, name: str, alias: str, version: int) -> Any:
+        return self.registry.set_alias(name, alias, version)
+
+    def download_model(self, uri: str, dst: str | Path) -> Path:
+        return self.registry.download_model(uri, dst)
+
+    @typed_errors
+    def log_inputs(self, run_id: str, inputs: list[Mapping[str, str]]) -> None:
+        """Datasets the run read, each with name, digest, source and context (for lineage)."""
+        self._stub.LogInputs(
+            pb.LogInputsRequest(run_id=run_id, inputs=[pb.DatasetInput(**dict(i)) for i in inputs]),
+            timeout=self.timeout,
+        )
+
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> Any:
         return self.artifacts.log_artifact(run_id, local_path, artifact_path)
 
@@ -242,8 +276,16 @@ class Client:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         writer_id: str | None = None,
+        record_source: bool = True,
         **writer_options: Any,
     ) -> Run:
+        """Create a run and a handle to log into it. Unless `record_source` is False the run is
+        tagged with the code that started it (git commit and dirty flag, entry point, Python and
+        imported package versions: runstream.source.*)."""
+        if record_source:
+            from runstream.provenance import source_tags
+
+            tags = {**source_tags(), **(tags or {})}
         run = self.create_run(experiment, name, tags)
         handle = Run(self, run.run_id, writer_id, **writer_options)
         if params:
@@ -312,6 +354,11 @@ class Run:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.client.log_params(self.run_id, params)
+
+    def log_input(self, name: str, source: str = "", digest: str = "", context: str = "") -> None:
+        """Record a dataset the run read (e.g. name="wine", source="s3://data/wine.csv",
+        digest=its hash or version, context="training"); a model's lineage lists them."""
+        self.client.log_inputs(self.run_id, [{"name": name, "source": source, "digest": digest, "context": context}])
 
     def log_param(self, key: str, value: Any) -> None:
         self.client.log_params(self.run_id, {key: value})

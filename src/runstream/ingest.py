@@ -215,6 +215,19 @@ class Tracking:
                 raise NotFound(f"tag {req.key!r} is not set on run {req.run_id}")
         return pb.DeleteTagResponse()
 
+    async def LogInputs(self, req: pb.LogInputsRequest, ctx: Any) -> pb.LogInputsResponse:
+        wire.check_run_id(req.run_id)
+        inputs = []
+        for i in req.inputs:
+            if not i.name or len(i.name) > 500:
+                raise InvalidArgument(f"dataset name {i.name[:80]!r} must have 1 to 500 characters")
+            if len(i.digest) > 500 or len(i.source) > 2000 or len(i.context) > 100:
+                raise InvalidArgument(f"dataset {i.name!r}: digest at most 500 characters, source 2,000, context 100")
+            inputs.append((i.name, i.digest, i.source, i.context))
+        async with self.pool.acquire() as conn:
+            await store.log_inputs(conn, req.run_id, inputs)
+        return pb.LogInputsResponse()
+
     # ------------------------------------------------------------ metrics
 
     async def _check_run(self, run_id: str) -> None:

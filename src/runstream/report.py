@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runstream.points import SeriesPoints
     from runstream.proto import artifacts_pb2 as apb
     from runstream.proto import query_pb2 as qpb
+    from runstream.proto import registry_pb2 as rpb
     from runstream.query_client import Comparison, MetricHistory
 
 STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
@@ -129,6 +130,64 @@ def artifacts_table(artifacts: Sequence[apb.Artifact]) -> str:
         kind = "dir" if a.is_dir else (a.content_type or "")
         rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], when])
     return table(["path", "size", "type", "sha256", "created"], rows)
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else ""
+
+
+def models_table(models: Sequence[rpb.RegisteredModel]) -> str:
+    rows = []
+    for m in models:
+        stages = ", ".join(f"{v.stage}: v{v.version}" for v in m.latest_versions)
+        aliases = ", ".join(f"{a}: v{v}" for a, v in sorted(m.aliases.items()))
+        rows.append([m.name, stages, aliases, _when(m.updated_ms), m.description[:40]])
+    return table(["name", "latest per stage", "aliases", "updated", "description"], rows)
+
+
+def versions_table(versions: Sequence[rpb.ModelVersion]) -> str:
+    rows = [
+        [
+            str(v.version),
+            v.stage,
+            ", ".join(v.aliases),
+            f"runs:/{v.run_id}/{v.artifact_path}",
+            human_bytes(v.source_size),
+            v.source_digest[:12],
+            v.created_by,
+            _when(v.created_ms),
+        ]
+        for v in versions
+    ]
+    return table(["version", "stage", "aliases", "source", "size", "digest", "by", "created"], rows)
+
+
+def lineage_text(lineage: rpb.ModelVersionLineage) -> str:
+    """What produced a model version, as a person reads it top to bottom."""
+    v, run = lineage.version, lineage.run
+    lines = [
+        f"{v.name} version {v.version} ({v.stage}{', ' + ', '.join(v.aliases) if v.aliases else ''})",
+        f"  artifact   runs:/{v.run_id}/{v.artifact_path}  {v.source_files} file(s), {human_bytes(v.source_size)}, "
+        f"sha256 {v.source_digest}",
+        f"  run        {run.run_id} '{run.name}' in experiment '{lineage.experiment_name}', "
+        f"{STATUS.get(run.status, '?')}, started {_when(run.start_time_ms)}",
+    ]
+    source = {
+        k.removeprefix("runstream.source."): val for k, val in run.tags.items() if k.startswith("runstream.source.")
+    }
+    if source:
+        dirty = " (uncommitted changes)" if source.get("git.dirty") == "true" else ""
+        lines.append(f"  code       {source.get('git.commit', '?')}{dirty} {source.get('git.remote', '')}".rstrip())
+        lines.append(f"  entry      {source.get('entry_point', '?')}  (Python {source.get('python', '?')})")
+        if source.get("packages"):
+            lines.append(f"  packages   {source['packages']}")
+    for key, value in sorted(run.params.items()):
+        lines.append(f"  param      {key} = {value}")
+    for m in run.metrics:
+        lines.append(f"  metric     {m.key} = {fmt(m.last_value)} (step {m.last_step}, min {fmt(m.min_value)})")
+    for i in lineage.inputs:
+        lines.append(f"  dataset    {i.name} {i.digest} from {i.source}" + (f" ({i.context})" if i.context else ""))
+    return "\n".join(lines)
 
 
 def human_bytes(n: float) -> str:

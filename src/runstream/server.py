@@ -32,8 +32,9 @@ from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.ingest import Tracking
 from runstream.keys import Keys
 from runstream.loader import Loader
-from runstream.proto import artifacts_pb2, query_pb2, tracking_pb2
+from runstream.proto import artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 from runstream.query import Query
+from runstream.registry import Registry
 from runstream.rpc import service_handler
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ async def serve_ingest(
             service_handler(tracking, tracking_pb2, "TrackingService"),
             service_handler(query, query_pb2, "QueryService"),
             service_handler(artifacts, artifacts_pb2, "ArtifactService"),
+            service_handler(Registry(pool), registry_pb2, "RegistryService"),
         )
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

@@ -5,6 +5,7 @@ The server's handlers and the loaders call these functions; nothing else talks S
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -695,3 +696,402 @@ async def last_steps(conn: Conn, series_ids: list[int]) -> dict[int, int]:
 async def run_statuses(conn: Conn, run_ids: list[str]) -> dict[str, int]:
     rows = await conn.fetch("SELECT run_id::text, status FROM runs WHERE run_id = ANY($1::uuid[])", run_ids)
     return {r[0]: r[1] for r in rows}
+
+
+# ---------------------------------------------------------------- dataset inputs
+
+
+async def log_inputs(conn: Conn, run_id: str, inputs: list[tuple[str, str, str, str]]) -> None:
+    """(name, digest, source, context) of datasets the run read; a repeated name+digest is a no-op."""
+    try:
+        await conn.execute(
+            """INSERT INTO run_inputs (run_id, name, digest, source, context, logged_ms)
+               SELECT $1, n, d, s, c, $6 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS i(n, d, s, c)
+               ON CONFLICT (run_id, name, digest) DO NOTHING""",
+            run_id,
+            [i[0] for i in inputs],
+            [i[1] for i in inputs],
+            [i[2] for i in inputs],
+            [i[3] for i in inputs],
+            now_ms(),
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise RunNotFound(f"run {run_id} does not exist") from None
+
+
+async def run_inputs(conn: Conn, run_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT name, digest, source, context FROM run_inputs WHERE run_id = $1 ORDER BY logged_ms, name", run_id
+    )
+
+
+# ---------------------------------------------------------------- model registry
+
+_MODEL_COLUMNS = "model_id, name, description, created_ms, updated_ms"
+_VERSION_COLUMNS = """v.model_id, m.name, v.version, v.run_id::text AS run_id, v.artifact_path, v.source_size,
+    v.source_digest, v.source_files, v.stage, v.description, v.created_by, v.created_ms, v.updated_ms"""
+
+
+async def create_model(conn: Conn, name: str, description: str) -> asyncpg.Record:
+    now = now_ms()
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO registered_models (name, description, created_ms, updated_ms)
+                VALUES ($1, $2, $3, $3) RETURNING {_MODEL_COLUMNS}""",
+            name,
+            description,
+            now,
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"registered model {name!r} already exists") from None
+    assert row is not None  # INSERT ... RETURNING
+    return row
+
+
+async def get_model(conn: Conn, name: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT {_MODEL_COLUMNS} FROM registered_models WHERE name = $1{lock}", name)
+
+
+async def ensure_model(conn: Conn, name: str) -> asyncpg.Record:
+    """The model named `name`, created when missing, locked for this transaction."""
+    await conn.execute(
+        """INSERT INTO registered_models (name, created_ms, updated_ms) VALUES ($1, $2, $2)
+           ON CONFLICT (name) DO NOTHING""",
+        name,
+        now_ms(),
+    )
+    row = await get_model(conn, name, for_update=True)
+    assert row is not None  # inserted above or by a concurrent transaction that committed
+    return row
+
+
+async def model_tags(conn: Conn, model_id: int) -> dict[str, str]:
+    rows = await conn.fetch("SELECT key, value FROM registered_model_tags WHERE model_id = $1", model_id)
+    return {r[0]: r[1] for r in rows}
+
+
+async def model_aliases(conn: Conn, model_id: int) -> dict[str, int]:
+    rows = await conn.fetch("SELECT alias, version FROM model_aliases WHERE model_id = $1 ORDER BY alias", model_id)
+    return {r[0]: r[1] for r in rows}
+
+
+async def latest_versions(conn: Conn, model_id: int) -> list[asyncpg.Record]:
+    """The newest version in each stage."""
+    return await conn.fetch(
+        f"""SELECT DISTINCT ON (v.stage) {_VERSION_COLUMNS}
+            FROM model_versions v JOIN registered_models m USING (model_id)
+            WHERE v.model_id = $1 ORDER BY v.stage, v.version DESC""",
+        model_id,
+    )
+
+
+async def update_model(
+    conn: Conn, model_id: int, description: str | None, set_tags: dict[str, str], delete_tags: list[str]
+) -> None:
+    await conn.execute(
+        "UPDATE registered_models SET description = coalesce($2, description), updated_ms = $3 WHERE model_id = $1",
+        model_id,
+        description,
+        now_ms(),
+    )
+    await conn.execute(
+        """INSERT INTO registered_model_tags (model_id, key, value)
+           SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+           ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value""",
+        model_id,
+        list(set_tags),
+        list(set_tags.values()),
+    )
+    await conn.execute(
+        "DELETE FROM registered_model_tags WHERE model_id = $1 AND key = ANY($2::text[])", model_id, delete_tags
+    )
+
+
+async def rename_model(conn: Conn, model_id: int, new_name: str) -> None:
+    try:
+        await conn.execute(
+            "UPDATE registered_models SET name = $2, updated_ms = $3 WHERE model_id = $1", model_id, new_name, now_ms()
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"registered model {new_name!r} already exists") from None
+
+
+async def delete_model(conn: Conn, model_id: int) -> None:
+    await conn.execute("DELETE FROM registered_models WHERE model_id = $1", model_id)
+
+
+async def search_models(
+    conn: Conn, name_like: str, tags: dict[str, str], order: str, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """`order` is a trusted ORDER BY clause chosen by the caller from a fixed set."""
+    return await conn.fetch(
+        f"""SELECT {_MODEL_COLUMNS} FROM registered_models m
+            WHERE ($1 = '' OR name LIKE $1)
+              AND (SELECT count(*) FROM registered_model_tags t
+                   JOIN unnest($2::text[], $3::text[]) AS want(k, v) ON t.key = want.k AND t.value = want.v
+                   WHERE t.model_id = m.model_id) = cardinality($2::text[])
+            ORDER BY {order}, model_id LIMIT $4 OFFSET $5""",
+        name_like,
+        list(tags),
+        list(tags.values()),
+        limit,
+        offset,
+    )
+
+
+async def next_version(conn: Conn, model_id: int) -> int:
+    """The model's next version number; the row lock makes concurrent creations queue, so
+    numbers have no gaps (a failed creation rolls the counter back with its transaction)."""
+    version: int = await conn.fetchval(
+        """UPDATE registered_models SET last_version = last_version + 1, updated_ms = $2
+           WHERE model_id = $1 RETURNING last_version""",
+        model_id,
+        now_ms(),
+    )
+    return version
+
+
+async def artifact_source(conn: Conn, run_id: str, path: str) -> tuple[int, str, int] | None:
+    """(size, digest, files) of the run's artifact at `path`: one file, or every file under the
+    directory `path` (digest: sha256 of its "path sha256" lines in path order). None if absent."""
+    rows = await conn.fetch(
+        """SELECT path, size, sha256 FROM artifacts
+           WHERE run_id = $1 AND (path = $2 OR (path >= $3 AND path < $4)) ORDER BY path""",
+        run_id,
+        path,
+        path + "/",
+        path + "0",  # "0" follows "/": the range is everything under path/
+    )
+    if not rows:
+        return None
+    if len(rows) == 1 and rows[0]["path"] == path:
+        return rows[0]["size"], rows[0]["sha256"], 1
+
+    lines = "".join(f"{r['path'][len(path) + 1 :]} {r['sha256']}\n" for r in rows)
+    return sum(r["size"] for r in rows), hashlib.sha256(lines.encode()).hexdigest(), len(rows)
+
+
+async def insert_version(conn: Conn, v: dict[str, Any]) -> None:
+    now = now_ms()
+    await conn.execute(
+        """INSERT INTO model_versions (model_id, version, run_id, artifact_path, source_size, source_digest,
+                                       source_files, description, created_by, created_ms, updated_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)""",
+        v["model_id"],
+        v["version"],
+        v["run_id"],
+        v["artifact_path"],
+        v["source_size"],
+        v["source_digest"],
+        v["source_files"],
+        v["description"],
+        v["created_by"],
+        now,
+    )
+
+
+async def get_version(conn: Conn, model_id: int, version: int, *, for_update: bool = False) -> asyncpg.Record | None:
+    lock = " FOR UPDATE OF v" if for_update else ""
+    return await conn.fetchrow(
+        f"""SELECT {_VERSION_COLUMNS} FROM model_versions v JOIN registered_models m USING (model_id)
+            WHERE v.model_id = $1 AND v.version = $2{lock}""",
+        model_id,
+        version,
+    )
+
+
+async def list_versions(conn: Conn, model_id: int, stages: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {_VERSION_COLUMNS} FROM model_versions v JOIN registered_models m USING (model_id)
+            WHERE v.model_id = $1 AND (cardinality($2::text[]) = 0 OR v.stage = ANY($2::text[]))
+            ORDER BY v.version DESC""",
+        model_id,
+        stages,
+    )
+
+
+async def version_tags(conn: Conn, model_id: int, version: int) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT key, value FROM model_version_tags WHERE model_id = $1 AND version = $2", model_id, version
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def version_aliases(conn: Conn, model_id: int, version: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT alias FROM model_aliases WHERE model_id = $1 AND version = $2 ORDER BY alias", model_id, version
+    )
+    return [r[0] for r in rows]
+
+
+async def update_version(
+    conn: Conn, model_id: int, version: int, description: str | None, set_tags: dict[str, str], delete_tags: list[str]
+) -> None:
+    await conn.execute(
+        """UPDATE model_versions SET description = coalesce($3, description), updated_ms = $4
+           WHERE model_id = $1 AND version = $2""",
+        model_id,
+        version,
+        description,
+        now_ms(),
+    )
+    await conn.execute(
+        """INSERT INTO model_version_tags (model_id, version, key, value)
+           SELECT $1, $2, k, v FROM unnest($3::text[], $4::text[]) AS t(k, v)
+           ON CONFLICT (model_id, version, key) DO UPDATE SET value = excluded.value""",
+        model_id,
+        version,
+        list(set_tags),
+        list(set_tags.values()),
+    )
+    await conn.execute(
+        "DELETE FROM model_version_tags WHERE model_id = $1 AND version = $2 AND key = ANY($3::text[])",
+        model_id,
+        version,
+        delete_tags,
+    )
+
+
+async def set_stage(conn: Conn, model_id: int, version: int, stage: str) -> None:
+    await conn.execute(
+        "UPDATE model_versions SET stage = $3, updated_ms = $4 WHERE model_id = $1 AND version = $2",
+        model_id,
+        version,
+        stage,
+        now_ms(),
+    )
+
+
+async def versions_in_stage(conn: Conn, model_id: int, stage: str, *, for_update: bool = False) -> list[int]:
+    lock = " FOR UPDATE" if for_update else ""
+    rows = await conn.fetch(
+        f"SELECT version FROM model_versions WHERE model_id = $1 AND stage = $2 ORDER BY version{lock}",
+        model_id,
+        stage,
+    )
+    return [r[0] for r in rows]
+
+
+async def delete_version(conn: Conn, model_id: int, version: int) -> None:
+    await conn.execute("DELETE FROM model_versions WHERE model_id = $1 AND version = $2", model_id, version)
+
+
+async def set_alias(conn: Conn, model_id: int, alias: str, version: int) -> int | None:
+    """Point `alias` at `version` in one statement; returns the version it pointed at before."""
+    before: int | None = await conn.fetchval(
+        """WITH old AS (SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2 FOR UPDATE),
+                new AS (INSERT INTO model_aliases (model_id, alias, version) VALUES ($1, $2, $3)
+                        ON CONFLICT (model_id, alias) DO UPDATE SET version = excluded.version)
+           SELECT version FROM old""",
+        model_id,
+        alias,
+        version,
+    )
+    return before
+
+
+async def delete_alias(conn: Conn, model_id: int, alias: str) -> int | None:
+    version: int | None = await conn.fetchval(
+        "DELETE FROM model_aliases WHERE model_id = $1 AND alias = $2 RETURNING version", model_id, alias
+    )
+    return version
+
+
+async def alias_version(conn: Conn, model_id: int, alias: str) -> int | None:
+    version: int | None = await conn.fetchval(
+        "SELECT version FROM model_aliases WHERE model_id = $1 AND alias = $2", model_id, alias
+    )
+    return version
+
+
+async def add_event(
+    conn: Conn,
+    model: asyncpg.Record,
+    version: int,
+    kind: str,
+    actor: str,
+    from_value: str = "",
+    to_value: str = "",
+    comment: str = "",
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO model_version_events (model_id, model_name, version, kind, actor, at_ms, from_value,
+                                             to_value, comment)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           RETURNING event_id, model_name, version, kind, actor, at_ms, from_value, to_value, comment""",
+        model["model_id"],
+        model["name"],
+        version,
+        kind,
+        actor,
+        now_ms(),
+        from_value,
+        to_value,
+        comment,
+    )
+    assert row is not None  # INSERT ... RETURNING
+    return row
+
+
+async def version_events(conn: Conn, model_id: int, version: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT event_id, model_name, version, kind, actor, at_ms, from_value, to_value, comment
+           FROM model_version_events WHERE model_id = $1 AND version = $2 ORDER BY event_id""",
+        model_id,
+        version,
+    )
+
+
+_REQUEST_COLUMNS = """r.request_id, m.name, r.version, r.to_stage, r.status, r.requested_by, r.requested_ms,
+    r.comment, r.decided_by, r.decided_ms, r.decision_comment, r.archive_existing, r.model_id"""
+
+
+async def create_transition_request(
+    conn: Conn, model_id: int, version: int, to_stage: str, archive_existing: bool, actor: str, comment: str
+) -> asyncpg.Record:
+    request_id = await conn.fetchval(
+        """INSERT INTO transition_requests (model_id, version, to_stage, archive_existing, requested_by,
+                                            requested_ms, comment)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING request_id""",
+        model_id,
+        version,
+        to_stage,
+        archive_existing,
+        actor,
+        now_ms(),
+        comment,
+    )
+    row = await get_transition_request(conn, request_id)
+    assert row is not None
+    return row
+
+
+async def get_transition_request(conn: Conn, request_id: int, *, for_update: bool = False) -> asyncpg.Record | None:
+    lock = " FOR UPDATE OF r" if for_update else ""
+    return await conn.fetchrow(
+        f"""SELECT {_REQUEST_COLUMNS} FROM transition_requests r JOIN registered_models m USING (model_id)
+            WHERE r.request_id = $1{lock}""",
+        request_id,
+    )
+
+
+async def decide_transition_request(conn: Conn, request_id: int, status: str, actor: str, comment: str) -> None:
+    await conn.execute(
+        """UPDATE transition_requests SET status = $2, decided_by = $3, decided_ms = $4, decision_comment = $5
+           WHERE request_id = $1""",
+        request_id,
+        status,
+        actor,
+        now_ms(),
+        comment,
+    )
+
+
+async def transition_requests(conn: Conn, model_id: int, version: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {_REQUEST_COLUMNS} FROM transition_requests r JOIN registered_models m USING (model_id)
+            WHERE r.model_id = $1 AND r.version = $2 ORDER BY r.request_id""",
+        model_id,
+        version,
+    )

@@ -241,6 +241,30 @@ class DeleteTagResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DatasetInput(_message.Message):
+    __slots__ = ("name", "digest", "source", "context")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    source: str
+    context: str
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., source: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
+
+class LogInputsRequest(_message.Message):
+    __slots__ = ("run_id", "inputs")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    inputs: _containers.RepeatedCompositeFieldContainer[DatasetInput]
+    def __init__(self, run_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[DatasetInput, _Mapping]]] = ...) -> None: ...
+
+class LogInputsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class MetricBatch(_message.Message):
     __slots__ = ("run_id", "writer_id", "seq", "keys", "key_index", "step", "timestamp_ms", "value")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

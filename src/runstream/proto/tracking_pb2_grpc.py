@@ -100,6 +100,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.DeleteTagRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.DeleteTagResponse.FromString,
                 _registered_method=True)
+        self.LogInputs = channel.unary_unary(
+                '/runstream.v1.TrackingService/LogInputs',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
+                _registered_method=True)
         self.StreamMetrics = channel.stream_stream(
                 '/runstream.v1.TrackingService/StreamMetrics',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.MetricBatch.SerializeToString,
@@ -196,6 +201,13 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogInputs(self, request, context):
+        """Datasets the run read (for lineage): logging the same name and digest again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamMetrics(self, request_iterator, context):
         """The high-rate path: one long-lived stream per sender, one ack per batch.
         A rejected batch is answered by an ack carrying its status; the stream stays open.
@@ -278,6 +290,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.DeleteTag,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.DeleteTagRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.DeleteTagResponse.SerializeToString,
+            ),
+            'LogInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogInputs,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.SerializeToString,
             ),
             'StreamMetrics': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamMetrics,
@@ -642,6 +659,33 @@ class TrackingService:
             '/runstream.v1.TrackingService/DeleteTag',
             runstream_dot_v1_dot_tracking__pb2.DeleteTagRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.DeleteTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/LogInputs',
+            runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
             options,
             channel_credentials,
             insecure,
