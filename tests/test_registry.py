@@ -204,6 +204,10 @@ def test_lineage_reaches_params_code_data_and_the_artifact_digest(server: Server
         assert (single.source_files, single.source_size, single.source_digest) == (1, 900, model_pkl)
         got = client.download_model("models:/wine/1", tmp_path / "down")
         assert transfer.sha256_of(got / "model.pkl") == model_pkl
+        with pytest.raises(runstream.FailedPrecondition, match="source of model 'wine' version 1; delete that"):
+            client.artifacts.delete_artifact(run_id, "model/MLmodel")
+        client.registry.delete_model_version("wine", 1)
+        client.artifacts.delete_artifact(run_id, "model/MLmodel")  # no version uses it any more
 
 
 def test_models_search_rename_and_delete(server: Server, tmp_path: Path) -> None:

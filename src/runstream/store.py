@@ -550,6 +550,18 @@ async def delete_artifact(conn: Conn, run_id: str, path: str) -> str | None:
     return key
 
 
+async def model_version_using(conn: Conn, run_id: str, path: str) -> tuple[str, int] | None:
+    """A registered model version whose source is this artifact (or a directory holding it)."""
+    row = await conn.fetchrow(
+        """SELECT m.name, v.version FROM model_versions v JOIN registered_models m USING (model_id)
+           WHERE v.run_id = $1::uuid AND ($2 = v.artifact_path OR starts_with($2, v.artifact_path || '/'))
+           ORDER BY m.name, v.version LIMIT 1""",
+        run_id,
+        path,
+    )
+    return (row["name"], row["version"]) if row else None
+
+
 async def list_artifacts(conn: Conn, run_id: str, prefix: str) -> list[asyncpg.Record]:
     """Files and directories directly under `prefix` ("" or ending in "/"): one row per name,
     a directory's size summing everything under it."""

@@ -163,7 +163,12 @@ class Artifacts:
     async def DeleteArtifact(self, req: apb.ArtifactRef, ctx: Any) -> apb.DeleteArtifactResponse:
         wire.check_run_id(req.run_id)
         path = check_path(req.path)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            used = await store.model_version_using(conn, req.run_id, path)
+            if used is not None:
+                raise FailedPrecondition(
+                    f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
+                )
             key = await store.delete_artifact(conn, req.run_id, path)
         if key is None:
             raise NotFound(f"run {req.run_id} has no artifact {path!r}")
