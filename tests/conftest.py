@@ -141,13 +141,15 @@ class Server:
             env=self.env,
         )
         deadline = time.monotonic() + timeout
+        load_only = "--role" in self.args and self.args[self.args.index("--role") + 1] == "load"
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             self.output.append(line)
-            if "runstream listening on" in line or ("loader" in line and "started" in line):
+            # Ready when gRPC listens; a load-only server never does, its loader starting is the sign.
+            if "runstream listening on" in line or (load_only and "loader" in line and "started" in line):
                 _pump(self.proc, self.output)
                 return self
         self.stop()
