@@ -114,9 +114,7 @@ def experiments_table(experiments: Sequence[qpb.ExperimentCounts]) -> str:
     rows = []
     for x in experiments:
         e = x.experiment
-        last = (
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(x.last_run_start_ms / 1000)) if x.last_run_start_ms else ""
-        )
+        last = _when(x.last_run_start_ms)
         name = e.name + (" (deleted)" if e.lifecycle_stage == "deleted" else "")
         counts = (x.runs, x.running, x.finished, x.failed, x.killed, x.deleted_runs)
         rows.append([e.experiment_id, name, *(f"{c:,}" for c in counts), last])
@@ -126,9 +124,8 @@ def experiments_table(experiments: Sequence[qpb.ExperimentCounts]) -> str:
 def artifacts_table(artifacts: Sequence[apb.Artifact]) -> str:
     rows = []
     for a in artifacts:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created_ms / 1000)) if a.created_ms else ""
         kind = "dir" if a.is_dir else (a.content_type or "")
-        rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], when])
+        rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], _when(a.created_ms)])
     return table(["path", "size", "type", "sha256", "created"], rows)
 
 
