@@ -132,6 +132,11 @@ class Server:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_port(self) -> int:
+        """Where /metrics (and the local store's signed URLs) are served."""
+        return int(self.args[self.args.index("--http-port") + 1])
+
     def start(self, timeout: float = 60.0) -> Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runstream.cli", "server", "--port", str(self.port), *self.args],
@@ -141,15 +146,13 @@ class Server:
             env=self.env,
         )
         deadline = time.monotonic() + timeout
-        load_only = "--role" in self.args and self.args[self.args.index("--role") + 1] == "load"
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             self.output.append(line)
-            # Ready when gRPC listens; a load-only server never does, its loader starting is the sign.
-            if "runstream listening on" in line or (load_only and "loader" in line and "started" in line):
+            if "runstream listening on" in line:  # every role serves gRPC (a loader: health)
                 _pump(self.proc, self.output)
                 return self
         self.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -43,7 +42,12 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--artifact-part-size", type=int, default=d.artifact_part_size, help="bytes per part of multipart uploads"
     )
-    p.add_argument("--role", choices=["all", "ingest", "load"], default=d.role)
+    p.add_argument(
+        "--role",
+        choices=["all", "ingest", "query", "load"],
+        default=d.role,
+        help="all: everything; ingest: tracking + artifacts; query: queries, registry, artifacts; load: a loader",
+    )
     p.add_argument("--loaders", type=int, default=d.loaders, help="loader processes (role all)")
     p.add_argument("--shards", type=int, default=d.shards, help="metric stream shards")
     p.add_argument("--redis-prefix", default=d.redis_prefix, help="prefix of every Redis key")
@@ -54,7 +58,13 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--max-backlog", type=int, default=d.max_backlog, help="stream entries per shard above which ingest pushes back"
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=os.environ.get("RUNSTREAM_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("RUNSTREAM_LOG_FORMAT", "text"),
+        help="json: one object per line with request ids, for log collectors",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "server":
         from runstream import server
+        from runstream.logs import configure
 
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure(args.log_level, args.log_format)
         settings = Settings(
             host=args.host,
             port=args.port,

@@ -21,7 +21,7 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     postgres_url: str | None = None  # None: the embedded PostgreSQL in data_dir
     redis_url: str | None = None  # None: the embedded Redis in data_dir
-    role: str = "all"  # all | ingest | load
+    role: str = "all"  # all | ingest | query | load
     loaders: int = 1  # loader processes started by role all
     shards: int = DEFAULT_SHARDS
     redis_prefix: str = DEFAULT_PREFIX

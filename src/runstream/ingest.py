@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import grpc
 import redis.asyncio as aioredis
 
 from runstream import batch as wire
@@ -30,6 +31,7 @@ from runstream.errors import (
 )
 from runstream.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.messages import experiment_message, run_message
+from runstream.metrics import INGEST_RPCS, Metrics
 from runstream.proto import tracking_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,12 @@ def _experiment_id(text: str) -> int:
 class Tracking:
     """The TrackingService handlers; see protos/runstream/v1/tracking.proto."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, max_backlog: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, max_backlog: int, metrics: Metrics | None = None
+    ) -> None:
         self.pool = pool
+        self.metrics = metrics or Metrics()
+        self._rpc_metrics = {rpc: _RpcMetrics(self.metrics, rpc) for rpc in INGEST_RPCS}
         self.redis = redis
         self.keys = keys
         self.max_backlog = max_backlog
@@ -242,10 +248,13 @@ class Tracking:
             raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
 
-    async def _accept(self, data: bytes) -> tuple[pb.BatchAck, asyncio.Future[None] | None]:
+    async def _accept(self, data: bytes, m: _RpcMetrics) -> tuple[pb.BatchAck, asyncio.Future[None] | None]:
         """Validate one serialized batch and submit it to its shard's appender; returns the ack
         to send and the future of the append (None for an empty batch)."""
+        m.batches.inc()
+        m.bytes.inc(len(data))
         b = wire.decode(data)
+        m.points.inc(b.points)
         wire.validate(b, len(data), self._known_keys)
         await self._check_run(b.run_id)
         shard = self.keys.shard_of(b.run_id)
@@ -259,40 +268,71 @@ class Tracking:
         return ack, self._appenders[shard].submit({FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
-        ack, appended = await self._accept(data)
-        if appended is not None:
-            await appended
+        m = self._rpc_metrics["LogMetrics"]
+        t0 = time.perf_counter()
+        try:
+            ack, appended = await self._accept(data, m)
+            if appended is not None:
+                await appended
+        except RunstreamError as exc:
+            m.rejected(exc.code)
+            raise
+        m.ack_latency.observe(time.perf_counter() - t0)
         return ack
 
     async def StreamMetrics(self, requests: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[pb.BatchAck]:
         """Batches of one stream are validated in order and appended in order, but a sender is
         not held to one Redis round trip per batch: up to STREAM_PIPELINE appends are in flight,
         and each ack goes back once its own append has returned."""
-        inflight: asyncio.Queue[tuple[pb.BatchAck, asyncio.Future[None] | None] | None] = asyncio.Queue(STREAM_PIPELINE)
+        m = self._rpc_metrics["StreamMetrics"]
+        Inflight = tuple[pb.BatchAck, asyncio.Future[None] | None, float]
+        inflight: asyncio.Queue[Inflight | None] = asyncio.Queue(STREAM_PIPELINE)
 
         async def read() -> None:
             try:
                 async for data in requests:
+                    t0 = time.perf_counter()
                     try:
-                        await inflight.put(await self._accept(data))
+                        await inflight.put((*await self._accept(data, m), t0))
                     except RunstreamError as exc:
-                        await inflight.put((_refusal(data, exc), None))
+                        m.rejected(exc.code)
+                        await inflight.put((_refusal(data, exc), None, t0))
             finally:
                 await inflight.put(None)
 
         reader = asyncio.create_task(read())
+        self.metrics.active_streams.inc()
         try:
             while (item := await inflight.get()) is not None:
-                ack, appended = item
+                ack, appended, t0 = item
                 if appended is not None:
                     try:
                         await appended
                     except RunstreamError as exc:
+                        m.rejected(exc.code)
                         ack = pb.BatchAck(seq=ack.seq, code=exc.code.value[0], message=str(exc))
+                if not ack.code:
+                    m.ack_latency.observe(time.perf_counter() - t0)
                 yield ack
             await reader  # re-raise what ended the request stream, if anything
         finally:
             reader.cancel()
+            self.metrics.active_streams.dec()
+
+
+class _RpcMetrics:
+    """The ingest metrics of one RPC, with the label bound once (not per batch)."""
+
+    def __init__(self, metrics: Metrics, rpc: str) -> None:
+        self.rpc = rpc
+        self.points = metrics.points_received.labels(rpc)
+        self.batches = metrics.batches_received.labels(rpc)
+        self.bytes = metrics.bytes_received.labels(rpc)
+        self.ack_latency = metrics.ack_latency.labels(rpc)
+        self._rejected = metrics.batches_rejected
+
+    def rejected(self, code: grpc.StatusCode) -> None:
+        self._rejected.labels(self.rpc, code.name).inc()
 
 
 def _refusal(data: bytes, exc: RunstreamError) -> pb.BatchAck:

@@ -25,11 +25,15 @@ from runstream import batch as wire
 from runstream import chunks, store
 from runstream.errors import InvalidArgument
 from runstream.keys import FIELD_BATCH, FIELD_RECEIVED_MS, LOADER_GROUP, Keys
+from runstream.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, bytes, dict[bytes, bytes]]  # (stream, entry id, fields)
 SERIES_CACHE_MAX = 1_000_000
+RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
+# Failures that pass: the entries stay pending in Redis and are loaded again once claimed.
+TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, aioredis.ConnectionError, aioredis.TimeoutError)
 
 
 def failpoint(name: str) -> None:
@@ -64,8 +68,10 @@ class Loader:
         claim_idle_ms: int = 30_000,
         block_ms: int = 200,
         consumer: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
+        self.metrics = metrics or Metrics()
         self.redis = redis
         self.keys = keys
         self.read_count = read_count
@@ -89,18 +95,30 @@ class Loader:
         """Load until `stop` is set, then drain: keep loading until nothing is left.
 
         The next read is in flight while a transaction commits, so Redis and PostgreSQL
-        work at the same time; entries are still loaded in stream order."""
+        work at the same time; entries are still loaded in stream order. When PostgreSQL
+        or Redis fail, the loader waits and goes on: what it had read stays pending in
+        Redis and is claimed again after `claim_idle_ms`."""
         await self.setup()
-        reading = asyncio.create_task(self.read(block=True))
+        reading: asyncio.Task[list[Entry]] | None = None
         while True:
-            entries = await reading
-            if entries:
-                reading = asyncio.create_task(self.read(block=not stop.is_set()))
-                await self.load(entries)
-            elif stop.is_set() and await self._own_pending() == 0:
-                return
-            else:
-                reading = asyncio.create_task(self.read(block=not stop.is_set()))
+            try:
+                if reading is None:
+                    reading = asyncio.create_task(self.read(block=not stop.is_set()))
+                entries = await reading
+                reading = None
+                if entries:
+                    reading = asyncio.create_task(self.read(block=not stop.is_set()))
+                    await self.load(entries)
+                elif stop.is_set() and await self._own_pending() == 0:
+                    return
+            except TRANSIENT as exc:
+                self.metrics.loader_errors.inc()
+                log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
+                if reading is not None:
+                    reading.cancel()
+                    reading = None
+                self._last_claim = 0.0  # look for the entries left pending at the next read
+                await asyncio.sleep(RETRY_S)
 
     async def read(self, block: bool = True) -> list[Entry]:
         """The next entries to load: stale ones another loader left, else new ones."""
@@ -132,6 +150,7 @@ class Loader:
             for eid in reply[2] if len(reply) > 2 else []:  # entries deleted while pending
                 await self.redis.xack(stream, LOADER_GROUP, eid)
         if claimed:
+            self.metrics.entries_claimed.inc(len(claimed))
             log.warning("claimed %d entries left pending by another loader", len(claimed))
         return claimed
 
@@ -151,11 +170,13 @@ class Loader:
             except (InvalidArgument, KeyError) as exc:
                 log.error("dropping undecodable stream entry %s %s: %s", stream, eid, exc)
                 poison.append((stream, eid))
+                self.metrics.entries_dropped.inc()
                 continue
             writer = b.writer_id or wire.DEFAULT_WRITER
             ident = (b.run_id, writer, b.seq)
             if ident in seen:  # the same batch appended twice and read together
                 self.stats.duplicates += 1
+                self.metrics.batches_deduplicated.inc()
                 continue
             seen.add(ident)
             if writer != b.writer_id:
@@ -179,6 +200,8 @@ class Loader:
         self.stats.entries += len(entries)
         self.stats.transactions += 1
         self.stats.commit_s += t1 - t0
+        if batches:
+            self.metrics.commit_latency.observe(t1 - t0)
         self.stats.ack_s += time.perf_counter() - t1
 
     async def _commit(self, batches: list[wire.Batch], received: list[int]) -> None:
@@ -200,6 +223,7 @@ class Loader:
                     (b, r) for b, r in zip(batches, received, strict=True) if (b.run_id, b.writer_id, b.seq) in new
                 ]
                 self.stats.duplicates += len(batches) - len(fresh)
+                self.metrics.batches_deduplicated.inc(len(batches) - len(fresh))
                 if not fresh:
                     return
                 packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
@@ -209,6 +233,9 @@ class Loader:
                 await store.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
         self.stats.batches += len(fresh)
         self.stats.points += packed.points
+        self.metrics.batches_committed.inc(len(fresh))
+        self.metrics.points_committed.inc(packed.points)
+        self.metrics.copy_points.observe(packed.points)
 
 
 async def backlog(redis: aioredis.Redis, keys: Keys) -> int:

@@ -1,9 +1,11 @@
 """The runstream server process: services, roles and a graceful lifecycle.
 
-Role `all` (the default) runs the gRPC ingester in this process and `--loaders` loader
-processes beside it; `ingest` and `load` run one part only, so parts scale on their own.
+Role `all` (the default) serves every gRPC service in this process and runs `--loaders`
+loader processes beside it. `ingest` (tracking and artifacts), `query` (queries, registry
+and artifacts) and `load` (a loader) run one part each, so each part scales on its own.
+Every role serves gRPC health and reflection, and /metrics on its HTTP port.
 With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
-On SIGINT/SIGTERM: stop accepting RPCs, let the loaders drain the streams, then exit.
+On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import multiprocessing
 import multiprocessing.synchronize
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -22,6 +24,9 @@ import asyncpg
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from runstream import store
 from runstream.artifacts.local import LocalStore
@@ -29,9 +34,19 @@ from runstream.artifacts.service import Artifacts
 from runstream.artifacts.stores import S3Options, StoreSettings, StoreUnavailable, open_store
 from runstream.config import Settings
 from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
+from runstream.health import HealthWatch
 from runstream.ingest import Tracking
 from runstream.keys import Keys
 from runstream.loader import Loader
+from runstream.logs import announce, configure_from_env
+from runstream.metrics import (
+    Metrics,
+    StreamStats,
+    exposition,
+    forget_multiprocess_dir,
+    process_exited,
+    use_multiprocess_dir,
+)
 from runstream.proto import artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 from runstream.query import Query
 from runstream.registry import Registry
@@ -40,6 +55,13 @@ from runstream.rpc import service_handler
 log = logging.getLogger(__name__)
 DrainFlag = multiprocessing.synchronize.Event
 MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
+POOL_SAMPLE_S = 1.0
+ROLE_SERVICES = {
+    "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService"),
+    "ingest": ("TrackingService", "ArtifactService"),
+    "query": ("QueryService", "RegistryService", "ArtifactService"),
+    "load": (),
+}
 
 
 @contextmanager
@@ -62,7 +84,7 @@ def services(settings: Settings) -> Iterator[Settings]:
             service.stop()
 
 
-async def connect(settings: Settings) -> tuple[asyncpg.Pool, aioredis.Redis]:
+async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
     assert settings.postgres_url and settings.redis_url
     pool = await asyncpg.create_pool(
         settings.postgres_url,
@@ -72,7 +94,8 @@ async def connect(settings: Settings) -> tuple[asyncpg.Pool, aioredis.Redis]:
     )
     tcp = not settings.redis_url.startswith("unix://")
     redis = aioredis.from_url(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
-    await redis.ping()
+    if need_redis:
+        await redis.ping()
     return pool, redis
 
 
@@ -84,59 +107,111 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve_ingest(
-    settings: Settings, loaders: list[multiprocessing.process.BaseProcess], drain: DrainFlag | None = None
+async def _sample_pool(pool: asyncpg.Pool, metrics: Metrics) -> None:
+    while True:
+        metrics.sample_pool(pool)
+        await asyncio.sleep(POOL_SAMPLE_S)
+
+
+async def serve(
+    settings: Settings,
+    loaders: list[multiprocessing.process.BaseProcess] | None = None,
+    drain: DrainFlag | None = None,
 ) -> None:
-    pool, redis = await connect(settings)
+    """One server process of any role: its gRPC services with health and reflection, and
+    an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
+    loaders = loaders or []
+    metrics = Metrics()
+    wanted = ROLE_SERVICES[settings.role]
+    pool, redis = await connect(settings, need_redis=settings.role != "query")
     async with pool.acquire() as conn:
         applied = await store.migrate(conn)
     if applied:
         log.info("applied migrations %s", applied)
     keys = Keys(settings.redis_prefix, settings.shards)
-    tracking = Tracking(pool, redis, keys, settings.max_backlog)
-    await tracking.start()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
     )
-    query = Query(pool)
-    artifacts, http = await _artifacts(settings, pool)
-    server.add_generic_rpc_handlers(
-        (
-            service_handler(tracking, tracking_pb2, "TrackingService"),
-            service_handler(query, query_pb2, "QueryService"),
-            service_handler(artifacts, artifacts_pb2, "ArtifactService"),
-            service_handler(Registry(pool), registry_pb2, "RegistryService"),
-        )
+    http = web.Application(client_max_size=0)
+    closing: list[Callable[[], Awaitable[None]]] = []
+    handlers = []
+    if "TrackingService" in wanted:
+        tracking = Tracking(pool, redis, keys, settings.max_backlog, metrics)
+        await tracking.start()
+        closing.append(tracking.stop)
+        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
+    if "QueryService" in wanted:
+        query = Query(pool)
+        closing.append(query.close)
+        handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
+    if "ArtifactService" in wanted:
+        artifacts = await _artifacts(settings, pool, metrics, http)
+        closing.append(artifacts.close)
+        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
+    if "RegistryService" in wanted:
+        handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+    server.add_generic_rpc_handlers(tuple(handlers))
+
+    names = [f"runstream.v1.{name}" for name in wanted]
+    health = HealthWatch(pool, None if settings.role == "query" else redis, names)
+    await health.start()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
+
+    streams = None if settings.role == "query" else StreamStats(redis, keys)
+
+    async def scrape(request: web.Request) -> web.Response:
+        metrics.sample_pool(pool)
+        if streams is not None:
+            await streams.refresh()
+        body = await asyncio.to_thread(exposition, streams)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    http.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(http, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.http_port).start()
+    sampler = asyncio.create_task(_sample_pool(pool, metrics))
+
     stop = _stop_event()
-    print(f"runstream artifacts: {settings.artifacts_url}" + (f", served on {settings.http_url}" if http else ""))
-    print(
-        f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes)",
-        flush=True,
+    loading = None
+    if settings.role == "load":
+        loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
+    if "ArtifactService" in wanted:
+        announce(f"runstream artifacts: {settings.artifacts_url}, signed URLs of a local store on {settings.http_url}")
+    announce(
+        f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes; "
+        f"/metrics on http://{settings.host}:{settings.http_port})"
     )
     await stop.wait()
-    print("runstream: stopping; no new RPCs, draining streams into PostgreSQL", flush=True)
+    announce("runstream: stopping; health NOT_SERVING, no new RPCs, draining streams into PostgreSQL")
+    await health.drain()
     await server.stop(settings.grace_s)
-    await tracking.stop()
-    await query.close()
-    await artifacts.close()
-    if http is not None:
-        await http.cleanup()
+    for close in closing:
+        await close()
+    if loading is not None:
+        await loading
     if drain is not None:
         drain.set()  # the loaders drain, then exit (also one that is still starting)
     for proc in loaders:
         await asyncio.to_thread(proc.join)
+        if proc.pid is not None:
+            process_exited(proc.pid)
+    sampler.cancel()
+    await runner.cleanup()
     await pool.close()
     await redis.aclose()
 
 
-async def _artifacts(settings: Settings, pool: asyncpg.Pool) -> tuple[Artifacts, web.AppRunner | None]:
-    """The ArtifactService on its store; a local store's signed URLs are served over HTTP here."""
+async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:
+    """The ArtifactService on its store; a local store's signed URLs are served on `http`."""
     s3 = S3Options(
         settings.s3_endpoint_url, settings.s3_public_endpoint_url, settings.s3_region, settings.s3_addressing_style
     )
@@ -147,14 +222,11 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool) -> tuple[Artifacts,
         objects = await open_store(store_settings)
     except (ValueError, StoreUnavailable) as exc:  # a wrong flag or bucket: say so and stop, no traceback
         raise SystemExit(f"runstream: cannot use the artifact store {settings.artifacts_url}: {exc}") from None
-    runner = None
     if isinstance(objects, LocalStore):
-        runner = web.AppRunner(objects.app(), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.http_port).start()
-    artifacts = Artifacts(pool, objects, store_settings)
+        objects.add_routes(http)
+    artifacts = Artifacts(pool, objects, store_settings, metrics)
     artifacts.start()
-    return artifacts, runner
+    return artifacts
 
 
 async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:
@@ -164,63 +236,70 @@ async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def serve_load(settings: Settings, drain: DrainFlag | None = None) -> None:
-    pool, redis = await connect(settings)
-    async with pool.acquire() as conn:
-        await store.migrate(conn)
+async def run_loader(
+    pool: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, metrics: Metrics, stop: asyncio.Event
+) -> None:
+    """Load until `stop` is set, then drain what is left."""
     loader = Loader(
         pool,
         redis,
         Keys(settings.redis_prefix, settings.shards),
         read_count=settings.read_count,
         claim_idle_ms=settings.claim_idle_ms,
+        metrics=metrics,
     )
-    stop = _stop_event()
-    follower = asyncio.create_task(_follow(drain, stop)) if drain is not None else None
     log.info("loader %s started", loader.consumer)
     await loader.run(stop)
-    if follower is not None:
-        follower.cancel()
     log.info("loader %s drained: %s", loader.consumer, loader.stats)
+
+
+async def _spawned_loader(settings: Settings, drain: DrainFlag) -> None:
+    metrics = Metrics()
+    pool, redis = await connect(settings)
+    sampler = asyncio.create_task(_sample_pool(pool, metrics))
+    stop = _stop_event()
+    follower = asyncio.create_task(_follow(drain, stop))
+    await run_loader(pool, redis, settings, metrics, stop)
+    follower.cancel()
+    sampler.cancel()
     await pool.close()
     await redis.aclose()
 
 
 def loader_process(settings: Settings, drain: DrainFlag) -> None:
     """Entry point of a loader process started by role `all`; it stops when `drain` is set."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s loader %(levelname)s %(message)s")
+    configure_from_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    asyncio.run(serve_load(settings, drain))
+    asyncio.run(_spawned_loader(settings, drain))
 
 
 def run(settings: Settings) -> int:
     settings.env_overrides()
-    with services(settings) as resolved:
-        print(
-            f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}", flush=True
-        )
-        if resolved.role == "load":
-            asyncio.run(serve_load(resolved))
-            return 0
-        loaders: list[multiprocessing.process.BaseProcess] = []
-        ctx = multiprocessing.get_context("spawn")
-        drain = ctx.Event()
-        if resolved.role == "all":
-            for _ in range(resolved.loaders):
-                proc: multiprocessing.process.BaseProcess = ctx.Process(
-                    target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False
-                )
-                proc.start()
-                loaders.append(proc)
-        try:
-            asyncio.run(serve_ingest(resolved, loaders, drain))
-        finally:
-            drain.set()
-            for proc in loaders:
-                proc.join(60)
-                if proc.is_alive():
-                    log.error("loader %s did not drain within 60 s; terminating it", proc.pid)
-                    proc.terminate()
+    metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
+    try:
+        with services(settings) as resolved:
+            announce(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}")
+            loaders: list[multiprocessing.process.BaseProcess] = []
+            ctx = multiprocessing.get_context("spawn")
+            drain = ctx.Event()
+            if resolved.role == "all":
+                for _ in range(resolved.loaders):
+                    proc: multiprocessing.process.BaseProcess = ctx.Process(
+                        target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False
+                    )
+                    proc.start()
+                    loaders.append(proc)
+            try:
+                asyncio.run(serve(resolved, loaders, drain))
+            finally:
+                drain.set()
+                for proc in loaders:
+                    proc.join(60)
+                    if proc.is_alive():
+                        log.error("loader %s did not drain within 60 s; terminating it", proc.pid)
+                        proc.terminate()
+    finally:
+        forget_multiprocess_dir(metrics_dir)
     return 0
 
 

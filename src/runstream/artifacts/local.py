@@ -117,11 +117,10 @@ class LocalStore:
 
     # ------------------------------------------------------------ serving the URLs
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
+    def add_routes(self, app: web.Application) -> None:
+        """Serve the signed URLs on `app` (made with client_max_size=0: uploads are streamed)."""
         app.router.add_put("/objects/{key:.+}", self._put)
         app.router.add_get("/objects/{key:.+}", self._get)
-        return app
 
     def _check(self, request: web.Request, method: str) -> tuple[str, int, str, str, int]:
         key = request.match_info["key"]

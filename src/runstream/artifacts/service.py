@@ -17,6 +17,7 @@ from runstream import store
 from runstream.artifacts.paths import check_path, check_prefix, object_key
 from runstream.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
+from runstream.metrics import Metrics
 from runstream.proto import artifacts_pb2 as apb
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,11 @@ SWEEP_S = 600.0
 
 
 class Artifacts:
-    def __init__(self, pool: asyncpg.Pool, objects: ObjectStore, settings: StoreSettings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, objects: ObjectStore, settings: StoreSettings, metrics: Metrics | None = None
+    ) -> None:
         self.pool = pool
+        self.metrics = metrics or Metrics()
         self.objects = objects
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
@@ -88,6 +92,7 @@ class Artifacts:
                     "part_size": part_size,
                 },
             )
+        self.metrics.uploads_signed.labels("multipart" if parts else "single").inc()
         return out
 
     async def SignParts(self, req: apb.SignPartsRequest, ctx: Any) -> apb.SignPartsResponse:
@@ -135,6 +140,8 @@ class Artifacts:
             async with conn.transaction():
                 row = await store.record_artifact(conn, upload)
                 await store.delete_upload(conn, req.upload_id)
+        self.metrics.uploads_completed.inc()
+        self.metrics.upload_bytes.inc(upload["size"])
         return _artifact(row, is_dir=False)
 
     async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
