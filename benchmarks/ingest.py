@@ -1,6 +1,7 @@
 """Ingest benchmark: server capacity and the SDK path, on the machine's PostgreSQL and Redis.
 
     python benchmarks/ingest.py [--postgres-url URL] [--redis-url URL] [--points N] [--loaders N]
+                                [--ingesters M] [--scale-out 1,2] [--metrics-cost]
 
 1. Server capacity: a load generator streams pre-encoded MetricBatches (10 keys per step) on
    1, 4 and 16 StreamMetrics streams; points/s from the first send until every point is
@@ -8,6 +9,11 @@
    into the same PostgreSQL (the ceiling), with the ratio.
 2. SDK path: 4 processes calling `run.log_metrics` with 10 keys per step as fast as they can;
    points/s until committed, and the SDK's cost per point in the calling thread.
+
+3. Scale-out (--scale-out 1,2): M --role ingest and N --role load processes for every M, N
+   given, the generators' streams spread over the ingesters; committed points/s.
+4. Cost of /metrics (--metrics-cost): the same load with and without every process's
+   /metrics fetched once a second, interleaved; the ratio of committed points/s.
 
 Each configuration uses a fresh database and Redis prefix; the server runs as
 `runstream server` subprocess exactly as deployed.
@@ -43,7 +49,9 @@ RUNS = 4
 
 
 class BenchServer:
-    """A fresh database + Redis prefix and a `runstream server` on them."""
+    """A fresh database + Redis prefix and runstream servers on them: one `--role all` server
+    with `loaders` loader processes, or (`ingesters` > 0) that many `--role ingest` servers
+    and `loaders` `--role load` servers, each a process as deployed."""
 
     def __init__(
         self,
@@ -52,53 +60,86 @@ class BenchServer:
         loaders: int,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        ingesters: int = 0,
     ) -> None:
         self.admin_url, self.redis_url = admin_url, redis_url
         self.db = f"rs_bench_{uuid.uuid4().hex[:8]}"
         self.prefix = f"rs-bench-{uuid.uuid4().hex[:8]}"
         asyncio.run(_execute(admin_url, f"CREATE DATABASE {self.db}"))
         self.db_url = admin_url.rsplit("/", 1)[0] + "/" + self.db
-        self.port = _free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
+        self.procs: list[subprocess.Popen[str]] = []
+        self.output: list[str] = []
+        self.targets: list[str] = []
+        self.http_ports: list[int] = []
+        if ingesters == 0:
+            self._start(["--loaders", str(loaders), *extra], env)
+        else:
+            for _ in range(ingesters):
+                self._start(["--role", "ingest", *extra], env)
+            for _ in range(loaders):
+                self._start(["--role", "load", *extra], env, serves=False)
+        self.target = self.targets[0]
+
+    def _start(self, args: list[str], env: dict[str, str] | None, serves: bool = True) -> None:
+        port, http_port = _free_port(), _free_port()
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "runstream.cli",
                 "server",
                 "--port",
-                str(self.port),
+                str(port),
                 "--postgres-url",
                 self.db_url,
                 "--redis-url",
-                redis_url,
+                self.redis_url,
                 "--redis-prefix",
                 self.prefix,
-                "--loaders",
-                str(loaders),
                 "--http-port",
-                str(_free_port()),
+                str(http_port),
                 "--log-level",
                 "WARNING",
-                *extra,
+                *args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
         )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             if "listening on" in line:
                 break
         else:
             raise RuntimeError("the server did not start")
-        self.output: list[str] = []
-        threading.Thread(target=lambda: self.output.extend(self.proc.stdout or []), daemon=True).start()
+        threading.Thread(target=lambda: self.output.extend(proc.stdout or []), daemon=True).start()
+        self.procs.append(proc)
+        self.http_ports.append(http_port)
+        if serves:
+            self.targets.append(f"127.0.0.1:{port}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server processes and their children (the loaders) so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+        mine = {p.pid for p in self.procs}
+        mine |= {pid for pid, (ppid, _) in stats.items() if ppid in mine}
+        return sum(stats[pid][1] for pid in mine if pid in stats) / tick
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(120)
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(120)
         for line in self.output:
             if "drained" in line:  # the loaders' own account: transactions and where the time went
                 print("   ", line.strip().split(" INFO ", 1)[-1], file=sys.stderr)
@@ -106,6 +147,34 @@ class BenchServer:
         for key in r.scan_iter(f"{self.prefix}:*"):
             r.delete(key)
         asyncio.run(_execute(self.admin_url, f"DROP DATABASE {self.db} WITH (FORCE)"))
+
+
+class Scraper:
+    """Prometheus' part: GET every process's /metrics once a `interval` seconds."""
+
+    def __init__(self, ports: list[int], interval: float = 1.0) -> None:
+        self.ports, self.interval = ports, interval
+        self.durations: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import urllib3
+
+        while not self._stop.wait(self.interval):
+            for port in self.ports:
+                t0 = time.perf_counter()
+                reply = urllib3.request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
+                assert reply.status == 200 and b"runstream_points_committed_total" in reply.data
+                self.durations.append(time.perf_counter() - t0)
 
 
 async def _execute(url: str, sql: str) -> None:
@@ -187,18 +256,17 @@ async def _stream(target: str, batches: list[bytes], window: int, latencies: lis
 
 
 def _generator(
-    target: str,
-    specs: list[tuple[str, str, int, int]],
+    specs: list[tuple[str, tuple[str, str, int, int]]],
     window: int,
     start: threading.Barrier,
     results: multiprocessing.Queue,
 ) -> None:  # type: ignore[type-arg]
     """One load-generator process: its streams' batches are encoded before the clock starts."""
-    work = [make_batches(*spec) for spec in specs]
+    work = [(target, make_batches(*spec)) for target, spec in specs]
     latencies: list[float] = []
 
     async def go() -> None:
-        await asyncio.gather(*(_stream(target, w, window, latencies) for w in work))
+        await asyncio.gather(*(_stream(target, w, window, latencies) for target, w in work))
 
     start.wait()
     asyncio.run(go())
@@ -206,19 +274,25 @@ def _generator(
 
 
 async def _capacity(
-    server: BenchServer, streams: int, batch_points: int, total: int, window: int, generators: int
+    server: BenchServer,
+    streams: int,
+    batch_points: int,
+    total: int,
+    window: int,
+    generators: int,
+    with_raw: bool = True,
 ) -> dict[str, float]:
     with runstream.Client(server.target) as client:
         run_ids = [client.create_run("bench", f"capacity-{streams}x{batch_points}").run_id for _ in range(RUNS)]
     per_stream = max(1, total // (streams * batch_points))
     specs = [(run_ids[i % RUNS], f"gen{i}", per_stream, batch_points) for i in range(streams)]
+    routed = [(server.targets[i % len(server.targets)], spec) for i, spec in enumerate(specs)]
     expected = per_stream * batch_points * streams
     generators = min(generators, streams)
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(generators + 1), ctx.Queue()
     procs = [
-        ctx.Process(target=_generator, args=(server.target, specs[g::generators], window, start, results))
-        for g in range(generators)
+        ctx.Process(target=_generator, args=(routed[g::generators], window, start, results)) for g in range(generators)
     ]
     for proc in procs:
         proc.start()
@@ -229,7 +303,7 @@ async def _capacity(
     for proc in procs:
         proc.join()
     committed = await _wait_committed(server.db_url, run_ids, expected)
-    raw = await _raw_copy_rate(server.db_url, [b for spec in specs for b in make_batches(*spec)])
+    raw = await _raw_copy_rate(server.db_url, [b for spec in specs for b in make_batches(*spec)]) if with_raw else 0.0
     lat = np.array(latencies) * 1000
     return {
         "points": expected,
@@ -332,6 +406,103 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
+def _run_capacity(args: argparse.Namespace, ingesters: int, loaders: int, scraped: bool = False) -> dict[str, float]:
+    server = BenchServer(args.postgres_url, args.redis_url, loaders, ingesters=ingesters)
+    try:
+        scraper = Scraper(server.http_ports) if scraped else None
+        cpu_before = server.cpu_seconds()
+        if scraper is not None:
+            scraper.__enter__()
+        try:
+            r = asyncio.run(
+                _capacity(
+                    server, args.scale_streams, args.scale_batch_points, args.points, args.window, 2, with_raw=False
+                )
+            )
+        finally:
+            if scraper is not None:
+                scraper.__exit__()
+        r["server_cpu_us"] = (server.cpu_seconds() - cpu_before) / r["points"] * 1e6
+        if scraper is not None:
+            r["scrapes"] = len(scraper.durations)
+            r["scrape_ms"] = float(np.mean(scraper.durations)) * 1000 if scraper.durations else float("nan")
+        return r
+    finally:
+        server.close()
+
+
+def _scale_out(args: argparse.Namespace) -> None:
+    counts = [int(x) for x in args.scale_out.split(",")]
+    rows = []
+    for ingesters in counts:
+        for loaders in counts:
+            best = max(
+                (_run_capacity(args, ingesters, loaders) for _ in range(args.repeat)), key=lambda r: r["committed_pps"]
+            )
+            rows.append(
+                [
+                    str(ingesters),
+                    str(loaders),
+                    f"{best['points']:,.0f}",
+                    f"{best['acked_pps']:,.0f}",
+                    f"{best['committed_pps']:,.0f}",
+                    f"{best['p50_ms']:.1f}",
+                    f"{best['p99_ms']:.1f}",
+                ]
+            )
+            print(f"  {ingesters} ingest + {loaders} load: {best['committed_pps']:,.0f} points/s", file=sys.stderr)
+    print(
+        f"\nScale-out: separate --role ingest and --role load processes on one Redis and PostgreSQL "
+        f"({args.scale_streams} streams of {args.scale_batch_points:,}-point batches from 2 generator processes, "
+        f"best of {args.repeat})\n"
+    )
+    print(table(["ingesters", "loaders", "points", "acked pts/s", "committed pts/s", "ack p50 ms", "ack p99 ms"], rows))
+
+
+def _metrics_cost(args: argparse.Namespace) -> None:
+    """The same load with and without /metrics scraped every second, interleaved run by run."""
+    plain, scraped, scrape_ms = [], [], []
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.repeat):
+        for with_scraper in (False, True) if i % 2 == 0 else (True, False):
+            r = _run_capacity(args, 0, args.loaders, scraped=with_scraper)
+            (scraped if with_scraper else plain).append(r["committed_pps"])
+            cpu[with_scraper].append(r["server_cpu_us"])
+            if with_scraper:
+                scrape_ms.append(r["scrape_ms"])
+            print(f"  scraped={with_scraper}: {r['committed_pps']:,.0f} points/s", file=sys.stderr)
+    a, b = float(np.median(plain)), float(np.median(scraped))
+    print(
+        f"\nCost of /metrics (role all, {args.loaders} loader process(es), scraped every 1 s; "
+        f"median of {args.repeat} interleaved runs each)\n"
+    )
+    print(
+        table(
+            ["/metrics", "committed pts/s (median)", "runs", "server CPU µs/point (median)", "mean scrape ms"],
+            [
+                [
+                    "not scraped",
+                    f"{a:,.0f}",
+                    " ".join(f"{x / 1e6:.2f}M" for x in plain),
+                    f"{np.median(cpu[False]):.3f}",
+                    "-",
+                ],
+                [
+                    "scraped 1/s",
+                    f"{b:,.0f}",
+                    " ".join(f"{x / 1e6:.2f}M" for x in scraped),
+                    f"{np.median(cpu[True]):.3f}",
+                    f"{np.mean(scrape_ms):.1f}",
+                ],
+            ],
+        )
+    )
+    print(
+        f"\nscraped / not scraped: {b / a:.1%} of the points/s (target: within 3 %), "
+        f"{np.median(cpu[True]) / np.median(cpu[False]):.1%} of the server CPU per point"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     service_arguments(p)
@@ -345,12 +516,22 @@ def main() -> None:
     p.add_argument("--sdk-steps", type=int, default=250_000, help="log_metrics calls per SDK process")
     p.add_argument("--skip-sdk", action="store_true")
     p.add_argument("--skip-capacity", action="store_true")
+    p.add_argument("--ingesters", type=int, default=0, help="capacity on N --role ingest + --loaders --role load")
+    p.add_argument("--scale-out", default="", help="e.g. 1,2: the ingesters x loaders table for those counts")
+    p.add_argument("--metrics-cost", action="store_true", help="committed points/s with and without scraping")
+    p.add_argument("--scale-streams", type=int, default=8, help="streams of the scale-out and metrics runs")
+    p.add_argument("--scale-batch-points", type=int, default=1000, help="batch size of those runs")
+    p.add_argument("--repeat", type=int, default=3, help="runs per scale-out or metrics-cost configuration")
     args = p.parse_args()
+    if args.scale_out:
+        _scale_out(args)
+    if args.metrics_cost:
+        _metrics_cost(args)
 
     rows = []
     for batch_points in [] if args.skip_capacity else [int(x) for x in args.batch_points.split(",")]:
         for streams in [int(x) for x in args.streams.split(",")]:
-            server = BenchServer(args.postgres_url, args.redis_url, args.loaders)
+            server = BenchServer(args.postgres_url, args.redis_url, args.loaders, ingesters=args.ingesters)
             try:
                 r = asyncio.run(_capacity(server, streams, batch_points, args.points, args.window, args.generators))
             finally:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+import runstream
 from runstream.server import ROLE_SERVICES
 from tests.conftest import ROOT, Server
 from tests.test_operations import scrape
@@ -154,8 +155,19 @@ def test_the_dashboard_asks_only_for_metrics_the_server_exports(server: Server) 
     asked = set(re.findall(r"\brunstream_[a-z_]+", " ".join(exprs)))
     alerts = (DEPLOY / "compose" / "alerts.yml").read_text()
     asked |= set(re.findall(r"\brunstream_[a-z_]+", alerts))
+    with runstream.Client(server.target) as client, runstream.QueryClient(server.target) as reader:
+        run = client.start_run("dashboard")
+        run.log_metric("loss", 0.5, step=0)
+        run.end()
+        server.wait_points(run.run_id, 1)
+        reader.get_metric_history(run.run_id, "loss")  # series of an RPC appear once it is called
     _, samples = scrape(server)
     exported = {name for name, _ in samples}
+    assert ("QueryService", "GetMetricHistory") in {
+        (dict(labels).get("service"), dict(labels).get("rpc"))
+        for name, labels in samples
+        if name == "runstream_rpc_latency_seconds_count"
+    }
     assert not asked - exported, f"not exported by the server: {sorted(asked - exported)}"
     cells = set()  # panels do not overlap
     for p in dashboard["panels"]:

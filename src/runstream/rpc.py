@@ -45,12 +45,17 @@ class _Observed:
 
     def __init__(self, metrics: Metrics, service: str, rpc: str) -> None:
         self.service, self.rpc = service, rpc
-        self.latency = metrics.rpc_latency.labels(service, rpc)
-        self._failures = metrics.rpc_failures
+        self._metrics = metrics
+        self._latency: Any = None  # bound on first use: an RPC never called adds no series to scrape
+
+    def observe(self, seconds: float) -> None:
+        if self._latency is None:
+            self._latency = self._metrics.rpc_latency.labels(self.service, self.rpc)
+        self._latency.observe(seconds)
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
         code, message = status_for(exc)
-        self._failures.labels(self.service, self.rpc, code.name).inc()
+        self._metrics.rpc_failures.labels(self.service, self.rpc, code.name).inc()
         if code == grpc.StatusCode.INTERNAL:
             log.exception("%s.%s failed", self.service, self.rpc)
         else:
@@ -67,7 +72,7 @@ def _unary(fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed) -> Callabl
         except Exception as exc:  # every failure becomes a status the client can act on
             await seen.fail(ctx, exc, rid)
         finally:
-            seen.latency.observe(time.perf_counter() - t0)
+            seen.observe(time.perf_counter() - t0)
 
     return handler
 
