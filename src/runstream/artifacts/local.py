@@ -20,6 +20,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -149,13 +150,19 @@ class LocalStore:
         written = 0
         digest = hashlib.sha256()
         try:
-            with tmp.open("wb") as out:  # writes of 1 MiB land in the page cache: short enough to not block
+            with tmp.open("wb") as out:
+                # Hashing and writing go to a thread a MiB at a time (both release the GIL), so
+                # an upload does not hold up the gRPC handlers sharing this event loop.
+                pending: list[bytes] = []
                 async for data in request.content.iter_chunked(CHUNK):
                     written += len(data)
                     if written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
-                    digest.update(data)
-                    out.write(data)
+                    pending.append(data)
+                    if sum(map(len, pending)) >= CHUNK:
+                        await asyncio.to_thread(_absorb, pending, digest, out)
+                        pending = []
+                await asyncio.to_thread(_absorb, pending, digest, out)
             if written != size:
                 raise web.HTTPBadRequest(text=f"got {written} bytes; this URL takes exactly {size}")
             if digest.hexdigest() != sha256:
@@ -171,6 +178,12 @@ class LocalStore:
         if not path.is_file():
             raise web.HTTPNotFound(text="no such object")
         return web.FileResponse(path, chunk_size=CHUNK)
+
+
+def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:
+    for block in blocks:
+        digest.update(block)
+        out.write(block)
 
 
 def _etag(path: Path) -> str:
