@@ -430,3 +430,56 @@ def test_figures_and_dicts_are_logged_with_their_types(server: Server, tmp_path:
         got = client.download_artifacts(run.run_id, "config.json", tmp_path)
         assert json.loads(got.read_text()) == {"layers": [64, 32], "lr": 0.1}
     plt.close(fig)
+
+
+def _begin(client: runstream.Client, run_id: str, path: str, body: bytes) -> Any:
+    """CreateUpload for `body` at `path`, and its single PUT sent (not completed)."""
+    upload: Any = _rpc(
+        client,
+        "CreateUpload",
+        apb.CreateUploadRequest(run_id=run_id, path=path, size=len(body), sha256=hashlib.sha256(body).hexdigest()),
+    )
+    parts = urlsplit(upload.url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    conn.request("PUT", f"{parts.path}?{parts.query}", body=body, headers=dict(upload.headers))
+    assert conn.getresponse().status == 200
+    conn.close()
+    return upload
+
+
+def test_a_replacement_leaves_the_recorded_bytes_alone_until_it_completes(store: Store, tmp_path: Path) -> None:
+    v1, v2, v3 = b"weights v1", b"weights v2, longer", b"v3"
+    with runstream.Client(store.server.target) as client:
+        run_id = client.create_run("replace").run_id
+        first = _begin(client, run_id, "model.bin", v1)
+        _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=first.upload_id))
+        canonical = [k for k in store.objects() if k.endswith(f"runs/{run_id}/artifacts/model.bin")]
+        assert len(canonical) == 1
+
+        second = _begin(client, run_id, "model.bin", v2)  # bytes sent, not completed
+        assert client.download_artifacts(run_id, "model.bin", tmp_path / "a").read_bytes() == v1
+        _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=second.upload_id))
+        assert client.download_artifacts(run_id, "model.bin", tmp_path / "b").read_bytes() == v2
+        assert [a.size for a in client.list_artifacts(run_id)] == [len(v2)]
+        mine = [k for k in store.objects() if f"runs/{run_id}/" in k]
+        assert len(mine) == 1 and canonical[0] not in mine  # the replaced object is gone
+
+        third = _begin(client, run_id, "model.bin", v3)  # then abandoned
+        _rpc(client, "AbortUpload", apb.UploadRef(upload_id=third.upload_id))
+        assert client.download_artifacts(run_id, "model.bin", tmp_path / "c").read_bytes() == v2
+        assert [k for k in store.objects() if f"runs/{run_id}/" in k] == mine
+
+
+def test_a_model_versions_source_cannot_be_replaced(server: Server, tmp_path: Path) -> None:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("registered").run_id
+        upload = _begin(client, run_id, "model/weights.bin", b"w1")
+        _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=upload.upload_id))
+        open_replacement = _begin(client, run_id, "model/weights.bin", b"w2")  # before the registration
+        client.register_model(run_id, "model", "replace-guard")
+        for path in ("model/weights.bin", "model/new.txt"):
+            with pytest.raises(runstream.errors.FailedPrecondition, match="'replace-guard' version 1"):
+                _begin(client, run_id, path, b"other")
+        with pytest.raises(runstream.errors.FailedPrecondition, match="'replace-guard' version 1"):
+            _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=open_replacement.upload_id))
+        assert client.download_artifacts(run_id, "model/weights.bin", tmp_path).read_bytes() == b"w1"

@@ -492,6 +492,22 @@ async def create_upload(conn: Conn, upload: dict[str, Any]) -> None:
     )
 
 
+async def lock_object_key(conn: Conn, key: str) -> None:
+    """Serialize, until the transaction ends, everyone choosing or replacing this key."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+
+async def object_key_taken(conn: Conn, run_id: str, key: str) -> bool:
+    """Whether a recorded artifact or an open upload of the run uses `key`."""
+    taken: bool = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM artifacts WHERE run_id = $1::uuid AND object_key = $2)
+               OR EXISTS (SELECT 1 FROM artifact_uploads WHERE run_id = $1::uuid AND object_key = $2)""",
+        run_id,
+        key,
+    )
+    return taken
+
+
 async def get_upload(conn: Conn, upload_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT upload_id::text, run_id::text, path, object_key, size, sha256, content_type, multipart_id,
@@ -513,8 +529,14 @@ async def stale_uploads(conn: Conn, created_before_ms: int) -> list[asyncpg.Reco
     )
 
 
-async def record_artifact(conn: Conn, upload: asyncpg.Record) -> asyncpg.Record:
-    """Record a completed upload as the run's artifact at its path (replacing an older one)."""
+async def record_artifact(conn: Conn, upload: asyncpg.Record) -> tuple[asyncpg.Record, str | None]:
+    """Record a completed upload as the run's artifact at its path; returns the row and the
+    object key of the artifact it replaced (None when the path was new)."""
+    replaced: str | None = await conn.fetchval(
+        "SELECT object_key FROM artifacts WHERE run_id = $1::uuid AND path = $2 FOR UPDATE",
+        upload["run_id"],
+        upload["path"],
+    )
     row = await conn.fetchrow(
         """INSERT INTO artifacts (run_id, path, object_key, size, sha256, content_type, created_ms)
            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)
@@ -530,7 +552,7 @@ async def record_artifact(conn: Conn, upload: asyncpg.Record) -> asyncpg.Record:
         now_ms(),
     )
     assert row is not None
-    return row
+    return row, replaced
 
 
 async def get_artifact(conn: Conn, run_id: str, path: str) -> asyncpg.Record | None:

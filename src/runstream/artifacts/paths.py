@@ -38,3 +38,9 @@ def check_prefix(prefix: str) -> str:
 def object_key(run_id: str, path: str) -> str:
     """Where a run's artifact lives, relative to the store's root: a run's keys share one prefix."""
     return f"runs/{run_id}/artifacts/{path}"
+
+
+def replacement_key(run_id: str, path: str, upload_id: str) -> str:
+    """Where an upload goes while `object_key` is taken (by the recorded artifact or another
+    upload): the recorded bytes stay untouched until the replacement is complete."""
+    return f"runs/{run_id}/uploads/{upload_id}/{path}"

@@ -14,7 +14,7 @@ import asyncpg
 
 from runstream import batch as wire
 from runstream import store
-from runstream.artifacts.paths import check_path, check_prefix, object_key
+from runstream.artifacts.paths import check_path, check_prefix, object_key, replacement_key
 from runstream.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
 from runstream.metrics import Metrics
@@ -62,12 +62,16 @@ class Artifacts:
         parts = -(-req.size // part_size) if req.size > part_size else 0
         if parts > MAX_PARTS:
             raise InvalidArgument(f"{req.size:,} bytes would take {parts:,} parts; the limit is {MAX_PARTS:,}")
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             await _active_run(conn, req.run_id)
-            key = object_key(req.run_id, path)
+            await _not_a_model_source(conn, req.run_id, path)
             content_type = req.content_type or "application/octet-stream"
             expires = self.settings.expires_s
             out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
+            key = object_key(req.run_id, path)
+            await store.lock_object_key(conn, key)
+            if await store.object_key_taken(conn, req.run_id, key):
+                key = replacement_key(req.run_id, path, out.upload_id)
             multipart_id = None
             if parts:  # the layout only: SignParts signs each part for its checksum
                 multipart_id = await self.objects.create_multipart(key, content_type)
@@ -138,8 +142,12 @@ class Artifacts:
                     f"{upload['path']!r} has {stored:,} bytes stored, {upload['size']:,} announced"
                 )
             async with conn.transaction():
-                row = await store.record_artifact(conn, upload)
+                await store.lock_object_key(conn, object_key(upload["run_id"], upload["path"]))
+                await _not_a_model_source(conn, upload["run_id"], upload["path"])
+                row, replaced = await store.record_artifact(conn, upload)
                 await store.delete_upload(conn, req.upload_id)
+        if replaced is not None and replaced != upload["object_key"]:
+            await self.objects.delete(replaced)  # recorded no more: the new bytes are in place
         self.metrics.uploads_completed.inc()
         self.metrics.upload_bytes.inc(upload["size"])
         return _artifact(row, is_dir=False)
@@ -171,11 +179,7 @@ class Artifacts:
         wire.check_run_id(req.run_id)
         path = check_path(req.path)
         async with self.pool.acquire() as conn, conn.transaction():
-            used = await store.model_version_using(conn, req.run_id, path)
-            if used is not None:
-                raise FailedPrecondition(
-                    f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
-                )
+            await _not_a_model_source(conn, req.run_id, path)
             key = await store.delete_artifact(conn, req.run_id, path)
         if key is None:
             raise NotFound(f"run {req.run_id} has no artifact {path!r}")
@@ -195,7 +199,7 @@ class Artifacts:
     async def _abort(self, conn: Any, upload: asyncpg.Record) -> None:
         if upload["multipart_id"] is not None:
             await self.objects.abort_multipart(upload["object_key"], upload["multipart_id"])
-        elif await store.get_artifact(conn, upload["run_id"], upload["path"]) is None:
+        elif not await _recorded(conn, upload):
             await self.objects.delete(upload["object_key"])  # a single PUT may have landed: unrecorded bytes
         await store.delete_upload(conn, upload["upload_id"])
 
@@ -217,6 +221,20 @@ async def _run(conn: Any, run_id: str) -> str:
     if stage is None:
         raise RunNotFound(f"run {run_id} does not exist")
     return stage
+
+
+async def _recorded(conn: Any, upload: asyncpg.Record) -> bool:
+    row = await store.get_artifact(conn, upload["run_id"], upload["path"])
+    return row is not None and row["object_key"] == upload["object_key"]
+
+
+async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
+    """A registered model version's bytes never change: its source cannot be replaced or deleted."""
+    used = await store.model_version_using(conn, run_id, path)
+    if used is not None:
+        raise FailedPrecondition(
+            f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
+        )
 
 
 async def _active_run(conn: Any, run_id: str) -> None:
