@@ -50,3 +50,16 @@ def test_missing_steps_and_timestamps_are_filled() -> None:
     packed = chunks.pack([b], [1234], lambda k: 1)
     steps, ts, _ = chunks.unpack(*packed.chunk_records[0][8:11])
     assert steps.tolist() == [4, 4] and ts.tolist() == [1234, 1234]
+
+
+def test_the_last_value_is_the_latest_point_whatever_the_arrival_order() -> None:
+    # Two ranks log "loss" at the same last step; rank 1's point is the later one (timestamp).
+    r0 = make("r0", 1, ["loss"], [0, 0], [1, 2], [9.0, 0.5], ts=[100, 200])
+    r1 = make("r1", 1, ["loss"], [0, 0], [1, 2], [8.0, 0.7], ts=[100, 300])
+    # One writer repeating its last step at one timestamp: the larger value, as MLflow picks.
+    r2 = make("r2", 1, ["acc"], [0, 0, 0], [4, 4, 4], [0.2, 0.9, 0.4], ts=[50, 50, 50])
+    for order in ([r0, r1, r2], [r2, r1, r0]):
+        columns = chunks.pack(order, [0] * 3, lambda k: hash(k) & 0xFFFF).summary_columns
+        summary = {key: [col[i] for col in columns[2:]] for i, key in enumerate(columns[1])}
+        assert summary["loss"][:3] == [0.7, 2, 300]
+        assert summary["acc"][:3] == [0.9, 4, 50]

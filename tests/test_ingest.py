@@ -165,3 +165,21 @@ def test_the_embedded_server_keeps_its_data_across_restarts(tmp_path: Path) -> N
             assert client.get_run(run.run_id).metrics[0].count == 1001
     finally:
         server.stop()
+
+
+def test_the_summary_keeps_the_latest_point_when_ranks_share_a_step(server: Server) -> None:
+    """Loaded in two transactions, the later-loaded but earlier point must not win."""
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("shared-step").run_id
+        late = wire.encode(
+            run_id, "rank0", 1, ["loss"], np.zeros(2), np.array([1, 2]), np.array([10, 3000]), np.array([1.0, 0.25])
+        )
+        early = wire.encode(
+            run_id, "rank1", 1, ["loss"], np.zeros(2), np.array([1, 2]), np.array([10, 2000]), np.array([1.0, 0.75])
+        )
+        assert raw_log(client, late).code == 0
+        assert server.wait_points(run_id, 2) == 2
+        assert raw_log(client, early).code == 0
+        assert server.wait_points(run_id, 4) == 4
+        loss = {m.key: m for m in client.get_run(run_id).metrics}["loss"]
+        assert (loss.last_value, loss.last_step, loss.count) == (0.25, 2, 4)

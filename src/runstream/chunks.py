@@ -8,6 +8,7 @@ series and chunks; every per-point operation is a numpy call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,7 @@ def _summaries(
     for i, (run_id, key, _writer) in enumerate(keys):
         if not nonempty[i]:
             continue
-        last = int(ends[i]) - 1
+        last = _latest(steps, stamps, values, int(starts[i]), int(ends[i]))
         entry = [
             float(values[last]),
             int(steps[last]),
@@ -155,7 +156,7 @@ def _summaries(
         if have is None:
             combined[(run_id, key)] = entry
             continue
-        if entry[1] >= have[1]:
+        if _latest_order(entry) > _latest_order(have):
             have[0:3] = entry[0:3]
         have[3] = float(np.fmin(have[3], entry[3]))
         have[4] = float(np.fmax(have[4], entry[4]))
@@ -165,6 +166,33 @@ def _summaries(
     for j in range(6):
         columns.append([entry[j] for _, entry in ordered])
     return columns
+
+
+def _latest(
+    steps: npt.NDArray[np.int64],
+    stamps: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+    start: int,
+    end: int,
+) -> int:
+    """Index of a step-sorted series' latest point: the highest step, then timestamp, then
+    value (MLflow's rule), so the summary does not depend on arrival or load order."""
+    last = end - 1
+    first = last
+    while first > start and steps[first - 1] == steps[last]:  # the rare repeats of the last step
+        first -= 1
+    if first == last:
+        return last
+    return max(range(first, end), key=lambda j: (int(stamps[j]), _value_order(float(values[j]))))
+
+
+def _value_order(value: float) -> tuple[int, float]:
+    """NaN above every number, as PostgreSQL orders float8, so both sides pick the same point."""
+    return (1, 0.0) if math.isnan(value) else (0, value)
+
+
+def _latest_order(entry: list[Any]) -> tuple[int, int, tuple[int, float]]:
+    return (entry[1], entry[2], _value_order(entry[0]))
 
 
 def unpack(

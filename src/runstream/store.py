@@ -375,6 +375,7 @@ async def upsert_summaries(conn: Conn, columns: Sequence[Sequence[Any]]) -> None
 
     `columns`: run_ids, keys, last_values, last_steps, last_timestamps, mins, maxs, counts,
     one entry per (run, key), sorted so that concurrent loaders lock rows in one order.
+    The last value is the latest point by (step, timestamp, value), as in chunks._latest.
     NaN never wins min or max unless both sides are NaN.
     """
     await conn.execute(
@@ -383,9 +384,11 @@ async def upsert_summaries(conn: Conn, columns: Sequence[Sequence[Any]]) -> None
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int8[], $5::int8[],
                                 $6::float8[], $7::float8[], $8::int8[])
            ON CONFLICT (run_id, key) DO UPDATE SET
-             last_value = CASE WHEN excluded.last_step >= s.last_step
+             last_value = CASE WHEN (excluded.last_step, excluded.last_timestamp_ms, excluded.last_value)
+                                    > (s.last_step, s.last_timestamp_ms, s.last_value)
                                THEN excluded.last_value ELSE s.last_value END,
-             last_timestamp_ms = CASE WHEN excluded.last_step >= s.last_step
+             last_timestamp_ms = CASE WHEN (excluded.last_step, excluded.last_timestamp_ms, excluded.last_value)
+                                           > (s.last_step, s.last_timestamp_ms, s.last_value)
                                       THEN excluded.last_timestamp_ms ELSE s.last_timestamp_ms END,
              last_step = greatest(s.last_step, excluded.last_step),
              min_value = CASE WHEN s.min_value = 'NaN' THEN excluded.min_value
