@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import urllib3
 
 import runstream
 from runstream import batch as wire
@@ -183,3 +184,37 @@ def test_the_summary_keeps_the_latest_point_when_ranks_share_a_step(server: Serv
         assert server.wait_points(run_id, 4) == 4
         loss = {m.key: m for m in client.get_run(run_id).metrics}["loss"]
         assert (loss.last_value, loss.last_step, loss.count) == (0.25, 2, 4)
+
+
+def _loader_children(pid: int) -> list[int]:
+    """The spawned loader processes of a role-all server (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_loader_process_that_dies_is_replaced_and_its_entries_loaded(server: Server) -> None:
+    assert server.proc is not None
+    (victim,) = _loader_children(server.proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    with runstream.Client(server.target) as client:
+        run = client.start_run("supervised")
+        for step in range(5_000):
+            run.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 5_000}, step=step)
+        run.end()
+        assert server.wait_points(run.run_id, 10_000) == 10_000
+    _wait_for(lambda: any("starting another" in line for line in server.output), what="the replacement")
+    (successor,) = _loader_children(server.proc.pid)
+    assert successor != victim
+    metrics = urllib3.request("GET", f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).data.decode()
+    assert "runstream_loader_restarts_total 1.0" in metrics
+    assert server.stop() == 0

@@ -101,6 +101,9 @@ class Metrics:
             "Loader rounds that failed on PostgreSQL or Redis and were retried",
             registry=r,
         )
+        self.loader_restarts = Counter(
+            "runstream_loader_restarts_total", "Loader processes of role all that died and were replaced", registry=r
+        )
         # PostgreSQL
         self.pool_in_use = Gauge(
             "runstream_postgres_pool_connections_in_use",

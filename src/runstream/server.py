@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DrainFlag = multiprocessing.synchronize.Event
 MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
 POOL_SAMPLE_S = 1.0
+SUPERVISE_S = 1.0
 ROLE_SERVICES = {
     "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService"),
     "ingest": ("TrackingService", "ArtifactService"),
@@ -117,6 +118,7 @@ async def serve(
     settings: Settings,
     loaders: list[multiprocessing.process.BaseProcess] | None = None,
     drain: DrainFlag | None = None,
+    start_loader: Callable[[], multiprocessing.process.BaseProcess] | None = None,
 ) -> None:
     """One server process of any role: its gRPC services with health and reflection, and
     an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
@@ -181,6 +183,7 @@ async def serve(
     sampler = asyncio.create_task(_sample_pool(pool, metrics))
 
     stop = _stop_event()
+    supervisor = asyncio.create_task(_supervise(loaders, start_loader, metrics)) if start_loader else None
     loading = None
     if settings.role == "load":
         loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
@@ -193,6 +196,8 @@ async def serve(
     await stop.wait()
     announce("runstream: stopping; health NOT_SERVING, no new RPCs, draining streams into PostgreSQL")
     await health.drain()
+    if supervisor is not None:
+        supervisor.cancel()
     await server.stop(settings.grace_s)
     for close in closing:
         await close()
@@ -208,6 +213,25 @@ async def serve(
     await runner.cleanup()
     await pool.close()
     await redis.aclose()
+
+
+async def _supervise(
+    loaders: list[multiprocessing.process.BaseProcess],
+    start_loader: Callable[[], multiprocessing.process.BaseProcess],
+    metrics: Metrics,
+) -> None:
+    """Replace a loader process that died (killed, out of memory): what it had read stays
+    pending in Redis and its successor claims it, so loading goes on without a restart."""
+    while True:
+        await asyncio.sleep(SUPERVISE_S)
+        for i, proc in enumerate(loaders):
+            if proc.is_alive():
+                continue
+            log.error("loader process %s exited with code %s; starting another", proc.pid, proc.exitcode)
+            if proc.pid is not None:
+                process_exited(proc.pid)
+            metrics.loader_restarts.inc()
+            loaders[i] = await asyncio.to_thread(start_loader)
 
 
 async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:
@@ -282,15 +306,16 @@ def run(settings: Settings) -> int:
             loaders: list[multiprocessing.process.BaseProcess] = []
             ctx = multiprocessing.get_context("spawn")
             drain = ctx.Event()
+
+            def start_loader() -> multiprocessing.process.BaseProcess:
+                proc = ctx.Process(target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False)
+                proc.start()
+                return proc
+
             if resolved.role == "all":
-                for _ in range(resolved.loaders):
-                    proc: multiprocessing.process.BaseProcess = ctx.Process(
-                        target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False
-                    )
-                    proc.start()
-                    loaders.append(proc)
+                loaders += [start_loader() for _ in range(resolved.loaders)]
             try:
-                asyncio.run(serve(resolved, loaders, drain))
+                asyncio.run(serve(resolved, loaders, drain, start_loader if resolved.role == "all" else None))
             finally:
                 drain.set()
                 for proc in loaders:
