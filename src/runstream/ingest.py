@@ -43,6 +43,7 @@ RUN_CACHE_S = 30.0
 BACKLOG_POLL_S = 0.5
 STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
 TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
+Inflight = tuple[pb.BatchAck, "asyncio.Future[None] | None", float]  # ack, its append, when the batch came
 
 
 def _check_params(values: dict[str, str], what: str, limit: int) -> None:
@@ -285,7 +286,6 @@ class Tracking:
         not held to one Redis round trip per batch: up to STREAM_PIPELINE appends are in flight,
         and each ack goes back once its own append has returned."""
         m = self._rpc_metrics["StreamMetrics"]
-        Inflight = tuple[pb.BatchAck, asyncio.Future[None] | None, float]
         inflight: asyncio.Queue[Inflight | None] = asyncio.Queue(STREAM_PIPELINE)
 
         async def read() -> None:

@@ -9,6 +9,7 @@ Labels are bounded: RPC names, status codes, shard numbers; never run ids.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -16,7 +17,8 @@ from collections.abc import Iterable, Iterator
 
 import asyncpg
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -246,3 +248,16 @@ def exposition(streams: StreamStats | None) -> bytes:
     if streams is not None:
         registry.register(streams)
     return generate_latest(registry)
+
+
+def add_metrics_route(app: web.Application, metrics: Metrics, pool: asyncpg.Pool, streams: StreamStats | None) -> None:
+    """GET /metrics on `app`: the pool sampled and the streams read now, then everything rendered."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        metrics.sample_pool(pool)
+        if streams is not None:
+            await streams.refresh()
+        body = await asyncio.to_thread(exposition, streams)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", scrape)

@@ -26,7 +26,6 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from runstream import store
 from runstream.artifacts.local import LocalStore
@@ -42,7 +41,7 @@ from runstream.logs import announce, configure_from_env
 from runstream.metrics import (
     Metrics,
     StreamStats,
-    exposition,
+    add_metrics_route,
     forget_multiprocess_dir,
     process_exited,
     use_multiprocess_dir,
@@ -138,23 +137,7 @@ async def serve(
         ]
     )
     http = web.Application(client_max_size=0)
-    closing: list[Callable[[], Awaitable[None]]] = []
-    handlers = []
-    if "TrackingService" in wanted:
-        tracking = Tracking(pool, redis, keys, settings.max_backlog, metrics)
-        await tracking.start()
-        closing.append(tracking.stop)
-        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
-    if "QueryService" in wanted:
-        query = Query(pool)
-        closing.append(query.close)
-        handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
-    if "ArtifactService" in wanted:
-        artifacts = await _artifacts(settings, pool, metrics, http)
-        closing.append(artifacts.close)
-        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
-    if "RegistryService" in wanted:
-        handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+    handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http)
     server.add_generic_rpc_handlers(tuple(handlers))
 
     names = [f"runstream.v1.{name}" for name in wanted]
@@ -167,16 +150,7 @@ async def serve(
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
 
-    streams = None if settings.role == "query" else StreamStats(redis, keys)
-
-    async def scrape(request: web.Request) -> web.Response:
-        metrics.sample_pool(pool)
-        if streams is not None:
-            await streams.refresh()
-        body = await asyncio.to_thread(exposition, streams)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    http.router.add_get("/metrics", scrape)
+    add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
     runner = web.AppRunner(http, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
@@ -188,7 +162,8 @@ async def serve(
     if settings.role == "load":
         loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
     if "ArtifactService" in wanted:
-        announce(f"runstream artifacts: {settings.artifacts_url}, signed URLs of a local store on {settings.http_url}")
+        served = f", its signed URLs served on {settings.http_url}" if local_store else ""
+        announce(f"runstream artifacts: {settings.artifacts_url}{served}")
     announce(
         f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes; "
         f"/metrics on http://{settings.host}:{settings.http_port})"
@@ -213,6 +188,39 @@ async def serve(
     await runner.cleanup()
     await pool.close()
     await redis.aclose()
+
+
+async def _services(
+    settings: Settings,
+    wanted: tuple[str, ...],
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    keys: Keys,
+    metrics: Metrics,
+    http: web.Application,
+) -> tuple[list[grpc.GenericRpcHandler], list[Callable[[], Awaitable[None]]], bool]:  # type: ignore[type-arg]
+    """The handlers of the role's services, what to close at the end, and whether the
+    artifact store is a local one (its signed URLs then served on `http`)."""
+    handlers = []
+    closing: list[Callable[[], Awaitable[None]]] = []
+    local_store = False
+    if "TrackingService" in wanted:
+        tracking = Tracking(pool, redis, keys, settings.max_backlog, metrics)
+        await tracking.start()
+        closing.append(tracking.stop)
+        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
+    if "QueryService" in wanted:
+        query = Query(pool)
+        closing.append(query.close)
+        handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
+    if "ArtifactService" in wanted:
+        artifacts = await _artifacts(settings, pool, metrics, http)
+        local_store = isinstance(artifacts.objects, LocalStore)
+        closing.append(artifacts.close)
+        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
+    if "RegistryService" in wanted:
+        handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+    return handlers, closing, local_store
 
 
 async def _supervise(
