@@ -37,9 +37,9 @@ import numpy as np
 import redis
 
 import runstream
-from runstream import batch as wire
-from runstream import chunks, store
-from runstream.proto import tracking_pb2 as pb
+from runstream.server.storage import chunks, store
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
 
 KEYS = [f"metric/{i}" for i in range(10)]
 RUNS = 4

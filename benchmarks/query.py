@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import BenchServer, service_arguments, table
 
 import runstream
-from runstream import batch as wire
-from runstream import history, search, store
-from runstream.query_client import QueryClient
+from runstream.client.query import QueryClient
+from runstream.server.storage import history, search, store
+from runstream.wire import batch as wire
 
 
 def load(server: BenchServer, points: int, writers: int) -> str:

@@ -1,6 +1,6 @@
-"""Regenerate src/runstream/proto from protos/ (python scripts/gen_protos.py [--check]).
+"""Regenerate src/runstream/wire/proto from protos/ (python scripts/gen_protos.py [--check]).
 
-The generated modules import each other as `runstream.proto.<name>_pb2`, so they live in
+The generated modules import each other as `runstream.wire.proto.<name>_pb2`, so they live in
 one package of our own and are never edited by hand.
 """
 
@@ -15,12 +15,12 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-OUT = ROOT / "src" / "runstream" / "proto"
+OUT = ROOT / "src" / "runstream" / "wire" / "proto"
 IMPORT = re.compile(r"^from runstream\.v1 import (\w+) as", re.M)
 
 
 def generate() -> dict[str, str]:
-    """Generated files by name, with imports rewritten to the runstream.proto package."""
+    """Generated files by name, with imports rewritten to the runstream.wire.proto package."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -36,7 +36,7 @@ def generate() -> dict[str, str]:
             raise SystemExit("protoc failed")
         files = {}
         for path in sorted((Path(tmp) / "runstream" / "v1").iterdir()):
-            text = IMPORT.sub(r"from runstream.proto import \1 as", path.read_text())
+            text = IMPORT.sub(r"from runstream.wire.proto import \1 as", path.read_text())
             files[path.name] = text
     files["__init__.py"] = '"""Generated from protos/runstream/v1 by scripts/gen_protos.py; do not edit."""\n'
     return files

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import redis
 
-from runstream import chunks
-from runstream.proto import tracking_pb2
+from runstream.server.storage import chunks
+from runstream.wire.proto import tracking_pb2
 
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -87,7 +87,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     if _pg_answers(PG_ADMIN_URL) and _redis_answers(REDIS_URL):
         yield Services(PG_ADMIN_URL, REDIS_URL)
         return
-    from runstream.embedded import EmbeddedPostgres, EmbeddedRedis
+    from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
 
     data = tmp_path_factory.mktemp("embedded")
     pg, rd = EmbeddedPostgres(data), EmbeddedRedis(data)

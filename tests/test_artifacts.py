@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.artifacts import transfer
-from runstream.client import typed_errors
-from runstream.proto import artifacts_pb2 as apb
+from runstream.client import transfer
+from runstream.client.channel import typed_errors
+from runstream.wire.proto import artifacts_pb2 as apb
 from tests.conftest import S3, S3_CREDENTIALS, Server
 
 MiB = 1024 * 1024

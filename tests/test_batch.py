@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from runstream import batch as wire
 from runstream.errors import InvalidArgument
-from runstream.proto import tracking_pb2 as pb
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
 
 RUN = "0b3d2a4e-8f4c-4d0e-9a51-3c1f0e6a7b21"
 

@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from runstream import batch as wire
-from runstream import chunks
+from runstream.server.storage import chunks
+from runstream.wire import batch as wire
 
 RUN = "0b3d2a4e-8f4c-4d0e-9a51-3c1f0e6a7b21"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream import batch as wire
-from runstream import store
+from runstream.server.storage import store
+from runstream.wire import batch as wire
 from tests.conftest import Server, raw_log
 
 STEPS = 5000  # per writer; rank0 logs the even steps, rank1 the odd ones

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream import batch as wire
-from runstream.proto import tracking_pb2 as pb
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import Server, raw_log
 
 

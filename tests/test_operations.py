@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 import runstream
-from runstream import batch as wire
 from runstream.errors import NotFound, RunstreamError
+from runstream.wire import batch as wire
 from tests.conftest import Server, free_port, raw_log
 from tests.workers import KEYS, expected_values, log_points
 
@@ -299,7 +299,7 @@ def test_json_logs_carry_the_callers_request_id(make_server: Any) -> None:
     server = make_server("--log-format", "json", "--log-level", "DEBUG")
     with grpc.insecure_channel(server.target) as channel:
         call = channel.unary_unary("/runstream.v1.TrackingService/GetRun")
-        from runstream.proto import tracking_pb2
+        from runstream.wire.proto import tracking_pb2
 
         with pytest.raises(grpc.RpcError) as err:
             call(

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream import batch as wire
-from runstream import export
+from runstream.server.query import export
+from runstream.wire import batch as wire
 from tests.conftest import raw_log
 
 CLI = [sys.executable, "-m", "runstream.cli"]

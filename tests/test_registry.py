@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 import runstream
-from runstream.artifacts import transfer
-from runstream.registry_client import RegistryClient
+from runstream.client import transfer
+from runstream.client.registry import RegistryClient
 from tests.conftest import Server
 
 

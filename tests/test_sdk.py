@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.proto import tracking_pb2 as pb
+from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import Server
 from tests.workers import KEYS, log_points, log_with_module_api
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import runstream
-from runstream import batch as wire
+from runstream.wire import batch as wire
 from tests.conftest import raw_log
 
 # name: (lr, team, acc or None, status)

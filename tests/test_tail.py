@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream import batch as wire
+from runstream.wire import batch as wire
 from tests.conftest import Server, raw_log
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream import batch as wire
-from runstream import chunks
-from runstream.proto import tracking_pb2 as pb
+from runstream.server.storage import chunks
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import raw_log
 
 

@@ -14,12 +14,13 @@ or by setting RUNSTREAM_RUN_ID before `start_run`.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runstream.client import Client, Run, flush_all
+from runstream.client.tracking import Client, Run, flush_all
 from runstream.errors import (
     AlreadyExists,
     BufferFull,
@@ -35,11 +36,35 @@ from runstream.errors import (
     Unauthenticated,
     Unavailable,
 )
-from runstream.points import SeriesPoints
-from runstream.query_client import MetricHistory, QueryClient
+
+if TYPE_CHECKING:
+    from runstream.client.artifacts import ArtifactClient
+    from runstream.client.query import MetricHistory, QueryClient
+    from runstream.client.registry import RegistryClient
+    from runstream.wire.points import SeriesPoints
+
+# Loaded on first use, so `import runstream` in a training script costs only the tracking side.
+_LAZY = {
+    "ArtifactClient": "runstream.client.artifacts",
+    "MetricHistory": "runstream.client.query",
+    "QueryClient": "runstream.client.query",
+    "RegistryClient": "runstream.client.registry",
+    "SeriesPoints": "runstream.wire.points",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlreadyExists",
+    "ArtifactClient",
     "BufferFull",
     "Client",
     "DeadlineExceeded",
@@ -50,6 +75,7 @@ __all__ = [
     "NotFound",
     "ParamConflict",
     "QueryClient",
+    "RegistryClient",
     "ResourceExhausted",
     "Run",
     "RunNotFound",

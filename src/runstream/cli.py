@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from runstream.config import Settings, default_data_dir
+from runstream import extras
+from runstream.extras import ExtraMissing
+from runstream.server.config import Settings, default_data_dir
 
 
 def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,9 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     args = parser.parse_args(argv)
 
+    try:
+        return _run(args)
+    except ExtraMissing as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "server":
-        from runstream import server
-        from runstream.logs import configure
+        extras.require("server", "server")
+        from runstream.server import main as server
+        from runstream.server.logs import configure
 
         configure(args.log_level, args.log_format)
         settings = Settings(
@@ -184,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return server.run(settings)
     if args.command == "demo":
+        extras.require("demo", "demo")
         from runstream import demo as demo_mod
 
         return demo_mod.main(args.url, args.data_dir, args.epochs)
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from runstream.client import Client
+    from runstream.client.tracking import Client
     from runstream.errors import RunstreamError
     from runstream.report import lineage_text, models_table, versions_table
 
@@ -237,7 +249,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _artifacts(args: argparse.Namespace) -> int:
-    from runstream.client import Client
+    from runstream.client.tracking import Client
     from runstream.errors import RunstreamError
     from runstream.report import artifacts_table, human_bytes
 
@@ -273,8 +285,8 @@ def _artifacts(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
+    from runstream.client.query import QueryClient
     from runstream.errors import RunstreamError
-    from runstream.query_client import QueryClient
     from runstream.report import write_history, write_points
 
     if args.all and args.format != "csv":
@@ -305,8 +317,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _experiments(args: argparse.Namespace) -> int:
+    from runstream.client.query import QueryClient
     from runstream.errors import RunstreamError
-    from runstream.query_client import QueryClient
     from runstream.report import experiments_table
 
     try:
@@ -322,9 +334,9 @@ def _experiments(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from runstream.client import Client
+    from runstream.client.query import QueryClient
+    from runstream.client.tracking import Client
     from runstream.errors import RunstreamError
-    from runstream.query_client import QueryClient
     from runstream.report import comparison_table, plot_comparison, runs_table
 
     footer = ""

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 import runstream
-from runstream.proto import tracking_pb2 as pb
 from runstream.report import fmt, table
+from runstream.wire.proto import tracking_pb2 as pb
 
 EXPERIMENT = "wine-softmax"
 KEYS = ("loss", "train_acc", "val_acc", "grad_norm", "weight_norm")

@@ -10,16 +10,16 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runstream.proto import tracking_pb2 as pb
+from runstream.wire.proto import tracking_pb2 as pb
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runstream.points import SeriesPoints
-    from runstream.proto import artifacts_pb2 as apb
-    from runstream.proto import query_pb2 as qpb
-    from runstream.proto import registry_pb2 as rpb
-    from runstream.query_client import Comparison, MetricHistory
+    from runstream.client.query import Comparison, MetricHistory
+    from runstream.wire.points import SeriesPoints
+    from runstream.wire.proto import artifacts_pb2 as apb
+    from runstream.wire.proto import query_pb2 as qpb
+    from runstream.wire.proto import registry_pb2 as rpb
 
 STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
 

@@ -1,1 +1,0 @@
-"""Artifacts: paths, object stores (local directory, S3) and the ArtifactService."""

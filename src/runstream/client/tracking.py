@@ -1,0 +1,375 @@
+"""The Python SDK: `Client` for experiments and runs, `Run` for logging into one run.
+
+Unary calls are synchronous and raise the typed errors of runstream.errors; metric
+logging goes through a MetricWriter and never waits on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from runstream.client.channel import open_channel, resolve_target, typed_errors
+from runstream.client.writer import MetricWriter
+from runstream.errors import RunstreamError
+from runstream.wire.proto import tracking_pb2 as pb
+from runstream.wire.proto import tracking_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from runstream.client.artifacts import ArtifactClient
+    from runstream.client.registry import RegistryClient
+
+STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
+_STATUS_BY_NAME = {v: k for k, v in STATUS_NAMES.items()}
+log = logging.getLogger(__name__)
+
+_live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+
+
+def default_writer_id() -> str:
+    """`rank<RANK>` under torchrun-style launchers, else host/pid: unique per process."""
+    rank = os.environ.get("RANK")
+    base = f"{socket.gethostname()}/{os.getpid()}"
+    return f"rank{rank}/{base}" if rank is not None else base
+
+
+class Client:
+    """A connection to a runstream server (`target` or RUNSTREAM_URL, e.g. "host:50051")."""
+
+    def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
+        self.target = resolve_target(target)
+        self.timeout = timeout
+        self._channel = open_channel(self.target)
+        self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._artifacts: ArtifactClient | None = None
+        self._registry: RegistryClient | None = None
+        self._pid = os.getpid()
+        self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the writers of this client's runs, then the channel."""
+        for writer in list(self._writers):
+            try:
+                writer.close(self.timeout)
+            except RunstreamError as exc:  # closing must not hide the caller's own exception
+                log.warning("runstream: closing the writer of run %s: %s", writer.run_id, exc)
+        self._channel.close()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channel
+
+    # ------------------------------------------------------------ experiments
+
+    @typed_errors
+    def create_experiment(
+        self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+    ) -> pb.Experiment:
+        out: pb.Experiment = self._stub.CreateExperiment(
+            pb.CreateExperimentRequest(name=name, artifact_location=artifact_location, tags=dict(tags or {})),
+            timeout=self.timeout,
+        )
+        return out
+
+    @typed_errors
+    def get_experiment(self, experiment_id: str | None = None, *, name: str | None = None) -> pb.Experiment:
+        req = (
+            pb.GetExperimentRequest(name=name)
+            if name is not None
+            else pb.GetExperimentRequest(experiment_id=experiment_id or "")
+        )
+        out: pb.Experiment = self._stub.GetExperiment(req, timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def list_experiments(self) -> list[pb.Experiment]:
+        found: list[pb.Experiment] = []
+        token = ""
+        while True:
+            page = self._stub.ListExperiments(pb.ListExperimentsRequest(page_token=token), timeout=self.timeout)
+            found += page.experiments
+            token = page.next_page_token
+            if not token:
+                return found
+
+    # ------------------------------------------------------------ runs
+
+    @typed_errors
+    def create_run(
+        self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None, start_time_ms: int = 0
+    ) -> pb.Run:
+        """Create a run in the experiment named `experiment` (created when missing)."""
+        out: pb.Run = self._stub.CreateRun(
+            pb.CreateRunRequest(
+                experiment_name=experiment, name=name, tags=dict(tags or {}), start_time_ms=start_time_ms
+            ),
+            timeout=self.timeout,
+        )
+        return out
+
+    @typed_errors
+    def get_run(self, run_id: str) -> pb.Run:
+        out: pb.Run = self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def update_run(
+        self, run_id: str, status: str | None = None, name: str | None = None, end_time_ms: int = 0
+    ) -> pb.Run:
+        req = pb.UpdateRunRequest(run_id=run_id, end_time_ms=end_time_ms)
+        if status is not None:
+            if status not in _STATUS_BY_NAME:
+                raise ValueError(f"status must be one of {sorted(_STATUS_BY_NAME)}")
+            req.status = _STATUS_BY_NAME[status]
+        if name is not None:
+            req.name = name
+        out: pb.Run = self._stub.UpdateRun(req, timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def delete_run(self, run_id: str) -> pb.Run:
+        """Soft-delete a run: hidden from search, refuses new metrics until restored."""
+        out: pb.Run = self._stub.DeleteRun(pb.RunRef(run_id=run_id), timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def restore_run(self, run_id: str) -> pb.Run:
+        out: pb.Run = self._stub.RestoreRun(pb.RunRef(run_id=run_id), timeout=self.timeout)
+        return out
+
+    @typed_errors
+    def delete_experiment(self, experiment_id: str) -> pb.Experiment:
+        """Soft-delete an experiment and its runs."""
+        out: pb.Experiment = self._stub.DeleteExperiment(
+            pb.ExperimentRef(experiment_id=experiment_id), timeout=self.timeout
+        )
+        return out
+
+    @typed_errors
+    def restore_experiment(self, experiment_id: str) -> pb.Experiment:
+        out: pb.Experiment = self._stub.RestoreExperiment(
+            pb.ExperimentRef(experiment_id=experiment_id), timeout=self.timeout
+        )
+        return out
+
+    @property
+    def artifacts(self) -> ArtifactClient:
+        """Artifact uploads and downloads (signed URLs straight to the store)."""
+        from runstream.client.artifacts import ArtifactClient
+
+        if self._artifacts is None:
+            self._artifacts = ArtifactClient(self._channel, self.timeout)
+        return self._artifacts
+
+    @property
+    def registry(self) -> RegistryClient:
+        """The model registry: versions, stages, aliases, reviews, lineage."""
+        from runstream.client.registry import RegistryClient
+
+        if self._registry is None:
+            self._registry = RegistryClient(self._channel, self.artifacts, self.timeout)
+        return self._registry
+
+    def register_model(self, run_id: str, artifact_path: str, name: str, **kwargs: Any) -> Any:
+        return self.registry.register_model(run_id, artifact_path, name, **kwargs)
+
+    def get_model_version(self, name_or_uri: str, version: int | None = None) -> Any:
+        return self.registry.get_model_version(name_or_uri, version)
+
+    def transition_stage(self, name: str, version: int, stage: str, archive_existing: bool = False) -> Any:
+        return self.registry.transition_stage(name, version, stage, archive_existing)
+
+    def set_alias(self, name: str, alias: str, version: int) -> Any:
+        return self.registry.set_alias(name, alias, version)
+
+    def download_model(self, uri: str, dst: str | Path) -> Path:
+        return self.registry.download_model(uri, dst)
+
+    @typed_errors
+    def log_inputs(self, run_id: str, inputs: list[Mapping[str, str]]) -> None:
+        """Datasets the run read, each with name, digest, source and context (for lineage)."""
+        self._stub.LogInputs(
+            pb.LogInputsRequest(run_id=run_id, inputs=[pb.DatasetInput(**dict(i)) for i in inputs]),
+            timeout=self.timeout,
+        )
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> Any:
+        return self.artifacts.log_artifact(run_id, local_path, artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> Any:
+        return self.artifacts.log_artifacts(run_id, local_dir, artifact_path)
+
+    def list_artifacts(self, run_id: str, path: str = "") -> Any:
+        return self.artifacts.list_artifacts(run_id, path)
+
+    def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return self.artifacts.download_artifacts(run_id, path, dst)
+
+    @typed_errors
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self._stub.LogParams(
+            pb.LogParamsRequest(run_id=run_id, params={k: str(v) for k, v in params.items()}), timeout=self.timeout
+        )
+
+    @typed_errors
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self._stub.SetTags(
+            pb.SetTagsRequest(run_id=run_id, tags={k: str(v) for k, v in tags.items()}), timeout=self.timeout
+        )
+
+    @typed_errors
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._stub.DeleteTag(pb.DeleteTagRequest(run_id=run_id, key=key), timeout=self.timeout)
+
+    def start_run(
+        self,
+        experiment: str = "Default",
+        name: str = "",
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        writer_id: str | None = None,
+        record_source: bool = True,
+        **writer_options: Any,
+    ) -> Run:
+        """Create a run and a handle to log into it. Unless `record_source` is False the run is
+        tagged with the code that started it (git commit and dirty flag, entry point, Python and
+        imported package versions: runstream.source.*)."""
+        if record_source:
+            from runstream.client.provenance import source_tags
+
+            tags = {**source_tags(), **(tags or {})}
+        run = self.create_run(experiment, name, tags)
+        handle = Run(self, run.run_id, writer_id, **writer_options)
+        if params:
+            handle.log_params(params)
+        return handle
+
+    def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
+        """A handle to log into an existing run, e.g. from another rank of the same job."""
+        self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
+        return Run(self, run_id, writer_id, owner=False, **writer_options)
+
+
+class Run:
+    """One run seen from one writer. As a context manager it ends the run on exit:
+    FINISHED normally, FAILED when an exception escapes (only the run's creator ends it)."""
+
+    def __init__(
+        self, client: Client, run_id: str, writer_id: str | None = None, *, owner: bool = True, **writer_options: Any
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.writer_id = writer_id or default_writer_id()
+        self.owner = owner
+        self._writer_options = writer_options
+        self._writer: MetricWriter | None = None
+        self._writer_lock = threading.Lock()
+        self.ended = False
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, writer_id={self.writer_id!r})"
+
+    @property
+    def writer(self) -> MetricWriter:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = MetricWriter(
+                        self.client.channel, self.client.target, self.run_id, self.writer_id, **self._writer_options
+                    )
+                    _live_writers.add(self._writer)
+                    self.client._writers.add(self._writer)
+        return self._writer
+
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:
+        self.writer.log({key: value}, step, timestamp_ms)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, timestamp_ms: int | None = None) -> None:
+        self.writer.log(metrics, step, timestamp_ms)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> Any:
+        """Upload a file into the run's artifacts (under `artifact_path` if given)."""
+        return self.client.artifacts.log_artifact(self.run_id, local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> Any:
+        return self.client.artifacts.log_artifacts(self.run_id, local_dir, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> Any:
+        return self.client.artifacts.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, dictionary: Any, artifact_file: str) -> Any:
+        return self.client.artifacts.log_dict(self.run_id, dictionary, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str, **savefig: Any) -> Any:
+        """Save a matplotlib figure (format from the name: .png, .svg, .pdf) as an artifact."""
+        return self.client.artifacts.log_figure(self.run_id, figure, artifact_file, **savefig)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.client.log_params(self.run_id, params)
+
+    def log_input(self, name: str, source: str = "", digest: str = "", context: str = "") -> None:
+        """Record a dataset the run read (e.g. name="wine", source="s3://data/wine.csv",
+        digest=its hash or version, context="training"); a model's lineage lists them."""
+        self.client.log_inputs(self.run_id, [{"name": name, "source": source, "digest": digest, "context": context}])
+
+    def log_param(self, key: str, value: Any) -> None:
+        self.client.log_params(self.run_id, {key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.set_tags(self.run_id, tags)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.client.set_tags(self.run_id, {key: value})
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._writer is not None:
+            self._writer.flush(timeout)
+
+    def info(self) -> pb.Run:
+        return self.client.get_run(self.run_id)
+
+    def end(self, status: str = "FINISHED", timeout: float | None = 60.0) -> None:
+        """Flush this writer's points, then (as the run's creator) mark the run ended."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if self._writer is not None:
+                self._writer.close(timeout)
+        finally:
+            if self.owner:
+                self.client.update_run(self.run_id, status=status)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.end("FINISHED" if exc_type is None else "FAILED")
+
+
+def flush_all(timeout: float = 30.0) -> None:
+    """Flush every live writer of this process (run at interpreter exit)."""
+    for writer in list(_live_writers):
+        writer.close(timeout)
+
+
+# A forked child inherits the parent's writers without their threads; they are not its to flush.
+os.register_at_fork(after_in_child=_live_writers.clear)

@@ -1,0 +1,358 @@
+"""The SDK's metric writer: logging calls append to a buffer and return; background
+threads turn the buffer into columnar batches and stream them to the server.
+
+- The calling thread does a dict lookup, a list of floats and one append under a lock.
+- The batcher thread packs buffered calls into one MetricBatch with numpy and gives it the
+  next `seq`; the batch stays in `unacked` until the server acknowledges it.
+- The stream thread keeps one StreamMetrics stream open; after a failure it reconnects
+  with backoff and resends every unacked batch with its original `seq`, which the server
+  de-duplicates, so a retry never doubles a point.
+
+The buffer is bounded (`max_buffer_points`, counting unsent and unacked points). When it
+is full, `on_full="block"` makes logging calls wait up to `block_timeout` seconds and then
+raise BufferFull; `on_full="drop"` drops the call, counts it in `dropped_points` and logs
+a warning (the first time, then every 10,000 dropped calls).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runstream.errors import BufferFull, DeadlineExceeded, RunstreamError, from_status
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+_CLOSE = None
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class MetricWriter:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        target: str,
+        run_id: str,
+        writer_id: str,
+        *,
+        batch_points: int = 20_000,
+        flush_interval: float = 0.2,
+        max_buffer_points: int = 5_000_000,
+        on_full: str = "block",
+        block_timeout: float = 60.0,
+    ) -> None:
+        if on_full not in ("block", "drop"):
+            raise ValueError("on_full must be 'block' or 'drop'")
+        if not 0 < batch_points <= wire.MAX_POINTS:
+            raise ValueError(f"batch_points must be between 1 and {wire.MAX_POINTS:,}")
+        self.target = target
+        self.run_id = run_id
+        self.writer_id = writer_id
+        self.batch_points = batch_points
+        self.flush_interval = flush_interval
+        self.max_buffer_points = max_buffer_points
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        self.dropped_points = 0
+        self.sent_batches = 0
+        self.errors: list[RunstreamError] = []  # batches the server refused for good
+
+        self._stream_method = channel.stream_stream(
+            "/runstream.v1.TrackingService/StreamMetrics",
+            request_serializer=None,
+            response_deserializer=pb.BatchAck.FromString,
+        )
+        self._lock = threading.Condition()
+        self._pending: list[tuple[tuple[str, ...], int, int, list[float]]] = []
+        self._pending_points = 0
+        self._buffered_points = 0  # pending + unacked
+        self._auto_step = 0
+        self._known_keys: dict[tuple[str, ...], bool] = {}
+        self._seq = 0
+        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (data, points)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._flush_now = False
+        self._closing = False
+        self._closed = False
+        self._drops_logged = 0
+        self._call: Any = None  # the open StreamMetrics call, while the stream thread is inside gRPC
+        self._paused = False  # a fork is under way: stay out of gRPC
+        self._batcher = threading.Thread(target=self._batch_loop, name=f"runstream-batcher-{writer_id}", daemon=True)
+        self._streamer = threading.Thread(target=self._stream_loop, name=f"runstream-stream-{writer_id}", daemon=True)
+        _running.add(self)
+        self._batcher.start()
+        self._streamer.start()
+
+    # ---------------------------------------------------------------- calling thread
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None, timestamp_ms: int | None = None) -> None:
+        keys = tuple(metrics)
+        if keys not in self._known_keys:
+            for key in keys:
+                wire.check_key(key)
+            self._known_keys[keys] = True
+        values = [float(v) for v in metrics.values()]
+        ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
+        n = len(values)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the metric writer of run {self.run_id} is closed")
+            if self._buffered_points + n > self.max_buffer_points and not self._wait_for_room(n):
+                return
+            if step is None:
+                step = self._auto_step
+            self._auto_step = max(self._auto_step, step + 1)
+            self._pending.append((keys, step, ts, values))
+            self._pending_points += n
+            self._buffered_points += n
+            if self._pending_points >= self.batch_points:
+                self._lock.notify_all()
+
+    def _wait_for_room(self, n: int) -> bool:
+        """Called holding the lock with the buffer full: True once there is room."""
+        if self.on_full == "drop":
+            self.dropped_points += n
+            if self._drops_logged % 10_000 == 0:
+                log.warning(
+                    "runstream buffer full (server unreachable?): dropped %d points so far", self.dropped_points
+                )
+            self._drops_logged += 1
+            return False
+        deadline = time.monotonic() + self.block_timeout
+        while self._buffered_points + n > self.max_buffer_points:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BufferFull(
+                    f"the metric buffer of run {self.run_id} held {self._buffered_points:,} points for "
+                    f"{self.block_timeout:.0f} s; is the server at {self.target} reachable?"
+                )
+            self._lock.wait(left)
+        return True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every logged point is acknowledged; raise the first refusal, if any."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._flush_now = True
+            self._lock.notify_all()
+            while self._buffered_points > 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded(
+                        f"flush: {self._buffered_points:,} points of run {self.run_id} not acknowledged "
+                        f"after {timeout} s"
+                    )
+                self._lock.wait(left if left is not None else 1.0)
+            if self.errors:
+                err, self.errors = self.errors[0], []
+                raise err
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Flush, then end the stream and the threads."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._closing = True
+                self._lock.notify_all()
+            self._queue.put(_CLOSE)
+            self._batcher.join(5)
+            self._streamer.join(5)
+
+    # ---------------------------------------------------------------- batcher thread
+
+    def _batch_loop(self) -> None:
+        while True:
+            with self._lock:
+                deadline = time.monotonic() + self.flush_interval
+                while not (self._closing or self._flush_now or self._pending_points >= self.batch_points):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                if self._closing and not self._pending:
+                    return
+                self._flush_now = False
+                taken, self._pending = self._pending, []
+                self._pending_points = 0
+            for part in _split(taken, self.batch_points):
+                self._emit(part)
+
+    def _emit(self, calls: list[tuple[tuple[str, ...], int, int, list[float]]]) -> None:
+        data, points = encode_calls(self.run_id, self.writer_id, self._seq + 1, calls)
+        with self._lock:
+            self._seq += 1
+            self._unacked[self._seq] = (data, points)
+            self._queue.put(data)
+
+    # ---------------------------------------------------------------- stream thread
+
+    def _stream_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._lock:
+                while self._paused:
+                    self._lock.wait()
+                if self._closing and not self._unacked:
+                    return
+                self._queue = queue.SimpleQueue()  # the batcher now feeds the new stream
+                for data, _ in self._unacked.values():
+                    self._queue.put(data)
+                if self._closing:
+                    self._queue.put(_CLOSE)
+                requests = self._queue
+            try:
+                with self._lock:
+                    call = self._call = self._stream_method(_drain(requests))
+            except ValueError:  # grpc: "Channel closed!" -- the client was closed under us
+                with self._lock:
+                    lost = sum(points for _, points in self._unacked.values())
+                if lost:
+                    log.error("runstream: client closed with %d points of run %s unacknowledged", lost, self.run_id)
+                return
+            try:
+                for ack in call:
+                    if not self._on_ack(ack):
+                        call.cancel()  # type: ignore[no-untyped-call]  # the server pushed back: resend after a pause, on a new stream
+                        break
+                    backoff = 0.1
+                else:
+                    if self._closing:
+                        return
+            except grpc.RpcError as exc:
+                log.debug("metric stream ended (%s: %s); reconnecting in %.1f s", exc.code(), exc.details(), backoff)
+            finally:
+                requests.put(_CLOSE)  # release grpc's reader of the old request iterator
+                with self._lock:
+                    self._call = None
+                    self._lock.notify_all()
+            with self._lock:
+                self._lock.wait(backoff)
+                if self._closed and not self._unacked:
+                    return
+            backoff = min(backoff * 2, 5.0)
+
+    def _pause_for_fork(self) -> None:
+        """Leave gRPC before the process forks: gRPC's fork handlers only run when no
+        thread is inside a call. Unacked batches are resent on the next stream."""
+        with self._lock:
+            self._paused = True
+            if self._call is not None:
+                self._call.cancel()
+            deadline = time.monotonic() + 5.0
+            while self._call is not None and time.monotonic() < deadline:
+                self._lock.wait(0.05)
+
+    def _resume_after_fork(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._lock.notify_all()
+
+    def _on_ack(self, ack: pb.BatchAck) -> bool:
+        """Settle one batch; False when the server asks for it again later."""
+        code = _CODES.get(ack.code, grpc.StatusCode.UNKNOWN)
+        with self._lock:
+            if code in RETRYABLE:
+                return False  # stays unacked; resent with the same seq on the next stream
+            entry = self._unacked.pop(ack.seq, None)
+            if entry is None:
+                return True
+            self._buffered_points -= entry[1]
+            self.sent_batches += 1
+            if code != grpc.StatusCode.OK:
+                err = from_status(code, ack.message)
+                log.error("runstream refused a batch of %d points: %s", entry[1], err)
+                self.errors.append(err)
+            self._lock.notify_all()
+        return True
+
+
+_running: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for writer in list(_running):
+        writer._pause_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for writer in list(_running):
+        writer._resume_after_fork()
+
+
+def _after_fork_in_child() -> None:
+    _running.clear()  # the parent's writers have no threads here; they are not the child's to run
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+def _drain(q: queue.SimpleQueue[bytes | None]) -> Iterator[bytes]:
+    while True:
+        item = q.get()
+        if item is _CLOSE:
+            return
+        yield item
+
+
+def _split(
+    calls: list[tuple[tuple[str, ...], int, int, list[float]]], limit: int
+) -> Iterator[list[tuple[tuple[str, ...], int, int, list[float]]]]:
+    """Consecutive runs of calls holding at most `limit` points (a call is never split)."""
+    part: list[tuple[tuple[str, ...], int, int, list[float]]] = []
+    n = 0
+    for call in calls:
+        if part and n + len(call[3]) > limit:
+            yield part
+            part, n = [], 0
+        part.append(call)
+        n += len(call[3])
+    if part:
+        yield part
+
+
+def encode_calls(
+    run_id: str, writer_id: str, seq: int, calls: list[tuple[tuple[str, ...], int, int, list[float]]]
+) -> tuple[bytes, int]:
+    """One MetricBatch from buffered calls (keys, step, timestamp, values): the key
+    dictionary is built per distinct key tuple, the columns with numpy."""
+    dictionary: dict[str, int] = {}
+    index_of: dict[tuple[str, ...], np.ndarray] = {}
+    for keys, _, _, _ in calls:
+        if keys not in index_of:
+            index_of[keys] = np.array([dictionary.setdefault(k, len(dictionary)) for k in keys], dtype=np.uint32)
+    lengths = np.fromiter((len(c[3]) for c in calls), dtype=np.int64, count=len(calls))
+    total = int(lengths.sum())
+    if len(index_of) == 1:
+        key_index = np.tile(next(iter(index_of.values())), len(calls))
+    else:
+        key_index = np.concatenate([index_of[c[0]] for c in calls])
+    value = np.fromiter(itertools.chain.from_iterable(c[3] for c in calls), dtype=np.float64, count=total)
+    step = np.repeat(np.fromiter((c[1] for c in calls), dtype=np.int64, count=len(calls)), lengths)
+    stamp = np.repeat(np.fromiter((c[2] for c in calls), dtype=np.int64, count=len(calls)), lengths)
+    return wire.encode(run_id, writer_id, seq, list(dictionary), key_index, step, stamp, value), total

@@ -1,0 +1,203 @@
+"""The local directory store: the embedded default. The server signs URLs itself (HMAC-SHA256
+over method, key, size, content SHA-256, upload and expiry) and serves them on its HTTP port,
+streaming bodies to and from disk, so a URL for one key can write nothing else, no other bytes,
+and dies at its expiry.
+
+Layout under the root: `objects/<key>` for stored objects, `.uploads/<id>/<part>` for the parts
+of unfinished multipart uploads, `.secret` for the signing key (shared by servers that share
+the directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from runstream.server.artifacts.stores import Part, PartsRejected, SignedUrl
+
+CHUNK = 1024 * 1024
+
+
+class LocalStore:
+    def __init__(self, root: Path, public_url: str) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.uploads = root / ".uploads"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.public_url = public_url.rstrip("/")
+        self._secret = _secret(root / ".secret")
+
+    # ------------------------------------------------------------ signing
+
+    def _signature(self, method: str, key: str, expires: int, size: int, sha256: str, upload: str, part: int) -> str:
+        message = "\n".join([method, key, str(expires), str(size), sha256, upload, str(part)]).encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _url(
+        self, method: str, key: str, expires_s: int, size: int = -1, sha256: str = "", upload: str = "", part: int = 0
+    ) -> str:
+        expires = int(time.time()) + expires_s
+        query: dict[str, str | int] = {"e": expires, "s": size, "h": sha256, "u": upload, "p": part}
+        query["sig"] = self._signature(method, key, expires, size, sha256, upload, part)
+        return f"{self.public_url}/objects/{quote(key)}?{urlencode(query)}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.objects / key).resolve()
+        if not path.is_relative_to(self.objects.resolve()):
+            raise web.HTTPForbidden(text="key outside the store")
+        return path
+
+    # ------------------------------------------------------------ ObjectStore
+
+    async def presign_put(self, key: str, size: int, sha256: str, expires_s: int) -> SignedUrl:
+        return SignedUrl(self._url("PUT", key, expires_s, size, sha256))
+
+    async def create_multipart(self, key: str, content_type: str) -> str:
+        upload_id = uuid.uuid4().hex
+        (self.uploads / upload_id).mkdir()
+        return upload_id
+
+    async def presign_part(
+        self, key: str, upload_id: str, part_number: int, size: int, sha256: str, expires_s: int
+    ) -> SignedUrl:
+        return SignedUrl(self._url("PUT", key, expires_s, size, sha256, upload_id, part_number))
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
+        await asyncio.to_thread(self._concatenate, key, upload_id, parts)
+
+    def _concatenate(self, key: str, upload_id: str, parts: list[Part]) -> None:
+        folder = self.uploads / upload_id
+        files = []
+        for p in sorted(parts, key=lambda p: p.number):
+            part = folder / str(p.number)
+            if not part.exists() or _etag(part) != p.etag.strip('"'):
+                raise PartsRejected(
+                    f"cannot complete the upload: part {p.number} was not uploaded (or was uploaded again since)"
+                )
+            files.append(part)
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "complete"
+        with tmp.open("wb") as out:
+            for part in files:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, CHUNK)
+        os.replace(tmp, target)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.uploads / upload_id, True)
+
+    async def size_of(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def presign_get(self, key: str, expires_s: int) -> str:
+        return self._url("GET", key, expires_s)
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        return None
+
+    # ------------------------------------------------------------ serving the URLs
+
+    def add_routes(self, app: web.Application) -> None:
+        """Serve the signed URLs on `app` (made with client_max_size=0: uploads are streamed)."""
+        app.router.add_put("/objects/{key:.+}", self._put)
+        app.router.add_get("/objects/{key:.+}", self._get)
+
+    def _check(self, request: web.Request, method: str) -> tuple[str, int, str, str, int]:
+        key = request.match_info["key"]
+        q = request.query
+        try:
+            expires, size, sha256, upload, part = int(q["e"]), int(q["s"]), q["h"], q["u"], int(q["p"])
+            sig = q["sig"]
+        except (KeyError, ValueError):
+            raise web.HTTPForbidden(text="not a signed URL") from None
+        want = self._signature(method, key, expires, size, sha256, upload, part)
+        if not hmac.compare_digest(want, sig):
+            raise web.HTTPForbidden(text="signature does not match this method, key, size and content")
+        if time.time() > expires:
+            raise web.HTTPForbidden(text="URL expired")
+        return key, size, sha256, upload, part
+
+    async def _put(self, request: web.Request) -> web.StreamResponse:
+        key, size, sha256, upload, part = self._check(request, "PUT")
+        if request.content_length is not None and request.content_length != size:
+            raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes, not {request.content_length}")
+        if upload and not (self.uploads / upload).is_dir():
+            raise web.HTTPNotFound(text="no such upload (completed or aborted)")
+        target = self.uploads / upload / str(part) if upload else self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.uploads / f"tmp-{uuid.uuid4().hex}"
+        written = 0
+        digest = hashlib.sha256()
+        try:
+            with tmp.open("wb") as out:
+                # Hashing and writing go to a thread a MiB at a time (both release the GIL), so
+                # an upload does not hold up the gRPC handlers sharing this event loop.
+                pending: list[bytes] = []
+                async for data in request.content.iter_chunked(CHUNK):
+                    written += len(data)
+                    if written > size:
+                        raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
+                    pending.append(data)
+                    if sum(map(len, pending)) >= CHUNK:
+                        await asyncio.to_thread(_absorb, pending, digest, out)
+                        pending = []
+                await asyncio.to_thread(_absorb, pending, digest, out)
+            if written != size:
+                raise web.HTTPBadRequest(text=f"got {written} bytes; this URL takes exactly {size}")
+            if digest.hexdigest() != sha256:
+                raise web.HTTPBadRequest(text="the content does not match the SHA-256 this URL was signed for")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return web.Response(status=200, headers={"ETag": f'"{_etag(target)}"'})
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        key, _, _, _, _ = self._check(request, "GET")
+        path = self._path(key)
+        if not path.is_file():
+            raise web.HTTPNotFound(text="no such object")
+        return web.FileResponse(path, chunk_size=CHUNK)
+
+
+def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:
+    for block in blocks:
+        digest.update(block)
+        out.write(block)
+
+
+def _etag(path: Path) -> str:
+    """Identifies one upload of a part: its size and modification time."""
+    st = path.stat()
+    return f"{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+def _secret(path: Path) -> bytes:
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}")
+        tmp.write_bytes(secrets.token_bytes(32))
+        tmp.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins when servers start together
+        tmp.unlink()
+    return path.read_bytes()

@@ -1,0 +1,270 @@
+"""The ArtifactService: sign uploads and downloads, record what landed. Artifact bytes go
+between the client and the store; this service only talks to the store about keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+
+from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
+from runstream.server.artifacts.paths import check_path, check_prefix, object_key, replacement_key
+from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
+from runstream.server.metrics import Metrics
+from runstream.server.storage import store
+from runstream.wire import batch as wire
+from runstream.wire.proto import artifacts_pb2 as apb
+
+log = logging.getLogger(__name__)
+
+MAX_SIZE = 5 * 1024**4  # 5 TiB, S3's object limit
+MAX_PARTS = 10_000  # S3's part limit
+SHA256 = re.compile(r"[0-9a-f]{64}")
+STALE_AFTER_MS = 24 * 3600 * 1000  # unfinished uploads older than this are aborted
+SWEEP_S = 600.0
+
+
+class Artifacts:
+    def __init__(
+        self, pool: asyncpg.Pool, objects: ObjectStore, settings: StoreSettings, metrics: Metrics | None = None
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics or Metrics()
+        self.objects = objects
+        self.settings = settings
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.objects.close()
+
+    async def CreateUpload(self, req: apb.CreateUploadRequest, ctx: Any) -> apb.Upload:
+        wire.check_run_id(req.run_id)
+        path = check_path(req.path)
+        if not 0 <= req.size <= MAX_SIZE:
+            raise InvalidArgument(f"size is {req.size:,} bytes; it must be between 0 and {MAX_SIZE:,} (5 TiB)")
+        if not SHA256.fullmatch(req.sha256):
+            raise InvalidArgument("sha256 must be the content's SHA-256 as 64 lowercase hex digits")
+        if len(req.content_type) > 255:
+            raise InvalidArgument("content_type is longer than 255 characters")
+        part_size = self.settings.part_size
+        parts = -(-req.size // part_size) if req.size > part_size else 0
+        if parts > MAX_PARTS:
+            raise InvalidArgument(f"{req.size:,} bytes would take {parts:,} parts; the limit is {MAX_PARTS:,}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _active_run(conn, req.run_id)
+            await _not_a_model_source(conn, req.run_id, path)
+            content_type = req.content_type or "application/octet-stream"
+            expires = self.settings.expires_s
+            out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
+            key = object_key(req.run_id, path)
+            await store.lock_object_key(conn, key)
+            if await store.object_key_taken(conn, req.run_id, key):
+                key = replacement_key(req.run_id, path, out.upload_id)
+            multipart_id = None
+            if parts:  # the layout only: SignParts signs each part for its checksum
+                multipart_id = await self.objects.create_multipart(key, content_type)
+                for n in range(1, parts + 1):
+                    offset, size = _part(n, req.size, part_size)
+                    out.parts.add(part_number=n, offset=offset, size=size)
+            else:
+                signed = await self.objects.presign_put(key, req.size, req.sha256, expires)
+                out.url = signed.url
+                out.headers.update(signed.headers)
+            await store.create_upload(
+                conn,
+                {
+                    "upload_id": out.upload_id,
+                    "run_id": req.run_id,
+                    "path": path,
+                    "object_key": key,
+                    "size": req.size,
+                    "sha256": req.sha256,
+                    "content_type": content_type,
+                    "multipart_id": multipart_id,
+                    "part_size": part_size,
+                },
+            )
+        self.metrics.uploads_signed.labels("multipart" if parts else "single").inc()
+        return out
+
+    async def SignParts(self, req: apb.SignPartsRequest, ctx: Any) -> apb.SignPartsResponse:
+        async with self.pool.acquire() as conn:
+            upload = await _upload(conn, req.upload_id)
+        if upload["multipart_id"] is None:
+            raise FailedPrecondition(f"upload {req.upload_id} is one PUT to the URL CreateUpload gave; it has no parts")
+        count = -(-upload["size"] // upload["part_size"])
+        expires = self.settings.expires_s
+        out = apb.SignPartsResponse(expires_at_ms=store.now_ms() + expires * 1000)
+        for p in req.parts:
+            if not 1 <= p.part_number <= count:
+                raise InvalidArgument(f"part_number {p.part_number} is not a part of this upload (1 to {count})")
+            if not SHA256.fullmatch(p.sha256):
+                raise InvalidArgument(f"part {p.part_number}: sha256 must be 64 lowercase hex digits")
+            offset, size = _part(p.part_number, upload["size"], upload["part_size"])
+            signed = await self.objects.presign_part(
+                upload["object_key"], upload["multipart_id"], p.part_number, size, p.sha256, expires
+            )
+            out.parts.add(part_number=p.part_number, offset=offset, size=size, url=signed.url, headers=signed.headers)
+        return out
+
+    async def CompleteUpload(self, req: apb.CompleteUploadRequest, ctx: Any) -> apb.Artifact:
+        async with self.pool.acquire() as conn:
+            upload = await _upload(conn, req.upload_id)
+            if upload["multipart_id"] is not None:
+                expected = -(-upload["size"] // upload["part_size"])
+                numbers = sorted(p.part_number for p in req.parts)
+                if numbers != list(range(1, expected + 1)):
+                    raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
+                if not all(SHA256.fullmatch(p.sha256) for p in req.parts):
+                    raise InvalidArgument("give every part's sha256 as signed by SignParts (64 lowercase hex digits)")
+                await self.objects.complete_multipart(
+                    upload["object_key"],
+                    upload["multipart_id"],
+                    [Part(p.part_number, p.etag, p.sha256) for p in req.parts],
+                )
+            stored = await self.objects.size_of(upload["object_key"])
+            if stored is None:
+                raise FailedPrecondition(f"nothing was uploaded for {upload['path']!r}; PUT the file first")
+            if stored != upload["size"]:
+                raise FailedPrecondition(
+                    f"{upload['path']!r} has {stored:,} bytes stored, {upload['size']:,} announced"
+                )
+            async with conn.transaction():
+                await store.lock_object_key(conn, object_key(upload["run_id"], upload["path"]))
+                await _not_a_model_source(conn, upload["run_id"], upload["path"])
+                row, replaced = await store.record_artifact(conn, upload)
+                await store.delete_upload(conn, req.upload_id)
+        if replaced is not None and replaced != upload["object_key"]:
+            await self.objects.delete(replaced)  # recorded no more: the new bytes are in place
+        self.metrics.uploads_completed.inc()
+        self.metrics.upload_bytes.inc(upload["size"])
+        return _artifact(row, is_dir=False)
+
+    async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
+        async with self.pool.acquire() as conn:
+            upload = await _upload(conn, req.upload_id)
+            await self._abort(conn, upload)
+        return apb.AbortUploadResponse()
+
+    async def ListArtifacts(self, req: apb.ListArtifactsRequest, ctx: Any) -> apb.ListArtifactsResponse:
+        wire.check_run_id(req.run_id)
+        prefix = check_prefix(req.prefix)
+        async with self.pool.acquire() as conn:
+            await _run(conn, req.run_id)
+            rows = await store.list_artifacts(conn, req.run_id, prefix + "/" if prefix else "")
+        return apb.ListArtifactsResponse(artifacts=[_artifact(r, r["is_dir"]) for r in rows])
+
+    async def GetDownloadUrl(self, req: apb.ArtifactRef, ctx: Any) -> apb.DownloadUrl:
+        row = await self._artifact(req)
+        expires = self.settings.expires_s
+        return apb.DownloadUrl(
+            url=await self.objects.presign_get(row["object_key"], expires),
+            artifact=_artifact(row, is_dir=False),
+            expires_at_ms=store.now_ms() + expires * 1000,
+        )
+
+    async def DeleteArtifact(self, req: apb.ArtifactRef, ctx: Any) -> apb.DeleteArtifactResponse:
+        wire.check_run_id(req.run_id)
+        path = check_path(req.path)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _not_a_model_source(conn, req.run_id, path)
+            key = await store.delete_artifact(conn, req.run_id, path)
+        if key is None:
+            raise NotFound(f"run {req.run_id} has no artifact {path!r}")
+        await self.objects.delete(key)
+        return apb.DeleteArtifactResponse()
+
+    async def _artifact(self, req: apb.ArtifactRef) -> asyncpg.Record:
+        wire.check_run_id(req.run_id)
+        path = check_path(req.path)
+        async with self.pool.acquire() as conn:
+            row = await store.get_artifact(conn, req.run_id, path)
+            if row is None:
+                await _run(conn, req.run_id)
+                raise NotFound(f"run {req.run_id} has no artifact {path!r}")
+        return row
+
+    async def _abort(self, conn: Any, upload: asyncpg.Record) -> None:
+        if upload["multipart_id"] is not None:
+            await self.objects.abort_multipart(upload["object_key"], upload["multipart_id"])
+        elif not await _recorded(conn, upload):
+            await self.objects.delete(upload["object_key"])  # a single PUT may have landed: unrecorded bytes
+        await store.delete_upload(conn, upload["upload_id"])
+
+    async def _sweep_forever(self) -> None:
+        """Abort uploads nobody completed within STALE_AFTER_MS, freeing their parts."""
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    for u in await store.stale_uploads(conn, store.now_ms() - STALE_AFTER_MS):
+                        await self._abort(conn, u)
+                        log.info("aborted stale upload %s (%s)", u["upload_id"], u["object_key"])
+            except (OSError, asyncpg.PostgresError, StoreUnavailable) as exc:
+                log.warning("sweeping stale uploads failed: %s", exc)
+            await asyncio.sleep(SWEEP_S)
+
+
+async def _run(conn: Any, run_id: str) -> str:
+    stage = await store.run_lifecycle(conn, run_id)
+    if stage is None:
+        raise RunNotFound(f"run {run_id} does not exist")
+    return stage
+
+
+async def _recorded(conn: Any, upload: asyncpg.Record) -> bool:
+    row = await store.get_artifact(conn, upload["run_id"], upload["path"])
+    return row is not None and row["object_key"] == upload["object_key"]
+
+
+async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
+    """A registered model version's bytes never change: its source cannot be replaced or deleted."""
+    used = await store.model_version_using(conn, run_id, path)
+    if used is not None:
+        raise FailedPrecondition(
+            f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
+        )
+
+
+async def _active_run(conn: Any, run_id: str) -> None:
+    if await _run(conn, run_id) != "active":
+        raise FailedPrecondition(f"run {run_id} is deleted; restore it before adding artifacts")
+
+
+async def _upload(conn: Any, upload_id: str) -> asyncpg.Record:
+    try:
+        uuid.UUID(upload_id)
+    except ValueError:
+        raise InvalidArgument(f"upload_id {upload_id[:80]!r} is not an upload id") from None
+    upload = await store.get_upload(conn, upload_id)
+    if upload is None:
+        raise NotFound(f"upload {upload_id} does not exist (completed, aborted or never created)")
+    return upload
+
+
+def _part(number: int, size: int, part_size: int) -> tuple[int, int]:
+    """Offset and size of part `number` (from 1) of `size` bytes cut into `part_size` pieces."""
+    offset = (number - 1) * part_size
+    return offset, min(part_size, size - offset)
+
+
+def _artifact(row: asyncpg.Record, is_dir: bool) -> apb.Artifact:
+    return apb.Artifact(
+        path=row["path"],
+        is_dir=is_dir,
+        size=row["size"],
+        sha256="" if is_dir else row["sha256"],
+        content_type="" if is_dir else row["content_type"],
+        created_ms=row["created_ms"],
+    )

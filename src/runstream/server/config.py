@@ -1,0 +1,63 @@
+"""Server settings: command-line flags with RUNSTREAM_* environment variables as defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runstream.server.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "runstream"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=default_data_dir)
+    postgres_url: str | None = None  # None: the embedded PostgreSQL in data_dir
+    redis_url: str | None = None  # None: the embedded Redis in data_dir
+    role: str = "all"  # all | ingest | query | load
+    loaders: int = 1  # loader processes started by role all
+    shards: int = DEFAULT_SHARDS
+    redis_prefix: str = DEFAULT_PREFIX
+    read_count: int = 200  # stream entries a loader takes per read (per shard)
+    claim_idle_ms: int = 30_000  # pending entries idle this long are claimed by another loader
+    max_backlog: int = 20_000  # entries per shard above which ingest answers RESOURCE_EXHAUSTED
+    artifacts: str | None = None  # file:///dir or s3://bucket/prefix; None: the local store under data_dir
+    s3_endpoint_url: str | None = None  # MinIO, Ceph...; None: AWS (or botocore's AWS_ENDPOINT_URL)
+    s3_public_endpoint_url: str | None = None  # the endpoint clients reach, when it differs
+    s3_region: str | None = None
+    s3_addressing_style: str = "auto"
+    http_port: int | None = None  # the local store's signed URLs; None: port + 1
+    public_http_url: str | None = None  # how clients reach http_port; None: http://host:http_port
+    artifact_url_expiry_s: int = 15 * 60
+    artifact_part_size: int = 64 * 1024 * 1024  # uploads above this go in parts, one URL each
+    pool_size: int = 8
+    grace_s: float = 10.0
+
+    @property
+    def artifacts_url(self) -> str:
+        return self.artifacts or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return self.public_http_url or f"http://{host}:{self.http_port}"
+
+    def env_overrides(self) -> Settings:
+        """Fill unset URLs from RUNSTREAM_POSTGRES_URL / RUNSTREAM_REDIS_URL."""
+        self.postgres_url = self.postgres_url or os.environ.get("RUNSTREAM_POSTGRES_URL") or None
+        self.redis_url = self.redis_url or os.environ.get("RUNSTREAM_REDIS_URL") or None
+        self.artifacts = self.artifacts or os.environ.get("RUNSTREAM_ARTIFACTS") or None
+        self.s3_endpoint_url = self.s3_endpoint_url or os.environ.get("RUNSTREAM_S3_ENDPOINT_URL") or None
+        self.s3_public_endpoint_url = (
+            self.s3_public_endpoint_url or os.environ.get("RUNSTREAM_S3_PUBLIC_ENDPOINT_URL") or None
+        )
+        if self.http_port is None:
+            self.http_port = self.port + 1
+        return self

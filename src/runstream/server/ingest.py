@@ -1,0 +1,347 @@
+"""The TrackingService: run lifecycle, params and tags straight to PostgreSQL, and metric
+batches appended, as received, to the Redis streams the loaders drain.
+
+A metric batch is validated cheaply (columns agree, limits, the run exists), appended as
+one stream entry, and acknowledged only after Redis answered the append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+
+from runstream.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RunNotFound,
+    RunstreamError,
+)
+from runstream.server.appender import StreamAppender
+from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.server.messages import experiment_message, run_message
+from runstream.server.metrics import INGEST_RPCS, Metrics
+from runstream.server.storage import store
+from runstream.wire import batch as wire
+from runstream.wire.proto import tracking_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_NAME = 500
+RUN_CACHE_S = 30.0
+BACKLOG_POLL_S = 0.5
+STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
+TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
+Inflight = tuple[pb.BatchAck, "asyncio.Future[None] | None", float]  # ack, its append, when the batch came
+
+
+def _check_params(values: dict[str, str], what: str, limit: int) -> None:
+    for key, value in values.items():
+        wire.check_key(key, what)
+        if len(value) > limit:
+            raise InvalidArgument(f"{what} {key!r} value is {len(value):,} characters; the limit is {limit:,}")
+
+
+def _experiment_id(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidArgument(f"experiment_id {text[:80]!r} is not an experiment id (a whole number)")
+    return int(text)
+
+
+class Tracking:
+    """The TrackingService handlers; see protos/runstream/v1/tracking.proto."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, max_backlog: int, metrics: Metrics | None = None
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics or Metrics()
+        self._rpc_metrics = {rpc: _RpcMetrics(self.metrics, rpc) for rpc in INGEST_RPCS}
+        self.redis = redis
+        self.keys = keys
+        self.max_backlog = max_backlog
+        self._runs: dict[str, float] = {}  # active run id -> when the cache entry expires
+        self._known_keys: set[str] = set()
+        self._backlog = [0] * keys.shards
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._appenders = [StreamAppender(redis, stream) for stream in keys.streams()]
+
+    async def start(self) -> None:
+        self._backlog_task = asyncio.create_task(self._watch_backlog())
+
+    async def stop(self) -> None:
+        if self._backlog_task:
+            self._backlog_task.cancel()
+        for appender in self._appenders:
+            await appender.stop()
+
+    async def _watch_backlog(self) -> None:
+        """Keep the stream lengths current, so ingest can push back when loaders lag."""
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for stream in self.keys.streams():
+                        pipe.xlen(stream)
+                    self._backlog = [int(n) for n in await pipe.execute()]
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("cannot read stream lengths: %s", exc)
+            await asyncio.sleep(BACKLOG_POLL_S)
+
+    # ------------------------------------------------------------ experiments
+
+    async def CreateExperiment(self, req: pb.CreateExperimentRequest, ctx: Any) -> pb.Experiment:
+        if not req.name or len(req.name) > MAX_NAME:
+            raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+        async with self.pool.acquire() as conn:
+            return experiment_message(
+                await store.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
+            )
+
+    async def GetExperiment(self, req: pb.GetExperimentRequest, ctx: Any) -> pb.Experiment:
+        async with self.pool.acquire() as conn:
+            if req.WhichOneof("ref") == "experiment_id":
+                row = await store.get_experiment(conn, experiment_id=_experiment_id(req.experiment_id))
+            elif req.WhichOneof("ref") == "name":
+                row = await store.get_experiment(conn, name=req.name)
+            else:
+                raise InvalidArgument("give experiment_id or name")
+            return experiment_message(row)
+
+    async def ListExperiments(self, req: pb.ListExperimentsRequest, ctx: Any) -> pb.ListExperimentsResponse:
+        limit = req.max_results or 1000
+        if not 0 < limit <= 10_000:
+            raise InvalidArgument("max_results must be between 1 and 10,000")
+        after = _experiment_id(req.page_token) if req.page_token else 0
+        async with self.pool.acquire() as conn:
+            rows = await store.list_experiments(conn, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return pb.ListExperimentsResponse(
+            experiments=[experiment_message(r) for r in rows],
+            next_page_token=str(rows[-1].experiment_id) if more else "",
+        )
+
+    # ------------------------------------------------------------ runs
+
+    async def CreateRun(self, req: pb.CreateRunRequest, ctx: Any) -> pb.Run:
+        if len(req.name) > MAX_NAME:
+            raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
+        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        run_id = str(uuid.uuid4())
+        start = req.start_time_ms or store.now_ms()
+        async with self.pool.acquire() as conn:
+            which = req.WhichOneof("experiment")
+            if which == "experiment_id":
+                experiment_id = _experiment_id(req.experiment_id)
+            else:
+                name = req.experiment_name or "Default"
+                if len(name) > MAX_NAME:
+                    raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+                experiment_id = await store.get_or_create_experiment(conn, name)
+            await store.create_run(
+                conn, run_id, experiment_id, req.name or run_id[:8], pb.RUNNING, start, dict(req.tags)
+            )
+            run = await store.get_run(conn, run_id)
+        self._runs[run_id] = time.monotonic() + RUN_CACHE_S
+        return run_message(run)
+
+    async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
+        wire.check_run_id(req.run_id)
+        async with self.pool.acquire() as conn:
+            return run_message(await store.get_run(conn, req.run_id))
+
+    async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
+        wire.check_run_id(req.run_id)
+        if req.status not in pb.RunStatus.values():
+            raise InvalidArgument(f"status {req.status} is not a RunStatus")
+        status = req.status or None
+        end = req.end_time_ms or (store.now_ms() if status in TERMINAL else None)
+        name = req.name if req.HasField("name") else None
+        if name is not None and len(name) > MAX_NAME:
+            raise InvalidArgument(f"run name is {len(name)} characters; the limit is {MAX_NAME}")
+        async with self.pool.acquire() as conn:
+            await store.update_run(conn, req.run_id, status, end, name)
+            return run_message(await store.get_run(conn, req.run_id))
+
+    async def _set_run_stage(self, run_id: str, stage: str) -> pb.Run:
+        wire.check_run_id(run_id)
+        self._runs.pop(run_id, None)  # this ingester sees the change at once; others within RUN_CACHE_S
+        async with self.pool.acquire() as conn:
+            await store.set_run_lifecycle(conn, run_id, stage)
+            return run_message(await store.get_run(conn, run_id))
+
+    async def DeleteRun(self, req: pb.RunRef, ctx: Any) -> pb.Run:
+        return await self._set_run_stage(req.run_id, "deleted")
+
+    async def RestoreRun(self, req: pb.RunRef, ctx: Any) -> pb.Run:
+        return await self._set_run_stage(req.run_id, "active")
+
+    async def _set_experiment_stage(self, experiment_id: str, stage: str) -> pb.Experiment:
+        eid = _experiment_id(experiment_id)
+        self._runs.clear()  # its runs change stage too
+        async with self.pool.acquire() as conn:
+            await store.set_experiment_lifecycle(conn, eid, stage)
+            return experiment_message(await store.get_experiment(conn, experiment_id=eid))
+
+    async def DeleteExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
+        return await self._set_experiment_stage(req.experiment_id, "deleted")
+
+    async def RestoreExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
+        return await self._set_experiment_stage(req.experiment_id, "active")
+
+    async def LogParams(self, req: pb.LogParamsRequest, ctx: Any) -> pb.LogParamsResponse:
+        wire.check_run_id(req.run_id)
+        _check_params(dict(req.params), "param", MAX_PARAM_VALUE)
+        async with self.pool.acquire() as conn:
+            await store.log_params(conn, req.run_id, dict(req.params))
+        return pb.LogParamsResponse()
+
+    async def SetTags(self, req: pb.SetTagsRequest, ctx: Any) -> pb.SetTagsResponse:
+        wire.check_run_id(req.run_id)
+        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        async with self.pool.acquire() as conn:
+            await store.set_tags(conn, req.run_id, dict(req.tags))
+        return pb.SetTagsResponse()
+
+    async def DeleteTag(self, req: pb.DeleteTagRequest, ctx: Any) -> pb.DeleteTagResponse:
+        wire.check_run_id(req.run_id)
+        async with self.pool.acquire() as conn:
+            if not await store.delete_tag(conn, req.run_id, req.key):
+                await store.get_run(conn, req.run_id)  # NOT_FOUND names the run when it is the run
+                raise NotFound(f"tag {req.key!r} is not set on run {req.run_id}")
+        return pb.DeleteTagResponse()
+
+    async def LogInputs(self, req: pb.LogInputsRequest, ctx: Any) -> pb.LogInputsResponse:
+        wire.check_run_id(req.run_id)
+        inputs = []
+        for i in req.inputs:
+            if not i.name or len(i.name) > 500:
+                raise InvalidArgument(f"dataset name {i.name[:80]!r} must have 1 to 500 characters")
+            if len(i.digest) > 500 or len(i.source) > 2000 or len(i.context) > 100:
+                raise InvalidArgument(f"dataset {i.name!r}: digest at most 500 characters, source 2,000, context 100")
+            inputs.append((i.name, i.digest, i.source, i.context))
+        async with self.pool.acquire() as conn:
+            await store.log_inputs(conn, req.run_id, inputs)
+        return pb.LogInputsResponse()
+
+    # ------------------------------------------------------------ metrics
+
+    async def _check_run(self, run_id: str) -> None:
+        expires = self._runs.get(run_id)
+        if expires is not None and expires > time.monotonic():
+            return
+        async with self.pool.acquire() as conn:
+            stage = await store.run_lifecycle(conn, run_id)
+        if stage is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        if stage != "active":
+            raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
+        self._runs[run_id] = time.monotonic() + RUN_CACHE_S
+
+    async def _accept(self, data: bytes, m: _RpcMetrics) -> tuple[pb.BatchAck, asyncio.Future[None] | None]:
+        """Validate one serialized batch and submit it to its shard's appender; returns the ack
+        to send and the future of the append (None for an empty batch)."""
+        m.batches.inc()
+        m.bytes.inc(len(data))
+        b = wire.decode(data)
+        m.points.inc(b.points)
+        wire.validate(b, len(data), self._known_keys)
+        await self._check_run(b.run_id)
+        shard = self.keys.shard_of(b.run_id)
+        if self._backlog[shard] >= self.max_backlog:
+            raise ResourceExhausted(
+                f"ingest backlog is full ({self._backlog[shard]:,} batches waiting for the loaders); retry later"
+            )
+        ack = pb.BatchAck(seq=b.seq, code=0, points=b.points)
+        if not b.points:
+            return ack, None
+        return ack, self._appenders[shard].submit({FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
+
+    async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
+        m = self._rpc_metrics["LogMetrics"]
+        t0 = time.perf_counter()
+        try:
+            ack, appended = await self._accept(data, m)
+            if appended is not None:
+                await appended
+        except RunstreamError as exc:
+            m.rejected(exc.code)
+            raise
+        m.ack_latency.observe(time.perf_counter() - t0)
+        return ack
+
+    async def StreamMetrics(self, requests: AsyncIterator[bytes], ctx: Any) -> AsyncIterator[pb.BatchAck]:
+        """Batches of one stream are validated in order and appended in order, but a sender is
+        not held to one Redis round trip per batch: up to STREAM_PIPELINE appends are in flight,
+        and each ack goes back once its own append has returned."""
+        m = self._rpc_metrics["StreamMetrics"]
+        inflight: asyncio.Queue[Inflight | None] = asyncio.Queue(STREAM_PIPELINE)
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    t0 = time.perf_counter()
+                    try:
+                        await inflight.put((*await self._accept(data, m), t0))
+                    except RunstreamError as exc:
+                        m.rejected(exc.code)
+                        await inflight.put((_refusal(data, exc), None, t0))
+            finally:
+                await inflight.put(None)
+
+        reader = asyncio.create_task(read())
+        self.metrics.active_streams.inc()
+        try:
+            while (item := await inflight.get()) is not None:
+                ack, appended, t0 = item
+                if appended is not None:
+                    try:
+                        await appended
+                    except RunstreamError as exc:
+                        m.rejected(exc.code)
+                        ack = pb.BatchAck(seq=ack.seq, code=exc.code.value[0], message=str(exc))
+                if not ack.code:
+                    m.ack_latency.observe(time.perf_counter() - t0)
+                yield ack
+            await reader  # re-raise what ended the request stream, if anything
+        finally:
+            reader.cancel()
+            self.metrics.active_streams.dec()
+
+
+class _RpcMetrics:
+    """The ingest metrics of one RPC, with the label bound once (not per batch)."""
+
+    def __init__(self, metrics: Metrics, rpc: str) -> None:
+        self.rpc = rpc
+        self.points = metrics.points_received.labels(rpc)
+        self.batches = metrics.batches_received.labels(rpc)
+        self.bytes = metrics.bytes_received.labels(rpc)
+        self.ack_latency = metrics.ack_latency.labels(rpc)
+        self._rejected = metrics.batches_rejected
+
+    def rejected(self, code: grpc.StatusCode) -> None:
+        self._rejected.labels(self.rpc, code.name).inc()
+
+
+def _refusal(data: bytes, exc: RunstreamError) -> pb.BatchAck:
+    return pb.BatchAck(seq=_seq_of(data), code=exc.code.value[0], message=str(exc))
+
+
+def _seq_of(data: bytes) -> int:
+    """The seq of a batch that was rejected, when it can be read at all (0 otherwise)."""
+    try:
+        return wire.decode(data).seq
+    except InvalidArgument:
+        return 0

@@ -1,0 +1,251 @@
+"""Loaders move metric batches from the Redis streams into PostgreSQL, exactly once.
+
+Each read of the consumer group becomes one transaction: record the batches' keys
+(run, writer, seq) and drop those already recorded (client retries), COPY the new points
+as chunks, fold them into the per-key summaries. Only after the commit are the entries
+acknowledged and deleted from the stream. Entries a crashed loader left pending are
+claimed by another loader once they have been idle for `claim_idle_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from runstream.errors import InvalidArgument
+from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, LOADER_GROUP, Keys
+from runstream.server.metrics import Metrics
+from runstream.server.storage import chunks, store
+from runstream.wire import batch as wire
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, bytes, dict[bytes, bytes]]  # (stream, entry id, fields)
+SERIES_CACHE_MAX = 1_000_000
+RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
+# Failures that pass: the entries stay pending in Redis and are loaded again once claimed.
+TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, aioredis.ConnectionError, aioredis.TimeoutError)
+
+
+def failpoint(name: str) -> None:
+    """Testing hook: RUNSTREAM_FAILPOINT=<name>:<seconds> pauses the loader at `name`
+    (inside the transaction for loader.after_copy) so a test can kill it right there."""
+    spec = os.environ.get("RUNSTREAM_FAILPOINT", "")
+    if spec.startswith(name + ":"):
+        log.warning("failpoint %s: pausing", name)
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
+@dataclass
+class LoadStats:
+    entries: int = 0
+    batches: int = 0
+    duplicates: int = 0
+    points: int = 0
+    transactions: int = 0
+    read_s: float = 0.0  # waiting for and reading stream entries
+    commit_s: float = 0.0  # decode, pack, COPY and commit
+    ack_s: float = 0.0  # XACK + XDEL after the commit
+
+
+class Loader:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        read_count: int = 200,
+        claim_idle_ms: int = 30_000,
+        block_ms: int = 200,
+        consumer: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics or Metrics()
+        self.redis = redis
+        self.keys = keys
+        self.read_count = read_count
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = LoadStats()
+        self._series: dict[chunks.SeriesKey, int] = {}
+        self._last_claim = 0.0
+
+    async def setup(self) -> None:
+        """Create the consumer group on every shard (from the start of the stream)."""
+        for stream in self.keys.streams():
+            try:
+                await self.redis.xgroup_create(stream, LOADER_GROUP, id="0", mkstream=True)
+            except aioredis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Load until `stop` is set, then drain: keep loading until nothing is left.
+
+        The next read is in flight while a transaction commits, so Redis and PostgreSQL
+        work at the same time; entries are still loaded in stream order. When PostgreSQL
+        or Redis fail, the loader waits and goes on: what it had read stays pending in
+        Redis and is claimed again after `claim_idle_ms`."""
+        await self.setup()
+        reading: asyncio.Task[list[Entry]] | None = None
+        while True:
+            try:
+                if reading is None:
+                    reading = asyncio.create_task(self.read(block=not stop.is_set()))
+                entries = await reading
+                reading = None
+                if entries:
+                    reading = asyncio.create_task(self.read(block=not stop.is_set()))
+                    await self.load(entries)
+                elif stop.is_set() and await self._own_pending() == 0:
+                    return
+            except TRANSIENT as exc:
+                self.metrics.loader_errors.inc()
+                log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
+                if reading is not None:
+                    reading.cancel()
+                    reading = None
+                self._last_claim = 0.0  # look for the entries left pending at the next read
+                await asyncio.sleep(RETRY_S)
+
+    async def read(self, block: bool = True) -> list[Entry]:
+        """The next entries to load: stale ones another loader left, else new ones."""
+        t0 = time.perf_counter()
+        entries = await self._claim_stale()
+        if not entries:
+            reply = await self.redis.xreadgroup(
+                LOADER_GROUP,
+                self.consumer,
+                dict.fromkeys(self.keys.streams(), ">"),
+                count=self.read_count,
+                block=self.block_ms if block else None,
+            )
+            entries = _entries(reply)
+        self.stats.read_s += time.perf_counter() - t0
+        return entries
+
+    async def _claim_stale(self) -> list[Entry]:
+        now = time.monotonic()
+        if now - self._last_claim < min(self.claim_idle_ms / 1000 / 2, 5.0):
+            return []
+        self._last_claim = now
+        claimed: list[Entry] = []
+        for stream in self.keys.streams():
+            reply = await self.redis.xautoclaim(
+                stream, LOADER_GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.read_count
+            )
+            claimed += [(stream, eid, fields) for eid, fields in reply[1] if fields]
+            for eid in reply[2] if len(reply) > 2 else []:  # entries deleted while pending
+                await self.redis.xack(stream, LOADER_GROUP, eid)
+        if claimed:
+            self.metrics.entries_claimed.inc(len(claimed))
+            log.warning("claimed %d entries left pending by another loader", len(claimed))
+        return claimed
+
+    async def _own_pending(self) -> int:
+        total = 0
+        for stream in self.keys.streams():
+            info = await self.redis.xpending_range(stream, LOADER_GROUP, "-", "+", 1, consumername=self.consumer)
+            total += len(info)
+        return total
+
+    async def load(self, entries: list[Entry]) -> None:
+        batches, received, poison = [], [], []
+        seen: set[tuple[str, str, int]] = set()
+        for stream, eid, fields in entries:
+            try:
+                b = wire.decode(fields[FIELD_BATCH])
+            except (InvalidArgument, KeyError) as exc:
+                log.error("dropping undecodable stream entry %s %s: %s", stream, eid, exc)
+                poison.append((stream, eid))
+                self.metrics.entries_dropped.inc()
+                continue
+            writer = b.writer_id or wire.DEFAULT_WRITER
+            ident = (b.run_id, writer, b.seq)
+            if ident in seen:  # the same batch appended twice and read together
+                self.stats.duplicates += 1
+                self.metrics.batches_deduplicated.inc()
+                continue
+            seen.add(ident)
+            if writer != b.writer_id:
+                b = wire.Batch(b.run_id, writer, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
+            batches.append(b)
+            received.append(int(fields.get(FIELD_RECEIVED_MS, b"0")))
+
+        t0 = time.perf_counter()
+        if batches:
+            await self._commit(batches, received)
+        t1 = time.perf_counter()
+        failpoint("loader.after_commit")
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, eid, _ in entries:
+            by_stream.setdefault(stream, []).append(eid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, LOADER_GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+        self.stats.entries += len(entries)
+        self.stats.transactions += 1
+        self.stats.commit_s += t1 - t0
+        if batches:
+            self.metrics.commit_latency.observe(t1 - t0)
+        self.stats.ack_s += time.perf_counter() - t1
+
+    async def _commit(self, batches: list[wire.Batch], received: list[int]) -> None:
+        missing = [k for k in chunks.series_of(batches) if k not in self._series]
+        async with self.pool.acquire() as conn:
+            if missing:
+                if len(self._series) > SERIES_CACHE_MAX:
+                    self._series.clear()
+                self._series.update(await store.series_ids(conn, missing))
+            async with conn.transaction():
+                new = await store.record_batches(
+                    conn,
+                    [b.run_id for b in batches],
+                    [b.writer_id for b in batches],
+                    [b.seq for b in batches],
+                    [b.points for b in batches],
+                )
+                fresh = [
+                    (b, r) for b, r in zip(batches, received, strict=True) if (b.run_id, b.writer_id, b.seq) in new
+                ]
+                self.stats.duplicates += len(batches) - len(fresh)
+                self.metrics.batches_deduplicated.inc(len(batches) - len(fresh))
+                if not fresh:
+                    return
+                packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
+                await store.copy_chunks(conn, packed.chunk_records)
+                failpoint("loader.after_copy")
+                await store.upsert_summaries(conn, packed.summary_columns)
+                await store.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
+        self.stats.batches += len(fresh)
+        self.stats.points += packed.points
+        self.metrics.batches_committed.inc(len(fresh))
+        self.metrics.points_committed.inc(packed.points)
+        self.metrics.copy_points.observe(packed.points)
+
+
+async def backlog(redis: aioredis.Redis, keys: Keys) -> int:
+    """Entries in the streams not yet loaded (waiting or pending)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in keys.streams():
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """XREADGROUP's [[stream, [(id, fields), ...]], ...] as (stream, id, fields) tuples."""
+    return [(stream.decode(), eid, fields) for stream, items in reply for eid, fields in items]

@@ -1,0 +1,364 @@
+"""The runstream server process: services, roles and a graceful lifecycle.
+
+Role `all` (the default) serves every gRPC service in this process and runs `--loaders`
+loader processes beside it. `ingest` (tracking and artifacts), `query` (queries, registry
+and artifacts) and `load` (a loader) run one part each, so each part scales on its own.
+Every role serves gRPC health and reflection, and /metrics on its HTTP port.
+With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
+On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.synchronize
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runstream.server.artifacts.local import LocalStore
+from runstream.server.artifacts.service import Artifacts
+from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
+from runstream.server.config import Settings
+from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
+from runstream.server.health import HealthWatch
+from runstream.server.ingest import Tracking
+from runstream.server.keys import Keys
+from runstream.server.loader import Loader
+from runstream.server.logs import announce, configure_from_env
+from runstream.server.metrics import (
+    Metrics,
+    StreamStats,
+    add_metrics_route,
+    forget_multiprocess_dir,
+    process_exited,
+    use_multiprocess_dir,
+)
+from runstream.server.query.service import Query
+from runstream.server.registry import Registry
+from runstream.server.rpc import service_handler
+from runstream.server.storage import store
+from runstream.wire.proto import artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
+
+log = logging.getLogger(__name__)
+DrainFlag = multiprocessing.synchronize.Event
+MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
+POOL_SAMPLE_S = 1.0
+SUPERVISE_S = 1.0
+ROLE_SERVICES = {
+    "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService"),
+    "ingest": ("TrackingService", "ArtifactService"),
+    "query": ("QueryService", "RegistryService", "ArtifactService"),
+    "load": (),
+}
+
+
+@contextmanager
+def services(settings: Settings) -> Iterator[Settings]:
+    """Settings with both URLs set, starting the embedded services for the missing ones."""
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        resolved = replace(settings)
+        if not resolved.postgres_url:
+            pg = EmbeddedPostgres(settings.data_dir)
+            started.append(pg)
+            resolved.postgres_url = pg.url
+        if not resolved.redis_url:
+            rd = EmbeddedRedis(settings.data_dir)
+            started.append(rd)
+            resolved.redis_url = rd.url
+        yield resolved
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
+    assert settings.postgres_url and settings.redis_url
+    pool = await asyncpg.create_pool(
+        settings.postgres_url,
+        min_size=1,
+        max_size=settings.pool_size,
+        server_settings={"application_name": f"runstream-{settings.role}"},
+    )
+    tcp = not settings.redis_url.startswith("unix://")
+    redis = aioredis.from_url(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
+    if need_redis:
+        await redis.ping()
+    return pool, redis
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _sample_pool(pool: asyncpg.Pool, metrics: Metrics) -> None:
+    while True:
+        metrics.sample_pool(pool)
+        await asyncio.sleep(POOL_SAMPLE_S)
+
+
+async def serve(
+    settings: Settings,
+    loaders: list[multiprocessing.process.BaseProcess] | None = None,
+    drain: DrainFlag | None = None,
+    start_loader: Callable[[], multiprocessing.process.BaseProcess] | None = None,
+) -> None:
+    """One server process of any role: its gRPC services with health and reflection, and
+    an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
+    loaders = loaders or []
+    metrics = Metrics()
+    wanted = ROLE_SERVICES[settings.role]
+    pool, redis = await connect(settings, need_redis=settings.role != "query")
+    async with pool.acquire() as conn:
+        applied = await store.migrate(conn)
+    if applied:
+        log.info("applied migrations %s", applied)
+    keys = Keys(settings.redis_prefix, settings.shards)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+    )
+    http = web.Application(client_max_size=0)
+    handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http)
+    server.add_generic_rpc_handlers(tuple(handlers))
+
+    names = [f"runstream.v1.{name}" for name in wanted]
+    health = HealthWatch(pool, None if settings.role == "query" else redis, names)
+    await health.start()
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+
+    add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
+    runner = web.AppRunner(http, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.http_port).start()
+    sampler = asyncio.create_task(_sample_pool(pool, metrics))
+
+    stop = _stop_event()
+    supervisor = asyncio.create_task(_supervise(loaders, start_loader, metrics)) if start_loader else None
+    loading = None
+    if settings.role == "load":
+        loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
+    if "ArtifactService" in wanted:
+        served = f", its signed URLs served on {settings.http_url}" if local_store else ""
+        announce(f"runstream artifacts: {settings.artifacts_url}{served}")
+    announce(
+        f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes; "
+        f"/metrics on http://{settings.host}:{settings.http_port})"
+    )
+    await stop.wait()
+    announce("runstream: stopping; health NOT_SERVING, no new RPCs, draining streams into PostgreSQL")
+    await health.drain()
+    if supervisor is not None:
+        supervisor.cancel()
+    await server.stop(settings.grace_s)
+    for close in closing:
+        await close()
+    if loading is not None:
+        await loading
+    if drain is not None:
+        drain.set()  # the loaders drain, then exit (also one that is still starting)
+    for proc in loaders:
+        await asyncio.to_thread(proc.join)
+        if proc.pid is not None:
+            process_exited(proc.pid)
+    sampler.cancel()
+    await runner.cleanup()
+    await pool.close()
+    await redis.aclose()
+
+
+async def _services(
+    settings: Settings,
+    wanted: tuple[str, ...],
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    keys: Keys,
+    metrics: Metrics,
+    http: web.Application,
+) -> tuple[list[grpc.GenericRpcHandler], list[Callable[[], Awaitable[None]]], bool]:  # type: ignore[type-arg]
+    """The handlers of the role's services, what to close at the end, and whether the
+    artifact store is a local one (its signed URLs then served on `http`)."""
+    handlers = []
+    closing: list[Callable[[], Awaitable[None]]] = []
+    local_store = False
+    if "TrackingService" in wanted:
+        tracking = Tracking(pool, redis, keys, settings.max_backlog, metrics)
+        await tracking.start()
+        closing.append(tracking.stop)
+        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
+    if "QueryService" in wanted:
+        query = Query(pool)
+        closing.append(query.close)
+        handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
+    if "ArtifactService" in wanted:
+        artifacts = await _artifacts(settings, pool, metrics, http)
+        local_store = isinstance(artifacts.objects, LocalStore)
+        closing.append(artifacts.close)
+        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
+    if "RegistryService" in wanted:
+        handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+    return handlers, closing, local_store
+
+
+async def _supervise(
+    loaders: list[multiprocessing.process.BaseProcess],
+    start_loader: Callable[[], multiprocessing.process.BaseProcess],
+    metrics: Metrics,
+) -> None:
+    """Replace a loader process that died (killed, out of memory): what it had read stays
+    pending in Redis and its successor claims it, so loading goes on without a restart."""
+    while True:
+        await asyncio.sleep(SUPERVISE_S)
+        for i, proc in enumerate(loaders):
+            if proc.is_alive():
+                continue
+            log.error("loader process %s exited with code %s; starting another", proc.pid, proc.exitcode)
+            if proc.pid is not None:
+                process_exited(proc.pid)
+            metrics.loader_restarts.inc()
+            loaders[i] = await asyncio.to_thread(start_loader)
+
+
+async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:
+    """The ArtifactService on its store; a local store's signed URLs are served on `http`."""
+    s3 = S3Options(
+        settings.s3_endpoint_url, settings.s3_public_endpoint_url, settings.s3_region, settings.s3_addressing_style
+    )
+    store_settings = StoreSettings(
+        settings.artifacts_url, settings.http_url, settings.artifact_url_expiry_s, settings.artifact_part_size, s3
+    )
+    try:
+        objects = await open_store(store_settings)
+    except (ValueError, StoreUnavailable) as exc:  # a wrong flag or bucket: say so and stop, no traceback
+        raise SystemExit(f"runstream: cannot use the artifact store {settings.artifacts_url}: {exc}") from None
+    if isinstance(objects, LocalStore):
+        objects.add_routes(http)
+    artifacts = Artifacts(pool, objects, store_settings, metrics)
+    artifacts.start()
+    return artifacts
+
+
+async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:
+    """Set `stop` once the parent raised the drain flag (a process-shared event)."""
+    while not await asyncio.to_thread(flag.wait, 0.5):
+        pass
+    stop.set()
+
+
+async def run_loader(
+    pool: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, metrics: Metrics, stop: asyncio.Event
+) -> None:
+    """Load until `stop` is set, then drain what is left."""
+    loader = Loader(
+        pool,
+        redis,
+        Keys(settings.redis_prefix, settings.shards),
+        read_count=settings.read_count,
+        claim_idle_ms=settings.claim_idle_ms,
+        metrics=metrics,
+    )
+    log.info("loader %s started", loader.consumer)
+    await loader.run(stop)
+    log.info("loader %s drained: %s", loader.consumer, loader.stats)
+
+
+async def _spawned_loader(settings: Settings, drain: DrainFlag) -> None:
+    metrics = Metrics()
+    pool, redis = await connect(settings)
+    sampler = asyncio.create_task(_sample_pool(pool, metrics))
+    stop = _stop_event()
+    follower = asyncio.create_task(_follow(drain, stop))
+    await run_loader(pool, redis, settings, metrics, stop)
+    follower.cancel()
+    sampler.cancel()
+    await pool.close()
+    await redis.aclose()
+
+
+def loader_process(settings: Settings, drain: DrainFlag) -> None:
+    """Entry point of a loader process started by role `all`; it stops when `drain` is set."""
+    configure_from_env()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    asyncio.run(_spawned_loader(settings, drain))
+
+
+def run(settings: Settings) -> int:
+    settings.env_overrides()
+    metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
+    try:
+        with services(settings) as resolved:
+            announce(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}")
+            loaders: list[multiprocessing.process.BaseProcess] = []
+            ctx = multiprocessing.get_context("spawn")
+            drain = ctx.Event()
+
+            def start_loader() -> multiprocessing.process.BaseProcess:
+                proc = ctx.Process(target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False)
+                proc.start()
+                return proc
+
+            if resolved.role == "all":
+                loaders += [start_loader() for _ in range(resolved.loaders)]
+            try:
+                asyncio.run(serve(resolved, loaders, drain, start_loader if resolved.role == "all" else None))
+            finally:
+                drain.set()
+                for proc in loaders:
+                    proc.join(60)
+                    if proc.is_alive():
+                        log.error("loader %s did not drain within 60 s; terminating it", proc.pid)
+                        proc.terminate()
+    finally:
+        forget_multiprocess_dir(metrics_dir)
+    return 0
+
+
+def _where(url: str | None) -> str:
+    """A URL fit to print: without its password."""
+    if not url:
+        return "?"
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url
+
+
+async def open_store(settings: StoreSettings) -> ObjectStore:
+    parsed = urlparse(settings.url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)), settings.public_url)
+    if parsed.scheme == "s3" and parsed.netloc:
+        from runstream.server.artifacts.s3 import S3Store  # aiobotocore loads only for S3
+
+        return await S3Store.open(parsed.netloc, unquote(parsed.path), settings.s3)
+    raise ValueError(f"--artifacts {settings.url!r}: use file:///a/directory or s3://bucket/prefix")
+
+
+if __name__ == "__main__":
+    sys.exit(run(Settings()))

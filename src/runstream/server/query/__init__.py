@@ -1,0 +1,1 @@
+"""QueryService: search, compare, histories, whole-series reads and live tails."""

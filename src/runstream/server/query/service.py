@@ -1,0 +1,340 @@
+"""The QueryService: metric histories, run search and run comparison.
+
+A history with at most `max_points` points comes back whole, in step order. A longer one
+comes back as `max_points` buckets over its step range; chunks that lie inside one bucket
+contribute their stored summaries, so at coarse zoom most chunks are never decoded.
+SearchRuns turns MLflow's filter language into parameterised SQL (search.py); CompareRuns
+puts runs side by side (compare.py) with their series on one step axis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from runstream.errors import InvalidArgument, NotFound, RunNotFound
+from runstream.server.messages import experiment_message, run_message
+from runstream.server.query import compare, export
+from runstream.server.query.tail import Notifications
+from runstream.server.storage import chunks, history, search, store
+from runstream.wire import batch as wire
+from runstream.wire.proto import query_pb2 as qpb
+
+DEFAULT_MAX_POINTS = 1000
+MAX_POINTS = 200_000  # ~28 bytes a point: the answer stays under the 8 MiB message limit
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DEFAULT_MAX_RESULTS = 100
+MAX_RESULTS = 10_000
+MAX_EXPERIMENTS = 1_000
+DEFAULT_COMPARE_POINTS = 500
+MAX_COMPARE_RUNS = 100
+MAX_COMPARE_KEYS = 50
+AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
+
+
+class Query:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.notifications = Notifications(pool)
+
+    async def close(self) -> None:
+        await self.notifications.close()
+
+    async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
+        _check_runs_and_keys(req.run_ids, req.keys)
+        async with self.pool.acquire() as conn:
+            for run_id in req.run_ids:
+                if await store.run_lifecycle(conn, run_id) is None:
+                    raise RunNotFound(f"run {run_id} does not exist")
+        from_step = req.from_step if req.HasField("from_step") else None
+        async for points in self.notifications.tail(list(req.run_ids), list(req.keys), from_step):
+            yield points
+
+    async def ReadMetrics(self, req: qpb.ReadMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
+        wire.check_run_id(req.run_id)
+        wire.check_key(req.key)
+        lo, hi = _step_range(req)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi):
+                yield message
+
+    async def ListExperiments(self, req: qpb.ListExperimentsQuery, ctx: Any) -> qpb.ExperimentList:
+        limit = req.max_results or DEFAULT_MAX_RESULTS
+        if not 0 < limit <= MAX_EXPERIMENTS:
+            raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_EXPERIMENTS:,}")
+        fingerprint = zlib.crc32(f"{req.include_deleted}\x00{req.name_like}".encode())
+        offset = _page_offset(req.page_token, fingerprint)
+        async with self.pool.acquire() as conn:
+            rows = await store.experiments_with_counts(conn, req.include_deleted, req.name_like, limit + 1, offset)
+        return qpb.ExperimentList(
+            experiments=[
+                qpb.ExperimentCounts(experiment=experiment_message(e), **counts) for e, counts in rows[:limit]
+            ],
+            next_page_token=_page_token(offset + limit, fingerprint) if len(rows) > limit else "",
+        )
+
+    async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
+        wire.check_run_id(req.run_id)
+        wire.check_key(req.key)
+        max_points = _max_points(req.max_points, DEFAULT_MAX_POINTS)
+        if req.aggregate not in (qpb.AGGREGATE_NONE, *AGGREGATES):
+            raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
+        lo, hi = _step_range(req)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
+
+    async def CompareRuns(self, req: qpb.CompareRunsRequest, ctx: Any) -> qpb.CompareRunsResponse:
+        _check_runs_and_keys(req.run_ids, req.keys)
+        for key, direction in req.direction.items():
+            if direction not in ("min", "max"):
+                raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
+        max_points = _max_points(req.max_points, DEFAULT_COMPARE_POINTS)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            runs = [await store.get_run(conn, run_id) for run_id in req.run_ids]
+            keys = list(req.keys) or sorted({m["key"] for run in runs for m in run.metrics})
+            if len(keys) > MAX_COMPARE_KEYS:
+                raise InvalidArgument(f"comparing {len(keys)} keys; name at most {MAX_COMPARE_KEYS} in keys")
+            out = qpb.CompareRunsResponse(runs=[run_message(r) for r in runs])
+            out.params.extend(compare.param_rows([r.params for r in runs]))
+            summaries = [{m["key"]: m["last_value"] for m in r.metrics} for r in runs]
+            plan = []  # (series of one run's key, step range shared by the key's runs)
+            for key in keys:
+                direction = req.direction.get(key) or compare.default_direction(key)
+                out.metrics.append(compare.metric_row(key, [s.get(key) for s in summaries], direction))
+                series = [await store.metric_series(conn, r.run_id, key, None) for r in runs]
+                extent = await store.chunk_extent(
+                    conn, [x["series_id"] for s in series for x in s], INT64_MIN, INT64_MAX
+                )
+                plan += [(key, s, extent["first_step"], extent["last_step"]) for s in series]
+
+        async def one(key: str, series: list[asyncpg.Record], lo: int | None, hi: int | None) -> qpb.MetricHistory:
+            if lo is None or hi is None or not series:
+                return qpb.MetricHistory(key=key)
+            async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
+                return await _history(conn, key, series, lo, hi, max_points, qpb.AGGREGATE_NONE, fixed_range=True)
+
+        histories = await asyncio.gather(*(one(*item) for item in plan))
+        for i, key in enumerate(keys):  # one common step axis per key: the same range, so the same buckets
+            out.series.add(key=key).histories.extend(histories[i * len(runs) : (i + 1) * len(runs)])
+        return out
+
+    async def SearchRuns(self, req: qpb.SearchRunsRequest, ctx: Any) -> qpb.SearchRunsResponse:
+        limit = req.max_results or DEFAULT_MAX_RESULTS
+        if not 0 < limit <= MAX_RESULTS:
+            raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
+        experiment_ids = []
+        for e in req.experiment_ids:
+            if not e.isdigit():
+                raise InvalidArgument(f"experiment id {e[:80]!r} is not an experiment id (a whole number)")
+            experiment_ids.append(int(e))
+        sql = search.Sql(offset=4)  # $1..$4 belong to store.search_runs
+        where = search.where(req.filter, sql)
+        order = search.order_by(list(req.order_by), sql)
+        fingerprint = _fingerprint(req)
+        offset = _page_offset(req.page_token, fingerprint)
+        async with self.pool.acquire() as conn:
+            runs = await store.search_runs(
+                conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
+            )
+            total = 0
+            if req.count_total:  # the filter alone: order_by's parameters would be unused there
+                count_sql = search.Sql(offset=4)
+                count_where = search.where(req.filter, count_sql)
+                total = await store.count_runs(conn, experiment_ids, req.include_deleted, count_where, count_sql.args)
+        more = len(runs) > limit
+        return qpb.SearchRunsResponse(
+            runs=[run_message(r) for r in runs[:limit]],
+            next_page_token=_page_token(offset + limit, fingerprint) if more else "",
+            total_count=total,
+        )
+
+    async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
+        series = await store.metric_series(conn, run_id, key, writer)
+        if series:
+            return series
+        if await store.run_lifecycle(conn, run_id) is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        if writer is not None and await store.metric_series(conn, run_id, key, None):
+            raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
+        raise NotFound(f"run {run_id} has no metric {key!r}")
+
+
+async def _history(
+    conn: Any,
+    key: str,
+    series: list[asyncpg.Record],
+    lo: int,
+    hi: int,
+    max_points: int,
+    aggregate: qpb.Aggregate,
+    fixed_range: bool,
+) -> qpb.MetricHistory:
+    """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
+    range shrinks to the steps present; with it, buckets span exactly [lo, hi], so several
+    runs downsampled over one range share their bucket edges."""
+    ids = [r["series_id"] for r in series]
+    out = qpb.MetricHistory(key=key, writers=[r["writer_id"] for r in series])
+    extent = await store.chunk_extent(conn, ids, lo, hi)
+    if extent["first_step"] is None:
+        return out
+    if not fixed_range:
+        lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
+    whole = aggregate != qpb.AGGREGATE_NONE or extent["points"] <= max_points
+    width = history.bucket_width(lo, hi, max_points)
+    rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
+    if not whole:
+        buckets = _downsampled(rows, lo, hi, width)
+        out.total_points = int(buckets.count.sum())
+        return _with_buckets(out, buckets)
+    writer_of = {sid: i for i, sid in enumerate(ids)}
+    points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
+    out.total_points = len(points)
+    if aggregate != qpb.AGGREGATE_NONE:
+        steps, values = history.aggregate(points, AGGREGATES[aggregate])
+        if len(steps) <= max_points:
+            out.step.extend(steps.tolist())
+            out.value.extend(values.tolist())
+            return out
+        return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), lo, width))
+    if len(points) <= max_points:
+        out.step.extend(points.step.tolist())
+        out.value.extend(points.value.tolist())
+        out.timestamp_ms.extend(points.timestamp_ms.tolist())
+        out.writer_index.extend(points.writer.tolist())
+        return out
+    return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+
+
+def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:
+    if not 0 < len(run_ids) <= MAX_COMPARE_RUNS:
+        raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(run_ids)})")
+    for run_id in run_ids:
+        wire.check_run_id(run_id)
+    for key in keys:
+        wire.check_key(key)
+
+
+def _step_range(req: qpb.GetMetricHistoryRequest | qpb.ReadMetricsRequest) -> tuple[int, int]:
+    lo = req.min_step if req.HasField("min_step") else INT64_MIN
+    hi = req.max_step if req.HasField("max_step") else INT64_MAX
+    if lo > hi:
+        raise InvalidArgument(f"min_step {lo} is above max_step {hi}")
+    return lo, hi
+
+
+def _max_points(asked: int, default: int) -> int:
+    max_points = asked or default
+    if not 0 < max_points <= MAX_POINTS:
+        raise InvalidArgument(f"max_points is {max_points:,}; it must be between 1 and {MAX_POINTS:,}")
+    return max_points
+
+
+def _fingerprint(req: qpb.SearchRunsRequest) -> int:
+    """What a page token is bound to: the same query asked again."""
+    text = "\x00".join([req.filter, *req.order_by, "|", *req.experiment_ids, str(req.include_deleted)])
+    return zlib.crc32(text.encode())
+
+
+def _page_token(offset: int, fingerprint: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": fingerprint}).encode()).decode()
+
+
+def _page_offset(token: str, fingerprint: int) -> int:
+    if not token:
+        return 0
+    try:
+        page = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, bound = int(page["o"]), int(page["q"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not one this server gave out") from None
+    if bound != fingerprint or offset < 0:
+        raise InvalidArgument("page_token belongs to another search (filter, order_by or experiments differ)")
+    return offset
+
+
+def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:
+    steps, stamps, values = chunks.unpack(row["steps"], row["timestamps"], row["vals"])
+    return history.Points(steps, values, stamps, np.full(len(steps), writer_of[row["series_id"]], dtype=np.uint32))
+
+
+def _downsampled(rows: list[asyncpg.Record], lo: int, hi: int, width: int) -> history.Items:
+    """Buckets of the chunk rows (grouped by series, each in first-step order): each series
+    is folded on its own, in step order without sorting, then the series' buckets merge."""
+    per_series: dict[int, list[asyncpg.Record]] = {}
+    for r in rows:
+        per_series.setdefault(r["series_id"], []).append(r)
+    buckets = [history.downsample(_series_items(part, lo, hi), lo, width) for part in per_series.values()]
+    if not buckets:
+        return history.Items.of_points(np.empty(0, np.int64), np.empty(0))
+    if len(buckets) == 1:
+        return buckets[0]
+    return history.downsample(history.Items.concat(buckets), lo, width)
+
+
+def _series_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
+    """One series' chunks as items in step order: a whole chunk is one item carrying its
+    summary; a chunk that came decoded gives its points within [lo, hi]."""
+    parts = []
+    run: list[asyncpg.Record] = []  # consecutive rows of one kind (whole or decoded)
+    for r in rows:
+        if run and (r["steps"] is None) != (run[0]["steps"] is None):
+            parts.append(_run_items(run, lo, hi))
+            run = []
+        run.append(r)
+    if run:
+        parts.append(_run_items(run, lo, hi))
+    return parts[0] if len(parts) == 1 else history.Items.concat(parts)
+
+
+def _run_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
+    if rows[0]["steps"] is None:
+        return _summary_items(rows)
+    steps = np.frombuffer(b"".join([r["steps"] for r in rows]), "<i8")
+    values = np.frombuffer(b"".join([r["vals"] for r in rows]), "<f8")
+    if any(r["first_step"] < lo or r["last_step"] > hi for r in rows):  # chunks at the range's ends
+        keep = (steps >= lo) & (steps <= hi)
+        steps, values = steps[keep], values[keep]
+    return history.Items.of_points(steps, values)
+
+
+def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
+    cols = list(
+        zip(
+            *(
+                (
+                    r["first_step"],
+                    r["last_step"],
+                    r["first_value"],
+                    r["last_value"],
+                    r["min_value"],
+                    r["max_value"],
+                    r["n"],
+                )
+                for r in rows
+            ),
+            strict=True,
+        )
+    )
+    ints, floats = np.array(cols[0:2] + cols[6:7], np.int64), np.array(cols[2:6], np.float64)
+    return history.Items(ints[0], ints[1], floats[0], floats[1], floats[2], floats[3], ints[2])
+
+
+def _with_buckets(out: qpb.MetricHistory, b: history.Items) -> qpb.MetricHistory:
+    out.downsampled = True
+    out.bucket_first_step.extend(b.first_step.tolist())
+    out.bucket_last_step.extend(b.last_step.tolist())
+    out.bucket_first.extend(b.first.tolist())
+    out.bucket_last.extend(b.last.tolist())
+    out.bucket_min.extend(b.min.tolist())
+    out.bucket_max.extend(b.max.tolist())
+    out.bucket_count.extend(b.count.tolist())
+    return out
