@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import runstream
-from runstream.server import ROLE_SERVICES
+from runstream.server.main import ROLE_SERVICES
 from tests.conftest import ROOT, Server
 from tests.test_operations import scrape
 
@@ -175,3 +175,9 @@ def test_the_dashboard_asks_only_for_metrics_the_server_exports(server: Server) 
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & mine, p["title"]
         cells |= mine
+
+
+def test_the_image_installs_the_server_extra() -> None:
+    """Every role runs `runstream server`, which needs `runstream[server]` (the SDK alone lacks it)."""
+    installs = re.findall(r"pip install [^&\n]*", (DEPLOY / "Dockerfile").read_text())
+    assert installs and all("'.[server]'" in line for line in installs), installs
