@@ -10,8 +10,8 @@ Every install goes into a fresh venv of this Python, from a wheel built from thi
 
 Size is every file under the venv, in MB (10^6 bytes), and what it adds to the empty venv.
 Import time is the median wall time of `python -c "import X"` over --repeat new processes
-(after one untimed run that writes the bytecode), interleaved with `import grpc, numpy` in
-the same venv, so the difference is what the package itself costs.
+(after one untimed run that writes the bytecode), interleaved with `import grpc, numpy` in the
+grpcio + protobuf + numpy venv, so the difference is what the package costs beyond those.
 
 First ack: a `runstream server` from the [server] venv on its embedded PostgreSQL and Redis
 (the default, from the wheel), and --repeat new processes of the light venv, each timing
@@ -45,7 +45,7 @@ t0 = time.perf_counter()
 run = client.start_run("footprint", "first-ack")
 run.log_metric("loss", 1.0, step=0)
 run.flush(30)
-print(time.perf_counter() - t0)
+print("elapsed", time.perf_counter() - t0, flush=True)
 run.end()
 """
 
@@ -54,7 +54,7 @@ import time, mlflow
 t0 = time.perf_counter()
 mlflow.start_run()
 mlflow.log_metric("loss", 1.0, step=0)
-print(time.perf_counter() - t0)
+print("elapsed", time.perf_counter() - t0, flush=True)
 mlflow.end_run()
 """
 
@@ -63,8 +63,8 @@ import time, wandb
 t0 = time.perf_counter()
 run = wandb.init(project="footprint", mode="offline")
 run.log({"loss": 1.0}, step=0)
-print(time.perf_counter() - t0)
-run.finish(quiet=True)
+print("elapsed", time.perf_counter() - t0, flush=True)
+run.finish()
 """
 
 
@@ -76,7 +76,7 @@ class Env:
     path: Path = Path()
     size_mb: float = 0.0
     import_ms: float | None = None
-    base_import_ms: float | None = None  # `import grpc, numpy` in the same venv
+    base_import_ms: float | None = None  # `import grpc, numpy` in the reference venv, same run
     first_ack_ms: float | None = None
     first_ack_note: str = ""
     notes: list[str] = field(default_factory=list)
@@ -132,15 +132,16 @@ def time_import(python: str, modules: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def measure_imports(env: Env, repeat: int) -> None:
-    """Median ms of `import <modules>` and of `import grpc, numpy`, interleaved, in env's venv."""
+def measure_imports(env: Env, reference: Env, repeat: int) -> None:
+    """Median ms of `import <modules>` in env's venv, interleaved with `import grpc, numpy` in the
+    reference venv (grpcio, protobuf and numpy alone), so both see the same machine."""
     base = "grpc, numpy"
     time_import(env.python, env.modules)  # writes the bytecode
-    time_import(env.python, base)
+    time_import(reference.python, base)
     own, ref = [], []
     for _ in range(repeat):
         own.append(time_import(env.python, env.modules))
-        ref.append(time_import(env.python, base))
+        ref.append(time_import(reference.python, base))
     env.import_ms, env.base_import_ms = statistics.median(own), statistics.median(ref)
 
 
@@ -182,7 +183,9 @@ def first_acks(python: str, script: str, env: dict[str, str], repeat: int) -> fl
         done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-2000:])
-        times.append(float(done.stdout.strip().splitlines()[-1]) * 1000)
+        # Libraries print their own lines (MLflow links the run): take ours.
+        elapsed = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("elapsed ")]
+        times.append(float(elapsed[-1]) * 1000)
     return statistics.median(times)
 
 
@@ -255,7 +258,7 @@ def wandb_first_log(wandb: Env, work: Path, repeat: int) -> None:
 
 
 def table(envs: list[Env], empty_mb: float) -> str:
-    head = ["install", "venv MB", "added MB", "import ms", "grpc+numpy ms", "difference ms", "first ack ms"]
+    head = ["install", "venv MB", "added MB", "import ms", "grpc+numpy ms (same run)", "difference ms", "first ack ms"]
     rows = []
     for e in envs:
         if not e.size_mb:
@@ -309,7 +312,7 @@ def main() -> int:
         for e in envs:
             if make_venv(e, work) and e is not empty:
                 progress(f"import {e.modules} in {e.label}")
-                measure_imports(e, args.repeat)
+                measure_imports(e, base, args.repeat)
         progress("runstream: start_run to first ack")
         runstream_first_ack(light, server, work, args.repeat)
         for e in others:
