@@ -49,7 +49,7 @@ def test_a_full_buffer_drops_with_a_count_or_blocks_then_raises(server: Server, 
     blocking = client.attach(run_id, writer_id="block", on_full="block", max_buffer_points=100, block_timeout=0.5)
     server.stop()
 
-    with caplog.at_level(logging.WARNING, logger="runstream.writer"):
+    with caplog.at_level(logging.WARNING, logger="runstream.client.writer"):
         for step in range(500):  # 5,000 points into room for 1,000
             dropping.log_metrics(dict.fromkeys(KEYS, 1.0), step=step)
     assert dropping.writer.dropped_points == 4000
@@ -63,9 +63,14 @@ def test_a_full_buffer_drops_with_a_count_or_blocks_then_raises(server: Server, 
     assert time.monotonic() - started >= 0.5
 
     server.start()
+    with pytest.raises(runstream.PointsDropped, match=r"4,000 points .* were dropped") as err:
+        dropping.flush(60)  # the rest is acknowledged, and flush says what was not
+    assert err.value.dropped == 4000
+    dropping.flush(60)  # reported once
+    dropping.log_metrics(dict.fromkeys(KEYS, 2.0), step=500)
     dropping.end(timeout=60)
     blocking.end(timeout=60)
-    assert server.wait_points(run_id, 1100) == 1100
+    assert server.wait_points(run_id, 1110) == 1110
     client.close()
 
 

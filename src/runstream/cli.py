@@ -154,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     mlin.add_argument("uri", help="models:/NAME/VERSION, models:/NAME/STAGE or models:/NAME@ALIAS")
     for p in (mls, mvs, mreg, mpro, mal, mlin):
         p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    dead = sub.add_parser("dead-letters", help="stream entries the loaders could not store: list, replay")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dls = dead_sub.add_parser("ls", help="every dead letter with its run, writer, seq and reason, oldest first")
+    dretry = dead_sub.add_parser("retry", help="put dead letters back for the loaders (a batch that fails returns)")
+    dretry.add_argument("ids", nargs="*", help="dead letter ids (from ls)")
+    dretry.add_argument("--all", action="store_true", help="every dead letter")
+    for p in (dls, dretry):
+        p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
     args = parser.parse_args(argv)
 
     try:
@@ -209,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
         return _artifacts(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "dead-letters":
+        return _dead_letters(args)
     return 2
 
 
@@ -279,6 +289,31 @@ def _artifacts(args: argparse.Namespace) -> int:
                 client.artifacts.delete_artifact(args.run_id, args.path)
                 print(f"deleted {args.path}")
     except (RunstreamError, OSError) as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from runstream.client.tracking import Client
+    from runstream.errors import RunstreamError
+    from runstream.report import dead_letters_table
+
+    try:
+        with Client(args.url) as client:
+            if args.dead_command == "ls":
+                found = client.admin.dead_letters()
+                print(dead_letters_table(found) if found else "no dead letters")
+                return 0
+            if args.all == bool(args.ids):
+                print("runstream: name dead letter ids or give --all", file=sys.stderr)
+                return 2
+            done = client.admin.retry_dead_letters(args.ids, all=args.all)
+            print(f"{done.retried} put back for the loaders")
+            if done.not_found:
+                print(f"runstream: not dead letters: {', '.join(done.not_found)}", file=sys.stderr)
+                return 1
+    except RunstreamError as exc:
         print(f"runstream: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -65,6 +65,17 @@ class BufferFull(RunstreamError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PointsDropped(RunstreamError):
+    """flush(): the buffer was full with on_full="drop" and points were dropped since the last
+    flush; everything else was acknowledged. `dropped` counts the points."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+    def __init__(self, message: str, dropped: int = 0) -> None:
+        super().__init__(message)
+        self.dropped = dropped
+
+
 # The SDK picks the most specific class from the status code and a detail prefix.
 _BY_CODE: dict[grpc.StatusCode, type[RunstreamError]] = {
     cls.code: cls

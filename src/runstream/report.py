@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from runstream.client.query import Comparison, MetricHistory
     from runstream.wire.points import SeriesPoints
+    from runstream.wire.proto import admin_pb2 as adm
     from runstream.wire.proto import artifacts_pb2 as apb
     from runstream.wire.proto import query_pb2 as qpb
     from runstream.wire.proto import registry_pb2 as rpb
@@ -127,6 +128,27 @@ def artifacts_table(artifacts: Sequence[apb.Artifact]) -> str:
         kind = "dir" if a.is_dir else (a.content_type or "")
         rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], _when(a.created_ms)])
     return table(["path", "size", "type", "sha256", "created"], rows)
+
+
+def dead_letters_table(letters: Sequence[adm.DeadLetter]) -> str:
+    rows = [
+        [
+            d.id,
+            d.run_id[:8],
+            _visible(d.writer_id)[:24],
+            str(d.seq),
+            f"{d.points:,}",
+            _when(d.failed_ms),
+            _visible(d.reason)[:80],
+        ]
+        for d in letters
+    ]
+    return table(["id", "run", "writer", "seq", "points", "failed", "reason"], rows)
+
+
+def _visible(text: str) -> str:
+    """Control characters escaped, so a hostile string cannot rewrite the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _when(ms: int) -> str:

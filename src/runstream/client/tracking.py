@@ -21,10 +21,12 @@ import grpc
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
 from runstream.errors import RunstreamError
+from runstream.wire.batch import check_writer_id
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.proto import tracking_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from runstream.client.admin import AdminClient
     from runstream.client.artifacts import ArtifactClient
     from runstream.client.registry import RegistryClient
 
@@ -177,6 +179,13 @@ class Client:
         return self._artifacts
 
     @property
+    def admin(self) -> AdminClient:
+        """Looking after the pipeline: dead letters."""
+        from runstream.client.admin import AdminClient
+
+        return AdminClient(self._channel, self.timeout)
+
+    @property
     def registry(self) -> RegistryClient:
         """The model registry: versions, stages, aliases, reviews, lineage."""
         from runstream.client.registry import RegistryClient
@@ -262,8 +271,8 @@ class Client:
 
     def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
         """A handle to log into an existing run, e.g. from another rank of the same job."""
-        self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
-        return Run(self, run_id, writer_id, owner=False, **writer_options)
+        run = self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
+        return Run(self, run.run_id, writer_id, owner=False, **writer_options)  # the id as the server spells it
 
 
 class Run:
@@ -276,6 +285,7 @@ class Run:
         self.client = client
         self.run_id = run_id
         self.writer_id = writer_id or default_writer_id()
+        check_writer_id(self.writer_id)  # the server would refuse every batch of this writer
         self.owner = owner
         self._writer_options = writer_options
         self._writer: MetricWriter | None = None

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from runstream.errors import BufferFull, DeadlineExceeded, RunstreamError, from_status
+from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -76,6 +76,7 @@ class MetricWriter:
         self.on_full = on_full
         self.block_timeout = block_timeout
         self.dropped_points = 0
+        self._dropped_unreported = 0  # dropped since the last flush, which reports them
         self.sent_batches = 0
         self.errors: list[RunstreamError] = []  # batches the server refused for good
 
@@ -134,6 +135,7 @@ class MetricWriter:
         """Called holding the lock with the buffer full: True once there is room."""
         if self.on_full == "drop":
             self.dropped_points += n
+            self._dropped_unreported += n
             if self._drops_logged % 10_000 == 0:
                 log.warning(
                     "runstream buffer full (server unreachable?): dropped %d points so far", self.dropped_points
@@ -152,7 +154,8 @@ class MetricWriter:
         return True
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every logged point is acknowledged; raise the first refusal, if any."""
+        """Wait until every logged point is acknowledged; raise the first refusal, if any, or
+        PointsDropped when points were dropped (on_full="drop") since the last flush."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._flush_now = True
@@ -168,6 +171,13 @@ class MetricWriter:
             if self.errors:
                 err, self.errors = self.errors[0], []
                 raise err
+            if self._dropped_unreported:
+                dropped, self._dropped_unreported = self._dropped_unreported, 0
+                raise PointsDropped(
+                    f"flush: {dropped:,} points of run {self.run_id} were dropped since the last flush because the "
+                    f"buffer was full (on_full='drop'); the rest are acknowledged",
+                    dropped,
+                )
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Flush, then end the stream and the threads."""

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,7 @@ from runstream.server.messages import experiment_message, run_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
 from runstream.wire import batch as wire
+from runstream.wire.ids import canonical_experiment_id, canonical_run_id
 from runstream.wire.proto import tracking_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,8 @@ def _check_params(values: dict[str, str], what: str, limit: int) -> None:
             raise InvalidArgument(f"{what} {key!r} value is {len(value):,} characters; the limit is {limit:,}")
 
 
-def _experiment_id(text: str) -> int:
-    if not text.isdigit():
-        raise InvalidArgument(f"experiment_id {text[:80]!r} is not an experiment id (a whole number)")
-    return int(text)
+def _experiment_id(text: str, what: str = "experiment_id") -> int:
+    return int(canonical_experiment_id(text, what))
 
 
 class Tracking:
@@ -122,7 +122,7 @@ class Tracking:
         limit = req.max_results or 1000
         if not 0 < limit <= 10_000:
             raise InvalidArgument("max_results must be between 1 and 10,000")
-        after = _experiment_id(req.page_token) if req.page_token else 0
+        after = _experiment_id(req.page_token, "page_token") if req.page_token else 0
         async with self.pool.acquire() as conn:
             rows = await store.list_experiments(conn, limit + 1, after)
         more = len(rows) > limit
@@ -257,6 +257,10 @@ class Tracking:
         b = wire.decode(data)
         m.points.inc(b.points)
         wire.validate(b, len(data), self._known_keys)
+        run_id = canonical_run_id(b.run_id)
+        if run_id != b.run_id:  # another spelling of the run: the loader must see the stored one
+            b = replace(b, run_id=run_id)
+            data = wire.encode(run_id, b.writer_id, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
         await self._check_run(b.run_id)
         shard = self.keys.shard_of(b.run_id)
         if self._backlog[shard] >= self.max_backlog:

@@ -15,6 +15,11 @@ LOADER_GROUP = "loaders"
 # Fields of one stream entry: the serialized MetricBatch and the ingester's clock (ms).
 FIELD_BATCH = b"b"
 FIELD_RECEIVED_MS = b"t"
+# A dead letter keeps those two and says where the entry was, why it failed and when.
+FIELD_SOURCE = b"stream"
+FIELD_ENTRY_ID = b"entry"
+FIELD_REASON = b"reason"
+FIELD_FAILED_MS = b"failed"
 
 
 class Keys:
@@ -32,6 +37,11 @@ class Keys:
 
     def shard_of(self, run_id: str) -> int:
         return zlib.crc32(run_id.encode()) % self.shards
+
+    @property
+    def dead_letters(self) -> str:
+        """Entries a loader could not store, kept with the reason until replayed or removed."""
+        return f"{self.prefix}:dead-letters"
 
     def stream_of(self, run_id: str) -> str:
         return self.stream(self.shard_of(run_id))

@@ -5,6 +5,10 @@ Each read of the consumer group becomes one transaction: record the batches' key
 as chunks, fold them into the per-key summaries. Only after the commit are the entries
 acknowledged and deleted from the stream. Entries a crashed loader left pending are
 claimed by another loader once they have been idle for `claim_idle_ms`.
+
+An entry that cannot be decoded or stored (a value PostgreSQL refuses, a run that does not
+exist) never holds up the others: the read is stored batch by batch and such entries move to
+the dead-letter stream with the reason, where `runstream dead-letters` shows and replays them.
 """
 
 from __future__ import annotations
@@ -22,18 +26,41 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
-from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, LOADER_GROUP, Keys
+from runstream.server.keys import (
+    FIELD_BATCH,
+    FIELD_ENTRY_ID,
+    FIELD_FAILED_MS,
+    FIELD_REASON,
+    FIELD_RECEIVED_MS,
+    FIELD_SOURCE,
+    LOADER_GROUP,
+    Keys,
+)
 from runstream.server.metrics import Metrics
 from runstream.server.storage import chunks, store
 from runstream.wire import batch as wire
+from runstream.wire.ids import canonical_run_id
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, bytes, dict[bytes, bytes]]  # (stream, entry id, fields)
+Loaded = tuple[Entry, wire.Batch, int]  # an entry, its batch and when ingest received it (ms)
 SERIES_CACHE_MAX = 1_000_000
 RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
-# Failures that pass: the entries stay pending in Redis and are loaded again once claimed.
-TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, aioredis.ConnectionError, aioredis.TimeoutError)
+# SQLSTATE classes that come from a value in an entry: data exceptions (out of range, a NUL in
+# text...) and integrity violations (a batch for a run that does not exist).
+ENTRY_SQLSTATE_CLASSES = ("22", "23")
+
+
+def caused_by_entry(exc: Exception) -> bool:
+    """Whether a failed load can be blamed on what some entry holds, rather than on the state of
+    PostgreSQL or Redis (down, restarting, read-only, out of memory), which passes: then the
+    entries stay pending in Redis and are loaded again once claimed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate)[:2] in ENTRY_SQLSTATE_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError):
+        return isinstance(exc, ValueError)  # a value asyncpg cannot encode (an int beyond int64)
+    return not isinstance(exc, OSError | aioredis.RedisError | asyncio.TimeoutError)
 
 
 def failpoint(name: str) -> None:
@@ -111,7 +138,7 @@ class Loader:
                     await self.load(entries)
                 elif stop.is_set() and await self._own_pending() == 0:
                     return
-            except TRANSIENT as exc:
+            except Exception as exc:  # PostgreSQL or Redis away, full or read-only: wait, then go on
                 self.metrics.loader_errors.inc()
                 log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
                 if reading is not None:
@@ -162,47 +189,80 @@ class Loader:
         return total
 
     async def load(self, entries: list[Entry]) -> None:
-        batches, received, poison = [], [], []
+        """Store the entries' batches in one transaction, then acknowledge and delete them. An
+        error that is not transient must come from some entry: the entries are then stored one
+        by one, and each that still fails goes to the dead-letter stream, so it blocks nothing."""
+        batches: list[Loaded] = []
+        dead: list[tuple[Entry, str]] = []
         seen: set[tuple[str, str, int]] = set()
-        for stream, eid, fields in entries:
+        for entry in entries:
+            stream, eid, fields = entry
             try:
                 b = wire.decode(fields[FIELD_BATCH])
+                run_id = canonical_run_id(b.run_id)  # ingest already did; entries may come from elsewhere
             except (InvalidArgument, KeyError) as exc:
-                log.error("dropping undecodable stream entry %s %s: %s", stream, eid, exc)
-                poison.append((stream, eid))
-                self.metrics.entries_dropped.inc()
+                dead.append((entry, f"undecodable: {exc}"))
                 continue
             writer = b.writer_id or wire.DEFAULT_WRITER
-            ident = (b.run_id, writer, b.seq)
+            ident = (run_id, writer, b.seq)
             if ident in seen:  # the same batch appended twice and read together
                 self.stats.duplicates += 1
                 self.metrics.batches_deduplicated.inc()
                 continue
             seen.add(ident)
-            if writer != b.writer_id:
-                b = wire.Batch(b.run_id, writer, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
-            batches.append(b)
-            received.append(int(fields.get(FIELD_RECEIVED_MS, b"0")))
+            if writer != b.writer_id or run_id != b.run_id:
+                b = wire.Batch(run_id, writer, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
+            batches.append((entry, b, int(fields.get(FIELD_RECEIVED_MS, b"0"))))
 
         t0 = time.perf_counter()
         if batches:
-            await self._commit(batches, received)
+            try:
+                await self._commit([b for _, b, _ in batches], [r for _, _, r in batches])
+            except Exception as exc:
+                if not caused_by_entry(exc):
+                    raise
+                log.warning(
+                    "a load of %d batches failed (%s: %s); storing them one by one",
+                    len(batches),
+                    type(exc).__name__,
+                    exc,
+                )
+                dead += await self._commit_one_by_one(batches)
         t1 = time.perf_counter()
         failpoint("loader.after_commit")
         by_stream: dict[str, list[bytes]] = {}
         for stream, eid, _ in entries:
             by_stream.setdefault(stream, []).append(eid)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:  # dead letters kept, entries gone: both or neither
+            for (stream, eid, fields), reason in dead:
+                pipe.xadd(self.keys.dead_letters, _dead_letter(stream, eid, fields, reason))
             for stream, ids in by_stream.items():
                 pipe.xack(stream, LOADER_GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+        for (stream, eid, _), reason in dead:
+            log.error("dead-lettered stream entry %s %s: %s", stream, eid.decode(), reason)
+        self.metrics.entries_dead_lettered.inc(len(dead))
         self.stats.entries += len(entries)
         self.stats.transactions += 1
         self.stats.commit_s += t1 - t0
         if batches:
             self.metrics.commit_latency.observe(t1 - t0)
         self.stats.ack_s += time.perf_counter() - t1
+
+    async def _commit_one_by_one(self, batches: list[Loaded]) -> list[tuple[Entry, str]]:
+        """Each batch in its own transaction; returns those that fail for a reason of their own.
+        Any other failure ends the attempt: the round is retried, and what was stored here is
+        recorded, so the retry skips it."""
+        dead = []
+        for entry, b, received in batches:
+            try:
+                await self._commit([b], [received])
+            except Exception as exc:
+                if not caused_by_entry(exc):
+                    raise
+                dead.append((entry, f"{type(exc).__name__}: {exc}"[:1000]))
+        return dead
 
     async def _commit(self, batches: list[wire.Batch], received: list[int]) -> None:
         missing = [k for k in chunks.series_of(batches) if k not in self._series]
@@ -244,6 +304,17 @@ async def backlog(redis: aioredis.Redis, keys: Keys) -> int:
         for stream in keys.streams():
             pipe.xlen(stream)
         return sum(int(n) for n in await pipe.execute())
+
+
+def _dead_letter(stream: str, eid: bytes, fields: dict[bytes, bytes], reason: str) -> dict[Any, Any]:
+    return {
+        FIELD_BATCH: fields.get(FIELD_BATCH, b""),
+        FIELD_RECEIVED_MS: fields.get(FIELD_RECEIVED_MS, b"0"),
+        FIELD_SOURCE: stream,
+        FIELD_ENTRY_ID: eid,
+        FIELD_REASON: reason,
+        FIELD_FAILED_MS: int(time.time() * 1000),
+    }
 
 
 def _entries(reply: Any) -> list[Entry]:

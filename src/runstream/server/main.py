@@ -29,6 +29,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from runstream.server.admin import Admin
 from runstream.server.artifacts.local import LocalStore
 from runstream.server.artifacts.service import Artifacts
 from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
@@ -51,7 +52,7 @@ from runstream.server.query.service import Query
 from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
 from runstream.server.storage import store
-from runstream.wire.proto import artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
+from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
 DrainFlag = multiprocessing.synchronize.Event
@@ -59,8 +60,8 @@ MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batche
 POOL_SAMPLE_S = 1.0
 SUPERVISE_S = 1.0
 ROLE_SERVICES = {
-    "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService"),
-    "ingest": ("TrackingService", "ArtifactService"),
+    "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService", "AdminService"),
+    "ingest": ("TrackingService", "ArtifactService", "AdminService"),
     "query": ("QueryService", "RegistryService", "ArtifactService"),
     "load": (),
 }
@@ -222,6 +223,8 @@ async def _services(
         handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
     if "RegistryService" in wanted:
         handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+    if "AdminService" in wanted:
+        handlers.append(service_handler(Admin(redis, keys), admin_pb2, "AdminService", metrics))
     return handlers, closing, local_store
 
 

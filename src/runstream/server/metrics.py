@@ -95,8 +95,10 @@ class Metrics:
             "Stream entries a loader took over from one that stopped (recovered)",
             registry=r,
         )
-        self.entries_dropped = Counter(
-            "runstream_entries_dropped_total", "Stream entries that could not be decoded and were dropped", registry=r
+        self.entries_dead_lettered = Counter(
+            "runstream_entries_dead_lettered_total",
+            "Stream entries that could not be decoded or stored, moved to the dead-letter stream with the reason",
+            registry=r,
         )
         self.loader_errors = Counter(
             "runstream_loader_errors_total",

@@ -20,6 +20,7 @@ from runstream.server.artifacts.paths import check_path
 from runstream.server.messages import run_message
 from runstream.server.storage import store
 from runstream.wire import batch as wire
+from runstream.wire.ids import whole_number
 from runstream.wire.proto import registry_pb2 as rpb
 
 STAGES = ("None", "Staging", "Production", "Archived")
@@ -36,6 +37,7 @@ ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
 URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/@]+)|@(?P<alias>[^/@]+))")
 USER_METADATA = "runstream-user"
 MAX_TEXT = 5000
+MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
 
 
 class Registry:
@@ -381,9 +383,10 @@ async def _resolve(conn: Any, model: asyncpg.Record, ref: str | None, alias: str
             raise NotFound(f"registered model {name!r} has no alias {alias!r}")
         return aliased
     assert ref is not None
-    if ref.isdigit():
-        await _version(conn, model, int(ref))
-        return int(ref)
+    if ref.isascii() and ref.isdigit():
+        number = whole_number(ref, "model version", MAX_VERSION)
+        await _version(conn, model, number)
+        return number
     if ref.lower() == "latest":
         rows = await store.list_versions(conn, mid, [])
     else:
@@ -533,6 +536,6 @@ def _model_order(order_by: str) -> str:
 def _offset(token: str) -> int:
     if not token:
         return 0
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()) or len(token) > 18:
         raise InvalidArgument("page_token is not one this service gave")
     return int(token)

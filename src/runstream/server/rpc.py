@@ -14,15 +14,25 @@ from typing import Any
 import asyncpg
 import grpc
 
-from runstream.errors import RunstreamError
+from runstream.errors import InvalidArgument, RunstreamError
 from runstream.server.logs import new_request_id
 from runstream.server.metrics import Metrics
+from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
 
 log = logging.getLogger(__name__)
 
 RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
 RAW_RESPONSE_METHODS = {"TailMetrics", "ReadMetrics"}  # yield MetricPoints already serialized (points.py)
 REQUEST_ID = "x-request-id"
+# Request fields that carry ids: each is canonicalised (or refused) here, before any handler runs.
+ID_FIELDS: dict[str, Callable[[str, str], str]] = {
+    "run_id": canonical_run_id,
+    "run_ids": canonical_run_id,
+    "experiment_id": canonical_experiment_id,
+    "experiment_ids": canonical_experiment_id,
+    "upload_id": canonical_upload_id,
+}
+Canonicalise = Callable[[Any], None]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -38,6 +48,56 @@ def _request_id(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
     rid = new_request_id(given)
     ctx.set_trailing_metadata(((REQUEST_ID, rid),))
     return rid
+
+
+class Undecodable:
+    """What a request deserializer returns for bytes that are not the message it expects, so
+    the call ends with INVALID_ARGUMENT and one log line rather than gRPC's UNKNOWN and a
+    traceback."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type, self.error = message_type, error
+
+    def refuse(self) -> InvalidArgument:
+        detail = str(self.error).splitlines()[0][:200] if str(self.error) else type(self.error).__name__
+        return InvalidArgument(f"the request is not a valid {self.message_type} message: {detail}")
+
+
+def lenient(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    name = message_class.DESCRIPTOR.name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything else its parser raises
+            return Undecodable(name, exc)
+
+    return deserialize
+
+
+class _RateLimited:
+    """At most `per_window` log lines a window for one kind of event, then a count of the rest,
+    so a flood of bad requests cannot flood the log."""
+
+    def __init__(self, per_window: int = 20, window_s: float = 10.0) -> None:
+        self.per_window, self.window_s = per_window, window_s
+        self._start, self._lines, self._suppressed = 0.0, 0, 0
+
+    def allow(self) -> tuple[bool, int]:
+        """Whether to log now, and how many lines were held back since the last one logged."""
+        now = time.monotonic()
+        if now - self._start >= self.window_s:
+            self._start, self._lines = now, 0
+        if self._lines < self.per_window:
+            self._lines += 1
+            held, self._suppressed = self._suppressed, 0
+            return True, held
+        self._suppressed += 1
+        return False, 0
+
+
+_refusals = _RateLimited()
 
 
 class _Observed:
@@ -59,15 +119,48 @@ class _Observed:
         if code == grpc.StatusCode.INTERNAL:
             log.exception("%s.%s failed", self.service, self.rpc)
         else:
-            log.debug("%s.%s: %s %s", self.service, self.rpc, code.name, message)
+            show, held = _refusals.allow()
+            if show:
+                more = f" ({held} more refusals not logged)" if held else ""
+                log.info("%s.%s: %s %s%s", self.service, self.rpc, code.name, message[:300], more)
         await ctx.abort(code, message, trailing_metadata=((REQUEST_ID, rid),))
 
 
-def _unary(fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed) -> Callable[[Any, Any], Awaitable[Any]]:
+def canonicaliser(message_class: Any) -> Canonicalise:
+    """Rewrites the id fields of a request of `message_class` into their stored spelling, in
+    place; InvalidArgument names the field when one is not an id at all."""
+    fields = []
+    for f in message_class.DESCRIPTOR.fields:
+        check = ID_FIELDS.get(f.name)
+        if check is not None and f.type == f.TYPE_STRING:
+            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+            fields.append((f.name, bool(repeated), check))
+
+    def canonicalise(req: Any) -> None:
+        for name, repeated, check in fields:
+            if repeated:
+                values = getattr(req, name)
+                values[:] = [check(v, name) for v in values]
+            elif value := getattr(req, name):
+                setattr(req, name, check(value, name))
+
+    return canonicalise
+
+
+def _no_ids(req: Any) -> None:
+    return None
+
+
+def _unary(
+    fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed, canonicalise: Canonicalise
+) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rid = _request_id(ctx)
         t0 = time.perf_counter()
         try:
+            if isinstance(req, Undecodable):
+                raise req.refuse()
+            canonicalise(req)
             return await fn(req, ctx)
         except Exception as exc:  # every failure becomes a status the client can act on
             await seen.fail(ctx, exc, rid)
@@ -77,10 +170,15 @@ def _unary(fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed) -> Callabl
     return handler
 
 
-def _stream(fn: Callable[[Any, Any], AsyncIterator[Any]], seen: _Observed) -> Callable[[Any, Any], AsyncIterator[Any]]:
+def _stream(
+    fn: Callable[[Any, Any], AsyncIterator[Any]], seen: _Observed, canonicalise: Canonicalise
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(reqs: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         rid = _request_id(ctx)
         try:
+            if isinstance(reqs, Undecodable):
+                raise reqs.refuse()
+            canonicalise(reqs)  # a unary request (server-streaming); raw request streams have none
             async for item in fn(reqs, ctx):
                 yield item
         except Exception as exc:  # an error outside one item ends the stream with its status
@@ -102,19 +200,21 @@ def service_handler(
         seen = _Observed(metrics, service, method.name)
         out_cls = getattr(module, method.output_type.name)
         raw = method.name in RAW_REQUEST_METHODS
-        deserialize = None if raw else getattr(module, method.input_type.name).FromString
+        in_cls = getattr(module, method.input_type.name)
+        deserialize = None if raw else lenient(in_cls)
+        ids = _no_ids if raw or method.client_streaming else canonicaliser(in_cls)
         serialize = None if method.name in RAW_RESPONSE_METHODS else out_cls.SerializeToString
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream(fn, seen), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+                _stream(fn, seen, ids), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
             )
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, seen), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+                _unary(fn, seen, ids), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn, seen), request_deserializer=deserialize, response_serializer=serialize
+                _stream(fn, seen, ids), request_deserializer=deserialize, response_serializer=serialize
             )
         else:
             raise NotImplementedError(f"{method.full_name}: client-streaming methods are not wired")

@@ -8,7 +8,6 @@ the protobuf library instead, so every valid encoding of a MetricBatch is accept
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +16,14 @@ import numpy.typing as npt
 
 from runstream.errors import InvalidArgument
 from runstream.wire import packed
+from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import tracking_pb2
 
 MAX_POINTS = 100_000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_KEY_LEN = 250
 MAX_WRITER_ID_LEN = 250
+MAX_SEQ = 2**63 - 1  # seq is a PostgreSQL bigint
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_\-./ :]{1,250}")
 KEY_RULE = "1-250 characters of letters, digits and _ - . / space :"
 DEFAULT_WRITER = "default"
@@ -136,11 +137,17 @@ def check_key(key: str, what: str = "metric key") -> None:
         raise InvalidArgument(f"{what} {shown!r} is invalid: keys are {KEY_RULE}")
 
 
+def check_writer_id(writer_id: str) -> None:
+    """Writer ids follow the rule of keys; empty means the default writer."""
+    if len(writer_id) > MAX_WRITER_ID_LEN:
+        raise InvalidArgument(f"writer_id is {len(writer_id)} characters; the limit is {MAX_WRITER_ID_LEN}")
+    if writer_id and not KEY_PATTERN.fullmatch(writer_id):
+        check_key(writer_id, "writer_id")  # raises, naming the rule
+
+
 def check_run_id(run_id: str) -> None:
-    try:
-        uuid.UUID(run_id)
-    except ValueError:
-        raise InvalidArgument(f"run_id {run_id[:80]!r} is not a run id (a UUID)") from None
+    """InvalidArgument unless run_id is a run id (the server's edge has made it canonical)."""
+    canonical_run_id(run_id)
 
 
 def validate(batch: Batch, size: int, known_keys: set[str]) -> None:
@@ -151,10 +158,11 @@ def validate(batch: Batch, size: int, known_keys: set[str]) -> None:
     if size > MAX_BATCH_BYTES:
         raise InvalidArgument(f"batch is {size:,} bytes; the limit is {MAX_BATCH_BYTES:,} bytes (4 MiB)")
     check_run_id(batch.run_id)
-    if len(batch.writer_id) > MAX_WRITER_ID_LEN:
-        raise InvalidArgument(f"writer_id is {len(batch.writer_id)} characters; the limit is {MAX_WRITER_ID_LEN}")
+    check_writer_id(batch.writer_id)
     if batch.seq < 1:
         raise InvalidArgument("seq must count the writer's batches from 1")
+    if batch.seq > MAX_SEQ:
+        raise InvalidArgument(f"seq is {batch.seq}; the limit is 2^63-1")
     n = batch.points
     if n > MAX_POINTS:
         raise InvalidArgument(f"batch has {n:,} points; the limit is {MAX_POINTS:,} points per batch")

@@ -18,6 +18,7 @@ from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, 
 from runstream.server.metrics import Metrics
 from runstream.server.storage import store
 from runstream.wire import batch as wire
+from runstream.wire.ids import canonical_upload_id
 from runstream.wire.proto import artifacts_pb2 as apb
 
 log = logging.getLogger(__name__)
@@ -243,10 +244,7 @@ async def _active_run(conn: Any, run_id: str) -> None:
 
 
 async def _upload(conn: Any, upload_id: str) -> asyncpg.Record:
-    try:
-        uuid.UUID(upload_id)
-    except ValueError:
-        raise InvalidArgument(f"upload_id {upload_id[:80]!r} is not an upload id") from None
+    upload_id = canonical_upload_id(upload_id)
     upload = await store.get_upload(conn, upload_id)
     if upload is None:
         raise NotFound(f"upload {upload_id} does not exist (completed, aborted or never created)")
