@@ -60,6 +60,12 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--max-backlog", type=int, default=d.max_backlog, help="stream entries per shard above which ingest pushes back"
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout_s,
+        help="seconds loaders may drain at shutdown; what is left stays in Redis for the next start",
+    )
     p.add_argument("--log-level", default=os.environ.get("RUNSTREAM_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format",
@@ -200,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
             read_count=args.read_count,
             claim_idle_ms=args.claim_idle_ms,
             max_backlog=args.max_backlog,
+            drain_timeout_s=args.drain_timeout,
         )
         return server.run(settings)
     if args.command == "demo":

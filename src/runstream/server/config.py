@@ -39,6 +39,7 @@ class Settings:
     artifact_part_size: int = 64 * 1024 * 1024  # uploads above this go in parts, one URL each
     pool_size: int = 8
     grace_s: float = 10.0
+    drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped
 
     @property
     def artifacts_url(self) -> str:

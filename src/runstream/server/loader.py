@@ -108,6 +108,9 @@ class Loader:
         self.stats = LoadStats()
         self._series: dict[chunks.SeriesKey, int] = {}
         self._last_claim = 0.0
+        # First the entries pending under this consumer name: a loader of the same name (the
+        # process this one replaces) read them and died before acknowledging them.
+        self._recovering = True
 
     async def setup(self) -> None:
         """Create the consumer group on every shard (from the start of the stream)."""
@@ -134,7 +137,8 @@ class Loader:
                 entries = await reading
                 reading = None
                 if entries:
-                    reading = asyncio.create_task(self.read(block=not stop.is_set()))
+                    if not self._recovering:  # reading ahead would return the same pending entries
+                        reading = asyncio.create_task(self.read(block=not stop.is_set()))
                     await self.load(entries)
                 elif stop.is_set() and await self._own_pending() == 0:
                     return
@@ -150,7 +154,9 @@ class Loader:
     async def read(self, block: bool = True) -> list[Entry]:
         """The next entries to load: stale ones another loader left, else new ones."""
         t0 = time.perf_counter()
-        entries = await self._claim_stale()
+        entries = await self._own_pending_entries() if self._recovering else []
+        if not entries:
+            entries = await self._claim_stale()
         if not entries:
             reply = await self.redis.xreadgroup(
                 LOADER_GROUP,
@@ -161,6 +167,24 @@ class Loader:
             )
             entries = _entries(reply)
         self.stats.read_s += time.perf_counter() - t0
+        return entries
+
+    async def _own_pending_entries(self) -> list[Entry]:
+        """Entries pending under this consumer's name (read by a predecessor of that name),
+        until there are none left; entries deleted meanwhile are acknowledged."""
+        reply: Any = await self.redis.xreadgroup(
+            LOADER_GROUP, self.consumer, dict.fromkeys(self.keys.streams(), "0"), count=self.read_count
+        )
+        found = _entries(reply)
+        gone = [(stream, eid) for stream, eid, fields in found if not fields]
+        for stream, eid in gone:
+            await self.redis.xack(stream, LOADER_GROUP, eid)
+        entries = [e for e in found if e[2]]
+        if not found:
+            self._recovering = False
+        elif entries:
+            self.metrics.entries_taken_over.inc(len(entries))
+            log.warning("taking over %d entries its predecessor %s had read", len(entries), self.consumer)
         return entries
 
     async def _claim_stale(self) -> list[Entry]:

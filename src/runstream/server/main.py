@@ -5,16 +5,14 @@ loader processes beside it. `ingest` (tracking and artifacts), `query` (queries,
 and artifacts) and `load` (a loader) run one part each, so each part scales on its own.
 Every role serves gRPC health and reflection, and /metrics on its HTTP port.
 With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
-On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams.
+On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams
+(within --drain-timeout; loaders.py runs role all's loader processes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import multiprocessing.synchronize
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -34,18 +32,19 @@ from runstream.server.artifacts.local import LocalStore
 from runstream.server.artifacts.service import Artifacts
 from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
 from runstream.server.config import Settings
+from runstream.server.connections import connect, sample_pool, stop_event
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.server.health import HealthWatch
 from runstream.server.ingest import Tracking
 from runstream.server.keys import Keys
-from runstream.server.loader import Loader
-from runstream.server.logs import announce, configure_from_env
+from runstream.server.loader import backlog
+from runstream.server.loaders import LoaderPool, drain_within, run_loader
+from runstream.server.logs import announce
 from runstream.server.metrics import (
     Metrics,
     StreamStats,
     add_metrics_route,
     forget_multiprocess_dir,
-    process_exited,
     use_multiprocess_dir,
 )
 from runstream.server.query.service import Query
@@ -55,10 +54,7 @@ from runstream.server.storage import store
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
-DrainFlag = multiprocessing.synchronize.Event
 MAX_MESSAGE = 8 * 1024 * 1024  # above the 4 MiB batch limit, so oversize batches get a clear answer
-POOL_SAMPLE_S = 1.0
-SUPERVISE_S = 1.0
 ROLE_SERVICES = {
     "all": ("TrackingService", "QueryService", "ArtifactService", "RegistryService", "AdminService"),
     "ingest": ("TrackingService", "ArtifactService", "AdminService"),
@@ -87,44 +83,12 @@ def services(settings: Settings) -> Iterator[Settings]:
             service.stop()
 
 
-async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
-    assert settings.postgres_url and settings.redis_url
-    pool = await asyncpg.create_pool(
-        settings.postgres_url,
-        min_size=1,
-        max_size=settings.pool_size,
-        server_settings={"application_name": f"runstream-{settings.role}"},
-    )
-    tcp = not settings.redis_url.startswith("unix://")
-    redis = aioredis.from_url(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
-    if need_redis:
-        await redis.ping()
-    return pool, redis
-
-
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def _sample_pool(pool: asyncpg.Pool, metrics: Metrics) -> None:
-    while True:
-        metrics.sample_pool(pool)
-        await asyncio.sleep(POOL_SAMPLE_S)
-
-
 async def serve(
     settings: Settings,
-    loaders: list[multiprocessing.process.BaseProcess] | None = None,
-    drain: DrainFlag | None = None,
-    start_loader: Callable[[], multiprocessing.process.BaseProcess] | None = None,
+    loaders: LoaderPool | None = None,
 ) -> None:
     """One server process of any role: its gRPC services with health and reflection, and
     an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
-    loaders = loaders or []
     metrics = Metrics()
     wanted = ROLE_SERVICES[settings.role]
     pool, redis = await connect(settings, need_redis=settings.role != "query")
@@ -157,18 +121,19 @@ async def serve(
     runner = web.AppRunner(http, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
-    sampler = asyncio.create_task(_sample_pool(pool, metrics))
+    sampler = asyncio.create_task(sample_pool(pool, metrics))
 
-    stop = _stop_event()
-    supervisor = asyncio.create_task(_supervise(loaders, start_loader, metrics)) if start_loader else None
+    stop = stop_event()
+    supervisor = asyncio.create_task(loaders.supervise(metrics)) if loaders else None
     loading = None
     if settings.role == "load":
         loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
     if "ArtifactService" in wanted:
         served = f", its signed URLs served on {settings.http_url}" if local_store else ""
         announce(f"runstream artifacts: {settings.artifacts_url}{served}")
+    spawned = len(loaders.processes) if loaders else 0
     announce(
-        f"runstream listening on {settings.host}:{port} (role {settings.role}, {len(loaders)} loader processes; "
+        f"runstream listening on {settings.host}:{port} (role {settings.role}, {spawned} loader processes; "
         f"/metrics on http://{settings.host}:{settings.http_port})"
     )
     await stop.wait()
@@ -180,13 +145,13 @@ async def serve(
     for close in closing:
         await close()
     if loading is not None:
-        await loading
-    if drain is not None:
-        drain.set()  # the loaders drain, then exit (also one that is still starting)
-    for proc in loaders:
-        await asyncio.to_thread(proc.join)
-        if proc.pid is not None:
-            process_exited(proc.pid)
+        await drain_within(loading, settings.drain_timeout_s)
+    if loaders:
+        await asyncio.to_thread(loaders.stop, settings.drain_timeout_s)
+    if settings.role in ("all", "load"):
+        left = await backlog(redis, keys)
+        if left:
+            log.warning("%d stream entries left in Redis for the next start", left)
     sampler.cancel()
     await runner.cleanup()
     await pool.close()
@@ -228,25 +193,6 @@ async def _services(
     return handlers, closing, local_store
 
 
-async def _supervise(
-    loaders: list[multiprocessing.process.BaseProcess],
-    start_loader: Callable[[], multiprocessing.process.BaseProcess],
-    metrics: Metrics,
-) -> None:
-    """Replace a loader process that died (killed, out of memory): what it had read stays
-    pending in Redis and its successor claims it, so loading goes on without a restart."""
-    while True:
-        await asyncio.sleep(SUPERVISE_S)
-        for i, proc in enumerate(loaders):
-            if proc.is_alive():
-                continue
-            log.error("loader process %s exited with code %s; starting another", proc.pid, proc.exitcode)
-            if proc.pid is not None:
-                process_exited(proc.pid)
-            metrics.loader_restarts.inc()
-            loaders[i] = await asyncio.to_thread(start_loader)
-
-
 async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:
     """The ArtifactService on its store; a local store's signed URLs are served on `http`."""
     s3 = S3Options(
@@ -266,76 +212,18 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, h
     return artifacts
 
 
-async def _follow(flag: DrainFlag, stop: asyncio.Event) -> None:
-    """Set `stop` once the parent raised the drain flag (a process-shared event)."""
-    while not await asyncio.to_thread(flag.wait, 0.5):
-        pass
-    stop.set()
-
-
-async def run_loader(
-    pool: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, metrics: Metrics, stop: asyncio.Event
-) -> None:
-    """Load until `stop` is set, then drain what is left."""
-    loader = Loader(
-        pool,
-        redis,
-        Keys(settings.redis_prefix, settings.shards),
-        read_count=settings.read_count,
-        claim_idle_ms=settings.claim_idle_ms,
-        metrics=metrics,
-    )
-    log.info("loader %s started", loader.consumer)
-    await loader.run(stop)
-    log.info("loader %s drained: %s", loader.consumer, loader.stats)
-
-
-async def _spawned_loader(settings: Settings, drain: DrainFlag) -> None:
-    metrics = Metrics()
-    pool, redis = await connect(settings)
-    sampler = asyncio.create_task(_sample_pool(pool, metrics))
-    stop = _stop_event()
-    follower = asyncio.create_task(_follow(drain, stop))
-    await run_loader(pool, redis, settings, metrics, stop)
-    follower.cancel()
-    sampler.cancel()
-    await pool.close()
-    await redis.aclose()
-
-
-def loader_process(settings: Settings, drain: DrainFlag) -> None:
-    """Entry point of a loader process started by role `all`; it stops when `drain` is set."""
-    configure_from_env()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    asyncio.run(_spawned_loader(settings, drain))
-
-
 def run(settings: Settings) -> int:
     settings.env_overrides()
     metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
     try:
         with services(settings) as resolved:
             announce(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}")
-            loaders: list[multiprocessing.process.BaseProcess] = []
-            ctx = multiprocessing.get_context("spawn")
-            drain = ctx.Event()
-
-            def start_loader() -> multiprocessing.process.BaseProcess:
-                proc = ctx.Process(target=loader_process, args=(replace(resolved, role="load"), drain), daemon=False)
-                proc.start()
-                return proc
-
-            if resolved.role == "all":
-                loaders += [start_loader() for _ in range(resolved.loaders)]
+            loaders = LoaderPool(resolved, resolved.loaders) if resolved.role == "all" else None
             try:
-                asyncio.run(serve(resolved, loaders, drain, start_loader if resolved.role == "all" else None))
+                asyncio.run(serve(resolved, loaders))
             finally:
-                drain.set()
-                for proc in loaders:
-                    proc.join(60)
-                    if proc.is_alive():
-                        log.error("loader %s did not drain within 60 s; terminating it", proc.pid)
-                        proc.terminate()
+                if loaders:
+                    loaders.stop(resolved.drain_timeout_s)  # a no-op when serve stopped them
     finally:
         forget_multiprocess_dir(metrics_dir)
     return 0

@@ -95,6 +95,11 @@ class Metrics:
             "Stream entries a loader took over from one that stopped (recovered)",
             registry=r,
         )
+        self.entries_taken_over = Counter(
+            "runstream_entries_taken_over_total",
+            "Stream entries a replacement loader took over at once from the process it replaced",
+            registry=r,
+        )
         self.entries_dead_lettered = Counter(
             "runstream_entries_dead_lettered_total",
             "Stream entries that could not be decoded or stored, moved to the dead-letter stream with the reason",

@@ -1,0 +1,155 @@
+"""Role `all`'s loader processes: started one per slot, replaced when they die, and drained
+at shutdown within a bounded time.
+
+A slot keeps its Redis consumer name across replacements, so a successor finds the entries
+its predecessor had read but not acknowledged pending under its own name and loads them
+first, at once (loader.py). A loader is asked to drain by closing its end of a pipe: nothing
+is shared with it that a killed process could leave locked, it works while the loader is
+still starting, and a loader whose parent died drains and exits by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from runstream.server.config import Settings
+from runstream.server.connections import connect, sample_pool, stop_event
+from runstream.server.keys import Keys
+from runstream.server.loader import Loader
+from runstream.server.logs import configure_from_env
+from runstream.server.metrics import Metrics, process_exited
+
+log = logging.getLogger(__name__)
+SUPERVISE_S = 1.0
+
+
+@dataclass
+class LoaderProcess:
+    process: BaseProcess
+    drain: Connection  # the parent's end of the pipe; closing it asks the loader to drain
+
+    def ask_to_drain(self) -> None:
+        self.drain.close()
+
+
+class LoaderPool:
+    """`count` loader processes of role all, one per slot."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = replace(settings, role="load")
+        self._ctx = multiprocessing.get_context("spawn")
+        self._names = [f"{socket.gethostname()}-{os.getpid()}-loader{i}" for i in range(count)]
+        self.processes = [self._start(i) for i in range(count)]
+
+    def _start(self, slot: int) -> LoaderProcess:
+        theirs, ours = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=loader_process, args=(self.settings, self._names[slot], theirs), daemon=False)
+        proc.start()
+        theirs.close()  # the child holds it now; ours closing is then the child's end of file
+        return LoaderProcess(proc, ours)
+
+    async def supervise(self, metrics: Metrics) -> None:
+        """Replace a loader process that died (killed, out of memory) in its slot."""
+        while True:
+            await asyncio.sleep(SUPERVISE_S)
+            for i, loader in enumerate(self.processes):
+                proc = loader.process
+                if proc.is_alive():
+                    continue
+                log.error("loader process %s exited with code %s; starting another", proc.pid, proc.exitcode)
+                loader.ask_to_drain()  # closes our end of its pipe
+                if proc.pid is not None:
+                    process_exited(proc.pid)
+                metrics.loader_restarts.inc()
+                self.processes[i] = await asyncio.to_thread(self._start, i)
+
+    def stop(self, timeout: float) -> None:
+        """Ask every loader to drain, give them `timeout` seconds (plus a little to exit), then
+        kill what is left: what a killed loader held stays pending in Redis. Always returns."""
+        for loader in self.processes:
+            loader.ask_to_drain()
+        deadline = time.monotonic() + timeout + 5  # each loader bounds its own drain by `timeout`
+        for loader in self.processes:
+            proc = loader.process
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("loader process %s did not drain within %.0f s; killing it", proc.pid, timeout)
+                proc.kill()
+                proc.join(5)
+            if proc.pid is not None:
+                process_exited(proc.pid)
+
+
+async def drain_within(task: asyncio.Task[None], timeout: float) -> None:
+    """Wait for a draining loader at most `timeout` seconds, then stop it where it is (what it
+    had read stays pending in Redis, for the next start)."""
+    try:
+        await asyncio.wait_for(task, timeout)
+    except asyncio.TimeoutError:
+        log.error("the loader did not drain within %.0f s; stopping it", timeout)
+
+
+async def run_loader(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    settings: Settings,
+    metrics: Metrics,
+    stop: asyncio.Event,
+    consumer: str | None = None,
+) -> None:
+    """Load until `stop` is set, then drain what is left."""
+    loader = Loader(
+        pool,
+        redis,
+        Keys(settings.redis_prefix, settings.shards),
+        read_count=settings.read_count,
+        claim_idle_ms=settings.claim_idle_ms,
+        metrics=metrics,
+        consumer=consumer,
+    )
+    log.info("loader %s started", loader.consumer)
+    await loader.run(stop)
+    log.info("loader %s drained: %s", loader.consumer, loader.stats)
+
+
+def _watch_pipe(pipe: Connection, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set `stop` once the parent closed its end (asked for a drain, or died)."""
+    try:
+        while True:
+            pipe.recv()
+    except (EOFError, OSError):
+        loop.call_soon_threadsafe(stop.set)
+
+
+async def _spawned_loader(settings: Settings, consumer: str, pipe: Connection) -> None:
+    metrics = Metrics()
+    stop = stop_event()  # SIGTERM from an operator drains too
+    threading.Thread(target=_watch_pipe, args=(pipe, asyncio.get_running_loop(), stop), daemon=True).start()
+    pool, redis = await connect(settings)
+    sampler = asyncio.create_task(sample_pool(pool, metrics))
+    loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop, consumer))
+    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await drain_within(loading, settings.drain_timeout_s)
+    sampler.cancel()
+    await pool.close()
+    await redis.aclose()
+
+
+def loader_process(settings: Settings, consumer: str, pipe: Connection) -> None:
+    """Entry point of a loader process of role all."""
+    configure_from_env()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    asyncio.run(_spawned_loader(settings, consumer, pipe))
