@@ -17,7 +17,8 @@ from tests.conftest import Server
 from tests.workers import KEYS, log_points, log_with_module_api
 
 
-def test_points_logged_while_the_server_is_down_arrive_once_it_is_back(server: Server) -> None:
+def test_points_logged_while_the_server_is_down_arrive_once_it_is_back(server: Server, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="runstream.client.writer")
     client = runstream.Client(server.target)
     run = client.start_run("outage", writer_id="w")
     for step in range(100):
@@ -39,6 +40,9 @@ def test_points_logged_while_the_server_is_down_arrive_once_it_is_back(server: S
     steps, values = server.stored(run.run_id)[("a", "w")]
     np.testing.assert_array_equal(np.sort(steps), np.arange(20_100))
     assert values.sum() == sum(range(20_100))
+    said = [r.getMessage() for r in caplog.records if r.name == "runstream.client.writer"]
+    assert sum("is unreachable" in m for m in said) == 1, said  # said once when it began, not per retry
+    assert sum("again after" in m for m in said) == 1, said
     client.close()
 
 

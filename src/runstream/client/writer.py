@@ -47,6 +47,7 @@ RETRYABLE = {
 }
 _CLOSE = None
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+TROUBLE_LOG_S = 60.0  # while the server pushes back or is away, a reminder this often
 
 
 class MetricWriter:
@@ -98,6 +99,8 @@ class MetricWriter:
         self._closing = False
         self._closed = False
         self._drops_logged = 0
+        self._trouble_since: float | None = None  # when the server began to push back or went away
+        self._trouble_logged = 0.0
         self._call: Any = None  # the open StreamMetrics call, while the stream thread is inside gRPC
         self._paused = False  # a fork is under way: stay out of gRPC
         self._batcher = threading.Thread(target=self._batch_loop, name=f"runstream-batcher-{writer_id}", daemon=True)
@@ -256,6 +259,9 @@ class MetricWriter:
                         return
             except grpc.RpcError as exc:
                 log.debug("metric stream ended (%s: %s); reconnecting in %.1f s", exc.code(), exc.details(), backoff)
+                if exc.code() != grpc.StatusCode.CANCELLED:  # not our own cancel after a pushback
+                    with self._lock:
+                        self._trouble(f"the server at {self.target} is unreachable ({exc.code().name})")
             finally:
                 requests.put(_CLOSE)  # release grpc's reader of the old request iterator
                 with self._lock:
@@ -266,6 +272,34 @@ class MetricWriter:
                 if self._closed and not self._unacked:
                     return
             backoff = min(backoff * 2, 5.0)
+
+    def _trouble(self, what: str) -> None:
+        """Called holding the lock when sending stops: log it when it starts, then once a
+        minute while it lasts, with the points waiting."""
+        now = time.monotonic()
+        if self._trouble_since is None:
+            self._trouble_since = now
+        elif now - self._trouble_logged < TROUBLE_LOG_S:
+            return
+        self._trouble_logged = now
+        log.warning(
+            "runstream: %s; %d points of run %s wait in the buffer and are resent (for %.0f s so far)",
+            what,
+            self._buffered_points,
+            self.run_id,
+            now - self._trouble_since,
+        )
+
+    def _recovered(self) -> None:
+        if self._trouble_since is not None:
+            log.warning(
+                "runstream: sending to %s again after %.0f s; %d points still to send",
+                self.target,
+                time.monotonic() - self._trouble_since,
+                self._buffered_points,
+            )
+            self._trouble_since = None
+            self._trouble_logged = 0.0
 
     def _pause_for_fork(self) -> None:
         """Leave gRPC before the process forks: gRPC's fork handlers only run when no
@@ -288,7 +322,9 @@ class MetricWriter:
         code = _CODES.get(ack.code, grpc.StatusCode.UNKNOWN)
         with self._lock:
             if code in RETRYABLE:
+                self._trouble(f"the server pushes back ({code.name}: {ack.message})")
                 return False  # stays unacked; resent with the same seq on the next stream
+            self._recovered()
             entry = self._unacked.pop(ack.seq, None)
             if entry is None:
                 return True

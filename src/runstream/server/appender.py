@@ -12,8 +12,9 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
 
-from runstream.errors import Unavailable
+from runstream.errors import ResourceExhausted, RunstreamError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class StreamAppender:
         self.stream = stream
         self._queue: asyncio.Queue[tuple[Fields, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.failing = False  # the last round's appends failed (logged once, until they work again)
 
     def submit(self, fields: Fields) -> asyncio.Future[None]:
         """Queue one entry; the future resolves once Redis has appended it (in submit order)."""
@@ -42,6 +44,8 @@ class StreamAppender:
             self._task.cancel()
 
     async def _run(self) -> None:
+        """Never ends but by cancellation: whatever Redis answers reaches each batch's future as
+        success or a retryable status, and the next round starts afresh."""
         while True:
             work = [await self._queue.get()]
             while len(work) < MAX_PIPELINE and not self._queue.empty():
@@ -50,13 +54,32 @@ class StreamAppender:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for fields, _ in work:
                         pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
-                    await pipe.execute()
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                error = Unavailable(f"the ingest log (Redis) is unreachable: {exc}")
-                for _, done in work:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
-            for _, done in work:
-                if not done.done():
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # unreachable, timed out, or anything else: no batch was taken
+                results = [exc] * len(work)
+            failed = 0
+            for (_, done), result in zip(work, results, strict=True):
+                if done.done():
+                    continue
+                if isinstance(result, Exception):
+                    failed += 1
+                    done.set_exception(refusal(result))
+                else:
                     done.set_result(None)
+            self._report(failed, results)
+
+    def _report(self, failed: int, results: list[object]) -> None:
+        """One log line when appends start failing and one when they work again."""
+        if failed and not self.failing:
+            first = next(r for r in results if isinstance(r, Exception))
+            log.warning("appends to %s refused: %s", self.stream, refusal(first))
+        elif not failed and self.failing:
+            log.warning("appends to %s work again", self.stream)
+        self.failing = bool(failed)
+
+
+def refusal(exc: BaseException) -> RunstreamError:
+    """A failed append as the sender sees it: always a status to retry on."""
+    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
+        return ResourceExhausted("the ingest log (Redis) is out of memory (maxmemory); retry later")
+    return Unavailable(f"the ingest log (Redis) did not take the batch: {type(exc).__name__}: {exc}")

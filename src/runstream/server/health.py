@@ -40,6 +40,8 @@ class HealthWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.redis is not None:
+            await self._warn_if_evicting()
         await self.check()
         self._task = asyncio.create_task(self._watch())
 
@@ -68,11 +70,36 @@ class HealthWatch:
         if self.redis is not None:
             try:
                 await asyncio.wait_for(self.redis.ping(), self.timeout_s)
+                memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
             except (aioredis.RedisError, OSError, TimeoutError) as exc:
                 return f"Redis does not answer: {type(exc).__name__}: {exc}"
+            return out_of_memory(memory)
         return None
+
+    async def _warn_if_evicting(self) -> None:
+        assert self.redis is not None
+        try:
+            memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
+        except (aioredis.RedisError, OSError, TimeoutError):
+            return  # the health check says so
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            log.warning(
+                "Redis' maxmemory-policy is %s: when full it may evict batches not yet loaded; set noeviction, "
+                "so a full Redis refuses appends (retried by the senders) instead",
+                policy,
+            )
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.check()
+
+
+def out_of_memory(memory: dict[str, object]) -> str | None:
+    """Redis' INFO memory says it refuses appends: over maxmemory with nothing to evict."""
+    limit = int(str(memory.get("maxmemory", 0)))
+    used = int(str(memory.get("used_memory", 0)))
+    if limit and used >= limit and memory.get("maxmemory_policy", "noeviction") == "noeviction":
+        return f"Redis is out of memory ({used:,} bytes used, maxmemory {limit:,}): it refuses appends"
+    return None

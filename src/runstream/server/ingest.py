@@ -94,7 +94,7 @@ class Tracking:
                     for stream in self.keys.streams():
                         pipe.xlen(stream)
                     self._backlog = [int(n) for n in await pipe.execute()]
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            except aioredis.RedisError as exc:  # unreachable, or refusing: keep the last lengths
                 log.warning("cannot read stream lengths: %s", exc)
             await asyncio.sleep(BACKLOG_POLL_S)
 
