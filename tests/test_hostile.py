@@ -79,3 +79,76 @@ def test_random_requests_never_break_the_server(hostile_server) -> None:
             run.log_metrics({"loss": step * 1.0}, step=step)
         run.end()
     assert hostile_server.wait_points(run.run_id, 100) == 100
+
+
+def _invalid(call) -> str:
+    with pytest.raises(runstream.InvalidArgument) as err:
+        call()
+    return str(err.value)
+
+
+def test_filters_past_their_limits_and_bad_patterns_are_invalid_argument(hostile_server) -> None:
+    q = runstream.QueryClient(hostile_server.target)
+    with runstream.Client(hostile_server.target) as client:
+        client.create_run("limits", "one")
+    deep = "(" * 2_000 + "metrics.a > 1" + ")" * 2_000
+    assert "nest deeper than 32" in _invalid(lambda: q.search_runs([], deep))
+    many = " or ".join(f"metrics.a > {i}" for i in range(20_000))
+    assert "characters; the limit is 20,000" in _invalid(lambda: q.search_runs([], many))
+    terms = " or ".join(f"metrics.a > {i}" for i in range(300))
+    assert "more than 200 comparisons" in _invalid(lambda: q.search_runs([], terms))
+    assert "ends with an escape" in _invalid(lambda: q.list_experiments(name_like="vision\\"))
+    with runstream.Client(hostile_server.target) as client:
+        assert "ends with an escape" in _invalid(lambda: client.registry.search_registered_models(name_like="m\\"))
+    assert len(q.list_experiments(name_like="lim%\\\\").experiments) == 0  # an escaped backslash is fine
+    assert "order_by has 11 clauses" in _invalid(lambda: q.search_runs([], order_by=["metrics.a"] * 11))
+
+
+def test_page_tokens_are_signed_and_bound_to_their_query(hostile_server, make_server) -> None:
+    q = runstream.QueryClient(hostile_server.target)
+    with runstream.Client(hostile_server.target) as client:
+        for i in range(5):
+            client.create_run("tokens", f"run{i}")
+    first = q.search_runs([], max_results=2)
+    assert first.next_page_token
+    assert len(q.search_runs([], max_results=2, page_token=first.next_page_token).runs) == 2
+    body, _, sig = first.next_page_token.partition(".")
+    forged = [
+        body[:-1] + ("A" if body[-1] != "A" else "B") + "." + sig,  # another position
+        body + "." + sig[:-1] + ("A" if sig[-1] != "A" else "B"),  # another signature
+        body,
+        "garbage!",
+        "x" * 5_000,
+    ]
+    for token in forged:
+        assert "not one this server gave out" in _invalid(
+            lambda t=token: q.search_runs([], max_results=2, page_token=t)
+        )
+    assert "another search" in _invalid(
+        lambda: q.search_runs([], "metrics.a > 0", max_results=2, page_token=first.next_page_token)
+    )
+    # Another installation (another database, so another key) does not take this one's tokens.
+    other = runstream.QueryClient(make_server().target)
+    assert "not one this server gave out" in _invalid(
+        lambda: other.search_runs([], max_results=2, page_token=first.next_page_token)
+    )
+    # Every listing that pages signs its tokens.
+    with runstream.Client(hostile_server.target) as client:
+        stub = client.channel.unary_unary(
+            "/runstream.v1.TrackingService/ListExperiments",
+            request_serializer=tracking_pb2.ListExperimentsRequest.SerializeToString,
+            response_deserializer=tracking_pb2.ListExperimentsResponse.FromString,
+        )
+        page = stub(tracking_pb2.ListExperimentsRequest(max_results=1), timeout=10)
+        assert page.next_page_token and not page.next_page_token.isdigit()
+        with pytest.raises(grpc.RpcError) as err:
+            stub(tracking_pb2.ListExperimentsRequest(max_results=1, page_token="2"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_internal_error_says_nothing_of_the_servers_insides() -> None:
+    from runstream.server.rpc import status_for
+
+    code, message = status_for(KeyError("SELECT secret FROM server_secrets"))
+    assert code == grpc.StatusCode.INTERNAL
+    assert "server_secrets" not in message and "KeyError" not in message and "server log" in message

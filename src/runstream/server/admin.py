@@ -21,6 +21,7 @@ from runstream.server.keys import (
     FIELD_SOURCE,
     Keys,
 )
+from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import admin_pb2 as adm
@@ -30,21 +31,24 @@ MAX_RESULTS = 1_000
 
 
 class Admin:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, tokens: PageTokens) -> None:
         self.redis = redis
         self.keys = keys
+        self.tokens = tokens
 
     async def ListDeadLetters(self, req: adm.ListDeadLettersRequest, ctx: Any) -> adm.ListDeadLettersResponse:
         limit = req.max_results or DEFAULT_MAX_RESULTS
         if not 0 < limit <= MAX_RESULTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
-        start = "-" if not req.page_token else "(" + _entry_id(req.page_token, "page_token")
+        start = "-" if not req.page_token else "(" + str(self.tokens.read(req.page_token, "dead letters", str))
         entries = await self._range(start, "+", limit + 1)
         total = await self.redis.xlen(self.keys.dead_letters)
         page = [_message(eid, fields) for eid, fields in entries[:limit]]
         more = len(entries) > limit
         return adm.ListDeadLettersResponse(
-            dead_letters=page, next_page_token=page[-1].id if more else "", total=int(total)
+            dead_letters=page,
+            next_page_token=self.tokens.issue(page[-1].id, "dead letters") if more else "",
+            total=int(total),
         )
 
     async def RetryDeadLetters(self, req: adm.RetryDeadLettersRequest, ctx: Any) -> adm.RetryDeadLettersResponse:

@@ -32,6 +32,7 @@ from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.server.messages import experiment_message, run_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
+from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id
 from runstream.wire.proto import tracking_pb2 as pb
@@ -63,9 +64,16 @@ class Tracking:
     """The TrackingService handlers; see protos/runstream/v1/tracking.proto."""
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: aioredis.Redis, keys: Keys, max_backlog: int, metrics: Metrics | None = None
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        keys: Keys,
+        max_backlog: int,
+        tokens: PageTokens,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
+        self.tokens = tokens
         self.metrics = metrics or Metrics()
         self._rpc_metrics = {rpc: _RpcMetrics(self.metrics, rpc) for rpc in INGEST_RPCS}
         self.redis = redis
@@ -122,14 +130,14 @@ class Tracking:
         limit = req.max_results or 1000
         if not 0 < limit <= 10_000:
             raise InvalidArgument("max_results must be between 1 and 10,000")
-        after = _experiment_id(req.page_token, "page_token") if req.page_token else 0
+        after = int(self.tokens.read(req.page_token, "experiments by id")) if req.page_token else 0
         async with self.pool.acquire() as conn:
             rows = await store.list_experiments(conn, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         return pb.ListExperimentsResponse(
             experiments=[experiment_message(r) for r in rows],
-            next_page_token=str(rows[-1].experiment_id) if more else "",
+            next_page_token=self.tokens.issue(int(rows[-1].experiment_id), "experiments by id") if more else "",
         )
 
     # ------------------------------------------------------------ runs

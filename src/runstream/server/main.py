@@ -51,6 +51,7 @@ from runstream.server.query.service import Query
 from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
 from runstream.server.storage import store
+from runstream.server.tokens import page_tokens
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
@@ -172,13 +173,14 @@ async def _services(
     handlers = []
     closing: list[Callable[[], Awaitable[None]]] = []
     local_store = False
+    tokens = await page_tokens(pool)
     if "TrackingService" in wanted:
-        tracking = Tracking(pool, redis, keys, settings.max_backlog, metrics)
+        tracking = Tracking(pool, redis, keys, settings.max_backlog, tokens, metrics)
         await tracking.start()
         closing.append(tracking.stop)
         handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
     if "QueryService" in wanted:
-        query = Query(pool)
+        query = Query(pool, tokens)
         closing.append(query.close)
         handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
     if "ArtifactService" in wanted:
@@ -187,9 +189,9 @@ async def _services(
         closing.append(artifacts.close)
         handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
     if "RegistryService" in wanted:
-        handlers.append(service_handler(Registry(pool), registry_pb2, "RegistryService", metrics))
+        handlers.append(service_handler(Registry(pool, tokens), registry_pb2, "RegistryService", metrics))
     if "AdminService" in wanted:
-        handlers.append(service_handler(Admin(redis, keys), admin_pb2, "AdminService", metrics))
+        handlers.append(service_handler(Admin(redis, keys, tokens), admin_pb2, "AdminService", metrics))
     return handlers, closing, local_store
 
 

@@ -18,7 +18,8 @@ from runstream.errors import (
 )
 from runstream.server.artifacts.paths import check_path
 from runstream.server.messages import run_message
-from runstream.server.storage import store
+from runstream.server.storage import search, store
+from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.ids import whole_number
 from runstream.wire.proto import registry_pb2 as rpb
@@ -41,8 +42,9 @@ MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
 
 
 class Registry:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens) -> None:
         self.pool = pool
+        self.tokens = tokens
 
     # ------------------------------------------------------------ registered models
 
@@ -89,14 +91,16 @@ class Registry:
         limit = req.max_results or 100
         if not 1 <= limit <= 1000:
             raise InvalidArgument(f"max_results is {limit}; it must be between 1 and 1,000")
-        offset = _offset(req.page_token)
+        query = "\x00".join(["models", req.name_like, repr(sorted(req.tags.items())), req.order_by])
+        offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
+        search.check_like(req.name_like, "name_like")
         async with self.pool.acquire() as conn:
             rows = await store.search_models(conn, req.name_like, dict(req.tags), order, limit + 1, offset)
             out = rpb.SearchRegisteredModelsResponse(
                 models=[await _model_message(conn, r) for r in rows[:limit]],
             )
         if len(rows) > limit:
-            out.next_page_token = str(offset + limit)
+            out.next_page_token = self.tokens.issue(offset + limit, query)
         return out
 
     # ------------------------------------------------------------ versions
@@ -531,11 +535,3 @@ def _model_order(order_by: str) -> str:
     if column is None or direction not in ("ASC", "DESC") or len(parts) > 2:
         raise InvalidArgument(f"order_by {order_by[:80]!r}: use 'name' or 'updated', optionally with ASC or DESC")
     return f"{column} {direction}"
-
-
-def _offset(token: str) -> int:
-    if not token:
-        return 0
-    if not (token.isascii() and token.isdigit()) or len(token) > 18:
-        raise InvalidArgument("page_token is not one this service gave")
-    return int(token)

@@ -36,11 +36,15 @@ Canonicalise = Callable[[Any], None]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets. INTERNAL is a bug and says nothing of the server's
+    insides (the log has them); a value PostgreSQL refuses (SQLSTATE class 22) is the caller's."""
     if isinstance(exc, RunstreamError):
         return exc.code, str(exc)
     if isinstance(exc, asyncpg.PostgresConnectionError | OSError):
-        return grpc.StatusCode.UNAVAILABLE, f"the database is unreachable: {exc}"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        return grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry later"
+    if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate).startswith("22"):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"a value in the request was refused: {str(exc).splitlines()[0][:200]}"
+    return grpc.StatusCode.INTERNAL, "internal error: a bug in runstream; the server log has the details"
 
 
 def _request_id(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -115,6 +119,8 @@ class _Observed:
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
         code, message = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            message += f" (request id {rid})"
         self._metrics.rpc_failures.labels(self.service, self.rpc, code.name).inc()
         if code == grpc.StatusCode.INTERNAL:
             log.exception("%s.%s failed", self.service, self.rpc)

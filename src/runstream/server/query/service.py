@@ -10,9 +10,6 @@ puts runs side by side (compare.py) with their series on one step axis.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,6 +21,7 @@ from runstream.server.messages import experiment_message, run_message
 from runstream.server.query import compare, export
 from runstream.server.query.tail import Notifications
 from runstream.server.storage import chunks, history, search, store
+from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -40,8 +38,9 @@ AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
 
 
 class Query:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens) -> None:
         self.pool = pool
+        self.tokens = tokens
         self.notifications = Notifications(pool)
 
     async def close(self) -> None:
@@ -70,15 +69,16 @@ class Query:
         limit = req.max_results or DEFAULT_MAX_RESULTS
         if not 0 < limit <= MAX_EXPERIMENTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_EXPERIMENTS:,}")
-        fingerprint = zlib.crc32(f"{req.include_deleted}\x00{req.name_like}".encode())
-        offset = _page_offset(req.page_token, fingerprint)
+        search.check_like(req.name_like, "name_like")
+        query = f"experiments\x00{req.include_deleted}\x00{req.name_like}"
+        offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         async with self.pool.acquire() as conn:
             rows = await store.experiments_with_counts(conn, req.include_deleted, req.name_like, limit + 1, offset)
         return qpb.ExperimentList(
             experiments=[
                 qpb.ExperimentCounts(experiment=experiment_message(e), **counts) for e, counts in rows[:limit]
             ],
-            next_page_token=_page_token(offset + limit, fingerprint) if len(rows) > limit else "",
+            next_page_token=self.tokens.issue(offset + limit, query) if len(rows) > limit else "",
         )
 
     async def GetMetricHistory(self, req: qpb.GetMetricHistoryRequest, ctx: Any) -> qpb.MetricHistory:
@@ -135,8 +135,8 @@ class Query:
         sql = search.Sql(offset=4)  # $1..$4 belong to store.search_runs
         where = search.where(req.filter, sql)
         order = search.order_by(list(req.order_by), sql)
-        fingerprint = _fingerprint(req)
-        offset = _page_offset(req.page_token, fingerprint)
+        query = _search_query(req)
+        offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         async with self.pool.acquire() as conn:
             runs = await store.search_runs(
                 conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
@@ -149,7 +149,7 @@ class Query:
         more = len(runs) > limit
         return qpb.SearchRunsResponse(
             runs=[run_message(r) for r in runs[:limit]],
-            next_page_token=_page_token(offset + limit, fingerprint) if more else "",
+            next_page_token=self.tokens.issue(offset + limit, query) if more else "",
             total_count=total,
         )
 
@@ -234,27 +234,9 @@ def _max_points(asked: int, default: int) -> int:
     return max_points
 
 
-def _fingerprint(req: qpb.SearchRunsRequest) -> int:
-    """What a page token is bound to: the same query asked again."""
-    text = "\x00".join([req.filter, *req.order_by, "|", *req.experiment_ids, str(req.include_deleted)])
-    return zlib.crc32(text.encode())
-
-
-def _page_token(offset: int, fingerprint: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": fingerprint}).encode()).decode()
-
-
-def _page_offset(token: str, fingerprint: int) -> int:
-    if not token:
-        return 0
-    try:
-        page = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset, bound = int(page["o"]), int(page["q"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not one this server gave out") from None
-    if bound != fingerprint or offset < 0:
-        raise InvalidArgument("page_token belongs to another search (filter, order_by or experiments differ)")
-    return offset
+def _search_query(req: qpb.SearchRunsRequest) -> str:
+    """What a page token is bound to: the same search asked again."""
+    return "\x00".join(["runs", req.filter, *req.order_by, "|", *req.experiment_ids, str(req.include_deleted)])
 
 
 def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:

@@ -34,6 +34,11 @@ NUMERIC_ATTRIBUTES = {"start_time": "r.start_time_ms", "end_time": "r.end_time_m
 STRING_ATTRIBUTES = {"name": "r.name", "run_name": "r.name", "run_id": "r.run_id::text", "status": "r.status"}
 STATUSES = {"RUNNING": 1, "FINISHED": 2, "FAILED": 3, "KILLED": 4}
 NUMERIC_OPS = {"=", "!=", "<", "<=", ">", ">="}
+# Bounds that keep parsing and the query plan small whatever a caller sends.
+MAX_FILTER_CHARS = 20_000
+MAX_COMPARISONS = 200
+MAX_DEPTH = 32  # nested parentheses
+MAX_ORDER_BY = 10
 STRING_OPS = {"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}
 
 _TOKEN = re.compile(
@@ -84,12 +89,23 @@ class Sql:
         return f"${self.offset + len(self.args)}"
 
 
+def check_like(pattern: str, what: str) -> None:
+    """A LIKE pattern PostgreSQL accepts: backslash escapes a character, so it cannot end one."""
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    if trailing % 2:
+        raise InvalidArgument(
+            f"{what} {pattern[-40:]!r} ends with an escape (\\): escape a character, or write \\\\ for a backslash"
+        )
+
+
 class _Parser:
     def __init__(self, text: str, sql: Sql) -> None:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
         self.sql = sql
+        self.depth = 0
+        self.comparisons = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -132,7 +148,11 @@ class _Parser:
         token = self.peek()
         if token.kind == "punct" and token.text == "(":
             self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise InvalidArgument(f"filter: parentheses nest deeper than {MAX_DEPTH} at position {token.pos}")
             inner = self.disjunction()
+            self.depth -= 1
             if self.peek().text != ")":
                 raise self.fail("')'")
             self.take()
@@ -141,6 +161,9 @@ class _Parser:
 
     def comparison(self) -> str:
         token = self.take()
+        self.comparisons += 1
+        if self.comparisons > MAX_COMPARISONS:
+            raise InvalidArgument(f"filter: more than {MAX_COMPARISONS} comparisons (at position {token.pos})")
         if token.kind != "key":
             raise self.fail("a key such as metrics.acc, params.lr, tags.team or attributes.status", token)
         kind, name = split_key(token)
@@ -186,6 +209,8 @@ class _Parser:
         return f"{column} {op} {self.sql.param(codes[0])}"
 
     def string_test(self, column: str, op: str, values: list[str]) -> str:
+        if op in ("LIKE", "ILIKE"):
+            check_like(values[0], f"filter: the {op} pattern")
         if op in ("IN", "NOT IN"):
             neg = "NOT " if op == "NOT IN" else ""
             return f"{neg}{column} = ANY({self.sql.param(values)}::text[])"
@@ -246,13 +271,19 @@ def where(text: str, sql: Sql) -> str:
     """The SQL condition (on runs aliased `r`) for a filter; "TRUE" for an empty one."""
     if not text.strip():
         return "TRUE"
+    if len(text) > MAX_FILTER_CHARS:
+        raise InvalidArgument(f"filter is {len(text):,} characters; the limit is {MAX_FILTER_CHARS:,}")
     return _Parser(text, sql).parse()
 
 
 def order_by(clauses: list[str], sql: Sql) -> str:
     """ORDER BY items for e.g. ["metrics.acc DESC", "attributes.start_time"], nulls last."""
+    if len(clauses) > MAX_ORDER_BY:
+        raise InvalidArgument(f"order_by has {len(clauses)} clauses; the limit is {MAX_ORDER_BY}")
     items = []
     for clause in clauses:
+        if len(clause) > 1_000:
+            raise InvalidArgument(f"order_by clause is {len(clause):,} characters; the limit is 1,000")
         tokens = tokenize(clause)
         if tokens[0].kind != "key":
             raise InvalidArgument(f"order_by {clause!r}: expected a key such as metrics.acc or attributes.start_time")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -1132,3 +1133,17 @@ async def transition_requests(conn: Conn, model_id: int, version: int) -> list[a
         model_id,
         version,
     )
+
+
+# ---------------------------------------------------------------- secrets
+
+
+async def server_secret(conn: Conn, name: str) -> bytes:
+    """The installation's secret `name`, made at random by the first process that asks."""
+    await conn.execute(
+        "INSERT INTO server_secrets (name, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        name,
+        secrets.token_bytes(32),
+    )
+    secret: bytes = await conn.fetchval("SELECT secret FROM server_secrets WHERE name = $1", name)
+    return secret
