@@ -258,7 +258,8 @@ def test_health_follows_redis_and_turns_not_serving_on_drain(make_server: Any, t
         redis_proc.terminate()
         redis_proc.wait(10)
         wait_for(lambda: _health(server.target) == NOT_SERVING, what="NOT_SERVING without Redis")
-        assert _health(server.target, "runstream.v1.QueryService") == NOT_SERVING
+        assert _health(server.target, "runstream.v1.TrackingService") == NOT_SERVING
+        assert _health(server.target, "runstream.v1.QueryService") == SERVING  # queries need only PostgreSQL
 
         redis_proc = _start_redis(port, tmp_path)
         wait_for(lambda: _health(server.target) == SERVING, what="SERVING once Redis is back")

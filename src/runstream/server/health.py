@@ -1,8 +1,10 @@
 """The standard gRPC health service, driven by whether PostgreSQL and Redis answer.
 
 Every role serves it (a load-only process too), so load balancers and Kubernetes probes
-ask every process the same way. SERVING only while the backends this role needs answer
-within `timeout_s`; NOT_SERVING for good once the server starts draining.
+ask every process the same way. Each service is SERVING while the backends it needs answer
+within `timeout_s` (the TrackingService needs only Redis: it takes the batches of runs it
+knows while PostgreSQL is away); the whole server ("") follows what its role needs to take
+metrics (Redis), or to serve at all. NOT_SERVING for good once the server starts draining.
 """
 
 from __future__ import annotations
@@ -20,6 +22,25 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# What each service needs to do its work.
+NEEDS = {
+    "runstream.v1.TrackingService": ("redis",),
+    "runstream.v1.AdminService": ("redis",),
+    "runstream.v1.QueryService": ("postgres",),
+    "runstream.v1.RegistryService": ("postgres",),
+    "runstream.v1.ArtifactService": ("postgres",),
+}
+
+
+def whole_server_needs(services: list[str]) -> tuple[str, ...]:
+    """A process that takes metrics stays in its balancer while Redis answers; any other needs
+    everything its services need (a loader alone: both)."""
+    if "runstream.v1.TrackingService" in services:
+        return ("redis",)
+    needs = {need for s in services for need in NEEDS.get(s, ())}
+    return tuple(sorted(needs)) or ("postgres", "redis")
+
+
 class HealthWatch:
     def __init__(
         self,
@@ -32,8 +53,12 @@ class HealthWatch:
     ) -> None:
         self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import, unseen
         self.pool = pool
-        self.redis = redis  # None: this role does not need Redis
-        self.services = ["", *services]  # "" is the whole server
+        self.redis = redis  # None: this role does not need Redis (its checks then pass)
+        self.needs = {"": whole_server_needs(services), **{s: NEEDS.get(s, ("postgres", "redis")) for s in services}}
+        if redis is None:  # role query: Redis is none of its business
+            self.needs = {
+                s: tuple(n for n in needs if n != "redis") or ("postgres",) for s, needs in self.needs.items()
+            }
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.problem: str | None = "not checked yet"
@@ -52,29 +77,33 @@ class HealthWatch:
         await self.servicer.enter_graceful_shutdown()
 
     async def check(self) -> None:
-        problem = await self._problem()
-        if problem != self.problem:
-            if problem:
-                log.warning("health: NOT_SERVING, %s", problem)
+        found = {"postgres": await self._postgres_problem(), "redis": await self._redis_problem()}
+        problems = "; ".join(p for p in found.values() if p) or None
+        if problems != self.problem:
+            if problems:
+                log.warning("health: %s", problems)
             else:
                 log.info("health: SERVING")
-        self.problem = problem
-        for service in self.services:
-            await self.servicer.set(service, NOT_SERVING if problem else SERVING)
+        self.problem = problems
+        for service, needs in self.needs.items():
+            await self.servicer.set(service, NOT_SERVING if any(found[n] for n in needs) else SERVING)
 
-    async def _problem(self) -> str | None:
+    async def _postgres_problem(self) -> str | None:
         try:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), self.timeout_s)
         except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            return f"PostgreSQL does not answer: {type(exc).__name__}: {exc}"
-        if self.redis is not None:
-            try:
-                await asyncio.wait_for(self.redis.ping(), self.timeout_s)
-                memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
-            except (aioredis.RedisError, OSError, TimeoutError) as exc:
-                return f"Redis does not answer: {type(exc).__name__}: {exc}"
-            return out_of_memory(memory)
+            return f"PostgreSQL does not answer: {type(exc).__name__}"
         return None
+
+    async def _redis_problem(self) -> str | None:
+        if self.redis is None:
+            return None
+        try:
+            await asyncio.wait_for(self.redis.ping(), self.timeout_s)
+            memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
+        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            return f"Redis does not answer: {type(exc).__name__}"
+        return out_of_memory(memory)
 
     async def _warn_if_evicting(self) -> None:
         assert self.redis is not None

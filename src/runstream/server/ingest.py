@@ -26,6 +26,7 @@ from runstream.errors import (
     ResourceExhausted,
     RunNotFound,
     RunstreamError,
+    Unavailable,
 )
 from runstream.server.appender import StreamAppender
 from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
@@ -43,6 +44,15 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_NAME = 500
 RUN_CACHE_S = 30.0
+DB_CHECK_S = 2.0  # a run check waits this long for PostgreSQL before taking it for away
+# What PostgreSQL being down, restarting or unreachable looks like to a check.
+DB_AWAY = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 BACKLOG_POLL_S = 0.5
 STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
 TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
@@ -84,6 +94,7 @@ class Tracking:
         self._backlog = [0] * keys.shards
         self._backlog_task: asyncio.Task[None] | None = None
         self._appenders = [StreamAppender(redis, stream) for stream in keys.streams()]
+        self._db_away_since: float | None = None  # when a run check last found PostgreSQL away
 
     async def start(self) -> None:
         self._backlog_task = asyncio.create_task(self._watch_backlog())
@@ -167,7 +178,10 @@ class Tracking:
     async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
-            return run_message(await store.get_run(conn, req.run_id))
+            run = await store.get_run(conn, req.run_id)
+        if run.lifecycle_stage == "active":  # attach() asks first: its batches need no second look
+            self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
+        return run_message(run)
 
     async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
@@ -246,16 +260,39 @@ class Tracking:
     # ------------------------------------------------------------ metrics
 
     async def _check_run(self, run_id: str) -> None:
+        """The run exists and is active: cached for RUN_CACHE_S. While PostgreSQL is away, a run
+        this ingester has known keeps logging into Redis (bounded by --max-backlog), so a
+        database restart is invisible to training jobs; an unknown run gets UNAVAILABLE."""
         expires = self._runs.get(run_id)
         if expires is not None and expires > time.monotonic():
             return
-        async with self.pool.acquire() as conn:
-            stage = await store.run_lifecycle(conn, run_id)
+        try:
+            async with self.pool.acquire(timeout=DB_CHECK_S) as conn:
+                stage = await asyncio.wait_for(store.run_lifecycle(conn, run_id), DB_CHECK_S)
+        except DB_AWAY as exc:
+            self._database_away(exc)
+            if expires is not None:
+                return
+            raise Unavailable(
+                f"the database is unreachable and run {run_id} is not known to this ingester yet; retry later"
+            ) from None
+        if self._db_away_since is not None:
+            log.warning("PostgreSQL answers again after %.0f s", time.monotonic() - self._db_away_since)
+            self._db_away_since = None
         if stage is None:
             raise RunNotFound(f"run {run_id} does not exist")
         if stage != "active":
             raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
+
+    def _database_away(self, exc: BaseException) -> None:
+        if self._db_away_since is None:
+            self._db_away_since = time.monotonic()
+            log.warning(
+                "PostgreSQL is unreachable (%s): taking the batches of runs known here into Redis; "
+                "unknown runs get UNAVAILABLE",
+                type(exc).__name__,
+            )
 
     async def _accept(self, data: bytes, m: _RpcMetrics) -> tuple[pb.BatchAck, asyncio.Future[None] | None]:
         """Validate one serialized batch and submit it to its shard's appender; returns the ack
