@@ -265,6 +265,7 @@ class Client:
             tags = {**source_tags(), **(tags or {})}
         run = self.create_run(experiment, name, tags)
         handle = Run(self, run.run_id, writer_id, **writer_options)
+        handle.epoch = self.open_writer(run.run_id, handle.writer_id)
         if params:
             handle.log_params(params)
         return handle
@@ -272,7 +273,16 @@ class Client:
     def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
         """A handle to log into an existing run, e.g. from another rank of the same job."""
         run = self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
-        return Run(self, run.run_id, writer_id, owner=False, **writer_options)  # the id as the server spells it
+        handle = Run(self, run.run_id, writer_id, owner=False, **writer_options)  # the id as the server spells it
+        handle.epoch = self.open_writer(run.run_id, handle.writer_id)
+        return handle
+
+    @typed_errors
+    def open_writer(self, run_id: str, writer_id: str) -> int:
+        """A new session of `writer_id` in the run: its batches count seq from 1 within it, so a
+        process restarted under the same writer id loses nothing to de-duplication."""
+        req = pb.OpenWriterRequest(run_id=run_id, writer_id=writer_id)
+        return int(self._stub.OpenWriter(req, timeout=self.timeout).epoch)
 
 
 class Run:
@@ -286,6 +296,7 @@ class Run:
         self.run_id = run_id
         self.writer_id = writer_id or default_writer_id()
         check_writer_id(self.writer_id)  # the server would refuse every batch of this writer
+        self.epoch = 0  # set by Client.start_run / attach from OpenWriter
         self.owner = owner
         self._writer_options = writer_options
         self._writer: MetricWriter | None = None
@@ -301,7 +312,12 @@ class Run:
             with self._writer_lock:
                 if self._writer is None:
                     self._writer = MetricWriter(
-                        self.client.channel, self.client.target, self.run_id, self.writer_id, **self._writer_options
+                        self.client.channel,
+                        self.client.target,
+                        self.run_id,
+                        self.writer_id,
+                        epoch=self.epoch,
+                        **self._writer_options,
                     )
                     _live_writers.add(self._writer)
                     self.client._writers.add(self._writer)

@@ -58,6 +58,7 @@ class MetricWriter:
         run_id: str,
         writer_id: str,
         *,
+        epoch: int = 0,
         batch_points: int = 20_000,
         flush_interval: float = 0.2,
         max_buffer_points: int = 5_000_000,
@@ -71,6 +72,7 @@ class MetricWriter:
         self.target = target
         self.run_id = run_id
         self.writer_id = writer_id
+        self.epoch = epoch  # this process's session as the writer (OpenWriter): seq counts within it
         self.batch_points = batch_points
         self.flush_interval = flush_interval
         self.max_buffer_points = max_buffer_points
@@ -217,7 +219,7 @@ class MetricWriter:
                 self._emit(part)
 
     def _emit(self, calls: list[tuple[tuple[str, ...], int, int, list[float]]]) -> None:
-        data, points = encode_calls(self.run_id, self.writer_id, self._seq + 1, calls)
+        data, points = encode_calls(self.run_id, self.writer_id, self._seq + 1, calls, self.epoch)
         with self._lock:
             self._seq += 1
             self._unacked[self._seq] = (data, points)
@@ -383,7 +385,7 @@ def _split(
 
 
 def encode_calls(
-    run_id: str, writer_id: str, seq: int, calls: list[tuple[tuple[str, ...], int, int, list[float]]]
+    run_id: str, writer_id: str, seq: int, calls: list[tuple[tuple[str, ...], int, int, list[float]]], epoch: int = 0
 ) -> tuple[bytes, int]:
     """One MetricBatch from buffered calls (keys, step, timestamp, values): the key
     dictionary is built per distinct key tuple, the columns with numpy."""
@@ -401,4 +403,4 @@ def encode_calls(
     value = np.fromiter(itertools.chain.from_iterable(c[3] for c in calls), dtype=np.float64, count=total)
     step = np.repeat(np.fromiter((c[1] for c in calls), dtype=np.int64, count=len(calls)), lengths)
     stamp = np.repeat(np.fromiter((c[2] for c in calls), dtype=np.int64, count=len(calls)), lengths)
-    return wire.encode(run_id, writer_id, seq, list(dictionary), key_index, step, stamp, value), total
+    return wire.encode(run_id, writer_id, seq, list(dictionary), key_index, step, stamp, value, epoch), total

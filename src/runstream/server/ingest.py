@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from runstream.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -35,6 +37,7 @@ from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
 from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
+from runstream.wire.batch import batch_digest
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -44,6 +47,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_NAME = 500
 RUN_CACHE_S = 30.0
+RECENT_BATCHES = 50_000  # batch digests kept to refuse a reused seq at once
 DB_CHECK_S = 2.0  # a run check waits this long for PostgreSQL before taking it for away
 # What PostgreSQL being down, restarting or unreachable looks like to a check.
 DB_AWAY = (
@@ -95,6 +99,7 @@ class Tracking:
         self._backlog_task: asyncio.Task[None] | None = None
         self._appenders = [StreamAppender(redis, stream) for stream in keys.streams()]
         self._db_away_since: float | None = None  # when a run check last found PostgreSQL away
+        self._recent = RecentBatches()
 
     async def start(self) -> None:
         self._backlog_task = asyncio.create_task(self._watch_backlog())
@@ -259,6 +264,19 @@ class Tracking:
 
     # ------------------------------------------------------------ metrics
 
+    async def OpenWriter(self, req: pb.OpenWriterRequest, ctx: Any) -> pb.OpenWriterResponse:
+        wire.check_run_id(req.run_id)
+        wire.check_writer_id(req.writer_id)
+        async with self.pool.acquire() as conn:
+            stage = await store.run_lifecycle(conn, req.run_id)
+            if stage is None:
+                raise RunNotFound(f"run {req.run_id} does not exist")
+            if stage != "active":
+                raise FailedPrecondition(f"run {req.run_id} is deleted; restore it before logging to it")
+            epoch = await store.next_writer_epoch(conn, req.run_id, req.writer_id or wire.DEFAULT_WRITER)
+        self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
+        return pb.OpenWriterResponse(epoch=epoch)
+
     async def _check_run(self, run_id: str) -> None:
         """The run exists and is active: cached for RUN_CACHE_S. While PostgreSQL is away, a run
         this ingester has known keeps logging into Redis (bounded by --max-backlog), so a
@@ -305,7 +323,9 @@ class Tracking:
         run_id = canonical_run_id(b.run_id)
         if run_id != b.run_id:  # another spelling of the run: the loader must see the stored one
             b = replace(b, run_id=run_id)
-            data = wire.encode(run_id, b.writer_id, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
+            data = wire.encode(
+                run_id, b.writer_id, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value, b.epoch
+            )
         await self._check_run(b.run_id)
         shard = self.keys.shard_of(b.run_id)
         if self._backlog[shard] >= self.max_backlog:
@@ -315,6 +335,7 @@ class Tracking:
         ack = pb.BatchAck(seq=b.seq, code=0, points=b.points)
         if not b.points:
             return ack, None
+        self._recent.check(b, data)
         return ack, self._appenders[shard].submit({FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
@@ -394,3 +415,27 @@ def _seq_of(data: bytes) -> int:
         return wire.decode(data).seq
     except InvalidArgument:
         return 0
+
+
+class RecentBatches:
+    """The digests of the batches this ingester acknowledged lately, so a seq sent again with
+    other points is refused to its sender at once (ALREADY_EXISTS) instead of being dropped as
+    a resend; older reuses are caught by the loader (dead letters). A resend (same bytes) passes."""
+
+    def __init__(self, size: int = RECENT_BATCHES) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[str, str, int, int], bytes] = OrderedDict()
+
+    def check(self, b: wire.Batch, data: bytes) -> None:
+        key = (b.run_id, b.writer_id or wire.DEFAULT_WRITER, b.epoch, b.seq)
+        digest = batch_digest(data)
+        seen = self._seen.get(key)
+        if seen is not None and seen != digest:
+            raise AlreadyExists(
+                f"writer {key[1]!r} sent seq {b.seq} (epoch {b.epoch}) of run {b.run_id} again with other points; "
+                "a seq names one batch: count on from the last one, or open a new writer"
+            )
+        self._seen[key] = digest
+        self._seen.move_to_end(key)
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)

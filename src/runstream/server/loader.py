@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -44,7 +44,7 @@ from runstream.wire.ids import canonical_run_id
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, bytes, dict[bytes, bytes]]  # (stream, entry id, fields)
-Loaded = tuple[Entry, wire.Batch, int]  # an entry, its batch and when ingest received it (ms)
+Loaded = tuple[Entry, wire.Batch, int, bytes]  # an entry, its batch, when ingest received it (ms), its digest
 SERIES_CACHE_MAX = 1_000_000
 RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
 # SQLSTATE classes that come from a value in an entry: data exceptions (out of range, a NUL in
@@ -218,7 +218,7 @@ class Loader:
         by one, and each that still fails goes to the dead-letter stream, so it blocks nothing."""
         batches: list[Loaded] = []
         dead: list[tuple[Entry, str]] = []
-        seen: set[tuple[str, str, int]] = set()
+        seen: set[tuple[str, str, int, int]] = set()
         for entry in entries:
             stream, eid, fields = entry
             try:
@@ -228,20 +228,21 @@ class Loader:
                 dead.append((entry, f"undecodable: {exc}"))
                 continue
             writer = b.writer_id or wire.DEFAULT_WRITER
-            ident = (run_id, writer, b.seq)
+            ident = (run_id, writer, b.epoch, b.seq)
             if ident in seen:  # the same batch appended twice and read together
                 self.stats.duplicates += 1
                 self.metrics.batches_deduplicated.inc()
                 continue
             seen.add(ident)
+            digest = wire.batch_digest(fields[FIELD_BATCH])
             if writer != b.writer_id or run_id != b.run_id:
-                b = wire.Batch(run_id, writer, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value)
-            batches.append((entry, b, int(fields.get(FIELD_RECEIVED_MS, b"0"))))
+                b = replace(b, run_id=run_id, writer_id=writer)
+            batches.append((entry, b, int(fields.get(FIELD_RECEIVED_MS, b"0")), digest))
 
         t0 = time.perf_counter()
         if batches:
             try:
-                await self._commit([b for _, b, _ in batches], [r for _, _, r in batches])
+                dead += _reused(await self._commit(batches))
             except Exception as exc:
                 if not caused_by_entry(exc):
                     raise
@@ -279,16 +280,19 @@ class Loader:
         Any other failure ends the attempt: the round is retried, and what was stored here is
         recorded, so the retry skips it."""
         dead = []
-        for entry, b, received in batches:
+        for loaded in batches:
             try:
-                await self._commit([b], [received])
+                dead += _reused(await self._commit([loaded]))
             except Exception as exc:
                 if not caused_by_entry(exc):
                     raise
-                dead.append((entry, f"{type(exc).__name__}: {exc}"[:1000]))
+                dead.append((loaded[0], f"{type(exc).__name__}: {exc}"[:1000]))
         return dead
 
-    async def _commit(self, batches: list[wire.Batch], received: list[int]) -> None:
+    async def _commit(self, loaded: list[Loaded]) -> list[Loaded]:
+        """One transaction: record the batches, COPY the new ones, fold in their summaries.
+        Returns the batches whose (run, writer, epoch, seq) was stored before with other points."""
+        batches = [b for _, b, _, _ in loaded]
         missing = [k for k in chunks.series_of(batches) if k not in self._series]
         async with self.pool.acquire() as conn:
             if missing:
@@ -296,20 +300,16 @@ class Loader:
                     self._series.clear()
                 self._series.update(await store.series_ids(conn, missing))
             async with conn.transaction():
-                new = await store.record_batches(
-                    conn,
-                    [b.run_id for b in batches],
-                    [b.writer_id for b in batches],
-                    [b.seq for b in batches],
-                    [b.points for b in batches],
+                new, conflicting = await store.record_batches(
+                    conn, [(b.run_id, b.writer_id, b.epoch, b.seq, b.points, d) for _, b, _, d in loaded]
                 )
-                fresh = [
-                    (b, r) for b, r in zip(batches, received, strict=True) if (b.run_id, b.writer_id, b.seq) in new
-                ]
-                self.stats.duplicates += len(batches) - len(fresh)
-                self.metrics.batches_deduplicated.inc(len(batches) - len(fresh))
+                fresh = [(b, r) for _, b, r, _ in loaded if (b.run_id, b.writer_id, b.epoch, b.seq) in new]
+                reused = [x for x in loaded if (x[1].run_id, x[1].writer_id, x[1].epoch, x[1].seq) in conflicting]
+                resent = len(loaded) - len(fresh) - len(reused)
+                self.stats.duplicates += resent
+                self.metrics.batches_deduplicated.inc(resent)
                 if not fresh:
-                    return
+                    return reused
                 packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
                 await store.copy_chunks(conn, packed.chunk_records)
                 failpoint("loader.after_copy")
@@ -320,6 +320,15 @@ class Loader:
         self.metrics.batches_committed.inc(len(fresh))
         self.metrics.points_committed.inc(packed.points)
         self.metrics.copy_points.observe(packed.points)
+        return reused
+
+
+def _reused(batches: list[Loaded]) -> list[tuple[Entry, str]]:
+    """Batches whose seq was stored before with other points: dead letters, with the reason."""
+    return [
+        (entry, f"seq {b.seq} of writer {b.writer_id!r} (epoch {b.epoch}) was stored before with other points")
+        for entry, b, _, _ in batches
+    ]
 
 
 async def backlog(redis: aioredis.Redis, keys: Keys) -> int:

@@ -7,6 +7,7 @@ the protobuf library instead, so every valid encoding of a MetricBatch is accept
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ class Batch:
     step: npt.NDArray[np.int64]
     timestamp_ms: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
+    epoch: int = 0  # the writer's session (OpenWriter); 0 from senders that never asked
 
     @property
     def points(self) -> int:
@@ -83,6 +85,7 @@ def _decode_fast(data: bytes) -> Batch:
         step=columns.get("step", empty_i64),
         timestamp_ms=columns.get("timestamp_ms", empty_i64),
         value=columns.get("value", np.empty(0, dtype=_F64)),
+        epoch=fields.varints.get(9, 0),
     )
 
 
@@ -101,6 +104,7 @@ def _decode_slow(data: bytes) -> Batch:
         step=np.array(msg.step, dtype=_I64),
         timestamp_ms=np.array(msg.timestamp_ms, dtype=_I64),
         value=np.array(msg.value, dtype=_F64),
+        epoch=msg.epoch,
     )
 
 
@@ -113,12 +117,15 @@ def encode(
     step: npt.ArrayLike | None,
     timestamp_ms: npt.ArrayLike | None,
     value: npt.ArrayLike,
+    epoch: int = 0,
 ) -> bytes:
     """Serialize a MetricBatch from columns; the result parses with any protobuf library."""
     out = bytearray()
     packed.put_string(out, 1, run_id)
     packed.put_string(out, 2, writer_id)
     packed.put_varint(out, 3, seq)
+    if epoch:
+        packed.put_varint(out, 9, epoch)
     for key in keys:
         packed.put_bytes(out, 4, key.encode())
     packed.put_columns(
@@ -129,6 +136,11 @@ def encode(
         ],
     )
     return bytes(out)
+
+
+def batch_digest(data: bytes) -> bytes:
+    """What tells two batches with one (run, writer, epoch, seq) apart: 8 bytes of BLAKE2b."""
+    return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def check_key(key: str, what: str = "metric key") -> None:
@@ -163,6 +175,8 @@ def validate(batch: Batch, size: int, known_keys: set[str]) -> None:
         raise InvalidArgument("seq must count the writer's batches from 1")
     if batch.seq > MAX_SEQ:
         raise InvalidArgument(f"seq is {batch.seq}; the limit is 2^63-1")
+    if batch.epoch > MAX_SEQ:
+        raise InvalidArgument(f"epoch is {batch.epoch}; the limit is 2^63-1")
     n = batch.points
     if n > MAX_POINTS:
         raise InvalidArgument(f"batch has {n:,} points; the limit is {MAX_POINTS:,} points per batch")

@@ -28,6 +28,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# A batch as recorded: (run, writer, epoch, seq) names it, with its points and digest.
+BatchKey = tuple[str, str, int, int]
+BatchIdentity = tuple[str, str, int, int, int, bytes]
+
 # ---------------------------------------------------------------- migrations
 
 
@@ -330,25 +334,52 @@ async def series_ids(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> dict[t
     return {(r[0], r[1], r[2]): r[3] for r in rows}
 
 
-async def record_batches(
-    conn: Conn, run_ids: list[str], writer_ids: list[str], seqs: list[int], points: list[int]
-) -> set[tuple[str, str, int]]:
-    """Record batches as loaded; returns those not recorded before (the rest are retries).
+async def record_batches(conn: Conn, batches: list[BatchIdentity]) -> tuple[set[BatchKey], set[BatchKey]]:
+    """Record batches as loaded; returns those not recorded before, and those recorded before
+    with another digest (a seq reused with other points). The rest are resends.
 
     Inside the loader's transaction: a concurrent loader holding the same batch waits on
     the primary key and then sees it as already recorded.
     """
+    if not batches:
+        return set(), set()
+    columns = list(zip(*batches, strict=True))
     rows = await conn.fetch(
-        """INSERT INTO ingested_batches (run_id, writer_id, seq, points)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int4[]) ORDER BY 1, 2, 3
+        """INSERT INTO ingested_batches (run_id, writer_id, epoch, seq, points, digest)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::int4[], $6::bytea[])
+           ORDER BY 1, 2, 3, 4
            ON CONFLICT DO NOTHING
-           RETURNING run_id::text, writer_id, seq""",
-        run_ids,
-        writer_ids,
-        seqs,
-        points,
+           RETURNING run_id::text, writer_id, epoch, seq""",
+        *columns,
     )
-    return {(r[0], r[1], r[2]) for r in rows}
+    new = {(r[0], r[1], r[2], r[3]) for r in rows}
+    if len(new) == len(batches):
+        return new, set()
+    again = [b for b in batches if (b[0], b[1], b[2], b[3]) not in new]
+    stored = await conn.fetch(
+        """SELECT i.run_id::text, i.writer_id, i.epoch, i.seq, i.digest
+           FROM ingested_batches i
+           JOIN unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[]) AS b(run_id, writer_id, epoch, seq)
+             USING (run_id, writer_id, epoch, seq)""",
+        *list(zip(*again, strict=True))[:4],
+    )
+    digest_of = {b[:4]: b[5] for b in again}
+    conflicting = {
+        (r[0], r[1], r[2], r[3]) for r in stored if r[4] is not None and r[4] != digest_of[(r[0], r[1], r[2], r[3])]
+    }
+    return new, conflicting
+
+
+async def next_writer_epoch(conn: Conn, run_id: str, writer_id: str) -> int:
+    """A new session of this writer in this run: 1, 2, 3..."""
+    epoch: int = await conn.fetchval(
+        """INSERT INTO writer_epochs (run_id, writer_id, epoch) VALUES ($1, $2, 1)
+           ON CONFLICT (run_id, writer_id) DO UPDATE SET epoch = writer_epochs.epoch + 1
+           RETURNING epoch""",
+        run_id,
+        writer_id,
+    )
+    return epoch
 
 
 CHUNK_COLUMNS = (

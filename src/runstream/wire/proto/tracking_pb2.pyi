@@ -266,7 +266,7 @@ class LogInputsResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("run_id", "writer_id", "seq", "keys", "key_index", "step", "timestamp_ms", "value")
+    __slots__ = ("run_id", "writer_id", "seq", "keys", "key_index", "step", "timestamp_ms", "value", "epoch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WRITER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +275,7 @@ class MetricBatch(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     writer_id: str
     seq: int
@@ -283,7 +284,22 @@ class MetricBatch(_message.Message):
     step: _containers.RepeatedScalarFieldContainer[int]
     timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
     value: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., seq: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., key_index: _Optional[_Iterable[int]] = ..., step: _Optional[_Iterable[int]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., seq: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., key_index: _Optional[_Iterable[int]] = ..., step: _Optional[_Iterable[int]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class OpenWriterRequest(_message.Message):
+    __slots__ = ("run_id", "writer_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    writer_id: str
+    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ...) -> None: ...
+
+class OpenWriterResponse(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
 
 class BatchAck(_message.Message):
     __slots__ = ("seq", "code", "message", "points")

@@ -105,6 +105,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
                 _registered_method=True)
+        self.OpenWriter = channel.unary_unary(
+                '/runstream.v1.TrackingService/OpenWriter',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.OpenWriterRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.OpenWriterResponse.FromString,
+                _registered_method=True)
         self.StreamMetrics = channel.stream_stream(
                 '/runstream.v1.TrackingService/StreamMetrics',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.MetricBatch.SerializeToString,
@@ -208,6 +213,14 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenWriter(self, request, context):
+        """A new session of a writer (each process that logs into a run): its batches carry the
+        epoch, so its seq is never confused with an earlier process's under the same writer_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamMetrics(self, request_iterator, context):
         """The high-rate path: one long-lived stream per sender, one ack per batch.
         A rejected batch is answered by an ack carrying its status; the stream stays open.
@@ -295,6 +308,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.LogInputs,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.SerializeToString,
+            ),
+            'OpenWriter': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenWriter,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.OpenWriterRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.OpenWriterResponse.SerializeToString,
             ),
             'StreamMetrics': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamMetrics,
@@ -686,6 +704,33 @@ class TrackingService:
             '/runstream.v1.TrackingService/LogInputs',
             runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenWriter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/OpenWriter',
+            runstream_dot_v1_dot_tracking__pb2.OpenWriterRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.OpenWriterResponse.FromString,
             options,
             channel_credentials,
             insecure,
