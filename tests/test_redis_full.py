@@ -79,3 +79,43 @@ def test_redis_out_of_memory_is_retryable_and_nothing_is_lost(make_server, tmp_p
     finally:
         redis_proc.terminate()
         redis_proc.wait(10)
+
+
+def test_acks_can_wait_for_a_redis_replica(make_server, tmp_path: Path) -> None:
+    """--redis-wait-replicas 1: without a replica a batch is UNAVAILABLE (and resent); with one,
+    acked; what was appended before the refusals is stored once all the same."""
+    port, replica_port = free_port(), free_port()
+    primary = _start_redis(port, tmp_path / "primary")
+    replica = None
+    try:
+        server = make_server("--redis-wait-replicas", "1", "--redis-wait-timeout-ms", "200", start=False)
+        server.args[server.args.index("--redis-url") + 1] = f"redis://127.0.0.1:{port}/0"
+        server.redis_url = f"redis://127.0.0.1:{port}/0"
+        server.start()
+        assert any("acks: acked batches live in Redis' memory" in line for line in server.output)
+        assert any("each ack also waits for 1 replica(s)" in line for line in server.output)
+        with runstream.Client(server.target) as client:
+            run_id = client.create_run("durable", "wait").run_id
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as err:
+                    raw_log(client, _batch(run_id, "w", 1))
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "0 of 1 Redis replicas confirmed" in err.value.details()
+            replica = _start_redis(replica_port, tmp_path / "replica", "--replicaof", "127.0.0.1", str(port))
+            wait_for(lambda: redis.Redis(port=port).info("replication")["connected_slaves"] == 1, what="the replica")
+            wait_for(lambda: _acked(client, run_id), what="an ack once the replica confirms")
+            assert raw_log(client, _batch(run_id, "w", 2)).code == 0
+        assert server.wait_points(run_id, 2 * POINTS) == 2 * POINTS  # the refused appends were resends
+        assert server.stored(run_id)[("loss", "w")][0].tolist() == list(range(POINTS, 3 * POINTS))
+    finally:
+        for proc in (replica, primary):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def _acked(client, run_id: str) -> bool:
+    try:
+        return raw_log(client, _batch(run_id, "w", 1)).code == 0
+    except grpc.RpcError:
+        return False

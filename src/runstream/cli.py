@@ -61,6 +61,24 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--max-backlog", type=int, default=d.max_backlog, help="stream entries per shard above which ingest pushes back"
     )
     p.add_argument(
+        "--redis-wait-replicas",
+        type=int,
+        default=d.redis_wait_replicas,
+        help="acknowledge a batch only once this many Redis replicas have it (WAIT); default 0",
+    )
+    p.add_argument(
+        "--redis-wait-timeout-ms",
+        type=int,
+        default=d.redis_wait_timeout_ms,
+        help="how long an ack waits for the replicas before the batch is UNAVAILABLE (and resent)",
+    )
+    p.add_argument(
+        "--max-keys-per-run",
+        type=int,
+        default=d.max_keys_per_run,
+        help="metric keys one run may have; a batch that adds more is refused (FAILED_PRECONDITION)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=d.drain_timeout_s,
@@ -207,6 +225,9 @@ def _run(args: argparse.Namespace) -> int:
             claim_idle_ms=args.claim_idle_ms,
             max_backlog=args.max_backlog,
             drain_timeout_s=args.drain_timeout,
+            max_keys_per_run=args.max_keys_per_run,
+            redis_wait_replicas=args.redis_wait_replicas,
+            redis_wait_timeout_ms=args.redis_wait_timeout_ms,
         )
         return server.run(settings)
     if args.command == "demo":

@@ -125,9 +125,28 @@ class Client:
         return out
 
     @typed_errors
-    def get_run(self, run_id: str) -> pb.Run:
+    def get_run(self, run_id: str, *, all_metrics: bool = True) -> pb.Run:
+        """The run with its params, tags and metric summaries: all of them, fetched a page at a
+        time for runs with many keys, unless `all_metrics` is False (then the first 1,000)."""
         out: pb.Run = self._stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout)
+        if all_metrics and out.metrics_truncated:
+            out.metrics.extend(self.run_metrics(out.run_id, after_first=len(out.metrics)))
+            out.metrics_truncated = False
         return out
+
+    @typed_errors
+    def run_metrics(self, run_id: str, *, after_first: int = 0) -> list[pb.MetricSummary]:
+        """A run's metric summaries in key order (skipping the first `after_first`)."""
+        found: list[pb.MetricSummary] = []
+        token = ""
+        while True:
+            page = self._stub.ListRunMetrics(
+                pb.ListRunMetricsRequest(run_id=run_id, max_results=10_000, page_token=token), timeout=self.timeout
+            )
+            found.extend(page.metrics)
+            token = page.next_page_token
+            if not token:
+                return found[after_first:]
 
     @typed_errors
     def update_run(
@@ -272,7 +291,7 @@ class Client:
 
     def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
         """A handle to log into an existing run, e.g. from another rank of the same job."""
-        run = self.get_run(run_id)  # NOT_FOUND now rather than at the first batch
+        run = self.get_run(run_id, all_metrics=False)  # NOT_FOUND now rather than at the first batch
         handle = Run(self, run.run_id, writer_id, owner=False, **writer_options)  # the id as the server spells it
         handle.epoch = self.open_writer(run.run_id, handle.writer_id)
         return handle

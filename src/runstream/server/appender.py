@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
@@ -23,10 +25,20 @@ MAX_PIPELINE = 256  # entries per round trip
 Fields = dict[bytes, bytes | int]
 
 
+@dataclass(frozen=True)
+class Durability:
+    """What an ack waits for beyond Redis taking the entry: `replicas` Redis replicas to confirm
+    it (WAIT), within `timeout_ms`; otherwise the batches get UNAVAILABLE and are resent."""
+
+    replicas: int = 0
+    timeout_ms: int = 1_000
+
+
 class StreamAppender:
-    def __init__(self, redis: aioredis.Redis, stream: str) -> None:
+    def __init__(self, redis: aioredis.Redis, stream: str, durability: Durability = Durability()) -> None:
         self.redis = redis
         self.stream = stream
+        self.durability = durability
         self._queue: asyncio.Queue[tuple[Fields, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.failing = False  # the last round's appends failed (logged once, until they work again)
@@ -50,13 +62,24 @@ class StreamAppender:
             work = [await self._queue.get()]
             while len(work) < MAX_PIPELINE and not self._queue.empty():
                 work.append(self._queue.get_nowait())
+            replicas = self.durability.replicas
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for fields, _ in work:
                         pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
+                    if replicas:
+                        pipe.execute_command("WAIT", replicas, self.durability.timeout_ms)
                     results = await pipe.execute(raise_on_error=False)
             except Exception as exc:  # unreachable, timed out, or anything else: no batch was taken
-                results = [exc] * len(work)
+                results = [exc] * (len(work) + bool(replicas))
+            if replicas:
+                confirmed = results.pop()
+                if isinstance(confirmed, int) and confirmed < replicas:
+                    short = Unavailable(
+                        f"{confirmed} of {replicas} Redis replicas confirmed the append within "
+                        f"{self.durability.timeout_ms} ms; retry"
+                    )
+                    results = [short if not isinstance(r, Exception) else r for r in results]
             failed = 0
             for (_, done), result in zip(work, results, strict=True):
                 if done.done():
@@ -83,3 +106,28 @@ def refusal(exc: BaseException) -> RunstreamError:
     if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
         return ResourceExhausted("the ingest log (Redis) is out of memory (maxmemory); retry later")
     return Unavailable(f"the ingest log (Redis) did not take the batch: {type(exc).__name__}: {exc}")
+
+
+async def describe_durability(redis: aioredis.Redis, durability: Durability) -> str:
+    """One line on what an ack means with this Redis' persistence settings."""
+    try:
+        config: Any = await redis.config_get("appendonly")
+        config.update(await redis.config_get("appendfsync"))
+        aof, fsync = str(config.get("appendonly", "?")), str(config.get("appendfsync", "?"))
+    except aioredis.RedisError:  # managed services often hide CONFIG
+        aof, fsync = "?", "?"
+    if aof == "no":
+        local = "acked batches live in Redis' memory until loaded: a Redis restart loses those not yet loaded"
+    elif fsync == "always":
+        local = "every ack is on Redis' disk (appendfsync always): a host crash loses nothing acknowledged"
+    elif fsync == "everysec":
+        local = (
+            "a Redis process crash loses nothing acknowledged; a host crash up to ~1 s of acks (appendfsync everysec)"
+        )
+    elif fsync == "no":
+        local = "a host crash can lose acks the OS had not written yet (appendfsync no)"
+    else:
+        local = "Redis' persistence settings are not readable here (CONFIG GET refused)"
+    if durability.replicas:
+        local += f"; each ack also waits for {durability.replicas} replica(s) (WAIT, {durability.timeout_ms} ms)"
+    return f"acks: {local}"

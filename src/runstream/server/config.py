@@ -28,6 +28,9 @@ class Settings:
     read_count: int = 200  # stream entries a loader takes per read (per shard)
     claim_idle_ms: int = 30_000  # pending entries idle this long are claimed by another loader
     max_backlog: int = 20_000  # entries per shard above which ingest answers RESOURCE_EXHAUSTED
+    redis_wait_replicas: int = 0  # an ack also waits for this many Redis replicas (WAIT)
+    redis_wait_timeout_ms: int = 1_000
+    max_keys_per_run: int = 100_000  # metric keys one run may have; a batch beyond is FAILED_PRECONDITION
     artifacts: str | None = None  # file:///dir or s3://bucket/prefix; None: the local store under data_dir
     s3_endpoint_url: str | None = None  # MinIO, Ceph...; None: AWS (or botocore's AWS_ENDPOINT_URL)
     s3_public_endpoint_url: str | None = None  # the endpoint clients reach, when it differs

@@ -30,9 +30,9 @@ from runstream.errors import (
     RunstreamError,
     Unavailable,
 )
-from runstream.server.appender import StreamAppender
+from runstream.server.appender import Durability, StreamAppender
 from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
-from runstream.server.messages import experiment_message, run_message
+from runstream.server.messages import SUMMARY_FIELDS, experiment_message, run_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
 from runstream.server.tokens import PageTokens
@@ -85,6 +85,8 @@ class Tracking:
         max_backlog: int,
         tokens: PageTokens,
         metrics: Metrics | None = None,
+        max_keys_per_run: int = 100_000,
+        durability: Durability | None = None,
     ) -> None:
         self.pool = pool
         self.tokens = tokens
@@ -97,9 +99,10 @@ class Tracking:
         self._known_keys: set[str] = set()
         self._backlog = [0] * keys.shards
         self._backlog_task: asyncio.Task[None] | None = None
-        self._appenders = [StreamAppender(redis, stream) for stream in keys.streams()]
+        self._appenders = [StreamAppender(redis, stream, durability or Durability()) for stream in keys.streams()]
         self._db_away_since: float | None = None  # when a run check last found PostgreSQL away
         self._recent = RecentBatches()
+        self._run_keys = RunKeys(max_keys_per_run)
 
     async def start(self) -> None:
         self._backlog_task = asyncio.create_task(self._watch_backlog())
@@ -179,6 +182,24 @@ class Tracking:
             run = await store.get_run(conn, run_id)
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
         return run_message(run)
+
+    async def ListRunMetrics(self, req: pb.ListRunMetricsRequest, ctx: Any) -> pb.ListRunMetricsResponse:
+        limit = req.max_results or store.RUN_METRICS
+        if not 0 < limit <= 10_000:
+            raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and 10,000")
+        wire.check_run_id(req.run_id)
+        query = f"run metrics\x00{req.run_id}"
+        after = str(self.tokens.read(req.page_token, query, str)) if req.page_token else ""
+        async with self.pool.acquire() as conn:
+            if await store.run_lifecycle(conn, req.run_id) is None:
+                raise RunNotFound(f"run {req.run_id} does not exist")
+            rows = await store.run_metrics(conn, req.run_id, after, limit + 1)
+        out = pb.ListRunMetricsResponse(
+            metrics=[pb.MetricSummary(**{f: m[f] for f in SUMMARY_FIELDS}) for m in rows[:limit]]
+        )
+        if len(rows) > limit:
+            out.next_page_token = self.tokens.issue(rows[limit - 1]["key"], query)
+        return out
 
     async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
@@ -327,6 +348,7 @@ class Tracking:
                 run_id, b.writer_id, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value, b.epoch
             )
         await self._check_run(b.run_id)
+        await self._run_keys.check(self.pool, b.run_id, b.keys)
         shard = self.keys.shard_of(b.run_id)
         if self._backlog[shard] >= self.max_backlog:
             raise ResourceExhausted(
@@ -439,3 +461,35 @@ class RecentBatches:
         self._seen.move_to_end(key)
         if len(self._seen) > self.size:
             self._seen.popitem(last=False)
+
+
+class RunKeys:
+    """The metric keys of the runs this ingester takes batches for, so a batch that would give a
+    run more than `limit` keys is refused (FAILED_PRECONDITION) rather than stored. Loaded from
+    PostgreSQL once per run; several ingesters each count what they saw, so the limit holds
+    within the batches in flight."""
+
+    def __init__(self, limit: int, runs: int = 1_000) -> None:
+        self.limit, self.runs = limit, runs
+        self._keys: OrderedDict[str, set[str]] = OrderedDict()
+
+    async def check(self, pool: asyncpg.Pool, run_id: str, keys: list[str]) -> None:
+        known = self._keys.get(run_id)
+        if known is None:
+            try:
+                async with pool.acquire(timeout=DB_CHECK_S) as conn:
+                    known = set(await store.run_keys(conn, run_id))
+            except DB_AWAY:
+                return  # PostgreSQL away: better no check than no logging
+            self._keys[run_id] = known
+            if len(self._keys) > self.runs:
+                self._keys.popitem(last=False)
+        self._keys.move_to_end(run_id)
+        new = [k for k in keys if k not in known]
+        if new:
+            if len(known) + len(new) > self.limit:
+                raise FailedPrecondition(
+                    f"run {run_id} would have {len(known) + len(new):,} metric keys; the limit is {self.limit:,} "
+                    "(--max-keys-per-run): log under fewer keys, or raise the limit"
+                )
+            known.update(new)

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from runstream.server.admin import Admin
+from runstream.server.appender import Durability, describe_durability
 from runstream.server.artifacts.local import LocalStore
 from runstream.server.artifacts.service import Artifacts
 from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
@@ -175,7 +176,11 @@ async def _services(
     local_store = False
     tokens = await page_tokens(pool)
     if "TrackingService" in wanted:
-        tracking = Tracking(pool, redis, keys, settings.max_backlog, tokens, metrics)
+        durability = Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+        announce(await describe_durability(redis, durability))
+        tracking = Tracking(
+            pool, redis, keys, settings.max_backlog, tokens, metrics, settings.max_keys_per_run, durability
+        )
         await tracking.start()
         closing.append(tracking.stop)
         handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))

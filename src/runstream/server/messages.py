@@ -20,6 +20,8 @@ def run_message(run: store.RunRow) -> pb.Run:
         params=run.params,
         tags=run.tags,
         metrics=[pb.MetricSummary(**{f: m[f] for f in SUMMARY_FIELDS}) for m in run.metrics],
+        metric_count=max(run.metric_count, len(run.metrics)),
+        metrics_truncated=run.metric_count > len(run.metrics),
     )
 
 

@@ -99,7 +99,7 @@ class Query:
                 raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
         max_points = _max_points(req.max_points, DEFAULT_COMPARE_POINTS)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            runs = [await store.get_run(conn, run_id) for run_id in req.run_ids]
+            runs = [await store.get_run(conn, run_id, list(req.keys) or None) for run_id in req.run_ids]
             keys = list(req.keys) or sorted({m["key"] for run in runs for m in run.metrics})
             if len(keys) > MAX_COMPARE_KEYS:
                 raise InvalidArgument(f"comparing {len(keys)} keys; name at most {MAX_COMPARE_KEYS} in keys")

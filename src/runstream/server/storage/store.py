@@ -202,7 +202,15 @@ class RunRow:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[asyncpg.Record] = field(default_factory=list)
+    metric_count: int = 0  # keys in all; `metrics` may hold only the first of them
 
+
+# A run's metric summaries in one answer; the rest page through run_metrics.
+RUN_METRICS = 1_000
+# Summaries in one SearchRuns answer, shared among its runs (each gets 10 to RUN_METRICS): a run with
+# 250,000 keys must not push a page of runs past the message limit.
+SEARCH_METRICS = 20_000
+_SUMMARY_COLUMNS = "key, last_value, last_step, last_timestamp_ms, min_value, max_value, count"
 
 _RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage"
 
@@ -228,19 +236,41 @@ async def create_run(
         )
 
 
-async def get_run(conn: Conn, run_id: str) -> RunRow:
+async def get_run(conn: Conn, run_id: str, keys: list[str] | None = None) -> RunRow:
+    """A run with its params, tags and the summaries of `keys` (default: its first RUN_METRICS
+    keys; `metric_count` says how many it has)."""
     row = await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1", run_id)
     if row is None:
         raise RunNotFound(f"run {run_id} does not exist")
     run = RunRow(*row)
     run.params = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM params WHERE run_id = $1", run_id)}
     run.tags = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM tags WHERE run_id = $1", run_id)}
-    run.metrics = await conn.fetch(
-        """SELECT key, last_value, last_step, last_timestamp_ms, min_value, max_value, count
-           FROM metric_summaries WHERE run_id = $1 ORDER BY key""",
-        run_id,
-    )
+    if keys is None:
+        run.metrics = await run_metrics(conn, run_id, "", RUN_METRICS)
+    else:
+        run.metrics = await conn.fetch(
+            f"""SELECT {_SUMMARY_COLUMNS} FROM metric_summaries
+                WHERE run_id = $1 AND key = ANY($2::text[]) ORDER BY key""",
+            run_id,
+            keys,
+        )
+    run.metric_count = await conn.fetchval("SELECT count(*) FROM metric_summaries WHERE run_id = $1", run_id)
     return run
+
+
+async def run_keys(conn: Conn, run_id: str) -> list[str]:
+    return [r[0] for r in await conn.fetch("SELECT key FROM metric_summaries WHERE run_id = $1", run_id)]
+
+
+async def run_metrics(conn: Conn, run_id: str, after: str, limit: int) -> list[asyncpg.Record]:
+    """A run's metric summaries in key order, from the key after `after`."""
+    return await conn.fetch(
+        f"""SELECT {_SUMMARY_COLUMNS} FROM metric_summaries
+            WHERE run_id = $1 AND key > $2 ORDER BY key LIMIT $3""",
+        run_id,
+        after,
+        limit,
+    )
 
 
 async def run_lifecycle(conn: Conn, run_id: str) -> str | None:
@@ -690,12 +720,20 @@ async def search_runs(
         by_id[r[0]].params[r[1]] = r[2]
     for r in await conn.fetch("SELECT run_id::text, key, value FROM tags WHERE run_id = ANY($1::uuid[])", ids):
         by_id[r[0]].tags[r[1]] = r[2]
+    per_run = max(10, min(RUN_METRICS, SEARCH_METRICS // max(1, len(ids))))
     for r in await conn.fetch(
-        """SELECT run_id::text AS run_id, key, last_value, last_step, last_timestamp_ms, min_value, max_value, count
-           FROM metric_summaries WHERE run_id = ANY($1::uuid[]) ORDER BY key""",
+        f"""SELECT run_id, {_SUMMARY_COLUMNS}, total FROM (
+                SELECT run_id::text AS run_id, {_SUMMARY_COLUMNS},
+                       row_number() OVER (PARTITION BY run_id ORDER BY key) AS n,
+                       count(*) OVER (PARTITION BY run_id) AS total
+                FROM metric_summaries WHERE run_id = ANY($1::uuid[])
+            ) s WHERE n <= $2 ORDER BY key""",
         ids,
+        per_run,
     ):
-        by_id[r["run_id"]].metrics.append(r)
+        run = by_id[r["run_id"]]
+        run.metrics.append(r)
+        run.metric_count = r["total"]
     return runs
 
 

@@ -60,6 +60,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
                 _registered_method=True)
+        self.ListRunMetrics = channel.unary_unary(
+                '/runstream.v1.TrackingService/ListRunMetrics',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.ListRunMetricsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.ListRunMetricsResponse.FromString,
+                _registered_method=True)
         self.UpdateRun = channel.unary_unary(
                 '/runstream.v1.TrackingService/UpdateRun',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.SerializeToString,
@@ -152,6 +157,13 @@ class TrackingServiceServicer:
 
     def GetRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunMetrics(self, request, context):
+        """A run's metric summaries, a page at a time (for runs with more keys than GetRun returns).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -263,6 +275,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.GetRunRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
+            ),
+            'ListRunMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunMetrics,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.ListRunMetricsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.ListRunMetricsResponse.SerializeToString,
             ),
             'UpdateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRun,
@@ -461,6 +478,33 @@ class TrackingService:
             '/runstream.v1.TrackingService/GetRun',
             runstream_dot_v1_dot_tracking__pb2.GetRunRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/ListRunMetrics',
+            runstream_dot_v1_dot_tracking__pb2.ListRunMetricsRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.ListRunMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
