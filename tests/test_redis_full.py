@@ -102,16 +102,22 @@ def test_acks_can_wait_for_a_redis_replica(make_server, tmp_path: Path) -> None:
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "0 of 1 Redis replicas confirmed" in err.value.details()
             replica = _start_redis(replica_port, tmp_path / "replica", "--replicaof", "127.0.0.1", str(port))
-            wait_for(lambda: redis.Redis(port=port).info("replication")["connected_slaves"] == 1, what="the replica")
+            wait_for(lambda: replica_online(port), what="the replica")
             wait_for(lambda: _acked(client, run_id), what="an ack once the replica confirms")
             assert raw_log(client, _batch(run_id, "w", 2)).code == 0
         assert server.wait_points(run_id, 2 * POINTS) == 2 * POINTS  # the refused appends were resends
         assert server.stored(run_id)[("loss", "w")][0].tolist() == list(range(POINTS, 3 * POINTS))
+        assert server.stop() == 0  # while its Redis is still there to drain from
     finally:
         for proc in (replica, primary):
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
+
+
+def replica_online(port: int) -> bool:
+    replica = redis.Redis(port=port).info("replication").get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
 
 
 def _acked(client, run_id: str) -> bool:

@@ -103,6 +103,8 @@ class StreamAppender:
 
 def refusal(exc: BaseException) -> RunstreamError:
     """A failed append as the sender sees it: always a status to retry on."""
+    if isinstance(exc, RunstreamError):
+        return exc
     if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
         return ResourceExhausted("the ingest log (Redis) is out of memory (maxmemory); retry later")
     return Unavailable(f"the ingest log (Redis) did not take the batch: {type(exc).__name__}: {exc}")
