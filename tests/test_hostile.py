@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 import runstream
+from runstream.wire import batch as wire
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 SERVICES = [
@@ -152,3 +153,54 @@ def test_an_internal_error_says_nothing_of_the_servers_insides() -> None:
     code, message = status_for(KeyError("SELECT secret FROM server_secrets"))
     assert code == grpc.StatusCode.INTERNAL
     assert "server_secrets" not in message and "KeyError" not in message and "server log" in message
+
+
+def _mutations(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.randrange(4)
+        if kind == 0 and out:  # flip a byte
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        elif kind == 1 and out:  # cut
+            del out[rng.randrange(len(out)) :]
+        elif kind == 2:  # insert
+            pos = rng.randrange(len(out) + 1)
+            out[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        else:  # a large or negative varint where one is expected
+            out += bytes([0x18]) + b"\xff" * 9 + b"\x01"
+    return bytes(out)
+
+
+def test_mutated_valid_messages_to_every_method_never_break_the_server(hostile_server) -> None:
+    with runstream.Client(hostile_server.target) as client:
+        run_id = client.create_run("fuzz", "target").run_id
+    valid = [
+        tracking_pb2.GetRunRequest(run_id=run_id).SerializeToString(),
+        tracking_pb2.LogParamsRequest(run_id=run_id, params={"lr": "0.1"}).SerializeToString(),
+        query_pb2.SearchRunsRequest(filter="metrics.a > 1 and params.lr = '0.1'", max_results=5).SerializeToString(),
+        query_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss", max_points=10).SerializeToString(),
+        registry_pb2.ModelRef(name="m").SerializeToString(),
+        artifacts_pb2.ListArtifactsRequest(run_id=run_id).SerializeToString(),
+        admin_pb2.ListDeadLettersRequest(max_results=3).SerializeToString(),
+        wire.encode(run_id, "fuzz", 1, ["loss"], [0, 0], [1, 2], [0, 0], [1.0, 2.0]),
+    ]
+    rng = random.Random(2026)
+    methods = [m for m in _methods() if not m[1].client_streaming]
+    seen: dict[grpc.StatusCode, int] = {}
+    sent = 0
+    with grpc.insecure_channel(hostile_server.target) as channel:
+        for service, method in methods:
+            for _ in range(25):
+                code = _call(channel, service, method, _mutations(rng, rng.choice(valid)))
+                seen[code] = seen.get(code, 0) + 1
+                sent += 1
+    assert sent == 25 * len(methods) >= 1_000
+    assert grpc.StatusCode.UNKNOWN not in seen and grpc.StatusCode.INTERNAL not in seen, seen
+    assert "Traceback" not in "".join(hostile_server.output)
+    with runstream.Client(hostile_server.target) as client:
+        run = client.attach(run_id, writer_id="after-fuzz")
+        for step in range(500):
+            run.log_metrics({"loss": float(step)}, step=step)
+        run.end()
+    stored = hostile_server.stored(run_id)
+    assert stored[("loss", "after-fuzz")][0].tolist() == list(range(500))
