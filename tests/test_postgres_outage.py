@@ -8,6 +8,8 @@ by hand with 300, see the README)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,22 +19,45 @@ import grpc
 import pytest
 
 import runstream
-from runstream.server.embedded import EmbeddedPostgres
 from tests.conftest import raw_log
 from tests.test_dead_letters import _batch
 from tests.test_operations import NOT_SERVING, SERVING, _health, wait_for
 
 OUTAGE_S = float(os.environ.get("RUNSTREAM_TEST_PG_OUTAGE_S", "30"))
+# The private cluster is started and stopped by a helper process: pgserver forks to run
+# PostgreSQL's tools as its own user, and this process has gRPC threads streaming.
+PG_HELPER = """
+import sys
+from pathlib import Path
+import pgserver
+pgdata = Path(sys.argv[2])
+if sys.argv[1] == "start":
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    if not server.psql("SELECT 1 FROM pg_database WHERE datname = 'runstream';").count("(1 row)"):
+        server.psql("CREATE DATABASE runstream;")
+    print(server.get_uri("runstream"))
+else:
+    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+"""
+
+
+def _pg(action: str, pgdata: Path) -> str:
+    done = subprocess.run([sys.executable, "-c", PG_HELPER, action, str(pgdata)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1] if action == "start" else ""
+
+
 KEYS = [f"k{i}" for i in range(10)]
 
 
 def test_a_postgresql_outage_is_invisible_to_training_jobs(make_server, tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg")
+    pgdata = tmp_path / "pg"
+    pg_url = _pg("start", pgdata)
     server = make_server(start=False)
     made_db = server.db_url  # the factory's own database, which it drops at the end
     try:
-        server.args[server.args.index("--postgres-url") + 1] = pg.url
-        server.db_url = pg.url
+        server.args[server.args.index("--postgres-url") + 1] = pg_url
+        server.db_url = pg_url
         server.start()
         with runstream.Client(server.target) as client:
             run = client.start_run("outage", writer_id="sdk", record_source=False)
@@ -48,7 +73,7 @@ def test_a_postgresql_outage_is_invisible_to_training_jobs(make_server, tmp_path
             trainer = threading.Thread(target=train)
             trainer.start()
             time.sleep(2)
-            pg.stop()
+            _pg("stop", pgdata)
             down_at = time.monotonic()
             wait_for(lambda: _health(server.target, "runstream.v1.QueryService") == NOT_SERVING, what="queries down")
             assert _health(server.target, "runstream.v1.TrackingService") == SERVING
@@ -64,7 +89,7 @@ def test_a_postgresql_outage_is_invisible_to_training_jobs(make_server, tmp_path
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             during = steps[0]
 
-            pg = EmbeddedPostgres(tmp_path / "pg")
+            _pg("start", pgdata)
             wait_for(lambda: _health(server.target, "runstream.v1.QueryService") == SERVING, what="queries back")
             stop.set()
             trainer.join()
@@ -82,4 +107,4 @@ def test_a_postgresql_outage_is_invisible_to_training_jobs(make_server, tmp_path
     finally:
         server.stop()
         server.db_url = made_db
-        pg.stop()
+        _pg("stop", pgdata)
