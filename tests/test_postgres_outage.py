@@ -50,6 +50,7 @@ def _pg(action: str, pgdata: Path) -> str:
 KEYS = [f"k{i}" for i in range(10)]
 
 
+@pytest.mark.timeout(OUTAGE_S + 300)
 def test_a_postgresql_outage_is_invisible_to_training_jobs(make_server, tmp_path: Path) -> None:
     pgdata = tmp_path / "pg"
     pg_url = _pg("start", pgdata)
