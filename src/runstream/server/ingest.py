@@ -32,7 +32,7 @@ from runstream.errors import (
 )
 from runstream.server.appender import Durability, StreamAppender
 from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
-from runstream.server.messages import SUMMARY_FIELDS, experiment_message, run_message
+from runstream.server.messages import experiment_message, run_message, summary_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
 from runstream.server.tokens import PageTokens
@@ -194,9 +194,7 @@ class Tracking:
             if await store.run_lifecycle(conn, req.run_id) is None:
                 raise RunNotFound(f"run {req.run_id} does not exist")
             rows = await store.run_metrics(conn, req.run_id, after, limit + 1)
-        out = pb.ListRunMetricsResponse(
-            metrics=[pb.MetricSummary(**{f: m[f] for f in SUMMARY_FIELDS}) for m in rows[:limit]]
-        )
+        out = pb.ListRunMetricsResponse(metrics=[summary_message(m) for m in rows[:limit]])
         if len(rows) > limit:
             out.next_page_token = self.tokens.issue(rows[limit - 1]["key"], query)
         return out

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from runstream.server.storage import store
 from runstream.wire.proto import tracking_pb2 as pb
 
 SUMMARY_FIELDS = ("key", "last_value", "last_step", "last_timestamp_ms", "min_value", "max_value", "count")
+
+
+def summary_message(row: Any) -> pb.MetricSummary:
+    return pb.MetricSummary(**{f: row[f] for f in SUMMARY_FIELDS})
 
 
 def run_message(run: store.RunRow) -> pb.Run:
@@ -19,7 +25,7 @@ def run_message(run: store.RunRow) -> pb.Run:
         lifecycle_stage=run.lifecycle_stage,
         params=run.params,
         tags=run.tags,
-        metrics=[pb.MetricSummary(**{f: m[f] for f in SUMMARY_FIELDS}) for m in run.metrics],
+        metrics=[summary_message(m) for m in run.metrics],
         metric_count=max(run.metric_count, len(run.metrics)),
         metrics_truncated=run.metric_count > len(run.metrics),
     )
