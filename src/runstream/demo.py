@@ -158,13 +158,16 @@ def _start_server(url: str, data_dir: Path) -> subprocess.Popen[str]:
         text=True,
     )
     assert proc.stdout is not None
+    said = ""
     for line in proc.stdout:
         if line.startswith("runstream"):  # not the embedded services' own chatter
             print("  server:", line.rstrip(), flush=True)
+            said = line.strip()
         if "listening on" in line:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe from filling
             return proc
-    raise RuntimeError(f"the server exited with code {proc.wait()} before listening")
+    code = proc.wait()
+    raise SystemExit(said if said.startswith("runstream: ") else f"runstream: the server exited with code {code}")
 
 
 def _wait_loaded(client: runstream.Client, run_ids: list[str], timeout: float = 60.0) -> list[pb.Run]:

@@ -103,6 +103,8 @@ async def serve(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # grpcio shares a taken port by default, splitting clients between two servers
+            ("grpc.so_reuseport", 0),
         ]
     )
     http = web.Application(client_max_size=0)
@@ -116,13 +118,20 @@ async def serve(
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError:  # grpcio's "Failed to bind"
+        raise SystemExit(_port_taken("gRPC", settings.host, settings.port, "--port")) from None
     await server.start()
 
     add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
     runner = web.AppRunner(http, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.http_port).start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.http_port).start()
+    except OSError as exc:
+        await server.stop(0)
+        raise SystemExit(_port_taken("HTTP", settings.host, settings.http_port, "--http-port", exc)) from None
     sampler = asyncio.create_task(sample_pool(pool, metrics))
 
     stop = stop_event()
@@ -234,6 +243,11 @@ def run(settings: Settings) -> int:
     finally:
         forget_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:
+    why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+    return f"runstream: the {kind} port {host}:{port} is taken{why}: choose another with {flag}"
 
 
 def _where(url: str | None) -> str:
