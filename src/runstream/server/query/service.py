@@ -184,7 +184,7 @@ async def _history(
         return out
     if not fixed_range:
         lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
-    whole = aggregate != qpb.AGGREGATE_NONE or extent["points"] <= max_points
+    whole = aggregate != qpb.AGGREGATE_NONE or await _window_points(conn, ids, lo, hi) <= max_points
     width = history.bucket_width(lo, hi, max_points)
     rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
     if not whole:
@@ -208,6 +208,13 @@ async def _history(
         out.writer_index.extend(points.writer.tolist())
         return out
     return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+
+
+async def _window_points(conn: Any, ids: list[int], lo: int, hi: int) -> int:
+    """The points in [lo, hi] exactly, not every point of the chunks the window touches (which
+    would make the answer depend on how the loader cut chunks)."""
+    inside, crossing = await store.window_chunks(conn, ids, lo, hi)
+    return inside + sum(chunks.count_between(steps, lo, hi) for steps in crossing)
 
 
 def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:

@@ -204,3 +204,9 @@ def unpack(
         np.frombuffer(timestamps, dtype="<i8"),
         np.frombuffer(values, dtype="<f8"),
     )
+
+
+def count_between(steps: bytes, lo: int, hi: int) -> int:
+    """How many of a chunk's steps lie in [lo, hi] (steps are not sorted across writers' resends)."""
+    s = np.frombuffer(steps, dtype="<i8")
+    return int(np.count_nonzero((s >= lo) & (s <= hi)))

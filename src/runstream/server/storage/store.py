@@ -496,6 +496,27 @@ async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> a
     return row
 
 
+async def window_chunks(conn: Conn, series_ids: list[int], lo: int, hi: int) -> tuple[int, list[bytes]]:
+    """For counting the points in [lo, hi] exactly: the points of the chunks wholly inside (their
+    `n`), and the steps of only the chunks that cross an end of the window."""
+    inside = await conn.fetchval(
+        """SELECT coalesce(sum(n), 0) FROM metric_chunks
+           WHERE series_id = ANY($1::int8[]) AND first_step >= $2 AND last_step <= $3""",
+        series_ids,
+        lo,
+        hi,
+    )
+    crossing = await conn.fetch(
+        """SELECT steps FROM metric_chunks
+           WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3
+             AND (first_step < $2 OR last_step > $3)""",
+        series_ids,
+        lo,
+        hi,
+    )
+    return int(inside), [r["steps"] for r in crossing]
+
+
 HISTORY_CHUNKS_SQL = """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
                   CASE WHEN whole THEN NULL ELSE steps END AS steps,
                   CASE WHEN $5 THEN timestamps END AS timestamps,  -- buckets carry no timestamps
