@@ -325,3 +325,15 @@ def moto_s3() -> Iterator[S3]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def require_tool(name: str) -> str:
+    """The path of a Debian tool a test needs (prometheus, promtool). Outside CI a machine
+    without it skips the test and says why; under CI=true (.ci/run installs it) that fails."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is missing: apt-get install prometheus (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path

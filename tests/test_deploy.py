@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 
 import runstream
 from runstream.server.main import ROLE_SERVICES
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, require_tool
 from tests.test_operations import scrape
 
 DEPLOY = ROOT / "deploy"
@@ -141,9 +140,7 @@ def test_compose_roles_agree_on_shards_and_the_scraped_port() -> None:
 
 @pytest.mark.parametrize(("what", "path"), [("config", "prometheus.yml"), ("rules", "alerts.yml")])
 def test_promtool_accepts_the_prometheus_files(what: str, path: str) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool is missing: apt-get install prometheus (.ci/run installs it)")
+    promtool = require_tool("promtool")
     check = subprocess.run([promtool, "check", what, str(DEPLOY / "compose" / path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import runstream
 from runstream.errors import NotFound, RunstreamError
 from runstream.wire import batch as wire
-from tests.conftest import Server, free_port, raw_log
+from tests.conftest import Server, free_port, raw_log, require_tool
 from tests.workers import KEYS, expected_values, log_points
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -59,10 +59,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: apt-get install prometheus (.ci/run installs it)")
-    return path
+    return require_tool("promtool")
 
 
 def test_metrics_count_the_ingest_path_and_pass_promtool(server: Server, tmp_path: Path) -> None:
@@ -117,9 +114,7 @@ def test_metrics_count_the_ingest_path_and_pass_promtool(server: Server, tmp_pat
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
     """Start Debian's Prometheus scraping the given HTTP port every second; yields its URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is missing: apt-get install prometheus (.ci/run installs it)")
+    binary = require_tool("prometheus")
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(target_port: int) -> str:
