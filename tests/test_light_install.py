@@ -172,3 +172,15 @@ def test_server_commands_name_their_extra(light_venv: Path, command: list[str], 
     assert len(lines) == 1, done.stderr
     assert f"pip install 'runstream[{extra}]'" in lines[0]
     assert "asyncpg" in lines[0]  # it names what is missing
+
+
+def test_the_wheel_ships_the_protos(light_venv: Path) -> None:
+    """Outside clients (Go, Node) find the contract in the installed package."""
+    where = _run(light_venv, "python", "-c", "import runstream.wire as w; print(w.proto_path())")
+    assert where.returncode == 0, where.stderr
+    shipped = Path(where.stdout.strip()) / "runstream" / "v1"
+    assert "site-packages" in str(shipped)
+    source = ROOT / "protos" / "runstream" / "v1"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in source.iterdir())
+    for proto in source.iterdir():
+        assert (shipped / proto.name).read_bytes() == proto.read_bytes()
