@@ -138,3 +138,19 @@ def test_runs_as_context_managers_finish_or_fail(server: Server, monkeypatch) ->
         assert server.wait_points(run.run_id, 3) == 3
         loss = {m.key: m for m in client.get_run(run.run_id).metrics}["loss"]
         assert (loss.last_step, loss.last_value, loss.count) == (1, 0.25, 2)
+
+
+def test_leaving_a_run_with_the_server_gone_says_what_was_not_delivered(server: Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RUNSTREAM_FLUSH_TIMEOUT", "2")
+    client = runstream.Client(server.target)
+    started = None
+    undelivered = pytest.raises(
+        runstream.DeadlineExceeded, match=r"1,000 points of run .* not acknowledged after 2\.0 s"
+    )
+    with undelivered, client.start_run("gone", writer_id="w", record_source=False) as run:
+        server.stop()
+        for step in range(500):
+            run.log_metrics({"a": step, "b": step}, step=step)
+        started = time.monotonic()
+    assert started is not None and time.monotonic() - started < 10  # bounded by RUNSTREAM_FLUSH_TIMEOUT
+    client.close()

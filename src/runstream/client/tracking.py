@@ -389,17 +389,31 @@ class Run:
     def info(self) -> pb.Run:
         return self.client.get_run(self.run_id)
 
-    def end(self, status: str = "FINISHED", timeout: float | None = 60.0) -> None:
-        """Flush this writer's points, then (as the run's creator) mark the run ended."""
+    def end(self, status: str = "FINISHED", timeout: float | None = None) -> None:
+        """Flush this writer's points (waiting at most `timeout`, default RUNSTREAM_FLUSH_TIMEOUT
+        or 60 s), then, as the run's creator, mark the run ended. What was not delivered is
+        raised (DeadlineExceeded with the count, PointsDropped...) even when the server is gone
+        and the run cannot be marked ended either."""
         if self.ended:
             return
         self.ended = True
+        if timeout is None:
+            timeout = float(os.environ.get("RUNSTREAM_FLUSH_TIMEOUT", "60"))
+        undelivered: RunstreamError | None = None
         try:
             if self._writer is not None:
                 self._writer.close(timeout)
-        finally:
-            if self.owner:
+        except RunstreamError as exc:
+            undelivered = exc
+        if self.owner:
+            try:
                 self.client.update_run(self.run_id, status=status)
+            except RunstreamError as exc:
+                if undelivered is None:
+                    raise
+                log.error("run %s could not be marked %s either: %s", self.run_id, status, exc)
+        if undelivered is not None:
+            raise undelivered
 
     def __enter__(self) -> Run:
         return self

@@ -170,7 +170,7 @@ class MetricWriter:
                 if left is not None and left <= 0:
                     raise DeadlineExceeded(
                         f"flush: {self._buffered_points:,} points of run {self.run_id} not acknowledged "
-                        f"after {timeout} s"
+                        f"after {timeout} s (is the server at {self.target} reachable?)"
                     )
                 self._lock.wait(left if left is not None else 1.0)
             if self.errors:
