@@ -110,13 +110,19 @@ def test_page_tokens_are_signed_and_bound_to_their_query(hostile_server, make_se
     with runstream.Client(hostile_server.target) as client:
         for i in range(5):
             client.create_run("tokens", f"run{i}")
+        client.create_run("tokens-too", "another experiment: ListExperiments has a second page")
     first = q.search_runs([], max_results=2)
     assert first.next_page_token
     assert len(q.search_runs([], max_results=2, page_token=first.next_page_token).runs) == 2
     body, _, sig = first.next_page_token.partition(".")
+
+    def changed(text: str, at: int) -> str:  # another character where every bit counts
+        return text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :]
+
     forged = [
-        body[:-1] + ("A" if body[-1] != "A" else "B") + "." + sig,  # another position
-        body + "." + sig[:-1] + ("A" if sig[-1] != "A" else "B"),  # another signature
+        changed(body, len(body) // 2) + "." + sig,  # another position
+        body + "." + changed(sig, len(sig) // 2),  # another signature
+        body[:-1] + ("A" if body[-1] != "A" else "B") + "." + sig,  # the same bytes spelled otherwise
         body,
         "garbage!",
         "x" * 5_000,

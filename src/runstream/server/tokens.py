@@ -36,7 +36,8 @@ class PageTokens:
             body, sig = _unb64(body_text), _unb64(sig_text)
         except ValueError:
             raise InvalidArgument("page_token is not one this server gave out") from None
-        if len(token) > 1_000 or not hmac.compare_digest(sig, self._sign(body)):
+        canonical = _b64(body) == body_text and _b64(sig) == sig_text  # one spelling per token
+        if len(token) > 1_000 or not canonical or not hmac.compare_digest(sig, self._sign(body)):
             raise InvalidArgument("page_token is not one this server gave out")
         page = json.loads(body)
         if page.get("q") != _digest(query):
