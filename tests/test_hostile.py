@@ -72,7 +72,7 @@ def test_random_requests_never_break_the_server(hostile_server) -> None:
     output = "".join(hostile_server.output)
     assert "Traceback" not in output
     refusals = output.count("INVALID_ARGUMENT")
-    assert 0 < refusals <= 100, refusals  # rate-limited: 20 a window, then a count
+    assert 0 < refusals <= 150, refusals  # rate-limited (20 per 10 s): far fewer lines than the 654 refusals
     # Still serving, and storing.
     with runstream.Client(hostile_server.target) as client:
         run = client.start_run("hostile", "after", record_source=False)
