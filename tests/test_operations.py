@@ -251,6 +251,8 @@ def test_health_follows_redis_and_turns_not_serving_on_drain(make_server: Any, t
         server.start()
         assert _health(server.target) == SERVING
         assert _health(server.target, "runstream.v1.TrackingService") == SERVING
+        wait_for(lambda: any("loader" in line and "started" in line for line in server.output), what="the loader")
+        time.sleep(0.5)  # it reads from its consumer group now
 
         redis_proc.terminate()
         redis_proc.wait(10)
@@ -258,8 +260,14 @@ def test_health_follows_redis_and_turns_not_serving_on_drain(make_server: Any, t
         assert _health(server.target, "runstream.v1.TrackingService") == NOT_SERVING
         assert _health(server.target, "runstream.v1.QueryService") == SERVING  # queries need only PostgreSQL
 
-        redis_proc = _start_redis(port, tmp_path)
+        redis_proc = _start_redis(port, tmp_path)  # empty: the loaders' consumer group is gone
         wait_for(lambda: _health(server.target) == SERVING, what="SERVING once Redis is back")
+        with runstream.Client(server.target) as client:
+            run = client.start_run("after redis restart")
+            for step in range(1000):
+                run.log_metric("loss", step / 1000, step=step)
+            run.end()
+        assert server.wait_points(run.run_id, 1000, timeout=30) == 1000  # the loaders created it again
 
         with grpc.insecure_channel(server.target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)

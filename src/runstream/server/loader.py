@@ -128,10 +128,13 @@ class Loader:
         work at the same time; entries are still loaded in stream order. When PostgreSQL
         or Redis fail, the loader waits and goes on: what it had read stays pending in
         Redis and is claimed again after `claim_idle_ms`."""
-        await self.setup()
         reading: asyncio.Task[list[Entry]] | None = None
+        grouped = False  # the consumer groups exist (Redis may be away at start, or lose them)
         while True:
             try:
+                if not grouped:
+                    await self.setup()
+                    grouped = True
                 if reading is None:
                     reading = asyncio.create_task(self.read(block=not stop.is_set()))
                 entries = await reading
@@ -144,11 +147,15 @@ class Loader:
                     return
             except Exception as exc:  # PostgreSQL or Redis away, full or read-only: wait, then go on
                 self.metrics.loader_errors.inc()
-                log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
                 if reading is not None:
                     reading.cancel()
                     reading = None
                 self._last_claim = 0.0  # look for the entries left pending at the next read
+                if _group_lost(exc):
+                    log.error("Redis lost consumer group %r (restarted without its data?); creating it", LOADER_GROUP)
+                    grouped = False
+                    continue
+                log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
                 await asyncio.sleep(RETRY_S)
 
     async def read(self, block: bool = True) -> list[Entry]:
@@ -353,3 +360,8 @@ def _dead_letter(stream: str, eid: bytes, fields: dict[bytes, bytes], reason: st
 def _entries(reply: Any) -> list[Entry]:
     """XREADGROUP's [[stream, [(id, fields), ...]], ...] as (stream, id, fields) tuples."""
     return [(stream.decode(), eid, fields) for stream, items in reply for eid, fields in items]
+
+
+def _group_lost(exc: Exception) -> bool:
+    """Redis answers NOGROUP once the consumer group is gone, e.g. after a restart without its data."""
+    return isinstance(exc, aioredis.ResponseError) and str(exc).startswith("NOGROUP")

@@ -138,7 +138,7 @@ async def _spawned_loader(settings: Settings, consumer: str, pipe: Connection) -
     metrics = Metrics()
     stop = stop_event()  # SIGTERM from an operator drains too
     threading.Thread(target=_watch_pipe, args=(pipe, asyncio.get_running_loop(), stop), daemon=True).start()
-    pool, redis = await connect(settings)
+    pool, redis = await connect(settings, need_redis=False)  # the loader waits for Redis itself
     sampler = asyncio.create_task(sample_pool(pool, metrics))
     loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop, consumer))
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
