@@ -84,6 +84,19 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=d.drain_timeout_s,
         help="seconds loaders may drain at shutdown; what is left stays in Redis for the next start",
     )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        default=os.environ.get("RUNSTREAM_AUTH", "").lower() in ("1", "true", "yes", "on"),
+        help="every RPC needs a token; the first start writes an admin token to <data-dir>/admin-token",
+    )
+    p.add_argument("--insecure", action="store_true", help="allow serving off loopback without --auth")
+    p.add_argument("--tls-cert", type=Path, help="serve gRPC and HTTP over TLS: PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="require gRPC client certificates signed by this CA (mTLS)"
+    )
+    p.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
     p.add_argument("--log-level", default=os.environ.get("RUNSTREAM_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format",
@@ -91,6 +104,62 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=os.environ.get("RUNSTREAM_LOG_FORMAT", "text"),
         help="json: one object per line with request ids, for log collectors",
     )
+
+
+def _tokens_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tokens = sub.add_parser("tokens", help="API tokens (admin scope): create, list, revoke; whoami")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", help="make a token and print it once (the server keeps a hash)")
+    create.add_argument("--name", required=True, help="who acts with it: approvals and history show this name")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=["read", "write", "registry", "admin"], help="repeatable"
+    )
+    create.add_argument("--experiments", default="", help="glob of experiment names limiting read and write")
+    create.add_argument("--expires", default="", help="e.g. 30d, 12h, 90m (default: never)")
+    tls = tokens_sub.add_parser("ls", help="live tokens (--revoked: also revoked ones)")
+    tls.add_argument("--revoked", action="store_true")
+    revoke = tokens_sub.add_parser("revoke", help="revoke the live token of that name")
+    revoke.add_argument("name")
+    whoami = tokens_sub.add_parser("whoami", help="the name and scopes of the token in RUNSTREAM_TOKEN")
+    for p in (create, tls, revoke, whoami):
+        p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+
+
+def _duration_s(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    if not text:
+        return 0
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise ValueError(f"--expires {text!r}: give a whole number and a unit, like 30d, 12h, 90m or 45s")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from runstream.client.tracking import Client
+    from runstream.errors import RunstreamError
+    from runstream.report import tokens_table
+
+    try:
+        expires_s = _duration_s(args.expires) if args.tokens_command == "create" else 0
+        with Client(args.url) as client:
+            admin = client.admin
+            if args.tokens_command == "create":
+                made = admin.create_token(args.name, args.scope, experiments=args.experiments, expires_in_s=expires_s)
+                print(made.secret)
+                print(f"token {made.token.name!r} ({made.token.token_id}): shown once; keep it secret", file=sys.stderr)
+            elif args.tokens_command == "ls":
+                print(tokens_table(admin.tokens(args.revoked)))
+            elif args.tokens_command == "revoke":
+                gone = admin.revoke_token(args.name)
+                print(f"revoked token {gone.name!r} ({gone.token_id})")
+            else:
+                me = admin.whoami()
+                limit = f", experiments {me.experiments!r}" if me.experiments else ""
+                print(f"{me.name}: {', '.join(me.scopes)}{limit}")
+    except (RunstreamError, ValueError) as exc:
+        print(f"runstream: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     dretry.add_argument("--all", action="store_true", help="every dead letter")
     for p in (dls, dretry):
         p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
+    _tokens_parser(sub)
     args = parser.parse_args(argv)
 
     try:
@@ -228,6 +298,12 @@ def _run(args: argparse.Namespace) -> int:
             max_keys_per_run=args.max_keys_per_run,
             redis_wait_replicas=args.redis_wait_replicas,
             redis_wait_timeout_ms=args.redis_wait_timeout_ms,
+            auth=args.auth,
+            insecure=args.insecure,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            reflection=not args.no_reflection,
         )
         return server.run(settings)
     if args.command == "demo":
@@ -247,6 +323,8 @@ def _run(args: argparse.Namespace) -> int:
         return _models(args)
     if args.command == "dead-letters":
         return _dead_letters(args)
+    if args.command == "tokens":
+        return _tokens(args)
     return 2
 
 

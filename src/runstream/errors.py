@@ -51,6 +51,12 @@ class Unauthenticated(RunstreamError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(RunstreamError, PermissionError):
+    """The token is valid but does not allow this call (its scopes or its experiments)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(RunstreamError, ConnectionError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -86,6 +92,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RunstreamError]] = {
         FailedPrecondition,
         ResourceExhausted,
         Unauthenticated,
+        PermissionDenied,
         Unavailable,
         DeadlineExceeded,
     )

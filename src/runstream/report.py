@@ -146,6 +146,23 @@ def dead_letters_table(letters: Sequence[adm.DeadLetter]) -> str:
     return table(["id", "run", "writer", "seq", "points", "failed", "reason"], rows)
 
 
+def tokens_table(tokens: Sequence[adm.ApiToken]) -> str:
+    rows = [
+        [
+            _visible(t.name)[:40],
+            t.token_id,
+            ",".join(t.scopes),
+            _visible(t.experiments) or "all",
+            _visible(t.created_by)[:24],
+            _when(t.created_ms),
+            _when(t.expires_ms) or "never",
+            "revoked " + _when(t.revoked_ms) if t.revoked_ms else "live",
+        ]
+        for t in tokens
+    ]
+    return table(["name", "id", "scopes", "experiments", "created by", "created", "expires", "state"], rows)
+
+
 def _visible(text: str) -> str:
     """Control characters escaped, so a hostile string cannot rewrite the terminal."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

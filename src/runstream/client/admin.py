@@ -1,4 +1,4 @@
-"""Looking after the pipeline from the SDK: the dead letters the loaders set aside."""
+"""Looking after a server from the SDK: the dead letters the loaders set aside, and API tokens."""
 
 from __future__ import annotations
 
@@ -37,3 +37,27 @@ class AdminClient:
         return self._stub.RetryDeadLetters(  # type: ignore[no-any-return]
             adm.RetryDeadLettersRequest(ids=list(ids), all=all), timeout=self.timeout
         )
+
+    @typed_errors
+    def create_token(
+        self, name: str, scopes: Sequence[str], *, experiments: str = "", expires_in_s: int = 0
+    ) -> adm.CreatedToken:
+        """A new token; its text (`.secret`) is in this answer only: the server keeps a hash."""
+        request = adm.CreateTokenRequest(
+            name=name, scopes=list(scopes), experiments=experiments, expires_in_s=expires_in_s
+        )
+        return self._stub.CreateToken(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    @typed_errors
+    def tokens(self, include_revoked: bool = False) -> list[adm.ApiToken]:
+        reply = self._stub.ListTokens(adm.ListTokensRequest(include_revoked=include_revoked), timeout=self.timeout)
+        return list(reply.tokens)
+
+    @typed_errors
+    def revoke_token(self, name: str) -> adm.ApiToken:
+        return self._stub.RevokeToken(adm.RevokeTokenRequest(name=name), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    @typed_errors
+    def whoami(self) -> adm.ApiToken:
+        """The caller's token as the server sees it: name, scopes, experiments."""
+        return self._stub.WhoAmI(adm.WhoAmIRequest(), timeout=self.timeout)  # type: ignore[no-any-return]

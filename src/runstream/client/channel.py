@@ -1,38 +1,129 @@
-"""The gRPC side every SDK client shares: where the server is, one channel's options, and
-statuses turned into runstream's typed exceptions."""
+"""The gRPC side every SDK client shares: where the server is and how to reach it (plaintext,
+or TLS for grpcs:// targets), the caller's token, one channel's options, and statuses turned
+into runstream's typed exceptions.
+
+Environment: RUNSTREAM_URL (target), RUNSTREAM_TOKEN (sent as `authorization: Bearer ...`),
+RUNSTREAM_TLS=1 (TLS for a bare host:port), RUNSTREAM_TLS_CA (a CA bundle to verify the server
+with, besides the system roots) and RUNSTREAM_TLS_CLIENT_CERT / RUNSTREAM_TLS_CLIENT_KEY
+(a client certificate, for servers that require one).
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import ssl
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
-from runstream.errors import from_status
+from runstream.errors import InvalidArgument, from_status
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 T = TypeVar("T")
+_TRUE = ("1", "true", "yes", "on")
+
+
+class Endpoint(NamedTuple):
+    address: str  # host:port
+    tls: bool
 
 
 def resolve_target(target: str | None) -> str:
     return target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
 
 
-def open_channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", 8 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            # A training job outlives server restarts: try again within seconds, not minutes.
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 3000),
-            # A forked child must not reuse the parent's connections from the global pool.
-            ("grpc.use_local_subchannel_pool", 1),
-        ],
+def endpoint(target: str) -> Endpoint:
+    """host:port and whether to use TLS, from `host:port`, `grpc://host:port` or `grpcs://host:port`."""
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return Endpoint(target, os.environ.get("RUNSTREAM_TLS", "").lower() in _TRUE)
+    if scheme in ("grpc", "grpcs") and rest and "/" not in rest.rstrip("/"):
+        return Endpoint(rest.rstrip("/"), scheme == "grpcs")
+    raise InvalidArgument(
+        f"{target!r} is not a runstream server address: give the gRPC port as host:port, "
+        "grpc://host:port or grpcs://host:port (TLS)"
     )
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).expanduser().read_bytes() if path else None
+
+
+def _tls_credentials() -> grpc.ChannelCredentials:
+    ca = _read(os.environ.get("RUNSTREAM_TLS_CA"))
+    if ca is not None:
+        # gRPC verifies against one bundle: the given CA and the system's roots together.
+        ca += b"\n" + _system_roots()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=_read(os.environ.get("RUNSTREAM_TLS_CLIENT_KEY")),
+        certificate_chain=_read(os.environ.get("RUNSTREAM_TLS_CLIENT_CERT")),
+    )
+
+
+def _system_roots() -> bytes:
+    found = ssl.get_default_verify_paths().cafile
+    return Path(found).read_bytes() if found and Path(found).is_file() else b""
+
+
+def http_tls_context() -> ssl.SSLContext:
+    """For https URLs (signed artifact URLs): the system roots plus RUNSTREAM_TLS_CA."""
+    context = ssl.create_default_context()
+    if ca := os.environ.get("RUNSTREAM_TLS_CA"):
+        context.load_verify_locations(cafile=str(Path(ca).expanduser()))
+    return context
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds `authorization: Bearer <token>` to every call (once per call, so once per stream)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def open_channel(target: str, token: str | None = None) -> grpc.Channel:
+    """A channel to `target`, TLS for grpcs://, carrying `token` (or RUNSTREAM_TOKEN) if any."""
+    address, tls = endpoint(target)
+    options = [
+        ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        # A training job outlives server restarts: try again within seconds, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 3000),
+        # A forked child must not reuse the parent's connections from the global pool.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if tls:
+        channel = grpc.secure_channel(address, _tls_credentials(), options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    token = token or os.environ.get("RUNSTREAM_TOKEN") or None
+    if token:
+        channel = grpc.intercept_channel(channel, _Bearer(token.strip()))
+    return channel
 
 
 def typed_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -126,10 +126,10 @@ def _history(msg: qpb.MetricHistory) -> MetricHistory:
 class QueryClient:
     """Reads metric histories from a runstream server (`target` or RUNSTREAM_URL)."""
 
-    def __init__(self, target: str | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(self, target: str | None = None, *, timeout: float = 60.0, token: str | None = None) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
-        self._channel = open_channel(self.target)
+        self._channel = open_channel(self.target, token)
         self._stub: Any = qpb_grpc.QueryServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> QueryClient:

@@ -45,12 +45,13 @@ def default_writer_id() -> str:
 
 
 class Client:
-    """A connection to a runstream server (`target` or RUNSTREAM_URL, e.g. "host:50051")."""
+    """A connection to a runstream server (`target` or RUNSTREAM_URL: "host:50051", or
+    "grpcs://host:50051" for TLS), with `token` (or RUNSTREAM_TOKEN) when it requires one."""
 
-    def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, target: str | None = None, *, timeout: float = 30.0, token: str | None = None) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
-        self._channel = open_channel(self.target)
+        self._channel = open_channel(self.target, token)
         self._stub: Any = pb_grpc.TrackingServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._artifacts: ArtifactClient | None = None
         self._registry: RegistryClient | None = None

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from runstream.client.channel import http_tls_context
+
 CHUNK = 1024 * 1024
 RETRIES = 3
 
@@ -37,8 +39,11 @@ class _Range:
 
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.netloc, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=http_tls_context())
+    else:
+        conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
 
 

@@ -43,6 +43,12 @@ class Settings:
     pool_size: int = 8
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped
+    auth: bool = False  # every RPC needs a token (auth/); required off loopback unless insecure
+    insecure: bool = False  # serve off loopback without auth, knowingly
+    tls_cert: Path | None = None  # serve gRPC and HTTP over TLS with this certificate chain...
+    tls_key: Path | None = None  # ...and this key
+    tls_client_ca: Path | None = None  # and require client certificates signed by this CA (mTLS)
+    reflection: bool = True
 
     @property
     def artifacts_url(self) -> str:
@@ -51,7 +57,12 @@ class Settings:
     @property
     def http_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return self.public_http_url or f"http://{host}:{self.http_port}"
+        scheme = "https" if self.tls_cert else "http"
+        return self.public_http_url or f"{scheme}://{host}:{self.http_port}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
 
     def env_overrides(self) -> Settings:
         """Fill unset URLs from RUNSTREAM_POSTGRES_URL / RUNSTREAM_REDIS_URL."""

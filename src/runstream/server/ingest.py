@@ -31,6 +31,7 @@ from runstream.errors import (
     Unavailable,
 )
 from runstream.server.appender import Durability, StreamAppender
+from runstream.server.auth.guard import Guard
 from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.server.messages import experiment_message, run_message, summary_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
@@ -87,8 +88,10 @@ class Tracking:
         metrics: Metrics | None = None,
         max_keys_per_run: int = 100_000,
         durability: Durability | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.pool = pool
+        self.guard = guard  # checks each batch's run against a token limited to some experiments
         self.tokens = tokens
         self.metrics = metrics or Metrics()
         self._rpc_metrics = {rpc: _RpcMetrics(self.metrics, rpc) for rpc in INGEST_RPCS}
@@ -345,6 +348,8 @@ class Tracking:
             data = wire.encode(
                 run_id, b.writer_id, b.seq, b.keys, b.key_index, b.step, b.timestamp_ms, b.value, b.epoch
             )
+        if self.guard is not None:
+            await self.guard.check_batch_run(b.run_id)
         await self._check_run(b.run_id)
         await self._run_keys.check(self.pool, b.run_id, b.keys)
         shard = self.keys.shard_of(b.run_id)

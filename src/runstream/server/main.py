@@ -32,6 +32,9 @@ from runstream.server.appender import Durability, describe_durability
 from runstream.server.artifacts.local import LocalStore
 from runstream.server.artifacts.service import Artifacts
 from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
+from runstream.server.auth import transport
+from runstream.server.auth.guard import Guard
+from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
 from runstream.server.config import Settings
 from runstream.server.connections import connect, sample_pool, stop_event
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -108,18 +111,24 @@ async def serve(
         ]
     )
     http = web.Application(client_max_size=0)
-    handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http)
+    guard = Guard(pool, settings.auth)
+    if settings.auth and (written := await bootstrap_admin(pool, settings.admin_token_file)):
+        announce(f"runstream auth: made the first admin token; it is in {written} (readable by you only)")
+    handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http, guard)
     server.add_generic_rpc_handlers(tuple(handlers))
 
     names = [f"runstream.v1.{name}" for name in wanted]
     health = HealthWatch(pool, None if settings.role == "query" else redis, names)
     await health.start()
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+    credentials = transport.grpc_credentials(settings)
+    address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:  # grpcio's "Failed to bind"
         raise SystemExit(_port_taken("gRPC", settings.host, settings.port, "--port")) from None
     await server.start()
@@ -128,7 +137,9 @@ async def serve(
     runner = web.AppRunner(http, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.http_port).start()
+        await web.TCPSite(
+            runner, settings.host, settings.http_port, ssl_context=transport.http_ssl_context(settings)
+        ).start()
     except OSError as exc:
         await server.stop(0)
         raise SystemExit(_port_taken("HTTP", settings.host, settings.http_port, "--http-port", exc)) from None
@@ -143,9 +154,11 @@ async def serve(
         served = f", its signed URLs served on {settings.http_url}" if local_store else ""
         announce(f"runstream artifacts: {settings.artifacts_url}{served}")
     spawned = len(loaders.processes) if loaders else 0
+    scheme = "grpcs://" if credentials else ""
+    security = ("TLS" if credentials else "plaintext") + (", tokens required" if settings.auth else ", no auth")
     announce(
-        f"runstream listening on {settings.host}:{port} (role {settings.role}, {spawned} loader processes; "
-        f"/metrics on http://{settings.host}:{settings.http_port})"
+        f"runstream listening on {scheme}{settings.host}:{port} (role {settings.role}, {spawned} loader processes, "
+        f"{security}; /metrics on {settings.http_url}/metrics)"
     )
     await stop.wait()
     announce("runstream: stopping; health NOT_SERVING, no new RPCs, draining streams into PostgreSQL")
@@ -177,6 +190,7 @@ async def _services(
     keys: Keys,
     metrics: Metrics,
     http: web.Application,
+    guard: Guard,
 ) -> tuple[list[grpc.GenericRpcHandler], list[Callable[[], Awaitable[None]]], bool]:  # type: ignore[type-arg]
     """The handlers of the role's services, what to close at the end, and whether the
     artifact store is a local one (its signed URLs then served on `http`)."""
@@ -188,24 +202,25 @@ async def _services(
         durability = Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
         announce(await describe_durability(redis, durability))
         tracking = Tracking(
-            pool, redis, keys, settings.max_backlog, tokens, metrics, settings.max_keys_per_run, durability
+            pool, redis, keys, settings.max_backlog, tokens, metrics, settings.max_keys_per_run, durability, guard
         )
         await tracking.start()
         closing.append(tracking.stop)
-        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics))
+        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics, guard))
     if "QueryService" in wanted:
         query = Query(pool, tokens)
         closing.append(query.close)
-        handlers.append(service_handler(query, query_pb2, "QueryService", metrics))
+        handlers.append(service_handler(query, query_pb2, "QueryService", metrics, guard))
     if "ArtifactService" in wanted:
         artifacts = await _artifacts(settings, pool, metrics, http)
         local_store = isinstance(artifacts.objects, LocalStore)
         closing.append(artifacts.close)
-        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics))
+        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics, guard))
     if "RegistryService" in wanted:
-        handlers.append(service_handler(Registry(pool, tokens), registry_pb2, "RegistryService", metrics))
+        handlers.append(service_handler(Registry(pool, tokens), registry_pb2, "RegistryService", metrics, guard))
     if "AdminService" in wanted:
-        handlers.append(service_handler(Admin(redis, keys, tokens), admin_pb2, "AdminService", metrics))
+        admin = (Admin(redis, keys, tokens), TokenAdmin(pool, guard))
+        handlers.append(service_handler(admin, admin_pb2, "AdminService", metrics, guard))
     return handlers, closing, local_store
 
 
@@ -230,6 +245,8 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, h
 
 def run(settings: Settings) -> int:
     settings.env_overrides()
+    if (why := transport.refusal(settings)) is not None:
+        raise SystemExit(why)
     metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
     try:
         with services(settings) as resolved:

@@ -17,6 +17,7 @@ from runstream.errors import (
     Unauthenticated,
 )
 from runstream.server.artifacts.paths import check_path
+from runstream.server.auth.guard import USER_METADATA, acting_user
 from runstream.server.messages import run_message
 from runstream.server.storage import search, store
 from runstream.server.tokens import PageTokens
@@ -36,7 +37,6 @@ NEXT_STAGES = {
 NAME = re.compile(r"[^/@\x00-\x1f\x7f]{1,250}")
 ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
 URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/@]+)|@(?P<alias>[^/@]+))")
-USER_METADATA = "runstream-user"
 MAX_TEXT = 5000
 MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
 
@@ -485,10 +485,8 @@ def _request_message(r: asyncpg.Record) -> rpb.TransitionRequest:
 
 
 def _actor(ctx: Any) -> str:
-    for key, value in ctx.invocation_metadata() or ():
-        if key == USER_METADATA and value:
-            return str(value)[:255]
-    return "anonymous"
+    """The token's name with auth on; the caller's runstream-user metadata with auth off."""
+    return acting_user(ctx)
 
 
 def _required_actor(ctx: Any, what: str) -> str:

@@ -15,6 +15,8 @@ import asyncpg
 import grpc
 
 from runstream.errors import InvalidArgument, RunstreamError
+from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, Principal
+from runstream.server.auth.policy import scope_of
 from runstream.server.logs import new_request_id
 from runstream.server.metrics import Metrics
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
@@ -105,17 +107,30 @@ _refusals = _RateLimited()
 
 
 class _Observed:
-    """Latency and failures of one RPC, with the labels bound once."""
+    """Latency and failures of one RPC, with the labels bound once, and its access check."""
 
-    def __init__(self, metrics: Metrics, service: str, rpc: str) -> None:
+    def __init__(self, metrics: Metrics, service: str, rpc: str, guard: Guard | None) -> None:
         self.service, self.rpc = service, rpc
         self._metrics = metrics
+        self._guard = guard
         self._latency: Any = None  # bound on first use: an RPC never called adds no series to scrape
 
     def observe(self, seconds: float) -> None:
         if self._latency is None:
             self._latency = self._metrics.rpc_latency.labels(self.service, self.rpc)
         self._latency.observe(seconds)
+
+    async def admit(self, ctx: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller, if their token is valid and has the method's scope."""
+        return ANONYMOUS if self._guard is None else await self._guard.admit(ctx, self.service, self.rpc)
+
+    async def admit_request(self, principal: Principal, req: Any) -> None:
+        """Check what the decoded request names against the token's experiments; the handler
+        then sees the caller as auth.guard.CURRENT. Each RPC runs in its own task, so the
+        value never leaks into another call."""
+        if self._guard is not None:
+            await self._guard.admit_request(principal, self.service, self.rpc, req)
+        CURRENT.set(principal)
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
         code, message = status_for(exc)
@@ -164,9 +179,11 @@ def _unary(
         rid = _request_id(ctx)
         t0 = time.perf_counter()
         try:
+            principal = await seen.admit(ctx)
             if isinstance(req, Undecodable):
                 raise req.refuse()
             canonicalise(req)
+            await seen.admit_request(principal, req)
             return await fn(req, ctx)
         except Exception as exc:  # every failure becomes a status the client can act on
             await seen.fail(ctx, exc, rid)
@@ -182,9 +199,11 @@ def _stream(
     async def handler(reqs: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         rid = _request_id(ctx)
         try:
+            principal = await seen.admit(ctx)
             if isinstance(reqs, Undecodable):
                 raise reqs.refuse()
             canonicalise(reqs)  # a unary request (server-streaming); raw request streams have none
+            await seen.admit_request(principal, reqs)
             async for item in fn(reqs, ctx):
                 yield item
         except Exception as exc:  # an error outside one item ends the stream with its status
@@ -194,16 +213,20 @@ def _stream(
 
 
 def service_handler(
-    servicer: Any, module: ModuleType, service: str, metrics: Metrics | None = None
+    servicer: Any, module: ModuleType, service: str, metrics: Metrics | None = None, guard: Guard | None = None
 ) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    """A generic handler for every method of `service` as declared in the generated
-    `module`; the metric methods skip protobuf (de)serialization."""
+    """A generic handler for every method of `service` as declared in the generated `module`,
+    served by `servicer` (or the first of a tuple of them that has it), each checking the
+    caller's token with `guard` first; the metric methods skip protobuf (de)serialization.
+    A method without an access decision (auth/policy.py) is a KeyError here, at start."""
     desc = module.DESCRIPTOR.services_by_name[service]
     metrics = metrics or Metrics()
+    servicers = servicer if isinstance(servicer, tuple) else (servicer,)
     handlers = {}
     for method in desc.methods:
-        fn = getattr(servicer, method.name)
-        seen = _Observed(metrics, service, method.name)
+        scope_of(service, method.name)
+        fn = next(getattr(s, method.name) for s in servicers if hasattr(s, method.name))
+        seen = _Observed(metrics, service, method.name, guard)
         out_cls = getattr(module, method.output_type.name)
         raw = method.name in RAW_REQUEST_METHODS
         in_cls = getattr(module, method.input_type.name)

@@ -1237,3 +1237,112 @@ async def server_secret(conn: Conn, name: str) -> bytes:
     )
     secret: bytes = await conn.fetchval("SELECT secret FROM server_secrets WHERE name = $1", name)
     return secret
+
+
+# --- API tokens and the experiments a request touches (auth/) ---------------------------------
+
+
+@dataclass
+class TokenRow:
+    token_id: str
+    name: str
+    secret_hash: bytes
+    scopes: list[str]
+    experiments: str | None
+    created_by: str
+    created_ms: int
+    expires_ms: int | None
+    revoked_ms: int | None
+
+
+_TOKEN_COLUMNS = """token_id, name, secret_hash, scopes, experiments, created_by,
+    (extract(epoch FROM created_at) * 1000)::int8 AS created_ms,
+    (extract(epoch FROM expires_at) * 1000)::int8 AS expires_ms,
+    (extract(epoch FROM revoked_at) * 1000)::int8 AS revoked_ms"""
+
+
+def _token(row: asyncpg.Record) -> TokenRow:
+    return TokenRow(**{**dict(row), "scopes": list(row["scopes"])})
+
+
+async def insert_token(
+    conn: Conn,
+    token_id: str,
+    name: str,
+    secret_hash: bytes,
+    scopes: Sequence[str],
+    experiments: str | None,
+    created_by: str,
+    expires_in_s: int | None,
+) -> TokenRow:
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO api_tokens (token_id, name, secret_hash, scopes, experiments, created_by, expires_at)
+                VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+                RETURNING {_TOKEN_COLUMNS}""",
+            token_id,
+            name,
+            secret_hash,
+            list(scopes),
+            experiments,
+            created_by,
+            expires_in_s,
+        )
+    except asyncpg.UniqueViolationError:
+        raise AlreadyExists(f"a token named {name!r} exists; revoke it first or choose another name") from None
+    assert row is not None  # INSERT ... RETURNING
+    return _token(row)
+
+
+async def token_by_id(conn: Conn, token_id: str) -> TokenRow | None:
+    row = await conn.fetchrow(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_id = $1", token_id)
+    return _token(row) if row else None
+
+
+async def list_tokens(conn: Conn, include_revoked: bool) -> list[TokenRow]:
+    rows = await conn.fetch(
+        f"""SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE $1 OR revoked_at IS NULL
+            ORDER BY created_at, token_id""",
+        include_revoked,
+    )
+    return [_token(r) for r in rows]
+
+
+async def revoke_token(conn: Conn, name: str) -> TokenRow | None:
+    """Revoke the live token named `name`; None when there is none."""
+    row = await conn.fetchrow(
+        f"""UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL
+            RETURNING {_TOKEN_COLUMNS}""",
+        name,
+    )
+    return _token(row) if row else None
+
+
+async def has_live_admin_token(conn: Conn) -> bool:
+    found: bool = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM api_tokens WHERE 'admin' = ANY (scopes) AND revoked_at IS NULL
+            AND (expires_at IS NULL OR expires_at > now()))"""
+    )
+    return found
+
+
+async def experiments_of_runs(conn: Conn, run_ids: Sequence[str]) -> dict[str, str]:
+    """The experiment name of each run that exists, by run id."""
+    rows = await conn.fetch(
+        """SELECT r.run_id::text AS run_id, e.name FROM runs r JOIN experiments e USING (experiment_id)
+            WHERE r.run_id = ANY ($1::uuid[])""",
+        list(run_ids),
+    )
+    return {r["run_id"]: r["name"] for r in rows}
+
+
+async def experiment_names(conn: Conn, experiment_ids: Sequence[int]) -> dict[int, str]:
+    rows = await conn.fetch(
+        "SELECT experiment_id, name FROM experiments WHERE experiment_id = ANY ($1::int8[])", list(experiment_ids)
+    )
+    return {r["experiment_id"]: r["name"] for r in rows}
+
+
+async def run_of_upload(conn: Conn, upload_id: str) -> str | None:
+    value = await conn.fetchval("SELECT run_id::text FROM artifact_uploads WHERE upload_id = $1::uuid", upload_id)
+    return str(value) if value is not None else None

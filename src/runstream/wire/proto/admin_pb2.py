@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/admin.proto\x12\x0crunstream.v1\"\xc0\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tfailed_ms\x18\x05 \x01(\x03\x12\x13\n\x0breceived_ms\x18\x06 \x01(\x03\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\x11\n\twriter_id\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x0e\n\x06points\x18\x0b \x01(\x03\"A\n\x16ListDeadLettersRequest\x12\x13\n\x0bmax_results\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListDeadLettersResponse\x12.\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x18.runstream.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"3\n\x17RetryDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\">\n\x18RetryDeadLettersResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t2\xd1\x01\n\x0c\x41\x64minService\x12^\n\x0fListDeadLetters\x12$.runstream.v1.ListDeadLettersRequest\x1a%.runstream.v1.ListDeadLettersResponse\x12\x61\n\x10RetryDeadLetters\x12%.runstream.v1.RetryDeadLettersRequest\x1a&.runstream.v1.RetryDeadLettersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/admin.proto\x12\x0crunstream.v1\"\xc0\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tfailed_ms\x18\x05 \x01(\x03\x12\x13\n\x0breceived_ms\x18\x06 \x01(\x03\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\x11\n\twriter_id\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x0e\n\x06points\x18\x0b \x01(\x03\"A\n\x16ListDeadLettersRequest\x12\x13\n\x0bmax_results\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListDeadLettersResponse\x12.\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x18.runstream.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"3\n\x17RetryDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\">\n\x18RetryDeadLettersResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\"\x9f\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\x12\x12\n\nrevoked_ms\x18\x07 \x01(\x03\x12\x10\n\x08token_id\x18\x08 \x01(\t\"]\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x03\"E\n\x0c\x43reatedToken\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.runstream.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"<\n\x12ListTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.runstream.v1.ApiToken\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest2\xf7\x03\n\x0c\x41\x64minService\x12^\n\x0fListDeadLetters\x12$.runstream.v1.ListDeadLettersRequest\x1a%.runstream.v1.ListDeadLettersResponse\x12\x61\n\x10RetryDeadLetters\x12%.runstream.v1.RetryDeadLettersRequest\x1a&.runstream.v1.RetryDeadLettersResponse\x12K\n\x0b\x43reateToken\x12 .runstream.v1.CreateTokenRequest\x1a\x1a.runstream.v1.CreatedToken\x12O\n\nListTokens\x12\x1f.runstream.v1.ListTokensRequest\x1a .runstream.v1.ListTokensResponse\x12G\n\x0bRevokeToken\x12 .runstream.v1.RevokeTokenRequest\x1a\x16.runstream.v1.ApiToken\x12=\n\x06WhoAmI\x12\x1b.runstream.v1.WhoAmIRequest\x1a\x16.runstream.v1.ApiTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYDEADLETTERSREQUEST']._serialized_end=470
   _globals['_RETRYDEADLETTERSRESPONSE']._serialized_start=472
   _globals['_RETRYDEADLETTERSRESPONSE']._serialized_end=534
-  _globals['_ADMINSERVICE']._serialized_start=537
-  _globals['_ADMINSERVICE']._serialized_end=746
+  _globals['_APITOKEN']._serialized_start=537
+  _globals['_APITOKEN']._serialized_end=696
+  _globals['_CREATETOKENREQUEST']._serialized_start=698
+  _globals['_CREATETOKENREQUEST']._serialized_end=791
+  _globals['_CREATEDTOKEN']._serialized_start=793
+  _globals['_CREATEDTOKEN']._serialized_end=862
+  _globals['_LISTTOKENSREQUEST']._serialized_start=864
+  _globals['_LISTTOKENSREQUEST']._serialized_end=908
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=910
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=970
+  _globals['_REVOKETOKENREQUEST']._serialized_start=972
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1006
+  _globals['_WHOAMIREQUEST']._serialized_start=1008
+  _globals['_WHOAMIREQUEST']._serialized_end=1023
+  _globals['_ADMINSERVICE']._serialized_start=1026
+  _globals['_ADMINSERVICE']._serialized_end=1529
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,26 @@ class AdminServiceStub:
                 request_serializer=runstream_dot_v1_dot_admin__pb2.RetryDeadLettersRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_admin__pb2.RetryDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/runstream.v1.AdminService/CreateToken',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.CreatedToken.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/runstream.v1.AdminService/ListTokens',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/runstream.v1.AdminService/RevokeToken',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/runstream.v1.AdminService/WhoAmI',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -67,6 +87,34 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """API tokens. The token's text is in the answer to CreateToken and nowhere else: the server
+        keeps only a hash of it. Scopes: read, write, registry, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke the live token of that name; calls made with it are refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """The caller's own token: its name (who the server says acts) and what it allows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +127,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RetryDeadLetters,
                     request_deserializer=runstream_dot_v1_dot_admin__pb2.RetryDeadLettersRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_admin__pb2.RetryDeadLettersResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.CreatedToken.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.ApiToken.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.ApiToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +204,114 @@ class AdminService:
             '/runstream.v1.AdminService/RetryDeadLetters',
             runstream_dot_v1_dot_admin__pb2.RetryDeadLettersRequest.SerializeToString,
             runstream_dot_v1_dot_admin__pb2.RetryDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/CreateToken',
+            runstream_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.CreatedToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/ListTokens',
+            runstream_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/RevokeToken',
+            runstream_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/WhoAmI',
+            runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
             options,
             channel_credentials,
             insecure,

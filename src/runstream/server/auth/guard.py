@@ -1,0 +1,204 @@
+"""The check every RPC passes before its handler runs (rpc.py calls it): the caller's token is
+read from `authorization: Bearer <token>`, looked up by its public id, compared by hash in
+constant time, and held against the scope the method needs (policy.py) and, for a token
+limited to some experiments, against the experiments the request names.
+
+A token's row is cached for CACHE_S, so a revocation takes effect at once in the process that
+revoked it and within CACHE_S in the others; a stream is checked when it opens, and each of
+its batches only against the token's experiments (a dictionary lookup once a run is known).
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import asyncpg
+
+from runstream.errors import PermissionDenied, Unauthenticated
+from runstream.server.auth import credentials
+from runstream.server.auth.policy import ANY_TOKEN, BATCH_METHODS, LIMITED, SCOPES, WRITE, scope_of
+from runstream.server.storage import store
+
+CACHE_S = 5.0
+MAX_CACHED_RUNS = 100_000
+AUTHORIZATION = "authorization"
+USER_METADATA = "runstream-user"  # who acts while auth is off (the SDK sends the login name)
+DEFAULT_EXPERIMENT = "Default"
+# Messages whose `name` (or `experiment_name`) field is an experiment's name.
+EXPERIMENT_NAME_FIELDS = {
+    "CreateExperimentRequest": "name",
+    "GetExperimentRequest": "name",
+    "CreateRunRequest": "experiment_name",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+    experiments: str | None = None  # a glob of experiment names limiting read and write
+    token_id: str = ""
+
+    def may_use(self, experiment: str) -> bool:
+        return self.experiments is None or fnmatchcase(experiment, self.experiments)
+
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES))  # every caller while auth is off
+CURRENT: ContextVar[Principal] = ContextVar("principal", default=ANONYMOUS)
+
+
+def acting_user(ctx: Any) -> str:
+    """Who acts in this call: the token's name with auth on, else what the caller says."""
+    principal = CURRENT.get()
+    if principal is not ANONYMOUS:
+        return principal.name
+    for key, value in ctx.invocation_metadata() or ():
+        if key == USER_METADATA and value:
+            return str(value)[:255]
+    return "anonymous"
+
+
+class Guard:
+    def __init__(self, pool: asyncpg.Pool, enabled: bool) -> None:
+        self.pool = pool
+        self.enabled = enabled
+        self._tokens: dict[str, tuple[float, store.TokenRow | None]] = {}
+        self._runs: dict[str, str] = {}  # run id -> experiment name (a run never moves)
+
+    async def admit(self, ctx: Any, service: str, method: str) -> Principal:
+        """The caller, once their token is valid and has the scope `method` needs; raises
+        Unauthenticated or PermissionDenied otherwise. The request is checked after it is
+        decoded, with `admit_request`."""
+        if not self.enabled:
+            return ANONYMOUS
+        principal = await self.authenticate(ctx)
+        scope = scope_of(service, method)
+        if scope != ANY_TOKEN and scope not in principal.scopes:
+            raise PermissionDenied(
+                f"token {principal.name!r} may not call {service}.{method}: that needs the {scope} scope "
+                f"(it has {', '.join(sorted(principal.scopes)) or 'none'})"
+            )
+        return principal
+
+    async def authenticate(self, ctx: Any) -> Principal:
+        header = next((str(v) for k, v in ctx.invocation_metadata() or () if k == AUTHORIZATION), None)
+        if header is None:
+            raise Unauthenticated(
+                "this server requires a token: set RUNSTREAM_TOKEN (or token=...) to one made by "
+                "`runstream tokens create`"
+            )
+        scheme, _, text = header.partition(" ")
+        parsed = credentials.parse(text.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            raise Unauthenticated("the authorization metadata is not 'Bearer <runstream token>'")
+        token_id, presented = parsed
+        row = await self._token(token_id)
+        if row is None or not credentials.same(row.secret_hash, presented):
+            raise Unauthenticated("the token is not valid on this server")
+        if row.revoked_ms is not None:
+            raise Unauthenticated(f"token {row.name!r} was revoked; ask an admin for a new one")
+        if row.expires_ms is not None and row.expires_ms <= time.time() * 1000:
+            raise Unauthenticated(f"token {row.name!r} has expired; ask an admin for a new one")
+        return Principal(row.name, frozenset(row.scopes), row.experiments, row.token_id)
+
+    async def admit_request(self, principal: Principal, service: str, method: str, req: Any) -> None:
+        """For a token limited to some experiments: every run, experiment and upload `req`
+        names must be in one of them (and it must name one)."""
+        scope = scope_of(service, method)
+        if principal.experiments is None or scope not in LIMITED or f"{service}/{method}" in BATCH_METHODS:
+            return
+        named = await self._experiments_named(req)
+        if not named:
+            raise PermissionDenied(
+                f"token {principal.name!r} is limited to experiments matching {principal.experiments!r}; "
+                f"{service}.{method} must name a run or an experiment of those"
+            )
+        for what, experiment in named:
+            if experiment is None or not principal.may_use(experiment):
+                raise PermissionDenied(
+                    f"token {principal.name!r} is limited to experiments matching {principal.experiments!r}; "
+                    f"{what} is not in one"
+                )
+
+    async def check_batch_run(self, run_id: str) -> None:
+        """A metric batch of `run_id` in the current call: allowed by the caller's token?"""
+        principal = CURRENT.get()
+        if principal.experiments is None or WRITE not in principal.scopes:
+            return
+        experiment = self._runs.get(run_id)
+        if experiment is None:
+            experiment = (await self._experiments_of_runs([run_id])).get(run_id)
+        if experiment is None or not principal.may_use(experiment):
+            raise PermissionDenied(
+                f"token {principal.name!r} is limited to experiments matching {principal.experiments!r}; "
+                f"run {run_id} is not in one"
+            )
+
+    def forget(self, token_id: str) -> None:
+        """Drop a revoked token from the cache (RevokeToken in this process)."""
+        self._tokens.pop(token_id, None)
+
+    async def _token(self, token_id: str) -> store.TokenRow | None:
+        now = time.monotonic()
+        cached = self._tokens.get(token_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.pool.acquire() as conn:
+            row = await store.token_by_id(conn, token_id)
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[token_id] = (now + CACHE_S, row)
+        return row
+
+    async def _experiments_named(self, req: Any) -> list[tuple[str, str | None]]:
+        """(what, experiment name or None when unknown) for every run, experiment and upload
+        the request names."""
+        if req is None:
+            return []
+        fields = {f.name for f in req.DESCRIPTOR.fields}
+        run_ids: list[str] = []
+        experiment_ids: list[int] = []
+        named: list[tuple[str, str | None]] = []
+        for field in ("run_id", "run_ids"):
+            if field in fields:
+                value = getattr(req, field)
+                run_ids += list(value) if not isinstance(value, str) else [value] if value else []
+        for field in ("experiment_id", "experiment_ids"):
+            if field in fields:
+                value = getattr(req, field)
+                values = list(value) if not isinstance(value, str) else [value] if value else []
+                experiment_ids += [int(v) for v in values]
+        if "upload_id" in fields and req.upload_id:
+            async with self.pool.acquire() as conn:
+                run_id = await store.run_of_upload(conn, req.upload_id)
+            if run_id is None:
+                named.append((f"upload {req.upload_id}", None))
+            else:
+                run_ids.append(run_id)
+        name_field = EXPERIMENT_NAME_FIELDS.get(req.DESCRIPTOR.name)
+        if name_field is not None and getattr(req, name_field):
+            named.append((f"experiment {getattr(req, name_field)!r}", getattr(req, name_field)))
+        elif req.DESCRIPTOR.name == "CreateRunRequest" and not req.experiment_id:
+            named.append((f"experiment {DEFAULT_EXPERIMENT!r}", DEFAULT_EXPERIMENT))
+        if run_ids:
+            found = await self._experiments_of_runs(run_ids)
+            named += [(f"run {r}", found.get(r)) for r in run_ids]
+        if experiment_ids:
+            async with self.pool.acquire() as conn:
+                names = await store.experiment_names(conn, experiment_ids)
+            named += [(f"experiment {e}", names.get(e)) for e in experiment_ids]
+        return named
+
+    async def _experiments_of_runs(self, run_ids: list[str]) -> dict[str, str]:
+        missing = [r for r in run_ids if r not in self._runs]
+        if missing:
+            async with self.pool.acquire() as conn:
+                found = await store.experiments_of_runs(conn, missing)
+            if len(self._runs) + len(found) > MAX_CACHED_RUNS:
+                self._runs.clear()
+            self._runs.update(found)
+        return {r: self._runs[r] for r in run_ids if r in self._runs}
