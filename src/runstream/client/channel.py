@@ -126,12 +126,23 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
     return channel
 
 
+def explain(code: grpc.StatusCode, details: str) -> str:
+    """gRPC's words for a connection that failed, with what a TLS mismatch means to do."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return details
+    if "Socket closed" in details:  # what a plaintext client hears from a TLS port
+        return f"{details} (if the server uses TLS, connect with grpcs://host:port)"
+    if "handshake" in details.lower() or "WRONG_VERSION_NUMBER" in details:
+        return f"{details} (TLS failed: check RUNSTREAM_TLS_CA and the client certificate; no TLS: use host:port)"
+    return details
+
+
 def typed_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            raise from_status(exc.code(), exc.details() or "") from None
+            raise from_status(exc.code(), explain(exc.code(), exc.details() or "")) from None
 
     return wrapper

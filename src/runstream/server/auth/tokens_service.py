@@ -78,7 +78,7 @@ class TokenAdmin:
             return adm.ApiToken(name=acting_user(ctx), scopes=list(SCOPES))
         return adm.ApiToken(
             name=principal.name,
-            scopes=sorted(principal.scopes),
+            scopes=[s for s in SCOPES if s in principal.scopes],
             experiments=principal.experiments or "",
             token_id=principal.token_id,
         )

@@ -1,0 +1,334 @@
+"""Tokens and scopes, as a matrix: every RPC of every service (enumerated from the protos) is
+called with no token, a malformed, revoked, expired, wrong-scope and other-experiment token,
+each refused with UNAUTHENTICATED or PERMISSION_DENIED while PostgreSQL, Redis and the artifact
+store stay exactly as they were, and then with the right token, which is let through."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from google.protobuf import message_factory
+
+import runstream
+from runstream.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from runstream.wire import batch as wire
+from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
+from tests.conftest import Server
+
+MODULES = (tracking_pb2, query_pb2, registry_pb2, artifacts_pb2, admin_pb2)
+METHODS = [
+    (service, method)
+    for module in MODULES
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+]
+UNAUTHENTICATED, PERMISSION_DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+EXPERIMENT_MESSAGES = ("CreateExperimentRequest", "GetExperimentRequest")
+TOKEN_MESSAGES = ("CreateTokenRequest", "RevokeTokenRequest")
+
+
+@dataclass
+class World:
+    server: Server
+    tokens: dict[str, str]  # case -> token text
+    run_a: str  # in experiment team-a/main
+    experiment_a: str
+    upload_a: str
+    request_id: int
+
+
+def _admin_token(data_dir: Path) -> str:
+    return (data_dir / "admin-token").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def world(make_module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> World:
+    data_dir = tmp_path_factory.mktemp("auth-data")
+    server = make_module_server("--auth", "--data-dir", str(data_dir))
+    admin = _admin_token(data_dir)
+    with runstream.Client(server.target, token=admin) as client:
+        run_a = client.start_run("team-a/main", record_source=False)
+        for step in range(100):
+            run_a.log_metric("loss", 1 / (step + 1), step=step)
+        run_a.log_params({"lr": "0.1"})
+        weights = tmp_path_factory.mktemp("weights") / "weights.bin"
+        weights.write_bytes(b"w" * 1000)
+        run_a.log_artifact(weights, "model")
+        run_a.end()
+        run_b = client.start_run("team-b/main", record_source=False)
+        run_b.end()
+        assert server.wait_points(run_a.run_id, 100) == 100
+        client.registry.register_model(run_a.run_id, "model/weights.bin", "model-a")
+        request = client.registry.request_transition("model-a", 1, "Staging")
+        upload = _unary(  # left open: SignParts, CompleteUpload and AbortUpload name it
+            server.target,
+            "/runstream.v1.ArtifactService/CreateUpload",
+            artifacts_pb2.CreateUploadRequest(
+                run_id=run_a.run_id, path="pending.bin", size=3, sha256=hashlib.sha256(b"abc").hexdigest()
+            ),
+            artifacts_pb2.Upload,
+            admin,
+        )
+        experiment_a = client.get_run(run_a.run_id).experiment_id
+        made = client.admin
+        tokens = {
+            "admin": admin,
+            "read": made.create_token("reader", ["read"]).secret,
+            "write": made.create_token("writer", ["write"]).secret,
+            "registry": made.create_token("reviewer", ["registry"]).secret,
+            "other experiment": made.create_token("team-b job", ["read", "write"], experiments="team-b/*").secret,
+            "revoked": made.create_token("gone", SCOPES_ALL).secret,
+            "expired": made.create_token("old", SCOPES_ALL, expires_in_s=1).secret,
+            "malformed": "rst_not-a-token",
+            "forged": admin[:-4] + ("AAAA" if not admin.endswith("AAAA") else "BBBB"),
+        }
+        made.revoke_token("gone")
+    time.sleep(1.1)  # "old" expires
+    return World(server, tokens, run_a.run_id, experiment_a, upload.upload_id, request.request_id)
+
+
+SCOPES_ALL = ["read", "write", "registry", "admin"]
+
+
+def _unary(target: str, path: str, request: Any, response: Any, token: str) -> Any:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=response.FromString)
+        return call(request.SerializeToString(), metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+
+
+def _request(world: World, method: Any) -> bytes:
+    """A plausible request of `method` naming things of experiment team-a/main."""
+    name = method.input_type.name
+    if name == "MetricBatch":
+        return wire.encode(world.run_a, "matrix", 1, ["loss"], [0], [1000], [0], [1.0])
+    msg = message_factory.GetMessageClass(method.input_type)()
+    fields = {f.name: f for f in method.input_type.fields}
+    values: dict[str, Any] = {
+        "run_id": world.run_a,
+        "experiment_id": world.experiment_a,
+        "upload_id": world.upload_a,
+        "experiment_name": "team-a/main",
+        "version": 1,
+        "uri": "models:/model-a/1",
+        "key": "loss",
+        "path": "model/weights.bin",
+        "request_id": world.request_id,
+        "stage": "Staging",
+        "alias": "champion",
+        "new_name": "model-a2",
+        "comment": "matrix",
+    }
+    for field, value in values.items():
+        if field in fields:
+            setattr(msg, field, value)
+    if "run_ids" in fields:
+        msg.run_ids.append(world.run_a)
+    if "experiment_ids" in fields:
+        msg.experiment_ids.append(world.experiment_a)
+    if "name" in fields and name != "CreateRunRequest":
+        msg.name = "team-a/main" if name in EXPERIMENT_MESSAGES else "nobody" if name in TOKEN_MESSAGES else "model-a"
+    return bytes(msg.SerializeToString())
+
+
+def _call(target: str, service: Any, method: Any, data: bytes, token: str | None) -> tuple[grpc.StatusCode, str]:
+    """The status of one call (for StreamMetrics: of the stream, else of its one ack) and its message."""
+    path = f"/{service.full_name}/{method.name}"
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    with grpc.insecure_channel(target) as channel:
+        try:
+            if method.client_streaming:
+                call = channel.stream_stream(path, request_serializer=None, response_deserializer=None)
+                acks = [tracking_pb2.BatchAck.FromString(a) for a in call(iter([data]), metadata=metadata, timeout=10)]
+                code = next(c for c in grpc.StatusCode if c.value[0] == acks[0].code)
+                return code, acks[0].message
+            if method.server_streaming:
+                stream = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+                call = stream(data, metadata=metadata, timeout=3)
+                with contextlib.suppress(StopIteration):
+                    next(iter(call))
+                call.cancel()  # a live tail never ends by itself: one item (or none) is enough
+                return grpc.StatusCode.OK, ""
+            channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
+                data, metadata=metadata, timeout=10
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return grpc.StatusCode.OK, ""
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def _fingerprint(world: World) -> dict[str, Any]:
+    """Every table's rows, every Redis key of the server, and every stored artifact file."""
+    server = world.server
+    tables = [r["tablename"] for r in server.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    rows = {
+        t: server.sql(f"SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) AS h FROM {t} x")[0]["h"]
+        for t in tables
+    }
+    r = redis.Redis.from_url(server.redis_url)
+    keys = {}
+    for key in sorted(r.scan_iter(f"{server.prefix}:*")):
+        kind = r.type(key).decode()
+        keys[key] = (kind, r.xlen(key) if kind == "stream" else r.dump(key))
+    files = sorted((str(p), p.stat().st_size) for p in server.artifacts.rglob("*") if p.is_file())
+    return {"tables": rows, "redis": keys, "files": files}
+
+
+def _scope_of(service: Any, method: Any) -> str:
+    from runstream.server.auth.policy import scope_of
+
+    return scope_of(service.name, method.name)
+
+
+WRONG_SCOPE = {"read": "write", "write": "read", "registry": "read", "admin": "write"}
+REFUSALS = [
+    ("no token", UNAUTHENTICATED),
+    ("malformed", UNAUTHENTICATED),
+    ("forged", UNAUTHENTICATED),
+    ("revoked", UNAUTHENTICATED),
+    ("expired", UNAUTHENTICATED),
+    ("wrong scope", PERMISSION_DENIED),
+    ("other experiment", PERMISSION_DENIED),
+]
+
+
+def test_every_rpc_has_an_access_decision() -> None:
+    from runstream.server.auth.policy import RULES
+
+    declared = {f"{service.name}/{method.name}" for service, method in METHODS}
+    assert declared == set(RULES), (declared - set(RULES), set(RULES) - declared)
+
+
+@pytest.mark.parametrize(("service", "method"), METHODS, ids=lambda x: getattr(x, "name", ""))
+def test_every_rpc_refuses_what_its_token_does_not_allow_and_changes_nothing(world: World, service, method) -> None:
+    scope = _scope_of(service, method)
+    data = _request(world, method)
+    before = _fingerprint(world)
+    for case, expected in REFUSALS:
+        if case == "wrong scope" and scope not in WRONG_SCOPE:
+            continue  # WhoAmI: any valid token
+        if case == "other experiment" and scope not in ("read", "write", "registry", "admin"):
+            continue
+        token = None if case == "no token" else world.tokens[WRONG_SCOPE[scope] if case == "wrong scope" else case]
+        code, message = _call(world.server.target, service, method, data, token)
+        assert code == expected, f"{method.name} with {case}: {code} {message}"
+        assert message and all(t not in message for t in world.tokens.values()), message
+    assert _fingerprint(world) == before, f"a refused {method.name} changed something"
+
+
+def test_a_limited_token_logs_into_its_experiments_only(world: World) -> None:
+    token = world.tokens["other experiment"]
+    with runstream.Client(world.server.target, token=token) as client:
+        run = client.start_run("team-b/job", record_source=False)
+        for step in range(500):
+            run.log_metric("loss", float(step), step=step)
+        run.end()
+        with pytest.raises(PermissionDenied, match="team-b/\\*"):
+            client.start_run("team-a/sneaky", record_source=False)
+        with pytest.raises(PermissionDenied):
+            client.get_run(world.run_a)
+        # A batch for someone else's run is refused in its ack and stored nowhere.
+        ack = tracking_pb2.BatchAck.FromString(
+            grpc.insecure_channel(world.server.target).unary_unary(
+                "/runstream.v1.TrackingService/LogMetrics", request_serializer=None, response_deserializer=None
+            )(wire.encode(run.run_id, "w", 1, ["x"], [0], [1], [0], [1.0]), metadata=_bearer(token), timeout=10)
+        )
+        assert ack.code == 0
+        with pytest.raises(grpc.RpcError) as refused:
+            grpc.insecure_channel(world.server.target).unary_unary(
+                "/runstream.v1.TrackingService/LogMetrics", request_serializer=None, response_deserializer=None
+            )(wire.encode(world.run_a, "w", 1, ["x"], [0], [1], [0], [1.0]), metadata=_bearer(token), timeout=10)
+        assert refused.value.code() == PERMISSION_DENIED
+    assert world.server.wait_points(run.run_id, 501) == 501
+    assert (
+        world.server.sql("SELECT count(*) AS n FROM metric_series WHERE run_id = $1 AND key = 'x'", world.run_a)[0]["n"]
+        == 0
+    )
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_a_revoked_token_is_refused_at_once(world: World) -> None:
+    with runstream.Client(world.server.target, token=world.tokens["admin"]) as admin:
+        text = admin.admin.create_token("short-lived", ["read"]).secret
+        with runstream.Client(world.server.target, token=text) as client:
+            assert client.admin.whoami().name == "short-lived"
+            admin.admin.revoke_token("short-lived")
+            with pytest.raises(Unauthenticated, match="revoked"):
+                client.admin.whoami()
+
+
+def test_the_approval_rule_holds_with_real_identities(world: World) -> None:
+    with runstream.Client(world.server.target, token=world.tokens["admin"]) as admin:
+        alice = admin.admin.create_token("alice", ["registry", "read"]).secret
+        bob = admin.admin.create_token("bob", ["registry", "read"]).secret
+    with runstream.Client(world.server.target, token=alice) as client:
+        client.registry.user = "bob"  # the runstream-user header cannot make alice bob
+        request = client.registry.request_transition("model-a", 1, "Production")
+        assert request.requested_by == "alice"
+        with pytest.raises(FailedPrecondition, match="alice requested this transition"):
+            client.registry.approve_transition(request.request_id)
+    with runstream.Client(world.server.target, token=bob) as client:
+        done = client.registry.approve_transition(request.request_id, "looks good")
+        assert (done.status, done.decided_by) == ("approved", "bob")
+        events = client.registry.history("model-a", 1)
+    assert {e.actor for e in events} >= {"alice", "bob"}
+
+
+def test_off_loopback_the_server_refuses_to_start_without_auth(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "server", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--auth" in lines[0] and "--insecure" in lines[0], done.stderr
+    assert not (tmp_path / "pg").exists()  # refused before anything started
+
+
+def test_the_first_admin_token_is_private_and_written_once(world: World, make_module_server: Any) -> None:
+    data_dir = Path(world.server.args[world.server.args.index("--data-dir") + 1])
+    token_file = data_dir / "admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    before = token_file.read_text()
+    # The module's factory: the function-scoped one would drop the shared database afterwards.
+    again = make_module_server("--auth", "--data-dir", str(data_dir), like=world.server)
+    assert token_file.read_text() == before  # an admin token exists: nothing new is made
+    assert not any("admin token" in line for line in again.output)
+    with runstream.Client(again.target, token=before.strip()) as client:
+        assert client.admin.whoami().scopes == SCOPES_ALL
+
+
+# Last: the right tokens delete runs and models the tests above use.
+@pytest.mark.parametrize(("service", "method"), METHODS, ids=lambda x: getattr(x, "name", ""))
+def test_every_rpc_lets_the_right_token_through(world: World, service, method) -> None:
+    scope = _scope_of(service, method)
+    token = world.tokens["read" if scope == "any valid token" else scope]
+    code, message = _call(world.server.target, service, method, _request(world, method), token)
+    assert code not in (UNAUTHENTICATED, PERMISSION_DENIED), f"{method.name}: {code} {message}"
+    assert code != grpc.StatusCode.INTERNAL, message
+
+
+def test_tokens_appear_in_no_log_line_metric_or_message(world: World) -> None:
+    text = "".join(world.server.output)
+    with urllib.request.urlopen(f"http://127.0.0.1:{world.server.http_port}/metrics", timeout=10) as reply:
+        text += reply.read().decode()
+    assert "PERMISSION_DENIED" in text and "UNAUTHENTICATED" in text  # the refusals were logged and counted
+    for token in world.tokens.values():
+        assert token.split("_", 2)[-1] not in text
