@@ -14,6 +14,8 @@
    given, the generators' streams spread over the ingesters; committed points/s.
 4. Cost of /metrics (--metrics-cost): the same load with and without every process's
    /metrics fetched once a second, interleaved; the ratio of committed points/s.
+5. Cost of security (--security-cost): capacity and the SDK path plaintext without auth vs
+   over TLS with a token (a CA made on the spot), interleaved; the ratio of committed points/s.
 
 Each configuration uses a fresh database and Redis prefix; the server runs as
 `runstream server` subprocess exactly as deployed.
@@ -30,6 +32,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -117,7 +120,7 @@ class BenchServer:
         self.procs.append(proc)
         self.http_ports.append(http_port)
         if serves:
-            self.targets.append(f"127.0.0.1:{port}")
+            self.targets.append(f"{'grpcs://' if '--tls-cert' in args else ''}127.0.0.1:{port}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server processes and their children (the loaders) so far."""
@@ -228,13 +231,22 @@ def make_batches(run_id: str, writer: str, count: int, points: int) -> list[byte
 
 async def _stream(target: str, batches: list[bytes], window: int, latencies: list[float]) -> None:
     """Send batches on one StreamMetrics stream, at most `window` unacknowledged."""
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+    options = [("grpc.max_send_message_length", 8 << 20)]
+    address = target.removeprefix("grpcs://")
+    if address != target:  # TLS, verified with RUNSTREAM_TLS_CA as the SDK does
+        ca = Path(os.environ["RUNSTREAM_TLS_CA"]).read_bytes()  # noqa: ASYNC240 once per stream, before the clock
+        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca), options=options)
+    else:
+        channel = grpc.aio.insecure_channel(address, options=options)
+    token = os.environ.get("RUNSTREAM_TOKEN")
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    async with channel:
         method = channel.stream_stream(
             "/runstream.v1.TrackingService/StreamMetrics",
             request_serializer=None,
             response_deserializer=pb.BatchAck.FromString,
         )
-        call = method()
+        call = method(metadata=metadata)
         room = asyncio.Semaphore(window)
         sent: dict[int, float] = {}
 
@@ -503,6 +515,78 @@ def _metrics_cost(args: argparse.Namespace) -> None:
     )
 
 
+def _security_cost(args: argparse.Namespace) -> None:
+    """The same load (server capacity and the SDK path) plaintext without auth, and over TLS
+    with a token on every stream, interleaved run by run."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.pki import make_pki
+
+    folder = Path(tempfile.mkdtemp(prefix="rs-bench-pki-"))
+    pki = make_pki(folder)
+    secured = (
+        "--auth",
+        "--data-dir",
+        str(folder),
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+    )
+    capacity: dict[bool, list[float]] = {False: [], True: []}
+    sdk: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.repeat):
+        for secure in (False, True) if i % 2 == 0 else (True, False):
+            server = BenchServer(args.postgres_url, args.redis_url, args.loaders, extra=secured if secure else ())
+            saved = {k: os.environ.get(k) for k in ("RUNSTREAM_TOKEN", "RUNSTREAM_TLS_CA")}
+            if secure:  # the generators and SDK processes inherit these
+                os.environ["RUNSTREAM_TOKEN"] = (folder / "admin-token").read_text().strip()
+                os.environ["RUNSTREAM_TLS_CA"] = str(pki.ca)
+            try:
+                r = asyncio.run(
+                    _capacity(
+                        server, args.scale_streams, args.scale_batch_points, args.points, args.window, 2, with_raw=False
+                    )
+                )
+                capacity[secure].append(r["committed_pps"])
+                sdk[secure].append(_sdk(server, args.sdk_processes, args.sdk_steps)["committed_pps"])
+            finally:
+                server.close()
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            print(
+                f"  {'TLS + token' if secure else 'plaintext'}: capacity {capacity[secure][-1]:,.0f}, "
+                f"SDK {sdk[secure][-1]:,.0f} points/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = [
+        [
+            "plaintext, no auth" if not secure else "TLS + token",
+            f"{np.median(capacity[secure]):,.0f}",
+            f"{np.median(sdk[secure]):,.0f}",
+        ]
+        for secure in (False, True)
+    ]
+    rows.append(
+        [
+            "secured / plain",
+            f"{np.median(capacity[True]) / np.median(capacity[False]):.1%}",
+            f"{np.median(sdk[True]) / np.median(sdk[False]):.1%}",
+        ]
+    )
+    print(
+        f"\nCost of TLS and tokens (median of {args.repeat}; capacity: {args.scale_streams} streams of "
+        f"{args.scale_batch_points:,}-point batches; SDK: {args.sdk_processes} processes x {args.sdk_steps:,} steps "
+        f"of {len(KEYS)} keys; goal: within 5 %)\n"
+    )
+    print(table(["mode", "capacity committed pts/s", "SDK committed pts/s"], rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     service_arguments(p)
@@ -522,7 +606,11 @@ def main() -> None:
     p.add_argument("--scale-streams", type=int, default=8, help="streams of the scale-out and metrics runs")
     p.add_argument("--scale-batch-points", type=int, default=1000, help="batch size of those runs")
     p.add_argument("--repeat", type=int, default=3, help="runs per scale-out or metrics-cost configuration")
+    p.add_argument("--security-cost", action="store_true", help="points/s plaintext vs TLS with tokens")
     args = p.parse_args()
+    if args.security_cost:
+        _security_cost(args)
+        return
     if args.scale_out:
         _scale_out(args)
     if args.metrics_cost:
