@@ -28,6 +28,7 @@ import pytest
 import runstream
 from runstream.client import transfer
 from runstream.client.channel import typed_errors
+from runstream.errors import ResourceExhausted
 from runstream.wire.proto import artifacts_pb2 as apb
 from tests.conftest import S3, S3_CREDENTIALS, Server
 
@@ -483,3 +484,27 @@ def test_a_model_versions_source_cannot_be_replaced(server: Server, tmp_path: Pa
         with pytest.raises(runstream.errors.FailedPrecondition, match="'replace-guard' version 1"):
             _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=open_replacement.upload_id))
         assert client.download_artifacts(run_id, "model/weights.bin", tmp_path).read_bytes() == b"w1"
+
+
+def test_uploads_past_the_size_limits_are_resource_exhausted_naming_them(make_server: Any, tmp_path: Path) -> None:
+    server = make_server("--max-upload-size", "1MiB", "--max-run-artifacts-size", "3MiB")
+    sha = hashlib.sha256(b"").hexdigest()
+    with runstream.Client(server.target) as client:
+        run = client.start_run("limits", record_source=False)
+        with pytest.raises(ResourceExhausted, match=r"1,048,576 bytes \(server flag --max-upload-size\)"):
+            _rpc(
+                client, "CreateUpload", apb.CreateUploadRequest(run_id=run.run_id, path="big", size=MiB + 1, sha256=sha)
+            )
+        for i in range(2):  # 2 MiB stored
+            client.artifacts.log_artifact(run.run_id, _file(tmp_path / f"f{i}", MiB, seed=i))
+        pending = _rpc(
+            client, "CreateUpload", apb.CreateUploadRequest(run_id=run.run_id, path="p", size=MiB, sha256=sha)
+        )
+        with pytest.raises(
+            ResourceExhausted, match=r"3,145,728 bytes of artifacts stored or under way.*--max-run-artifacts"
+        ):
+            _rpc(client, "CreateUpload", apb.CreateUploadRequest(run_id=run.run_id, path="q", size=1, sha256=sha))
+        _rpc(client, "AbortUpload", apb.UploadRef(upload_id=pending.upload_id))  # room again
+        client.artifacts.log_artifact(run.run_id, _file(tmp_path / "f2", MiB, seed=2))
+        listed = client.artifacts.list_artifacts(run.run_id)
+    assert sorted(a.path for a in listed) == ["f0", "f1", "f2"]

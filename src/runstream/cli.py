@@ -12,6 +12,17 @@ from runstream.extras import ExtraMissing
 from runstream.server.config import Settings, default_data_dir
 
 
+def _size(text: str) -> int:
+    """Bytes from '123', '500MiB', '100GiB', '1TiB' (or MB, GB, TB: powers of 1000)."""
+    units = {"": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    units["tb"] = 10**12
+    number = text.rstrip("bBiIkKmMgGtT")
+    unit = text[len(number) :].lower()
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give bytes or a number with KiB, MiB, GiB or TiB")
+    return int(number) * units[unit]
+
+
 def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("server", help="run the tracking server (embedded PostgreSQL and Redis by default)")
     d = Settings()
@@ -43,6 +54,18 @@ def _server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument(
         "--artifact-part-size", type=int, default=d.artifact_part_size, help="bytes per part of multipart uploads"
+    )
+    p.add_argument(
+        "--max-upload-size",
+        type=_size,
+        default=d.max_upload_bytes,
+        help="largest artifact file, e.g. 100GiB (default); above it CreateUpload is RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--max-run-artifacts-size",
+        type=_size,
+        default=d.max_run_artifact_bytes,
+        help="all artifacts of one run, stored and under way, e.g. 1TiB (default)",
     )
     p.add_argument(
         "--role",
@@ -287,6 +310,8 @@ def _run(args: argparse.Namespace) -> int:
             public_http_url=args.public_http_url,
             artifact_url_expiry_s=args.artifact_url_expiry,
             artifact_part_size=args.artifact_part_size,
+            max_upload_bytes=args.max_upload_size,
+            max_run_artifact_bytes=args.max_run_artifacts_size,
             role=args.role,
             loaders=args.loaders,
             shards=args.shards,

@@ -40,6 +40,8 @@ class Settings:
     public_http_url: str | None = None  # how clients reach http_port; None: http://host:http_port
     artifact_url_expiry_s: int = 15 * 60
     artifact_part_size: int = 64 * 1024 * 1024  # uploads above this go in parts, one URL each
+    max_upload_bytes: int = 100 * 2**30  # one artifact file
+    max_run_artifact_bytes: int = 2**40  # all of a run's artifacts, stored and being uploaded
     pool_size: int = 8
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped

@@ -230,7 +230,13 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, h
         settings.s3_endpoint_url, settings.s3_public_endpoint_url, settings.s3_region, settings.s3_addressing_style
     )
     store_settings = StoreSettings(
-        settings.artifacts_url, settings.http_url, settings.artifact_url_expiry_s, settings.artifact_part_size, s3
+        settings.artifacts_url,
+        settings.http_url,
+        settings.artifact_url_expiry_s,
+        settings.artifact_part_size,
+        s3,
+        settings.max_upload_bytes,
+        settings.max_run_artifact_bytes,
     )
     try:
         objects = await open_store(store_settings)

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
+from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, RunNotFound
 from runstream.server.artifacts.paths import check_path, check_prefix, object_key, replacement_key
 from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
 from runstream.server.metrics import Metrics
@@ -63,9 +63,15 @@ class Artifacts:
         parts = -(-req.size // part_size) if req.size > part_size else 0
         if parts > MAX_PARTS:
             raise InvalidArgument(f"{req.size:,} bytes would take {parts:,} parts; the limit is {MAX_PARTS:,}")
+        if req.size > self.settings.max_upload_bytes:
+            raise ResourceExhausted(
+                f"{req.size:,} bytes is more than one upload may be: the limit is "
+                f"{self.settings.max_upload_bytes:,} bytes (server flag --max-upload-size)"
+            )
         async with self.pool.acquire() as conn, conn.transaction():
             await _active_run(conn, req.run_id)
             await _not_a_model_source(conn, req.run_id, path)
+            await _room_in_run(conn, req.run_id, req.size, self.settings.max_run_bytes)
             content_type = req.content_type or "application/octet-stream"
             expires = self.settings.expires_s
             out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
@@ -235,6 +241,18 @@ async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
     if used is not None:
         raise FailedPrecondition(
             f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
+        )
+
+
+async def _room_in_run(conn: Any, run_id: str, size: int, limit: int) -> None:
+    """The run's artifacts, stored and under way, stay within `limit` with `size` more. The
+    run's lock makes concurrent uploads to one run count one after the other."""
+    await store.lock_run_artifacts(conn, run_id)
+    used = await store.run_artifact_bytes(conn, run_id)
+    if used + size > limit:
+        raise ResourceExhausted(
+            f"run {run_id} has {used:,} bytes of artifacts stored or under way; {size:,} more would pass the "
+            f"limit of {limit:,} bytes per run (server flag --max-run-artifacts-size)"
         )
 
 

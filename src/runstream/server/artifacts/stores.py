@@ -33,6 +33,8 @@ class StoreSettings:
     expires_s: int = 15 * 60
     part_size: int = 64 * 1024 * 1024
     s3: S3Options = field(default_factory=S3Options)
+    max_upload_bytes: int = 100 * 2**30
+    max_run_bytes: int = 2**40
 
 
 @dataclass

@@ -594,6 +594,21 @@ async def object_key_taken(conn: Conn, run_id: str, key: str) -> bool:
     return taken
 
 
+async def lock_run_artifacts(conn: Conn, run_id: str) -> None:
+    """Until the transaction ends: one upload of this run is counted at a time."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('artifacts of ' || $1, 0))", run_id)
+
+
+async def run_artifact_bytes(conn: Conn, run_id: str) -> int:
+    """Bytes of the run's stored artifacts plus its uploads under way."""
+    used: int = await conn.fetchval(
+        """SELECT coalesce((SELECT sum(size) FROM artifacts WHERE run_id = $1), 0)
+                + coalesce((SELECT sum(size) FROM artifact_uploads WHERE run_id = $1), 0)""",
+        run_id,
+    )
+    return int(used)
+
+
 async def get_upload(conn: Conn, upload_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT upload_id::text, run_id::text, path, object_key, size, sha256, content_type, multipart_id,
