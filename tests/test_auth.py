@@ -332,3 +332,24 @@ def test_tokens_appear_in_no_log_line_metric_or_message(world: World) -> None:
     assert "PERMISSION_DENIED" in text and "UNAUTHENTICATED" in text  # the refusals were logged and counted
     for token in world.tokens.values():
         assert token.split("_", 2)[-1] not in text
+
+
+def test_an_admin_token_can_come_from_a_secret(make_server: Any, tmp_path: Path) -> None:
+    generated = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "tokens", "generate"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    server = make_server("--auth", "--data-dir", str(tmp_path), env={"RUNSTREAM_ADMIN_TOKEN": generated})
+    assert any("RUNSTREAM_ADMIN_TOKEN" in line for line in server.output)
+    assert not (tmp_path / "admin-token").exists()
+    with runstream.Client(server.target, token=generated) as client:
+        assert client.admin.whoami().scopes == SCOPES_ALL
+    refused = make_server("--auth", "--data-dir", str(tmp_path), env={"RUNSTREAM_ADMIN_TOKEN": "hunter2"}, start=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "server", "--port", str(refused.port), *refused.args],
+        env=refused.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "runstream tokens generate" in done.stderr.strip().splitlines()[-1]
+    assert "hunter2" not in done.stderr + done.stdout

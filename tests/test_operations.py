@@ -238,6 +238,12 @@ def _health(target: str, service: str = "") -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
+def _healthz(server: Server, service: str = "") -> int:
+    query = f"?service={service}" if service else ""
+    reply = urllib3.request("GET", f"http://127.0.0.1:{server.http_port}/healthz{query}", timeout=5)
+    return int(reply.status)
+
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -251,6 +257,7 @@ def test_health_follows_redis_and_turns_not_serving_on_drain(make_server: Any, t
         server.start()
         assert _health(server.target) == SERVING
         assert _health(server.target, "runstream.v1.TrackingService") == SERVING
+        assert _healthz(server) == 200
         wait_for(lambda: any("loader" in line and "started" in line for line in server.output), what="the loader")
         time.sleep(0.5)  # it reads from its consumer group now
 
@@ -259,6 +266,9 @@ def test_health_follows_redis_and_turns_not_serving_on_drain(make_server: Any, t
         wait_for(lambda: _health(server.target) == NOT_SERVING, what="NOT_SERVING without Redis")
         assert _health(server.target, "runstream.v1.TrackingService") == NOT_SERVING
         assert _health(server.target, "runstream.v1.QueryService") == SERVING  # queries need only PostgreSQL
+        assert _healthz(server) == 503  # the same answers over HTTP, for probes without gRPC over TLS
+        assert _healthz(server, "runstream.v1.QueryService") == 200
+        assert _healthz(server, "runstream.v1.Nothing") == 404
 
         redis_proc = _start_redis(port, tmp_path)  # empty: the loaders' consumer group is gone
         wait_for(lambda: _health(server.target) == SERVING, what="SERVING once Redis is back")

@@ -51,6 +51,8 @@ def test_the_sdk_logs_queries_and_moves_artifacts_over_tls(
     context = ssl.create_default_context(cafile=str(pki.ca))  # /metrics is on the TLS HTTP port too
     with urllib.request.urlopen(f"https://127.0.0.1:{server.http_port}/metrics", context=context, timeout=10) as r:
         assert b"runstream_points_received_total" in r.read()
+    with urllib.request.urlopen(f"https://127.0.0.1:{server.http_port}/healthz", context=context, timeout=10) as r:
+        assert r.read() == b"SERVING\n"
 
 
 def test_a_plaintext_client_on_a_tls_port_fails_fast_and_says_why(make_server: Any, pki: Pki) -> None:

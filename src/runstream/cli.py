@@ -144,6 +144,7 @@ def _tokens_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     revoke = tokens_sub.add_parser("revoke", help="revoke the live token of that name")
     revoke.add_argument("name")
     whoami = tokens_sub.add_parser("whoami", help="the name and scopes of the token in RUNSTREAM_TOKEN")
+    tokens_sub.add_parser("generate", help="print a new random token, offline (for RUNSTREAM_ADMIN_TOKEN)")
     for p in (create, tls, revoke, whoami):
         p.add_argument("--url", default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"))
 
@@ -162,6 +163,11 @@ def _tokens(args: argparse.Namespace) -> int:
     from runstream.errors import RunstreamError
     from runstream.report import tokens_table
 
+    if args.tokens_command == "generate":
+        from runstream.server.auth.credentials import new_token
+
+        print(new_token()[1])
+        return 0
     try:
         expires_s = _duration_s(args.expires) if args.tokens_command == "create" else 0
         with Client(args.url) as client:

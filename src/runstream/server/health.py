@@ -14,6 +14,7 @@ import logging
 
 import asyncpg
 import redis.asyncio as aioredis
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class HealthWatch:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.problem: str | None = "not checked yet"
+        self.statuses: dict[str, int] = dict.fromkeys(self.needs, NOT_SERVING)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -74,6 +76,7 @@ class HealthWatch:
         """NOT_SERVING from now on: balancers stop sending new work before the server stops."""
         if self._task is not None:
             self._task.cancel()
+        self.statuses = dict.fromkeys(self.statuses, NOT_SERVING)
         await self.servicer.enter_graceful_shutdown()
 
     async def check(self) -> None:
@@ -86,7 +89,8 @@ class HealthWatch:
                 log.info("health: SERVING")
         self.problem = problems
         for service, needs in self.needs.items():
-            await self.servicer.set(service, NOT_SERVING if any(found[n] for n in needs) else SERVING)
+            self.statuses[service] = NOT_SERVING if any(found[n] for n in needs) else SERVING
+            await self.servicer.set(service, self.statuses[service])
 
     async def _postgres_problem(self) -> str | None:
         try:
@@ -123,6 +127,21 @@ class HealthWatch:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.check()
+
+
+def add_health_route(app: web.Application, watch: HealthWatch) -> None:
+    """GET /healthz[?service=runstream.v1.X] on the HTTP port: 200 SERVING or 503 NOT_SERVING,
+    the same answer as gRPC health, for probes that cannot speak gRPC over TLS (Kubernetes'
+    gRPC probes have no TLS; its HTTPS probes do)."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        service = request.query.get("service", "")
+        if service not in watch.statuses:
+            return web.Response(status=404, text=f"unknown service {service[:100]!r}\n")
+        serving = watch.statuses[service] == SERVING
+        return web.Response(status=200 if serving else 503, text="SERVING\n" if serving else "NOT_SERVING\n")
+
+    app.router.add_get("/healthz", healthz)
 
 
 def out_of_memory(memory: dict[str, object]) -> str | None:

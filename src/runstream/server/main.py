@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
 from runstream.server.config import Settings
 from runstream.server.connections import connect, sample_pool, stop_event
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
-from runstream.server.health import HealthWatch
+from runstream.server.health import HealthWatch, add_health_route
 from runstream.server.ingest import Tracking
 from runstream.server.keys import Keys
 from runstream.server.loader import backlog
@@ -112,8 +113,13 @@ async def serve(
     )
     http = web.Application(client_max_size=0)
     guard = Guard(pool, settings.auth)
-    if settings.auth and (written := await bootstrap_admin(pool, settings.admin_token_file)):
-        announce(f"runstream auth: made the first admin token; it is in {written} (readable by you only)")
+    if settings.auth:
+        try:
+            made = await bootstrap_admin(pool, settings.admin_token_file, os.environ.get("RUNSTREAM_ADMIN_TOKEN"))
+        except ValueError as exc:
+            raise SystemExit(f"runstream: {exc}") from None
+        if made:
+            announce(f"runstream auth: {made}")
     handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http, guard)
     server.add_generic_rpc_handlers(tuple(handlers))
 
@@ -134,6 +140,7 @@ async def serve(
     await server.start()
 
     add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
+    add_health_route(http, health)
     runner = web.AppRunner(http, access_log=None)
     await runner.setup()
     try:

@@ -97,23 +97,31 @@ def token_message(row: store.TokenRow) -> adm.ApiToken:
     )
 
 
-async def bootstrap_admin(pool: asyncpg.Pool, token_file: Path) -> Path | None:
-    """With auth on and no live admin token, make one and write it to `token_file` (mode
-    0600); the path, or None when an admin token exists. Servers starting together make
-    one between them (the migration lock is not held here, so the name decides)."""
+async def bootstrap_admin(pool: asyncpg.Pool, token_file: Path, given: str | None = None) -> str | None:
+    """With auth on and no live admin token, make one: `given` (RUNSTREAM_ADMIN_TOKEN, from
+    `runstream tokens generate`, e.g. a Kubernetes Secret) or a new one written to
+    `token_file` (mode 0600). Says what it did, or None when an admin token exists. Servers
+    starting together make one between them (the name is unique among live tokens)."""
+    if given is not None:
+        parsed = credentials.parse(given.strip())
+        if parsed is None:
+            raise ValueError("RUNSTREAM_ADMIN_TOKEN is not a runstream token; `runstream tokens generate` makes one")
+        token_id, secret_hash = parsed
+        text = None
+    else:
+        token_id, text, secret_hash = credentials.new_token()
     async with pool.acquire() as conn:
         if await store.has_live_admin_token(conn):
             return None
-        token_id, text, secret_hash = credentials.new_token()
         try:
-            await store.insert_token(
-                conn, token_id, BOOTSTRAP_NAME, secret_hash, SCOPES, None, "runstream server", None
-            )
+            await store.insert_token(conn, token_id, BOOTSTRAP_NAME, secret_hash, SCOPES, None, "server start", None)
         except AlreadyExists:
             return None
+    if text is None:
+        return "the admin token is the one in RUNSTREAM_ADMIN_TOKEN"
     token_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text + "\n")
     os.chmod(token_file, 0o600)
-    return token_file
+    return f"made the first admin token; it is in {token_file} (readable by you only)"
