@@ -65,14 +65,17 @@ def test_every_image_has_a_pinned_version() -> None:
     assert [svc.get("image") for svc in _compose()["services"].values() if "build" in svc] == ["runstream:0.1.0"] * 3
 
 
-def test_every_deployment_has_grpc_probes_and_resources() -> None:
+def test_every_deployment_has_health_probes_and_resources() -> None:
     deployments = [d for d in _k8s_docs() if d["kind"] == "Deployment"]
     roles = set()
     for dep in deployments:
         for c in dep["spec"]["template"]["spec"]["containers"]:
             grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"]["port"] == grpc_port, (dep["metadata"]["name"], probe)
+            http_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+            assert _flag(c["args"], "--http-port") == str(http_port)
+            for probe in ("readinessProbe", "livenessProbe"):  # gRPC health over HTTPS (/healthz)
+                expected = {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}
+                assert c[probe]["httpGet"] == expected, (dep["metadata"]["name"], probe)
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), dep["metadata"]["name"]
             assert "memory" in c["resources"]["limits"], dep["metadata"]["name"]
             roles.add(_flag(c["args"], "--role"))
@@ -111,7 +114,7 @@ def test_routes_send_each_service_to_a_role_that_serves_it() -> None:
         assert service in ROLE_SERVICES[role], (service, role)
 
     nginx = (DEPLOY / "compose" / "nginx.conf").read_text()
-    compose_routes = dict(re.findall(r"location /runstream\.v1\.(\w+)/ \{ grpc_pass grpc://(\w+);", nginx))
+    compose_routes = dict(re.findall(r"location /runstream\.v1\.(\w+)/ \{ grpc_pass grpcs://(\w+);", nginx))
     assert set(compose_routes) == set(ROLE_SERVICES["all"])
     services = _compose()["services"]
     for service, upstream in compose_routes.items():
@@ -178,3 +181,35 @@ def test_the_image_installs_the_server_extra() -> None:
     """Every role runs `runstream server`, which needs `runstream[server]` (the SDK alone lacks it)."""
     installs = re.findall(r"pip install [^&\n]*", (DEPLOY / "Dockerfile").read_text())
     assert installs and all("'.[server]'" in line for line in installs), installs
+
+
+def test_every_deployment_runs_with_tokens_and_tls() -> None:
+    docs = _k8s_docs()
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert secrets["runstream-tls"]["type"] == "kubernetes.io/tls"
+    assert "RUNSTREAM_ADMIN_TOKEN" in secrets["runstream"]["stringData"]
+    for dep in (d for d in docs if d["kind"] == "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        mounted = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"]}
+        for c in spec["containers"]:
+            assert "--auth" in c["args"], dep["metadata"]["name"]
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            for flag, file in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key")):
+                folder, name = _flag(c["args"], flag).rsplit("/", 1)
+                assert name == file and mounted[mounts[folder]] == "runstream-tls", (dep["metadata"]["name"], flag)
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    assert ingress["spec"]["tls"][0]["secretName"] == "runstream-tls"
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
+
+    compose = _compose()
+    for name, svc in compose["services"].items():
+        if svc.get("image", "").startswith("runstream:"):
+            assert "--auth" in svc["command"] and "--tls-cert" in svc["command"], name
+            assert svc["environment"]["RUNSTREAM_AUTH"] == "1"
+    nginx = (DEPLOY / "compose" / "nginx.conf").read_text()
+    assert "listen 50051 ssl;" in nginx and "grpc_pass grpc://" not in nginx
+    prometheus = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["scheme"] == "https"
+    assert "--auth" in re.findall(r"^CMD (.+)$", (DEPLOY / "Dockerfile").read_text(), re.M)[0]
