@@ -14,11 +14,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 import pytest
 import redis
-from google.protobuf import message_factory
+import urllib3
+from google.protobuf import json_format, message_factory
 
 import runstream
 from runstream.errors import FailedPrecondition, PermissionDenied, Unauthenticated
@@ -228,6 +230,74 @@ def test_every_rpc_refuses_what_its_token_does_not_allow_and_changes_nothing(wor
     assert _fingerprint(world) == before, f"a refused {method.name} changed something"
 
 
+UNARY = [(s, m) for s, m in METHODS if not m.client_streaming and not m.server_streaming]
+HTTP_STATUS = {UNAUTHENTICATED: 401, PERMISSION_DENIED: 403}
+
+
+def _post(world: World, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    reply = urllib3.request(
+        "POST",
+        f"http://127.0.0.1:{world.server.http_port}{path}",
+        body=body,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=10,
+    )
+    return reply.status, reply.json()
+
+
+def _http_call(world: World, service: Any, method: Any, token: str | None) -> tuple[int, dict[str, Any]]:
+    data = _request(world, method)
+    message = message_factory.GetMessageClass(method.input_type).FromString(data)
+    body = json_format.MessageToJson(message, preserving_proto_field_name=True).encode()
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return _post(world, f"/api/v1/{service.full_name}/{method.name}", body, headers)
+
+
+@pytest.mark.parametrize(("service", "method"), UNARY, ids=lambda x: getattr(x, "name", ""))
+def test_every_api_route_refuses_what_its_token_does_not_allow_and_changes_nothing(
+    world: World, service, method
+) -> None:
+    scope = _scope_of(service, method)
+    before = _fingerprint(world)
+    for case, expected in REFUSALS:
+        if case in ("wrong scope", "other experiment") and scope not in WRONG_SCOPE:
+            continue
+        if case == "other experiment" and method.name == "LogMetrics":
+            continue  # a batch is refused in its ack, with a 200 (checked over gRPC)
+        token = None if case == "no token" else world.tokens[WRONG_SCOPE[scope] if case == "wrong scope" else case]
+        status, reply = _http_call(world, service, method, token)
+        assert status == HTTP_STATUS[expected], f"{method.name} with {case}: {status} {reply}"
+        assert reply["code"] == expected.name and reply["message"]
+        assert all(t not in reply["message"] for t in world.tokens.values())
+    assert _fingerprint(world) == before, f"a refused {method.name} changed something"
+
+
+def _sign_in(base: str, token: str) -> Any:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    return urllib3.request("POST", f"{base}/login", body=urlencode({"token": token}), headers=form, redirect=False)
+
+
+def test_a_browser_signs_in_with_a_cookie_that_other_sites_cannot_use(world: World) -> None:
+    base = f"http://127.0.0.1:{world.server.http_port}"
+    refused = _sign_in(base, world.tokens["revoked"])
+    assert refused.status == 401 and b"revoked" in refused.data and "set-cookie" not in refused.headers
+    signed = _sign_in(base, world.tokens["read"])
+    assert signed.status == 303
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = cookie.split(";", 1)[0]
+    status, me = _post(world, "/api/v1/runstream.v1.AdminService/WhoAmI", b"{}", {"Cookie": jar})
+    assert (status, me["name"]) == (200, "reader")
+    # What a form on another site can send (no JSON content type) is refused before any handler.
+    form = urllib3.request(
+        "POST",
+        f"{base}/api/v1/runstream.v1.QueryService/ListExperiments",
+        body=b"{}",
+        headers={"Cookie": jar, "Content-Type": "text/plain"},
+    )
+    assert form.status == 400
+
+
 def test_a_limited_token_logs_into_its_experiments_only(world: World) -> None:
     token = world.tokens["other experiment"]
     with runstream.Client(world.server.target, token=token) as client:
@@ -323,6 +393,13 @@ def test_every_rpc_lets_the_right_token_through(world: World, service, method) -
     code, message = _call(world.server.target, service, method, _request(world, method), token)
     assert code not in (UNAUTHENTICATED, PERMISSION_DENIED), f"{method.name}: {code} {message}"
     assert code != grpc.StatusCode.INTERNAL, message
+
+
+@pytest.mark.parametrize(("service", "method"), UNARY, ids=lambda x: getattr(x, "name", ""))
+def test_every_api_route_lets_the_right_token_through(world: World, service, method) -> None:
+    scope = _scope_of(service, method)
+    status, reply = _http_call(world, service, method, world.tokens["read" if scope == "any valid token" else scope])
+    assert status not in (401, 403, 500), f"{method.name}: {status} {reply}"
 
 
 def test_tokens_appear_in_no_log_line_metric_or_message(world: World) -> None:

@@ -309,6 +309,10 @@ def test_reflection_lists_every_service_of_the_role(make_server: Any) -> None:
             # The descriptors themselves come over the wire, as grpcurl uses them.
             described = DescriptorPool(db).FindServiceByName("runstream.v1.QueryService")
             assert "GetMetricHistory" in [m.name for m in described.methods]
+    hidden = make_server("--no-reflection", like=first)
+    with grpc.insecure_channel(hidden.target) as channel, pytest.raises(grpc.RpcError) as refused:
+        ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_json_logs_carry_the_callers_request_id(make_server: Any) -> None:

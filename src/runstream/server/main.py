@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import asyncpg
@@ -57,6 +58,8 @@ from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
 from runstream.server.storage import store
 from runstream.server.tokens import page_tokens
+from runstream.server.web.api import add_api_routes
+from runstream.server.web.login import add_login_routes
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,13 @@ ROLE_SERVICES = {
     "ingest": ("TrackingService", "ArtifactService", "AdminService"),
     "query": ("QueryService", "RegistryService", "ArtifactService"),
     "load": (),
+}
+SERVICE_MODULES = {
+    "TrackingService": tracking_pb2,
+    "QueryService": query_pb2,
+    "ArtifactService": artifacts_pb2,
+    "RegistryService": registry_pb2,
+    "AdminService": admin_pb2,
 }
 
 
@@ -120,8 +130,12 @@ async def serve(
             raise SystemExit(f"runstream: {exc}") from None
         if made:
             announce(f"runstream auth: {made}")
-    handlers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http, guard)
-    server.add_generic_rpc_handlers(tuple(handlers))
+    servicers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http, guard)
+    server.add_generic_rpc_handlers(
+        tuple(service_handler(s, SERVICE_MODULES[name], name, metrics, guard) for name, s in servicers.items())
+    )
+    add_api_routes(http, servicers, SERVICE_MODULES, guard)
+    add_login_routes(http, guard)
 
     names = [f"runstream.v1.{name}" for name in wanted]
     health = HealthWatch(pool, None if settings.role == "query" else redis, names)
@@ -198,10 +212,10 @@ async def _services(
     metrics: Metrics,
     http: web.Application,
     guard: Guard,
-) -> tuple[list[grpc.GenericRpcHandler], list[Callable[[], Awaitable[None]]], bool]:  # type: ignore[type-arg]
-    """The handlers of the role's services, what to close at the end, and whether the
-    artifact store is a local one (its signed URLs then served on `http`)."""
-    handlers = []
+) -> tuple[dict[str, tuple[Any, ...]], list[Callable[[], Awaitable[None]]], bool]:
+    """The servicers of the role's services by service name, what to close at the end, and
+    whether the artifact store is a local one (its signed URLs then served on `http`)."""
+    servicers: dict[str, tuple[Any, ...]] = {}
     closing: list[Callable[[], Awaitable[None]]] = []
     local_store = False
     tokens = await page_tokens(pool)
@@ -213,22 +227,21 @@ async def _services(
         )
         await tracking.start()
         closing.append(tracking.stop)
-        handlers.append(service_handler(tracking, tracking_pb2, "TrackingService", metrics, guard))
+        servicers["TrackingService"] = (tracking,)
     if "QueryService" in wanted:
         query = Query(pool, tokens)
         closing.append(query.close)
-        handlers.append(service_handler(query, query_pb2, "QueryService", metrics, guard))
+        servicers["QueryService"] = (query,)
     if "ArtifactService" in wanted:
         artifacts = await _artifacts(settings, pool, metrics, http)
         local_store = isinstance(artifacts.objects, LocalStore)
         closing.append(artifacts.close)
-        handlers.append(service_handler(artifacts, artifacts_pb2, "ArtifactService", metrics, guard))
+        servicers["ArtifactService"] = (artifacts,)
     if "RegistryService" in wanted:
-        handlers.append(service_handler(Registry(pool, tokens), registry_pb2, "RegistryService", metrics, guard))
+        servicers["RegistryService"] = (Registry(pool, tokens),)
     if "AdminService" in wanted:
-        admin = (Admin(redis, keys, tokens), TokenAdmin(pool, guard))
-        handlers.append(service_handler(admin, admin_pb2, "AdminService", metrics, guard))
-    return handlers, closing, local_store
+        servicers["AdminService"] = (Admin(redis, keys, tokens), TokenAdmin(pool, guard))
+    return servicers, closing, local_store
 
 
 async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:

@@ -106,6 +106,20 @@ class _RateLimited:
 _refusals = _RateLimited()
 
 
+def log_failure(where: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message for `exc`, logged: a bug with its traceback, a refusal in one
+    line (rate-limited, so a flood of bad requests cannot flood the log)."""
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", where)
+    else:
+        show, held = _refusals.allow()
+        if show:
+            more = f" ({held} more refusals not logged)" if held else ""
+            log.info("%s: %s %s%s", where, code.name, message[:300], more)
+    return code, message
+
+
 class _Observed:
     """Latency and failures of one RPC, with the labels bound once, and its access check."""
 
@@ -133,17 +147,10 @@ class _Observed:
         CURRENT.set(principal)
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
-        code, message = status_for(exc)
+        code, message = log_failure(f"{self.service}.{self.rpc}", exc)
         if code == grpc.StatusCode.INTERNAL:
             message += f" (request id {rid})"
         self._metrics.rpc_failures.labels(self.service, self.rpc, code.name).inc()
-        if code == grpc.StatusCode.INTERNAL:
-            log.exception("%s.%s failed", self.service, self.rpc)
-        else:
-            show, held = _refusals.allow()
-            if show:
-                more = f" ({held} more refusals not logged)" if held else ""
-                log.info("%s.%s: %s %s%s", self.service, self.rpc, code.name, message[:300], more)
         await ctx.abort(code, message, trailing_metadata=((REQUEST_ID, rid),))
 
 
