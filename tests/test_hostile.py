@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import grpc
 import pytest
@@ -208,5 +209,10 @@ def test_mutated_valid_messages_to_every_method_never_break_the_server(hostile_s
         for step in range(500):
             run.log_metrics({"loss": float(step)}, step=step)
         run.end()
+    deadline = time.monotonic() + 60  # acked is in Redis; the loader may still be starting
+    while (
+        len(hostile_server.stored(run_id).get(("loss", "after-fuzz"), ([],))[0]) < 500 and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
     stored = hostile_server.stored(run_id)
     assert stored[("loss", "after-fuzz")][0].tolist() == list(range(500))
