@@ -21,6 +21,7 @@ import pytest
 import urllib3
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -309,6 +310,24 @@ def test_reflection_lists_every_service_of_the_role(make_server: Any) -> None:
             # The descriptors themselves come over the wire, as grpcurl uses them.
             described = DescriptorPool(db).FindServiceByName("runstream.v1.QueryService")
             assert "GetMetricHistory" in [m.name for m in described.methods]
+    with grpc.insecure_channel(first.target) as channel:  # v1, as grpcurl and buf ask
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described = info(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="runstream.v1.QueryService"),
+                ]
+            ),
+            timeout=10,
+        )
+    v1_names = {s.name for s in listed.list_services_response.service}
+    assert {"runstream.v1.QueryService", "grpc.reflection.v1.ServerReflection"} <= v1_names
+    assert b"GetMetricHistory" in b"".join(described.file_descriptor_response.file_descriptor_proto)
     hidden = make_server("--no-reflection", like=first)
     with grpc.insecure_channel(hidden.target) as channel, pytest.raises(grpc.RpcError) as refused:
         ProtoReflectionDescriptorDatabase(channel).get_services()
