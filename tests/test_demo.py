@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import Server
 
@@ -27,3 +29,25 @@ def test_the_demo_trains_runs_and_prints_them_best_first(server: Server) -> None
     runs = server.sql("SELECT r.name, s.count FROM runs r JOIN metric_summaries s USING (run_id) WHERE s.key = 'loss'")
     counts = {r["name"]: r["count"] for r in runs}
     assert counts["lr=0.3 x2 ranks"] == 2 * 51 and counts["lr=0.03"] == 51
+
+
+def test_the_demo_fails_clearly_when_training_fails(server: Server, tmp_path: Path) -> None:
+    # scikit-learn is installed (the extra check passes), but cannot be imported by the trainers.
+    broken = tmp_path / "sklearn"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('scikit-learn is broken here on purpose')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "demo", "--url", server.target, "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert done.returncode == 1
+    assert done.stdout.count("FAILED") == 6 and "trained" not in done.stdout
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == "runstream demo: training failed in 6 of 6 runs (their errors are above)"
+    )
+    assert "broken here on purpose" in done.stderr
+    assert len(server.sql("SELECT 1 FROM runs WHERE status = 3")) == 6  # FAILED

@@ -113,8 +113,9 @@ def train(
     client.close()
 
 
-def _train_run(cfg: Config, url: str) -> str:
-    """Create the run, train it on `cfg.ranks` processes, and finish it."""
+def _train_run(cfg: Config, url: str) -> tuple[str, list[int]]:
+    """Create the run, train it on `cfg.ranks` processes, and finish it; the run id and the
+    exit codes of the processes that failed."""
     client = runstream.Client(url)
     run = client.create_run(
         EXPERIMENT,
@@ -133,10 +134,10 @@ def _train_run(cfg: Config, url: str) -> str:
         p.start()
     for p in procs:
         p.join()
-    failed = any(p.exitcode != 0 for p in procs)
+    failed = [p.exitcode if p.exitcode is not None else -1 for p in procs if p.exitcode != 0]
     client.update_run(run.run_id, status="FAILED" if failed else "FINISHED")
     client.close()
-    return run.run_id
+    return run.run_id, failed
 
 
 def _server_answers(url: str, timeout: float = 1.0) -> bool:
@@ -219,11 +220,24 @@ def main(url: str, data_dir: Path, epochs: int, lrs: tuple[float, ...] = (0.003,
         configs = [Config(lr=lr, epochs=epochs) for lr in lrs] + [Config(lr=0.3, epochs=epochs, ranks=2)]
         started = time.monotonic()
         run_ids = []
+        failures = 0
         with ThreadPoolExecutor(2) as pool:  # two runs at a time, each in its own processes
             pending = [pool.submit(_train_run, cfg, url) for cfg in configs]
             for i, result in enumerate(pending, 1):
-                run_ids.append(result.result())
-                print(f"[{i}/{len(configs)}] trained {configs[i - 1]}", flush=True)
+                run_id, failed = result.result()
+                run_ids.append(run_id)
+                if failed:
+                    failures += 1
+                    codes = ", ".join(str(c) for c in failed)
+                    print(f"[{i}/{len(configs)}] FAILED {configs[i - 1]}: training exited with {codes}", flush=True)
+                else:
+                    print(f"[{i}/{len(configs)}] trained {configs[i - 1]}", flush=True)
+        if failures:
+            print(
+                f"runstream demo: training failed in {failures} of {len(configs)} runs (their errors are above)",
+                file=sys.stderr,
+            )
+            return 1
         with runstream.Client(url) as client:
             runs = _wait_loaded(client, run_ids)
         points = sum(m.count for r in runs for m in r.metrics)
