@@ -188,7 +188,7 @@ def test_the_cli_lists_runs_matching_a_filter(searchable) -> None:  # type: igno
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert out[0].split()[:2] == ["run", "status"] and [line.split()[0] for line in out[2:-1]] == ["a", "c"]
+    assert out[0].split()[:3] == ["id", "name", "status"] and [line.split()[1] for line in out[2:-1]] == ["a", "c"]
     assert out[-1] == "2 of 2 matching runs"  # counted with the filter alone, ordered by a metric
     bad = subprocess.run([*cli, "--filter", "metrics.acc >"], capture_output=True, text=True)
     assert bad.returncode == 1 and "expected a number" in bad.stderr

@@ -4,10 +4,13 @@ histories, and plots of compared runs."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runstream.wire.proto import tracking_pb2 as pb
@@ -46,26 +49,139 @@ def fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
 
 
-def runs_table(
-    runs: Sequence[pb.Run], params: Sequence[str] | None = None, metrics: Sequence[str] | None = None
-) -> str:
-    """One row per run: name, status, the chosen params, and each metric's last value and count."""
-    params = list(params) if params is not None else sorted({k for r in runs for k in r.params})
-    metrics = list(metrics) if metrics is not None else sorted({m.key for r in runs for m in r.metrics})
-    header = ["run", "status", *params, *(f"{m} (last)" for m in metrics), "points"]
-    rows = []
+FORMATS = ("table", "json", "csv")
+
+
+@dataclass(frozen=True)
+class When:
+    """A time in ms since the epoch: local minutes in a table, ISO 8601 (UTC) in CSV and JSON."""
+
+    ms: int
+
+
+@dataclass(frozen=True)
+class Bytes:
+    """A size: KiB, MiB... in a table, the number of bytes in CSV and JSON."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class RunId:
+    """A run id: its first 8 characters in a table (any unique prefix finds it), whole elsewhere."""
+
+    id: str
+
+
+Cell = str | int | float | When | Bytes | RunId | None
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[Cell]], format: str = "table") -> str:
+    """Rows of typed cells as a terminal table, CSV or a JSON list of objects keyed by the header."""
+    if format == "json":
+        return json.dumps([dict(zip(header, map(_plain, row), strict=True)) for row in rows], indent=1)
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([["" if c is None else _plain(c) for c in row] for row in rows])
+        return out.getvalue().rstrip("\n")
+    return table(header, [[_shown(c) for c in row] for row in rows])
+
+
+def _plain(cell: Cell) -> Any:
+    if isinstance(cell, When):
+        return datetime.fromtimestamp(cell.ms / 1000, timezone.utc).isoformat() if cell.ms else None
+    if isinstance(cell, Bytes):
+        return cell.n
+    if isinstance(cell, RunId):
+        return cell.id
+    if isinstance(cell, float) and not math.isfinite(cell):
+        return str(cell)  # JSON has no NaN or Infinity
+    return cell
+
+
+def _shown(cell: Cell) -> str:
+    if cell is None:
+        return ""
+    if isinstance(cell, When):
+        return _when(cell.ms)
+    if isinstance(cell, Bytes):
+        return human_bytes(cell.n)
+    if isinstance(cell, RunId):
+        return cell.id[:8]
+    if isinstance(cell, bool):
+        return str(cell)
+    if isinstance(cell, int):
+        return f"{cell:,}"
+    if isinstance(cell, float):
+        return fmt(cell)
+    return _visible(cell)
+
+
+def runs_table(runs: Sequence[pb.Run], columns: Sequence[str] | None = None, format: str = "table") -> str:
+    """One row per run: id, name, status, start, duration, then `columns` (metrics.K for the
+    last value, params.K, tags.K), by default the first three metric keys, and the points."""
+    if columns is None:
+        columns = [f"metrics.{k}" for k in sorted({m.key for r in runs for m in r.metrics})[:3]]
+    header = ["id", "name", "status", "start", "duration", *columns, "points"]
+    rows: list[list[Cell]] = []
     for run in runs:
-        summary = {m.key: m for m in run.metrics}
+        summary = {m.key: m.last_value for m in run.metrics}
+        end = run.end_time_ms if run.end_time_ms > 0 else None
+        duration = _duration((end or int(time.time() * 1000)) - run.start_time_ms) if run.start_time_ms else None
         rows.append(
             [
+                RunId(run.run_id),
                 run.name,
-                STATUS.get(run.status, "?"),
-                *(run.params.get(p, "") for p in params),
-                *(fmt(summary[m].last_value) if m in summary else "" for m in metrics),
-                f"{sum(m.count for m in run.metrics):,}",
+                STATUS.get(run.status, "?") + (" (deleted)" if run.lifecycle_stage == "deleted" else ""),
+                When(run.start_time_ms),
+                duration,
+                *(_column(run, summary, c) for c in columns),
+                sum(m.count for m in run.metrics),
             ]
         )
-    return table(header, rows)
+    return render(header, rows, format)
+
+
+def _column(run: pb.Run, summary: dict[str, float], column: str) -> Cell:
+    kind, _, key = column.partition(".")
+    if kind == "metrics":
+        return summary.get(key)
+    if kind == "params":
+        return run.params.get(key)
+    if kind == "tags":
+        return run.tags.get(key)
+    raise ValueError(f"column {column!r}: give metrics.KEY, params.KEY or tags.KEY")
+
+
+def _duration(ms: int) -> str:
+    seconds = max(0, ms // 1000)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def run_details(run: pb.Run) -> str:
+    """Everything about one run, for `runs show`: attributes, params, tags, metric summaries."""
+    lines = [
+        f"run      {run.run_id}",
+        f"name     {_visible(run.name)}",
+        f"status   {STATUS.get(run.status, '?')}" + (" (deleted)" if run.lifecycle_stage == "deleted" else ""),
+        f"started  {_when(run.start_time_ms)}" + (f"   ended {_when(run.end_time_ms)}" if run.end_time_ms > 0 else ""),
+        f"experiment {run.experiment_id}",
+    ]
+    if run.params:
+        lines += ["", table(["param", "value"], [[_visible(k), _visible(v)] for k, v in sorted(run.params.items())])]
+    if run.tags:
+        lines += ["", table(["tag", "value"], [[_visible(k), _visible(v)[:80]] for k, v in sorted(run.tags.items())])]
+    if run.metrics:
+        rows = [
+            [_visible(m.key), fmt(m.last_value), fmt(m.min_value), fmt(m.max_value), f"{m.count:,}"]
+            for m in run.metrics
+        ]
+        lines += ["", table(["metric", "last", "min", "max", "points"], rows)]
+    return "\n".join(lines)
 
 
 def write_history(history: MetricHistory, fmt: str, out: TextIO) -> None:
@@ -96,71 +212,67 @@ def write_history(history: MetricHistory, fmt: str, out: TextIO) -> None:
     writer.writerows(rows)
 
 
-def comparison_table(c: Comparison) -> str:
+def comparison_rows(c: Comparison) -> tuple[list[str], list[list[Cell]]]:
     """Params (those that differ first, marked *) and last metric values, best run marked <."""
     header = ["", *(run.name for run in c.runs)]
-    rows = []
+    rows: list[list[Cell]] = []
     for key in [*c.differs, *(k for k in c.params if k not in c.differs)]:
         mark = "* " if key in c.differs else "  "
         rows.append([f"{mark}params.{key}", *(v if v is not None else "-" for v in c.params[key])])
     for key, values in c.metrics.items():
         best = c.best[key]
-        cells = [("-" if v is None else fmt(v)) + (" <" if i == best else "") for i, v in enumerate(values)]
+        cells: list[Cell] = [("-" if v is None else fmt(v)) + (" <" if i == best else "") for i, v in enumerate(values)]
         rows.append([f"  {key} ({c.direction[key]})", *cells])
-    return table(header, rows)
+    return header, rows
 
 
-def experiments_table(experiments: Sequence[qpb.ExperimentCounts]) -> str:
+def comparison_table(c: Comparison, format: str = "table") -> str:
+    return render(*comparison_rows(c), format)
+
+
+def experiments_table(experiments: Sequence[qpb.ExperimentCounts], format: str = "table") -> str:
     header = ["id", "name", "runs", "running", "finished", "failed", "killed", "deleted", "last run"]
-    rows = []
+    rows: list[list[Cell]] = []
     for x in experiments:
         e = x.experiment
-        last = _when(x.last_run_start_ms)
         name = e.name + (" (deleted)" if e.lifecycle_stage == "deleted" else "")
         counts = (x.runs, x.running, x.finished, x.failed, x.killed, x.deleted_runs)
-        rows.append([e.experiment_id, name, *(f"{c:,}" for c in counts), last])
-    return table(header, rows)
+        rows.append([e.experiment_id, name, *counts, When(x.last_run_start_ms)])
+    return render(header, rows, format)
 
 
-def artifacts_table(artifacts: Sequence[apb.Artifact]) -> str:
-    rows = []
+def artifacts_table(artifacts: Sequence[apb.Artifact], format: str = "table") -> str:
+    rows: list[list[Cell]] = []
     for a in artifacts:
         kind = "dir" if a.is_dir else (a.content_type or "")
-        rows.append([a.path + ("/" if a.is_dir else ""), human_bytes(a.size), kind, a.sha256[:12], _when(a.created_ms)])
-    return table(["path", "size", "type", "sha256", "created"], rows)
+        rows.append([a.path + ("/" if a.is_dir else ""), Bytes(a.size), kind, a.sha256, When(a.created_ms)])
+    if format == "table":
+        rows = [[*r[:3], str(r[3])[:12], r[4]] for r in rows]
+    return render(["path", "size", "type", "sha256", "created"], rows, format)
 
 
-def dead_letters_table(letters: Sequence[adm.DeadLetter]) -> str:
-    rows = [
-        [
-            d.id,
-            d.run_id[:8],
-            _visible(d.writer_id)[:24],
-            str(d.seq),
-            f"{d.points:,}",
-            _when(d.failed_ms),
-            _visible(d.reason)[:80],
-        ]
-        for d in letters
+def dead_letters_table(letters: Sequence[adm.DeadLetter], format: str = "table") -> str:
+    rows: list[list[Cell]] = [
+        [d.id, RunId(d.run_id), d.writer_id[:24], d.seq, d.points, When(d.failed_ms), d.reason[:80]] for d in letters
     ]
-    return table(["id", "run", "writer", "seq", "points", "failed", "reason"], rows)
+    return render(["id", "run", "writer", "seq", "points", "failed", "reason"], rows, format)
 
 
-def tokens_table(tokens: Sequence[adm.ApiToken]) -> str:
-    rows = [
+def tokens_table(tokens: Sequence[adm.ApiToken], format: str = "table") -> str:
+    rows: list[list[Cell]] = [
         [
-            _visible(t.name)[:40],
+            t.name[:40],
             t.token_id,
             ",".join(t.scopes),
-            _visible(t.experiments) or "all",
-            _visible(t.created_by)[:24],
-            _when(t.created_ms),
-            _when(t.expires_ms) or "never",
-            "revoked " + _when(t.revoked_ms) if t.revoked_ms else "live",
+            t.experiments or "all",
+            t.created_by[:24],
+            When(t.created_ms),
+            When(t.expires_ms) if t.expires_ms else "never",
+            "revoked" if t.revoked_ms else "live",
         ]
         for t in tokens
     ]
-    return table(["name", "id", "scopes", "experiments", "created by", "created", "expires", "state"], rows)
+    return render(["name", "id", "scopes", "experiments", "created by", "created", "expires", "state"], rows, format)
 
 
 def _visible(text: str) -> str:
@@ -172,30 +284,30 @@ def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else ""
 
 
-def models_table(models: Sequence[rpb.RegisteredModel]) -> str:
-    rows = []
+def models_table(models: Sequence[rpb.RegisteredModel], format: str = "table") -> str:
+    rows: list[list[Cell]] = []
     for m in models:
         stages = ", ".join(f"{v.stage}: v{v.version}" for v in m.latest_versions)
         aliases = ", ".join(f"{a}: v{v}" for a, v in sorted(m.aliases.items()))
-        rows.append([m.name, stages, aliases, _when(m.updated_ms), m.description[:40]])
-    return table(["name", "latest per stage", "aliases", "updated", "description"], rows)
+        rows.append([m.name, stages, aliases, When(m.updated_ms), m.description[:40]])
+    return render(["name", "latest per stage", "aliases", "updated", "description"], rows, format)
 
 
-def versions_table(versions: Sequence[rpb.ModelVersion]) -> str:
-    rows = [
+def versions_table(versions: Sequence[rpb.ModelVersion], format: str = "table") -> str:
+    rows: list[list[Cell]] = [
         [
-            str(v.version),
+            v.version,
             v.stage,
             ", ".join(v.aliases),
             f"runs:/{v.run_id}/{v.artifact_path}",
-            human_bytes(v.source_size),
-            v.source_digest[:12],
+            Bytes(v.source_size),
+            v.source_digest[:12] if format == "table" else v.source_digest,
             v.created_by,
-            _when(v.created_ms),
+            When(v.created_ms),
         ]
         for v in versions
     ]
-    return table(["version", "stage", "aliases", "source", "size", "digest", "by", "created"], rows)
+    return render(["version", "stage", "aliases", "source", "size", "digest", "by", "created"], rows, format)
 
 
 def lineage_text(lineage: rpb.ModelVersionLineage) -> str:

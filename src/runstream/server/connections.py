@@ -13,6 +13,7 @@ from runstream.server.config import Settings
 from runstream.server.metrics import Metrics
 
 POOL_SAMPLE_S = 1.0
+PREFLIGHT_S = 10.0
 
 
 async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
@@ -28,6 +29,43 @@ async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[async
     if need_redis:
         await redis.ping()
     return pool, redis
+
+
+async def preflight(settings: Settings, *, need_redis: bool = True) -> str | None:
+    """Why PostgreSQL or Redis cannot be used with these settings, in one line naming the URL
+    (without its password) and the flag; None when both answer. Asked before anything starts."""
+    assert settings.postgres_url and settings.redis_url
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(settings.postgres_url), PREFLIGHT_S)
+        await conn.close()
+    except (OSError, asyncio.TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"cannot use PostgreSQL at {printable_url(settings.postgres_url)} (--postgres-url): {_reason(exc)}"
+    if need_redis:
+        try:
+            client = aioredis.from_url(settings.redis_url, socket_connect_timeout=PREFLIGHT_S)
+            try:
+                await client.ping()
+            finally:
+                await client.aclose()
+        except (OSError, ValueError, aioredis.RedisError) as exc:
+            return f"cannot use Redis at {printable_url(settings.redis_url)} (--redis-url): {_reason(exc)}"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:300] or type(exc).__name__
+
+
+def printable_url(url: str | None) -> str:
+    """A URL fit to print: without its password."""
+    if not url:
+        return "?"
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url
 
 
 def stop_event() -> asyncio.Event:

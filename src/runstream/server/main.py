@@ -27,7 +27,6 @@ import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from runstream.server.admin import Admin
 from runstream.server.appender import Durability, describe_durability
@@ -38,7 +37,7 @@ from runstream.server.auth import transport
 from runstream.server.auth.guard import Guard
 from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
 from runstream.server.config import Settings
-from runstream.server.connections import connect, sample_pool, stop_event
+from runstream.server.connections import connect, preflight, printable_url, sample_pool, stop_event
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.server.health import HealthWatch, add_health_route
 from runstream.server.ingest import Tracking
@@ -54,6 +53,7 @@ from runstream.server.metrics import (
     use_multiprocess_dir,
 )
 from runstream.server.query.service import Query
+from runstream.server.reflection import enable_reflection
 from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
 from runstream.server.storage import store
@@ -142,9 +142,7 @@ async def serve(
     await health.start()
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-        )
+        enable_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
     credentials = transport.grpc_credentials(settings)
     address = f"{settings.host}:{settings.port}"
     try:
@@ -276,7 +274,10 @@ def run(settings: Settings) -> int:
     metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
     try:
         with services(settings) as resolved:
-            announce(f"runstream data: postgres {_where(resolved.postgres_url)}, redis {_where(resolved.redis_url)}")
+            if (why := asyncio.run(preflight(resolved, need_redis=resolved.role != "query"))) is not None:
+                raise SystemExit(f"runstream: {why}")
+            pg, rd = printable_url(resolved.postgres_url), printable_url(resolved.redis_url)
+            announce(f"runstream data: postgres {pg}, redis {rd}")
             loaders = LoaderPool(resolved, resolved.loaders) if resolved.role == "all" else None
             try:
                 asyncio.run(serve(resolved, loaders))
@@ -291,17 +292,6 @@ def run(settings: Settings) -> int:
 def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:
     why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
     return f"runstream: the {kind} port {host}:{port} is taken{why}: choose another with {flag}"
-
-
-def _where(url: str | None) -> str:
-    """A URL fit to print: without its password."""
-    if not url:
-        return "?"
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return url
 
 
 async def open_store(settings: StoreSettings) -> ObjectStore:

@@ -1,0 +1,5 @@
+import sys
+
+from runstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""`runstream tokens ...` and `runstream dead-letters ...`: looking after a server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runstream.cli.common import Subparsers, add_format, add_url
+from runstream.client.tracking import Client
+from runstream.report import dead_letters_table, tokens_table
+
+SCOPES = ["read", "write", "registry", "admin"]
+
+
+def add_parsers(sub: Subparsers) -> None:
+    tokens = sub.add_parser("tokens", help="API tokens (admin scope): create, list, revoke; whoami; generate")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", help="make a token and print it once (the server keeps a hash)")
+    create.add_argument("--name", required=True, help="who acts with it: approvals and history show this name")
+    create.add_argument("--scope", action="append", required=True, choices=SCOPES, help="a scope (repeatable)")
+    create.add_argument("--experiments", default="", help="glob of experiment names limiting read and write")
+    create.add_argument("--expires", default="", help="e.g. 30d, 12h, 90m (default: never)")
+    create.set_defaults(handler=tokens_create)
+    tls = tokens_sub.add_parser("ls", help="live tokens (--revoked: also revoked ones)")
+    tls.add_argument("--revoked", action="store_true", help="also list revoked tokens")
+    add_format(tls)
+    tls.set_defaults(handler=tokens_ls)
+    revoke = tokens_sub.add_parser("revoke", help="revoke the live token of that name")
+    revoke.add_argument("name", help="the token's name")
+    revoke.set_defaults(handler=tokens_revoke)
+    whoami = tokens_sub.add_parser("whoami", help="the name and scopes of the token in RUNSTREAM_TOKEN")
+    whoami.set_defaults(handler=tokens_whoami)
+    generate = tokens_sub.add_parser("generate", help="print a new random token, offline (for RUNSTREAM_ADMIN_TOKEN)")
+    generate.set_defaults(handler=tokens_generate)
+    for p in (create, tls, revoke, whoami):
+        add_url(p)
+
+    dead = sub.add_parser("dead-letters", help="stream entries the loaders could not store: list, replay")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dls = dead_sub.add_parser("ls", help="every dead letter with its run, writer, seq and reason, oldest first")
+    add_format(dls)
+    dls.set_defaults(handler=dead_letters_ls)
+    dretry = dead_sub.add_parser("retry", help="put dead letters back for the loaders (a batch that fails returns)")
+    dretry.add_argument("ids", nargs="*", help="dead letter ids (from ls)")
+    dretry.add_argument("--all", action="store_true", help="every dead letter")
+    dretry.set_defaults(handler=dead_letters_retry)
+    for p in (dls, dretry):
+        add_url(p)
+
+
+def duration_s(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    if not text:
+        return 0
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise ValueError(f"--expires {text!r}: give a whole number and a unit, like 30d, 12h, 90m or 45s")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def tokens_create(args: argparse.Namespace) -> int:
+    expires_s = duration_s(args.expires)
+    with Client(args.url) as client:
+        made = client.admin.create_token(args.name, args.scope, experiments=args.experiments, expires_in_s=expires_s)
+    print(made.secret)
+    print(f"token {made.token.name!r} ({made.token.token_id}): shown once; keep it secret", file=sys.stderr)
+    return 0
+
+
+def tokens_ls(args: argparse.Namespace) -> int:
+    with Client(args.url) as client:
+        print(tokens_table(client.admin.tokens(args.revoked), args.format))
+    return 0
+
+
+def tokens_revoke(args: argparse.Namespace) -> int:
+    with Client(args.url) as client:
+        gone = client.admin.revoke_token(args.name)
+    print(f"revoked token {gone.name!r} ({gone.token_id})")
+    return 0
+
+
+def tokens_whoami(args: argparse.Namespace) -> int:
+    with Client(args.url) as client:
+        me = client.admin.whoami()
+    limit = f", experiments {me.experiments!r}" if me.experiments else ""
+    print(f"{me.name}: {', '.join(me.scopes)}{limit}")
+    return 0
+
+
+def tokens_generate(args: argparse.Namespace) -> int:
+    from runstream.server.auth.credentials import new_token  # standard library only
+
+    print(new_token()[1])
+    return 0
+
+
+def dead_letters_ls(args: argparse.Namespace) -> int:
+    with Client(args.url) as client:
+        found = client.admin.dead_letters()
+    print(dead_letters_table(found, args.format) if found or args.format != "table" else "no dead letters")
+    return 0
+
+
+def dead_letters_retry(args: argparse.Namespace) -> int:
+    if args.all == bool(args.ids):
+        raise ValueError("name dead letter ids or give --all")
+    with Client(args.url) as client:
+        done = client.admin.retry_dead_letters(args.ids, all=args.all)
+    print(f"{done.retried} put back for the loaders")
+    if done.not_found:
+        raise ValueError(f"not dead letters: {', '.join(done.not_found)}")
+    return 0
