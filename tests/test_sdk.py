@@ -7,11 +7,13 @@ import logging
 import multiprocessing
 import os
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 import runstream
+from runstream.errors import DeadlineExceeded
 from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import Server
 from tests.workers import KEYS, log_points, log_with_module_api
@@ -154,3 +156,26 @@ def test_leaving_a_run_with_the_server_gone_says_what_was_not_delivered(server: 
         started = time.monotonic()
     assert started is not None and time.monotonic() - started < 10  # bounded by RUNSTREAM_FLUSH_TIMEOUT
     client.close()
+
+
+def test_flush_visible_returns_once_everything_is_queryable(server: Server) -> None:
+    with runstream.Client(server.target) as client, runstream.QueryClient(server.target) as query:
+        run = client.start_run("visible", record_source=False)
+        for step in range(60_000):
+            run.log_metrics({"loss": float(step), "acc": step / 60_000}, step=step)
+        run.flush(visible=True, timeout=120)
+        history = query.get_metric_history(run.run_id, "loss", max_points=100_000)  # no polling
+        assert history.total_points == 60_000 and history.step.tolist() == list(range(60_000))
+        assert {m.key: m.count for m in client.get_run(run.run_id).metrics} == {"loss": 60_000, "acc": 60_000}
+        run.end()
+
+
+def test_flush_visible_says_what_is_not_stored_when_no_loader_runs(make_server: Any) -> None:
+    server = make_server("--loaders", "0")
+    with runstream.Client(server.target) as client:
+        run = client.start_run("no loader", record_source=False)
+        for step in range(100):
+            run.log_metric("loss", float(step), step=step)
+        run.flush()  # acknowledged: in Redis
+        with pytest.raises(DeadlineExceeded, match=r"0 of 1 acknowledged batches .* stored after 2.0 s"):
+            run.flush(visible=True, timeout=2)

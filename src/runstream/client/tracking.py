@@ -383,9 +383,13 @@ class Run:
     def set_tag(self, key: str, value: Any) -> None:
         self.client.set_tags(self.run_id, {key: value})
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, visible: bool = False) -> None:
+        """Wait until everything logged so far is acknowledged: durable in the server's ingest
+        log, where no server or loader failure loses it. With `visible=True` also wait until it
+        is stored and queryable (get_metric_history, search_runs, compare_runs see it), for
+        scripts that log and then read; DeadlineExceeded after `timeout` says what is missing."""
         if self._writer is not None:
-            self._writer.flush(timeout)
+            self._writer.flush(timeout, visible)
 
     def info(self) -> pb.Run:
         return self.client.get_run(self.run_id)

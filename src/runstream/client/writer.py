@@ -81,12 +81,18 @@ class MetricWriter:
         self.dropped_points = 0
         self._dropped_unreported = 0  # dropped since the last flush, which reports them
         self.sent_batches = 0
+        self.stored_batches = 0  # acknowledged with points: what WaitCommitted counts
         self.errors: list[RunstreamError] = []  # batches the server refused for good
 
         self._stream_method = channel.stream_stream(
             "/runstream.v1.TrackingService/StreamMetrics",
             request_serializer=None,
             response_deserializer=pb.BatchAck.FromString,
+        )
+        self._wait_committed = channel.unary_unary(
+            "/runstream.v1.TrackingService/WaitCommitted",
+            request_serializer=pb.WaitCommittedRequest.SerializeToString,
+            response_deserializer=pb.WaitCommittedResponse.FromString,
         )
         self._lock = threading.Condition()
         self._pending: list[tuple[tuple[str, ...], int, int, list[float]]] = []
@@ -158,10 +164,28 @@ class MetricWriter:
             self._lock.wait(left)
         return True
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every logged point is acknowledged; raise the first refusal, if any, or
-        PointsDropped when points were dropped (on_full="drop") since the last flush."""
+    def flush(self, timeout: float | None = None, visible: bool = False) -> None:
+        """Wait until every logged point is acknowledged (durable in the server's ingest log);
+        raise the first refusal, if any, or PointsDropped when points were dropped
+        (on_full="drop") since the last flush. With `visible`, also wait until the loaders have
+        stored them all in PostgreSQL, so queries see them."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._flush_acked(deadline, timeout)
+        if visible:
+            left = 600.0 if deadline is None else max(0.001, deadline - time.monotonic())
+            request = pb.WaitCommittedRequest(
+                run_id=self.run_id,
+                writer_id=self.writer_id,
+                epoch=self.epoch,
+                batches=self.stored_batches,
+                timeout_ms=max(1, min(600_000, int(left * 1000))),
+            )
+            try:
+                self._wait_committed(request, timeout=left + 5)
+            except grpc.RpcError as exc:
+                raise from_status(exc.code(), exc.details() or "") from None
+
+    def _flush_acked(self, deadline: float | None, timeout: float | None) -> None:
         with self._lock:
             self._flush_now = True
             self._lock.notify_all()
@@ -332,6 +356,8 @@ class MetricWriter:
                 return True
             self._buffered_points -= entry[1]
             self.sent_batches += 1
+            if code == grpc.StatusCode.OK and entry[1] > 0:
+                self.stored_batches += 1  # appended: a loader will record it under (run, writer, epoch, seq)
             if code != grpc.StatusCode.OK:
                 err = from_status(code, ack.message)
                 log.error("runstream refused a batch of %d points: %s", entry[1], err)

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from runstream.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -48,6 +49,8 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_NAME = 500
 RUN_CACHE_S = 30.0
+MAX_WAIT_MS = 600_000  # WaitCommitted
+COMMIT_POLL_S = 0.05
 RECENT_BATCHES = 50_000  # batch digests kept to refuse a reused seq at once
 DB_CHECK_S = 2.0  # a run check waits this long for PostgreSQL before taking it for away
 # What PostgreSQL being down, restarting or unreachable looks like to a check.
@@ -298,6 +301,27 @@ class Tracking:
             epoch = await store.next_writer_epoch(conn, req.run_id, req.writer_id or wire.DEFAULT_WRITER)
         self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
         return pb.OpenWriterResponse(epoch=epoch)
+
+    async def WaitCommitted(self, req: pb.WaitCommittedRequest, ctx: Any) -> pb.WaitCommittedResponse:
+        wire.check_run_id(req.run_id)
+        wire.check_writer_id(req.writer_id)
+        timeout_ms = req.timeout_ms or 60_000
+        if not 0 < timeout_ms <= MAX_WAIT_MS or req.batches < 0 or req.epoch < 0:
+            raise InvalidArgument(f"timeout_ms must be 1 to {MAX_WAIT_MS:,}, batches and epoch at least 0")
+        writer = req.writer_id or wire.DEFAULT_WRITER
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            async with self.pool.acquire() as conn:
+                committed = await store.committed_batches(conn, req.run_id, writer, req.epoch)
+            if committed >= req.batches:
+                return pb.WaitCommittedResponse(committed=committed)
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"{committed:,} of {req.batches:,} acknowledged batches of writer {writer!r} in run {req.run_id} "
+                    f"are stored after {timeout_ms / 1000:.1f} s; the rest wait in Redis for a loader "
+                    "(see runstream_stream_lag) or in the dead letters"
+                )
+            await asyncio.sleep(COMMIT_POLL_S)
 
     async def _check_run(self, run_id: str) -> None:
         """The run exists and is active: cached for RUN_CACHE_S. While PostgreSQL is away, a run

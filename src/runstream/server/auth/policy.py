@@ -51,6 +51,7 @@ _BY_SCOPE: dict[str, tuple[str, ...]] = {
         "TrackingService/OpenWriter",
         "TrackingService/StreamMetrics",
         "TrackingService/LogMetrics",
+        "TrackingService/WaitCommitted",
         "ArtifactService/CreateUpload",
         "ArtifactService/SignParts",
         "ArtifactService/CompleteUpload",

@@ -364,6 +364,17 @@ async def series_ids(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> dict[t
     return {(r[0], r[1], r[2]): r[3] for r in rows}
 
 
+async def committed_batches(conn: Conn, run_id: str, writer_id: str, epoch: int) -> int:
+    """How many batches of one writer session the loaders have stored."""
+    found: int = await conn.fetchval(
+        "SELECT count(*) FROM ingested_batches WHERE run_id = $1 AND writer_id = $2 AND epoch = $3",
+        run_id,
+        writer_id,
+        epoch,
+    )
+    return found
+
+
 async def record_batches(conn: Conn, batches: list[BatchIdentity]) -> tuple[set[BatchKey], set[BatchKey]]:
     """Record batches as loaded; returns those not recorded before, and those recorded before
     with another digest (a seq reused with other points). The rest are resends.

@@ -334,3 +334,23 @@ class BatchAck(_message.Message):
     message: str
     points: int
     def __init__(self, seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., points: _Optional[int] = ...) -> None: ...
+
+class WaitCommittedRequest(_message.Message):
+    __slots__ = ("run_id", "writer_id", "epoch", "batches", "timeout_ms")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    writer_id: str
+    epoch: int
+    batches: int
+    timeout_ms: int
+    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., batches: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class WaitCommittedResponse(_message.Message):
+    __slots__ = ("committed",)
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    committed: int
+    def __init__(self, committed: _Optional[int] = ...) -> None: ...

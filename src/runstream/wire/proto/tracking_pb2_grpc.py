@@ -125,6 +125,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.MetricBatch.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.BatchAck.FromString,
                 _registered_method=True)
+        self.WaitCommitted = channel.unary_unary(
+                '/runstream.v1.TrackingService/WaitCommitted',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -248,6 +253,16 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitCommitted(self, request, context):
+        """An ack means durable in the ingest log (Redis), not yet queryable. This returns once the
+        loaders have stored `batches` batches of one writer session (run, writer, epoch) in
+        PostgreSQL, so everything that session had acknowledged is queryable; DEADLINE_EXCEEDED
+        with the count stored when they are not within timeout_ms. flush(visible=True) calls it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +355,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.LogMetrics,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.MetricBatch.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.BatchAck.SerializeToString,
+            ),
+            'WaitCommitted': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitCommitted,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +849,33 @@ class TrackingService:
             '/runstream.v1.TrackingService/LogMetrics',
             runstream_dot_v1_dot_tracking__pb2.MetricBatch.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.BatchAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitCommitted(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/WaitCommitted',
+            runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.FromString,
             options,
             channel_credentials,
             insecure,
