@@ -139,7 +139,7 @@ def test_the_embedded_server_keeps_its_data_across_restarts(tmp_path: Path) -> N
     server = Server("", "", "", free_port(), args, env, tmp_path / "data" / "artifacts")
     server.start(timeout=120)
     try:
-        assert "postgres postgresql://" in "".join(server.output) and str(tmp_path) in "".join(server.output)
+        assert "at postgresql://" in "".join(server.output) and str(tmp_path) in "".join(server.output)
         with runstream.Client(server.target) as client:
             run = client.start_run("embedded", "kept", params={"lr": 0.1})
             for step in range(1000):

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +22,37 @@ DATABASE = "runstream"
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
-        import pgserver
-
         self.pgdata = data_dir / "postgres"
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
-            self.pgdata, cleanup_mode="stop"
-        )
+        self.setup_log = data_dir / "logs" / "postgres-setup.log"
+        with _quiet_pgserver(self.setup_log):
+            import pgserver  # warns about XDG_RUNTIME_DIR as it loads
+
+            self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
+                self.pgdata, cleanup_mode="stop"
+            )
         if not self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';").count("(1 row)"):
             self._server.psql(f"CREATE DATABASE {DATABASE};")
         self.url: str = self._server.get_uri(DATABASE)
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+@contextmanager
+def _quiet_pgserver(setup_log: Path) -> Iterator[None]:
+    """pgserver narrates initdb, pg_ctl and its exit at INFO: into a file in the data
+    directory for the life of the process, not the console (PostgreSQL's own log is
+    postgres/log). Its platformdirs warning on loading goes too."""
+    setup_log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(setup_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    pg_log = logging.getLogger("pgserver")
+    pg_log.handlers = [handler]
+    pg_log.propagate = False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
 
 
 class EmbeddedRedis:
@@ -70,6 +91,9 @@ class EmbeddedRedis:
                 str(self.dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
+            # Its own session: Ctrl-C in the terminal reaches the whole foreground group, and
+            # Redis must outlive the loaders' drain; stop() shuts it down after them.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while not self._answers():

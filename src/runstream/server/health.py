@@ -62,7 +62,7 @@ class HealthWatch:
             }
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.problem: str | None = "not checked yet"
+        self.problem: str | None = None  # the first check logs only a problem
         self.statuses: dict[str, int] = dict.fromkeys(self.needs, NOT_SERVING)
         self._task: asyncio.Task[None] | None = None
 

@@ -18,6 +18,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -57,7 +59,8 @@ class LoaderPool:
     def _start(self, slot: int) -> LoaderProcess:
         theirs, ours = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=loader_process, args=(self.settings, self._names[slot], theirs), daemon=False)
-        proc.start()
+        with _sigint_ignored():
+            proc.start()
         theirs.close()  # the child holds it now; ours closing is then the child's end of file
         return LoaderProcess(proc, ours)
 
@@ -74,7 +77,7 @@ class LoaderPool:
                 if proc.pid is not None:
                     process_exited(proc.pid)
                 metrics.loader_restarts.inc()
-                self.processes[i] = await asyncio.to_thread(self._start, i)
+                self.processes[i] = self._start(i)  # in the main thread: see _sigint_ignored
 
     def stop(self, timeout: float) -> None:
         """Ask every loader to drain, give them `timeout` seconds (plus a little to exit), then
@@ -91,6 +94,21 @@ class LoaderPool:
                 proc.join(5)
             if proc.pid is not None:
                 process_exited(proc.pid)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C reaches the whole process group, also a loader still importing; the parent
+    decides when loaders drain. A child inherits an ignored SIGINT across fork and exec (a
+    blocked one it does not), and only the main thread may set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def drain_within(task: asyncio.Task[None], timeout: float) -> None:

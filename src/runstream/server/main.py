@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -110,8 +111,14 @@ async def serve(
     pool, redis = await connect(settings, need_redis=settings.role != "query")
     async with pool.acquire() as conn:
         applied = await store.migrate(conn)
+        pg_version = await conn.fetchval("SHOW server_version")
     if applied:
         log.info("applied migrations %s", applied)
+    redis_version = (await redis.info("server")).get("redis_version", "?") if settings.role != "query" else None
+    where = f"PostgreSQL {pg_version} at {printable_url(settings.postgres_url)}"
+    if redis_version is not None:
+        where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
+    announce(f"runstream {_version()}: {where}; data directory {settings.data_dir}")
     keys = Keys(settings.redis_prefix, settings.shards)
     server = grpc.aio.server(
         options=[
@@ -276,8 +283,6 @@ def run(settings: Settings) -> int:
         with services(settings) as resolved:
             if (why := asyncio.run(preflight(resolved, need_redis=resolved.role != "query"))) is not None:
                 raise SystemExit(f"runstream: {why}")
-            pg, rd = printable_url(resolved.postgres_url), printable_url(resolved.redis_url)
-            announce(f"runstream data: postgres {pg}, redis {rd}")
             loaders = LoaderPool(resolved, resolved.loaders) if resolved.role == "all" else None
             try:
                 asyncio.run(serve(resolved, loaders))
@@ -287,6 +292,13 @@ def run(settings: Settings) -> int:
     finally:
         forget_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("runstream")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:
