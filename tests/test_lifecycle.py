@@ -46,4 +46,4 @@ def test_deleting_an_experiment_deletes_its_runs(server: Server) -> None:
         assert len(q.search_runs([experiment]).runs) == 3
         with pytest.raises(runstream.ExperimentNotFound):
             client.delete_experiment("999999")
-        assert client.get_run(runs[0]).status == pb.RUNNING
+        assert client.get_run(runs[0]).status == pb.RUN_STATUS_RUNNING

@@ -104,7 +104,7 @@ def test_ranks_started_with_fork_and_spawn_log_into_one_run(server: Server) -> N
     assert server.wait_points(run.run_id, 20 + 4 * 10_000 + 500) == 40_520
     writers = {w for _, w in server.stored(run.run_id)}
     assert writers == {"parent", "rank1", "rank2", "rank3", "rank4", "module-rank"}
-    assert client.get_run(run.run_id).status == pb.FINISHED
+    assert client.get_run(run.run_id).status == pb.RUN_STATUS_FINISHED
     client.close()
 
 
@@ -136,7 +136,8 @@ def test_runs_as_context_managers_finish_or_fail(server: Server, monkeypatch) ->
         _ = 1 / 0
     with runstream.Client(server.target) as client:
         ok, boom = client.get_run(run.run_id), client.get_run(failed.run_id)
-        assert ok.status == pb.FINISHED and boom.status == pb.FAILED and dict(ok.params) == {"lr": "0.1"}
+        assert (ok.status, boom.status) == (pb.RUN_STATUS_FINISHED, pb.RUN_STATUS_FAILED)
+        assert dict(ok.params) == {"lr": "0.1"}
         assert server.wait_points(run.run_id, 3) == 3
         loss = {m.key: m for m in client.get_run(run.run_id).metrics}["loss"]
         assert (loss.last_step, loss.last_value, loss.count) == (1, 0.25, 2)

@@ -35,7 +35,7 @@ def test_experiments_are_created_found_and_listed(client) -> None:
 
 def test_run_lifecycle_params_and_tags(client) -> None:
     run = client.create_run("exp", "first", tags={"git": "abc"})
-    assert run.status == pb.RUNNING and run.name == "first" and run.tags["git"] == "abc"
+    assert run.status == pb.RUN_STATUS_RUNNING and run.name == "first" and run.tags["git"] == "abc"
     client.log_params(run.run_id, {"lr": 0.01, "layers": 3})
     client.log_params(run.run_id, {"lr": 0.01})  # the same value again is fine
     with pytest.raises(runstream.ParamConflict) as err:
@@ -47,7 +47,7 @@ def test_run_lifecycle_params_and_tags(client) -> None:
     with pytest.raises(runstream.NotFound, match="tag 'note' is not set"):
         client.delete_tag(run.run_id, "note")
     done = client.update_run(run.run_id, status="FINISHED", name="renamed")
-    assert done.status == pb.FINISHED and done.end_time_ms >= done.start_time_ms and done.name == "renamed"
+    assert done.status == pb.RUN_STATUS_FINISHED and done.end_time_ms >= done.start_time_ms and done.name == "renamed"
     got = client.get_run(run.run_id)
     assert dict(got.params) == {"lr": "0.01", "layers": "3"} and dict(got.tags) == {"git": "def"}
 
@@ -152,4 +152,4 @@ def test_metric_summary_tracks_last_min_max_count(server, client) -> None:
     assert metrics["loss"].min_value == 1.0 / 100 and metrics["loss"].max_value == 1.0
     assert metrics["acc"].count == 100 and metrics["acc"].max_value == 0.99
     run.end()
-    assert client.get_run(run.run_id).status == pb.FINISHED
+    assert client.get_run(run.run_id).status == pb.RUN_STATUS_FINISHED

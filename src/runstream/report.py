@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runstream.wire.proto import tracking_pb2 as pb
+from runstream.wire.status import RUN_STATUS_NAMES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from runstream.wire.proto import query_pb2 as qpb
     from runstream.wire.proto import registry_pb2 as rpb
 
-STATUS = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
+STATUS = RUN_STATUS_NAMES
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -17,8 +17,14 @@ from runstream.wire.points import SeriesPoints
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc as qpb_grpc
 from runstream.wire.proto import tracking_pb2 as pb
+from runstream.wire.status import RUN_STATUS_NAMES
 
-_AGGREGATES = {None: qpb.AGGREGATE_NONE, "mean": qpb.MEAN, "min": qpb.MIN, "max": qpb.MAX}
+_AGGREGATES = {
+    None: qpb.AGGREGATE_UNSPECIFIED,
+    "mean": qpb.AGGREGATE_MEAN,
+    "min": qpb.AGGREGATE_MIN,
+    "max": qpb.AGGREGATE_MAX,
+}
 
 
 @dataclass
@@ -77,7 +83,7 @@ class RunPage:
                 "run_id": r.run_id,
                 "experiment_id": r.experiment_id,
                 "run_name": r.name,
-                "status": pb.RunStatus.Name(r.status),
+                "status": RUN_STATUS_NAMES.get(r.status, "?"),
                 "start_time": pd.to_datetime(r.start_time_ms, unit="ms"),
                 "end_time": pd.to_datetime(r.end_time_ms, unit="ms") if r.end_time_ms else None,
             }

@@ -24,14 +24,14 @@ from runstream.errors import RunstreamError
 from runstream.wire.batch import check_writer_id
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.proto import tracking_pb2_grpc as pb_grpc
+from runstream.wire.status import RUN_STATUS_VALUES
 
 if TYPE_CHECKING:
     from runstream.client.admin import AdminClient
     from runstream.client.artifacts import ArtifactClient
     from runstream.client.registry import RegistryClient
 
-STATUS_NAMES = {pb.RUNNING: "RUNNING", pb.FINISHED: "FINISHED", pb.FAILED: "FAILED", pb.KILLED: "KILLED"}
-_STATUS_BY_NAME = {v: k for k, v in STATUS_NAMES.items()}
+_STATUS_BY_NAME = RUN_STATUS_VALUES
 log = logging.getLogger(__name__)
 
 _live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()

@@ -63,7 +63,7 @@ DB_AWAY = (
 )
 BACKLOG_POLL_S = 0.5
 STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
-TERMINAL = {pb.FINISHED, pb.FAILED, pb.KILLED}
+TERMINAL = {pb.RUN_STATUS_FINISHED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_KILLED}
 Inflight = tuple[pb.BatchAck, "asyncio.Future[None] | None", float]  # ack, its append, when the batch came
 
 
@@ -183,7 +183,7 @@ class Tracking:
                     raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
                 experiment_id = await store.get_or_create_experiment(conn, name)
             await store.create_run(
-                conn, run_id, experiment_id, req.name or run_id[:8], pb.RUNNING, start, dict(req.tags)
+                conn, run_id, experiment_id, req.name or run_id[:8], pb.RUN_STATUS_RUNNING, start, dict(req.tags)
             )
             run = await store.get_run(conn, run_id)
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S

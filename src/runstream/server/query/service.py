@@ -34,7 +34,7 @@ MAX_EXPERIMENTS = 1_000
 DEFAULT_COMPARE_POINTS = 500
 MAX_COMPARE_RUNS = 100
 MAX_COMPARE_KEYS = 50
-AGGREGATES = {qpb.MEAN: "mean", qpb.MIN: "min", qpb.MAX: "max"}
+AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGATE_MAX: "max"}
 
 
 class Query:
@@ -85,7 +85,7 @@ class Query:
         wire.check_run_id(req.run_id)
         wire.check_key(req.key)
         max_points = _max_points(req.max_points, DEFAULT_MAX_POINTS)
-        if req.aggregate not in (qpb.AGGREGATE_NONE, *AGGREGATES):
+        if req.aggregate not in (qpb.AGGREGATE_UNSPECIFIED, *AGGREGATES):
             raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
         lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -120,7 +120,9 @@ class Query:
             if lo is None or hi is None or not series:
                 return qpb.MetricHistory(key=key)
             async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
-                return await _history(conn, key, series, lo, hi, max_points, qpb.AGGREGATE_NONE, fixed_range=True)
+                return await _history(
+                    conn, key, series, lo, hi, max_points, qpb.AGGREGATE_UNSPECIFIED, fixed_range=True
+                )
 
         histories = await asyncio.gather(*(one(*item) for item in plan))
         for i, key in enumerate(keys):  # one common step axis per key: the same range, so the same buckets
@@ -184,7 +186,7 @@ async def _history(
         return out
     if not fixed_range:
         lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
-    whole = aggregate != qpb.AGGREGATE_NONE or await _window_points(conn, ids, lo, hi) <= max_points
+    whole = aggregate != qpb.AGGREGATE_UNSPECIFIED or await _window_points(conn, ids, lo, hi) <= max_points
     width = history.bucket_width(lo, hi, max_points)
     rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
     if not whole:
@@ -194,7 +196,7 @@ async def _history(
     writer_of = {sid: i for i, sid in enumerate(ids)}
     points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
     out.total_points = len(points)
-    if aggregate != qpb.AGGREGATE_NONE:
+    if aggregate != qpb.AGGREGATE_UNSPECIFIED:
         steps, values = history.aggregate(points, AGGREGATES[aggregate])
         if len(steps) <= max_points:
             out.step.extend(steps.tolist())

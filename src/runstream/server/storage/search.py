@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runstream.errors import InvalidArgument
+from runstream.wire.status import RUN_STATUS_VALUES
 
 PREFIXES = {
     "metrics": "metric",
@@ -32,7 +33,7 @@ PREFIXES = {
 }
 NUMERIC_ATTRIBUTES = {"start_time": "r.start_time_ms", "end_time": "r.end_time_ms"}
 STRING_ATTRIBUTES = {"name": "r.name", "run_name": "r.name", "run_id": "r.run_id::text", "status": "r.status"}
-STATUSES = {"RUNNING": 1, "FINISHED": 2, "FAILED": 3, "KILLED": 4}
+STATUSES = RUN_STATUS_VALUES
 NUMERIC_OPS = {"=", "!=", "<", "<=", ">", ">="}
 # Bounds that keep parsing and the query plan small whatever a caller sends.
 MAX_FILTER_CHARS = 20_000

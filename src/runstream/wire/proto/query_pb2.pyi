@@ -10,14 +10,14 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class Aggregate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    AGGREGATE_NONE: _ClassVar[Aggregate]
-    MEAN: _ClassVar[Aggregate]
-    MIN: _ClassVar[Aggregate]
-    MAX: _ClassVar[Aggregate]
-AGGREGATE_NONE: Aggregate
-MEAN: Aggregate
-MIN: Aggregate
-MAX: Aggregate
+    AGGREGATE_UNSPECIFIED: _ClassVar[Aggregate]
+    AGGREGATE_MEAN: _ClassVar[Aggregate]
+    AGGREGATE_MIN: _ClassVar[Aggregate]
+    AGGREGATE_MAX: _ClassVar[Aggregate]
+AGGREGATE_UNSPECIFIED: Aggregate
+AGGREGATE_MEAN: Aggregate
+AGGREGATE_MIN: Aggregate
+AGGREGATE_MAX: Aggregate
 
 class ReadMetricsRequest(_message.Message):
     __slots__ = ("run_id", "key", "min_step", "max_step", "writer")

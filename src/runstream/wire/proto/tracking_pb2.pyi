@@ -10,15 +10,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
-    RUNNING: _ClassVar[RunStatus]
-    FINISHED: _ClassVar[RunStatus]
-    FAILED: _ClassVar[RunStatus]
-    KILLED: _ClassVar[RunStatus]
+    RUN_STATUS_RUNNING: _ClassVar[RunStatus]
+    RUN_STATUS_FINISHED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_KILLED: _ClassVar[RunStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
-RUNNING: RunStatus
-FINISHED: RunStatus
-FAILED: RunStatus
-KILLED: RunStatus
+RUN_STATUS_RUNNING: RunStatus
+RUN_STATUS_FINISHED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_KILLED: RunStatus
 
 class Experiment(_message.Message):
     __slots__ = ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time_ms", "tags")

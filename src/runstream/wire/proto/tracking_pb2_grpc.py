@@ -239,8 +239,9 @@ class TrackingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMetrics(self, request_iterator, context):
-        """The high-rate path: one long-lived stream per sender, one ack per batch.
-        A rejected batch is answered by an ack carrying its status; the stream stays open.
+        """The high-rate path: one long-lived stream per sender, one ack per batch, in the order the
+        batches were sent. A rejected batch is answered by an ack carrying its status; the stream
+        stays open. See BatchAck for what each code asks of the sender.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
