@@ -1,5 +1,6 @@
 """Which of runstream's optional extras are installed, read from the package's own metadata, so
-a command that needs one says what to install instead of failing on an import deep inside."""
+a command that needs one says what to install instead of failing on an import deep inside;
+and the installed version."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from importlib import metadata
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _INNER = re.compile(r"\[([^\]]*)\]")
 _EXTRA = re.compile(r"""extra\s*==\s*['"]([^'"]+)['"]""")
+
+
+def version() -> str:
+    """The installed runstream's version."""
+    try:
+        return metadata.version("runstream")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 class ExtraMissing(Exception):

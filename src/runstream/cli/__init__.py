@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib import metadata
 
+from runstream import extras
 from runstream.errors import RunstreamError
 from runstream.extras import ExtraMissing
 
@@ -17,18 +17,11 @@ def parser() -> argparse.ArgumentParser:
     from runstream.cli import admin, artifacts, models, runs, server
 
     p = argparse.ArgumentParser(prog="runstream", description=__doc__)
-    p.add_argument("--version", action="version", version=f"runstream {_version()}", help="print the version")
+    p.add_argument("--version", action="version", version=f"runstream {extras.version()}", help="print the version")
     sub = p.add_subparsers(dest="command", required=True)
     for module in (server, runs, artifacts, models, admin):
         module.add_parsers(sub)
     return p
-
-
-def _version() -> str:
-    try:
-        return metadata.version("runstream")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -29,6 +28,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runstream import extras
 from runstream.server.admin import Admin
 from runstream.server.appender import Durability, describe_durability
 from runstream.server.artifacts.local import LocalStore
@@ -118,7 +118,7 @@ async def serve(
     where = f"PostgreSQL {pg_version} at {printable_url(settings.postgres_url)}"
     if redis_version is not None:
         where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
-    announce(f"runstream {_version()}: {where}; data directory {settings.data_dir}")
+    announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
     keys = Keys(settings.redis_prefix, settings.shards)
     server = grpc.aio.server(
         options=[
@@ -292,13 +292,6 @@ def run(settings: Settings) -> int:
     finally:
         forget_multiprocess_dir(metrics_dir)
     return 0
-
-
-def _version() -> str:
-    try:
-        return metadata.version("runstream")
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
 
 
 def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:
