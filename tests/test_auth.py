@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from google.protobuf import json_format, message_factory
 
 import runstream
 from runstream.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from runstream.server.web.mlflow import ENDPOINTS as MLFLOW_ENDPOINTS
 from runstream.wire import batch as wire
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 from tests.conftest import Server
@@ -296,6 +298,38 @@ def test_a_browser_signs_in_with_a_cookie_that_other_sites_cannot_use(world: Wor
         headers={"Cookie": jar, "Content-Type": "text/plain"},
     )
     assert form.status == 400
+
+
+@pytest.mark.parametrize("path", sorted(MLFLOW_ENDPOINTS))
+def test_every_mlflow_endpoint_refuses_without_the_right_token_and_changes_nothing(world: World, path: str) -> None:
+    body = {
+        "run_id": world.run_a,
+        "experiment_id": world.experiment_a,
+        "experiment_name": "team-a/main",
+        "name": "team-b/new",
+        "key": "loss",
+        "value": "1",
+        "metric_key": "loss",
+        "metrics": [{"key": "loss", "value": 1.0, "timestamp": 1, "step": 5000}],
+    }
+    before = _fingerprint(world)
+    for token, status in (
+        (None, 401),
+        ("rst_nope", 401),
+        (world.tokens["revoked"], 401),
+        (world.tokens["registry"], 403),
+    ):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        reply = urllib3.request(
+            "POST",
+            f"http://127.0.0.1:{world.server.http_port}/api/2.0/mlflow/{path}",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **headers},
+            timeout=10,
+        )
+        assert reply.status == status, (path, token and token[:8], reply.data[:200])
+        assert reply.json()["error_code"] == ("UNAUTHENTICATED" if status == 401 else "PERMISSION_DENIED")
+    assert _fingerprint(world) == before
 
 
 def test_a_limited_token_logs_into_its_experiments_only(world: World) -> None:

@@ -61,6 +61,7 @@ from runstream.server.storage import store
 from runstream.server.tokens import page_tokens
 from runstream.server.web.api import add_api_routes
 from runstream.server.web.login import add_login_routes
+from runstream.server.web.mlflow import add_mlflow_routes
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ async def serve(
     )
     add_api_routes(http, servicers, SERVICE_MODULES, guard)
     add_login_routes(http, guard)
+    if "TrackingService" in servicers and "QueryService" in servicers:  # role all, for now
+        add_mlflow_routes(http, servicers["TrackingService"][0], servicers["QueryService"][0], guard)
 
     names = [f"runstream.v1.{name}" for name in wanted]
     health = HealthWatch(pool, None if settings.role == "query" else redis, names)
