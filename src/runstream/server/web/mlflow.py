@@ -68,13 +68,17 @@ class MlflowApi:
     def __init__(self, tracking: Any, query: Any, guard: Guard) -> None:
         self.tracking, self.query, self.guard = tracking, query, guard
 
-    async def call(self, service: str, method: str, request: Any, ctx: HttpCall, raw: bytes | None = None) -> Any:
-        """One of our RPCs, as gRPC runs it: token and scope, ids canonicalised, the request
-        checked against the token's experiments, then the handler."""
+    async def admit(self, service: str, method: str, request: Any, ctx: HttpCall) -> None:
+        """As gRPC admits a call: token and scope, ids canonicalised, the request checked
+        against the token's experiments; the handler then sees the caller as CURRENT."""
         principal = await self.guard.admit(ctx, service, method)
         canonicaliser(type(request))(request)
         await self.guard.admit_request(principal, service, method, request)
         CURRENT.set(principal)
+
+    async def call(self, service: str, method: str, request: Any, ctx: HttpCall, raw: bytes | None = None) -> Any:
+        """One of our unary RPCs, admitted, then its handler."""
+        await self.admit(service, method, request, ctx)
         servicer = self.tracking if service == "TrackingService" else self.query
         return await getattr(servicer, method)(raw if raw is not None else request, ctx)
 
@@ -373,10 +377,7 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
 async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Every point of the key, every writer's, in step order per writer (MLflow has no writers)."""
     req = qpb.ReadMetricsRequest(run_id=_text(body, "run_id", "run_uuid"), key=_text(body, "metric_key"))
-    principal = await api.guard.admit(ctx, "QueryService", "ReadMetrics")
-    canonicaliser(qpb.ReadMetricsRequest)(req)
-    await api.guard.admit_request(principal, "QueryService", "ReadMetrics", req)
-    CURRENT.set(principal)
+    await api.admit("QueryService", "ReadMetrics", req, ctx)
     metrics: list[Body] = []
     async for data in api.query.ReadMetrics(req, ctx):
         part = points.decode(data)
