@@ -99,3 +99,36 @@ def test_mlflow_tracking_token_is_a_runstream_token(make_server: Any, tmp_path: 
     assert refused.status == 401 and refused.json()["error_code"] == "UNAUTHENTICATED"
     made = _post(server, "experiments/create", {"name": "x"}, {"Authorization": f"Bearer {token}"})
     assert made.status == 200 and made.json()["experiment_id"]
+
+
+def test_mlflows_search_delete_and_restore(server: Server) -> None:
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(_uri(server))
+    experiment = mlflow.set_experiment("mlflow-search")
+    accuracy = {}
+    for i, acc in enumerate([0.5, 0.9, 0.7]):
+        with mlflow.start_run(run_name=f"r{i}") as run:
+            mlflow.log_metric("acc", acc)
+            mlflow.log_param("i", i)
+            mlflow.set_tag("drop", "me")
+        accuracy[run.info.run_id] = acc
+    for run_id in accuracy:
+        assert server.wait_points(run_id, 1) == 1
+    found = mlflow.search_runs(
+        experiment_names=["mlflow-search"], filter_string="metrics.acc > 0.6", order_by=["metrics.acc DESC"]
+    )
+    assert found["metrics.acc"].tolist() == [0.9, 0.7] and found["params.i"].tolist() == ["1", "2"]
+
+    client = MlflowClient(_uri(server))
+    listed = client.search_experiments(filter_string="name = 'mlflow-search'")
+    assert [e.experiment_id for e in listed] == [experiment.experiment_id]
+    first = next(iter(accuracy))
+    client.delete_tag(first, "drop")
+    assert "drop" not in client.get_run(first).data.tags
+    client.delete_run(first)
+    assert client.get_run(first).info.lifecycle_stage == "deleted"
+    active = client.search_runs([experiment.experiment_id])
+    assert first not in {r.info.run_id for r in active} and len(active) == 2
+    client.restore_run(first)
+    assert len(client.search_runs([experiment.experiment_id])) == 3

@@ -3,8 +3,9 @@
 endpoint turns MLflow's JSON into the request of one of our RPCs and calls the same handler,
 through the same token check, as gRPC does; metrics go through the ingest path as a batch.
 
-This is the tracking core: experiments (create, get, get-by-name), runs (create, get, update,
-log-parameter, set-tag, log-metric, log-batch) and metric histories. Shapes and error bodies
+This is the tracking core: experiments (create, get, get-by-name, search, delete, restore),
+runs (create, get, update, search, delete, restore, log-parameter, set-tag, delete-tag,
+log-metric, log-batch) and metric histories. Shapes and error bodies
 follow MLflow's service.proto: `{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}`.
 
 A retried log-batch or log-metric (MLflow's client retries 5xx and timeouts) never doubles a
@@ -266,6 +267,52 @@ async def create_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"experiment_id": made.experiment_id}
 
 
+@endpoint("experiments/search")
+async def search_experiments(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """Name filters (`name = 'x'`, `name LIKE 'x%'`, ILIKE) and MLflow's view types."""
+    view = _text(body, "view_type", required=False) or "ACTIVE_ONLY"
+    req = qpb.ListExperimentsQuery(
+        include_deleted=view != "ACTIVE_ONLY",
+        name_like=_name_pattern(_text(body, "filter", required=False)),
+        max_results=min(_int(body, "max_results", 1000), 1000),
+        page_token=_text(body, "page_token", required=False),
+    )
+    page = await api.call("QueryService", "ListExperiments", req, ctx)
+    found = [x.experiment for x in page.experiments]
+    if view == "DELETED_ONLY":
+        found = [e for e in found if e.lifecycle_stage == "deleted"]
+    reply: Body = {"experiments": [_experiment(e) for e in found]}
+    if page.next_page_token:
+        reply["next_page_token"] = page.next_page_token
+    return reply
+
+
+def _name_pattern(text: str) -> str:
+    if not text.strip():
+        return ""
+    parts = text.strip().split(None, 2)
+    if len(parts) == 3 and parts[0] in ("name", "attribute.name", "attributes.name"):
+        op, value = parts[1].upper(), parts[2].strip()
+        if op in ("=", "LIKE", "ILIKE") and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            inner = value[1:-1]
+            return inner.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if op == "=" else inner
+    raise InvalidArgument(f"experiments can be filtered by name only (name = '...' or name LIKE '...'), not {text!r}")
+
+
+@endpoint("experiments/delete")
+async def delete_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    req = pb.ExperimentRef(experiment_id=_text(body, "experiment_id"))
+    await api.call("TrackingService", "DeleteExperiment", req, ctx)
+    return {}
+
+
+@endpoint("experiments/restore")
+async def restore_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    req = pb.ExperimentRef(experiment_id=_text(body, "experiment_id"))
+    await api.call("TrackingService", "RestoreExperiment", req, ctx)
+    return {}
+
+
 # ------------------------------------------------------------------ runs
 
 
@@ -319,6 +366,53 @@ async def set_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.SetTagsRequest(run_id=_text(body, "run_id", "run_uuid"), tags={_text(body, "key"): str(value)})
     await api.call("TrackingService", "SetTags", req, ctx)
     return {}
+
+
+@endpoint("runs/delete-tag")
+async def delete_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    req = pb.DeleteTagRequest(run_id=_text(body, "run_id"), key=_text(body, "key"))
+    await api.call("TrackingService", "DeleteTag", req, ctx)
+    return {}
+
+
+@endpoint("runs/delete")
+async def delete_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    await api.call("TrackingService", "DeleteRun", pb.RunRef(run_id=_text(body, "run_id")), ctx)
+    return {}
+
+
+@endpoint("runs/restore")
+async def restore_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    await api.call("TrackingService", "RestoreRun", pb.RunRef(run_id=_text(body, "run_id")), ctx)
+    return {}
+
+
+@endpoint("runs/search")
+async def search_runs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """MLflow's filter language and order_by are ours; run_view_type ALL and DELETED_ONLY
+    include deleted runs (DELETED_ONLY keeps only those)."""
+    experiment_ids = body.get("experiment_ids") or []
+    if isinstance(experiment_ids, str):
+        experiment_ids = [experiment_ids]
+    ids = []
+    for experiment_id in experiment_ids:
+        ids.append((await _get_experiment(api, ctx, str(experiment_id))).experiment_id)
+    order_by = body.get("order_by") or []
+    view = _text(body, "run_view_type", required=False) or "ACTIVE_ONLY"
+    req = qpb.SearchRunsRequest(
+        experiment_ids=ids,
+        filter=_text(body, "filter", required=False),
+        order_by=[order_by] if isinstance(order_by, str) else list(order_by),
+        max_results=min(_int(body, "max_results", 1000), 1000),
+        page_token=_text(body, "page_token", required=False),
+        include_deleted=view != "ACTIVE_ONLY",
+    )
+    page = await api.call("QueryService", "SearchRuns", req, ctx)
+    runs = [r for r in page.runs if view != "DELETED_ONLY" or r.lifecycle_stage == "deleted"]
+    reply: Body = {"runs": [_run(r) for r in runs]}
+    if page.next_page_token:
+        reply["next_page_token"] = page.next_page_token
+    return reply
 
 
 @endpoint("runs/log-metric")
