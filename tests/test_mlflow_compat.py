@@ -132,3 +132,17 @@ def test_mlflows_search_delete_and_restore(server: Server) -> None:
     assert first not in {r.info.run_id for r in active} and len(active) == 2
     client.restore_run(first)
     assert len(client.search_runs([experiment.experiment_id])) == 3
+
+
+def test_mlflows_log_input_records_the_dataset(server: Server) -> None:
+    import pandas as pd
+
+    mlflow.set_tracking_uri(_uri(server))
+    mlflow.set_experiment("mlflow-inputs")
+    frame = pd.DataFrame({"alcohol": [13.2, 12.4], "label": [0, 1]})
+    dataset = mlflow.data.from_pandas(frame, source="s3://data/wine.csv", name="wine")
+    with mlflow.start_run() as run:
+        mlflow.log_input(dataset, context="training")
+    rows = server.sql("SELECT name, digest, source, context FROM run_inputs WHERE run_id = $1", run.info.run_id)
+    assert [(r["name"], r["digest"], r["context"]) for r in rows] == [("wine", dataset.digest, "training")]
+    assert "wine.csv" in rows[0]["source"]

@@ -5,7 +5,7 @@ through the same token check, as gRPC does; metrics go through the ingest path a
 
 This is the tracking core: experiments (create, get, get-by-name, search, delete, restore),
 runs (create, get, update, search, delete, restore, log-parameter, set-tag, delete-tag,
-log-metric, log-batch) and metric histories. Shapes and error bodies
+log-inputs, log-metric, log-batch) and metric histories. Shapes and error bodies
 follow MLflow's service.proto: `{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}`.
 
 A retried log-batch or log-metric (MLflow's client retries 5xx and timeouts) never doubles a
@@ -413,6 +413,28 @@ async def search_runs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     if page.next_page_token:
         reply["next_page_token"] = page.next_page_token
     return reply
+
+
+@endpoint("runs/log-inputs")
+async def log_inputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """Datasets (name, digest, source, and the mlflow.data.context tag); logged models of MLflow 3
+    are not kept yet."""
+    inputs = []
+    for item in body.get("datasets") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("dataset"), dict):
+            raise InvalidArgument("every dataset input must be an object with a dataset")
+        dataset, tags = item["dataset"], _tags(item.get("tags"))
+        inputs.append(
+            pb.DatasetInput(
+                name=str(dataset.get("name", "")),
+                digest=str(dataset.get("digest", "")),
+                source=str(dataset.get("source", "")),
+                context=tags.get("mlflow.data.context", ""),
+            )
+        )
+    req = pb.LogInputsRequest(run_id=_text(body, "run_id"), inputs=inputs)
+    await api.call("TrackingService", "LogInputs", req, ctx)
+    return {}
 
 
 @endpoint("runs/log-metric")
