@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from runstream.errors import InvalidArgument
+from runstream.errors import InvalidArgument, NotFound
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.rpc import canonicaliser, log_failure
 from runstream.server.web.api import HttpCall
@@ -228,8 +228,6 @@ async def _get_experiment(api: MlflowApi, ctx: HttpCall, experiment_id: str) -> 
 
 async def _default_experiment(api: MlflowApi, ctx: HttpCall) -> pb.Experiment:
     """MLflow's experiment "0": ours named Default, made on first use."""
-    from runstream.errors import NotFound
-
     try:
         found: pb.Experiment = await api.call(
             "TrackingService", "GetExperiment", pb.GetExperimentRequest(name=DEFAULT_EXPERIMENT), ctx
