@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -300,34 +301,60 @@ def test_a_browser_signs_in_with_a_cookie_that_other_sites_cannot_use(world: Wor
     assert form.status == 400
 
 
-@pytest.mark.parametrize("path", sorted(MLFLOW_ENDPOINTS))
-def test_every_mlflow_endpoint_refuses_without_the_right_token_and_changes_nothing(world: World, path: str) -> None:
+MLFLOW_GUARDED = [e for e in MLFLOW_ENDPOINTS if not e.public]
+
+
+@pytest.mark.parametrize(
+    "spec", MLFLOW_GUARDED, ids=[f"{sorted(e.methods or {'*'})[0]} {e.prefix}/{e.pattern}" for e in MLFLOW_GUARDED]
+)
+def test_every_mlflow_endpoint_refuses_without_the_right_token_and_changes_nothing(world: World, spec: Any) -> None:
+    run_path = f"{world.experiment_a}/{world.run_a}/artifacts"
+    values = {"model_id": "m-" + "0" * 32, "path": f"{run_path}/model/weights.bin", "tag_key": "k", "action": "create"}
+    path = re.sub(r"\{(\w+)(?::path)?\}", lambda m: values[m[1]], spec.pattern)
     body = {
         "run_id": world.run_a,
+        "run_ids": world.run_a,
+        "source_run_id": world.run_a,
         "experiment_id": world.experiment_a,
+        "experiment_ids": [world.experiment_a],
         "experiment_name": "team-a/main",
-        "name": "team-b/new",
+        "name": "model-a",
+        "new_name": "model-a2",
         "key": "loss",
         "value": "1",
+        "version": "1",
+        "alias": "champion",
+        "stage": "Staging",
+        "status": "LOGGED_MODEL_READY" if spec.pattern.startswith("logged-models") else "FINISHED",
+        "source": f"runs:/{world.run_a}/model/weights.bin",
+        "model_json": "{}",
+        "filter": "name = 'model-a'",
         "metric_key": "loss",
+        "path": run_path,
         "metrics": [{"key": "loss", "value": 1.0, "timestamp": 1, "step": 5000}],
     }
+    method = sorted(spec.methods or {"POST"})[0]
+    # A token without the scope the endpoint needs: registry endpoints need read or registry.
+    lacking = "write" if spec.pattern.startswith(("registered-models", "model-versions")) else "registry"
     before = _fingerprint(world)
-    for token, status in (
-        (None, 401),
-        ("rst_nope", 401),
-        (world.tokens["revoked"], 401),
-        (world.tokens["registry"], 403),
-    ):
+    for token, status in ((None, 401), ("rst_nope", 401), (world.tokens["revoked"], 401), (world.tokens[lacking], 403)):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        reply = urllib3.request(
-            "POST",
-            f"http://127.0.0.1:{world.server.http_port}/api/2.0/mlflow/{path}",
-            body=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **headers},
-            timeout=10,
-        )
-        assert reply.status == status, (path, token and token[:8], reply.data[:200])
+        version = "" if spec.prefix.startswith("3.0") else "2.0/"
+        url = f"http://127.0.0.1:{world.server.http_port}/api/{version}{spec.prefix}/{path}"
+        if method == "GET":
+            reply = urllib3.request(
+                method,
+                url,
+                fields={k: str(v) for k, v in body.items() if not isinstance(v, list)},
+                headers=headers,
+                timeout=10,
+            )
+        else:
+            data = b"new bytes" if method == "PUT" else json.dumps(body).encode()
+            reply = urllib3.request(
+                method, url, body=data, headers={"Content-Type": "application/json", **headers}, timeout=10
+            )
+        assert reply.status == status, (method, path, token and token[:8], reply.data[:200])
         assert reply.json()["error_code"] == ("UNAUTHENTICATED" if status == 401 else "PERMISSION_DENIED")
     assert _fingerprint(world) == before
 

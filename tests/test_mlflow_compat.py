@@ -3,16 +3,20 @@ API on the HTTP port: the tracking core. What MLflow logs is what runstream's cl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import mlflow  # mlflow-skinny, pinned in the dev extras
+import pytest
 import urllib3
 
 import runstream
 from tests.conftest import Server
+from tests.test_artifacts import MiB, s3_server
 
 
 def _uri(server: Server) -> str:
@@ -88,7 +92,7 @@ def test_errors_come_in_mlflows_shape(server: Server) -> None:
     assert missing.status == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     bad = _post(server, "runs/log-batch", {"run_id": "not-a-run", "metrics": []})
     assert bad.status == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
-    unknown = _post(server, "registered-models/create", {"name": "m"})
+    unknown = _post(server, "traces/search", {})
     assert unknown.status == 404 and unknown.json()["error_code"] == "ENDPOINT_NOT_FOUND"
 
 
@@ -146,3 +150,187 @@ def test_mlflows_log_input_records_the_dataset(server: Server) -> None:
     rows = server.sql("SELECT name, digest, source, context FROM run_inputs WHERE run_id = $1", run.info.run_id)
     assert [(r["name"], r["digest"], r["context"]) for r in rows] == [("wine", dataset.digest, "training")]
     assert "wine.csv" in rows[0]["source"]
+
+
+def test_mlflows_artifacts_land_in_runstreams_store(server: Server, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(_uri(server))
+    mlflow.set_experiment("mlflow-artifacts")
+    files = tmp_path / "out"
+    (files / "plots").mkdir(parents=True)
+    (files / "plots" / "loss.png").write_bytes(bytes(range(256)) * 40)
+    (files / "config.yaml").write_text("lr: 0.1\n")
+    single = tmp_path / "weights.bin"
+    single.write_bytes(b"\x00\x01" * 50_000)
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(single), "model")
+        mlflow.log_artifacts(str(files))
+        mlflow.log_text("hello", "notes/a.txt")
+        mlflow.log_dict({"a": 1}, "notes/b.json")
+    run_id = run.info.run_id
+    client = MlflowClient(_uri(server))
+    assert {(f.path, f.is_dir) for f in client.list_artifacts(run_id)} == {
+        ("config.yaml", False),
+        ("model", True),
+        ("notes", True),
+        ("plots", True),
+    }
+    assert [(f.path, f.file_size) for f in client.list_artifacts(run_id, "notes")] == [
+        ("notes/a.txt", 5),
+        ("notes/b.json", len(json.dumps({"a": 1}, indent=2))),
+    ]
+    back = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(tmp_path / "back")))
+    assert (back / "model" / "weights.bin").read_bytes() == single.read_bytes()
+    assert (back / "plots" / "loss.png").read_bytes() == (files / "plots" / "loss.png").read_bytes()
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/notes/a.txt") == "hello"
+
+    with runstream.Client(server.target) as ours:  # the same files, through runstream's SDK
+        listed = {a.path: a.size for a in ours.list_artifacts(run_id, "model")}
+        assert listed == {"model/weights.bin": 100_000}
+        got = ours.download_artifacts(run_id, "plots/loss.png", tmp_path / "sdk")
+        assert got.read_bytes() == (files / "plots" / "loss.png").read_bytes()
+
+    gone = urllib3.request(
+        "DELETE",
+        f"{_uri(server)}/api/2.0/mlflow-artifacts/artifacts/{run.info.experiment_id}/{run_id}/artifacts/notes",
+        timeout=10,
+    )
+    assert gone.status == 200
+    assert {f.path for f in client.list_artifacts(run_id)} == {"config.yaml", "model", "plots"}
+
+
+def test_autolog_log_model_register_and_load_by_alias(server: Server) -> None:
+    from mlflow import MlflowClient
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(_uri(server))
+    mlflow.set_experiment("mlflow-models")
+    features, labels = load_wine(return_X_y=True)
+    mlflow.sklearn.autolog(log_models=False)
+    try:
+        with mlflow.start_run() as autologged:
+            model = LogisticRegression(max_iter=5000).fit(features, labels)
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+    client = MlflowClient(_uri(server))
+    logged = client.get_run(autologged.info.run_id)
+    assert logged.data.params["max_iter"] == "5000"
+    assert 0.9 < logged.data.metrics["training_accuracy_score"] <= 1.0
+    assert "training_confusion_matrix.png" in {f.path for f in client.list_artifacts(autologged.info.run_id)}
+
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(model, name="wine-model", input_example=features[:2])
+    assert info.model_uri.startswith("models:/m-")
+    assert client.get_logged_model(info.model_id).status.to_int() == 2  # READY (MLflow's enum value)
+    version = mlflow.register_model(info.model_uri, "wine")
+    assert version.version == "1" and version.run_id == run.info.run_id
+    client.transition_model_version_stage("wine", "1", "Staging")
+    client.set_registered_model_alias("wine", "champion", "1")
+    loaded = mlflow.pyfunc.load_model("models:/wine@champion")
+    assert loaded.predict(features[:10]).tolist() == model.predict(features[:10]).tolist()
+
+    with runstream.Client(server.target) as ours:  # the same version, with our event history
+        same = ours.registry.get_model_version("wine", 1)
+        assert (same.stage, list(same.aliases), same.run_id) == ("Staging", ["champion"], run.info.run_id)
+        assert same.artifact_path == f"models/{info.model_id}"
+        kinds = [e.kind for e in ours.registry.history("wine", 1)]
+    assert kinds[:3] == ["created", "stage", "alias_set"]
+    assert [v.version for v in client.search_model_versions("name = 'wine'")] == ["1"]
+    assert [m.name for m in mlflow.search_registered_models(filter_string="name LIKE 'win%'")] == ["wine"]
+
+
+def test_histories_paged_and_bulk_interval(server: Server) -> None:
+    from mlflow import MlflowClient
+
+    with runstream.Client(server.target) as ours:
+        run = ours.start_run("mlflow-histories", record_source=False)
+        for step in range(100_000):
+            run.log_metric("loss", 50.0 if step == 77_777 else 1.0, step=step)
+        run.end()
+    assert server.wait_points(run.run_id, 100_000) == 100_000
+    client = MlflowClient(_uri(server))
+    history = client.get_metric_history(run.run_id, "loss")
+    assert len(history) == 100_000 and max(m.value for m in history) == 50.0
+    first = _get(server, "metrics/get-history", run_id=run.run_id, metric_key="loss", max_results=40_000)
+    second = _get(
+        server,
+        "metrics/get-history",
+        run_id=run.run_id,
+        metric_key="loss",
+        max_results=40_000,
+        page_token=first["next_page_token"],
+    )
+    third = _get(
+        server,
+        "metrics/get-history",
+        run_id=run.run_id,
+        metric_key="loss",
+        max_results=40_000,
+        page_token=second["next_page_token"],
+    )
+    paged = [m["step"] for page in (first, second, third) for m in page["metrics"]]
+    assert paged == list(range(100_000)) and "next_page_token" not in third
+    bulk = _get(server, "metrics/get-history-bulk-interval", run_ids=run.run_id, metric_key="loss", max_results=500)
+    assert 400 <= len(bulk["metrics"]) <= 501 and {m["run_id"] for m in bulk["metrics"]} == {run.run_id}
+    window = _get(
+        server,
+        "metrics/get-history-bulk-interval",
+        run_ids=run.run_id,
+        metric_key="loss",
+        start_step=77_770,
+        end_step=77_790,
+        max_results=500,
+    )
+    assert [m["step"] for m in window["metrics"]] == list(range(77_770, 77_791))
+    assert [m["value"] for m in window["metrics"]].count(50.0) == 1
+
+
+def _get(server: Server, path: str, **params: Any) -> Any:
+    reply = urllib3.request("GET", f"{_uri(server)}/api/2.0/mlflow/{path}", fields=params, timeout=30)
+    assert reply.status == 200, reply.data[:300]
+    return reply.json()
+
+
+def test_experiment_update_tags_and_the_server_endpoints(server: Server) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(_uri(server))
+    experiment_id = client.create_experiment("mlflow-rename")
+    client.rename_experiment(experiment_id, "mlflow-renamed")
+    client.set_experiment_tag(experiment_id, "team", "vision")
+    client.set_experiment_tag(experiment_id, "drop", "me")
+    client.delete_experiment_tag(experiment_id, "drop")
+    got = client.get_experiment(experiment_id)
+    assert got.name == "mlflow-renamed" and got.tags == {"team": "vision"}
+    assert urllib3.request("GET", f"{_uri(server)}/version", timeout=10).data.decode().startswith("3.")
+    assert urllib3.request("GET", f"{_uri(server)}/health", timeout=10).data == b"OK"
+    info = urllib3.request("GET", f"{_uri(server)}/api/3.0/mlflow/server-info", timeout=10).json()
+    assert info["multipart_uploads_enabled"] is False
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_700_mib_artifact_goes_to_the_store_in_parts(
+    where: str, make_server: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """MLflow's client PUTs the file once; the server spools it and puts it into the store in
+    parts through the same signed URLs the SDK uses; MLflow's download is a redirect to the store."""
+    from mlflow import MlflowClient
+
+    server = make_server() if where == "local" else s3_server(make_server, request.getfixturevalue("moto_s3")).server
+    big = tmp_path / "checkpoint.bin"
+    block = os.urandom(MiB)
+    with big.open("wb") as out:
+        for i in range(700):
+            out.write(bytes([i % 256]) + block[1:])
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    mlflow.set_tracking_uri(_uri(server))
+    mlflow.set_experiment("mlflow-big")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(big), "ckpt")
+    with runstream.Client(server.target) as ours:
+        stored = {a.path: a for a in ours.list_artifacts(run.info.run_id, "ckpt")}
+    assert stored["ckpt/checkpoint.bin"].size == 700 * MiB and stored["ckpt/checkpoint.bin"].sha256 == digest
+    back = MlflowClient(_uri(server)).download_artifacts(run.info.run_id, "ckpt/checkpoint.bin", str(tmp_path / "back"))
+    assert hashlib.sha256(Path(back).read_bytes()).hexdigest() == digest

@@ -8,6 +8,7 @@ one stream entry, and acknowledged only after Redis answered the append.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -31,26 +32,27 @@ from runstream.errors import (
     RunstreamError,
     Unavailable,
 )
+from runstream.server import fields
 from runstream.server.appender import Durability, StreamAppender
 from runstream.server.auth.guard import Guard
+from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
 from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.server.messages import experiment_message, run_message, summary_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
+from runstream.server.notifications import Notifications
 from runstream.server.storage import store
 from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.batch import batch_digest
-from runstream.wire.ids import canonical_experiment_id, canonical_run_id
+from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import tracking_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
 MAX_NAME = 500
 RUN_CACHE_S = 30.0
 MAX_WAIT_MS = 600_000  # WaitCommitted
-COMMIT_POLL_S = 0.05
+COMMIT_POLL_S = 1.0  # WaitCommitted looks again this often without a notification
 RECENT_BATCHES = 50_000  # batch digests kept to refuse a reused seq at once
 DB_CHECK_S = 2.0  # a run check waits this long for PostgreSQL before taking it for away
 # What PostgreSQL being down, restarting or unreachable looks like to a check.
@@ -65,17 +67,6 @@ BACKLOG_POLL_S = 0.5
 STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
 TERMINAL = {pb.RUN_STATUS_FINISHED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_KILLED}
 Inflight = tuple[pb.BatchAck, "asyncio.Future[None] | None", float]  # ack, its append, when the batch came
-
-
-def _check_params(values: dict[str, str], what: str, limit: int) -> None:
-    for key, value in values.items():
-        wire.check_key(key, what)
-        if len(value) > limit:
-            raise InvalidArgument(f"{what} {key!r} value is {len(value):,} characters; the limit is {limit:,}")
-
-
-def _experiment_id(text: str, what: str = "experiment_id") -> int:
-    return int(canonical_experiment_id(text, what))
 
 
 class Tracking:
@@ -96,6 +87,7 @@ class Tracking:
         self.pool = pool
         self.guard = guard  # checks each batch's run against a token limited to some experiments
         self.tokens = tokens
+        self.loaded = Notifications(pool)  # WaitCommitted wakes when loaders commit its run
         self.metrics = metrics or Metrics()
         self._rpc_metrics = {rpc: _RpcMetrics(self.metrics, rpc) for rpc in INGEST_RPCS}
         self.redis = redis
@@ -114,6 +106,7 @@ class Tracking:
         self._backlog_task = asyncio.create_task(self._watch_backlog())
 
     async def stop(self) -> None:
+        await self.loaded.close()
         if self._backlog_task:
             self._backlog_task.cancel()
         for appender in self._appenders:
@@ -144,7 +137,7 @@ class Tracking:
     async def GetExperiment(self, req: pb.GetExperimentRequest, ctx: Any) -> pb.Experiment:
         async with self.pool.acquire() as conn:
             if req.WhichOneof("ref") == "experiment_id":
-                row = await store.get_experiment(conn, experiment_id=_experiment_id(req.experiment_id))
+                row = await store.get_experiment(conn, experiment_id=fields.experiment_id(req.experiment_id))
             elif req.WhichOneof("ref") == "name":
                 row = await store.get_experiment(conn, name=req.name)
             else:
@@ -170,13 +163,13 @@ class Tracking:
     async def CreateRun(self, req: pb.CreateRunRequest, ctx: Any) -> pb.Run:
         if len(req.name) > MAX_NAME:
             raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
-        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         run_id = str(uuid.uuid4())
         start = req.start_time_ms or store.now_ms()
         async with self.pool.acquire() as conn:
             which = req.WhichOneof("experiment")
             if which == "experiment_id":
-                experiment_id = _experiment_id(req.experiment_id)
+                experiment_id = fields.experiment_id(req.experiment_id)
             else:
                 name = req.experiment_name or "Default"
                 if len(name) > MAX_NAME:
@@ -240,11 +233,20 @@ class Tracking:
         return await self._set_run_stage(req.run_id, "active")
 
     async def _set_experiment_stage(self, experiment_id: str, stage: str) -> pb.Experiment:
-        eid = _experiment_id(experiment_id)
+        eid = fields.experiment_id(experiment_id)
         self._runs.clear()  # its runs change stage too
         async with self.pool.acquire() as conn:
             await store.set_experiment_lifecycle(conn, eid, stage)
             return experiment_message(await store.get_experiment(conn, experiment_id=eid))
+
+    async def UpdateExperiment(self, req: pb.UpdateExperimentRequest, ctx: Any) -> pb.Experiment:
+        eid = fields.experiment_id(req.experiment_id)
+        if len(req.new_name) > MAX_NAME:
+            raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+        check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
+        async with self.pool.acquire() as conn:
+            row = await store.update_experiment(conn, eid, req.new_name, dict(req.set_tags), list(req.delete_tags))
+            return experiment_message(row)
 
     async def DeleteExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
         return await self._set_experiment_stage(req.experiment_id, "deleted")
@@ -254,14 +256,14 @@ class Tracking:
 
     async def LogParams(self, req: pb.LogParamsRequest, ctx: Any) -> pb.LogParamsResponse:
         wire.check_run_id(req.run_id)
-        _check_params(dict(req.params), "param", MAX_PARAM_VALUE)
+        check_values(dict(req.params), "param", MAX_PARAM_VALUE)
         async with self.pool.acquire() as conn:
             await store.log_params(conn, req.run_id, dict(req.params))
         return pb.LogParamsResponse()
 
     async def SetTags(self, req: pb.SetTagsRequest, ctx: Any) -> pb.SetTagsResponse:
         wire.check_run_id(req.run_id)
-        _check_params(dict(req.tags), "tag", MAX_TAG_VALUE)
+        check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
             await store.set_tags(conn, req.run_id, dict(req.tags))
         return pb.SetTagsResponse()
@@ -310,18 +312,33 @@ class Tracking:
             raise InvalidArgument(f"timeout_ms must be 1 to {MAX_WAIT_MS:,}, batches and epoch at least 0")
         writer = req.writer_id or wire.DEFAULT_WRITER
         deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            async with self.pool.acquire() as conn:
-                committed = await store.committed_batches(conn, req.run_id, writer, req.epoch)
-            if committed >= req.batches:
-                return pb.WaitCommittedResponse(committed=committed)
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(
-                    f"{committed:,} of {req.batches:,} acknowledged batches of writer {writer!r} in run {req.run_id} "
-                    f"are stored after {timeout_ms / 1000:.1f} s; the rest wait in Redis for a loader "
-                    "(see runstream_stream_lag) or in the dead letters"
-                )
-            await asyncio.sleep(COMMIT_POLL_S)
+        seqs = sorted(set(req.seqs))
+        wanted = len(seqs) if seqs else req.batches
+        await self.loaded.listen()
+        wake = self.loaded.register({req.run_id})  # before the first look: no commit slips between
+        try:
+            while True:
+                wake.clear()
+                async with self.pool.acquire() as conn:
+                    if seqs:
+                        committed = await store.stored_of(conn, req.run_id, writer, req.epoch, seqs)
+                    else:
+                        committed = await store.committed_batches(conn, req.run_id, writer, req.epoch)
+                if committed >= wanted:
+                    return pb.WaitCommittedResponse(committed=committed)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded(
+                        f"{committed:,} of {wanted:,} acknowledged batches of writer {writer!r} in run {req.run_id} "
+                        f"are stored after {timeout_ms / 1000:.1f} s; the rest wait in Redis for a loader "
+                        "(see runstream_stream_lag) or in the dead letters"
+                    )
+                # Woken by the loaders' commit of this run; looking again now and then covers a
+                # notification lost to a reconnect.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(left, COMMIT_POLL_S))
+        finally:
+            self.loaded.unregister(wake)
 
     async def _check_run(self, run_id: str) -> None:
         """The run exists and is active: cached for RUN_CACHE_S. While PostgreSQL is away, a run

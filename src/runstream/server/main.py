@@ -45,6 +45,7 @@ from runstream.server.ingest import Tracking
 from runstream.server.keys import Keys
 from runstream.server.loader import backlog
 from runstream.server.loaders import LoaderPool, drain_within, run_loader
+from runstream.server.logged_models import LoggedModels
 from runstream.server.logs import announce
 from runstream.server.metrics import (
     Metrics,
@@ -61,7 +62,7 @@ from runstream.server.storage import store
 from runstream.server.tokens import page_tokens
 from runstream.server.web.api import add_api_routes
 from runstream.server.web.login import add_login_routes
-from runstream.server.web.mlflow import add_mlflow_routes
+from runstream.server.web.mlflow import add_routes as add_mlflow_routes
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,7 @@ async def serve(
     )
     add_api_routes(http, servicers, SERVICE_MODULES, guard)
     add_login_routes(http, guard)
-    if "TrackingService" in servicers and "QueryService" in servicers:  # role all, for now
-        add_mlflow_routes(http, servicers["TrackingService"][0], servicers["QueryService"][0], guard)
+    add_mlflow_routes(http, servicers, guard)  # an endpoint needing a service not served here says so
 
     names = [f"runstream.v1.{name}" for name in wanted]
     health = HealthWatch(pool, None if settings.role == "query" else redis, names)
@@ -235,7 +235,7 @@ async def _services(
         )
         await tracking.start()
         closing.append(tracking.stop)
-        servicers["TrackingService"] = (tracking,)
+        servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens))
     if "QueryService" in wanted:
         query = Query(pool, tokens)
         closing.append(query.close)

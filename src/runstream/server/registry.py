@@ -13,9 +13,9 @@ from runstream.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    RunNotFound,
     Unauthenticated,
 )
+from runstream.server import fields
 from runstream.server.artifacts.paths import check_path
 from runstream.server.auth.guard import USER_METADATA, acting_user
 from runstream.server.messages import run_message
@@ -112,11 +112,7 @@ class Registry:
         _check_text(req.description, "description")
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
-            stage = await store.run_lifecycle(conn, req.run_id)
-            if stage is None:
-                raise RunNotFound(f"run {req.run_id} does not exist")
-            if stage != "active":
-                raise FailedPrecondition(f"run {req.run_id} is deleted; restore it before registering its model")
+            await fields.active_run(conn, req.run_id, "registering its model")
             source = await store.artifact_source(conn, req.run_id, path)
             if source is None:
                 raise FailedPrecondition(

@@ -29,10 +29,12 @@ AUTHORIZATION = "authorization"
 USER_METADATA = "runstream-user"  # who acts while auth is off (the SDK sends the login name)
 DEFAULT_EXPERIMENT = "Default"
 # Messages whose `name` (or `experiment_name`) field is an experiment's name.
+OWNED_BY_A_RUN = (("upload_id", store.run_of_upload, "upload"), ("model_id", store.run_of_logged_model, "logged model"))
 EXPERIMENT_NAME_FIELDS = {
     "CreateExperimentRequest": "name",
     "GetExperimentRequest": "name",
     "CreateRunRequest": "experiment_name",
+    "UpdateExperimentRequest": "new_name",
 }
 
 
@@ -172,13 +174,16 @@ class Guard:
                 value = getattr(req, field)
                 values = list(value) if not isinstance(value, str) else [value] if value else []
                 experiment_ids += [int(v) for v in values]
-        if "upload_id" in fields and req.upload_id:
+        for field, lookup, what in OWNED_BY_A_RUN:  # things that belong to a run: its experiment decides
+            value = getattr(req, field) if field in fields else ""
+            if not value:
+                continue
             async with self.pool.acquire() as conn:
-                run_id = await store.run_of_upload(conn, req.upload_id)
-            if run_id is None:
-                named.append((f"upload {req.upload_id}", None))
+                owner = await lookup(conn, value)
+            if owner is None:
+                named.append((f"{what} {value}", None))
             else:
-                run_ids.append(run_id)
+                run_ids.append(owner)
         name_field = EXPERIMENT_NAME_FIELDS.get(req.DESCRIPTOR.name)
         if name_field is not None and getattr(req, name_field):
             named.append((f"experiment {getattr(req, name_field)!r}", getattr(req, name_field)))

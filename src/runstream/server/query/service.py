@@ -18,8 +18,9 @@ import numpy as np
 
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.server.messages import experiment_message, run_message
+from runstream.server.notifications import Notifications
 from runstream.server.query import compare, export
-from runstream.server.query.tail import Notifications
+from runstream.server.query.tail import tail
 from runstream.server.storage import chunks, history, search, store
 from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
@@ -53,7 +54,7 @@ class Query:
                 if await store.run_lifecycle(conn, run_id) is None:
                     raise RunNotFound(f"run {run_id} does not exist")
         from_step = req.from_step if req.HasField("from_step") else None
-        async for points in self.notifications.tail(list(req.run_ids), list(req.keys), from_step):
+        async for points in tail(self.notifications, list(req.run_ids), list(req.keys), from_step):
             yield points
 
     async def ReadMetrics(self, req: qpb.ReadMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:

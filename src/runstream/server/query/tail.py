@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from runstream.server.notifications import Notifications
 from runstream.server.storage import chunks, store
 from runstream.wire import points
 
@@ -28,89 +29,57 @@ QUIET_S = 2.0  # after the runs ended, this long without new points ends the tai
 TERMINAL = {2, 3, 4}  # FINISHED, FAILED, KILLED
 
 
-class Notifications:
-    """Wakes waiting tails when loaders commit points of their runs."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self._conn: Any = None
-        self._waiters: dict[asyncio.Event, set[str]] = {}
-        self._lock = asyncio.Lock()
-
-    async def _listen(self) -> None:
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await self.pool.acquire()
-                await self._conn.add_listener(store.LOADED_CHANNEL, self._notified)
-
-    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        runs = set(payload.split(","))
-        for event, wanted in self._waiters.items():
-            if "*" in runs or wanted & runs:
-                event.set()
-
-    def register(self, run_ids: set[str]) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters[event] = run_ids
-        return event
-
-    def unregister(self, event: asyncio.Event) -> None:
-        self._waiters.pop(event, None)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.remove_listener(store.LOADED_CHANNEL, self._notified)
-            await self.pool.release(self._conn)
-            self._conn = None
-
-    async def tail(self, run_ids: list[str], keys: list[str], from_step: int | None) -> AsyncIterator[bytes]:
-        """Serialized MetricPoints messages (points.py)."""
-        await self._listen()
-        wake = self.register(set(run_ids))
-        cursors: dict[int, int] = {}  # series id -> last step sent
-        try:
-            async with self.pool.acquire() as conn:
-                known = await store.tail_series(conn, run_ids, keys)
-                if from_step is None:
-                    latest = await store.last_steps(conn, [s["series_id"] for s in known])
-                    cursors = {s["series_id"]: latest.get(s["series_id"], -(2**63)) for s in known}
-                else:
-                    cursors = {s["series_id"]: from_step - 1 for s in known}
-            quiet_since: float | None = None
-            while True:
-                wake.clear()
-                async with self.pool.acquire() as conn:
-                    # Statuses first: points committed before a run ended are then read below.
-                    ended = all(s in TERMINAL for s in (await store.run_statuses(conn, run_ids)).values())
-                    series = await store.tail_series(conn, run_ids, keys)
-                    for s in series:  # series that appeared since: all of their points are new
-                        cursors.setdefault(s["series_id"], -(2**63) if from_step is None else from_step - 1)
-                    ids = [s["series_id"] for s in series]
-                    rows = await store.chunks_after(conn, ids, [cursors[i] for i in ids])
-                by_series: dict[int, list[asyncpg.Record]] = {}
-                for r in rows:
-                    by_series.setdefault(r["series_id"], []).append(r)
-                sent = False
-                for s in series:
-                    new = _new_points(by_series.get(s["series_id"], []), cursors[s["series_id"]])
-                    if new is None:
-                        continue
-                    steps, stamps, values = new
-                    cursors[s["series_id"]] = int(steps[-1])
-                    sent = True
-                    yield points.encode(s["run_id"], s["key"], s["writer_id"], steps, values, stamps)
-                # A run's last points may still be on their way through Redis when it ends:
-                # stop only after the runs ended and nothing new came for QUIET_S.
-                if not ended or sent:
-                    quiet_since = None
-                elif quiet_since is None:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= QUIET_S:
-                    return
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_S)
-        finally:
-            self.unregister(wake)
+async def tail(
+    notifications: Notifications, run_ids: list[str], keys: list[str], from_step: int | None
+) -> AsyncIterator[bytes]:
+    """Serialized MetricPoints messages (points.py)."""
+    pool = notifications.pool
+    await notifications.listen()
+    wake = notifications.register(set(run_ids))
+    cursors: dict[int, int] = {}  # series id -> last step sent
+    try:
+        async with pool.acquire() as conn:
+            known = await store.tail_series(conn, run_ids, keys)
+            if from_step is None:
+                latest = await store.last_steps(conn, [s["series_id"] for s in known])
+                cursors = {s["series_id"]: latest.get(s["series_id"], -(2**63)) for s in known}
+            else:
+                cursors = {s["series_id"]: from_step - 1 for s in known}
+        quiet_since: float | None = None
+        while True:
+            wake.clear()
+            async with pool.acquire() as conn:
+                # Statuses first: points committed before a run ended are then read below.
+                ended = all(s in TERMINAL for s in (await store.run_statuses(conn, run_ids)).values())
+                series = await store.tail_series(conn, run_ids, keys)
+                for s in series:  # series that appeared since: all of their points are new
+                    cursors.setdefault(s["series_id"], -(2**63) if from_step is None else from_step - 1)
+                ids = [s["series_id"] for s in series]
+                rows = await store.chunks_after(conn, ids, [cursors[i] for i in ids])
+            by_series: dict[int, list[asyncpg.Record]] = {}
+            for r in rows:
+                by_series.setdefault(r["series_id"], []).append(r)
+            sent = False
+            for s in series:
+                new = _new_points(by_series.get(s["series_id"], []), cursors[s["series_id"]])
+                if new is None:
+                    continue
+                steps, stamps, values = new
+                cursors[s["series_id"]] = int(steps[-1])
+                sent = True
+                yield points.encode(s["run_id"], s["key"], s["writer_id"], steps, values, stamps)
+            # A run's last points may still be on their way through Redis when it ends:
+            # stop only after the runs ended and nothing new came for QUIET_S.
+            if not ended or sent:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= QUIET_S:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_S)
+    finally:
+        notifications.unregister(wake)
 
 
 def _new_points(rows: list[asyncpg.Record], after: int) -> tuple[Any, Any, Any] | None:

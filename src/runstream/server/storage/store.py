@@ -6,6 +6,7 @@ The server's handlers and the loaders call these functions; nothing else talks S
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import time
@@ -371,6 +372,19 @@ async def committed_batches(conn: Conn, run_id: str, writer_id: str, epoch: int)
         run_id,
         writer_id,
         epoch,
+    )
+    return found
+
+
+async def stored_of(conn: Conn, run_id: str, writer_id: str, epoch: int, seqs: Sequence[int]) -> int:
+    """How many of the batches `seqs` of one writer session the loaders have stored."""
+    found: int = await conn.fetchval(
+        """SELECT count(*) FROM ingested_batches
+           WHERE run_id = $1 AND writer_id = $2 AND epoch = $3 AND seq = ANY($4::bigint[])""",
+        run_id,
+        writer_id,
+        epoch,
+        list(seqs),
     )
     return found
 
@@ -877,6 +891,128 @@ async def run_inputs(conn: Conn, run_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT name, digest, source, context FROM run_inputs WHERE run_id = $1 ORDER BY logged_ms, name", run_id
     )
+
+
+# ---------------------------------------------------------------- logged models
+
+_LOGGED_MODEL_COLUMNS = """m.model_id, r.experiment_id::text AS experiment_id, m.run_id::text AS run_id, m.name,
+    m.model_type, m.status, m.status_message, m.tags::text AS tags, m.params::text AS params, m.created_ms,
+    m.updated_ms, m.created_by, m.lifecycle_stage"""
+
+
+async def create_logged_model(
+    conn: Conn,
+    model_id: str,
+    run_id: str,
+    name: str,
+    model_type: str,
+    status: int,
+    tags: dict[str, str],
+    params: dict[str, str],
+    created_by: str,
+) -> asyncpg.Record:
+    now = now_ms()
+    await conn.execute(
+        """INSERT INTO logged_models (model_id, run_id, name, model_type, status, tags, params, created_ms,
+                                      updated_ms, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $8, $9)""",
+        model_id,
+        run_id,
+        name,
+        model_type,
+        status,
+        json.dumps(tags),
+        json.dumps(params),
+        now,
+        created_by,
+    )
+    row = await get_logged_model(conn, model_id)
+    assert row is not None  # inserted just now, in this transaction
+    return row
+
+
+async def get_logged_model(conn: Conn, model_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_LOGGED_MODEL_COLUMNS} FROM logged_models m JOIN runs r USING (run_id) WHERE m.model_id = $1",
+        model_id,
+    )
+
+
+async def update_logged_model(
+    conn: Conn,
+    model_id: str,
+    status: int | None,
+    status_message: str | None,
+    set_tags: dict[str, str],
+    delete_tags: list[str],
+    set_params: dict[str, str],
+) -> asyncpg.Record | None:
+    done = await conn.execute(
+        """UPDATE logged_models SET status = coalesce($2, status), status_message = coalesce($3, status_message),
+                  tags = (tags - $5::text[]) || $4::jsonb, params = params || $6::jsonb, updated_ms = $7
+           WHERE model_id = $1""",
+        model_id,
+        status,
+        status_message,
+        json.dumps(set_tags),
+        delete_tags,
+        json.dumps(set_params),
+        now_ms(),
+    )
+    return None if done == "UPDATE 0" else await get_logged_model(conn, model_id)
+
+
+async def set_logged_model_lifecycle(conn: Conn, model_id: str, stage: str) -> asyncpg.Record | None:
+    done = await conn.execute(
+        "UPDATE logged_models SET lifecycle_stage = $2, updated_ms = $3 WHERE model_id = $1", model_id, stage, now_ms()
+    )
+    return None if done == "UPDATE 0" else await get_logged_model(conn, model_id)
+
+
+async def search_logged_models(
+    conn: Conn, experiment_ids: list[int], run_id: str | None, name: str | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """Active logged models of the experiments (and run, and name), newest first."""
+    return await conn.fetch(
+        f"""SELECT {_LOGGED_MODEL_COLUMNS} FROM logged_models m JOIN runs r USING (run_id)
+            WHERE r.experiment_id = ANY($1::bigint[]) AND ($2::uuid IS NULL OR m.run_id = $2::uuid)
+              AND ($5::text IS NULL OR m.name = $5) AND m.lifecycle_stage = 'active'
+            ORDER BY m.created_ms DESC, m.model_id LIMIT $3 OFFSET $4""",
+        experiment_ids,
+        run_id,
+        limit,
+        offset,
+        name,
+    )
+
+
+async def run_of_logged_model(conn: Conn, model_id: str) -> str | None:
+    value = await conn.fetchval("SELECT run_id::text FROM logged_models WHERE model_id = $1", model_id)
+    return str(value) if value is not None else None
+
+
+async def update_experiment(
+    conn: Conn, experiment_id: int, new_name: str, set_tags: dict[str, str], delete_tags: list[str]
+) -> ExperimentRow:
+    async with conn.transaction():
+        if new_name:
+            try:
+                done = await conn.execute(
+                    "UPDATE experiments SET name = $2 WHERE experiment_id = $1", experiment_id, new_name
+                )
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(f"experiment {new_name!r} already exists") from None
+            if done == "UPDATE 0":
+                raise ExperimentNotFound(f"experiment {experiment_id} does not exist")
+        await conn.execute(
+            "DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = ANY($2::text[])", experiment_id, delete_tags
+        )
+        await conn.executemany(
+            """INSERT INTO experiment_tags (experiment_id, key, value) VALUES ($1, $2, $3)
+               ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value""",
+            [(experiment_id, k, v) for k, v in set_tags.items()],
+        )
+        return await get_experiment(conn, experiment_id=experiment_id)
 
 
 # ---------------------------------------------------------------- model registry

@@ -51,6 +51,7 @@ class HttpCall:
     """What the handlers and the guard read of a call, for one HTTP request: its metadata."""
 
     def __init__(self, request: web.Request) -> None:
+        self.request = request  # for the few handlers that stream a body (MLflow's artifact PUT)
         metadata = []
         header = request.headers.get("Authorization")
         cookie = request.cookies.get(COOKIE)

@@ -14,11 +14,22 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_FINISHED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_KILLED: _ClassVar[RunStatus]
+
+class LoggedModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOGGED_MODEL_STATUS_UNSPECIFIED: _ClassVar[LoggedModelStatus]
+    LOGGED_MODEL_STATUS_PENDING: _ClassVar[LoggedModelStatus]
+    LOGGED_MODEL_STATUS_READY: _ClassVar[LoggedModelStatus]
+    LOGGED_MODEL_STATUS_FAILED: _ClassVar[LoggedModelStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
 RUN_STATUS_FINISHED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_KILLED: RunStatus
+LOGGED_MODEL_STATUS_UNSPECIFIED: LoggedModelStatus
+LOGGED_MODEL_STATUS_PENDING: LoggedModelStatus
+LOGGED_MODEL_STATUS_READY: LoggedModelStatus
+LOGGED_MODEL_STATUS_FAILED: LoggedModelStatus
 
 class Experiment(_message.Message):
     __slots__ = ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time_ms", "tags")
@@ -336,21 +347,174 @@ class BatchAck(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., points: _Optional[int] = ...) -> None: ...
 
 class WaitCommittedRequest(_message.Message):
-    __slots__ = ("run_id", "writer_id", "epoch", "batches", "timeout_ms")
+    __slots__ = ("run_id", "writer_id", "epoch", "batches", "timeout_ms", "seqs")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WRITER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     writer_id: str
     epoch: int
     batches: int
     timeout_ms: int
-    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., batches: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., batches: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WaitCommittedResponse(_message.Message):
     __slots__ = ("committed",)
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     committed: int
     def __init__(self, committed: _Optional[int] = ...) -> None: ...
+
+class UpdateExperimentRequest(_message.Message):
+    __slots__ = ("experiment_id", "new_name", "set_tags", "delete_tags")
+    class SetTagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    SET_TAGS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TAGS_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    new_name: str
+    set_tags: _containers.ScalarMap[str, str]
+    delete_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, experiment_id: _Optional[str] = ..., new_name: _Optional[str] = ..., set_tags: _Optional[_Mapping[str, str]] = ..., delete_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LoggedModel(_message.Message):
+    __slots__ = ("model_id", "experiment_id", "run_id", "artifact_path", "name", "model_type", "status", "status_message", "tags", "params", "created_ms", "updated_ms", "created_by", "lifecycle_stage")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    experiment_id: str
+    run_id: str
+    artifact_path: str
+    name: str
+    model_type: str
+    status: LoggedModelStatus
+    status_message: str
+    tags: _containers.ScalarMap[str, str]
+    params: _containers.ScalarMap[str, str]
+    created_ms: int
+    updated_ms: int
+    created_by: str
+    lifecycle_stage: str
+    def __init__(self, model_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., run_id: _Optional[str] = ..., artifact_path: _Optional[str] = ..., name: _Optional[str] = ..., model_type: _Optional[str] = ..., status: _Optional[_Union[LoggedModelStatus, str]] = ..., status_message: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., lifecycle_stage: _Optional[str] = ...) -> None: ...
+
+class CreateLoggedModelRequest(_message.Message):
+    __slots__ = ("run_id", "name", "model_type", "tags", "params")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    model_type: str
+    tags: _containers.ScalarMap[str, str]
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., model_type: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LoggedModelRef(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class UpdateLoggedModelRequest(_message.Message):
+    __slots__ = ("model_id", "status", "status_message", "set_tags", "delete_tags", "set_params")
+    class SetTagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SetParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SET_TAGS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_TAGS_FIELD_NUMBER: _ClassVar[int]
+    SET_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    status: LoggedModelStatus
+    status_message: str
+    set_tags: _containers.ScalarMap[str, str]
+    delete_tags: _containers.RepeatedScalarFieldContainer[str]
+    set_params: _containers.ScalarMap[str, str]
+    def __init__(self, model_id: _Optional[str] = ..., status: _Optional[_Union[LoggedModelStatus, str]] = ..., status_message: _Optional[str] = ..., set_tags: _Optional[_Mapping[str, str]] = ..., delete_tags: _Optional[_Iterable[str]] = ..., set_params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SearchLoggedModelsRequest(_message.Message):
+    __slots__ = ("experiment_ids", "run_id", "max_results", "page_token", "name")
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    max_results: int
+    page_token: str
+    name: str
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., max_results: _Optional[int] = ..., page_token: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SearchLoggedModelsResponse(_message.Message):
+    __slots__ = ("models", "next_page_token")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[LoggedModel]
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[LoggedModel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

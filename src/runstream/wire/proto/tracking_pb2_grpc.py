@@ -90,6 +90,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
                 _registered_method=True)
+        self.UpdateExperiment = channel.unary_unary(
+                '/runstream.v1.TrackingService/UpdateExperiment',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.UpdateExperimentRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
+                _registered_method=True)
         self.LogParams = channel.unary_unary(
                 '/runstream.v1.TrackingService/LogParams',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.LogParamsRequest.SerializeToString,
@@ -109,6 +114,31 @@ class TrackingServiceStub:
                 '/runstream.v1.TrackingService/LogInputs',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
+                _registered_method=True)
+        self.CreateLoggedModel = channel.unary_unary(
+                '/runstream.v1.TrackingService/CreateLoggedModel',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.CreateLoggedModelRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+                _registered_method=True)
+        self.GetLoggedModel = channel.unary_unary(
+                '/runstream.v1.TrackingService/GetLoggedModel',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+                _registered_method=True)
+        self.UpdateLoggedModel = channel.unary_unary(
+                '/runstream.v1.TrackingService/UpdateLoggedModel',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.UpdateLoggedModelRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+                _registered_method=True)
+        self.SearchLoggedModels = channel.unary_unary(
+                '/runstream.v1.TrackingService/SearchLoggedModels',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteLoggedModel = channel.unary_unary(
+                '/runstream.v1.TrackingService/DeleteLoggedModel',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
                 _registered_method=True)
         self.OpenWriter = channel.unary_unary(
                 '/runstream.v1.TrackingService/OpenWriter',
@@ -205,6 +235,13 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateExperiment(self, request, context):
+        """Rename an experiment, set or delete its tags.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LogParams(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -225,6 +262,41 @@ class TrackingServiceServicer:
 
     def LogInputs(self, request, context):
         """Datasets the run read (for lineage): logging the same name and digest again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLoggedModel(self, request, context):
+        """Models a run logged (MLflow 3's logged models): a named directory of the source run's
+        artifacts (models/<model_id>) with a status, params and tags. A model version can be
+        registered from it like from any artifact directory of the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoggedModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateLoggedModel(self, request, context):
+        """Status (PENDING until the files are up, then READY or FAILED), tags, params.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchLoggedModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLoggedModel(self, request, context):
+        """Soft delete: hidden from search; its files stay with the run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -322,6 +394,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.ExperimentRef.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.Experiment.SerializeToString,
             ),
+            'UpdateExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateExperiment,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.UpdateExperimentRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Experiment.SerializeToString,
+            ),
             'LogParams': grpc.unary_unary_rpc_method_handler(
                     servicer.LogParams,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.LogParamsRequest.FromString,
@@ -341,6 +418,31 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.LogInputs,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.SerializeToString,
+            ),
+            'CreateLoggedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLoggedModel,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.CreateLoggedModelRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.SerializeToString,
+            ),
+            'GetLoggedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoggedModel,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.SerializeToString,
+            ),
+            'UpdateLoggedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLoggedModel,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.UpdateLoggedModelRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.SerializeToString,
+            ),
+            'SearchLoggedModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchLoggedModels,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsResponse.SerializeToString,
+            ),
+            'DeleteLoggedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLoggedModel,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.LoggedModel.SerializeToString,
             ),
             'OpenWriter': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenWriter,
@@ -672,6 +774,33 @@ class TrackingService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/UpdateExperiment',
+            runstream_dot_v1_dot_tracking__pb2.UpdateExperimentRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def LogParams(request,
             target,
             options=(),
@@ -769,6 +898,141 @@ class TrackingService:
             '/runstream.v1.TrackingService/LogInputs',
             runstream_dot_v1_dot_tracking__pb2.LogInputsRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.LogInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLoggedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/CreateLoggedModel',
+            runstream_dot_v1_dot_tracking__pb2.CreateLoggedModelRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoggedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/GetLoggedModel',
+            runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLoggedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/UpdateLoggedModel',
+            runstream_dot_v1_dot_tracking__pb2.UpdateLoggedModelRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchLoggedModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/SearchLoggedModels',
+            runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.SearchLoggedModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLoggedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/DeleteLoggedModel',
+            runstream_dot_v1_dot_tracking__pb2.LoggedModelRef.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.LoggedModel.FromString,
             options,
             channel_credentials,
             insecure,

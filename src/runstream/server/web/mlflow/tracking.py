@@ -1,170 +1,36 @@
-"""MLflow's REST API (`/api/2.0/mlflow/...`, `/ajax-api/2.0/mlflow/...`) on the HTTP port, so
-`MLFLOW_TRACKING_URI=http://host:HTTP_PORT` points MLflow's own client at runstream. Each
-endpoint turns MLflow's JSON into the request of one of our RPCs and calls the same handler,
-through the same token check, as gRPC does; metrics go through the ingest path as a batch.
+"""MLflow's tracking endpoints: experiments (create, get, get-by-name, search, delete,
+restore), runs (create, get, update, search, delete, restore, log-parameter, set-tag,
+delete-tag, log-inputs, log-metric, log-batch) and metric histories, each turned into the
+request of one of our RPCs.
 
-This is the tracking core: experiments (create, get, get-by-name, search, delete, restore),
-runs (create, get, update, search, delete, restore, log-parameter, set-tag, delete-tag,
-log-inputs, log-metric, log-batch) and metric histories. Shapes and error bodies
-follow MLflow's service.proto: `{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}`.
-
-A retried log-batch or log-metric (MLflow's client retries 5xx and timeouts) never doubles a
-point: the batch's seq is derived from its content, so a resend is the same batch to the
-loaders' de-duplication, as MLflow treats an identical (key, step, timestamp, value) as the
-same point.
+log-batch and log-metric answer once their points are stored and queryable, as MLflow's
+server does (not only acknowledged, as the SDK's stream is). A retried request (MLflow's
+client retries 5xx and timeouts) never doubles a point: the batch's seq is derived from its
+content, so a resend is the same batch to the loaders' de-duplication, as MLflow treats an
+identical (key, step, timestamp, value) as the same point.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-from aiohttp import web
-
 from runstream.errors import InvalidArgument, NotFound
-from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.rpc import canonicaliser
 from runstream.server.web.api import HttpCall
+from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, number, pairs, strings, text
 from runstream.wire import batch as wire
 from runstream.wire import points
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.status import RUN_STATUS_NAMES, RUN_STATUS_VALUES
 
-PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
 WRITER = "mlflow"  # the writer id of points logged through MLflow's API
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment; ours is found by name
 DEFAULT_EXPERIMENT = "Default"
 MAX_BATCH_METRICS, MAX_BATCH_PARAMS, MAX_BATCH_TAGS = 1000, 100, 100
-ERRORS = {
-    grpc.StatusCode.NOT_FOUND: ("RESOURCE_DOES_NOT_EXIST", 404),
-    grpc.StatusCode.INVALID_ARGUMENT: ("INVALID_PARAMETER_VALUE", 400),
-    grpc.StatusCode.ALREADY_EXISTS: ("RESOURCE_ALREADY_EXISTS", 400),
-    grpc.StatusCode.FAILED_PRECONDITION: ("INVALID_STATE", 400),
-    grpc.StatusCode.UNAUTHENTICATED: ("UNAUTHENTICATED", 401),
-    grpc.StatusCode.PERMISSION_DENIED: ("PERMISSION_DENIED", 403),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ("RESOURCE_EXHAUSTED", 429),
-    grpc.StatusCode.UNAVAILABLE: ("TEMPORARILY_UNAVAILABLE", 503),
-    grpc.StatusCode.DEADLINE_EXCEEDED: ("TEMPORARILY_UNAVAILABLE", 503),
-}
-Body = dict[str, Any]
-Endpoint = Callable[["MlflowApi", Body, HttpCall], Awaitable[Body]]
-ENDPOINTS: dict[str, Endpoint] = {}
-
-
-def endpoint(path: str) -> Callable[[Endpoint], Endpoint]:
-    def register(fn: Endpoint) -> Endpoint:
-        ENDPOINTS[path] = fn
-        return fn
-
-    return register
-
-
-class MlflowApi:
-    def __init__(self, tracking: Any, query: Any, guard: Guard) -> None:
-        self.tracking, self.query, self.guard = tracking, query, guard
-
-    async def admit(self, service: str, method: str, request: Any, ctx: HttpCall) -> None:
-        """As gRPC admits a call: token and scope, ids canonicalised, the request checked
-        against the token's experiments; the handler then sees the caller as CURRENT."""
-        principal = await self.guard.admit(ctx, service, method)
-        canonicaliser(type(request))(request)
-        await self.guard.admit_request(principal, service, method, request)
-        CURRENT.set(principal)
-
-    async def call(self, service: str, method: str, request: Any, ctx: HttpCall, raw: bytes | None = None) -> Any:
-        """One of our unary RPCs, admitted, then its handler."""
-        await self.admit(service, method, request, ctx)
-        servicer = self.tracking if service == "TrackingService" else self.query
-        return await getattr(servicer, method)(raw if raw is not None else request, ctx)
-
-
-def add_mlflow_routes(app: web.Application, tracking: Any, query: Any, guard: Guard) -> None:
-    api = MlflowApi(tracking, query, guard)
-
-    async def handle(request: web.Request) -> web.Response:
-        path = next(request.path[len(p) :] for p in PREFIXES if request.path.startswith(p))
-        fn = ENDPOINTS.get(path.strip("/"))
-        if fn is None:
-            return _error(grpc.StatusCode.UNIMPLEMENTED, f"runstream does not serve MLflow's {path} yet")
-        try:
-            body = await _body(request)
-            reply = await fn(api, body, HttpCall(request))
-        except Exception as exc:  # every failure becomes MLflow's error body
-            return _error(*log_failure(f"{request.method} {request.path[:200]}", exc))
-        return web.Response(text=json.dumps(_finite(reply)), content_type="application/json")
-
-    for prefix in PREFIXES:
-        app.router.add_route("*", prefix + "/{tail:.+}", handle)
-
-
-async def _body(request: web.Request) -> Body:
-    if request.method == "GET":
-        return {k: request.query.getall(k) if len(request.query.getall(k)) > 1 else v for k, v in request.query.items()}
-    raw = await request.read()
-    try:
-        parsed = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the body is not JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidArgument("the body must be a JSON object")
-    return parsed
-
-
-def _error(code: grpc.StatusCode, message: str) -> web.Response:
-    name, status = ERRORS.get(code, ("INTERNAL_ERROR", 500))
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        name, status = "ENDPOINT_NOT_FOUND", 404
-    return web.json_response({"error_code": name, "message": message}, status=status)
-
-
-def _finite(value: Any) -> Any:
-    """MLflow writes NaN and the infinities as the strings protobuf's JSON uses."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _text(body: Body, *names: str, required: bool = True) -> str:
-    for name in names:
-        value = body.get(name)
-        if value not in (None, ""):
-            return str(value)
-    if required:
-        raise InvalidArgument(f"missing value for required parameter {names[0]!r}")
-    return ""
-
-
-def _int(body: Body, name: str, default: int = 0) -> int:
-    value = body.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be an integer, not {value!r}") from None
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"metric value must be a number, not {value!r}") from None
-
-
-def _tags(items: Any) -> dict[str, str]:
-    if not isinstance(items, list):
-        return {}
-    return {str(t["key"]): str(t.get("value", "")) for t in items if isinstance(t, dict) and "key" in t}
+COMMIT_WAIT_MS = 30_000  # past this, DEADLINE_EXCEEDED (503): MLflow's client sends again, stored once
 
 
 # ------------------------------------------------------------------ shapes
@@ -174,12 +40,17 @@ def _experiment(e: pb.Experiment) -> Body:
     return {
         "experiment_id": e.experiment_id,
         "name": e.name,
-        "artifact_location": e.artifact_location,
+        "artifact_location": e.artifact_location or f"mlflow-artifacts:/{e.experiment_id}",
         "lifecycle_stage": e.lifecycle_stage,
         "creation_time": e.creation_time_ms,
         "last_update_time": e.creation_time_ms,
-        "tags": [{"key": k, "value": v} for k, v in sorted(e.tags.items())],
+        "tags": listed(e.tags),
     }
+
+
+def artifact_uri(experiment_id: str, run_id: str, path: str = "") -> str:
+    """Where MLflow's client puts a run's files: our store, through mlflow-artifacts."""
+    return f"mlflow-artifacts:/{experiment_id}/{run_id}/artifacts" + (f"/{path}" if path else "")
 
 
 def _run_info(r: pb.Run) -> Body:
@@ -191,7 +62,7 @@ def _run_info(r: pb.Run) -> Body:
         "user_id": r.tags.get("mlflow.user", ""),
         "status": RUN_STATUS_NAMES.get(r.status, "RUNNING"),
         "start_time": r.start_time_ms,
-        "artifact_uri": f"runs:/{r.run_id}",
+        "artifact_uri": artifact_uri(r.experiment_id, r.run_id),
         "lifecycle_stage": r.lifecycle_stage,
     }
     if r.end_time_ms > 0:
@@ -207,8 +78,8 @@ def _run(r: pb.Run) -> Body:
                 {"key": m.key, "value": m.last_value, "timestamp": m.last_timestamp_ms, "step": m.last_step}
                 for m in r.metrics
             ],
-            "params": [{"key": k, "value": v} for k, v in sorted(r.params.items())],
-            "tags": [{"key": k, "value": v} for k, v in sorted(r.tags.items())],
+            "params": listed(r.params),
+            "tags": listed(r.tags),
         },
         "inputs": {},
     }
@@ -242,7 +113,7 @@ async def _default_experiment(api: MlflowApi, ctx: HttpCall) -> pb.Experiment:
 
 @endpoint("experiments/get-by-name")
 async def get_experiment_by_name(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    name = _text(body, "experiment_name")
+    name = text(body, "experiment_name")
     if name == DEFAULT_EXPERIMENT:
         return {"experiment": _experiment(await _default_experiment(api, ctx))}
     req = pb.GetExperimentRequest(name=name)
@@ -251,15 +122,15 @@ async def get_experiment_by_name(api: MlflowApi, body: Body, ctx: HttpCall) -> B
 
 @endpoint("experiments/get")
 async def get_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    return {"experiment": _experiment(await _get_experiment(api, ctx, _text(body, "experiment_id")))}
+    return {"experiment": _experiment(await _get_experiment(api, ctx, text(body, "experiment_id")))}
 
 
 @endpoint("experiments/create")
 async def create_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.CreateExperimentRequest(
-        name=_text(body, "name"),
-        artifact_location=_text(body, "artifact_location", required=False),
-        tags=_tags(body.get("tags")),
+        name=text(body, "name"),
+        artifact_location=text(body, "artifact_location", required=False),
+        tags=pairs(body.get("tags")),
     )
     made = await api.call("TrackingService", "CreateExperiment", req, ctx)
     return {"experiment_id": made.experiment_id}
@@ -268,12 +139,12 @@ async def create_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 @endpoint("experiments/search")
 async def search_experiments(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Name filters (`name = 'x'`, `name LIKE 'x%'`, ILIKE) and MLflow's view types."""
-    view = _text(body, "view_type", required=False) or "ACTIVE_ONLY"
+    view = text(body, "view_type", required=False) or "ACTIVE_ONLY"
     req = qpb.ListExperimentsQuery(
         include_deleted=view != "ACTIVE_ONLY",
-        name_like=_name_pattern(_text(body, "filter", required=False)),
-        max_results=min(_int(body, "max_results", 1000), 1000),
-        page_token=_text(body, "page_token", required=False),
+        name_like=_name_pattern(text(body, "filter", required=False)),
+        max_results=min(integer(body, "max_results", 1000), 1000),
+        page_token=text(body, "page_token", required=False),
     )
     page = await api.call("QueryService", "ListExperiments", req, ctx)
     found = [x.experiment for x in page.experiments]
@@ -297,16 +168,49 @@ def _name_pattern(text: str) -> str:
     raise InvalidArgument(f"experiments can be filtered by name only (name = '...' or name LIKE '...'), not {text!r}")
 
 
+@endpoint("experiments/update", "POST")
+async def update_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    req = pb.UpdateExperimentRequest(
+        experiment_id=await _ours(api, ctx, text(body, "experiment_id")), new_name=text(body, "new_name")
+    )
+    await api.call("TrackingService", "UpdateExperiment", req, ctx)
+    return {}
+
+
+@endpoint("experiments/set-experiment-tag", "POST")
+async def set_experiment_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    tags = {text(body, "key"): str(body.get("value", ""))}
+    req = pb.UpdateExperimentRequest(experiment_id=await _ours(api, ctx, text(body, "experiment_id")), set_tags=tags)
+    await api.call("TrackingService", "UpdateExperiment", req, ctx)
+    return {}
+
+
+@endpoint("experiments/delete-experiment-tag", "POST")
+async def delete_experiment_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    req = pb.UpdateExperimentRequest(
+        experiment_id=await _ours(api, ctx, text(body, "experiment_id")), delete_tags=[text(body, "key")]
+    )
+    await api.call("TrackingService", "UpdateExperiment", req, ctx)
+    return {}
+
+
+async def _ours(api: MlflowApi, ctx: HttpCall, experiment_id: str) -> str:
+    """Our id of an MLflow experiment id ("0" is our Default's)."""
+    if experiment_id == DEFAULT_EXPERIMENT_ID:
+        return (await _default_experiment(api, ctx)).experiment_id
+    return experiment_id
+
+
 @endpoint("experiments/delete")
 async def delete_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.ExperimentRef(experiment_id=_text(body, "experiment_id"))
+    req = pb.ExperimentRef(experiment_id=text(body, "experiment_id"))
     await api.call("TrackingService", "DeleteExperiment", req, ctx)
     return {}
 
 
 @endpoint("experiments/restore")
 async def restore_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.ExperimentRef(experiment_id=_text(body, "experiment_id"))
+    req = pb.ExperimentRef(experiment_id=text(body, "experiment_id"))
     await api.call("TrackingService", "RestoreExperiment", req, ctx)
     return {}
 
@@ -316,14 +220,14 @@ async def restore_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("runs/create")
 async def create_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    experiment_id = _text(body, "experiment_id", required=False) or DEFAULT_EXPERIMENT_ID
-    tags = _tags(body.get("tags"))
-    if user := _text(body, "user_id", required=False):
+    experiment_id = text(body, "experiment_id", required=False) or DEFAULT_EXPERIMENT_ID
+    tags = pairs(body.get("tags"))
+    if user := text(body, "user_id", required=False):
         tags.setdefault("mlflow.user", user)
     req = pb.CreateRunRequest(
-        name=_text(body, "run_name", required=False) or tags.get("mlflow.runName", ""),
+        name=text(body, "run_name", required=False) or tags.get("mlflow.runName", ""),
         tags=tags,
-        start_time_ms=_int(body, "start_time"),
+        start_time_ms=integer(body, "start_time"),
     )
     if experiment_id == DEFAULT_EXPERIMENT_ID:
         req.experiment_name = DEFAULT_EXPERIMENT
@@ -334,18 +238,18 @@ async def create_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("runs/get")
 async def get_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.GetRunRequest(run_id=_text(body, "run_id", "run_uuid"))
+    req = pb.GetRunRequest(run_id=text(body, "run_id", "run_uuid"))
     return {"run": _run(await api.call("TrackingService", "GetRun", req, ctx))}
 
 
 @endpoint("runs/update")
 async def update_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.UpdateRunRequest(run_id=_text(body, "run_id", "run_uuid"), end_time_ms=_int(body, "end_time"))
-    if status := _text(body, "status", required=False):
+    req = pb.UpdateRunRequest(run_id=text(body, "run_id", "run_uuid"), end_time_ms=integer(body, "end_time"))
+    if status := text(body, "status", required=False):
         if status not in RUN_STATUS_VALUES:
             raise InvalidArgument(f"status {status!r} is not one of {', '.join(RUN_STATUS_VALUES)}")
         req.status = RUN_STATUS_VALUES[status]
-    if name := _text(body, "run_name", required=False):
+    if name := text(body, "run_name", required=False):
         req.name = name
     return {"run_info": _run_info(await api.call("TrackingService", "UpdateRun", req, ctx))}
 
@@ -353,7 +257,7 @@ async def update_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 @endpoint("runs/log-parameter")
 async def log_parameter(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     value = body.get("value", "")
-    req = pb.LogParamsRequest(run_id=_text(body, "run_id", "run_uuid"), params={_text(body, "key"): str(value)})
+    req = pb.LogParamsRequest(run_id=text(body, "run_id", "run_uuid"), params={text(body, "key"): str(value)})
     await api.call("TrackingService", "LogParams", req, ctx)
     return {}
 
@@ -361,27 +265,27 @@ async def log_parameter(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 @endpoint("runs/set-tag")
 async def set_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     value = body.get("value", "")
-    req = pb.SetTagsRequest(run_id=_text(body, "run_id", "run_uuid"), tags={_text(body, "key"): str(value)})
+    req = pb.SetTagsRequest(run_id=text(body, "run_id", "run_uuid"), tags={text(body, "key"): str(value)})
     await api.call("TrackingService", "SetTags", req, ctx)
     return {}
 
 
 @endpoint("runs/delete-tag")
 async def delete_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.DeleteTagRequest(run_id=_text(body, "run_id"), key=_text(body, "key"))
+    req = pb.DeleteTagRequest(run_id=text(body, "run_id"), key=text(body, "key"))
     await api.call("TrackingService", "DeleteTag", req, ctx)
     return {}
 
 
 @endpoint("runs/delete")
 async def delete_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    await api.call("TrackingService", "DeleteRun", pb.RunRef(run_id=_text(body, "run_id")), ctx)
+    await api.call("TrackingService", "DeleteRun", pb.RunRef(run_id=text(body, "run_id")), ctx)
     return {}
 
 
 @endpoint("runs/restore")
 async def restore_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    await api.call("TrackingService", "RestoreRun", pb.RunRef(run_id=_text(body, "run_id")), ctx)
+    await api.call("TrackingService", "RestoreRun", pb.RunRef(run_id=text(body, "run_id")), ctx)
     return {}
 
 
@@ -396,13 +300,13 @@ async def search_runs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     for experiment_id in experiment_ids:
         ids.append((await _get_experiment(api, ctx, str(experiment_id))).experiment_id)
     order_by = body.get("order_by") or []
-    view = _text(body, "run_view_type", required=False) or "ACTIVE_ONLY"
+    view = text(body, "run_view_type", required=False) or "ACTIVE_ONLY"
     req = qpb.SearchRunsRequest(
         experiment_ids=ids,
-        filter=_text(body, "filter", required=False),
+        filter=text(body, "filter", required=False),
         order_by=[order_by] if isinstance(order_by, str) else list(order_by),
-        max_results=min(_int(body, "max_results", 1000), 1000),
-        page_token=_text(body, "page_token", required=False),
+        max_results=min(integer(body, "max_results", 1000), 1000),
+        page_token=text(body, "page_token", required=False),
         include_deleted=view != "ACTIVE_ONLY",
     )
     page = await api.call("QueryService", "SearchRuns", req, ctx)
@@ -421,7 +325,7 @@ async def log_inputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     for item in body.get("datasets") or []:
         if not isinstance(item, dict) or not isinstance(item.get("dataset"), dict):
             raise InvalidArgument("every dataset input must be an object with a dataset")
-        dataset, tags = item["dataset"], _tags(item.get("tags"))
+        dataset, tags = item["dataset"], pairs(item.get("tags"))
         inputs.append(
             pb.DatasetInput(
                 name=str(dataset.get("name", "")),
@@ -430,20 +334,20 @@ async def log_inputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
                 context=tags.get("mlflow.data.context", ""),
             )
         )
-    req = pb.LogInputsRequest(run_id=_text(body, "run_id"), inputs=inputs)
+    req = pb.LogInputsRequest(run_id=text(body, "run_id"), inputs=inputs)
     await api.call("TrackingService", "LogInputs", req, ctx)
     return {}
 
 
 @endpoint("runs/log-metric")
 async def log_metric(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    await _log_metrics(api, ctx, _text(body, "run_id", "run_uuid"), [body])
+    await _log_metrics(api, ctx, text(body, "run_id", "run_uuid"), [body])
     return {}
 
 
 @endpoint("runs/log-batch")
 async def log_batch(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    run_id = _text(body, "run_id")
+    run_id = text(body, "run_id")
     metrics, params, tags = body.get("metrics") or [], body.get("params") or [], body.get("tags") or []
     if len(metrics) > MAX_BATCH_METRICS or len(params) > MAX_BATCH_PARAMS or len(tags) > MAX_BATCH_TAGS:
         raise InvalidArgument(
@@ -453,10 +357,10 @@ async def log_batch(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     if not (metrics or params or tags):  # nothing to log: still say whether the run exists
         await api.call("TrackingService", "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
     if params:
-        req = pb.LogParamsRequest(run_id=run_id, params=_tags(params))
+        req = pb.LogParamsRequest(run_id=run_id, params=pairs(params))
         await api.call("TrackingService", "LogParams", req, ctx)
     if tags:
-        await api.call("TrackingService", "SetTags", pb.SetTagsRequest(run_id=run_id, tags=_tags(tags)), ctx)
+        await api.call("TrackingService", "SetTags", pb.SetTagsRequest(run_id=run_id, tags=pairs(tags)), ctx)
     if metrics:
         await _log_metrics(api, ctx, run_id, metrics)
     return {}
@@ -471,17 +375,21 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
     for m in metrics:
         if not isinstance(m, dict):
             raise InvalidArgument("every metric must be an object with key, value, timestamp and step")
-        key = _text(m, "key")
+        key = text(m, "key")
         key_index.append(keys.setdefault(key, len(keys)))
-        values.append(_float(m.get("value")))
-        stamps.append(_int(m, "timestamp", now))
-        steps.append(_int(m, "step"))
+        values.append(number(m.get("value")))
+        stamps.append(integer(m, "timestamp", now))
+        steps.append(integer(m, "step"))
     canonical = pb.GetRunRequest(run_id=run_id)
     canonicaliser(pb.GetRunRequest)(canonical)
     draft = wire.encode(canonical.run_id, WRITER, 1, list(keys), key_index, steps, stamps, values)
     seq = int.from_bytes(hashlib.blake2b(draft, digest_size=8).digest(), "big") % wire.MAX_SEQ + 1
     data = wire.encode(canonical.run_id, WRITER, seq, list(keys), key_index, steps, stamps, values)
     await api.call("TrackingService", "LogMetrics", canonical, ctx, raw=data)
+    # MLflow's clients read what they logged right after (autolog, then search_runs): answer
+    # once the batch is queryable, not only acknowledged.
+    wait = pb.WaitCommittedRequest(run_id=canonical.run_id, writer_id=WRITER, seqs=[seq], timeout_ms=COMMIT_WAIT_MS)
+    await api.call("TrackingService", "WaitCommitted", wait, ctx)
 
 
 # ------------------------------------------------------------------ histories
@@ -489,14 +397,58 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
 
 @endpoint("metrics/get-history")
 async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    """Every point of the key, every writer's, in step order per writer (MLflow has no writers)."""
-    req = qpb.ReadMetricsRequest(run_id=_text(body, "run_id", "run_uuid"), key=_text(body, "metric_key"))
+    """Every point of the key, every writer's, in step order per writer (MLflow has no
+    writers); with max_results, a page at a time (page_token is where the next page starts)."""
+    req = qpb.ReadMetricsRequest(run_id=text(body, "run_id", "run_uuid"), key=text(body, "metric_key"))
+    limit = integer(body, "max_results", 0)
+    start = integer(body, "page_token", 0)
+    if limit < 0 or start < 0:
+        raise InvalidArgument("max_results and page_token must not be negative")
+    read = api.handler("QueryService", "ReadMetrics")
     await api.admit("QueryService", "ReadMetrics", req, ctx)
     metrics: list[Body] = []
-    async for data in api.query.ReadMetrics(req, ctx):
+    seen = 0
+    async for data in read(req, ctx):
         part = points.decode(data)
-        metrics += [
-            {"key": req.key, "value": v, "timestamp": t, "step": s}
-            for s, v, t in zip(part.step.tolist(), part.value.tolist(), part.timestamp_ms.tolist(), strict=True)
-        ]
+        lo, hi = max(start - seen, 0), len(part.step) if not limit else max(start + limit - seen, 0)
+        seen += len(part.step)
+        columns = (part.step[lo:hi].tolist(), part.value[lo:hi].tolist(), part.timestamp_ms[lo:hi].tolist())
+        metrics += [{"key": req.key, "value": v, "timestamp": t, "step": s} for s, v, t in zip(*columns, strict=True)]
+    reply: Body = {"metrics": metrics}
+    if limit and seen > start + limit:
+        reply["next_page_token"] = str(start + limit)
+    return reply
+
+
+MAX_BULK_RUNS = 100
+MAX_BULK_POINTS = 1000
+
+
+@endpoint("metrics/get-history-bulk-interval", "GET")
+async def get_history_bulk_interval(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """Up to max_results points per run over [start_step, end_step], from our buckets: a long
+    series is never scanned whole. A downsampled series gives each bucket's first point and the
+    series' last (their timestamps are not kept in buckets: 0)."""
+    run_ids = strings(body, "run_ids")
+    if not 0 < len(run_ids) <= MAX_BULK_RUNS:
+        raise InvalidArgument(f"give 1 to {MAX_BULK_RUNS} run_ids")
+    limit = integer(body, "max_results", 320)
+    if not 0 < limit <= MAX_BULK_POINTS:
+        raise InvalidArgument(f"max_results must be between 1 and {MAX_BULK_POINTS}")
+    key = text(body, "metric_key")
+    metrics: list[Body] = []
+    for run_id in run_ids:
+        req = qpb.GetMetricHistoryRequest(run_id=run_id, key=key, max_points=limit)
+        if "start_step" in body:
+            req.min_step = integer(body, "start_step")
+        if "end_step" in body:
+            req.max_step = integer(body, "end_step")
+        h: qpb.MetricHistory = await api.call("QueryService", "GetMetricHistory", req, ctx)
+        if h.downsampled:
+            sampled = list(zip(h.bucket_first_step, h.bucket_first, [0] * len(h.bucket_first), strict=True))
+            if h.bucket_last_step and h.bucket_last_step[-1] != h.bucket_first_step[-1]:
+                sampled.append((h.bucket_last_step[-1], h.bucket_last[-1], 0))
+        else:
+            sampled = list(zip(h.step, h.value, h.timestamp_ms or [0] * len(h.step), strict=True))
+        metrics += [{"key": key, "value": v, "timestamp": t, "step": s, "run_id": req.run_id} for s, v, t in sampled]
     return {"metrics": metrics}

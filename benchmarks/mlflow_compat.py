@@ -1,0 +1,235 @@
+"""MLflow's own client against runstream's MLflow REST API and against an MLflow server, on the
+same PostgreSQL, in the same run: log_batch from 1 and 4 processes, get_metric_history of a
+100,000-point series, search_runs over 10,000 runs.
+
+    python benchmarks/mlflow_compat.py [--postgres-url URL] [--redis-url URL] [--runs N]
+                                       [--history-points N] [--batches N] [--work DIR]
+
+The MLflow server (`mlflow` and `psycopg2-binary`, its own venv under --work, made once) runs
+with its defaults on a fresh database of the same PostgreSQL; runstream (`--role all`, one
+loader) on another. The client is this venv's mlflow-skinny (pinned in the dev extras) for
+both, so only the server differs. Prints a table; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from footprint import Env, free_port, make_venv, progress, start, stop
+from ingest import BenchServer, _execute, service_arguments, table
+
+MLFLOW_SERVER = ["mlflow==3.17.2", "psycopg2-binary==2.9.11"]
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # the client links every ended run
+BATCH = 1000  # metrics per log_batch call: MLflow's limit
+
+
+def _client(uri: str) -> object:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _log_batches(uri: str, experiment_id: str, batches: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """One process: a run, then `batches` log_batch calls of BATCH points; puts (points, seconds)."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    run_id = client.create_run(experiment_id).info.run_id  # type: ignore[attr-defined]
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for b in range(batches):
+        metrics = [Metric("loss", 1.0 / (s + 1), now + s, b * BATCH + s) for s in range(BATCH)]
+        client.log_batch(run_id, metrics=metrics)  # type: ignore[attr-defined]
+    out.put((batches * BATCH, time.perf_counter() - t0))
+
+
+def log_rate(uri: str, experiment_id: str, processes: int, batches: int) -> float:
+    """Points/s of `processes` processes logging at once (total points over the slowest)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_log_batches, args=(uri, experiment_id, batches, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(r[0] for r in results) / max(r[1] for r in results)
+
+
+def _seed_history(uri: str, experiment_id: str, points: int) -> str:
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    run_id: str = client.create_run(experiment_id).info.run_id  # type: ignore[attr-defined]
+    now = int(time.time() * 1000)
+    for lo in range(0, points, BATCH):
+        metrics = [Metric("loss", 1.0 / (s + 1), now + s, s) for s in range(lo, min(lo + BATCH, points))]
+        client.log_batch(run_id, metrics=metrics)  # type: ignore[attr-defined]
+    return run_id
+
+
+def _seed_runs(uri: str, experiment_id: str, first: int, count: int) -> None:
+    from mlflow.entities import Metric, Param
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    for i in range(first, first + count):
+        run_id = client.create_run(experiment_id, run_name=f"r{i}").info.run_id  # type: ignore[attr-defined]
+        client.log_batch(  # type: ignore[attr-defined]
+            run_id, metrics=[Metric("acc", (i * 7919 % 10_000) / 10_000, now, 0)], params=[Param("i", str(i))]
+        )
+        client.set_terminated(run_id)  # type: ignore[attr-defined]
+
+
+def seed_runs(uri: str, experiment_id: str, runs: int, processes: int = 8) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    share = -(-runs // processes)
+    procs = [
+        ctx.Process(target=_seed_runs, args=(uri, experiment_id, i * share, min(share, runs - i * share)))
+        for i in range(processes)
+        if i * share < runs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError("seeding runs failed")
+
+
+def timed(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Median seconds of `repeat` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(label: str, uri: str, args: argparse.Namespace) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    r: dict[str, float] = {}
+    experiment_id = client.create_experiment(f"bench-{uuid.uuid4().hex[:6]}")
+    for processes in (1, 4):
+        progress(f"{label}: log_batch from {processes} process(es), {args.batches} x {BATCH} points each")
+        r[f"log_{processes}"] = log_rate(uri, experiment_id, processes, args.batches)
+    progress(f"{label}: a {args.history_points:,}-point series")
+    run_id = _seed_history(uri, experiment_id, args.history_points)
+    history = client.get_metric_history(run_id, "loss")
+    if len(history) != args.history_points:
+        raise RuntimeError(f"{label}: get_metric_history returned {len(history):,} of {args.history_points:,} points")
+    r["history_s"] = timed(lambda: client.get_metric_history(run_id, "loss"))
+    progress(f"{label}: {args.runs:,} runs")
+    search_experiment = client.create_experiment(f"search-{uuid.uuid4().hex[:6]}")
+    t0 = time.perf_counter()
+    seed_runs(uri, search_experiment, args.runs)
+    r["seed_runs_per_s"] = args.runs / (time.perf_counter() - t0)
+    query = {"filter_string": "metrics.acc > 0.5", "order_by": ["metrics.acc DESC"]}
+    page = client.search_runs([search_experiment], max_results=100, **query)
+    if len(page) != 100 or page[0].data.metrics["acc"] < page[-1].data.metrics["acc"]:
+        raise RuntimeError(f"{label}: search_runs did not return 100 runs by acc")
+    r["search_page_s"] = timed(lambda: client.search_runs([search_experiment], max_results=100, **query))
+    r["search_all_s"] = timed(lambda: _all_pages(client, search_experiment, query), repeat=1)
+    return r
+
+
+def _all_pages(client: object, experiment_id: str, query: dict[str, object]) -> int:
+    found, token = 0, None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token, **query)  # type: ignore[attr-defined]
+        found += len(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def mlflow_server(args: argparse.Namespace, db_url: str) -> tuple[object, str]:
+    env = Env("mlflow-server", MLFLOW_SERVER, "mlflow")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    env.path = work / env.label
+    if not (env.path / "bin" / "mlflow").exists() and not make_venv(env, work):
+        raise SystemExit(f"cannot install the MLflow server: {'; '.join(env.notes)}")
+    port = free_port()
+    proc = start(
+        [
+            str(env.path / "bin" / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            db_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+            "--default-artifact-root",
+            str(work / "mlflow-artifacts"),
+        ],
+        "Uvicorn running on",
+        {**os.environ},
+        timeout=300,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    service_arguments(p)
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--history-points", type=int, default=100_000)
+    p.add_argument("--batches", type=int, default=20, help="log_batch calls per process")
+    p.add_argument("--work", default=str(Path.home() / ".cache" / "runstream-bench"))
+    p.add_argument("--skip-mlflow", action="store_true", help="runstream only")
+    args = p.parse_args()
+
+    results: dict[str, dict[str, float]] = {}
+    server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
+    try:
+        results["runstream"] = measure("runstream", f"http://127.0.0.1:{server.http_ports[0]}", args)
+    finally:
+        server.close()
+    if not args.skip_mlflow:
+        db = f"mlflow_bench_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_execute(args.postgres_url, f"CREATE DATABASE {db}"))
+        proc, uri = mlflow_server(args, args.postgres_url.rsplit("/", 1)[0] + "/" + db)
+        try:
+            results["mlflow"] = measure("mlflow server", uri, args)
+        finally:
+            stop(proc)  # type: ignore[arg-type]
+            asyncio.run(_execute(args.postgres_url, f"DROP DATABASE {db} WITH (FORCE)"))
+
+    rows = [
+        ("log_batch, 1 process (points/s)", "log_1", "{:,.0f}", True),
+        ("log_batch, 4 processes (points/s)", "log_4", "{:,.0f}", True),
+        (f"get_metric_history, {args.history_points:,} points (s)", "history_s", "{:.3f}", False),
+        (f"search_runs, first 100 of {args.runs:,} by metric (s)", "search_page_s", "{:.3f}", False),
+        (f"search_runs, all {args.runs:,} in pages of 1,000 (s)", "search_all_s", "{:.2f}", False),
+        ("create_run + log_batch + end, 8 processes (runs/s)", "seed_runs_per_s", "{:,.0f}", True),
+    ]
+    header = ["MLflow client, same PostgreSQL", *results, *(["runstream vs MLflow"] if "mlflow" in results else [])]
+    lines = []
+    for label, key, fmt, higher_better in rows:
+        cells = [label, *(fmt.format(r[key]) for r in results.values())]
+        if "mlflow" in results:
+            ours, theirs = results["runstream"][key], results["mlflow"][key]
+            cells.append(f"{(ours / theirs if higher_better else theirs / ours):.1f}x")
+        lines.append(cells)
+    print(table(header, lines))
+
+
+if __name__ == "__main__":
+    main()
