@@ -309,7 +309,12 @@ MLFLOW_GUARDED = [e for e in MLFLOW_ENDPOINTS if not e.public]
 )
 def test_every_mlflow_endpoint_refuses_without_the_right_token_and_changes_nothing(world: World, spec: Any) -> None:
     run_path = f"{world.experiment_a}/{world.run_a}/artifacts"
-    values = {"model_id": "m-" + "0" * 32, "path": f"{run_path}/model/weights.bin", "tag_key": "k", "action": "create"}
+    values = {
+        "model_id": "m-" + "0" * 32,
+        "path": f"{run_path}/model/weights.bin",
+        "path_in_url": run_path,
+        "tag_key": "k",
+    }
     path = re.sub(r"\{(\w+)(?::path)?\}", lambda m: values[m[1]], spec.pattern)
     body = {
         "run_id": world.run_a,
@@ -329,6 +334,8 @@ def test_every_mlflow_endpoint_refuses_without_the_right_token_and_changes_nothi
         "source": f"runs:/{world.run_a}/model/weights.bin",
         "model_json": "{}",
         "filter": "name = 'model-a'",
+        "upload_id": world.upload_a,
+        "num_parts": 2,
         "metric_key": "loss",
         "path": run_path,
         "metrics": [{"key": "loss", "value": 1.0, "timestamp": 1, "step": 5000}],

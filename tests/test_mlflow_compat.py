@@ -307,15 +307,16 @@ def test_experiment_update_tags_and_the_server_endpoints(server: Server) -> None
     assert urllib3.request("GET", f"{_uri(server)}/version", timeout=10).data.decode().startswith("3.")
     assert urllib3.request("GET", f"{_uri(server)}/health", timeout=10).data == b"OK"
     info = urllib3.request("GET", f"{_uri(server)}/api/3.0/mlflow/server-info", timeout=10).json()
-    assert info["multipart_uploads_enabled"] is False
+    assert info["multipart_uploads_enabled"] is True and info["multipart_downloads_enabled"] is True
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_700_mib_artifact_goes_to_the_store_in_parts(
     where: str, make_server: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """MLflow's client PUTs the file once; the server spools it and puts it into the store in
-    parts through the same signed URLs the SDK uses; MLflow's download is a redirect to the store."""
+    """From 500 MB MLflow's client takes the multipart flow server-info advertises: a signed URL
+    of the store per 10 MB part, so the bytes go straight to the store; the download is a
+    redirect to the store."""
     from mlflow import MlflowClient
 
     server = make_server() if where == "local" else s3_server(make_server, request.getfixturevalue("moto_s3")).server
@@ -334,3 +335,68 @@ def test_a_700_mib_artifact_goes_to_the_store_in_parts(
     assert stored["ckpt/checkpoint.bin"].size == 700 * MiB and stored["ckpt/checkpoint.bin"].sha256 == digest
     back = MlflowClient(_uri(server)).download_artifacts(run.info.run_id, "ckpt/checkpoint.bin", str(tmp_path / "back"))
     assert hashlib.sha256(Path(back).read_bytes()).hexdigest() == digest
+    metrics = urllib3.request("GET", f"{_uri(server)}/metrics", timeout=10).data.decode()
+    assert 'runstream_artifact_uploads_signed_total{kind="unsized"} 1.0' in metrics  # MLflow's parts, not a PUT
+
+
+def test_a_file_put_through_the_server_is_stored_in_parts(make_server: Any, tmp_path: Path) -> None:
+    """Below MLflow's multipart threshold the client PUTs the file to the server, which puts it
+    into the store in parts above --artifact-part-size, checksummed as the SDK's."""
+    server = make_server("--artifact-part-size", str(5 * MiB))
+    data = os.urandom(12 * MiB + 5)
+    (tmp_path / "weights.bin").write_bytes(data)
+    mlflow.set_tracking_uri(_uri(server))
+    mlflow.set_experiment("mlflow-put")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "weights.bin"))
+    with runstream.Client(server.target) as ours:
+        got = ours.download_artifacts(run.info.run_id, "weights.bin", tmp_path / "back")
+    assert got.read_bytes() == data
+    metrics = urllib3.request("GET", f"{_uri(server)}/metrics", timeout=10).data.decode()
+    assert 'runstream_artifact_uploads_signed_total{kind="multipart"} 1.0' in metrics
+
+
+def test_registry_and_logged_model_details_through_mlflows_client(server: Server, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(_uri(server))
+    experiment = mlflow.set_experiment("mlflow-registry")
+    client = MlflowClient(_uri(server))
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/weights.txt")
+        logged = mlflow.initialize_logged_model(name="scratch", model_type="toy", tags={"stage": "dev"})
+    client.log_model_params(logged.model_id, {"depth": "3"})
+    client.set_logged_model_tags(logged.model_id, {"owner": "ana"})
+    client.delete_logged_model_tag(logged.model_id, "stage")
+    got = client.get_logged_model(logged.model_id)
+    assert (got.name, got.model_type, got.source_run_id) == ("scratch", "toy", run.info.run_id)
+    assert got.params == {"depth": "3"} and got.tags["owner"] == "ana" and "stage" not in got.tags
+    found = client.search_logged_models(
+        [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert [m.model_id for m in found] == [logged.model_id]
+
+    client.create_registered_model("toy", tags={"team": "a"}, description="first")
+    version = client.create_model_version("toy", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    assert version.version == "1" and version.source == f"runs:/{run.info.run_id}/model"
+    client.set_model_version_tag("toy", "1", "checked", "yes")
+    client.update_model_version("toy", "1", description="the first")
+    client.update_registered_model("toy", description="renamed soon")
+    client.set_registered_model_tag("toy", "drop", "me")
+    client.delete_registered_model_tag("toy", "drop")
+    client.rename_registered_model("toy", "toy2")
+    model = client.get_registered_model("toy2")
+    assert (model.description, model.tags) == ("renamed soon", {"team": "a"})
+    same = client.get_model_version("toy2", "1")
+    assert (same.description, same.tags) == ("the first", {"checked": "yes"})
+    assert client.get_model_version_download_uri("toy2", "1").endswith(f"/{run.info.run_id}/artifacts/model")
+    assert [m.name for m in client.search_registered_models("tags.team = 'a'")] == ["toy2"]
+    client.transition_model_version_stage("toy2", "1", "production")
+    assert [v.version for v in client.get_latest_versions("toy2", ["Production"])] == ["1"]
+    client.set_registered_model_alias("toy2", "live", "1")
+    client.delete_registered_model_alias("toy2", "live")
+    assert client.get_registered_model("toy2").aliases == {}
+    client.delete_model_version("toy2", "1")
+    assert client.search_model_versions("name = 'toy2'") == []
+    client.delete_registered_model("toy2")
+    assert mlflow.search_registered_models(filter_string="name = 'toy2'") == []

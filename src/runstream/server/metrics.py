@@ -129,7 +129,7 @@ class Metrics:
         # artifacts
         self.uploads_signed = Counter(
             "runstream_artifact_uploads_signed_total",
-            "Artifact uploads signed, by kind (single PUT or multipart)",
+            "Artifact uploads signed, by kind (single PUT, multipart, or unsized: MLflow's multipart flow)",
             ["kind"],
             registry=r,
         )
@@ -158,7 +158,7 @@ class Metrics:
         for rpc in INGEST_RPCS:
             for code in REFUSALS:
                 self.batches_rejected.labels(rpc, code)
-        for kind in ("single", "multipart"):
+        for kind in ("single", "multipart", "unsized"):
             self.uploads_signed.labels(kind)
 
     def sample_pool(self, pool: asyncpg.Pool) -> None:

@@ -65,7 +65,7 @@ class LocalStore:
     async def presign_put(self, key: str, size: int, sha256: str, expires_s: int) -> SignedUrl:
         return SignedUrl(self._url("PUT", key, expires_s, size, sha256))
 
-    async def create_multipart(self, key: str, content_type: str) -> str:
+    async def create_multipart(self, key: str, content_type: str, checksums: bool = True) -> str:
         upload_id = uuid.uuid4().hex
         (self.uploads / upload_id).mkdir()
         return upload_id
@@ -107,6 +107,9 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    async def digest_of(self, key: str) -> tuple[int, str]:
+        return await asyncio.to_thread(_digest, self._path(key))
+
     async def presign_get(self, key: str, expires_s: int) -> str:
         return self._url("GET", key, expires_s)
 
@@ -140,7 +143,8 @@ class LocalStore:
 
     async def _put(self, request: web.Request) -> web.StreamResponse:
         key, size, sha256, upload, part = self._check(request, "PUT")
-        if request.content_length is not None and request.content_length != size:
+        bound = size >= 0  # a part of an unsized upload is bound to its number only
+        if bound and request.content_length is not None and request.content_length != size:
             raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes, not {request.content_length}")
         if upload and not (self.uploads / upload).is_dir():
             raise web.HTTPNotFound(text="no such upload (completed or aborted)")
@@ -156,16 +160,16 @@ class LocalStore:
                 pending: list[bytes] = []
                 async for data in request.content.iter_chunked(CHUNK):
                     written += len(data)
-                    if written > size:
+                    if bound and written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
                     pending.append(data)
                     if sum(map(len, pending)) >= CHUNK:
                         await asyncio.to_thread(_absorb, pending, digest, out)
                         pending = []
                 await asyncio.to_thread(_absorb, pending, digest, out)
-            if written != size:
+            if bound and written != size:
                 raise web.HTTPBadRequest(text=f"got {written} bytes; this URL takes exactly {size}")
-            if digest.hexdigest() != sha256:
+            if bound and digest.hexdigest() != sha256:
                 raise web.HTTPBadRequest(text="the content does not match the SHA-256 this URL was signed for")
             os.replace(tmp, target)
         finally:
@@ -184,6 +188,15 @@ def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:
     for block in blocks:
         digest.update(block)
         out.write(block)
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def _etag(path: Path) -> str:

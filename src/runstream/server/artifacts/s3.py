@@ -1,6 +1,8 @@
 """The S3 store (`--artifacts s3://bucket/prefix`): AWS S3, MinIO, Ceph or anything speaking the
 S3 API. The server signs SigV4 URLs (bound to method, key and, for uploads, Content-Length) and
-talks to the store only to start, finish, inspect and delete objects; no bytes pass through it.
+talks to the store only to start, finish, inspect and delete objects; no bytes pass through it,
+except one read to learn the SHA-256 of an upload whose client could not say it (MLflow's
+multipart flow).
 
 Credentials and region come from botocore's usual chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance
 roles...). Only S3 API calls every S3-compatible store implements are used.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -20,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from runstream.server.artifacts.stores import Part, PartsRejected, S3Options, SignedUrl, StoreUnavailable
 
 T = TypeVar("T")
+READ_BLOCK = 1024 * 1024
 
 
 class S3Store:
@@ -86,9 +90,10 @@ class S3Store:
         params = {"Key": self._key(key), "ContentLength": size, "ChecksumSHA256": checksum}
         return SignedUrl(await self._sign("put_object", params, expires_s), {"x-amz-checksum-sha256": checksum})
 
-    async def create_multipart(self, key: str, content_type: str) -> str:
+    async def create_multipart(self, key: str, content_type: str, checksums: bool = True) -> str:
+        extra = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
         call = self._api.create_multipart_upload(
-            Bucket=self.bucket, Key=self._key(key), ContentType=content_type, ChecksumAlgorithm="SHA256"
+            Bucket=self.bucket, Key=self._key(key), ContentType=content_type, **extra
         )
         reply = await self._call("a multipart upload", call)
         return str(reply["UploadId"])
@@ -96,19 +101,16 @@ class S3Store:
     async def presign_part(
         self, key: str, upload_id: str, part_number: int, size: int, sha256: str, expires_s: int
     ) -> SignedUrl:
+        params: dict[str, Any] = {"Key": self._key(key), "UploadId": upload_id, "PartNumber": part_number}
+        if not sha256:  # a part of an unsized upload
+            return SignedUrl(await self._sign("upload_part", params, expires_s))
         checksum = _base64(sha256)
-        params = {
-            "Key": self._key(key),
-            "UploadId": upload_id,
-            "PartNumber": part_number,
-            "ContentLength": size,
-            "ChecksumSHA256": checksum,
-        }
+        params.update(ContentLength=size, ChecksumSHA256=checksum)
         return SignedUrl(await self._sign("upload_part", params, expires_s), {"x-amz-checksum-sha256": checksum})
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         listed = [
-            {"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": _base64(p.sha256)}
+            {"PartNumber": p.number, "ETag": p.etag, **({"ChecksumSHA256": _base64(p.sha256)} if p.sha256 else {})}
             for p in sorted(parts, key=lambda p: p.number)
         ]
         try:
@@ -139,6 +141,15 @@ class S3Store:
         except BotoCoreError as exc:
             raise StoreUnavailable(f"the artifact store is unreachable (HEAD): {exc}") from None
         return int(head["ContentLength"])
+
+    async def digest_of(self, key: str) -> tuple[int, str]:
+        reply = await self._call("a read", self._api.get_object(Bucket=self.bucket, Key=self._key(key)))
+        digest, size = hashlib.sha256(), 0
+        async with reply["Body"] as body:
+            while block := await body.read(READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+        return size, digest.hexdigest()
 
     async def presign_get(self, key: str, expires_s: int) -> str:
         return await self._sign("get_object", {"Key": self._key(key)}, expires_s)

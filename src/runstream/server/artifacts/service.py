@@ -8,6 +8,7 @@ import contextlib
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -53,21 +54,19 @@ class Artifacts:
     async def CreateUpload(self, req: apb.CreateUploadRequest, ctx: Any) -> apb.Upload:
         wire.check_run_id(req.run_id)
         path = check_path(req.path)
+        if len(req.content_type) > 255:
+            raise InvalidArgument("content_type is longer than 255 characters")
+        if req.unsized_parts:
+            return await self._create_unsized(req, path)
         if not 0 <= req.size <= MAX_SIZE:
             raise InvalidArgument(f"size is {req.size:,} bytes; it must be between 0 and {MAX_SIZE:,} (5 TiB)")
         if not SHA256.fullmatch(req.sha256):
             raise InvalidArgument("sha256 must be the content's SHA-256 as 64 lowercase hex digits")
-        if len(req.content_type) > 255:
-            raise InvalidArgument("content_type is longer than 255 characters")
         part_size = self.settings.part_size
         parts = -(-req.size // part_size) if req.size > part_size else 0
         if parts > MAX_PARTS:
             raise InvalidArgument(f"{req.size:,} bytes would take {parts:,} parts; the limit is {MAX_PARTS:,}")
-        if req.size > self.settings.max_upload_bytes:
-            raise ResourceExhausted(
-                f"{req.size:,} bytes is more than one upload may be: the limit is "
-                f"{self.settings.max_upload_bytes:,} bytes (server flag --max-upload-size)"
-            )
+        self._check_upload_size(req.size)
         async with self.pool.acquire() as conn, conn.transaction():
             await _active_run(conn, req.run_id)
             await _not_a_model_source(conn, req.run_id, path)
@@ -106,11 +105,58 @@ class Artifacts:
         self.metrics.uploads_signed.labels("multipart" if parts else "single").inc()
         return out
 
+    def _check_upload_size(self, size: int) -> None:
+        if size > self.settings.max_upload_bytes:
+            raise ResourceExhausted(
+                f"{size:,} bytes is more than one upload may be: the limit is "
+                f"{self.settings.max_upload_bytes:,} bytes (server flag --max-upload-size)"
+            )
+
+    async def _create_unsized(self, req: apb.CreateUploadRequest, path: str) -> apb.Upload:
+        """A multipart upload whose size and SHA-256 come to light at completion: every part
+        signed now, bound to its number only."""
+        if req.size or req.sha256:
+            raise InvalidArgument("an upload with unsized_parts has no size or sha256; give one or the other")
+        if not 0 < req.unsized_parts <= MAX_PARTS:
+            raise InvalidArgument(f"unsized_parts is {req.unsized_parts:,}; it must be between 1 and {MAX_PARTS:,}")
+        content_type = req.content_type or "application/octet-stream"
+        expires = self.settings.expires_s
+        out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _active_run(conn, req.run_id)
+            await _not_a_model_source(conn, req.run_id, path)
+            key = object_key(req.run_id, path)
+            await store.lock_object_key(conn, key)
+            if await store.object_key_taken(conn, req.run_id, key):
+                key = replacement_key(req.run_id, path, out.upload_id)
+            multipart_id = await self.objects.create_multipart(key, content_type, checksums=False)
+            for n in range(1, req.unsized_parts + 1):
+                signed = await self.objects.presign_part(key, multipart_id, n, -1, "", expires)
+                out.parts.add(part_number=n, offset=-1, size=-1, url=signed.url, headers=signed.headers)
+            await store.create_upload(
+                conn,
+                {
+                    "upload_id": out.upload_id,
+                    "run_id": req.run_id,
+                    "path": path,
+                    "object_key": key,
+                    "size": 0,  # unknown until completed
+                    "sha256": "",  # marks an unsized upload
+                    "content_type": content_type,
+                    "multipart_id": multipart_id,
+                    "part_size": 0,
+                },
+            )
+        self.metrics.uploads_signed.labels("unsized").inc()
+        return out
+
     async def SignParts(self, req: apb.SignPartsRequest, ctx: Any) -> apb.SignPartsResponse:
         async with self.pool.acquire() as conn:
             upload = await _upload(conn, req.upload_id)
         if upload["multipart_id"] is None:
             raise FailedPrecondition(f"upload {req.upload_id} is one PUT to the URL CreateUpload gave; it has no parts")
+        if not upload["sha256"]:
+            raise FailedPrecondition(f"upload {req.upload_id} is unsized: CreateUpload signed all of its parts")
         count = -(-upload["size"] // upload["part_size"])
         expires = self.settings.expires_s
         out = apb.SignPartsResponse(expires_at_ms=store.now_ms() + expires * 1000)
@@ -128,19 +174,22 @@ class Artifacts:
 
     async def CompleteUpload(self, req: apb.CompleteUploadRequest, ctx: Any) -> apb.Artifact:
         async with self.pool.acquire() as conn:
-            upload = await _upload(conn, req.upload_id)
+            upload: Mapping[str, Any] = dict(await _upload(conn, req.upload_id))
+            unsized = not upload["sha256"]
             if upload["multipart_id"] is not None:
-                expected = -(-upload["size"] // upload["part_size"])
                 numbers = sorted(p.part_number for p in req.parts)
+                expected = numbers[-1] if unsized and numbers else -(-upload["size"] // max(upload["part_size"], 1))
                 if numbers != list(range(1, expected + 1)):
                     raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
-                if not all(SHA256.fullmatch(p.sha256) for p in req.parts):
+                if not unsized and not all(SHA256.fullmatch(p.sha256) for p in req.parts):
                     raise InvalidArgument("give every part's sha256 as signed by SignParts (64 lowercase hex digits)")
                 await self.objects.complete_multipart(
                     upload["object_key"],
                     upload["multipart_id"],
-                    [Part(p.part_number, p.etag, p.sha256) for p in req.parts],
+                    [Part(p.part_number, p.etag, "" if unsized else p.sha256) for p in req.parts],
                 )
+            if unsized:
+                upload = await self._measure(conn, upload)
             stored = await self.objects.size_of(upload["object_key"])
             if stored is None:
                 raise FailedPrecondition(f"nothing was uploaded for {upload['path']!r}; PUT the file first")
@@ -158,6 +207,20 @@ class Artifacts:
         self.metrics.uploads_completed.inc()
         self.metrics.upload_bytes.inc(upload["size"])
         return _artifact(row, is_dir=False)
+
+    async def _measure(self, conn: Any, upload: Mapping[str, Any]) -> Mapping[str, Any]:
+        """An unsized upload, completed: its size and SHA-256 from the store, within the limits
+        (or the object is deleted and the upload forgotten)."""
+        size, sha256 = await self.objects.digest_of(upload["object_key"])
+        try:
+            self._check_upload_size(size)
+            async with conn.transaction():
+                await _room_in_run(conn, upload["run_id"], size, self.settings.max_run_bytes)
+        except ResourceExhausted:
+            await self.objects.delete(upload["object_key"])
+            await store.delete_upload(conn, upload["upload_id"])
+            raise
+        return {**upload, "size": size, "sha256": sha256}
 
     async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
         async with self.pool.acquire() as conn:

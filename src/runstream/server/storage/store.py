@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -655,7 +655,7 @@ async def stale_uploads(conn: Conn, created_before_ms: int) -> list[asyncpg.Reco
     )
 
 
-async def record_artifact(conn: Conn, upload: asyncpg.Record) -> tuple[asyncpg.Record, str | None]:
+async def record_artifact(conn: Conn, upload: Mapping[str, Any]) -> tuple[asyncpg.Record, str | None]:
     """Record a completed upload as the run's artifact at its path; returns the row and the
     object key of the artifact it replaced (None when the path was new)."""
     replaced: str | None = await conn.fetchval(

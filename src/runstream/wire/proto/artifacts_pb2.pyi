@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateUploadRequest(_message.Message):
-    __slots__ = ("run_id", "path", "size", "sha256", "content_type")
+    __slots__ = ("run_id", "path", "size", "sha256", "content_type", "unsized_parts")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    UNSIZED_PARTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     path: str
     size: int
     sha256: str
     content_type: str
-    def __init__(self, run_id: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+    unsized_parts: int
+    def __init__(self, run_id: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., unsized_parts: _Optional[int] = ...) -> None: ...
 
 class UploadPart(_message.Message):
     __slots__ = ("part_number", "offset", "size", "url", "headers")

@@ -5,17 +5,21 @@ sends its files here. MLflow's client PUTs a whole file to the server: the serve
 a temporary file (for its size and SHA-256, which our uploads are bound to), then puts it into
 the store through the same signed URLs, multipart above the part size, as the SDK does, and
 records it with CompleteUpload. Downloads are a redirect to a signed URL of the store, so the
-bytes come straight from it. Listing and deleting call ListArtifacts and DeleteArtifact.
+bytes come straight from it (files from 500 MB: the signed URL itself, `presigned/`, which MLflow's
+client reads in parallel ranges). Listing and deleting call ListArtifacts and DeleteArtifact.
 
-MLflow's multipart flow (`mpu/...`, used only when a client sets
-MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD) answers that it is not supported, which MLflow's client
-takes as its cue to PUT the file instead.
+MLflow's multipart flow (`mpu/create|complete|abort`, which MLflow's client uses for files from
+MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE, 500 MB, as server-info advertises) answers with a
+signed URL of the store per part, so those bytes never pass through the server; MLflow's client
+cannot say the parts' checksums, so the upload is unsized (artifacts.proto) and the store tells
+its size and SHA-256 at completion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import mimetypes
 import posixpath
 import tempfile
 from typing import IO, Any
@@ -26,13 +30,11 @@ from aiohttp import web
 from runstream.errors import InvalidArgument, NotFound, Unavailable
 from runstream.server.artifacts.paths import check_path
 from runstream.server.web.api import HttpCall
-from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, text
+from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, text
 from runstream.wire.proto import artifacts_pb2 as apb
 
 SERVICE = "ArtifactService"
 BLOCK = 1 << 20
-# What MLflow's client reads as "PUT the file instead" (mlflow.exceptions, 3.x).
-NO_MULTIPART = "Multipart upload is not supported for the current artifact repository"
 
 
 def run_path(path: str) -> tuple[str, str]:
@@ -120,6 +122,15 @@ async def download(api: MlflowApi, body: Body, ctx: HttpCall) -> web.StreamRespo
     return web.Response(status=302, headers={"Location": found.url})
 
 
+@endpoint("presigned/{path:path}", "GET", prefix="mlflow-artifacts")
+async def presigned(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """The store's signed URL and the size: MLflow's client fetches large files from it in
+    parallel ranges (the local store serves ranges as S3 does)."""
+    run_id, path = run_path(body["path"])
+    found: apb.DownloadUrl = await api.call(SERVICE, "GetDownloadUrl", apb.ArtifactRef(run_id=run_id, path=path), ctx)
+    return {"url": found.url, "headers": {}, "file_size": found.artifact.size}
+
+
 @endpoint("artifacts", "GET", prefix="mlflow-artifacts")
 async def list_artifacts(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     run_id, prefix = run_path(text(body, "path"))
@@ -164,26 +175,60 @@ async def _files_under(api: MlflowApi, ctx: HttpCall, run_id: str, prefix: str) 
     return files
 
 
-@endpoint("mpu/{action}/{path:path}", "POST", prefix="mlflow-artifacts")
-async def multipart(api: MlflowApi, body: Body, ctx: HttpCall) -> web.StreamResponse:
-    """Not served: MLflow's client reads this message as "PUT the whole file" (501 is not one
-    of the statuses it retries)."""
-    run_id, path = run_path(body["path"])
-    await api.admit(SERVICE, "CreateUpload", apb.CreateUploadRequest(run_id=run_id, path=path), ctx)
-    message = f"{NO_MULTIPART}: runstream takes the file in one PUT and stores it in parts itself"
-    return web.json_response({"error_code": "NOT_IMPLEMENTED", "message": message}, status=501)
+def _multipart_target(body: Body) -> tuple[str, str]:
+    """(run id, artifact path) of MLflow's mpu calls: the URL names the directory, the body's
+    `path` the local file, whose name the artifact takes."""
+    run_id, directory = run_path(body["path_in_url"])
+    name = posixpath.basename(text(body, "path").replace("\\", "/"))
+    return run_id, check_path(posixpath.join(directory, name) if directory else name)
+
+
+@endpoint("mpu/create/{path_in_url:path}", "POST", prefix="mlflow-artifacts")
+async def multipart_create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """Every part's URL at once, straight to the store; MLflow's client PUTs the parts there."""
+    run_id, path = _multipart_target(body)
+    req = apb.CreateUploadRequest(
+        run_id=run_id, path=path, unsized_parts=integer(body, "num_parts", 0), content_type=_guess_type(path)
+    )
+    made: apb.Upload = await api.call(SERVICE, "CreateUpload", req, ctx)
+    credentials = [{"url": p.url, "part_number": p.part_number, "headers": dict(p.headers)} for p in made.parts]
+    return {"upload_id": made.upload_id, "credentials": credentials}
+
+
+@endpoint("mpu/complete/{path_in_url:path}", "POST", prefix="mlflow-artifacts")
+async def multipart_complete(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    _multipart_target(body)
+    parts = [
+        apb.CompletedPart(part_number=int(p.get("part_number", 0)), etag=str(p.get("etag", "")))
+        for p in body.get("parts") or []
+        if isinstance(p, dict)
+    ]
+    req = apb.CompleteUploadRequest(upload_id=text(body, "upload_id"), parts=parts)
+    await api.call(SERVICE, "CompleteUpload", req, ctx)
+    return {}
+
+
+@endpoint("mpu/abort/{path_in_url:path}", "POST", prefix="mlflow-artifacts")
+async def multipart_abort(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    _multipart_target(body)
+    await api.call(SERVICE, "AbortUpload", apb.UploadRef(upload_id=text(body, "upload_id")), ctx)
+    return {}
+
+
+def _guess_type(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
 @endpoint("server-info", "GET", prefix="3.0/mlflow", public=True)
 async def server_info(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    """What MLflow's client asks before large transfers: files go in one PUT (runstream cuts
-    them into parts for the store itself), downloads are redirects to the store."""
+    """What MLflow's client asks before large transfers: files from 500 MB (MLflow's default
+    threshold) go in parts straight to the store, and come back from it in parallel ranges."""
     return {
         "store_type": "runstream",
         "workspaces_enabled": False,
         "trace_archival_enabled": False,
-        "multipart_uploads_enabled": False,
-        "multipart_downloads_enabled": False,
+        "multipart_uploads_enabled": True,
+        "multipart_downloads_enabled": True,
         "presigned_upload_run_id_supported": False,
         "presigned_upload_model_id_supported": False,
         "features_enabled": {"gateway": False},
