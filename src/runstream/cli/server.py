@@ -118,6 +118,13 @@ def add_parsers(sub: Subparsers) -> None:
         help="seconds loaders may drain at shutdown; what is left stays in Redis for the next start",
     )
     p.add_argument(
+        "--crash-after",
+        type=float,
+        default=float(os.environ.get("RUNSTREAM_CRASH_AFTER", d.crash_after_s)),
+        help="seconds without a heartbeat from any writer after which a RUNNING run is CRASHED; 0: never "
+        "(env RUNSTREAM_CRASH_AFTER)",
+    )
+    p.add_argument(
         "--auth",
         action="store_true",
         default=os.environ.get("RUNSTREAM_AUTH", "").lower() in ("1", "true", "yes", "on"),
@@ -183,6 +190,7 @@ def serve(args: argparse.Namespace) -> int:
         claim_idle_ms=args.claim_idle_ms,
         max_backlog=args.max_backlog,
         drain_timeout_s=args.drain_timeout,
+        crash_after_s=args.crash_after,
         max_keys_per_run=args.max_keys_per_run,
         redis_wait_replicas=args.redis_wait_replicas,
         redis_wait_timeout_ms=args.redis_wait_timeout_ms,

@@ -286,6 +286,7 @@ class Client:
         run = self.create_run(experiment, name, tags)
         handle = Run(self, run.run_id, writer_id, **writer_options)
         handle.epoch = self.open_writer(run.run_id, handle.writer_id)
+        handle.writer  # noqa: B018  (started now: its heartbeats tell the server this process lives)
         if params:
             handle.log_params(params)
         return handle
@@ -295,6 +296,7 @@ class Client:
         run = self.get_run(run_id, all_metrics=False)  # NOT_FOUND now rather than at the first batch
         handle = Run(self, run.run_id, writer_id, owner=False, **writer_options)  # the id as the server spells it
         handle.epoch = self.open_writer(run.run_id, handle.writer_id)
+        handle.writer  # noqa: B018  (started now: its heartbeats tell the server this process lives)
         return handle
 
     @typed_errors

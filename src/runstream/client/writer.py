@@ -7,6 +7,8 @@ threads turn the buffer into columnar batches and stream them to the server.
 - The stream thread keeps one StreamMetrics stream open; after a failure it reconnects
   with backoff and resends every unacked batch with its original `seq`, which the server
   de-duplicates, so a retry never doubles a point.
+- The heartbeat thread tells the server every `heartbeat_s` (RUNSTREAM_HEARTBEAT_S, 30 s)
+  that this process lives, so a run whose processes all died becomes CRASHED.
 
 The buffer is bounded (`max_buffer_points`, counting unsent and unacked points). When it
 is full, `on_full="block"` makes logging calls wait up to `block_timeout` seconds and then
@@ -64,6 +66,7 @@ class MetricWriter:
         max_buffer_points: int = 5_000_000,
         on_full: str = "block",
         block_timeout: float = 60.0,
+        heartbeat_s: float | None = None,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("on_full must be 'block' or 'drop'")
@@ -78,6 +81,9 @@ class MetricWriter:
         self.max_buffer_points = max_buffer_points
         self.on_full = on_full
         self.block_timeout = block_timeout
+        # While this process lives the server hears from it; a run none of whose writers it
+        # hears from for its --crash-after becomes CRASHED. 0: no heartbeats.
+        self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30")) if heartbeat_s is None else heartbeat_s
         self.dropped_points = 0
         self._dropped_unreported = 0  # dropped since the last flush, which reports them
         self.sent_batches = 0
@@ -93,6 +99,11 @@ class MetricWriter:
             "/runstream.v1.TrackingService/WaitCommitted",
             request_serializer=pb.WaitCommittedRequest.SerializeToString,
             response_deserializer=pb.WaitCommittedResponse.FromString,
+        )
+        self._heartbeat = channel.unary_unary(
+            "/runstream.v1.TrackingService/Heartbeat",
+            request_serializer=pb.HeartbeatRequest.SerializeToString,
+            response_deserializer=pb.HeartbeatResponse.FromString,
         )
         self._lock = threading.Condition()
         self._pending: list[tuple[tuple[str, ...], int, int, list[float]]] = []
@@ -111,11 +122,17 @@ class MetricWriter:
         self._trouble_logged = 0.0
         self._call: Any = None  # the open StreamMetrics call, while the stream thread is inside gRPC
         self._paused = False  # a fork is under way: stay out of gRPC
+        self._beating = False  # the heartbeat thread is inside gRPC
         self._batcher = threading.Thread(target=self._batch_loop, name=f"runstream-batcher-{writer_id}", daemon=True)
         self._streamer = threading.Thread(target=self._stream_loop, name=f"runstream-stream-{writer_id}", daemon=True)
+        self._beater = threading.Thread(
+            target=self._heartbeat_loop, name=f"runstream-heartbeat-{writer_id}", daemon=True
+        )
         _running.add(self)
         self._batcher.start()
         self._streamer.start()
+        if self.heartbeat_s > 0:
+            self._beater.start()
 
     # ---------------------------------------------------------------- calling thread
 
@@ -222,6 +239,8 @@ class MetricWriter:
             self._queue.put(_CLOSE)
             self._batcher.join(5)
             self._streamer.join(5)
+            if self._beater.is_alive():
+                self._beater.join(5)
 
     # ---------------------------------------------------------------- batcher thread
 
@@ -248,6 +267,31 @@ class MetricWriter:
             self._seq += 1
             self._unacked[self._seq] = (data, points)
             self._queue.put(data)
+
+    # ---------------------------------------------------------------- heartbeat thread
+
+    def _heartbeat_loop(self) -> None:
+        request = pb.HeartbeatRequest(run_id=self.run_id, writer_id=self.writer_id)
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                if self._paused:
+                    self._lock.wait(self.heartbeat_s)
+                    continue
+                self._beating = True
+            try:
+                self._heartbeat(request, timeout=min(10.0, self.heartbeat_s))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a server from before heartbeats
+                    return
+                # Unreachable or refusing: the stream thread reports trouble; try again next beat.
+            finally:
+                with self._lock:
+                    self._beating = False
+                    self._lock.notify_all()
+            with self._lock:
+                self._lock.wait_for(lambda: self._closing, timeout=self.heartbeat_s)
 
     # ---------------------------------------------------------------- stream thread
 
@@ -335,7 +379,7 @@ class MetricWriter:
             if self._call is not None:
                 self._call.cancel()
             deadline = time.monotonic() + 5.0
-            while self._call is not None and time.monotonic() < deadline:
+            while (self._call is not None or self._beating) and time.monotonic() < deadline:
                 self._lock.wait(0.05)
 
     def _resume_after_fork(self) -> None:

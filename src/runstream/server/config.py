@@ -45,6 +45,7 @@ class Settings:
     pool_size: int = 8
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped
+    crash_after_s: float = 300.0  # a RUNNING run none of whose writers was heard from this long is CRASHED
     auth: bool = False  # every RPC needs a token (auth/); required off loopback unless insecure
     insecure: bool = False  # serve off loopback without auth, knowingly
     tls_cert: Path | None = None  # serve gRPC and HTTP over TLS with this certificate chain...

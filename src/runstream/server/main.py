@@ -39,6 +39,7 @@ from runstream.server.auth.guard import Guard
 from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
 from runstream.server.config import Settings
 from runstream.server.connections import connect, preflight, printable_url, sample_pool, stop_event
+from runstream.server.crashes import Liveness
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.server.health import HealthWatch, add_health_route
 from runstream.server.ingest import Tracking
@@ -235,7 +236,10 @@ async def _services(
         )
         await tracking.start()
         closing.append(tracking.stop)
-        servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens))
+        liveness = Liveness(pool, settings.crash_after_s)
+        liveness.start()
+        closing.append(liveness.stop)
+        servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens), liveness)
     if "QueryService" in wanted:
         query = Query(pool, tokens)
         closing.append(query.close)

@@ -28,6 +28,7 @@ def run_message(run: store.RunRow) -> pb.Run:
         metrics=[summary_message(m) for m in run.metrics],
         metric_count=max(run.metric_count, len(run.metrics)),
         metrics_truncated=run.metric_count > len(run.metrics),
+        last_heard_ms=run.last_heard_ms or 0,
     )
 
 

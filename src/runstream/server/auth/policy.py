@@ -57,6 +57,7 @@ _BY_SCOPE: dict[str, tuple[str, ...]] = {
         "TrackingService/StreamMetrics",
         "TrackingService/LogMetrics",
         "TrackingService/WaitCommitted",
+        "TrackingService/Heartbeat",
         "ArtifactService/CreateUpload",
         "ArtifactService/SignParts",
         "ArtifactService/CompleteUpload",

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 QUIET_S = 2.0  # after the runs ended, this long without new points ends the tail
-TERMINAL = {2, 3, 4}  # FINISHED, FAILED, KILLED
+TERMINAL = {2, 3, 4, 5}  # FINISHED, FAILED, KILLED, CRASHED
 
 
 async def tail(

@@ -200,6 +200,7 @@ class RunRow:
     start_time_ms: int
     end_time_ms: int | None
     lifecycle_stage: str
+    last_heard_ms: int | None
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[asyncpg.Record] = field(default_factory=list)
@@ -213,7 +214,7 @@ RUN_METRICS = 1_000
 SEARCH_METRICS = 20_000
 _SUMMARY_COLUMNS = "key, last_value, last_step, last_timestamp_ms, min_value, max_value, count"
 
-_RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage"
+_RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage, last_heard_ms"
 
 
 async def create_run(
@@ -796,6 +797,37 @@ async def search_runs(
         run.metrics.append(r)
         run.metric_count = r["total"]
     return runs
+
+
+# ---------------------------------------------------------------- heartbeats and crashed runs
+
+RUNNING, CRASHED = 1, 5  # runstream.v1.RunStatus
+
+
+async def heard_from(conn: Conn, run_id: str) -> int | None:
+    """A writer of the run is alive: note when, and a CRASHED run is RUNNING again. Returns
+    the run's status, or None when there is no such run."""
+    status: int | None = await conn.fetchval(
+        """UPDATE runs SET last_heard_ms = $2, status = CASE WHEN status = $3 THEN $4 ELSE status END
+           WHERE run_id = $1 RETURNING status""",
+        run_id,
+        now_ms(),
+        CRASHED,
+        RUNNING,
+    )
+    return status
+
+
+async def mark_crashed(conn: Conn, silent_since_ms: int) -> list[asyncpg.Record]:
+    """RUNNING runs whose writers were last heard from before `silent_since_ms` become CRASHED;
+    returns (run_id, last_heard_ms) of each."""
+    return await conn.fetch(
+        """UPDATE runs SET status = $1 WHERE status = $2 AND last_heard_ms < $3
+           RETURNING run_id::text AS run_id, last_heard_ms""",
+        CRASHED,
+        RUNNING,
+        silent_since_ms,
+    )
 
 
 # ---------------------------------------------------------------- soft delete

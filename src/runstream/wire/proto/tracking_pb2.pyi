@@ -14,6 +14,7 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_FINISHED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_KILLED: _ClassVar[RunStatus]
+    RUN_STATUS_CRASHED: _ClassVar[RunStatus]
 
 class LoggedModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ RUN_STATUS_RUNNING: RunStatus
 RUN_STATUS_FINISHED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_KILLED: RunStatus
+RUN_STATUS_CRASHED: RunStatus
 LOGGED_MODEL_STATUS_UNSPECIFIED: LoggedModelStatus
 LOGGED_MODEL_STATUS_PENDING: LoggedModelStatus
 LOGGED_MODEL_STATUS_READY: LoggedModelStatus
@@ -114,7 +116,7 @@ class MetricSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., last_value: _Optional[float] = ..., last_step: _Optional[int] = ..., last_timestamp_ms: _Optional[int] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count")
+    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count", "last_heard_ms")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class Run(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     METRICS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     METRIC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     experiment_id: str
     name: str
@@ -153,7 +156,8 @@ class Run(_message.Message):
     metrics: _containers.RepeatedCompositeFieldContainer[MetricSummary]
     metrics_truncated: bool
     metric_count: int
-    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ...) -> None: ...
+    last_heard_ms: int
+    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ..., last_heard_ms: _Optional[int] = ...) -> None: ...
 
 class ListRunMetricsRequest(_message.Message):
     __slots__ = ("run_id", "max_results", "page_token")
@@ -518,3 +522,17 @@ class SearchLoggedModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[LoggedModel]
     next_page_token: str
     def __init__(self, models: _Optional[_Iterable[_Union[LoggedModel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("run_id", "writer_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    writer_id: str
+    def __init__(self, run_id: _Optional[str] = ..., writer_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: RunStatus
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...

@@ -160,6 +160,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/runstream.v1.TrackingService/Heartbeat',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class TrackingServiceServicer:
@@ -336,6 +341,15 @@ class TrackingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """A writer's "still alive", every RUNSTREAM_HEARTBEAT_S seconds while its process lives (the
+        SDK's writer does it). A RUNNING run none of whose writers was heard from for the server's
+        --crash-after becomes CRASHED; a heartbeat of a CRASHED run makes it RUNNING again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrackingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -463,6 +477,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
                     servicer.WaitCommitted,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.HeartbeatRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1141,6 +1160,33 @@ class TrackingService:
             '/runstream.v1.TrackingService/WaitCommitted',
             runstream_dot_v1_dot_tracking__pb2.WaitCommittedRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.WaitCommittedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/Heartbeat',
+            runstream_dot_v1_dot_tracking__pb2.HeartbeatRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,16 @@ WRITER = "mlflow"  # the writer id of points logged through MLflow's API
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment; ours is found by name
 DEFAULT_EXPERIMENT = "Default"
 MAX_BATCH_METRICS, MAX_BATCH_PARAMS, MAX_BATCH_TAGS = 1000, 100, 100
+# MLflow's run statuses; our CRASHED (no writer heard from) shows as FAILED, which MLflow's
+# client knows.
+MLFLOW_STATUS = {
+    "RUNNING": "RUNNING",
+    "FINISHED": "FINISHED",
+    "FAILED": "FAILED",
+    "KILLED": "KILLED",
+    "CRASHED": "FAILED",
+}
+MLFLOW_STATUS_IN = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 COMMIT_WAIT_MS = 30_000  # past this, DEADLINE_EXCEEDED (503): MLflow's client sends again, stored once
 
 
@@ -60,7 +70,7 @@ def _run_info(r: pb.Run) -> Body:
         "run_name": r.name,
         "experiment_id": r.experiment_id,
         "user_id": r.tags.get("mlflow.user", ""),
-        "status": RUN_STATUS_NAMES.get(r.status, "RUNNING"),
+        "status": MLFLOW_STATUS.get(RUN_STATUS_NAMES.get(r.status, "RUNNING"), "RUNNING"),
         "start_time": r.start_time_ms,
         "artifact_uri": artifact_uri(r.experiment_id, r.run_id),
         "lifecycle_stage": r.lifecycle_stage,
@@ -246,8 +256,8 @@ async def get_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 async def update_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.UpdateRunRequest(run_id=text(body, "run_id", "run_uuid"), end_time_ms=integer(body, "end_time"))
     if status := text(body, "status", required=False):
-        if status not in RUN_STATUS_VALUES:
-            raise InvalidArgument(f"status {status!r} is not one of {', '.join(RUN_STATUS_VALUES)}")
+        if status not in MLFLOW_STATUS_IN:
+            raise InvalidArgument(f"status {status!r} is not one of {', '.join(MLFLOW_STATUS_IN)}")
         req.status = RUN_STATUS_VALUES[status]
     if name := text(body, "run_name", required=False):
         req.name = name
