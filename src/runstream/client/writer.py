@@ -7,6 +7,7 @@ threads turn the buffer into columnar batches and stream them to the server.
 - The stream thread keeps one StreamMetrics stream open; after a failure it reconnects
   with backoff and resends every unacked batch with its original `seq`, which the server
   de-duplicates, so a retry never doubles a point.
+- A system-metrics thread (client/system.py) samples the process and host into `system/...`.
 - The heartbeat thread tells the server every `heartbeat_s` (RUNSTREAM_HEARTBEAT_S, 30 s)
   that this process lives, so a run whose processes all died becomes CRASHED.
 
@@ -32,6 +33,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from runstream.client import system
 from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
@@ -133,10 +135,20 @@ class MetricWriter:
         self._streamer.start()
         if self.heartbeat_s > 0:
             self._beater.start()
+        self._system = system.start(lambda values, step: self.log(values, step, moves_step=False))
 
     # ---------------------------------------------------------------- calling thread
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None, timestamp_ms: int | None = None) -> None:
+    def log(
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        timestamp_ms: int | None = None,
+        *,
+        moves_step: bool = True,
+    ) -> None:
+        """Buffer one call. `moves_step=False` (system metrics, on their own clock) leaves the
+        counter that steps calls without a step alone."""
         keys = tuple(metrics)
         if keys not in self._known_keys:
             for key in keys:
@@ -152,7 +164,8 @@ class MetricWriter:
                 return
             if step is None:
                 step = self._auto_step
-            self._auto_step = max(self._auto_step, step + 1)
+            if moves_step:
+                self._auto_step = max(self._auto_step, step + 1)
             self._pending.append((keys, step, ts, values))
             self._pending_points += n
             self._buffered_points += n
@@ -229,6 +242,8 @@ class MetricWriter:
         """Flush, then end the stream and the threads."""
         if self._closed:
             return
+        if self._system is not None:
+            self._system.stop()
         try:
             self.flush(timeout)
         finally:
