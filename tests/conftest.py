@@ -32,9 +32,10 @@ from runstream.wire.proto import tracking_pb2
 
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-# Tests count the points they log: writers sample no system metrics unless a test asks
-# (tests/test_system_metrics.py).
+# Tests count the points and files they log: writers sample no system metrics unless a test
+# asks (tests/test_system_metrics.py)...
 os.environ.setdefault("RUNSTREAM_SYSTEM_METRICS", "0")
+os.environ.setdefault("RUNSTREAM_CONSOLE", "0")  # nor console logs (tests/test_console.py)
 
 
 def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:

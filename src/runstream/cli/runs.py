@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from runstream.cli.common import Subparsers, add_format, add_url, resolve_experiment, resolve_run
 from runstream.client.query import QueryClient
 from runstream.client.tracking import Client
+from runstream.errors import NotFound
 from runstream.report import (
     comparison_table,
     experiments_table,
@@ -19,8 +22,10 @@ from runstream.report import (
     write_history,
     write_points,
 )
+from runstream.wire.status import RUN_STATUS_VALUES
 
 END_STATUSES = ["FINISHED", "FAILED", "KILLED"]
+RUNNING = RUN_STATUS_VALUES["RUNNING"]
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -59,12 +64,17 @@ def add_parsers(sub: Subparsers) -> None:
     tail.add_argument("keys", nargs="*", help="metric keys (default: all)")
     tail.add_argument("--from-step", type=int, default=None, help="also print stored points from this step")
     tail.set_defaults(handler=runs_tail)
+    logs = runs_sub.add_parser("logs", help="what a run's processes printed (stdout and stderr, per writer)")
+    logs.add_argument("run_id", help="run id or unique prefix")
+    logs.add_argument("--writer", help="whose output (default: the only writer's)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing what comes, until the run ends")
+    logs.set_defaults(handler=runs_logs)
     tags = runs_sub.add_parser("tags", help="a run's tags; --set and --delete change them")
     tags.add_argument("run_id", help="run id or unique prefix")
     tags.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a tag (repeatable)")
     tags.add_argument("--delete", action="append", default=[], metavar="KEY", help="delete a tag (repeatable)")
     tags.set_defaults(handler=runs_tags)
-    for p in (ls, show, cmp, end, delete, restore, tail, tags):
+    for p in (ls, show, cmp, end, delete, restore, tail, logs, tags):
         add_url(p)
     for p in (ls, cmp, tags):
         add_format(p)
@@ -156,6 +166,48 @@ def runs_tail(args: argparse.Namespace) -> int:
             return 130
     print(f"run {run_id} ended", file=sys.stderr)
     return 0
+
+
+FOLLOW_S = 2.0
+
+
+def runs_logs(args: argparse.Namespace) -> int:
+    """The console log (client/console.py) of one writer; with --follow, what it gains, as the
+    writer uploads it (every RUNSTREAM_CONSOLE_UPLOAD_S), until the run is no longer RUNNING."""
+    with Client(args.url) as client, QueryClient(args.url) as query:
+        run_id = resolve_run(query, args.run_id)
+        writers = [p[len("logs/") : -len(".txt")] for p in _files(client, run_id, "logs") if p.endswith(".txt")]
+        if args.writer is not None and args.writer not in writers:
+            raise NotFound(
+                f"run {run_id} has no console log of writer {args.writer!r} (it has: {', '.join(writers) or 'none'})"
+            )
+        if args.writer is None and len(writers) != 1:
+            if not writers:
+                raise NotFound(f"run {run_id} has no console logs (none captured, or not uploaded yet)")
+            raise ValueError(f"run {run_id} has console logs of writers {', '.join(writers)}: pick one with --writer")
+        path = f"logs/{args.writer or writers[0]}.txt"
+        shown = 0
+        try:
+            while True:
+                with tempfile.TemporaryDirectory() as tmp:
+                    data = client.download_artifacts(run_id, path, tmp).read_bytes()
+                if len(data) > shown:
+                    sys.stdout.write(data[shown:].decode("utf-8", errors="replace"))
+                    sys.stdout.flush()
+                    shown = len(data)
+                if not args.follow or client.get_run(run_id, all_metrics=False).status != RUNNING:
+                    return 0
+                time.sleep(FOLLOW_S)
+        except KeyboardInterrupt:
+            return 130
+
+
+def _files(client: Client, run_id: str, prefix: str) -> list[str]:
+    """Every file under `prefix` of the run's artifacts, at any depth."""
+    found: list[str] = []
+    for a in client.list_artifacts(run_id, prefix):
+        found += _files(client, run_id, a.path) if a.is_dir else [a.path]
+    return found
 
 
 def runs_tags(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ class ArtifactClient:
         path = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
         return self._upload(run_id, local, path, mimetypes.guess_type(local.name)[0] or "")
 
+    def log_file(self, run_id: str, local_path: str | Path, artifact_file: str, content_type: str = "") -> apb.Artifact:
+        """Upload a file as exactly `artifact_file` in the run's artifacts."""
+        local = Path(local_path)
+        return self._upload(run_id, local, artifact_file, content_type or mimetypes.guess_type(artifact_file)[0] or "")
+
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> list[apb.Artifact]:
         """Upload every file under `local_dir`, keeping its layout under `artifact_path`."""
         root = Path(local_dir)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from runstream.client import console
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
 from runstream.errors import RunstreamError
@@ -323,6 +324,7 @@ class Run:
         self._writer_options = writer_options
         self._writer: MetricWriter | None = None
         self._writer_lock = threading.Lock()
+        self._console: console.ConsoleCapture | None = None
         self.ended = False
 
     def __repr__(self) -> str:
@@ -343,7 +345,12 @@ class Run:
                     )
                     _live_writers.add(self._writer)
                     self.client._writers.add(self._writer)
+                    self._console = console.start(self._upload_console)
         return self._writer
+
+    def _upload_console(self, path: Path) -> None:
+        # A writer id may hold "/" (host/pid): logs/<host>/<pid>.txt then.
+        self.client.artifacts.log_file(self.run_id, path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8")
 
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:
         self.writer.log({key: value}, step, timestamp_ms)
@@ -407,6 +414,8 @@ class Run:
         if timeout is None:
             timeout = float(os.environ.get("RUNSTREAM_FLUSH_TIMEOUT", "60"))
         undelivered: RunstreamError | None = None
+        if self._console is not None:
+            console.stop(self._console)  # its last upload, before the run is marked ended
         try:
             if self._writer is not None:
                 self._writer.close(timeout)
