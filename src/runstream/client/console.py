@@ -84,7 +84,7 @@ class ConsoleCapture:
         while not self._stop.wait(self._interval):
             self._send()
 
-    def _send(self) -> None:
+    def _send(self, last: bool = False) -> None:
         with self._lock:
             if self._written == self._uploaded:
                 return
@@ -94,7 +94,10 @@ class ConsoleCapture:
             self._upload(self.path)
             self._uploaded = written
         except Exception as exc:  # the server away: the next upload (or the last) sends it all
-            log.debug("console log upload failed: %s", exc)
+            if last:  # nothing comes after this one: say what is lost
+                log.warning("the console log (%d characters) could not be uploaded: %s", written, exc)
+            else:
+                log.debug("console log upload failed, trying again later: %s", exc)
 
     def close(self) -> None:
         """Stop copying, and upload what the log holds."""
@@ -107,7 +110,7 @@ class ConsoleCapture:
             sys.stderr = self._stderr
         self._stop.set()
         self._thread.join(5)
-        self._send()
+        self._send(last=True)
         self._file.close()
         self._dir.cleanup()
 

@@ -46,6 +46,7 @@ class SystemSampler:
         self._started = time.monotonic()
         self._last = (self._started, psutil.disk_io_counters(), psutil.net_io_counters())
         self._gpus = _gpus()
+        self._failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-system-metrics", daemon=True)
         self._thread.start()
@@ -59,7 +60,9 @@ class SystemSampler:
             try:
                 values = self.sample()
             except Exception as exc:  # a sampler must never take the training job down with it
-                log.debug("system metrics: sampling failed: %s", exc)
+                self._failures += 1
+                if self._failures == 1:  # once, not every interval
+                    log.warning("system metrics: a sample failed (%s); samples that fail are skipped", exc)
                 continue
             self._emit(values, int((time.monotonic() - self._started) * 1000))
 
