@@ -215,28 +215,20 @@ def runstream_first_ack(light: Env, server: Env, work: Path, repeat: int) -> Non
         stop(proc)
 
 
+def start_mlflow_server(env: Env, backend_uri: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    """`mlflow server` of `env`'s venv on a free loopback port, once it listens."""
+    port = free_port()
+    cmd = [str(env.path / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    proc = start([*cmd, "--backend-store-uri", backend_uri, *extra], "Uvicorn running on", {**os.environ}, 300)
+    return proc, port
+
+
 def mlflow_first_ack(skinny: Env, work: Path, repeat: int) -> None:
     full = Env("mlflow (server)", ["mlflow"], "mlflow")
     if not make_venv(full, work):
         skinny.first_ack_note = "no MLflow server: " + "; ".join(full.notes)
         return
-    port = free_port()
-    proc = start(
-        [
-            str(full.path / "bin" / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{work / 'mlflow.db'}",
-            "--workers",
-            "1",
-        ],
-        "Uvicorn running on",
-        {**os.environ},
-    )
+    proc, port = start_mlflow_server(full, f"sqlite:///{work / 'mlflow.db'}", "--workers", "1")
     try:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
         skinny.first_ack_ms = first_acks(skinny.python, MLFLOW_FIRST_ACK, env, repeat)

@@ -30,7 +30,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from footprint import Env, free_port, make_venv, progress, start, stop
+from footprint import Env, make_venv, progress, start_mlflow_server, stop
 from ingest import BenchServer, _execute, service_arguments, table
 
 MLFLOW_SERVER = ["mlflow==3.17.2", "psycopg2-binary==2.9.11"]
@@ -186,24 +186,8 @@ def mlflow_server(args: argparse.Namespace, db_url: str) -> tuple[object, str]:
     env.path = work / env.label
     if not (env.path / "bin" / "mlflow").exists() and not make_venv(env, work):
         raise SystemExit(f"cannot install the MLflow server: {'; '.join(env.notes)}")
-    port = free_port()
-    proc = start(
-        [
-            str(env.path / "bin" / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            db_url.replace("postgresql://", "postgresql+psycopg2://", 1),
-            "--default-artifact-root",
-            str(work / "mlflow-artifacts"),
-        ],
-        "Uvicorn running on",
-        {**os.environ},
-        timeout=300,
-    )
+    backend = db_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    proc, port = start_mlflow_server(env, backend, "--default-artifact-root", str(work / "mlflow-artifacts"))
     return proc, f"http://127.0.0.1:{port}"
 
 

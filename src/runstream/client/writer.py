@@ -287,6 +287,7 @@ class MetricWriter:
 
     def _heartbeat_loop(self) -> None:
         request = pb.HeartbeatRequest(run_id=self.run_id, writer_id=self.writer_id)
+        refused = False
         while True:
             with self._lock:
                 if self._closing:
@@ -300,7 +301,15 @@ class MetricWriter:
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a server from before heartbeats
                     return
-                # Unreachable or refusing: the stream thread reports trouble; try again next beat.
+                # Unreachable or pushing back: the stream thread reports that; try again next beat.
+                # Anything else (a token without the write scope, a run deleted) is said once.
+                if exc.code() not in RETRYABLE and not refused:
+                    refused = True
+                    log.warning(
+                        "heartbeats of run %s are refused (%s): the run may be marked CRASHED",
+                        self.run_id,
+                        exc.details(),
+                    )
             finally:
                 with self._lock:
                     self._beating = False

@@ -56,6 +56,10 @@ async def create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
         raise FailedPrecondition(
             "runstream keeps a logged model's files with the run that logged it: log the model inside a run"
         )
+    if (experiment_id := text(body, "experiment_id", required=False)) not in ("", "0"):
+        run: pb.Run = await api.call(SERVICE, "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
+        if run.experiment_id != experiment_id:
+            raise InvalidArgument(f"run {run_id} is in experiment {run.experiment_id}, not {experiment_id}")
     req = pb.CreateLoggedModelRequest(
         run_id=run_id,
         name=text(body, "name", required=False) or "model",
@@ -64,12 +68,6 @@ async def create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
         params=pairs(body.get("params")),
     )
     made: pb.LoggedModel = await api.call(SERVICE, "CreateLoggedModel", req, ctx)
-    if (experiment_id := text(body, "experiment_id", required=False)) and experiment_id not in (
-        "0",
-        made.experiment_id,
-    ):
-        await api.call(SERVICE, "DeleteLoggedModel", pb.LoggedModelRef(model_id=made.model_id), ctx)
-        raise InvalidArgument(f"run {run_id} is in experiment {made.experiment_id}, not {experiment_id}")
     return {"model": logged_model(made)}
 
 
