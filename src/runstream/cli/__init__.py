@@ -14,12 +14,12 @@ from runstream.extras import ExtraMissing
 
 
 def parser() -> argparse.ArgumentParser:
-    from runstream.cli import admin, artifacts, models, runs, server
+    from runstream.cli import admin, artifacts, models, runs, server, sync
 
     p = argparse.ArgumentParser(prog="runstream", description=__doc__)
     p.add_argument("--version", action="version", version=f"runstream {extras.version()}", help="print the version")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (server, runs, artifacts, models, admin):
+    for module in (server, runs, artifacts, models, admin, sync):
         module.add_parsers(sub)
     return p
 

@@ -6,10 +6,15 @@ logging goes through a MetricWriter and never waits on the network.
 
 from __future__ import annotations
 
+import json
 import logging
+import mimetypes
 import os
 import socket
+import tempfile
 import threading
+import time
+import uuid
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from runstream.client import console
+from runstream.client import console, offline, spool, sync
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
-from runstream.errors import RunstreamError
+from runstream.errors import DeadlineExceeded, FailedPrecondition, RunstreamError, Unavailable
 from runstream.wire.batch import check_writer_id
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.proto import tracking_pb2_grpc as pb_grpc
@@ -36,6 +41,19 @@ _STATUS_BY_NAME = RUN_STATUS_VALUES
 log = logging.getLogger(__name__)
 
 _live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+_resumed = False  # this process has looked for what earlier ones left in the spool
+MODES = ("online", "offline", "auto")
+
+
+def run_mode(offline: bool | None) -> str:
+    """online (default), offline (spool only, `runstream sync` later) or auto (offline while
+    the server is unreachable at start, synced in the background once it answers)."""
+    if offline is not None:
+        return "offline" if offline else "online"
+    mode = os.environ.get("RUNSTREAM_MODE", "online").lower()
+    if mode not in MODES:
+        raise ValueError(f"RUNSTREAM_MODE is {mode!r}; it must be one of {', '.join(MODES)}")
+    return mode
 
 
 def default_writer_id() -> str:
@@ -115,14 +133,22 @@ class Client:
 
     @typed_errors
     def create_run(
-        self, experiment: str = "Default", name: str = "", tags: Mapping[str, str] | None = None, start_time_ms: int = 0
+        self,
+        experiment: str = "Default",
+        name: str = "",
+        tags: Mapping[str, str] | None = None,
+        start_time_ms: int = 0,
+        *,
+        run_id: str = "",
+        timeout: float | None = None,
     ) -> pb.Run:
-        """Create a run in the experiment named `experiment` (created when missing)."""
+        """Create a run in the experiment named `experiment` (created when missing); under
+        `run_id` when given (creating it again answers with that run)."""
         out: pb.Run = self._stub.CreateRun(
             pb.CreateRunRequest(
-                experiment_name=experiment, name=name, tags=dict(tags or {}), start_time_ms=start_time_ms
+                experiment_name=experiment, name=name, tags=dict(tags or {}), start_time_ms=start_time_ms, run_id=run_id
             ),
-            timeout=self.timeout,
+            timeout=timeout or self.timeout,
         )
         return out
 
@@ -275,22 +301,75 @@ class Client:
         tags: Mapping[str, str] | None = None,
         writer_id: str | None = None,
         record_source: bool = True,
+        offline: bool | None = None,
         **writer_options: Any,
     ) -> Run:
         """Create a run and a handle to log into it. Unless `record_source` is False the run is
         tagged with the code that started it (git commit and dirty flag, entry point, Python and
-        imported package versions: runstream.source.*)."""
+        imported package versions: runstream.source.*).
+
+        `offline=True` (or RUNSTREAM_MODE=offline) records the run in the local spool only, under
+        an id made here, for `runstream sync` to send later; RUNSTREAM_MODE=auto does that when
+        the server is unreachable now, and sends it in the background once the server answers."""
+        mode = run_mode(offline)
         if record_source:
             from runstream.client.provenance import source_tags
 
             tags = {**source_tags(), **(tags or {})}
-        run = self.create_run(experiment, name, tags)
+        if mode == "offline":
+            return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=False)
+        self._resume_orphans()
+        try:
+            connect = float(os.environ.get("RUNSTREAM_CONNECT_TIMEOUT", "10")) if mode == "auto" else None
+            run = self.create_run(experiment, name, tags, timeout=connect)
+        except (Unavailable, DeadlineExceeded) as exc:
+            if mode != "auto":
+                raise
+            log.warning(
+                "runstream: the server at %s is unreachable (%s); the run is kept offline and sent when it answers",
+                self.target,
+                exc,
+            )
+            return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=True)
         handle = Run(self, run.run_id, writer_id, **writer_options)
         handle.epoch = self.open_writer(run.run_id, handle.writer_id)
         handle.writer  # noqa: B018  (started now: its heartbeats tell the server this process lives)
         if params:
             handle.log_params(params)
         return handle
+
+    def _start_offline(
+        self,
+        experiment: str,
+        name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any] | None,
+        writer_id: str | None,
+        writer_options: dict[str, Any],
+        *,
+        follow: bool,
+    ) -> Run:
+        run_id = str(uuid.uuid4())
+        run_dir = spool.default_dir() / run_id
+        journal = offline.Journal(run_dir)
+        journal.record("create", **offline.create_entry(experiment, name or run_id[:8], tags, self.target))
+        handle = Run(self, run_id, writer_id, journal=journal, **writer_options)
+        handle.writer  # noqa: B018  (its spool exists from the start)
+        if params:
+            handle.log_params(params)
+        if follow:
+            handle.follower = sync.Follower(self, run_dir)
+            handle.follower.start()
+        log.info("runstream: run %s is offline, kept in %s", run_id, run_dir)
+        return handle
+
+    def _resume_orphans(self) -> None:
+        """Once per process: send what earlier processes left in the spool for this server."""
+        global _resumed
+        if _resumed or not spool.enabled() or os.environ.get("RUNSTREAM_SYNC_ON_START", "1") in ("0", "false", "no"):
+            return
+        _resumed = True
+        sync.resume_orphans(self, spool.default_dir())
 
     def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
         """A handle to log into an existing run, e.g. from another rank of the same job."""
@@ -313,7 +392,14 @@ class Run:
     FINISHED normally, FAILED when an exception escapes (only the run's creator ends it)."""
 
     def __init__(
-        self, client: Client, run_id: str, writer_id: str | None = None, *, owner: bool = True, **writer_options: Any
+        self,
+        client: Client,
+        run_id: str,
+        writer_id: str | None = None,
+        *,
+        owner: bool = True,
+        journal: offline.Journal | None = None,
+        **writer_options: Any,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -325,7 +411,13 @@ class Run:
         self._writer: MetricWriter | None = None
         self._writer_lock = threading.Lock()
         self._console: console.ConsoleCapture | None = None
+        self.journal = journal  # an offline run: everything goes to the spool
+        self.follower: sync.Follower | None = None  # auto mode: sends the offline run once the server answers
         self.ended = False
+
+    @property
+    def offline(self) -> bool:
+        return self.journal is not None
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, writer_id={self.writer_id!r})"
@@ -341,6 +433,8 @@ class Run:
                         self.run_id,
                         self.writer_id,
                         epoch=self.epoch,
+                        spool=self._open_spool(),
+                        offline=self.offline,
                         **self._writer_options,
                     )
                     _live_writers.add(self._writer)
@@ -348,7 +442,21 @@ class Run:
                     self._console = console.start(self._upload_console)
         return self._writer
 
+    def _open_spool(self) -> spool.SpoolWriter | None:
+        if not self.offline and not spool.enabled():
+            return None
+        try:
+            return spool.SpoolWriter(spool.default_dir(), self.run_id, self.writer_id, self.epoch, self.client.target)
+        except (OSError, spool.SpoolBusy) as exc:
+            if self.offline:
+                raise
+            log.warning("runstream: no spool for run %s (%s): unsent points live in memory only", self.run_id, exc)
+            return None
+
     def _upload_console(self, path: Path) -> None:
+        if self.journal is not None:
+            self.journal.keep_file(path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8")
+            return
         # A writer id may hold "/" (host/pid): logs/<host>/<pid>.txt then.
         self.client.artifacts.log_file(self.run_id, path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8")
 
@@ -359,48 +467,89 @@ class Run:
         self.writer.log(metrics, step, timestamp_ms)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> Any:
-        """Upload a file into the run's artifacts (under `artifact_path` if given)."""
+        """Upload a file into the run's artifacts (under `artifact_path` if given); an offline
+        run copies it into the spool now and uploads it at sync."""
+        if self.journal is not None:
+            local = Path(local_path)
+            path = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
+            self.journal.keep_file(local, path, mimetypes.guess_type(local.name)[0] or "")
+            return None
         return self.client.artifacts.log_artifact(self.run_id, local_path, artifact_path)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> Any:
+        if self.journal is not None:
+            root = Path(local_dir)
+            base = artifact_path.strip("/") + "/" if artifact_path else ""
+            for f in sorted(p for p in root.rglob("*") if p.is_file()):
+                rel = f.relative_to(root).as_posix()
+                self.journal.keep_file(f, base + rel, mimetypes.guess_type(f.name)[0] or "")
+            return None
         return self.client.artifacts.log_artifacts(self.run_id, local_dir, artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> Any:
+        if self.journal is not None:
+            self.journal.keep_text(text, artifact_file, "text/plain; charset=utf-8")
+            return None
         return self.client.artifacts.log_text(self.run_id, text, artifact_file)
 
     def log_dict(self, dictionary: Any, artifact_file: str) -> Any:
+        if self.journal is not None:
+            self.journal.keep_text(json.dumps(dictionary, indent=2), artifact_file, "application/json")
+            return None
         return self.client.artifacts.log_dict(self.run_id, dictionary, artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str, **savefig: Any) -> Any:
         """Save a matplotlib figure (format from the name: .png, .svg, .pdf) as an artifact."""
+        if self.journal is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / Path(artifact_file).name
+                figure.savefig(local, **savefig)
+                self.journal.keep_file(local, artifact_file, mimetypes.guess_type(local.name)[0] or "")
+            return None
         return self.client.artifacts.log_figure(self.run_id, figure, artifact_file, **savefig)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.record("params", params={k: str(v) for k, v in params.items()})
+            return
         self.client.log_params(self.run_id, params)
 
     def log_input(self, name: str, source: str = "", digest: str = "", context: str = "") -> None:
         """Record a dataset the run read (e.g. name="wine", source="s3://data/wine.csv",
         digest=its hash or version, context="training"); a model's lineage lists them."""
-        self.client.log_inputs(self.run_id, [{"name": name, "source": source, "digest": digest, "context": context}])
+        inputs = [{"name": name, "source": source, "digest": digest, "context": context}]
+        if self.journal is not None:
+            self.journal.record("inputs", inputs=inputs)
+            return
+        self.client.log_inputs(self.run_id, inputs)
 
     def log_param(self, key: str, value: Any) -> None:
-        self.client.log_params(self.run_id, {key: value})
+        self.log_params({key: value})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.record("tags", tags={k: str(v) for k, v in tags.items()})
+            return
         self.client.set_tags(self.run_id, tags)
 
     def set_tag(self, key: str, value: Any) -> None:
-        self.client.set_tags(self.run_id, {key: value})
+        self.set_tags({key: value})
 
     def flush(self, timeout: float | None = None, visible: bool = False) -> None:
         """Wait until everything logged so far is acknowledged: durable in the server's ingest
         log, where no server or loader failure loses it. With `visible=True` also wait until it
         is stored and queryable (get_metric_history, search_runs, compare_runs see it), for
         scripts that log and then read; DeadlineExceeded after `timeout` says what is missing."""
-        if self._writer is not None:
-            self._writer.flush(timeout, visible)
+        if self._writer is None:
+            return
+        if self.offline:
+            self._writer.persist(timeout)  # in the spool is as far as an offline run's points go
+            return
+        self._writer.flush(timeout, visible)
 
     def info(self) -> pb.Run:
+        if self.offline and (self.follower is None or not self.follower.online):
+            raise FailedPrecondition(f"run {self.run_id} is offline: `runstream sync` sends it to the server")
         return self.client.get_run(self.run_id)
 
     def end(self, status: str = "FINISHED", timeout: float | None = None) -> None:
@@ -421,6 +570,9 @@ class Run:
                 self._writer.close(timeout)
         except RunstreamError as exc:
             undelivered = exc
+        if self.journal is not None:
+            self._end_offline(status, timeout, undelivered)
+            return
         if self.owner:
             try:
                 self.client.update_run(self.run_id, status=status)
@@ -428,6 +580,19 @@ class Run:
                 if undelivered is None:
                     raise
                 log.error("run %s could not be marked %s either: %s", self.run_id, status, exc)
+        if undelivered is not None:
+            raise undelivered
+
+    def _end_offline(self, status: str, timeout: float, undelivered: RunstreamError | None) -> None:
+        assert self.journal is not None
+        self.journal.record("end", status=status, end_time_ms=time.time_ns() // 1_000_000)
+        self.journal.close()
+        if self.follower is not None and not self.follower.finish(timeout):
+            log.warning(
+                "runstream: run %s is not on the server yet; it stays in %s for `runstream sync`",
+                self.run_id,
+                self.journal.run_dir,
+            )
         if undelivered is not None:
             raise undelivered
 

@@ -8,6 +8,9 @@ threads turn the buffer into columnar batches and stream them to the server.
   with backoff and resends every unacked batch with its original `seq`, which the server
   de-duplicates, so a retry never doubles a point.
 - A system-metrics thread (client/system.py) samples the process and host into `system/...`.
+- Before a batch is sent it is appended to the writer's disk spool (client/spool.py), which is
+  trimmed as acks come back; what a dead process leaves there `runstream sync` sends later.
+  An offline writer only spools: a sync (or auto mode's follower) sends it.
 - The heartbeat thread tells the server every `heartbeat_s` (RUNSTREAM_HEARTBEAT_S, 30 s)
   that this process lives, so a run whose processes all died becomes CRASHED.
 
@@ -34,6 +37,7 @@ import grpc
 import numpy as np
 
 from runstream.client import system
+from runstream.client.spool import SpoolWriter
 from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
@@ -50,7 +54,7 @@ RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 _CLOSE = None
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
+STATUS_BY_CODE = {c.value[0]: c for c in grpc.StatusCode}
 TROUBLE_LOG_S = 60.0  # while the server pushes back or is away, a reminder this often
 
 
@@ -69,6 +73,8 @@ class MetricWriter:
         on_full: str = "block",
         block_timeout: float = 60.0,
         heartbeat_s: float | None = None,
+        spool: SpoolWriter | None = None,
+        offline: bool = False,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("on_full must be 'block' or 'drop'")
@@ -86,6 +92,10 @@ class MetricWriter:
         # While this process lives the server hears from it; a run none of whose writers it
         # hears from for its --crash-after becomes CRASHED. 0: no heartbeats.
         self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30")) if heartbeat_s is None else heartbeat_s
+        self.spool = spool
+        self.offline = offline  # batches go to the spool only; nothing is sent from here
+        if offline and spool is None:
+            raise ValueError("an offline writer needs a spool")
         self.dropped_points = 0
         self._dropped_unreported = 0  # dropped since the last flush, which reports them
         self.sent_batches = 0
@@ -117,6 +127,7 @@ class MetricWriter:
         self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (data, points)
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._flush_now = False
+        self._emitting = False  # the batcher holds calls taken from _pending
         self._closing = False
         self._closed = False
         self._drops_logged = 0
@@ -132,9 +143,10 @@ class MetricWriter:
         )
         _running.add(self)
         self._batcher.start()
-        self._streamer.start()
-        if self.heartbeat_s > 0:
-            self._beater.start()
+        if not offline:
+            self._streamer.start()
+            if self.heartbeat_s > 0:
+                self._beater.start()
         self._system = system.start(lambda values, step: self.log(values, step, moves_step=False))
 
     # ---------------------------------------------------------------- calling thread
@@ -215,6 +227,19 @@ class MetricWriter:
             except grpc.RpcError as exc:
                 raise from_status(exc.code(), exc.details() or "") from None
 
+    def persist(self, timeout: float | None = None) -> None:
+        """Wait until every point logged so far is in a batch written to the spool (durable as
+        RUNSTREAM_SPOOL_FSYNC says), sent or not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._flush_now = True
+            self._lock.notify_all()
+            while self._pending or self._emitting:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded(f"persist: points of run {self.run_id} not batched after {timeout} s")
+                self._lock.wait(left if left is not None else 1.0)
+
     def _flush_acked(self, deadline: float | None, timeout: float | None) -> None:
         with self._lock:
             self._flush_now = True
@@ -253,9 +278,31 @@ class MetricWriter:
                 self._lock.notify_all()
             self._queue.put(_CLOSE)
             self._batcher.join(5)
-            self._streamer.join(5)
+            if self._streamer.is_alive():
+                self._streamer.join(5)
             if self._beater.is_alive():
                 self._beater.join(5)
+            self._close_spool()
+
+    def _close_spool(self) -> None:
+        if self.spool is None:
+            return
+        with self._lock:
+            unsent = sum(points for _, points in self._unacked.values())
+            all_acked = not self.offline and not self._unacked and not self._pending
+            upto = 0 if self.offline else self._acked_upto()  # offline: nothing is acknowledged
+        self.spool.close(all_acked, upto)
+        if unsent:
+            log.warning(
+                "runstream: %d points of run %s are kept in the spool %s; `runstream sync` sends them",
+                unsent,
+                self.run_id,
+                self.spool.directory,
+            )
+
+    def _acked_upto(self) -> int:
+        """Called holding the lock: the seq up to which every batch is settled."""
+        return next(iter(self._unacked)) - 1 if self._unacked else self._seq
 
     # ---------------------------------------------------------------- batcher thread
 
@@ -273,14 +320,27 @@ class MetricWriter:
                 self._flush_now = False
                 taken, self._pending = self._pending, []
                 self._pending_points = 0
-            for part in _split(taken, self.batch_points):
-                self._emit(part)
+                self._emitting = bool(taken)
+            try:
+                for part in _split(taken, self.batch_points):
+                    self._emit(part)
+            finally:
+                with self._lock:
+                    self._emitting = False
+                    self._lock.notify_all()
 
     def _emit(self, calls: list[tuple[tuple[str, ...], int, int, list[float]]]) -> None:
-        data, points = encode_calls(self.run_id, self.writer_id, self._seq + 1, calls, self.epoch)
+        seq = self._seq + 1  # only this thread moves _seq
+        data, points = encode_calls(self.run_id, self.writer_id, seq, calls, self.epoch)
+        if self.spool is not None:
+            self.spool.append(seq, data)
         with self._lock:
-            self._seq += 1
-            self._unacked[self._seq] = (data, points)
+            self._seq = seq
+            if self.offline:  # in the spool is as far as it goes from here
+                self._buffered_points -= points
+                self._lock.notify_all()
+                return
+            self._unacked[seq] = (data, points)
             self._queue.put(data)
 
     # ---------------------------------------------------------------- heartbeat thread
@@ -413,7 +473,7 @@ class MetricWriter:
 
     def _on_ack(self, ack: pb.BatchAck) -> bool:
         """Settle one batch; False when the server asks for it again later."""
-        code = _CODES.get(ack.code, grpc.StatusCode.UNKNOWN)
+        code = STATUS_BY_CODE.get(ack.code, grpc.StatusCode.UNKNOWN)
         with self._lock:
             if code in RETRYABLE:
                 self._trouble(f"the server pushes back ({code.name}: {ack.message})")
@@ -431,6 +491,9 @@ class MetricWriter:
                 log.error("runstream refused a batch of %d points: %s", entry[1], err)
                 self.errors.append(err)
             self._lock.notify_all()
+            upto = self._acked_upto()
+        if self.spool is not None:
+            self.spool.acked(upto)
         return True
 
 

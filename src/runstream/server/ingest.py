@@ -164,7 +164,7 @@ class Tracking:
         if len(req.name) > MAX_NAME:
             raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
-        run_id = str(uuid.uuid4())
+        run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc.py)
         start = req.start_time_ms or store.now_ms()
         async with self.pool.acquire() as conn:
             which = req.WhichOneof("experiment")
@@ -175,10 +175,12 @@ class Tracking:
                 if len(name) > MAX_NAME:
                     raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
                 experiment_id = await store.get_or_create_experiment(conn, name)
-            await store.create_run(
+            created = await store.create_run(
                 conn, run_id, experiment_id, req.name or run_id[:8], pb.RUN_STATUS_RUNNING, start, dict(req.tags)
             )
             run = await store.get_run(conn, run_id)
+        if not created and run.experiment_id != experiment_id:
+            raise AlreadyExists(f"run id {run_id} is taken by a run of experiment {run.experiment_id}")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
         return run_message(run)
 

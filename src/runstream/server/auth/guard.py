@@ -166,7 +166,8 @@ class Guard:
         experiment_ids: list[int] = []
         named: list[tuple[str, str | None]] = []
         for field in ("run_id", "run_ids"):
-            if field in fields:
+            # CreateRun's run_id is a new run's client-made id: its experiment field decides.
+            if field in fields and req.DESCRIPTOR.name != "CreateRunRequest":
                 value = getattr(req, field)
                 run_ids += list(value) if not isinstance(value, str) else [value] if value else []
         for field in ("experiment_id", "experiment_ids"):

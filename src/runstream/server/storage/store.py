@@ -219,12 +219,13 @@ _RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_ti
 
 async def create_run(
     conn: Conn, run_id: str, experiment_id: int, name: str, status: int, start_time_ms: int, tags: dict[str, str]
-) -> None:
+) -> bool:
+    """False when a run with this id exists already (a client-made id created again)."""
     async with conn.transaction():
         try:
-            await conn.execute(
+            inserted = await conn.fetchval(
                 """INSERT INTO runs (run_id, experiment_id, name, status, start_time_ms)
-                   VALUES ($1, $2, $3, $4, $5)""",
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING RETURNING true""",
                 run_id,
                 experiment_id,
                 name,
@@ -233,9 +234,12 @@ async def create_run(
             )
         except asyncpg.ForeignKeyViolationError:
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist") from None
+        if not inserted:
+            return False
         await conn.executemany(
             "INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3)", [(run_id, k, v) for k, v in tags.items()]
         )
+        return True
 
 
 async def get_run(conn: Conn, run_id: str, keys: list[str] | None = None) -> RunRow:

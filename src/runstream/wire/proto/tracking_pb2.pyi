@@ -178,7 +178,7 @@ class ListRunMetricsResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("experiment_id", "experiment_name", "name", "tags", "start_time_ms")
+    __slots__ = ("experiment_id", "experiment_name", "name", "tags", "start_time_ms", "run_id")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -191,12 +191,14 @@ class CreateRunRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     experiment_name: str
     name: str
     tags: _containers.ScalarMap[str, str]
     start_time_ms: int
-    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_time_ms: _Optional[int] = ...) -> None: ...
+    run_id: str
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_time_ms: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

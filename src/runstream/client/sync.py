@@ -1,0 +1,339 @@
+"""Sending what a spool holds (`runstream sync`, auto mode's follower, and the SDK's offer at
+start-up): offline runs are created under their client-made id and their journal replayed;
+every writer's spooled batches are streamed as they are, with their original (run, writer,
+epoch, seq), so the server stores each exactly once however often a sync runs or is cut short.
+
+A sync may run while the job still writes: it sends what is there and leaves the files of a
+live writer to it. A batch the server refuses for good is moved to `<writer>/refused/` with
+the reason, reported, and does not hold up the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from runstream.client import offline, spool
+from runstream.client.writer import RETRYABLE, STATUS_BY_CODE
+from runstream.errors import (
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    RunstreamError,
+    Unavailable,
+    from_status,
+)
+from runstream.wire.proto import tracking_pb2 as pb
+
+
+class Client(Protocol):
+    """What a sync needs of runstream.client.tracking.Client (named here, not imported: the
+    client imports this module)."""
+
+    target: str
+
+    @property
+    def channel(self) -> grpc.Channel: ...
+    @property
+    def artifacts(self) -> Any: ...
+    def create_run(
+        self,
+        experiment: str = ...,
+        name: str = ...,
+        tags: Any = ...,
+        start_time_ms: int = ...,
+        *,
+        run_id: str = ...,
+        timeout: float | None = ...,
+    ) -> pb.Run: ...
+    def log_params(self, run_id: str, params: Any) -> None: ...
+    def set_tags(self, run_id: str, tags: Any) -> None: ...
+    def delete_tag(self, run_id: str, key: str) -> None: ...
+    def log_inputs(self, run_id: str, inputs: list[Any]) -> None: ...
+    def update_run(
+        self, run_id: str, status: str | None = ..., name: str | None = ..., end_time_ms: int = ...
+    ) -> Any: ...
+
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # points acknowledged so far in this sync
+
+
+@dataclass
+class WriterSync:
+    writer_id: str
+    epoch: int
+    batches: int = 0
+    points: int = 0
+    refused: int = 0
+    live: bool = False  # its process still writes: its files are left to it
+
+
+@dataclass
+class RunSync:
+    run_id: str
+    created: bool = False  # an offline run made on the server by this sync
+    entries: int = 0  # journal entries applied
+    writers: list[WriterSync] = field(default_factory=list)
+    done: bool = False  # everything sent and the spool removed
+    busy: bool = False  # another sync holds this run
+
+    @property
+    def points(self) -> int:
+        return sum(w.points for w in self.writers)
+
+
+def sync(client: Client, root: Path, run_id: str | None = None, progress: Progress | None = None) -> list[RunSync]:
+    """Send every run of the spool at `root` (or just `run_id`)."""
+    counter = _Counter(progress)
+    runs = [root / run_id] if run_id else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [sync_run(client, run_dir, counter) for run_dir in runs if run_dir.is_dir()]
+
+
+def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None) -> RunSync:
+    """Send one run's spool: its journal (offline runs) and its writers' batches."""
+    counter = counter or _Counter(None)
+    result = RunSync(run_dir.name)
+    with _run_lock(run_dir) as held:
+        if not held:
+            result.busy = True
+            return result
+        ended = _replay(client, run_dir, result, counter)
+        has_journal = (run_dir / offline.JOURNAL).exists()
+        live = any(w.live for w in result.writers) or (has_journal and spool.is_live(run_dir))
+        abandoned = not live and has_journal and not ended and _abandoned(run_dir)
+        if abandoned:  # its process died before ending it: what W&B calls crashed
+            client.update_run(run_dir.name, status="CRASHED")
+        if not live and (ended or not has_journal or abandoned):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            result.done = True
+    return result
+
+
+def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -> bool:
+    """Apply the journal's new entries, sending the writers before the run's end; True once the
+    end is applied (or the run has no journal and its writers are sent)."""
+    done = offline.synced_count(run_dir)
+    applied = 0
+    end: dict[str, Any] | None = None
+    for index, entry in enumerate(offline.entries(run_dir)):
+        if entry["op"] == "end":
+            end = entry if index >= done else {}
+            break
+        if index < done:
+            continue
+        result.created |= _apply(client, run_dir, entry)
+        applied += 1
+        offline.mark_synced(run_dir, index + 1)
+    result.entries = applied
+    result.writers = [_send_writer(client, w, counter) for w in spool.spooled_writers(run_dir.parent, run_dir.name)]
+    if end is None:
+        return False
+    if end:
+        client.update_run(run_dir.name, status=end["status"], end_time_ms=end["end_time_ms"])
+        offline.mark_synced(run_dir, done + applied + 1)
+        result.entries += 1
+    return all(not w.live for w in result.writers)
+
+
+def _apply(client: Client, run_dir: Path, entry: dict[str, Any]) -> bool:
+    run_id = run_dir.name
+    op = entry["op"]
+    if op == "create":
+        run = client.create_run(
+            entry["experiment"], entry["name"], entry["tags"], entry["start_time_ms"], run_id=run_id
+        )
+        return run.run_id == run_id
+    if op == "params":
+        client.log_params(run_id, entry["params"])
+    elif op == "tags":
+        client.set_tags(run_id, entry["tags"])
+    elif op == "delete_tag":
+        with contextlib.suppress(NotFound):  # deleted by an earlier, interrupted sync
+            client.delete_tag(run_id, entry["key"])
+    elif op == "inputs":
+        client.log_inputs(run_id, entry["inputs"])
+    elif op == "file":
+        client.artifacts.log_file(run_id, run_dir / entry["file"], entry["path"], entry["content_type"])
+    else:
+        raise RunstreamError(f"spool journal {run_dir / offline.JOURNAL}: unknown entry {op!r}")
+    return False
+
+
+def _abandoned(run_dir: Path) -> bool:
+    """An offline run whose process died before its end: everything it journaled is sent."""
+    return offline.synced_count(run_dir) >= sum(1 for _ in offline.entries(run_dir))
+
+
+def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter) -> WriterSync:
+    out = WriterSync(w.writer_id, w.epoch, live=spool.is_live(w.directory))
+    acked = spool.read_acked(w.directory)
+    pending: dict[int, bytes] = {}
+
+    def requests() -> Iterator[bytes]:
+        for seq, data in w.records(acked, quiet=out.live):
+            pending[seq] = data
+            yield data
+
+    stream = client.channel.stream_stream(
+        "/runstream.v1.TrackingService/StreamMetrics",
+        request_serializer=None,
+        response_deserializer=pb.BatchAck.FromString,
+    )
+    last = acked
+    call = stream(requests())
+    try:
+        for ack in call:
+            code = STATUS_BY_CODE.get(ack.code, grpc.StatusCode.UNKNOWN)
+            data = pending.pop(ack.seq, b"")
+            if code in RETRYABLE:
+                raise from_status(code, ack.message)
+            if code != grpc.StatusCode.OK:
+                _keep_refused(w.directory, ack.seq, data, f"{code.name}: {ack.message}")
+                out.refused += 1
+            out.batches += 1
+            out.points += ack.points
+            counter.add(ack.points)
+            last = max(last, ack.seq)
+    except grpc.RpcError as exc:
+        raise from_status(exc.code(), exc.details() or "") from None
+    finally:
+        call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream has ended
+        spool.write_acked(w.directory, last)
+    if not out.live:
+        shutil.rmtree(w.directory, ignore_errors=True)
+    return out
+
+
+def _keep_refused(directory: Path, seq: int, data: bytes, reason: str) -> None:
+    refused = directory.parent.parent / "refused"
+    refused.mkdir(exist_ok=True)
+    name = f"{directory.name}.{seq}"
+    (refused / f"{name}.batch").write_bytes(data)
+    (refused / f"{name}.reason").write_text(reason + "\n")
+    log.error("the server refused spooled batch %d of %s for good (%s); kept in %s", seq, directory, reason, refused)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[bool]:
+    """One sync of a run at a time (the CLI's and a follower's)."""
+    try:
+        handle = open(run_dir / "sync.lock", "ab")  # noqa: SIM115
+    except FileNotFoundError:  # removed by a sync that just finished it
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+class _Counter:
+    def __init__(self, progress: Progress | None) -> None:
+        self.points = 0
+        self.progress = progress
+
+    def add(self, points: int) -> None:
+        self.points += points
+        if self.progress is not None:
+            self.progress(self.points)
+
+
+class Follower(threading.Thread):
+    """Auto mode: syncs one offline run in the background until its end is on the server,
+    trying again every `interval` while the server is away."""
+
+    def __init__(self, client: Client, run_dir: Path, interval: float = 2.0) -> None:
+        super().__init__(name=f"runstream-follow-{run_dir.name}", daemon=True)
+        self.client, self.run_dir, self.interval = client, run_dir, interval
+        self.online = False  # the run exists on the server
+        self.refused = False  # the server refused part of it for good (said once)
+        self.finished = threading.Event()
+        self._ending = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            ending = self._ending.is_set()
+            try:
+                result = sync_run(self.client, self.run_dir)
+                if not self.online and not result.busy:
+                    self.online = True
+                    log.warning("runstream: the server answers again; run %s is being sent", self.run_dir.name)
+                if result.done or not self.run_dir.exists():
+                    self.finished.set()
+                    return
+            except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:  # away or busy: later
+                log.debug("runstream: syncing run %s: %s", self.run_dir.name, exc)
+            except RunstreamError as exc:
+                if not self.refused:
+                    log.warning("runstream: run %s cannot be sent (%s); it stays in the spool", self.run_dir.name, exc)
+                self.refused = True
+            if ending and not self.run_dir.exists():
+                self.finished.set()
+                return
+            self._ending.wait(self.interval if not ending else 0.5)
+
+    def finish(self, timeout: float) -> bool:
+        """After the run's end: wait up to `timeout` for everything to reach the server."""
+        self._ending.set()
+        return self.finished.wait(timeout)
+
+
+def resume_orphans(client: Client, root: Path) -> threading.Thread | None:
+    """What earlier processes left in the spool for this client's server: sent in the
+    background (RUNSTREAM_SYNC_ON_START=0: left for `runstream sync`)."""
+    orphans = [r for r in _orphan_runs(root) if _target_of(r) in (client.target, None)]
+    if not orphans:
+        return None
+    log.warning(
+        "runstream: %d run(s) in the spool %s were left by processes that ended before sending them; "
+        "sending them in the background",
+        len(orphans),
+        root,
+    )
+
+    def send() -> None:
+        for run_dir in orphans:
+            try:
+                sync_run(client, run_dir)
+            except RunstreamError as exc:
+                log.warning("runstream: run %s stays in the spool (%s); `runstream sync` sends it", run_dir.name, exc)
+
+    thread = threading.Thread(target=send, name="runstream-resume", daemon=True)
+    thread.start()
+    return thread
+
+
+def _orphan_runs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = []
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        writers = spool.spooled_writers(root, run_dir.name)
+        journal = (run_dir / offline.JOURNAL).exists()
+        live = any(spool.is_live(w.directory) for w in writers) or (journal and spool.is_live(run_dir))
+        if (writers or journal) and not live:
+            found.append(run_dir)
+    return found
+
+
+def _target_of(run_dir: Path) -> str | None:
+    for entry in offline.entries(run_dir):
+        return str(entry.get("target")) if entry["op"] == "create" else None
+    for w in spool.spooled_writers(run_dir.parent, run_dir.name):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(w.meta()["target"])
+    return None
