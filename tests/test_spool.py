@@ -118,17 +118,20 @@ def test_an_online_run_keeps_its_spool_trimmed_and_removes_it_at_the_end(
     assert server.wait_points(run.run_id, 200_000) == 200_000
 
 
+@pytest.mark.parametrize("mode", ["offline", "auto"])
 def test_a_job_with_the_server_down_throughout_syncs_later_under_its_run_id(
-    make_server: Any, tmp_path: Path, monkeypatch: Any
+    make_server: Any, tmp_path: Path, monkeypatch: Any, mode: str
 ) -> None:
     monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
+    monkeypatch.setenv("RUNSTREAM_MODE", mode)
     server = make_server(start=False)  # nothing listens on its port while the job runs
     model = tmp_path.parent / "model.bin"
     model.write_bytes(os.urandom(300_000))
     steps = np.arange(200_000)
     with runstream.Client(server.target) as client:
         t0 = time.perf_counter()
-        run = client.start_run("offline", "no-server", params={"lr": 0.01}, tags={"team": "a"}, offline=True)
+        run = client.start_run("offline", "no-server", params={"lr": 0.01}, tags={"team": "a"})
+        assert run.offline
         for step in steps.tolist():
             run.log_metrics({"loss": step * 0.5, "acc": step * 0.5}, step=step)
         run.log_input("wine", source="s3://data/wine.csv", digest="abc", context="training")
@@ -211,6 +214,7 @@ def test_auto_mode_goes_offline_and_sends_the_run_once_the_server_starts(
     with runstream.Client(server.target) as client:
         got = client.get_run(run.run_id)
         assert got.params["lr"] == "0.1" and runstream.wire.status.RUN_STATUS_NAMES[got.status] == "FINISHED"
+        assert got.last_heard_ms > 0  # the follower's heartbeats: the run would be CRASHED if the job died
     assert not (tmp_path / run.run_id).exists()
 
 
@@ -288,3 +292,28 @@ def test_an_offline_job_killed_before_its_end_is_synced_as_crashed(server: Serve
         got = client.get_run(run_id)
     assert runstream.wire.status.RUN_STATUS_NAMES[got.status] == "CRASHED" and got.params["seed"] == "7"
     assert not (tmp_path / run_id).exists()
+
+
+def test_a_long_outage_spills_to_the_spool_instead_of_blocking_the_job(
+    make_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
+    server = make_server()
+    with runstream.Client(server.target) as client:
+        run = client.start_run(
+            "spool", record_source=False, batch_points=5_000, max_buffer_points=100_000, block_timeout=3
+        )
+        for step in range(50_000):
+            run.log_metric("loss", step * 0.5, step=step)
+        run.flush()
+        server.stop(signal.SIGKILL)
+        for step in range(50_000, 400_000):  # 3.5 buffers' worth: without the spool, BufferFull
+            run.log_metric("loss", step * 0.5, step=step)
+        run.writer.persist(30)
+        assert run.writer._spilled_points >= 200_000 and run.writer._buffered_points <= 100_000
+        server.start()
+        run.flush(timeout=120)  # the spilled batches are read back from the spool and sent
+        run.end()
+    assert server.wait_points(run.run_id, 400_000) == 400_000
+    _steps_once(server, run.run_id, "loss", np.arange(400_000))
+    assert not (tmp_path / run.run_id).exists()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,11 +256,16 @@ class _Counter:
 
 class Follower(threading.Thread):
     """Auto mode: syncs one offline run in the background until its end is on the server,
-    trying again every `interval` while the server is away."""
+    trying again every `interval` while the server is away. Once the server answers it also
+    sends the writer's heartbeats, so the run is CRASHED if this process dies (and RUNNING
+    again if it was marked while the server could not hear from it)."""
 
-    def __init__(self, client: Client, run_dir: Path, interval: float = 2.0) -> None:
+    def __init__(self, client: Client, run_dir: Path, writer_id: str, interval: float = 2.0) -> None:
         super().__init__(name=f"runstream-follow-{run_dir.name}", daemon=True)
         self.client, self.run_dir, self.interval = client, run_dir, interval
+        self.heartbeat = pb.HeartbeatRequest(run_id=run_dir.name, writer_id=writer_id)
+        self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30"))
+        self._beaten = 0.0
         self.online = False  # the run exists on the server
         self.refused = False  # the server refused part of it for good (said once)
         self.finished = threading.Event()
@@ -275,16 +282,33 @@ class Follower(threading.Thread):
                 if result.done or not self.run_dir.exists():
                     self.finished.set()
                     return
+                self._beat()
             except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:  # away or busy: later
                 log.debug("runstream: syncing run %s: %s", self.run_dir.name, exc)
             except RunstreamError as exc:
                 if not self.refused:
                     log.warning("runstream: run %s cannot be sent (%s); it stays in the spool", self.run_dir.name, exc)
                 self.refused = True
+            except ValueError:  # grpc: the client was closed: the run waits in the spool
+                return
             if ending and not self.run_dir.exists():
                 self.finished.set()
                 return
             self._ending.wait(self.interval if not ending else 0.5)
+
+    def _beat(self) -> None:
+        if self.heartbeat_s <= 0 or time.monotonic() - self._beaten < self.heartbeat_s:
+            return
+        call = self.client.channel.unary_unary(
+            "/runstream.v1.TrackingService/Heartbeat",
+            request_serializer=pb.HeartbeatRequest.SerializeToString,
+            response_deserializer=pb.HeartbeatResponse.FromString,
+        )
+        try:
+            call(self.heartbeat, timeout=10)
+            self._beaten = time.monotonic()
+        except grpc.RpcError as exc:  # the stream's errors say what matters; try again next round
+            log.debug("runstream: heartbeat of run %s: %s", self.run_dir.name, exc.details())
 
     def finish(self, timeout: float) -> bool:
         """After the run's end: wait up to `timeout` for everything to reach the server."""

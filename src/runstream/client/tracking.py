@@ -358,7 +358,7 @@ class Client:
         if params:
             handle.log_params(params)
         if follow:
-            handle.follower = sync.Follower(self, run_dir)
+            handle.follower = sync.Follower(self, run_dir, handle.writer_id)
             handle.follower.start()
         log.info("runstream: run %s is offline, kept in %s", run_id, run_dir)
         return handle
@@ -587,7 +587,10 @@ class Run:
         assert self.journal is not None
         self.journal.record("end", status=status, end_time_ms=time.time_ns() // 1_000_000)
         self.journal.close()
-        if self.follower is not None and not self.follower.finish(timeout):
+        # A server never reached during the job gets one more try, not the whole flush timeout:
+        # the job ends at its own speed and the run waits in the spool.
+        wait = timeout if self.follower is not None and self.follower.online else min(timeout, 5.0)
+        if self.follower is not None and not self.follower.finish(wait):
             log.warning(
                 "runstream: run %s is not on the server yet; it stays in %s for `runstream sync`",
                 self.run_id,

@@ -14,10 +14,13 @@ threads turn the buffer into columnar batches and stream them to the server.
 - The heartbeat thread tells the server every `heartbeat_s` (RUNSTREAM_HEARTBEAT_S, 30 s)
   that this process lives, so a run whose processes all died becomes CRASHED.
 
-The buffer is bounded (`max_buffer_points`, counting unsent and unacked points). When it
-is full, `on_full="block"` makes logging calls wait up to `block_timeout` seconds and then
-raise BufferFull; `on_full="drop"` drops the call, counts it in `dropped_points` and logs
-a warning (the first time, then every 10,000 dropped calls).
+The buffer is bounded (`max_buffer_points`, counting unsent and unacked points in memory).
+With the spool on, the oldest unacknowledged batches beyond half of it are dropped from memory
+(they are on disk) and read back from the spool when they are sent again, so a server away for
+hours costs disk, not memory, and does not block the training loop. When the buffer is full,
+`on_full="block"` makes logging calls wait up to `block_timeout` seconds and then raise
+BufferFull; `on_full="drop"` drops the call, counts it in `dropped_points` and logs a warning
+(the first time, then every 10,000 dropped calls).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import grpc
 import numpy as np
 
 from runstream.client import system
-from runstream.client.spool import SpoolWriter
+from runstream.client.spool import SpooledWriter, SpoolWriter
 from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
@@ -120,11 +123,13 @@ class MetricWriter:
         self._lock = threading.Condition()
         self._pending: list[tuple[tuple[str, ...], int, int, list[float]]] = []
         self._pending_points = 0
-        self._buffered_points = 0  # pending + unacked
+        self._buffered_points = 0  # pending + unacked, in memory
+        self._spilled_points = 0  # unacked points whose batches are only in the spool now
         self._auto_step = 0
         self._known_keys: dict[tuple[str, ...], bool] = {}
         self._seq = 0
-        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (data, points)
+        # seq -> (data, or None when it is only in the spool, points); spilled ones are the oldest
+        self._unacked: OrderedDict[int, tuple[bytes | None, int]] = OrderedDict()
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._flush_now = False
         self._emitting = False  # the batcher holds calls taken from _pending
@@ -244,11 +249,12 @@ class MetricWriter:
         with self._lock:
             self._flush_now = True
             self._lock.notify_all()
-            while self._buffered_points > 0:
+            while self._buffered_points > 0 or self._spilled_points > 0:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise DeadlineExceeded(
-                        f"flush: {self._buffered_points:,} points of run {self.run_id} not acknowledged "
+                        f"flush: {self._buffered_points + self._spilled_points:,} points of run {self.run_id} "
+                        "not acknowledged "
                         f"after {timeout} s (is the server at {self.target} reachable?)"
                     )
                 self._lock.wait(left if left is not None else 1.0)
@@ -342,6 +348,21 @@ class MetricWriter:
                 return
             self._unacked[seq] = (data, points)
             self._queue.put(data)
+            if self.spool is not None and self._buffered_points > self.max_buffer_points // 2:
+                self._spill()
+
+    def _spill(self) -> None:
+        """Called holding the lock: drop the oldest unacked batches' bytes from memory (the
+        spool has them) until half the buffer is free."""
+        for seq, (data, points) in self._unacked.items():
+            if self._buffered_points <= self.max_buffer_points // 2:
+                break
+            if data is None:
+                continue
+            self._unacked[seq] = (None, points)
+            self._buffered_points -= points
+            self._spilled_points += points
+        self._lock.notify_all()
 
     # ---------------------------------------------------------------- heartbeat thread
 
@@ -388,14 +409,18 @@ class MetricWriter:
                 if self._closing and not self._unacked:
                     return
                 self._queue = queue.SimpleQueue()  # the batcher now feeds the new stream
+                spilled = [seq for seq, (data, _) in self._unacked.items() if data is None]
                 for data, _ in self._unacked.values():
-                    self._queue.put(data)
+                    if data is not None:
+                        self._queue.put(data)
                 if self._closing:
                     self._queue.put(_CLOSE)
                 requests = self._queue
             try:
                 with self._lock:
-                    call = self._call = self._stream_method(_drain(requests))
+                    call = self._call = self._stream_method(
+                        itertools.chain(self._read_spilled(spilled), _drain(requests))
+                    )
             except ValueError:  # grpc: "Channel closed!" -- the client was closed under us
                 with self._lock:
                     lost = sum(points for _, points in self._unacked.values())
@@ -427,6 +452,17 @@ class MetricWriter:
                     return
             backoff = min(backoff * 2, 5.0)
 
+    def _read_spilled(self, seqs: list[int]) -> Iterator[bytes]:
+        """The spilled batches `seqs` (ascending), read back from the spool as the stream takes them."""
+        if not seqs or self.spool is None:
+            return
+        wanted = set(seqs)
+        for seq, data in SpooledWriter.at(self.spool.directory).records(seqs[0] - 1, quiet=True):
+            if seq > seqs[-1]:
+                return
+            if seq in wanted:
+                yield data
+
     def _trouble(self, what: str) -> None:
         """Called holding the lock when sending stops: log it when it starts, then once a
         minute while it lasts, with the points waiting."""
@@ -439,7 +475,7 @@ class MetricWriter:
         log.warning(
             "runstream: %s; %d points of run %s wait in the buffer and are resent (for %.0f s so far)",
             what,
-            self._buffered_points,
+            self._buffered_points + self._spilled_points,
             self.run_id,
             now - self._trouble_since,
         )
@@ -482,7 +518,10 @@ class MetricWriter:
             entry = self._unacked.pop(ack.seq, None)
             if entry is None:
                 return True
-            self._buffered_points -= entry[1]
+            if entry[0] is None:
+                self._spilled_points -= entry[1]
+            else:
+                self._buffered_points -= entry[1]
             self.sent_batches += 1
             if code == grpc.StatusCode.OK and entry[1] > 0:
                 self.stored_batches += 1  # appended: a loader will record it under (run, writer, epoch, seq)
