@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint buf-lint protos bench
+.PHONY: demo test lint buf-lint ui ui-check protos bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_protos.py --check
-	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory buf-lint; \
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory buf-lint ui-check; \
 	elif [ -n "$$CI" ]; then echo "npm is missing: buf lint cannot run (apt-get install npm)"; exit 1; \
 	else echo "skipping buf lint of protos/: npm is missing (apt-get install npm)"; fi
 
@@ -32,6 +32,12 @@ node_modules/.installed: package.json package-lock.json
 
 buf-lint: node_modules/.installed  ## the protos against buf's STANDARD rules (buf.yaml), buf pinned in package.json
 	node_modules/.bin/buf lint
+
+ui: node_modules/.installed  ## copy the web UI's pinned JavaScript (uPlot) from node_modules into the package
+	$(PY) scripts/build_ui.py
+
+ui-check: node_modules/.installed
+	$(PY) scripts/build_ui.py --check
 
 protos: $(VENV)/.installed  ## regenerate src/runstream/wire/proto from protos/
 	$(PY) scripts/gen_protos.py

@@ -498,3 +498,22 @@ def test_an_admin_token_can_come_from_a_secret(make_server: Any, tmp_path: Path)
     )
     assert done.returncode != 0 and "runstream tokens generate" in done.stderr.strip().splitlines()[-1]
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_the_ui_live_tail_is_guarded_like_its_rpc(world: World) -> None:
+    """GET /api/v1/tail (server-sent events of TailMetrics, for the web UI's live charts)."""
+    url = f"http://127.0.0.1:{world.server.http_port}/api/v1/tail?run_id={world.run_a}&from_step=0"
+
+    def get(token: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return urllib3.request("GET", url, headers=headers, timeout=30)
+
+    assert get(None).status == 401
+    assert get(world.tokens["revoked"]).status == 401
+    assert get(world.tokens["other experiment"]).status == 403  # a token of team-b/* reading team-a's run
+    events = get(world.tokens["read"])
+    assert events.status == 200 and events.headers["Content-Type"] == "text/event-stream"
+    body = events.data.decode()
+    points = [json.loads(line[6:]) for line in body.splitlines() if line.startswith('data: {"')]
+    assert sum(len(p["step"]) for p in points if p["key"] == "loss") == 100  # the run's points, then its end
+    assert body.rstrip().endswith("event: end\ndata: {}")

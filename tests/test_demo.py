@@ -20,6 +20,12 @@ def test_the_demo_trains_runs_and_prints_them_best_first(server: Server) -> None
         check=True,
     ).stdout
     assert "6 runs" in out and "lr=0.3 x2 ranks" in out
+    ui = re.search(r"^web UI: http://127\.0\.0\.1:(\d+)/#/runs\?e=(\d+)$", out, re.M)
+    assert ui is not None, out  # the runs' page in the web UI (port: the default, gRPC + 1, for a running server)
+    assert (
+        server.sql("SELECT name FROM experiments WHERE experiment_id = $1", int(ui.group(2)))[0]["name"]
+        == "wine-softmax"
+    )
     rows = [line for line in out.splitlines() if re.match(r"^\d+\s+lr=", line)]
     assert len(rows) == 6
     # columns after the run name: lr, ranks, val_acc, best val_acc, loss, min loss, steps, points

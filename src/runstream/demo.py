@@ -8,7 +8,9 @@ end (the data stays in the data directory).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import re
 import subprocess
 import sys
 import threading
@@ -140,6 +142,9 @@ def _train_run(cfg: Config, url: str) -> tuple[str, list[int]]:
     return run.run_id, failed
 
 
+_announced: list[str] = []  # what the embedded server said when it started
+
+
 def _server_answers(url: str, timeout: float = 1.0) -> bool:
     with grpc.insecure_channel(url) as channel:
         try:
@@ -147,6 +152,15 @@ def _server_answers(url: str, timeout: float = 1.0) -> bool:
             return True
         except grpc.FutureTimeoutError:
             return False
+
+
+def _ui_url(url: str, said: list[str], experiment_id: str) -> str:
+    """The web UI's page of the demo's runs: on the HTTP port the server announced, or (a server
+    that was already running) the default one, its gRPC port + 1."""
+    found = next((re.search(r"(https?://[^/\s]+)/metrics", line) for line in said if "/metrics on" in line), None)
+    host, port = url.rsplit(":", 1)
+    base = found.group(1) if found else f"http://{host}:{int(port) + 1}"
+    return f"{base}/#/runs?e={experiment_id}"
 
 
 def _start_server(url: str, data_dir: Path) -> subprocess.Popen[str]:
@@ -164,6 +178,7 @@ def _start_server(url: str, data_dir: Path) -> subprocess.Popen[str]:
         if line.startswith("runstream"):  # not the embedded services' own chatter
             print("  server:", line.rstrip(), flush=True)
             said = line.strip()
+            _announced.append(said)
         if "listening on" in line:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe from filling
             return proc
@@ -245,6 +260,11 @@ def main(url: str, data_dir: Path, epochs: int, lrs: tuple[float, ...] = (0.003,
         print(f"\nexperiment {EXPERIMENT!r}: {len(runs)} runs, {points:,} points in {elapsed:.1f} s\n")
         print(comparison(runs))
         print(f"\nserver: {url}   runs: {' '.join(r[:8] for r in run_ids)}")
+        print(f"web UI: {_ui_url(url, _announced, runs[0].experiment_id)}")
+        if server is not None and sys.stdin.isatty():
+            print("the embedded server keeps serving the UI until Ctrl-C", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
         return 0
     finally:
         if server is not None:

@@ -64,6 +64,7 @@ from runstream.server.tokens import page_tokens
 from runstream.server.web.api import add_api_routes
 from runstream.server.web.login import add_login_routes
 from runstream.server.web.mlflow import add_routes as add_mlflow_routes
+from runstream.server.web.ui import add_ui_routes
 from runstream.wire.proto import admin_pb2, artifacts_pb2, query_pb2, registry_pb2, tracking_pb2
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ async def serve(
     )
     add_api_routes(http, servicers, SERVICE_MODULES, guard)
     add_login_routes(http, guard)
+    add_ui_routes(http, servicers, guard)
     add_mlflow_routes(http, servicers, guard)  # an endpoint needing a service not served here says so
 
     names = [f"runstream.v1.{name}" for name in wanted]

@@ -102,7 +102,7 @@ def add_api_routes(
     async def call(request: web.Request) -> web.Response:
         route = table.get(request.path)
         if route is None:
-            return _error(grpc.StatusCode.NOT_FOUND, f"no API method at {request.path[:200]}")
+            return error_response(grpc.StatusCode.NOT_FOUND, f"no API method at {request.path[:200]}")
         ctx = HttpCall(request)
         try:
             principal = await guard.admit(ctx, route.service, route.method)
@@ -116,7 +116,7 @@ def add_api_routes(
             CURRENT.set(principal)  # each aiohttp request runs in its own task
             reply = await route.handler(message.SerializeToString() if route.raw_request else message, ctx)
         except Exception as exc:  # every failure becomes a status the caller can act on
-            return _error(*log_failure(f"POST {request.path[:200]}", exc))
+            return error_response(*log_failure(f"POST {request.path[:200]}", exc))
         body = json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None)
         return web.Response(body=body, content_type="application/json")
 
@@ -134,5 +134,5 @@ def _parse(body: bytes, request_class: Any) -> Any:
     return message
 
 
-def _error(code: grpc.StatusCode, message: str) -> web.Response:
+def error_response(code: grpc.StatusCode, message: str) -> web.Response:
     return web.json_response({"code": code.name, "message": message}, status=HTTP_STATUS.get(code, 500))

@@ -1,0 +1,120 @@
+"""The web UI: a small page (`/`, assets under `/ui/`, shipped in the package, no CDN) over the
+JSON API of api.py, plus the one thing that API cannot do: live points. `GET /api/v1/tail`
+streams QueryService.TailMetrics as server-sent events, through the same guard and handler as
+gRPC, so a chart grows while its run is RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from aiohttp import web
+
+from runstream.errors import InvalidArgument
+from runstream.server.auth.guard import CURRENT, Guard
+from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.web.api import PREFIX, HttpCall, error_response
+from runstream.wire.proto import query_pb2 as qpb
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Scripts, styles and fonts only from this server; images and previews also from the artifact
+# store's signed URLs (S3 is another origin); nothing may frame the page.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob: https: http:; connect-src 'self' https: http:; "
+        "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def add_ui_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], guard: Guard) -> None:
+    """Where the query service is served (roles all and query)."""
+    if "QueryService" not in servicers:
+        return
+    index = (ASSETS / "index.html").read_bytes()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=index, content_type="text/html", headers={**HEADERS, "Cache-Control": "no-cache"})
+
+    @web.middleware
+    async def asset_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if request.path.startswith("/ui/"):
+            response.headers.update(HEADERS)
+        return response
+
+    app.middlewares.append(asset_headers)
+    app.router.add_get("/", page)
+    app.router.add_static("/ui/", ASSETS, append_version=False)
+    app.router.add_get(PREFIX + "/tail", _tail_handler(servicers["QueryService"][0], guard))
+
+
+def _tail_handler(query: Any, guard: Guard) -> Any:
+    canonicalise = canonicaliser(qpb.TailMetricsRequest)
+
+    async def tail(request: web.Request) -> web.StreamResponse:
+        """`?run_id=R&key=K&from_step=N` (key repeatable, from_step optional): one event per
+        message of new points, `{"key", "writer", "step": [...], "value": [...],
+        "timestamp_ms": [...]}`, and an `end` event when the run has ended."""
+        ctx = HttpCall(request)
+        try:
+            principal = await guard.admit(ctx, "QueryService", "TailMetrics")
+            message = qpb.TailMetricsRequest(
+                run_ids=request.query.getall("run_id", []), keys=request.query.getall("key", [])
+            )
+            if "from_step" in request.query:
+                try:
+                    message.from_step = int(request.query["from_step"])
+                except ValueError:
+                    raise InvalidArgument("from_step must be an integer") from None
+            canonicalise(message)
+            await guard.admit_request(principal, "QueryService", "TailMetrics", message)
+            CURRENT.set(principal)
+            stream = query.TailMetrics(message, ctx)
+            first = await anext(stream, None)  # a refusal (an unknown run) is still an HTTP status
+        except Exception as exc:  # every failure becomes a status the caller can act on
+            return error_response(*log_failure(f"GET {request.path}", exc))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        try:
+            data = first
+            while data is not None:
+                await response.write(_event(data))
+                data = await anext(stream, None)
+            await response.write(b"event: end\ndata: {}\n\n")
+        except (ConnectionResetError, grpc.RpcError):  # the page went away
+            pass
+        finally:
+            await stream.aclose()
+        return response
+
+    return tail
+
+
+def _event(data: bytes) -> bytes:
+    points = qpb.MetricPoints.FromString(data)
+    values = np.asarray(points.value, dtype=np.float64)
+    finite = np.isfinite(values)
+    shown: list[Any] = values.tolist()
+    if not finite.all():  # JSON has no NaN or Infinity: those go as strings, as in protobuf's JSON
+        cells = values.astype(object)
+        odd = values[~finite]
+        cells[~finite] = np.where(np.isnan(odd), "NaN", np.where(odd > 0, "Infinity", "-Infinity")).astype(object)
+        shown = cells.tolist()
+    body = {
+        "key": points.key,
+        "writer": points.writer,
+        "step": np.asarray(points.step, dtype=np.int64).tolist(),
+        "value": shown,
+        "timestamp_ms": np.asarray(points.timestamp_ms, dtype=np.int64).tolist(),
+    }
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
