@@ -11,7 +11,7 @@ const BASE_COLUMNS = ["run", "name", "status", "start", "duration", "user", "com
 const ORDERABLE = { name: "attributes.run_name", status: "attributes.status", start: "attributes.start_time" };
 const state = { cleanup: [] };
 // What the pages drew, for people poking in the console and for the browser tests.
-window.runstream = { charts: {}, queries: [] };
+window.runstream = { charts: {}, plots: {}, queries: [] };
 
 // ------------------------------------------------------------------ helpers
 
@@ -113,6 +113,7 @@ const ROUTES = [
 async function render() {
   for (const undo of state.cleanup.splice(0)) undo();
   window.runstream.charts = {};
+  window.runstream.plots = {};
   const [path, query] = decodeURI(location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const found = ROUTES.find(([re]) => re.test(path));
@@ -447,6 +448,7 @@ async function drawChart(runId, c, view, here) {
     const total = got.lines.reduce((n, l) => n + l.total, 0);
     note.textContent = `${total.toLocaleString()} points${got.downsampled ? `, shown as ${width} buckets per line with their min–max` : ""}${range ? ` · steps ${range[0]}–${range[1]}` : ""}${view.logY && !positive ? " · log scale off: values ≤ 0" : ""}`;
     window.runstream.charts[c.key] = { data: c.chart.data, lines: got.lines, writers: got.writers, downsampled: got.downsampled, range: range || null, width };
+    window.runstream.plots[c.key] = c.chart; // the uPlot instance, for scripts (benchmarks/ui.py zooms with it)
   } catch (err) {
     plot.replaceChildren(errorBox(err));
   }
