@@ -8,10 +8,12 @@ screenshot under test-artifacts/ui/."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -83,6 +85,7 @@ def site(make_module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> d
                 value = SPIKE if (rank == 1 and step == SPIKE_STEP) else 1 / (step + 1) + rank
                 writer.log_metrics({"loss": value, "lr_sched": 0.1 * rank}, step=step)
             writer.end()
+        spiky.log_input("wine", source="s3://data/wine.csv", digest="abc123", context="training")
         spiky.log_artifact(files / "notes.txt")
         spiky.log_artifact(files / "config.json", "configs")
         spiky.flush(visible=True)
@@ -165,6 +168,8 @@ def test_the_run_page_draws_every_writer_with_the_spike_and_zooms_to_raw_points(
     browser: Any, site: dict[str, Any]
 ) -> None:
     _open(browser, site["server"], f"/run/{site['spiky']}", "run", charts=True)
+    overview = browser.find_element(By.CSS_SELECTOR, "dl.kv").text
+    assert "wine @abc123 (s3://data/wine.csv) for training" in overview and "ui-vision" in overview
     keys = [c.get_attribute("data-key") for c in browser.find_elements(By.CSS_SELECTOR, "#charts .chart")]
     assert keys == ["loss", "lr_sched"]
     loss = browser.execute_script("return window.runstream.charts.loss")
@@ -303,3 +308,22 @@ def test_the_page_and_its_assets_come_from_the_server_itself(site: dict[str, Any
     assert "http" not in html.replace("http-equiv", "")  # nothing from a CDN
     with urllib.request.urlopen(base + "/ui/vendor/uPlot.iife.min.js") as script:
         assert script.read().startswith(b"/*! https://github.com/leeoniya/uPlot")
+
+
+def test_a_history_by_writer_comes_in_one_answer_and_refuses_a_writer_beside_it(site: dict[str, Any]) -> None:
+    url = f"http://127.0.0.1:{site['server'].http_port}/api/v1/runstream.v1.QueryService/GetMetricHistory"
+
+    def post(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, got = post({"run_id": site["spiky"], "key": "loss", "max_points": 500, "by_writer": True})
+    assert status == 200 and got["writers"] == ["rank0", "rank1"] and int(got["total_points"]) == 40_000
+    rank1 = got["per_writer"][1]
+    assert rank1["downsampled"] and max(rank1["bucket_max"]) == SPIKE and int(rank1["total_points"]) == 20_000
+    status, refused = post({"run_id": site["spiky"], "key": "loss", "by_writer": True, "writer": "rank0"})
+    assert status == 400 and refused["code"] == "INVALID_ARGUMENT" and "by_writer" in refused["message"]

@@ -204,9 +204,12 @@ class Tracking:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
             run = await store.get_run(conn, req.run_id)
+            inputs = await store.run_inputs(conn, req.run_id)
         if run.lifecycle_stage == "active":  # attach() asks first: its batches need no second look
             self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
-        return run_message(run)
+        out = run_message(run)
+        out.inputs.extend(pb.DatasetInput(**dict(i)) for i in inputs)
+        return out
 
     async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)

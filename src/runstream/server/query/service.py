@@ -88,10 +88,19 @@ class Query:
         max_points = _max_points(req.max_points, DEFAULT_MAX_POINTS)
         if req.aggregate not in (qpb.AGGREGATE_UNSPECIFIED, *AGGREGATES):
             raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
+        if req.by_writer and (req.writer or req.aggregate != qpb.AGGREGATE_UNSPECIFIED):
+            raise InvalidArgument("by_writer gives every writer's own history: leave writer and aggregate unset")
         lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
-            return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
+            if not req.by_writer:
+                return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
+            out = qpb.MetricHistory(key=req.key, writers=[r["writer_id"] for r in series])
+            for one in series:
+                part = await _history(conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False)
+                out.total_points += part.total_points
+                out.per_writer.append(part)
+            return out
 
     async def CompareRuns(self, req: qpb.CompareRunsRequest, ctx: Any) -> qpb.CompareRunsResponse:
         _check_runs_and_keys(req.run_ids, req.keys)

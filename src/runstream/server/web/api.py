@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.rpc import RAW_REQUEST_METHODS, canonicaliser, log_failure
+from runstream.server.web import protojson
 
 PREFIX = "/api/v1"
 COOKIE = "runstream_token"
@@ -117,7 +118,7 @@ def add_api_routes(
             reply = await route.handler(message.SerializeToString() if route.raw_request else message, ctx)
         except Exception as exc:  # every failure becomes a status the caller can act on
             return error_response(*log_failure(f"POST {request.path[:200]}", exc))
-        body = json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None)
+        body = protojson.dumps(reply)
         return web.Response(body=body, content_type="application/json")
 
     app.router.add_post(PREFIX + "/{service}/{method}", call)

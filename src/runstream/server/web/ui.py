@@ -6,18 +6,17 @@ gRPC, so a chart grows while its run is RUNNING.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from aiohttp import web
 
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.web import protojson
 from runstream.server.web.api import PREFIX, HttpCall, error_response
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -101,20 +100,4 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
 
 
 def _event(data: bytes) -> bytes:
-    points = qpb.MetricPoints.FromString(data)
-    values = np.asarray(points.value, dtype=np.float64)
-    finite = np.isfinite(values)
-    shown: list[Any] = values.tolist()
-    if not finite.all():  # JSON has no NaN or Infinity: those go as strings, as in protobuf's JSON
-        cells = values.astype(object)
-        odd = values[~finite]
-        cells[~finite] = np.where(np.isnan(odd), "NaN", np.where(odd > 0, "Infinity", "-Infinity")).astype(object)
-        shown = cells.tolist()
-    body = {
-        "key": points.key,
-        "writer": points.writer,
-        "step": np.asarray(points.step, dtype=np.int64).tolist(),
-        "value": shown,
-        "timestamp_ms": np.asarray(points.timestamp_ms, dtype=np.int64).tolist(),
-    }
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + protojson.dumps(qpb.MetricPoints.FromString(data)).encode() + b"\n\n"

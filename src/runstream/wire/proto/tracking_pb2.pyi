@@ -116,7 +116,7 @@ class MetricSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., last_value: _Optional[float] = ..., last_step: _Optional[int] = ..., last_timestamp_ms: _Optional[int] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count", "last_heard_ms")
+    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count", "last_heard_ms", "inputs")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class Run(_message.Message):
     METRICS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     METRIC_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARD_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     experiment_id: str
     name: str
@@ -157,7 +158,8 @@ class Run(_message.Message):
     metrics_truncated: bool
     metric_count: int
     last_heard_ms: int
-    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ..., last_heard_ms: _Optional[int] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[DatasetInput]
+    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ..., last_heard_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[DatasetInput, _Mapping]]] = ...) -> None: ...
 
 class ListRunMetricsRequest(_message.Message):
     __slots__ = ("run_id", "max_results", "page_token")

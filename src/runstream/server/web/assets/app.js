@@ -323,6 +323,7 @@ async function runPage(params, runId) {
     ["last heard", when(run.last_heard_ms)],
     ["commit", tags["runstream.source.git.commit"] ? `${tags["runstream.source.git.commit"]}${tags["runstream.source.git.dirty"] === "true" ? " (with changes)" : ""}` : ""],
     ["entry point", tags["runstream.source.entry_point"] || tags["mlflow.source.name"] || ""],
+    ["datasets", (run.inputs || []).map((i) => [i.name, i.digest && `@${i.digest}`, i.source && `(${i.source})`, i.context && `for ${i.context}`].filter(Boolean).join(" ")).join("; ")],
   ]);
   const pairsTable = (obj, id) => {
     const keys = Object.keys(obj || {}).sort();
@@ -398,14 +399,10 @@ async function fetchLines(runId, key, view, width, range) {
     line.hi = (high.hi || high.y).slice(0, line.x.length);
     return { lines: [line], writers: (mean.writers || []).length, downsampled: line.downsampled };
   }
-  const merged = await api("QueryService", "GetMetricHistory", base);
-  const writers = merged.writers || [];
-  if (writers.length <= 1) {
-    const line = toLine(writers[0] || key, merged, true);
-    return { lines: [line], writers: writers.length, downsampled: line.downsampled };
-  }
-  const each = await Promise.all(writers.map((writer) => api("QueryService", "GetMetricHistory", { ...base, writer })));
-  const lines = each.map((hist, i) => toLine(writers[i], hist, true));
+  // Every writer's own history in one call (by_writer), each downsampled to the chart's width.
+  const all = await api("QueryService", "GetMetricHistory", { ...base, by_writer: true });
+  const writers = all.writers || [];
+  const lines = (all.per_writer || []).map((hist, i) => toLine(writers[i], hist, true));
   return { lines, writers: writers.length, downsampled: lines.some((l) => l.downsampled) };
 }
 
@@ -473,7 +470,7 @@ function follow(runId, charts, view) {
       c.lines.push(line);
     }
     const last = line.x.length ? line.x[line.x.length - 1] : -Infinity;
-    points.step.forEach((s, i) => {
+    (points.step || []).map(Number).forEach((s, i) => {
       if (s > last) {
         line.x.push(s);
         line.y.push(Number(points.value[i]));
