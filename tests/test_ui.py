@@ -201,6 +201,33 @@ def test_the_run_page_draws_every_writer_with_the_spike_and_zooms_to_raw_points(
     assert again["range"] == [lo, hi] and again["data"][0] == zoomed["data"][0]
 
 
+def test_the_x_axis_by_wall_time_plots_when_points_were_logged_and_zooms_by_step(
+    browser: Any, site: dict[str, Any]
+) -> None:
+    _open(browser, site["server"], f"/run/{site['spiky']}?x=time", "run-wall-time", charts=True)
+    loss = browser.execute_script("return window.runstream.charts.loss")
+    assert loss["downsampled"] and [line["label"] for line in loss["lines"]] == ["rank0", "rank1"]
+    seconds = [x for x in loss["data"][0] if x is not None]
+    assert seconds == sorted(seconds) and abs(seconds[-1] - time.time()) < 600  # epoch seconds, not steps
+    plotted = [v for series in loss["data"][1:] for v in series if v is not None]
+    assert SPIKE in plotted  # buckets logged in the same millisecond share an x; the spike stays
+    assert browser.find_element(By.ID, "x-axis").get_attribute("value") == "time"
+    over = browser.find_element(By.CSS_SELECTOR, "#charts .chart[data-key=loss] .u-over")
+    # Around the middle bucket of rank0's line (the writers logged one after the other: the
+    # time axis has gaps where no one logged).
+    at = browser.execute_script(
+        "const c = window.runstream.charts.loss, x = c.lines[0].x;"
+        "return window.runstream.plots.loss.valToPos(x[Math.floor(x.length / 2)], 'x')"
+    )
+    ActionChains(browser).move_to_element_with_offset(
+        over, int(at - over.size["width"] / 2) - 4, 0
+    ).click_and_hold().move_by_offset(8, 0).release().perform()
+    zoomed = _wait(browser, "const c = window.runstream.charts.loss; return c && c.range && c")
+    lo, hi = zoomed["range"]
+    assert 0 <= lo < hi <= 19_999  # the time window turned into the steps drawn in it
+    _no_console_errors(browser)
+
+
 def test_a_chart_grows_while_a_writer_logs_without_a_reload(browser: Any, site: dict[str, Any]) -> None:
     server = site["server"]
     with runstream.Client(server.target) as client:
@@ -325,5 +352,14 @@ def test_a_history_by_writer_comes_in_one_answer_and_refuses_a_writer_beside_it(
     assert status == 200 and got["writers"] == ["rank0", "rank1"] and int(got["total_points"]) == 40_000
     rank1 = got["per_writer"][1]
     assert rank1["downsampled"] and max(rank1["bucket_max"]) == SPIKE and int(rank1["total_points"]) == 20_000
+    status, timed = post(
+        {"run_id": site["spiky"], "key": "loss", "max_points": 500, "by_writer": True, "with_time": True}
+    )
+    for part in timed["per_writer"]:  # the wall time of each bucket's last point, in the seeding's minutes
+        stamps = [int(t) for t in part["bucket_last_timestamp_ms"]]
+        assert len(stamps) == len(part["bucket_last_step"]) and stamps == sorted(stamps)
+        assert abs(stamps[-1] / 1000 - time.time()) < 600
+    status, refused = post({"run_id": site["spiky"], "key": "loss", "with_time": True, "aggregate": "AGGREGATE_MEAN"})
+    assert status == 400 and "with_time" in refused["message"]
     status, refused = post({"run_id": site["spiky"], "key": "loss", "by_writer": True, "writer": "rank0"})
     assert status == 400 and refused["code"] == "INVALID_ARGUMENT" and "by_writer" in refused["message"]

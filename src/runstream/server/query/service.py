@@ -90,14 +90,20 @@ class Query:
             raise InvalidArgument(f"aggregate {req.aggregate} is not an Aggregate")
         if req.by_writer and (req.writer or req.aggregate != qpb.AGGREGATE_UNSPECIFIED):
             raise InvalidArgument("by_writer gives every writer's own history: leave writer and aggregate unset")
+        if req.with_time and req.aggregate != qpb.AGGREGATE_UNSPECIFIED:
+            raise InvalidArgument("with_time gives the time of each bucket's last point: leave aggregate unset")
         lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             if not req.by_writer:
-                return await _history(conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False)
+                return await _history(
+                    conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
+                )
             out = qpb.MetricHistory(key=req.key, writers=[r["writer_id"] for r in series])
             for one in series:
-                part = await _history(conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False)
+                part = await _history(
+                    conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
+                )
                 out.total_points += part.total_points
                 out.per_writer.append(part)
             return out
@@ -185,10 +191,12 @@ async def _history(
     max_points: int,
     aggregate: qpb.Aggregate,
     fixed_range: bool,
+    with_time: bool = False,
 ) -> qpb.MetricHistory:
     """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
     range shrinks to the steps present; with it, buckets span exactly [lo, hi], so several
-    runs downsampled over one range share their bucket edges."""
+    runs downsampled over one range share their bucket edges. `with_time` decodes every
+    chunk, so that buckets carry the timestamp of their last point."""
     ids = [r["series_id"] for r in series]
     out = qpb.MetricHistory(key=key, writers=[r["writer_id"] for r in series])
     extent = await store.chunk_extent(conn, ids, lo, hi)
@@ -196,7 +204,7 @@ async def _history(
         return out
     if not fixed_range:
         lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
-    whole = aggregate != qpb.AGGREGATE_UNSPECIFIED or await _window_points(conn, ids, lo, hi) <= max_points
+    whole = with_time or aggregate != qpb.AGGREGATE_UNSPECIFIED or await _window_points(conn, ids, lo, hi) <= max_points
     width = history.bucket_width(lo, hi, max_points)
     rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
     if not whole:
@@ -219,7 +227,10 @@ async def _history(
         out.timestamp_ms.extend(points.timestamp_ms.tolist())
         out.writer_index.extend(points.writer.tolist())
         return out
-    return _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+    _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
+    if with_time:
+        out.bucket_last_timestamp_ms.extend(history.bucket_last(points, lo, width).tolist())
+    return out
 
 
 async def _window_points(conn: Any, ids: list[int], lo: int, hi: int) -> int:

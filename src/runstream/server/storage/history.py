@@ -132,5 +132,15 @@ def _fold(items: Items, lo: int, width: int) -> Items:
     )
 
 
+def bucket_last(points: Points, lo: int, width: int) -> I64:
+    """The timestamp of the last point (in step order) of each non-empty bucket, as
+    downsample() numbers them."""
+    if not len(points):
+        return points.timestamp_ms
+    bucket = (points.step - lo) // width
+    ends = np.flatnonzero(np.diff(bucket, append=bucket[-1] + 1))
+    return points.timestamp_ms[ends]
+
+
 def bucket_width(lo: int, hi: int, buckets: int) -> int:
     return max(1, -(-(hi - lo + 1) // buckets))

@@ -193,7 +193,7 @@ class SearchRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
 
 class GetMetricHistoryRequest(_message.Message):
-    __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate", "by_writer")
+    __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate", "by_writer", "with_time")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MIN_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,7 @@ class GetMetricHistoryRequest(_message.Message):
     WRITER_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     BY_WRITER_FIELD_NUMBER: _ClassVar[int]
+    WITH_TIME_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
     min_step: int
@@ -210,10 +211,11 @@ class GetMetricHistoryRequest(_message.Message):
     writer: str
     aggregate: Aggregate
     by_writer: bool
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., max_points: _Optional[int] = ..., writer: _Optional[str] = ..., aggregate: _Optional[_Union[Aggregate, str]] = ..., by_writer: _Optional[bool] = ...) -> None: ...
+    with_time: bool
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., max_points: _Optional[int] = ..., writer: _Optional[str] = ..., aggregate: _Optional[_Union[Aggregate, str]] = ..., by_writer: _Optional[bool] = ..., with_time: _Optional[bool] = ...) -> None: ...
 
 class MetricHistory(_message.Message):
-    __slots__ = ("key", "total_points", "downsampled", "writers", "step", "value", "timestamp_ms", "writer_index", "bucket_first_step", "bucket_last_step", "bucket_first", "bucket_last", "bucket_min", "bucket_max", "bucket_count", "per_writer")
+    __slots__ = ("key", "total_points", "downsampled", "writers", "step", "value", "timestamp_ms", "writer_index", "bucket_first_step", "bucket_last_step", "bucket_first", "bucket_last", "bucket_min", "bucket_max", "bucket_count", "per_writer", "bucket_last_timestamp_ms")
     KEY_FIELD_NUMBER: _ClassVar[int]
     TOTAL_POINTS_FIELD_NUMBER: _ClassVar[int]
     DOWNSAMPLED_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +232,7 @@ class MetricHistory(_message.Message):
     BUCKET_MAX_FIELD_NUMBER: _ClassVar[int]
     BUCKET_COUNT_FIELD_NUMBER: _ClassVar[int]
     PER_WRITER_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_LAST_TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     key: str
     total_points: int
     downsampled: bool
@@ -246,4 +249,5 @@ class MetricHistory(_message.Message):
     bucket_max: _containers.RepeatedScalarFieldContainer[float]
     bucket_count: _containers.RepeatedScalarFieldContainer[int]
     per_writer: _containers.RepeatedCompositeFieldContainer[MetricHistory]
-    def __init__(self, key: _Optional[str] = ..., total_points: _Optional[int] = ..., downsampled: _Optional[bool] = ..., writers: _Optional[_Iterable[str]] = ..., step: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ..., writer_index: _Optional[_Iterable[int]] = ..., bucket_first_step: _Optional[_Iterable[int]] = ..., bucket_last_step: _Optional[_Iterable[int]] = ..., bucket_first: _Optional[_Iterable[float]] = ..., bucket_last: _Optional[_Iterable[float]] = ..., bucket_min: _Optional[_Iterable[float]] = ..., bucket_max: _Optional[_Iterable[float]] = ..., bucket_count: _Optional[_Iterable[int]] = ..., per_writer: _Optional[_Iterable[_Union[MetricHistory, _Mapping]]] = ...) -> None: ...
+    bucket_last_timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key: _Optional[str] = ..., total_points: _Optional[int] = ..., downsampled: _Optional[bool] = ..., writers: _Optional[_Iterable[str]] = ..., step: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ..., writer_index: _Optional[_Iterable[int]] = ..., bucket_first_step: _Optional[_Iterable[int]] = ..., bucket_last_step: _Optional[_Iterable[int]] = ..., bucket_first: _Optional[_Iterable[float]] = ..., bucket_last: _Optional[_Iterable[float]] = ..., bucket_min: _Optional[_Iterable[float]] = ..., bucket_max: _Optional[_Iterable[float]] = ..., bucket_count: _Optional[_Iterable[int]] = ..., per_writer: _Optional[_Iterable[_Union[MetricHistory, _Mapping]]] = ..., bucket_last_timestamp_ms: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -303,6 +303,7 @@ async function runPage(params, runId) {
   const tags = run.tags || {};
   const view = {
     mode: params.get("agg") === "mean" ? "mean" : "writers",
+    xTime: params.get("x") === "time" && params.get("agg") !== "mean", // the mean has no one wall time per step
     logY: params.get("log") === "1",
     smoothing: Math.min(0.99, Math.max(0, Number(params.get("smooth") || 0))),
     zoom: Object.fromEntries((params.getAll("z") || []).map((z) => { const [k, lo, hi] = z.split("~"); return [k, [Number(lo), Number(hi)]]; })),
@@ -336,6 +337,9 @@ async function runPage(params, runId) {
     h("label", {}, "lines ", h("select", { id: "chart-mode", onchange: (e) => (location.hash = here({ agg: e.target.value === "mean" ? "mean" : "" })) },
       h("option", { value: "writers", selected: view.mode === "writers" }, "every writer"),
       h("option", { value: "mean", selected: view.mode === "mean" }, "mean with min–max"))),
+    h("label", {}, "x ", h("select", { id: "x-axis", onchange: (e) => (location.hash = here({ x: e.target.value === "time" ? "time" : "", z: "" })) },
+      h("option", { value: "step", selected: !view.xTime }, "step"),
+      h("option", { value: "time", selected: view.xTime }, "wall time"))),
     h("label", {}, h("input", { type: "checkbox", id: "log-y", checked: view.logY, onchange: (e) => (location.hash = here({ log: e.target.checked ? "1" : "" })) }), " log y"),
     h("label", {}, "smoothing ", h("input", { type: "range", id: "smoothing", min: 0, max: 0.99, step: 0.01, value: view.smoothing, onchange: (e) => (location.hash = here({ smooth: e.target.value === "0" ? "" : e.target.value })) })),
     h("span", { class: "muted" }, "drag across a chart to zoom, double-click to reset"),
@@ -377,19 +381,21 @@ function plotWidth(card) {
 
 // The lines of one key: every writer's own line, or the mean with the writers' min–max band.
 async function fetchLines(runId, key, view, width, range) {
-  const base = { run_id: runId, key, max_points: width };
+  const base = { run_id: runId, key, max_points: width, with_time: !!view.xTime };
   if (range) Object.assign(base, { min_step: String(range[0]), max_step: String(range[1]) });
   const toLine = (label, hist, band) => {
     const down = !!hist.downsampled;
-    const x = (down ? hist.bucket_last_step : hist.step || []).map(Number);
+    const steps = (down ? hist.bucket_last_step : hist.step || []).map(Number);
+    // A time axis is in seconds (uPlot's); the steps stay, to turn a zoom back into steps.
+    const x = view.xTime ? (down ? hist.bucket_last_timestamp_ms : hist.timestamp_ms || []).map((t) => Number(t) / 1000) : steps.slice();
     const y = (down ? hist.bucket_last : hist.value || []).map(Number);
-    const line = { label, x, y, downsampled: down, total: num(hist.total_points || 0) };
+    const line = { label, x, y, steps, downsampled: down, total: num(hist.total_points || 0) };
     if (down && band) Object.assign(line, { lo: hist.bucket_min.map(Number), hi: hist.bucket_max.map(Number) });
-    return line;
+    return view.xTime ? foldSameTime(line) : line;
   };
   if (view.mode === "mean") {
     const [mean, lo, hi] = await Promise.all(
-      ["AGGREGATE_MEAN", "AGGREGATE_MIN", "AGGREGATE_MAX"].map((aggregate) => api("QueryService", "GetMetricHistory", { ...base, aggregate })),
+      ["AGGREGATE_MEAN", "AGGREGATE_MIN", "AGGREGATE_MAX"].map((aggregate) => api("QueryService", "GetMetricHistory", { ...base, with_time: false, aggregate })),
     );
     const line = toLine("mean", mean, false);
     const low = toLine("min", lo, true);
@@ -422,8 +428,12 @@ async function drawChart(runId, c, view, here) {
       lines: got.lines,
       logY: view.logY && positive,
       smoothing: view.smoothing,
+      xTime: view.xTime,
+      xLabel: view.xTime ? "wall time" : "step",
       onZoom: (lo, hi) => {
-        view.zoom[c.key] = [lo, hi];
+        const steps = view.xTime ? stepsWithin(got.lines, lo, hi) : [Math.floor(lo), Math.ceil(hi)];
+        if (!steps) return;
+        view.zoom[c.key] = steps;
         const p = new URLSearchParams(location.hash.split("?")[1] || "");
         p.delete("z");
         Object.entries(view.zoom).forEach(([k, [a, b]]) => p.append("z", `${k}~${a}~${b}`));
@@ -451,6 +461,43 @@ async function drawChart(runId, c, view, here) {
   }
 }
 
+// On a time axis, points logged within one millisecond share an x: fold them into one, with
+// the last value and the min and max of them all (so a spike among them still shows).
+function foldSameTime(line) {
+  const { x, y, steps, lo, hi } = line;
+  const out = { ...line, x: [], y: [], steps: [], lo: lo && [], hi: hi && [] };
+  for (let i = 0; i < x.length; i++) {
+    const n = out.x.length;
+    if (n && out.x[n - 1] === x[i]) {
+      out.y[n - 1] = y[i];
+      out.steps[n - 1] = steps[i];
+      if (lo) { out.lo[n - 1] = Math.min(out.lo[n - 1], lo[i]); out.hi[n - 1] = Math.max(out.hi[n - 1], hi[i]); }
+      continue;
+    }
+    out.x.push(x[i]);
+    out.y.push(y[i]);
+    out.steps.push(steps[i]);
+    if (lo) { out.lo.push(lo[i]); out.hi.push(hi[i]); }
+  }
+  if (!lo) { delete out.lo; delete out.hi; }
+  return out;
+}
+
+// The step range of the points drawn between times lo and hi (seconds) on a time axis.
+function stepsWithin(lines, lo, hi) {
+  let first = Infinity;
+  let last = -Infinity;
+  for (const line of lines) {
+    line.x.forEach((t, i) => {
+      if (t >= lo && t <= hi) {
+        first = Math.min(first, line.steps[i]);
+        last = Math.max(last, line.steps[i]);
+      }
+    });
+  }
+  return first <= last ? [first, last] : null;
+}
+
 // While the run is RUNNING: new points as the loaders store them, appended to each writer's
 // line; a chart holding more than two points per pixel is fetched again (downsampled).
 function follow(runId, charts, view) {
@@ -469,10 +516,12 @@ function follow(runId, charts, view) {
       line = { label: points.writer, x: [], y: [], total: 0 };
       c.lines.push(line);
     }
-    const last = line.x.length ? line.x[line.x.length - 1] : -Infinity;
+    const last = line.steps && line.steps.length ? line.steps[line.steps.length - 1] : -Infinity;
+    line.steps = line.steps || [];
     (points.step || []).map(Number).forEach((s, i) => {
       if (s > last) {
-        line.x.push(s);
+        line.steps.push(s);
+        line.x.push(view.xTime ? Number(points.timestamp_ms[i]) / 1000 : s);
         line.y.push(Number(points.value[i]));
         if (line.lo) { line.lo.push(Number(points.value[i])); line.hi.push(Number(points.value[i])); }
       }

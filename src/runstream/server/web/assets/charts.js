@@ -42,9 +42,9 @@ export function layout(lines, smoothing) {
   return { data, series, bands };
 }
 
-// A chart in `el`; dragging across it calls onZoom(lo, hi) with the step range, a double
-// click onReset().
-export function makeChart(el, { width, height, lines, logY, smoothing, xLabel, onZoom, onReset }) {
+// A chart in `el`; dragging across it calls onZoom(lo, hi) with the x range (steps, or
+// seconds on a time axis), a double click onReset().
+export function makeChart(el, { width, height, lines, logY, smoothing, xLabel, xTime, onZoom, onReset }) {
   const { data, series, bands } = layout(lines, smoothing);
   series[0].label = xLabel || "step";
   const opts = {
@@ -52,7 +52,7 @@ export function makeChart(el, { width, height, lines, logY, smoothing, xLabel, o
     height,
     series,
     bands,
-    scales: { x: { time: false }, y: logY ? { distr: 3 } : {} },
+    scales: { x: { time: !!xTime }, y: logY ? { distr: 3 } : {} },
     axes: [{ label: xLabel || "step" }, {}],
     legend: { live: true },
     cursor: { drag: { x: true, y: false, setScale: false } },
@@ -63,7 +63,7 @@ export function makeChart(el, { width, height, lines, logY, smoothing, xLabel, o
           const lo = u.posToVal(u.select.left, "x");
           const hi = u.posToVal(u.select.left + u.select.width, "x");
           u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-          onZoom(Math.floor(lo), Math.ceil(hi));
+          onZoom(lo, hi);
         },
       ],
     },
