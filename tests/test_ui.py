@@ -177,6 +177,8 @@ def test_the_run_page_draws_every_writer_with_the_spike_and_zooms_to_raw_points(
     assert loss["downsampled"] and len(loss["data"][0]) <= 2 * loss["width"] + 2
     plotted = [v for series in loss["data"][1:] for v in series if v is not None]
     assert SPIKE in plotted  # the spike survives downsampling (the bucket's max)
+    high = {loss["data"][0][i] for series in loss["data"][1:] for i, v in enumerate(series) if v and v > 10}
+    assert len(high) == 1 and abs(high.pop() - SPIKE_STEP) < 40, high  # at one x, the spike's bucket
 
     over = browser.find_element(By.CSS_SELECTOR, "#charts .chart[data-key=loss] .u-over")
     width = over.size["width"]
