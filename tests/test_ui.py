@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -365,3 +366,31 @@ def test_a_history_by_writer_comes_in_one_answer_and_refuses_a_writer_beside_it(
     assert status == 400 and "with_time" in refused["message"]
     status, refused = post({"run_id": site["spiky"], "key": "loss", "by_writer": True, "writer": "rank0"})
     assert status == 400 and refused["code"] == "INVALID_ARGUMENT" and "by_writer" in refused["message"]
+
+
+def test_review_actions_show_only_for_a_token_that_may_review(
+    browser: Any, make_server: Any, tmp_path: Path, site: dict[str, Any]
+) -> None:
+    server = make_server("--auth", "--data-dir", str(tmp_path / "data"))
+    admin = (tmp_path / "data" / "admin-token").read_text().strip()
+    with runstream.Client(server.target, token=admin) as client:
+        run = client.start_run("ui-auth", record_source=False)
+        run.log_artifact(site["files"] / "notes.txt")
+        run.end()
+        client.register_model(run.run_id, "notes.txt", "auth-model")
+        reader = client.admin.create_token("ui-reader", ["read"]).secret
+        reviewer = client.admin.create_token("ui-reviewer", ["read", "registry"]).secret
+
+    def sign_in(token: str) -> None:
+        browser.get(f"http://127.0.0.1:{server.http_port}/login")
+        browser.find_element(By.NAME, "token").send_keys(token)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        _wait(browser, "return document.body.dataset.ready")  # the UI, after the sign-in's redirect
+
+    sign_in(reader)
+    _open(browser, server, "/models/auth-model", "model-read-only")
+    note = browser.find_element(By.ID, "review-read-only").text
+    assert "registry scope" in note and "ui-reader" in note and not browser.find_elements(By.ID, "review")
+    sign_in(reviewer)
+    _open(browser, server, "/models/auth-model", "model-reviewer")
+    assert browser.find_elements(By.ID, "review") and not browser.find_elements(By.ID, "review-read-only")

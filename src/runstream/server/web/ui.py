@@ -51,8 +51,14 @@ def add_ui_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]]
 
     app.middlewares.append(asset_headers)
     app.router.add_get("/", page)
+    # No icon: an empty answer, so browsers (on /login too) log no failed request.
+    app.router.add_get("/favicon.ico", lambda request: _no_icon())
     app.router.add_static("/ui/", ASSETS, append_version=False)
     app.router.add_get(PREFIX + "/tail", _tail_handler(servicers["QueryService"][0], guard))
+
+
+async def _no_icon() -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
 
 def _tail_handler(query: Any, guard: Guard) -> Any:

@@ -734,11 +734,13 @@ async function modelPage(params, name) {
 
 async function versionDetails(name, version) {
   const ref = { name, version };
-  const [history, lineage, requests] = await Promise.all([
+  const [history, lineage, requests, me] = await Promise.all([
     api("RegistryService", "GetModelVersionHistory", ref),
     api("RegistryService", "GetModelVersionLineage", ref).catch(() => null),
     api("RegistryService", "ListTransitionRequests", ref).catch(() => ({ requests: [] })),
+    api("AdminService", "WhoAmI", {}).catch(() => null), // not served by every role: then the server decides
   ]);
+  const mayReview = !me || (me.scopes || []).includes("registry");
   const events = (history.events || []).map((e) =>
     h("tr", {}, h("td", {}, when(e.at_ms)), h("td", {}, e.kind), h("td", {}, e.actor), h("td", {}, [e.from_value, e.to_value].filter(Boolean).join(" → ")), h("td", {}, e.comment || "")),
   );
@@ -786,7 +788,7 @@ async function versionDetails(name, version) {
     h("h2", {}, `Version ${version}: lineage`),
     lin,
     h("h2", {}, "Review"),
-    review,
+    mayReview ? review : h("p", { class: "muted", id: "review-read-only" }, `Reviews need a token with the registry scope; ${me.name} has ${(me.scopes || []).join(", ") || "none"}.`),
     out,
     h("h2", {}, "History"),
     table(["when", "what", "who", "change", "comment"].map((c) => h("th", {}, c)), events, { id: "history-table" }),
