@@ -317,3 +317,39 @@ def test_a_long_outage_spills_to_the_spool_instead_of_blocking_the_job(
     assert server.wait_points(run.run_id, 400_000) == 400_000
     _steps_once(server, run.run_id, "loss", np.arange(400_000))
     assert not (tmp_path / run.run_id).exists()
+
+
+def test_a_failing_spool_is_said_once_and_an_online_run_goes_on_from_memory(
+    server: Server, tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
+
+    def full(self: Any, seq: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with runstream.Client(server.target) as client:
+        run = client.start_run("spool", record_source=False, batch_points=5_000)
+        monkeypatch.setattr(spool.SpoolWriter, "append", full)
+        for step in range(30_000):
+            run.log_metric("loss", step * 0.5, step=step)
+        run.flush(timeout=60)  # sent from memory: nothing lost, nothing raised
+        run.end()
+    assert server.wait_points(run.run_id, 30_000) == 30_000
+    failures = [r for r in caplog.records if "the spool" in r.getMessage() and "failed" in r.getMessage()]
+    assert len(failures) == 1 and "No space left" in failures[0].getMessage()
+
+
+def test_an_offline_run_whose_spool_fails_says_what_was_lost(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
+
+    def full(self: Any, seq: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with runstream.Client(f"127.0.0.1:{free_port()}") as client:
+        run = client.start_run("offline", record_source=False, offline=True)
+        monkeypatch.setattr(spool.SpoolWriter, "append", full)
+        for step in range(1_000):
+            run.log_metric("loss", step, step=step)
+        with pytest.raises(runstream.RunstreamError, match=r"1,000 points of offline run .* were lost"):
+            run.flush(timeout=30)
+        run.end()

@@ -175,23 +175,32 @@ class SpoolWriter:
             if not done:
                 return
             self._closed_segments = self._closed_segments[len(done) :]
-            for _, path in done:
-                path.unlink(missing_ok=True)
-            write_acked(self.directory, upto)
+            try:
+                for _, path in done:
+                    path.unlink(missing_ok=True)
+                write_acked(self.directory, upto)  # spares a sync resending them (it would be harmless)
+            except OSError as exc:
+                log.warning("runstream: trimming the spool %s: %s", self.directory, exc)
 
     def close(self, all_acked: bool, upto: int) -> None:
         """Remove the spool when everything is acknowledged; else keep it (durable) for sync."""
         with self._mutex:
-            if self._segment is not None:
-                self._finish_segment()
-                self._segment.close()
-                self._segment = None
-            if all_acked:
-                shutil.rmtree(self.directory, ignore_errors=True)
-                remove_empty(self.directory.parent.parent)
-            else:
-                write_acked(self.directory, upto)
-            self._lock_handle.close()
+            try:
+                if self._segment is not None:
+                    self._finish_segment()
+                if all_acked:
+                    shutil.rmtree(self.directory, ignore_errors=True)
+                    remove_empty(self.directory.parent.parent)
+                else:
+                    write_acked(self.directory, upto)
+            except OSError as exc:
+                log.error("runstream: closing the spool %s: %s", self.directory, exc)
+            finally:
+                if self._segment is not None:
+                    with contextlib.suppress(OSError):
+                        self._segment.close()
+                    self._segment = None
+                self._lock_handle.close()
 
 
 def remove_empty(run_dir: Path) -> None:

@@ -96,6 +96,7 @@ class MetricWriter:
         # hears from for its --crash-after becomes CRASHED. 0: no heartbeats.
         self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30")) if heartbeat_s is None else heartbeat_s
         self.spool = spool
+        self._spool_ok = spool is not None  # false once an append failed: spooling stops
         self.offline = offline  # batches go to the spool only; nothing is sent from here
         if offline and spool is None:
             raise ValueError("an offline writer needs a spool")
@@ -234,7 +235,7 @@ class MetricWriter:
 
     def persist(self, timeout: float | None = None) -> None:
         """Wait until every point logged so far is in a batch written to the spool (durable as
-        RUNSTREAM_SPOOL_FSYNC says), sent or not."""
+        RUNSTREAM_SPOOL_FSYNC says), sent or not; raise the first failure since the last call."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._flush_now = True
@@ -244,6 +245,9 @@ class MetricWriter:
                 if left is not None and left <= 0:
                     raise DeadlineExceeded(f"persist: points of run {self.run_id} not batched after {timeout} s")
                 self._lock.wait(left if left is not None else 1.0)
+            if self.errors:
+                err, self.errors = self.errors[0], []
+                raise err
 
     def _flush_acked(self, deadline: float | None, timeout: float | None) -> None:
         with self._lock:
@@ -338,18 +342,40 @@ class MetricWriter:
     def _emit(self, calls: list[tuple[tuple[str, ...], int, int, list[float]]]) -> None:
         seq = self._seq + 1  # only this thread moves _seq
         data, points = encode_calls(self.run_id, self.writer_id, seq, calls, self.epoch)
-        if self.spool is not None:
-            self.spool.append(seq, data)
+        spooled = self._append_to_spool(seq, data)
         with self._lock:
             self._seq = seq
             if self.offline:  # in the spool is as far as it goes from here
                 self._buffered_points -= points
+                if not spooled:
+                    self.errors.append(
+                        RunstreamError(f"{points:,} points of offline run {self.run_id} were lost: the spool failed")
+                    )
                 self._lock.notify_all()
                 return
             self._unacked[seq] = (data, points)
             self._queue.put(data)
-            if self.spool is not None and self._buffered_points > self.max_buffer_points // 2:
+            if self._spool_ok and self._buffered_points > self.max_buffer_points // 2:
                 self._spill()
+
+    def _append_to_spool(self, seq: int, data: bytes) -> bool:
+        """True when the batch is in the spool. A spool that fails (a full or broken disk) is
+        said once and given up: an online writer goes on from memory, as without a spool."""
+        if not self._spool_ok or self.spool is None:
+            return False
+        try:
+            self.spool.append(seq, data)
+            return True
+        except OSError as exc:
+            self._spool_ok = False
+            log.error(
+                "runstream: the spool %s failed (%s); run %s goes on %s",
+                self.spool.directory,
+                exc,
+                self.run_id,
+                "losing its points" if self.offline else "with unsent points in memory only",
+            )
+            return False
 
     def _spill(self) -> None:
         """Called holding the lock: drop the oldest unacked batches' bytes from memory (the
