@@ -287,6 +287,24 @@ def test_histories_paged_and_bulk_interval(server: Server) -> None:
     assert [m["value"] for m in window["metrics"]].count(50.0) == 1
 
 
+def test_histories_carry_nan_and_the_infinities_as_mlflow_writes_them(server: Server) -> None:
+    from mlflow import MlflowClient
+
+    odd = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 0.1]
+    with runstream.Client(server.target) as ours:
+        run = ours.start_run("mlflow-odd-values", record_source=False)
+        for step, value in enumerate(odd):
+            run.log_metric("odd", value, step=step)
+        run.end()
+    assert server.wait_points(run.run_id, len(odd)) == len(odd)
+    raw = _get(server, "metrics/get-history", run_id=run.run_id, metric_key="odd")["metrics"]
+    assert [m["value"] for m in raw[:3]] == ["NaN", "Infinity", "-Infinity"] and raw[3:][-1]["value"] == 0.1
+    bulk = _get(server, "metrics/get-history-bulk-interval", run_ids=run.run_id, metric_key="odd", max_results=10)
+    assert [m["value"] for m in bulk["metrics"]][:3] == ["NaN", "Infinity", "-Infinity"]
+    read = [m.value for m in MlflowClient(_uri(server)).get_metric_history(run.run_id, "odd")]
+    assert math.isnan(read[0]) and read[1:] == odd[1:] and math.copysign(1.0, read[3]) == -1.0
+
+
 def _get(server: Server, path: str, **params: Any) -> Any:
     reply = urllib3.request("GET", f"{_uri(server)}/api/2.0/mlflow/{path}", fields=params, timeout=30)
     assert reply.status == 200, reply.data[:300]

@@ -277,12 +277,23 @@ def where(text: str, sql: Sql) -> str:
     return _Parser(text, sql).parse()
 
 
-def order_by(clauses: list[str], sql: Sql) -> str:
-    """ORDER BY items for e.g. ["metrics.acc DESC", "attributes.start_time"], nulls last."""
+@dataclass(frozen=True)
+class Order:
+    """An ORDER BY on runs `r`: the LEFT JOINs bringing each ordering metric, param or tag
+    beside its run (a join, so PostgreSQL reads them in one pass rather than a lookup per
+    run), and the ORDER BY items."""
+
+    joins: str
+    items: str
+
+
+def order_by(clauses: list[str], sql: Sql) -> Order:
+    """The ordering for e.g. ["metrics.acc DESC", "attributes.start_time"], nulls last (a run
+    without that metric, param or tag comes after those with it)."""
     if len(clauses) > MAX_ORDER_BY:
         raise InvalidArgument(f"order_by has {len(clauses)} clauses; the limit is {MAX_ORDER_BY}")
-    items = []
-    for clause in clauses:
+    joins, items = [], []
+    for i, clause in enumerate(clauses):
         if len(clause) > 1_000:
             raise InvalidArgument(f"order_by clause is {len(clause):,} characters; the limit is 1,000")
         tokens = tokenize(clause)
@@ -295,14 +306,12 @@ def order_by(clauses: list[str], sql: Sql) -> str:
             if len(rest) > 1 or rest[0].text.upper() not in ("ASC", "DESC"):
                 raise InvalidArgument(f"order_by {clause!r}: expected ASC or DESC after the key")
             direction = rest[0].text.upper()
-        if kind == "metric":
-            expr = (
-                f"(SELECT ms.last_value FROM metric_summaries ms WHERE ms.run_id = r.run_id "
-                f"AND ms.key = {sql.param(name)})"
+        if kind in ("metric", "param", "tag"):  # at most one row per run: (run_id, key) is each table's key
+            table, column = {"metric": ("metric_summaries", "last_value"), "param": ("params", "value")}.get(
+                kind, ("tags", "value")
             )
-        elif kind in ("param", "tag"):
-            table = "params" if kind == "param" else "tags"
-            expr = f"(SELECT t.value FROM {table} t WHERE t.run_id = r.run_id AND t.key = {sql.param(name)})"
+            joins.append(f"LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {sql.param(name)}")
+            expr = f"o{i}.{column}"
         elif name in NUMERIC_ATTRIBUTES:
             expr = NUMERIC_ATTRIBUTES[name]
         elif name in STRING_ATTRIBUTES:
@@ -310,4 +319,4 @@ def order_by(clauses: list[str], sql: Sql) -> str:
         else:
             raise InvalidArgument(f"order_by {clause!r}: unknown attribute {name!r}")
         items.append(f"{expr} {direction} NULLS LAST")
-    return ", ".join([*items, "r.start_time_ms DESC", "r.run_id"])
+    return Order(" ".join(joins), ", ".join([*items, "r.start_time_ms DESC", "r.run_id"]))

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from runstream.errors import AlreadyExists, ExperimentNotFound, ParamConflict, RunNotFound
+from runstream.server.storage.search import Order
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 MIGRATION_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
@@ -738,9 +739,13 @@ _RUN_SCOPE = (
 )
 
 
-def search_runs_sql(where: str, order_by: str) -> str:
+def search_runs_sql(where: str, order: Order) -> str:
     """The page query of search_runs: $1 experiment ids, $2 include deleted, $3 LIMIT, $4 OFFSET."""
-    return f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {_RUN_SCOPE} AND {where} ORDER BY {order_by} LIMIT $3 OFFSET $4"
+    columns = ", ".join(f"r.{c}" for c in _RUN_COLUMNS.split(", "))
+    return (
+        f"SELECT {columns} FROM runs r {order.joins} WHERE {_RUN_SCOPE} AND {where} "
+        f"ORDER BY {order.items} LIMIT $3 OFFSET $4"
+    )
 
 
 async def count_runs(
@@ -764,7 +769,7 @@ async def search_runs(
     experiment_ids: list[int],
     include_deleted: bool,
     where: str,
-    order_by: str,
+    order_by: Order,
     where_args: Sequence[Any],
     limit: int,
     offset: int,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import orjson
 from aiohttp import web
 
 from runstream.errors import InvalidArgument
@@ -124,7 +125,7 @@ def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], g
             return error(*log_failure(f"{request.method} {request.path[:200]}", exc))
         if isinstance(reply, web.StreamResponse):
             return reply
-        return web.Response(text=json.dumps(finite(reply)), content_type="application/json")
+        return web.Response(text=_json(reply), content_type="application/json")
 
     async def version(request: web.Request) -> web.Response:
         return web.Response(text=MLFLOW_API_VERSION)
@@ -149,9 +150,12 @@ async def _body(request: web.Request) -> Body:
         return query
     raw = await request.read()
     try:
-        parsed = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the body is not JSON: {exc}") from None
+        parsed = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:  # what only Python's reader takes: bare NaN, integers past 64 bits
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"the body is not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument("the body must be a JSON object")
     return {**query, **parsed}
@@ -162,6 +166,14 @@ def error(code: grpc.StatusCode, message: str) -> web.Response:
     if code == grpc.StatusCode.UNIMPLEMENTED:
         name, status = "ENDPOINT_NOT_FOUND", 404
     return web.json_response({"error_code": name, "message": message}, status=status)
+
+
+def _json(reply: Body) -> str:
+    """The reply as JSON; the walk that rewrites non-finite floats only when there is one."""
+    try:
+        return json.dumps(reply, allow_nan=False)
+    except ValueError:
+        return json.dumps(finite(reply))
 
 
 def finite(value: Any) -> Any:

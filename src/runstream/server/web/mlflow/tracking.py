@@ -12,13 +12,19 @@ identical (key, step, timestamp, value) as the same point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Any
 
+import numpy as np
+import orjson
+from aiohttp import web
+
 from runstream.errors import InvalidArgument, NotFound
 from runstream.server.rpc import canonicaliser
 from runstream.server.web.api import HttpCall
+from runstream.server.web.mlflow import columns
 from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, number, pairs, strings, text
 from runstream.wire import batch as wire
 from runstream.wire import points
@@ -406,28 +412,34 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
 
 
 @endpoint("metrics/get-history")
-async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> web.Response:
     """Every point of the key, every writer's, in step order per writer (MLflow has no
-    writers); with max_results, a page at a time (page_token is where the next page starts)."""
+    writers); with max_results, a page at a time (page_token is where the next page starts).
+    The reading stops at the first point past the page."""
     req = qpb.ReadMetricsRequest(run_id=text(body, "run_id", "run_uuid"), key=text(body, "metric_key"))
     limit = integer(body, "max_results", 0)
     start = integer(body, "page_token", 0)
     if limit < 0 or start < 0:
         raise InvalidArgument("max_results and page_token must not be negative")
+    end = start + limit if limit else None
     read = api.handler("QueryService", "ReadMetrics")
     await api.admit("QueryService", "ReadMetrics", req, ctx)
-    metrics: list[Body] = []
+    pieces: list[bytes] = []
     seen = 0
-    async for data in read(req, ctx):
-        part = points.decode(data)
-        lo, hi = max(start - seen, 0), len(part.step) if not limit else max(start + limit - seen, 0)
-        seen += len(part.step)
-        columns = (part.step[lo:hi].tolist(), part.value[lo:hi].tolist(), part.timestamp_ms[lo:hi].tolist())
-        metrics += [{"key": req.key, "value": v, "timestamp": t, "step": s} for s, v, t in zip(*columns, strict=True)]
-    reply: Body = {"metrics": metrics}
-    if limit and seen > start + limit:
-        reply["next_page_token"] = str(start + limit)
-    return reply
+    more = False
+    async with contextlib.aclosing(read(req, ctx)) as stream:  # closed early: its connection goes back
+        async for data in stream:
+            if end is not None and seen >= end:
+                more = True
+                break
+            part = points.decode(data)
+            lo, hi = max(start - seen, 0), len(part.step) if end is None else max(end - seen, 0)
+            seen += len(part.step)
+            if hi > lo:
+                step, value, stamp = part.step[lo:hi], part.value[lo:hi], part.timestamp_ms[lo:hi]
+                pieces.append(columns.metric_objects(req.key, step, value, stamp))
+            more = end is not None and seen > end
+    return _metrics_reply(pieces, str(end) if more else "")
 
 
 MAX_BULK_RUNS = 100
@@ -435,7 +447,7 @@ MAX_BULK_POINTS = 1000
 
 
 @endpoint("metrics/get-history-bulk-interval", "GET")
-async def get_history_bulk_interval(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+async def get_history_bulk_interval(api: MlflowApi, body: Body, ctx: HttpCall) -> web.Response:
     """Up to max_results points per run over [start_step, end_step], from our buckets: a long
     series is never scanned whole. A downsampled series gives each bucket's first point and the
     series' last (their timestamps are not kept in buckets: 0)."""
@@ -446,7 +458,7 @@ async def get_history_bulk_interval(api: MlflowApi, body: Body, ctx: HttpCall) -
     if not 0 < limit <= MAX_BULK_POINTS:
         raise InvalidArgument(f"max_results must be between 1 and {MAX_BULK_POINTS}")
     key = text(body, "metric_key")
-    metrics: list[Body] = []
+    pieces = []
     for run_id in run_ids:
         req = qpb.GetMetricHistoryRequest(run_id=run_id, key=key, max_points=limit)
         if "start_step" in body:
@@ -455,10 +467,20 @@ async def get_history_bulk_interval(api: MlflowApi, body: Body, ctx: HttpCall) -
             req.max_step = integer(body, "end_step")
         h: qpb.MetricHistory = await api.call("QueryService", "GetMetricHistory", req, ctx)
         if h.downsampled:
-            sampled = list(zip(h.bucket_first_step, h.bucket_first, [0] * len(h.bucket_first), strict=True))
+            step, value = list(h.bucket_first_step), list(h.bucket_first)
             if h.bucket_last_step and h.bucket_last_step[-1] != h.bucket_first_step[-1]:
-                sampled.append((h.bucket_last_step[-1], h.bucket_last[-1], 0))
+                step.append(h.bucket_last_step[-1])
+                value.append(h.bucket_last[-1])
+            stamp = [0] * len(step)
         else:
-            sampled = list(zip(h.step, h.value, h.timestamp_ms or [0] * len(h.step), strict=True))
-        metrics += [{"key": key, "value": v, "timestamp": t, "step": s, "run_id": req.run_id} for s, v, t in sampled]
-    return {"metrics": metrics}
+            step, value, stamp = list(h.step), list(h.value), list(h.timestamp_ms) or [0] * len(h.step)
+        arrays = np.array(step, np.int64), np.array(value, np.float64), np.array(stamp, np.int64)
+        pieces.append(columns.metric_objects(key, *arrays, run_id=req.run_id))
+    return _metrics_reply(pieces)
+
+
+def _metrics_reply(pieces: list[bytes], next_page_token: str = "") -> web.Response:
+    reply = b'{"metrics":[' + b",".join(p for p in pieces if p) + b"]"
+    if next_page_token:
+        reply += b',"next_page_token":' + orjson.dumps(next_page_token)
+    return web.Response(body=reply + b"}", content_type="application/json")
