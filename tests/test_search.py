@@ -107,14 +107,16 @@ def test_order_by_metrics_params_and_attributes_with_nulls_last(searchable) -> N
 def test_pages_are_stable_and_tokens_bound_to_their_query(searchable) -> None:  # type: ignore[no-untyped-def]
     server, ids, experiment, other = searchable
     with runstream.QueryClient(server.target) as q:
-        seen, token = [], ""
-        while True:
-            page = q.search_runs([experiment], order_by=["metrics.acc DESC"], max_results=2, page_token=token)
-            seen += [r.name for r in page.runs]
-            token = page.next_page_token
-            if not token:
-                break
-        assert seen == ["a", "c", "b", "e", "d"]
+        for size in (1, 2, 3, 4):  # pages ending before, at and across the runs without acc (d)
+            for order, expected in ((["metrics.acc DESC"], "acbed"), (["params.lr DESC", "attributes.name DESC"], "ebcad")):
+                seen, token = [], ""
+                while True:
+                    page = q.search_runs([experiment], order_by=order, max_results=size, page_token=token)
+                    seen += [r.name for r in page.runs]
+                    token = page.next_page_token
+                    if not token:
+                        break
+                assert "".join(seen) == expected, (size, order)
         first = q.search_runs([experiment], max_results=2)
         with pytest.raises(runstream.InvalidArgument, match="another search"):
             q.search_runs([experiment], "metrics.acc > 0", max_results=2, page_token=first.next_page_token)

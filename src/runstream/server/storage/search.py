@@ -279,12 +279,15 @@ def where(text: str, sql: Sql) -> str:
 
 @dataclass(frozen=True)
 class Order:
-    """An ORDER BY on runs `r`: the LEFT JOINs bringing each ordering metric, param or tag
-    beside its run (a join, so PostgreSQL reads them in one pass rather than a lookup per
-    run), and the ORDER BY items."""
+    """An ORDER BY on runs `r`: the joins bringing each ordering metric, param or tag beside
+    its run (`<table> o<i> ON ...`, at most one row per run), and the ORDER BY items. When the
+    first item is such a value, `leading` is it without NULLS LAST: store.search_runs then
+    reads the runs that have it through an inner join, in the order of an index on it, before
+    those that lack it."""
 
-    joins: str
-    items: str
+    joins: tuple[str, ...]
+    items: tuple[str, ...]
+    leading: str = ""
 
 
 def order_by(clauses: list[str], sql: Sql) -> Order:
@@ -292,7 +295,7 @@ def order_by(clauses: list[str], sql: Sql) -> Order:
     without that metric, param or tag comes after those with it)."""
     if len(clauses) > MAX_ORDER_BY:
         raise InvalidArgument(f"order_by has {len(clauses)} clauses; the limit is {MAX_ORDER_BY}")
-    joins, items = [], []
+    joins, items, leading = [], [], ""
     for i, clause in enumerate(clauses):
         if len(clause) > 1_000:
             raise InvalidArgument(f"order_by clause is {len(clause):,} characters; the limit is 1,000")
@@ -310,8 +313,10 @@ def order_by(clauses: list[str], sql: Sql) -> Order:
             table, column = {"metric": ("metric_summaries", "last_value"), "param": ("params", "value")}.get(
                 kind, ("tags", "value")
             )
-            joins.append(f"LEFT JOIN {table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {sql.param(name)}")
+            joins.append(f"{table} o{i} ON o{i}.run_id = r.run_id AND o{i}.key = {sql.param(name)}")
             expr = f"o{i}.{column}"
+            if i == 0:
+                leading = f"{expr} {direction}"
         elif name in NUMERIC_ATTRIBUTES:
             expr = NUMERIC_ATTRIBUTES[name]
         elif name in STRING_ATTRIBUTES:
@@ -319,4 +324,4 @@ def order_by(clauses: list[str], sql: Sql) -> Order:
         else:
             raise InvalidArgument(f"order_by {clause!r}: unknown attribute {name!r}")
         items.append(f"{expr} {direction} NULLS LAST")
-    return Order(" ".join(joins), ", ".join([*items, "r.start_time_ms DESC", "r.run_id"]))
+    return Order(tuple(joins), (*items, "r.start_time_ms DESC", "r.run_id"), leading)

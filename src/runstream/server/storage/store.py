@@ -739,12 +739,21 @@ _RUN_SCOPE = (
 )
 
 
-def search_runs_sql(where: str, order: Order) -> str:
-    """The page query of search_runs: $1 experiment ids, $2 include deleted, $3 LIMIT, $4 OFFSET."""
+def search_runs_sql(where: str, order: Order, leading: str = "any") -> str:
+    """The page query of search_runs: $1 experiment ids, $2 include deleted, $3 LIMIT, $4 OFFSET.
+    With an ordering metric, param or tag first, `leading` picks the runs that have it ("with",
+    an inner join) or lack it ("without"); "any" takes both."""
     columns = ", ".join(f"r.{c}" for c in _RUN_COLUMNS.split(", "))
+    joins = [f"LEFT JOIN {j}" for j in order.joins]
+    items = list(order.items)
+    absent = ""
+    if leading == "with":
+        joins[0], items[0] = f"JOIN {order.joins[0]}", order.leading  # no NULLs: an index's order
+    elif leading == "without":
+        absent = " AND o0.run_id IS NULL"
     return (
-        f"SELECT {columns} FROM runs r {order.joins} WHERE {_RUN_SCOPE} AND {where} "
-        f"ORDER BY {order.items} LIMIT $3 OFFSET $4"
+        f"SELECT {columns} FROM runs r {' '.join(joins)} WHERE {_RUN_SCOPE} AND {where}{absent} "
+        f"ORDER BY {', '.join(items)} LIMIT $3 OFFSET $4"
     )
 
 
@@ -775,15 +784,35 @@ async def search_runs(
     offset: int,
 ) -> list[RunRow]:
     """Runs matching `where` (built by runstream.search with parameters numbered from $5),
-    in `order_by` order, with their params, tags and metric summaries."""
-    rows = await conn.fetch(
-        search_runs_sql(where, order_by),
-        experiment_ids,
-        include_deleted,
-        limit,
-        offset,
-        *where_args,
-    )
+    in `order_by` order, with their params, tags and metric summaries. Ordered first by a
+    metric, param or tag, the runs having it are read first (an index on it gives the top of
+    the order without reading every run), then, if the page goes past them, those without."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot for every query
+        return await _search_runs(conn, experiment_ids, include_deleted, where, order_by, where_args, limit, offset)
+
+
+async def _search_runs(
+    conn: Conn,
+    experiment_ids: list[int],
+    include_deleted: bool,
+    where: str,
+    order_by: Order,
+    where_args: Sequence[Any],
+    limit: int,
+    offset: int,
+) -> list[RunRow]:
+    args = (experiment_ids, include_deleted)
+    if not order_by.leading:
+        rows = await conn.fetch(search_runs_sql(where, order_by), *args, limit, offset, *where_args)
+    else:
+        rows = await conn.fetch(search_runs_sql(where, order_by, "with"), *args, limit, offset, *where_args)
+        if len(rows) < limit:
+            having = offset + len(rows)
+            if not rows and offset:  # the page starts past them: how many are there?
+                query = search_runs_sql(where, order_by, "with")
+                having = await conn.fetchval(f"SELECT count(*) FROM ({query}) h", *args, None, 0, *where_args)
+            query = search_runs_sql(where, order_by, "without")
+            rows += await conn.fetch(query, *args, limit - len(rows), max(0, offset - having), *where_args)
     runs = [RunRow(*row) for row in rows]
     by_id = {run.run_id: run for run in runs}
     ids = list(by_id)

@@ -125,7 +125,7 @@ def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], g
             return error(*log_failure(f"{request.method} {request.path[:200]}", exc))
         if isinstance(reply, web.StreamResponse):
             return reply
-        return web.Response(text=_json(reply), content_type="application/json")
+        return web.Response(body=_json(reply), content_type="application/json")
 
     async def version(request: web.Request) -> web.Response:
         return web.Response(text=MLFLOW_API_VERSION)
@@ -168,12 +168,15 @@ def error(code: grpc.StatusCode, message: str) -> web.Response:
     return web.json_response({"error_code": name, "message": message}, status=status)
 
 
-def _json(reply: Body) -> str:
-    """The reply as JSON; the walk that rewrites non-finite floats only when there is one."""
+def _json(reply: Body) -> bytes:
+    """The reply as JSON, by orjson. orjson writes NaN and the infinities as null, so a reply
+    with a null anywhere (rare: a None, a non-finite float, or "null" inside a string) is
+    written again by the standard library, non-finite floats as MLflow's strings."""
     try:
-        return json.dumps(reply, allow_nan=False)
-    except ValueError:
-        return json.dumps(finite(reply))
+        out = orjson.dumps(reply)
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer past 64 bits
+        out = b"null"
+    return out if b"null" not in out else json.dumps(finite(reply)).encode()
 
 
 def finite(value: Any) -> Any:
