@@ -788,32 +788,28 @@ async def search_runs(
     metric, param or tag, the runs having it are read first (an index on it gives the top of
     the order without reading every run), then, if the page goes past them, those without."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot for every query
-        return await _search_runs(conn, experiment_ids, include_deleted, where, order_by, where_args, limit, offset)
+        rows = await _search_page(conn, (experiment_ids, include_deleted), where, order_by, where_args, limit, offset)
+        return await _with_details(conn, [RunRow(*row) for row in rows])
 
 
-async def _search_runs(
-    conn: Conn,
-    experiment_ids: list[int],
-    include_deleted: bool,
-    where: str,
-    order_by: Order,
-    where_args: Sequence[Any],
-    limit: int,
-    offset: int,
-) -> list[RunRow]:
-    args = (experiment_ids, include_deleted)
+async def _search_page(
+    conn: Conn, scope: tuple[Any, ...], where: str, order_by: Order, where_args: Sequence[Any], limit: int, offset: int
+) -> list[asyncpg.Record]:
     if not order_by.leading:
-        rows = await conn.fetch(search_runs_sql(where, order_by), *args, limit, offset, *where_args)
-    else:
-        rows = await conn.fetch(search_runs_sql(where, order_by, "with"), *args, limit, offset, *where_args)
-        if len(rows) < limit:
-            having = offset + len(rows)
-            if not rows and offset:  # the page starts past them: how many are there?
-                query = search_runs_sql(where, order_by, "with")
-                having = await conn.fetchval(f"SELECT count(*) FROM ({query}) h", *args, None, 0, *where_args)
-            query = search_runs_sql(where, order_by, "without")
-            rows += await conn.fetch(query, *args, limit - len(rows), max(0, offset - having), *where_args)
-    runs = [RunRow(*row) for row in rows]
+        return await conn.fetch(search_runs_sql(where, order_by), *scope, limit, offset, *where_args)
+    rows = await conn.fetch(search_runs_sql(where, order_by, "with"), *scope, limit, offset, *where_args)
+    if len(rows) < limit:
+        having = offset + len(rows)
+        if not rows and offset:  # the page starts past them: how many are there?
+            query = search_runs_sql(where, order_by, "with")
+            having = await conn.fetchval(f"SELECT count(*) FROM ({query}) h", *scope, None, 0, *where_args)
+        query = search_runs_sql(where, order_by, "without")
+        rows += await conn.fetch(query, *scope, limit - len(rows), max(0, offset - having), *where_args)
+    return rows
+
+
+async def _with_details(conn: Conn, runs: list[RunRow]) -> list[RunRow]:
+    """The runs with their params, tags and (the first few) metric summaries."""
     by_id = {run.run_id: run for run in runs}
     ids = list(by_id)
     for r in await conn.fetch("SELECT run_id::text, key, value FROM params WHERE run_id = ANY($1::uuid[])", ids):
