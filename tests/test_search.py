@@ -108,7 +108,8 @@ def test_pages_are_stable_and_tokens_bound_to_their_query(searchable) -> None:  
     server, ids, experiment, other = searchable
     with runstream.QueryClient(server.target) as q:
         for size in (1, 2, 3, 4):  # pages ending before, at and across the runs without acc (d)
-            for order, expected in ((["metrics.acc DESC"], "acbed"), (["params.lr DESC", "attributes.name DESC"], "ebcad")):
+            orders = ((["metrics.acc DESC"], "acbed"), (["params.lr DESC", "attributes.name DESC"], "ebcad"))
+            for order, expected in orders:
                 seen, token = [], ""
                 while True:
                     page = q.search_runs([experiment], order_by=order, max_results=size, page_token=token)
