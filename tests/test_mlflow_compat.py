@@ -15,7 +15,8 @@ import pytest
 import urllib3
 
 import runstream
-from tests.conftest import Server
+from runstream.wire import batch as wire
+from tests.conftest import Server, raw_log
 from tests.test_artifacts import MiB, s3_server
 
 
@@ -285,6 +286,52 @@ def test_histories_paged_and_bulk_interval(server: Server) -> None:
     )
     assert [m["step"] for m in window["metrics"]] == list(range(77_770, 77_791))
     assert [m["value"] for m in window["metrics"]].count(50.0) == 1
+
+
+def test_history_pages_resume_where_they_ended_across_writers_and_repeated_steps(server: Server) -> None:
+    """Page tokens hold where a page ended (writer, step, points of that step given): pages of
+    every size give exactly the unpaged history, even cut between points of one step that lie
+    in different chunks, and across writers whose ids sort differently by collation."""
+    from mlflow import MlflowClient
+
+    batches = [[0, 1, 1], [1, 2, 3], [3, 3, 4]]  # one chunk each: steps 1 and 3 span two chunks
+    writers = ["rank_2", "rank:1", "Rank0"]
+    with runstream.Client(server.target) as ours:
+        run = ours.start_run("mlflow-history-pages", record_source=False)
+        for w, writer in enumerate(writers):
+            for seq, steps in enumerate(batches, start=1):
+                values = [w * 100 + seq * 10 + i for i in range(len(steps))]
+                data = wire.encode(run.run_id, writer, seq, ["loss"], [0] * len(steps), steps, None, values)
+                assert raw_log(ours, data).code == 0
+        run.end()
+    assert server.wait_points(run.run_id, 27) == 27
+    whole = [
+        (m["step"], m["value"])
+        for m in _get(server, "metrics/get-history", run_id=run.run_id, metric_key="loss")["metrics"]
+    ]
+    assert (
+        len(set(whole)) == 27 and [v // 100 for _, v in whole] == [2] * 9 + [1] * 9 + [0] * 9
+    )  # Rank0, rank:1, rank_2
+    for size in range(1, 11):
+        paged, token = [], ""
+        while True:
+            fields = {"run_id": run.run_id, "metric_key": "loss", "max_results": size}
+            page = _get(server, "metrics/get-history", **fields, **({"page_token": token} if token else {}))
+            assert len(page["metrics"]) <= size
+            paged += [(m["step"], m["value"]) for m in page["metrics"]]
+            token = page.get("next_page_token", "")
+            if not token:
+                break
+        assert paged == whole, size
+    read = MlflowClient(_uri(server)).get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in read] == whole
+    bad = urllib3.request(
+        "GET",
+        f"{_uri(server)}/api/2.0/mlflow/metrics/get-history",
+        fields={"run_id": run.run_id, "metric_key": "loss", "max_results": 2, "page_token": "12"},
+        timeout=10,
+    )
+    assert bad.status == 400 and "not one this server gave out" in bad.json()["message"]
 
 
 def test_histories_carry_nan_and_the_infinities_as_mlflow_writes_them(server: Server) -> None:

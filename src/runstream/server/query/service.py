@@ -63,6 +63,7 @@ class Query:
         lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            series = [s for s in series if s["writer_id"] > req.after_writer]
             async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi):
                 yield message
 

@@ -499,10 +499,12 @@ async def upsert_summaries(conn: Conn, columns: Sequence[Sequence[Any]]) -> None
 
 
 async def metric_series(conn: Conn, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
-    """(series_id, writer_id) of a run's key, every writer or one, in writer order."""
+    """(series_id, writer_id) of a run's key, every writer or one, in writer order (by code
+    point, whatever the database's collation, as Python compares strings)."""
     if writer is None:
         return await conn.fetch(
-            "SELECT series_id, writer_id FROM metric_series WHERE run_id = $1 AND key = $2 ORDER BY writer_id",
+            "SELECT series_id, writer_id FROM metric_series WHERE run_id = $1 AND key = $2 "
+            'ORDER BY writer_id COLLATE "C"',
             run_id,
             key,
         )

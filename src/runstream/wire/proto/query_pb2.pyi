@@ -20,18 +20,20 @@ AGGREGATE_MIN: Aggregate
 AGGREGATE_MAX: Aggregate
 
 class ReadMetricsRequest(_message.Message):
-    __slots__ = ("run_id", "key", "min_step", "max_step", "writer")
+    __slots__ = ("run_id", "key", "min_step", "max_step", "writer", "after_writer")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MIN_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_STEP_FIELD_NUMBER: _ClassVar[int]
     WRITER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_WRITER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
     min_step: int
     max_step: int
     writer: str
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., writer: _Optional[str] = ...) -> None: ...
+    after_writer: str
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., writer: _Optional[str] = ..., after_writer: _Optional[str] = ...) -> None: ...
 
 class ListExperimentsQuery(_message.Message):
     __slots__ = ("include_deleted", "name_like", "max_results", "page_token")

@@ -413,33 +413,85 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
 
 @endpoint("metrics/get-history")
 async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> web.Response:
-    """Every point of the key, every writer's, in step order per writer (MLflow has no
-    writers); with max_results, a page at a time (page_token is where the next page starts).
-    The reading stops at the first point past the page."""
-    req = qpb.ReadMetricsRequest(run_id=text(body, "run_id", "run_uuid"), key=text(body, "metric_key"))
+    """Every point of the key, every writer's, writer after writer, each in step order (MLflow
+    has no writers). With max_results, a page at a time: the page token says where the page
+    ended (writer, step, and how many points at that step were given), so the next page reads
+    on from there, and paging through a series reads it once."""
+    run_id, key = text(body, "run_id", "run_uuid"), text(body, "metric_key")
     limit = integer(body, "max_results", 0)
-    start = integer(body, "page_token", 0)
-    if limit < 0 or start < 0:
-        raise InvalidArgument("max_results and page_token must not be negative")
-    end = start + limit if limit else None
+    if limit < 0:
+        raise InvalidArgument("max_results must not be negative")
+    page = _Page(limit, _resume_at(text(body, "page_token", required=False)))
+    first = qpb.ReadMetricsRequest(run_id=run_id, key=key)
+    reads = [first]
+    if page.resume is not None:  # that writer from that step, then the writers after it
+        writer, step, _ = page.resume
+        first.writer, first.min_step = writer, step
+        reads.append(qpb.ReadMetricsRequest(run_id=run_id, key=key, after_writer=writer))
     read = api.handler("QueryService", "ReadMetrics")
-    await api.admit("QueryService", "ReadMetrics", req, ctx)
-    pieces: list[bytes] = []
-    seen = 0
-    more = False
-    async with contextlib.aclosing(read(req, ctx)) as stream:  # closed early: its connection goes back
-        async for data in stream:
-            if end is not None and seen >= end:
-                more = True
-                break
-            part = points.decode(data)
-            lo, hi = max(start - seen, 0), len(part.step) if end is None else max(end - seen, 0)
-            seen += len(part.step)
-            if hi > lo:
-                step, value, stamp = part.step[lo:hi], part.value[lo:hi], part.timestamp_ms[lo:hi]
-                pieces.append(columns.metric_objects(req.key, step, value, stamp))
-            more = end is not None and seen > end
-    return _metrics_reply(pieces, str(end) if more else "")
+    await api.admit("QueryService", "ReadMetrics", first, ctx)
+    for req in reads:
+        if req is not first:
+            await api.admit("QueryService", "ReadMetrics", req, ctx)
+        async with contextlib.aclosing(read(req, ctx)) as stream:  # closed early: its connection goes back
+            async for data in stream:
+                if page.full:
+                    break
+                page.add(req.key, points.decode(data))
+        if page.full:
+            break
+    return _metrics_reply(page.pieces, page.token() if page.full else "")
+
+
+def _resume_at(token: str) -> tuple[str, int, int] | None:
+    """(writer, step, points of that step already given) from a page token: "step:given:writer"."""
+    if not token:
+        return None
+    parts = token.split(":", 2)
+    try:
+        step, given, writer = int(parts[0]), int(parts[1]), parts[2]
+    except (ValueError, IndexError):
+        step, given, writer = 0, -1, ""
+    if not writer or given < 0:
+        raise InvalidArgument(f"page_token {token[:80]!r} is not one this server gave out")
+    return writer, step, given
+
+
+class _Page:
+    """One page of a history: what it holds, and where it ended."""
+
+    def __init__(self, limit: int, resume: tuple[str, int, int] | None) -> None:
+        self.limit, self.resume = limit, resume
+        self.pieces: list[bytes] = []
+        self.count = 0
+        self.skip = resume[2] if resume else 0  # the resume step's points given by earlier pages
+        # The last point given: its writer and step, and how many points of that step were given.
+        self.last: tuple[str, int, int] = resume if resume else ("", 0, 0)
+
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.count >= self.limit
+
+    def add(self, key: str, part: points.SeriesPoints) -> None:
+        steps = part.step
+        lo = 0
+        if self.skip and self.resume is not None and part.writer == self.resume[0]:
+            lo = min(self.skip, int(np.searchsorted(steps, self.resume[1], side="right")))
+            self.skip -= lo
+        hi = len(steps) if not self.limit else min(len(steps), lo + self.limit - self.count)
+        if hi <= lo:
+            return
+        step, value, stamp = steps[lo:hi], part.value[lo:hi], part.timestamp_ms[lo:hi]
+        self.pieces.append(columns.metric_objects(key, step, value, stamp))
+        self.count += hi - lo
+        last = int(step[-1])
+        same = hi - lo - int(np.searchsorted(step, last, side="left"))  # this slice's points at that step
+        writer, at, given = self.last
+        self.last = (part.writer, last, given + same if (writer, at) == (part.writer, last) else same)
+
+    def token(self) -> str:
+        writer, step, given = self.last
+        return f"{step}:{given}:{writer}"
 
 
 MAX_BULK_RUNS = 100
