@@ -174,6 +174,35 @@ def measure(label: str, uri: str, db_url: str, args: argparse.Namespace) -> tupl
 SEARCH = {"filter_string": "metrics.acc > 0.5", "order_by": ["metrics.acc DESC"]}
 
 
+def paged_history(uri: str, target: str, points: int) -> float:
+    """Seconds to read a `points`-point series (logged by runstream's SDK) through raw HTTP
+    get-history in MLflow's client's pages of 25,000: each page resumes where the last ended."""
+    import runstream
+
+    with runstream.Client(target) as ours:
+        run = ours.start_run("paged-history", record_source=False)
+        for step in range(points):
+            run.log_metric("loss", 1.0 / (step + 1), step=step)
+        run.end()
+    fields = {"run_id": run.run_id, "metric_key": "loss", "max_results": 25_000}
+
+    def read_all() -> None:
+        got, token = 0, ""
+        while True:
+            page = json.loads(
+                _http(uri, "GET", "metrics/get-history", fields=fields | ({"page_token": token} if token else {}))
+            )
+            got += len(page["metrics"])
+            token = page.get("next_page_token", "")
+            if not token:
+                break
+        if got != points:
+            raise RuntimeError(f"paged get-history returned {got:,} of {points:,} points")
+
+    progress(f"runstream: get-history of {points:,} points in pages of 25,000")
+    return timed(read_all, repeat=1)
+
+
 def measure_client_alone(upstream: str, ids: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
     """MLflow's client against the replaying proxy in front of runstream (see the docstring)."""
     from mlflow import MlflowClient
@@ -269,6 +298,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=10_000)
     p.add_argument("--history-points", type=int, default=100_000)
     p.add_argument("--batches", type=int, default=20, help="log_batch calls per process")
+    p.add_argument("--paged-points", type=int, default=1_000_000, help="series read in pages (runstream only)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "runstream-bench"))
     p.add_argument("--skip-mlflow", action="store_true", help="runstream only")
     args = p.parse_args()
@@ -279,6 +309,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{server.http_ports[0]}"
         results["runstream"], ids = measure("runstream", upstream, server.db_url, args)
         alone = measure_client_alone(upstream, ids, args)
+        results["runstream"]["paged_raw_s"] = paged_history(upstream, server.target, args.paged_points)
     finally:
         server.close()
     if not args.skip_mlflow:
@@ -301,6 +332,7 @@ def main() -> None:
         ("  the same, raw HTTP: the server alone (s)", "search_raw_s", "{:.3f}", False),
         (f"search_runs, all {args.runs:,} in pages of 1,000 (s)", "search_all_s", "{:.2f}", False),
         ("create_run + log_batch + end, 8 processes (runs/s)", "seed_runs_per_s", "{:,.0f}", True),
+        (f"get-history, {args.paged_points:,} points, pages of 25,000, raw (s)", "paged_raw_s", "{:.2f}", False),
     ]
     vs_mlflow = "mlflow" in results
     header = ["MLflow client, same PostgreSQL", *results]
@@ -308,9 +340,10 @@ def main() -> None:
     header += ["client alone (instant answers)", *(["ceiling vs MLflow"] if vs_mlflow else [])]
     lines = []
     for label, key, fmt, higher_better in rows:
-        cells = [label, *(fmt.format(r[key]) for r in results.values())]
+        cells = [label, *(fmt.format(r[key]) if key in r else "-" for r in results.values())]
         if vs_mlflow:
-            cells.append(_ratio(results["runstream"][key], results["mlflow"][key], higher_better))
+            both = key in results["mlflow"]
+            cells.append(_ratio(results["runstream"][key], results["mlflow"][key], higher_better) if both else "-")
         cells.append(fmt.format(alone[key]) if key in alone else "-")
         if vs_mlflow:
             cells.append(_ratio(alone[key], results["mlflow"][key], higher_better) if key in alone else "-")
