@@ -95,7 +95,7 @@ class HealthWatch:
     async def _postgres_problem(self) -> str | None:
         try:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), self.timeout_s)
-        except (asyncpg.PostgresError, OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # down, a connection killed, asyncpg's client state after it: all "no answer"
             return f"PostgreSQL does not answer: {type(exc).__name__}"
         return None
 

@@ -41,6 +41,7 @@ from runstream.server.messages import experiment_message, run_message, summary_m
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.notifications import Notifications
 from runstream.server.storage import store
+from runstream.server.storage.failures import database_away
 from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.batch import batch_digest
@@ -55,14 +56,6 @@ MAX_WAIT_MS = 600_000  # WaitCommitted
 COMMIT_POLL_S = 1.0  # WaitCommitted looks again this often without a notification
 RECENT_BATCHES = 50_000  # batch digests kept to refuse a reused seq at once
 DB_CHECK_S = 2.0  # a run check waits this long for PostgreSQL before taking it for away
-# What PostgreSQL being down, restarting or unreachable looks like to a check.
-DB_AWAY = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
 BACKLOG_POLL_S = 0.5
 STREAM_PIPELINE = 8  # appends in flight per StreamMetrics stream
 TERMINAL = {pb.RUN_STATUS_FINISHED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_KILLED}
@@ -355,7 +348,9 @@ class Tracking:
         try:
             async with self.pool.acquire(timeout=DB_CHECK_S) as conn:
                 stage = await asyncio.wait_for(store.run_lifecycle(conn, run_id), DB_CHECK_S)
-        except DB_AWAY as exc:
+        except Exception as exc:
+            if not database_away(exc):
+                raise
             self._database_away(exc)
             if expires is not None:
                 return
@@ -528,7 +523,9 @@ class RunKeys:
             try:
                 async with pool.acquire(timeout=DB_CHECK_S) as conn:
                     known = set(await store.run_keys(conn, run_id))
-            except DB_AWAY:
+            except Exception as exc:
+                if not database_away(exc):
+                    raise
                 return  # PostgreSQL away: better no check than no logging
             self._keys[run_id] = known
             if len(self._keys) > self.runs:

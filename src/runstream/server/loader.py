@@ -38,6 +38,7 @@ from runstream.server.keys import (
 )
 from runstream.server.metrics import Metrics
 from runstream.server.storage import chunks, store
+from runstream.server.storage.failures import database_away, refused_value
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_run_id
 
@@ -47,20 +48,18 @@ Entry = tuple[str, bytes, dict[bytes, bytes]]  # (stream, entry id, fields)
 Loaded = tuple[Entry, wire.Batch, int, bytes]  # an entry, its batch, when ingest received it (ms), its digest
 SERIES_CACHE_MAX = 1_000_000
 RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
-# SQLSTATE classes that come from a value in an entry: data exceptions (out of range, a NUL in
-# text...) and integrity violations (a batch for a run that does not exist).
-ENTRY_SQLSTATE_CLASSES = ("22", "23")
+# A commit that takes longer is taken for a connection that hangs (a COPY whose connection was
+# killed can wait forever): it is cancelled, the connection dropped, and the round retried.
+COMMIT_TIMEOUT_S = 120.0
 
 
-def caused_by_entry(exc: Exception) -> bool:
-    """Whether a failed load can be blamed on what some entry holds, rather than on the state of
-    PostgreSQL or Redis (down, restarting, read-only, out of memory), which passes: then the
-    entries stay pending in Redis and are loaded again once claimed."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return str(exc.sqlstate)[:2] in ENTRY_SQLSTATE_CLASSES
-    if isinstance(exc, asyncpg.InterfaceError):
-        return isinstance(exc, ValueError)  # a value asyncpg cannot encode (an int beyond int64)
-    return not isinstance(exc, OSError | aioredis.RedisError | asyncio.TimeoutError)
+def caused_by_entry(exc: BaseException) -> bool:
+    """Whether a failed load can be blamed on what some entry holds: a value PostgreSQL or
+    asyncpg refuses (entries are decoded and checked before). Anything else (the database or
+    Redis away, a connection killed mid-operation, asyncpg's client left in a bad state by it,
+    a bug) is not the entry's fault: the entries stay pending in Redis and are loaded again on
+    a fresh connection, never dead-lettered."""
+    return refused_value(exc)
 
 
 def failpoint(name: str) -> None:
@@ -155,7 +154,15 @@ class Loader:
                     log.error("Redis lost consumer group %r (restarted without its data?); creating it", LOADER_GROUP)
                     grouped = False
                     continue
-                log.warning("loader round failed, retrying in %.0f s: %s: %s", RETRY_S, type(exc).__name__, exc)
+                transient = database_away(exc) or isinstance(exc, aioredis.RedisError)
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "loader round failed, retrying in %.0f s: %s: %s",
+                    RETRY_S,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=not transient,  # not the database or Redis: a bug, with its traceback
+                )
                 await asyncio.sleep(RETRY_S)
 
     async def read(self, block: bool = True) -> list[Entry]:
@@ -298,7 +305,12 @@ class Loader:
 
     async def _commit(self, loaded: list[Loaded]) -> list[Loaded]:
         """One transaction: record the batches, COPY the new ones, fold in their summaries.
-        Returns the batches whose (run, writer, epoch, seq) was stored before with other points."""
+        Returns the batches whose (run, writer, epoch, seq) was stored before with other points.
+        A commit cut short (timed out, its connection killed) may have committed or not: its
+        retry finds the batches recorded or not, and stores each once either way."""
+        return await asyncio.wait_for(self._transaction(loaded), COMMIT_TIMEOUT_S)
+
+    async def _transaction(self, loaded: list[Loaded]) -> list[Loaded]:
         batches = [b for _, b, _, _ in loaded]
         missing = [k for k in chunks.series_of(batches) if k not in self._series]
         async with self.pool.acquire() as conn:

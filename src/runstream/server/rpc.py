@@ -19,6 +19,7 @@ from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, Principal
 from runstream.server.auth.policy import scope_of
 from runstream.server.logs import new_request_id
 from runstream.server.metrics import Metrics
+from runstream.server.storage.failures import database_away
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     insides (the log has them); a value PostgreSQL refuses (SQLSTATE class 22) is the caller's."""
     if isinstance(exc, RunstreamError):
         return exc.code, str(exc)
-    if isinstance(exc, asyncpg.PostgresConnectionError | OSError):
+    if database_away(exc):
         return grpc.StatusCode.UNAVAILABLE, "the database is unreachable; retry later"
     if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate).startswith("22"):
         return grpc.StatusCode.INVALID_ARGUMENT, f"a value in the request was refused: {str(exc).splitlines()[0][:200]}"
