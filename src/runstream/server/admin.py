@@ -68,11 +68,8 @@ class Admin:
                     missing.append(i)
         async with self.redis.pipeline(transaction=True) as pipe:
             for eid, fields in found:
-                entry: dict[Any, Any] = {
-                    FIELD_BATCH: fields.get(FIELD_BATCH, b""),
-                    FIELD_RECEIVED_MS: fields.get(FIELD_RECEIVED_MS, b"0"),
-                }
-                pipe.xadd(self._stream_for(fields), entry)
+                entry = self.keys.entry(fields.get(FIELD_BATCH, b""), int(fields.get(FIELD_RECEIVED_MS, b"0")))
+                pipe.xadd(self._stream_for(fields), entry)  # type: ignore[arg-type]
                 pipe.xdel(self.keys.dead_letters, eid)
             await pipe.execute()
         return adm.RetryDeadLettersResponse(retried=len(found), not_found=missing)

@@ -17,12 +17,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
 from runstream.errors import ResourceExhausted, RunstreamError, Unavailable
+from runstream.server.keys import Fields
 
 log = logging.getLogger(__name__)
 
 MAX_PIPELINE = 256  # entries per round trip
-
-Fields = dict[bytes, bytes | int]
 
 
 @dataclass(frozen=True)

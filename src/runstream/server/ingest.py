@@ -36,7 +36,7 @@ from runstream.server import fields
 from runstream.server.appender import Durability, StreamAppender
 from runstream.server.auth.guard import Guard
 from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
-from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.server.keys import Keys
 from runstream.server.messages import experiment_message, run_message, summary_message
 from runstream.server.metrics import INGEST_RPCS, Metrics
 from runstream.server.notifications import Notifications
@@ -402,7 +402,7 @@ class Tracking:
         if not b.points:
             return ack, None
         self._recent.check(b, data)
-        return ack, self._appenders[shard].submit({FIELD_BATCH: data, FIELD_RECEIVED_MS: store.now_ms()})
+        return ack, self._appenders[shard].submit(self.keys.entry(data, store.now_ms()))
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
         m = self._rpc_metrics["LogMetrics"]

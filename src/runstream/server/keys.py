@@ -1,20 +1,25 @@
 """Redis key names and the layout of the metric streams, in one place.
 
 Batches of one run always go to the same shard, so a writer's batches keep their order;
-every loader reads every shard through one consumer group.
+every loader reads every shard through one consumer group. Every entry names the deployment
+(the PostgreSQL database) it is for, and the keyspace is bound to that deployment
+(server/deployment.py): a loader takes only its own deployment's entries.
 """
 
 from __future__ import annotations
 
+import uuid
 import zlib
 
 DEFAULT_PREFIX = "runstream"
 DEFAULT_SHARDS = 4
 LOADER_GROUP = "loaders"
 
-# Fields of one stream entry: the serialized MetricBatch and the ingester's clock (ms).
+# Fields of one stream entry: the serialized MetricBatch, the ingester's clock (ms), and the
+# deployment it is for (16 bytes of its uuid; entries written before there was one have none).
 FIELD_BATCH = b"b"
 FIELD_RECEIVED_MS = b"t"
+FIELD_DEPLOYMENT = b"d"
 # A dead letter keeps those two and says where the entry was, why it failed and when.
 FIELD_SOURCE = b"stream"
 FIELD_ENTRY_ID = b"entry"
@@ -22,12 +27,31 @@ FIELD_REASON = b"reason"
 FIELD_FAILED_MS = b"failed"
 
 
+Fields = dict[bytes, bytes | int]
+
+
 class Keys:
-    def __init__(self, prefix: str = DEFAULT_PREFIX, shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, shards: int = DEFAULT_SHARDS, deployment: str = "") -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.prefix = prefix
         self.shards = shards
+        self.deployment = deployment  # the uuid of the database these streams load into
+        self._deployment_bytes = uuid.UUID(deployment).bytes if deployment else b""
+
+    @property
+    def binding(self) -> str:
+        """Which deployment this keyspace serves (a hash: its id and database)."""
+        return f"{self.prefix}:deployment"
+
+    def entry(self, batch: bytes, received_ms: int) -> Fields:
+        """A stream entry of this deployment."""
+        return {FIELD_BATCH: batch, FIELD_RECEIVED_MS: received_ms, FIELD_DEPLOYMENT: self._deployment_bytes}
+
+    def owns(self, fields: dict[bytes, bytes]) -> bool:
+        """Whether an entry is this deployment's (entries from before deployments were named are)."""
+        theirs = fields.get(FIELD_DEPLOYMENT)
+        return not theirs or theirs == self._deployment_bytes
 
     def stream(self, shard: int) -> str:
         return f"{self.prefix}:metrics:{shard}"

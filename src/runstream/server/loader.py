@@ -26,8 +26,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
+from runstream.server.deployment import DeploymentConflict, bind
 from runstream.server.keys import (
     FIELD_BATCH,
+    FIELD_DEPLOYMENT,
     FIELD_ENTRY_ID,
     FIELD_FAILED_MS,
     FIELD_REASON,
@@ -51,6 +53,7 @@ RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
 # A commit that takes longer is taken for a connection that hangs (a COPY whose connection was
 # killed can wait forever): it is cancelled, the connection dropped, and the round retried.
 COMMIT_TIMEOUT_S = 120.0
+FOREIGN_LOG_S = 60.0  # entries of another deployment are said at most this often
 
 
 def caused_by_entry(exc: BaseException) -> bool:
@@ -95,11 +98,13 @@ class Loader:
         block_ms: int = 200,
         consumer: str | None = None,
         metrics: Metrics | None = None,
+        database: str = "?",
     ) -> None:
         self.pool = pool
         self.metrics = metrics or Metrics()
         self.redis = redis
         self.keys = keys
+        self.database = database  # where it loads into, printable: named in the keyspace's binding
         self.read_count = read_count
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
@@ -107,12 +112,19 @@ class Loader:
         self.stats = LoadStats()
         self._series: dict[chunks.SeriesKey, int] = {}
         self._last_claim = 0.0
+        self._foreign_said = -FOREIGN_LOG_S
         # First the entries pending under this consumer name: a loader of the same name (the
         # process this one replaces) read them and died before acknowledging them.
         self._recovering = True
 
     async def setup(self) -> None:
-        """Create the consumer group on every shard (from the start of the stream)."""
+        """Bind the keyspace to this deployment (if Redis lost the binding) and create the
+        consumer group on every shard (from the start of the stream). Another deployment's
+        binding is said, and loading goes on: this loader takes only its own entries."""
+        try:
+            await bind(self.redis, self.keys, self.database)
+        except DeploymentConflict as exc:
+            log.error("%s", exc)
         for stream in self.keys.streams():
             try:
                 await self.redis.xgroup_create(stream, LOADER_GROUP, id="0", mkstream=True)
@@ -230,6 +242,9 @@ class Loader:
         """Store the entries' batches in one transaction, then acknowledge and delete them. An
         error that is not transient must come from some entry: the entries are then stored one
         by one, and each that still fails goes to the dead-letter stream, so it blocks nothing."""
+        if foreign := [e for e in entries if not self.keys.owns(e[2])]:
+            await self._leave(foreign)
+            entries = [e for e in entries if self.keys.owns(e[2])]
         batches: list[Loaded] = []
         dead: list[tuple[Entry, str]] = []
         seen: set[tuple[str, str, int, int]] = set()
@@ -288,6 +303,25 @@ class Loader:
         if batches:
             self.metrics.commit_latency.observe(t1 - t0)
         self.stats.ack_s += time.perf_counter() - t1
+
+    async def _leave(self, foreign: list[Entry]) -> None:
+        """Entries of another deployment (its server shares this Redis keyspace, which start-up
+        refuses, unless the binding was lost): never loaded here. They are handed to a consumer
+        named after their deployment, where that deployment's loaders claim them."""
+        for stream, eid, fields in foreign:
+            owner = uuid.UUID(bytes=fields[FIELD_DEPLOYMENT]) if len(fields[FIELD_DEPLOYMENT]) == 16 else "?"
+            await self.redis.xclaim(stream, LOADER_GROUP, f"deployment-{owner}", 0, [eid], justid=True)
+        self.metrics.entries_foreign.inc(len(foreign))
+        now = time.monotonic()
+        if now - self._foreign_said >= FOREIGN_LOG_S:
+            self._foreign_said = now
+            log.error(
+                "%d stream entries in %s are for another deployment (database) than this one (%s): left to it. "
+                "Two deployments share this Redis keyspace: give each its own --redis-prefix",
+                len(foreign),
+                foreign[0][0],
+                self.keys.deployment,
+            )
 
     async def _commit_one_by_one(self, batches: list[Loaded]) -> list[tuple[Entry, str]]:
         """Each batch in its own transaction; returns those that fail for a reason of their own.

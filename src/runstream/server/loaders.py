@@ -28,8 +28,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.server.config import Settings
-from runstream.server.connections import connect, sample_pool, stop_event
-from runstream.server.keys import Keys
+from runstream.server.connections import connect, printable_url, sample_pool, stop_event
+from runstream.server.deployment import deployment_keys
 from runstream.server.loader import Loader
 from runstream.server.logs import configure_from_env
 from runstream.server.metrics import Metrics, process_exited
@@ -54,7 +54,11 @@ class LoaderPool:
         self.settings = replace(settings, role="load")
         self._ctx = multiprocessing.get_context("spawn")
         self._names = [f"{socket.gethostname()}-{os.getpid()}-loader{i}" for i in range(count)]
-        self.processes = [self._start(i) for i in range(count)]
+        self.processes: list[LoaderProcess] = []
+
+    def start(self) -> None:
+        """Start the loaders: once the database is migrated and the keyspace bound to it."""
+        self.processes = [self._start(i) for i in range(len(self._names))]
 
     def _start(self, slot: int) -> LoaderProcess:
         theirs, ours = self._ctx.Pipe(duplex=False)
@@ -132,11 +136,12 @@ async def run_loader(
     loader = Loader(
         pool,
         redis,
-        Keys(settings.redis_prefix, settings.shards),
+        await deployment_keys(pool, settings.redis_prefix, settings.shards),
         read_count=settings.read_count,
         claim_idle_ms=settings.claim_idle_ms,
         metrics=metrics,
         consumer=consumer,
+        database=printable_url(settings.postgres_url),
     )
     log.info("loader %s started", loader.consumer)
     await loader.run(stop)

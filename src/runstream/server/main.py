@@ -40,6 +40,7 @@ from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
 from runstream.server.config import Settings
 from runstream.server.connections import connect, preflight, printable_url, sample_pool, stop_event
 from runstream.server.crashes import Liveness
+from runstream.server.deployment import DeploymentConflict, bind, deployment_keys
 from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.server.health import HealthWatch, add_health_route
 from runstream.server.ingest import Tracking
@@ -123,7 +124,14 @@ async def serve(
     if redis_version is not None:
         where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
     announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
-    keys = Keys(settings.redis_prefix, settings.shards)
+    keys = await deployment_keys(pool, settings.redis_prefix, settings.shards)
+    if settings.role != "query":
+        try:
+            await bind(redis, keys, printable_url(settings.postgres_url))
+        except DeploymentConflict as exc:
+            raise SystemExit(f"runstream: at {printable_url(settings.redis_url)}, {exc}") from None
+    if loaders:
+        loaders.start()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),

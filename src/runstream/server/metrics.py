@@ -100,6 +100,11 @@ class Metrics:
             "Stream entries a replacement loader took over at once from the process it replaced",
             registry=r,
         )
+        self.entries_foreign = Counter(
+            "runstream_entries_foreign_total",
+            "Stream entries of another deployment (database) a loader read and left to it",
+            registry=r,
+        )
         self.entries_dead_lettered = Counter(
             "runstream_entries_dead_lettered_total",
             "Stream entries that could not be decoded or stored, moved to the dead-letter stream with the reason",

@@ -71,6 +71,11 @@ async def migrate(conn: Conn) -> list[int]:
     return applied_now
 
 
+async def deployment_id(conn: Conn) -> str:
+    """This database's deployment id (made by migration 0010), as text."""
+    return str(await conn.fetchval("SELECT deployment_id FROM deployment"))
+
+
 # ---------------------------------------------------------------- experiments
 
 
