@@ -508,3 +508,45 @@ def test_uploads_past_the_size_limits_are_resource_exhausted_naming_them(make_se
         client.artifacts.log_artifact(run.run_id, _file(tmp_path / "f2", MiB, seed=2))
         listed = client.artifacts.list_artifacts(run.run_id)
     assert sorted(a.path for a in listed) == ["f0", "f1", "f2"]
+
+
+SERVED = [  # (file name, the type it must be served with)
+    ("report.html", "text/plain; charset=utf-8"),
+    ("page.htm", "text/plain; charset=utf-8"),
+    ("page.xhtml", "text/plain; charset=utf-8"),
+    ("drawing.svg", "image/svg+xml"),
+    ("script.js", "text/plain; charset=utf-8"),
+    ("data.xml", "text/plain; charset=utf-8"),
+    ("notes.txt", "text/plain; charset=utf-8"),
+    ("config.json", "text/plain; charset=utf-8"),
+    ("plot.png", "image/png"),
+    ("weights", "application/octet-stream"),
+    ('we"ird näme.html', "text/plain; charset=utf-8"),
+    ("archive.tar.gz", "application/octet-stream"),
+]
+HOSTILE_HTML = b"<!doctype html><script>fetch('/api/v1/runstream.v1.AdminService/CreateToken')</script>"
+
+
+def test_stored_files_are_served_as_attachments_that_never_run(store: Store, tmp_path: Path) -> None:
+    """An HTML report uploaded by anyone with the write scope must not run as the UI when an
+    admin opens its link (issue 33, item 6): attachment, a type that does not execute, nosniff
+    and a sandboxing CSP (the local store on the UI's origin), for every store."""
+    import urllib.request
+
+    with runstream.Client(store.server.target) as client:
+        run_id = client.create_run("served").run_id
+        for name, _ in SERVED:
+            (tmp_path / name).write_bytes(HOSTILE_HTML)
+            client.artifacts.log_file(run_id, tmp_path / name, name, content_type="text/html")  # what it claims
+        for name, served_as in SERVED:
+            url = _rpc(client, "GetDownloadUrl", apb.ArtifactRef(run_id=run_id, path=name)).url
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert response.read() == HOSTILE_HTML  # the bytes, as they are
+                headers = response.headers
+            assert headers["Content-Type"] == served_as, name
+            disposition = headers["Content-Disposition"]
+            assert disposition.startswith("attachment;") and quote(name, safe="") in disposition, disposition
+            if store.s3 is None:  # served by runstream on the UI's origin: never a document that runs
+                assert headers["X-Content-Type-Options"] == "nosniff"
+                assert "sandbox" in headers["Content-Security-Policy"].split(";")[-1]
+                assert "default-src 'none'" in headers["Content-Security-Policy"]

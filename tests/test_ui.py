@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import runstream
+from runstream.wire.proto import artifacts_pb2
 from tests.conftest import ROOT, Server
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -394,3 +395,46 @@ def test_review_actions_show_only_for_a_token_that_may_review(
     sign_in(reviewer)
     _open(browser, server, "/models/auth-model", "model-reviewer")
     assert browser.find_elements(By.ID, "review") and not browser.find_elements(By.ID, "review-read-only")
+
+
+def test_an_html_artifact_opened_by_a_signed_in_admin_runs_nothing(
+    browser: Any, make_server: Any, tmp_path: Path
+) -> None:
+    """Issue 33, item 6: a write token uploads an HTML "report" whose script makes an admin
+    token with the reader's cookie; an admin signed in at /login opens its link. The store serves
+    it as an attachment that cannot run (and the UI's own preview shows it as text)."""
+    server = make_server("--auth", "--data-dir", str(tmp_path / "data"))
+    admin = (tmp_path / "data" / "admin-token").read_text().strip()
+    attack = (
+        "<!doctype html><title>report</title><script>"
+        "fetch('/api/v1/runstream.v1.AdminService/CreateToken', {method: 'POST', "
+        "headers: {'Content-Type': 'application/json'}, body: JSON.stringify({name: 'stolen', scopes: ['admin']})})"
+        ".then(() => { document.title = 'ran'; });</script><p>accuracy 0.93</p>"
+    )
+    report = tmp_path / "report.html"
+    report.write_text(attack)
+    with runstream.Client(server.target, token=admin) as client:
+        writer = client.admin.create_token("ui-writer", ["write"], experiments="reports/*").secret
+    with runstream.Client(server.target, token=writer) as client:
+        run = client.start_run("reports/weekly", record_source=False)
+        run.log_artifact(report)
+        run.end()
+        url = client.artifacts._stub.GetDownloadUrl(
+            artifacts_pb2.ArtifactRef(run_id=run.run_id, path="report.html")
+        ).url
+
+    browser.get(f"http://127.0.0.1:{server.http_port}/login")
+    browser.find_element(By.NAME, "token").send_keys(admin)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(browser, "return document.body.dataset.ready")
+    browser.get(url)  # the admin opens the report's link
+    time.sleep(2)  # time enough for a script to have run
+    assert browser.title != "ran"
+    with runstream.Client(server.target, token=admin) as client:
+        names = [t.name for t in client.admin.tokens()]
+    assert "stolen" not in names, names
+    # The UI's own preview still shows the report, as text.
+    _open(browser, server, f"/run/{run.run_id}", "artifact-html-preview")
+    browser.find_element(By.CSS_SELECTOR, "li[data-path='report.html'] button.preview").click()
+    text = _wait(browser, "const p = document.querySelector('pre.preview'); return p && p.textContent")
+    assert "<script>" in text

@@ -1,7 +1,7 @@
 """The local directory store: the embedded default. The server signs URLs itself (HMAC-SHA256
 over method, key, size, content SHA-256, upload and expiry) and serves them on its HTTP port,
 streaming bodies to and from disk, so a URL for one key can write nothing else, no other bytes,
-and dies at its expiry.
+and dies at its expiry. Stored files are served so that they never run as the UI (serving.py).
 
 Layout under the root: `objects/<key>` for stored objects, `.uploads/<id>/<part>` for the parts
 of unfinished multipart uploads, `.secret` for the signing key (shared by servers that share
@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from runstream.server.artifacts import serving
 from runstream.server.artifacts.stores import Part, PartsRejected, SignedUrl
 
 CHUNK = 1024 * 1024
@@ -181,7 +182,12 @@ class LocalStore:
         path = self._path(key)
         if not path.is_file():
             raise web.HTTPNotFound(text="no such object")
-        return web.FileResponse(path, chunk_size=CHUNK)
+        headers = {
+            **serving.HEADERS,
+            "Content-Type": serving.served_type(key),
+            "Content-Disposition": serving.disposition(key),
+        }
+        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
 
 
 def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:

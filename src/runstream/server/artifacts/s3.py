@@ -20,6 +20,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from runstream.server.artifacts import serving
 from runstream.server.artifacts.stores import Part, PartsRejected, S3Options, SignedUrl, StoreUnavailable
 
 T = TypeVar("T")
@@ -152,7 +153,11 @@ class S3Store:
         return size, digest.hexdigest()
 
     async def presign_get(self, key: str, expires_s: int) -> str:
-        return await self._sign("get_object", {"Key": self._key(key)}, expires_s)
+        overrides = {
+            "ResponseContentType": serving.served_type(key),
+            "ResponseContentDisposition": serving.disposition(key),
+        }
+        return await self._sign("get_object", {"Key": self._key(key), **overrides}, expires_s)
 
     async def delete(self, key: str) -> None:
         await self._call("a delete", self._api.delete_object(Bucket=self.bucket, Key=self._key(key)))

@@ -558,7 +558,7 @@ function follow(runId, charts, view) {
 
 // ------------------------------------------------------------------ artifacts
 
-const PREVIEW_TEXT = /\.(txt|log|json|ya?ml|csv|tsv|md|py|cfg|ini|toml)$/i;
+const PREVIEW_TEXT = /\.(txt|log|json|ya?ml|csv|tsv|md|py|cfg|ini|toml|html?|xml|js|sh)$/i; // shown as text, never rendered
 const PREVIEW_IMAGE = /\.(png|jpe?g|gif|svg|webp)$/i;
 
 async function artifactTree(runId, prefix = "") {
