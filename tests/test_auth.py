@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -521,3 +522,91 @@ def test_the_ui_live_tail_is_guarded_like_its_rpc(world: World) -> None:
     )[0]["n"]  # the fixture's 100, and what earlier tests of the matrix logged as "loss"
     assert stored >= 100 and sum(len(p["step"]) for p in points if p["key"] == "loss") == stored
     assert body.rstrip().endswith("event: end\ndata: {}")
+
+
+def test_a_limited_registry_token_touches_only_models_of_its_experiments(make_server: Any, tmp_path: Path) -> None:
+    """Issue 33, item 8: a registry token limited to vision/* created a version from an nlp run,
+    set an alias and archived nlp-model. The glob binds models through their versions' runs."""
+    server = make_server("--auth", "--data-dir", str(tmp_path / "data"))
+    admin = _admin_token(tmp_path / "data")
+    with runstream.Client(server.target, token=admin) as client:
+        runs = {}
+        for experiment in ("vision/a", "nlp/b"):
+            run = client.start_run(experiment, record_source=False)
+            run.log_text("weights", "model.txt")
+            run.end()
+            runs[experiment] = run.run_id
+        client.register_model(runs["nlp/b"], "model.txt", "nlp-model")
+        client.register_model(runs["vision/a"], "model.txt", "vision-model")
+        client.register_model(runs["vision/a"], "model.txt", "mixed-model")
+        client.register_model(runs["nlp/b"], "model.txt", "mixed-model")
+        request = client.registry.request_transition("nlp-model", 1, "Production")
+        registry = client.admin.create_token("vision-registry", ["registry", "read"], experiments="vision/*").secret
+        reader = client.admin.create_token("vision-reader", ["read"], experiments="vision/*").secret
+        with pytest.raises(runstream.InvalidArgument, match="admin scope cannot be limited"):
+            client.admin.create_token("limited-admin", ["admin"], experiments="vision/*")
+        before = _registry_state(server)
+
+    with runstream.Client(server.target, token=registry) as limited:
+        refusals = [
+            lambda: limited.register_model(runs["nlp/b"], "model.txt", "vision-model"),  # a version from nlp
+            lambda: limited.register_model(runs["nlp/b"], "model.txt", "fresh-model"),
+            lambda: limited.registry.set_alias("nlp-model", "champion", 1),
+            lambda: limited.registry.transition_stage("nlp-model", 1, "Archived"),
+            lambda: limited.registry.update_registered_model("nlp-model", description="mine"),
+            lambda: limited.registry.rename_registered_model("nlp-model", "vision-nlp"),
+            lambda: limited.registry.comment("nlp-model", 1, "mine"),
+            lambda: limited.registry.approve_transition(request.request_id),
+            lambda: limited.registry.set_alias("mixed-model", "champion", 1),  # one version is nlp's
+            lambda: limited.registry.get_registered_model("nlp-model"),
+        ]
+        for refused in refusals:
+            with pytest.raises(PermissionDenied, match="vision/\\*"):
+                refused()
+        assert _registry_state(server) == before  # a refused request changes nothing
+        # Through MLflow's API, the same guard.
+        reply = urllib3.request(
+            "POST",
+            f"http://127.0.0.1:{server.http_port}/api/2.0/mlflow/registered-models/alias",
+            json={"name": "nlp-model", "alias": "champion", "version": "1"},
+            headers={"Authorization": f"Bearer {registry}"},
+            timeout=10,
+        )
+        assert reply.status == 403, reply.data
+        assert _registry_state(server) == before
+        # Its own experiments' models, new or existing, it may touch.
+        limited.register_model(runs["vision/a"], "model.txt", "vision-model")
+        limited.registry.set_alias("vision-model", "champion", 2)
+        limited.registry.transition_stage("vision-model", 1, "Archived")
+        limited.register_model(runs["vision/a"], "model.txt", "new-vision-model")
+        limited.registry.create_registered_model("empty-model")  # no version yet: binds nothing
+    with runstream.Client(server.target, token=reader) as read_only:
+        assert read_only.registry.get_registered_model("vision-model").aliases["champion"] == 2
+        for refused in (
+            lambda: read_only.registry.get_registered_model("nlp-model"),
+            lambda: read_only.registry.list_model_versions("mixed-model"),
+            lambda: read_only.registry.get_model_version("models:/nlp-model/1"),
+            lambda: read_only.registry.search_registered_models(),  # spans every experiment
+        ):
+            with pytest.raises(PermissionDenied):
+                refused()
+    listed = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "tokens", "create", "--name", "cli-limited", "--scope", "registry",
+         "--experiments", "vision/*", "--url", server.target],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "RUNSTREAM_TOKEN": admin},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "models whose every version comes from a run of those" in listed.stderr
+
+
+def _registry_state(server: Server) -> list[Any]:
+    return [
+        [tuple(r) for r in server.sql(query)]
+        for query in (
+            "SELECT name, description FROM registered_models ORDER BY name",
+            "SELECT model_id, version, run_id::text, stage, description FROM model_versions ORDER BY 1, 2",
+            "SELECT model_id, alias, version FROM model_aliases ORDER BY 1, 2",
+            "SELECT request_id, status FROM transition_requests ORDER BY 1",
+            "SELECT count(*) FROM model_version_events",
+        )
+    ]

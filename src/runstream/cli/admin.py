@@ -10,6 +10,10 @@ from runstream.client.tracking import Client
 from runstream.report import dead_letters_table, tokens_table
 
 SCOPES = ["read", "write", "registry", "admin"]
+LIMIT_BINDS = (
+    "its reads and writes name only runs, experiments and uploads of those, its registry calls only models "
+    "whose every version comes from a run of those (or that have no version yet); calls spanning all are refused"
+)
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -18,7 +22,12 @@ def add_parsers(sub: Subparsers) -> None:
     create = tokens_sub.add_parser("create", help="make a token and print it once (the server keeps a hash)")
     create.add_argument("--name", required=True, help="who acts with it: approvals and history show this name")
     create.add_argument("--scope", action="append", required=True, choices=SCOPES, help="a scope (repeatable)")
-    create.add_argument("--experiments", default="", help="glob of experiment names limiting read and write")
+    create.add_argument(
+        "--experiments",
+        default="",
+        help="glob of experiment names (e.g. 'vision/*') limiting read, write and registry to the runs, experiments "
+        "and uploads in them, and to models all of whose versions come from their runs (not with admin)",
+    )
     create.add_argument("--expires", default="", help="e.g. 30d, 12h, 90m (default: never)")
     create.set_defaults(handler=tokens_create)
     tls = tokens_sub.add_parser("ls", help="live tokens (--revoked: also revoked ones)")
@@ -63,6 +72,8 @@ def tokens_create(args: argparse.Namespace) -> int:
         made = client.admin.create_token(args.name, args.scope, experiments=args.experiments, expires_in_s=expires_s)
     print(made.secret)
     print(f"token {made.token.name!r} ({made.token.token_id}): shown once; keep it secret", file=sys.stderr)
+    if made.token.experiments:
+        print(f"limited to experiments matching {made.token.experiments!r}: {LIMIT_BINDS}", file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,7 @@ its batches only against the token's experiments (a dictionary lookup once a run
 
 from __future__ import annotations
 
+import re
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ USER_METADATA = "runstream-user"  # who acts while auth is off (the SDK sends th
 DEFAULT_EXPERIMENT = "Default"
 # Messages whose `name` (or `experiment_name`) field is an experiment's name.
 OWNED_BY_A_RUN = (("upload_id", store.run_of_upload, "upload"), ("model_id", store.run_of_logged_model, "logged model"))
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)")  # what names the model in models:/NAME/... or @ALIAS
 EXPERIMENT_NAME_FIELDS = {
     "CreateExperimentRequest": "name",
     "GetExperimentRequest": "name",
@@ -109,15 +111,19 @@ class Guard:
 
     async def admit_request(self, principal: Principal, service: str, method: str, req: Any) -> None:
         """For a token limited to some experiments: every run, experiment and upload `req`
-        names must be in one of them (and it must name one)."""
+        names must be in one of them (and it must name one); a registered model it names must
+        have every version from a run of them (a model without versions binds nothing)."""
         scope = scope_of(service, method)
         if principal.experiments is None or scope not in LIMITED or f"{service}/{method}" in BATCH_METHODS:
             return
         named = await self._experiments_named(req)
-        if not named:
+        models = await self._models_named(req) if service == "RegistryService" else []
+        for model, experiments in models:  # a model without versions (or none yet) binds nothing
+            named += [(f"model {model!r} (a version from experiment {e!r})", e) for e in experiments or ()]
+        if not named and not models:
             raise PermissionDenied(
                 f"token {principal.name!r} is limited to experiments matching {principal.experiments!r}; "
-                f"{service}.{method} must name a run or an experiment of those"
+                f"{service}.{method} must name a run, an experiment or a model of those"
             )
         for what, experiment in named:
             if experiment is None or not principal.may_use(experiment):
@@ -198,6 +204,20 @@ class Guard:
                 names = await store.experiment_names(conn, experiment_ids)
             named += [(f"experiment {e}", names.get(e)) for e in experiment_ids]
         return named
+
+    async def _models_named(self, req: Any) -> list[tuple[str, list[str] | None]]:
+        """The registered models a registry request names (by name, URI or transition request),
+        each with the experiments of its versions' runs (None: no such model yet)."""
+        fields = {f.name for f in req.DESCRIPTOR.fields}
+        names: list[str] = []
+        async with self.pool.acquire() as conn:
+            if "request_id" in fields and req.request_id:
+                names.append(await store.model_of_transition_request(conn, req.request_id) or f"#{req.request_id}")
+            elif "uri" in fields and (uri := MODEL_URI.match(req.uri)):
+                names.append(uri["name"])
+            elif "name" in fields and req.name:
+                names.append(req.name)
+            return [(name, await store.experiments_of_model(conn, name)) for name in names]
 
     async def _experiments_of_runs(self, run_ids: list[str]) -> dict[str, str]:
         missing = [r for r in run_ids if r not in self._runs]

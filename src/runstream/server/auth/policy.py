@@ -11,8 +11,9 @@ from __future__ import annotations
 READ, WRITE, REGISTRY, ADMIN = "read", "write", "registry", "admin"
 SCOPES = (READ, WRITE, REGISTRY, ADMIN)
 ANY_TOKEN = "any valid token"
-# Scopes that a token's experiment pattern limits.
-LIMITED = (READ, WRITE)
+# Scopes that a token's experiment pattern limits. For the registry it binds models: a limited
+# token touches a model only when every version of it comes from a run of its experiments.
+LIMITED = (READ, WRITE, REGISTRY)
 # Methods whose requests are metric batches: their runs are checked batch by batch.
 BATCH_METHODS = {"TrackingService/StreamMetrics", "TrackingService/LogMetrics"}
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")

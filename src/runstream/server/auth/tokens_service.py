@@ -14,7 +14,7 @@ import asyncpg
 from runstream.errors import AlreadyExists, InvalidArgument, NotFound
 from runstream.server.auth import credentials
 from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, acting_user
-from runstream.server.auth.policy import SCOPES
+from runstream.server.auth.policy import ADMIN, SCOPES
 from runstream.server.storage import store
 from runstream.wire.proto import admin_pb2 as adm
 
@@ -41,6 +41,11 @@ class TokenAdmin:
             )
         if len(req.experiments) > MAX_PATTERN or not req.experiments.isprintable():
             raise InvalidArgument(f"the experiments pattern must be printable and at most {MAX_PATTERN} characters")
+        if req.experiments and ADMIN in req.scopes:
+            raise InvalidArgument(
+                "the admin scope cannot be limited to experiments (deletes, dead letters and tokens span them all): "
+                "make the admin token without --experiments, or leave admin out of the limited one"
+            )
         if not 0 <= req.expires_in_s <= MAX_EXPIRY_S:
             raise InvalidArgument(f"expires_in_s is {req.expires_in_s:,}; it must be between 0 and {MAX_EXPIRY_S:,}")
         token_id, text, secret_hash = credentials.new_token()

@@ -1571,6 +1571,29 @@ async def experiments_of_runs(conn: Conn, run_ids: Sequence[str]) -> dict[str, s
     return {r["run_id"]: r["name"] for r in rows}
 
 
+async def experiments_of_model(conn: Conn, name: str) -> list[str] | None:
+    """The experiments the runs of a registered model's versions are in (None: no such model;
+    [] for a model without versions)."""
+    rows = await conn.fetch(
+        """SELECT e.name FROM registered_models m
+             LEFT JOIN model_versions v USING (model_id)
+             LEFT JOIN runs r USING (run_id)
+             LEFT JOIN experiments e USING (experiment_id)
+            WHERE m.name = $1""",
+        name,
+    )
+    return sorted({r["name"] for r in rows if r["name"] is not None}) if rows else None
+
+
+async def model_of_transition_request(conn: Conn, request_id: int) -> str | None:
+    name = await conn.fetchval(
+        """SELECT m.name FROM transition_requests t JOIN registered_models m USING (model_id)
+            WHERE t.request_id = $1""",
+        request_id,
+    )
+    return None if name is None else str(name)
+
+
 async def experiment_names(conn: Conn, experiment_ids: Sequence[int]) -> dict[int, str]:
     rows = await conn.fetch(
         "SELECT experiment_id, name FROM experiments WHERE experiment_id = ANY ($1::int8[])", list(experiment_ids)
