@@ -1,5 +1,7 @@
 """`runstream sync [DIR]`: send what a spool holds (offline runs, batches of processes that died
-or ended with the server away) to the server, each batch exactly once."""
+or ended with the server away) to the server, each batch exactly once. What it cannot send
+(batches the server refuses, unreadable bytes of a damaged spool) is kept in the spool and named
+one line each on stderr, with exit status 1, at every sync until a person removes it."""
 
 from __future__ import annotations
 
@@ -57,23 +59,23 @@ def run_sync(args: argparse.Namespace) -> int:
     seconds = time.monotonic() - started
     print(sync_table(results, args.format))
     points = sum(r.points for r in results)
-    refused = sum(w.refused for r in results for w in r.writers)
     if args.format == "table":
         print(f"{points:,} points in {seconds:.1f} s ({points / max(seconds, 1e-9):,.0f} points/s)")
-    if refused:
-        kept = f"{root}/<run>/refused"
-        print(f"runstream: {refused} batch(es) refused; kept under {kept} with the reasons", file=sys.stderr)
-    return 1 if refused else 0
+    problems = [line for r in results for line in r.problems]
+    for line in problems:
+        print(f"runstream: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def sync_table(results: list[RunSync], format: str) -> str:
     rows: list[list[Cell]] = []
     for r in results:
-        state = "busy (another sync)" if r.busy else "done" if r.done else "partly (live)"
         run: list[Cell] = [RunId(r.run_id), "yes" if r.created else "", r.entries]
         if not r.writers:
-            rows.append([*run, "", "", 0, 0, 0, state])
+            rows.append([*run, "", "", 0, 0, 0, 0, r.state])
         for w in r.writers:
-            rows.append([*run, w.writer_id[:32], w.epoch, w.batches, w.points, w.refused, "live" if w.live else state])
-    header = ["run", "created", "entries", "writer", "epoch", "batches", "points", "refused", "state"]
+            writer = f"{w.writer_id[:24]} (refused before)" if w.retried else w.writer_id[:32]
+            counts: list[Cell] = [w.batches, w.points, w.refused, w.unreadable]
+            rows.append([*run, writer, w.epoch, *counts, "live" if w.live else r.state])
+    header = ["run", "created", "entries", "writer", "epoch", "batches", "points", "refused", "unreadable", "state"]
     return render(header, rows, format)

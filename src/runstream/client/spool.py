@@ -9,8 +9,18 @@ Layout under RUNSTREAM_SPOOL_DIR (default: the user cache directory, ~/.cache/ru
         lock            flock-ed while the writing process lives (so sync knows it is live)
         meta.json       run_id, writer_id, epoch and the server it was sent to
         acked           the highest seq up to which every batch is acknowledged
-        <seq>.seg       records from that seq on: u32 length, u32 crc32, u64 seq, the batch
+        <seq>.seg       the records from that seq on (below)
     <run_id>/run.jsonl  offline runs only: the run's journal (client/offline.py)
+    <run_id>/refused/, <run_id>/corrupt/  what a sync could not send (client/kept.py)
+
+A segment (format 2) starts with the 8 bytes SEGMENT_HEADER, then one record per batch: u32
+RECORD_MARK, u32 crc32 of the next 16 bytes, u32 length, u32 crc32 of the batch, u64 seq, the
+batch. A reader that meets a bad record (a flipped bit, garbage) looks for the next mark whose
+header and batch checksums hold and goes on from there; the bytes in between are reported as a
+Damage, never skipped silently. The last record of the last segment cut short (its process died
+writing it; it was never sent) is dropped with one log line. Segments of format 1 (no header, no
+marks: u32 length, u32 crc32, u64 seq, the batch) are still read; past a bad record in one of
+them there is no mark to find, so the rest of that segment is the Damage.
 
 Batches are written sequentially from the writer's batcher thread (never the training
 thread). Durability (RUNSTREAM_SPOOL_FSYNC):
@@ -32,6 +42,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -44,9 +55,16 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from runstream.wire.batch import MAX_BATCH_BYTES
+
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IIQ")  # length, crc32 of the batch, seq
+SEGMENT_HEADER = b"RSSPOOL\x02"  # a segment of format 2: records with marks
+RECORD_MARK = 0x7E5C0A2F  # 2f 0a 5c 7e: where a record starts, to find the next after a bad one
+MARK = struct.Struct("<II")  # RECORD_MARK, crc32 of HEADER's bytes
+HEADER = struct.Struct("<IIQ")  # length, crc32 of the batch, seq (format 1's whole record header)
+RECORD_HEADER = MARK.size + HEADER.size
+_MARK_BYTES = RECORD_MARK.to_bytes(4, "little")
 SEGMENT_BYTES = 32 * 1024 * 1024
 FSYNC_POLICIES = ("interval", "batch", "close", "off")
 _FALSE = ("0", "false", "no", "off")
@@ -139,7 +157,8 @@ class SpoolWriter:
         self.bytes_written = 0
 
     def append(self, seq: int, data: bytes) -> None:
-        record = HEADER.pack(len(data), zlib.crc32(data), seq) + data
+        header = HEADER.pack(len(data), zlib.crc32(data), seq)
+        record = MARK.pack(RECORD_MARK, zlib.crc32(header)) + header + data
         with self._mutex:
             if self._segment is None or self._segment_bytes >= SEGMENT_BYTES:
                 self._rotate(seq)
@@ -161,7 +180,8 @@ class SpoolWriter:
             self._closed_segments.append((self._last_seq, Path(self._segment.name)))
             self._segment.close()
         self._segment = open(self.directory / f"{first_seq:020d}.seg", "ab")  # noqa: SIM115
-        self._segment_bytes = 0
+        self._segment.write(SEGMENT_HEADER)
+        self._segment_bytes = len(SEGMENT_HEADER)
 
     def _finish_segment(self) -> None:
         if self._segment is not None and self.policy != "off":
@@ -227,30 +247,166 @@ class SpooledWriter:
     def meta(self) -> dict[str, Any]:
         return dict(json.loads((self.directory / "meta.json").read_text()))
 
-    def records(self, after: int = 0, quiet: bool = False) -> Iterator[tuple[int, bytes]]:
-        """(seq, batch) of every whole record with seq > `after`, oldest first. A torn record
-        at a segment's end (the process died writing it: never sent; or a live writer is
-        writing it: `quiet`) ends that segment."""
-        for segment in sorted(self.directory.glob("*.seg")):
-            try:
-                handle = open(segment, "rb")  # noqa: SIM115
-            except FileNotFoundError:  # trimmed by the live writer meanwhile: acknowledged
+    def records(
+        self, after: int = 0, quiet: bool = False, damaged: list[Damage] | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(seq, batch) of every readable record with seq > `after`, oldest first. Unreadable
+        bytes followed by readable records (or not a cut-short last record) are appended to
+        `damaged`, or logged as errors without it. The last record of the last segment cut short
+        is dropped: its process died writing it (one warning), or a live writer is writing it
+        (`quiet`: no word)."""
+        segments = sorted(self.directory.glob("*.seg"))
+        for index, segment in enumerate(segments):
+            found: list[Damage] = []
+            yield from _segment_records(segment, after, index == len(segments) - 1, quiet, found)
+            if damaged is not None:
+                damaged.extend(found)
                 continue
-            with handle:
-                while header := handle.read(HEADER.size):
-                    if len(header) < HEADER.size:
-                        break
-                    length, crc, seq = HEADER.unpack(header)
-                    if seq <= after:
-                        handle.seek(length, os.SEEK_CUR)
+            for d in found:
+                log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes `start` to `end` of a segment that hold no readable record."""
+
+    segment: Path
+    start: int
+    end: int
+    reason: str
+
+
+def _segment_records(
+    path: Path, after: int, last: bool, quiet: bool, damaged: list[Damage]
+) -> Iterator[tuple[int, bytes]]:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:  # trimmed by the live writer meanwhile: acknowledged
+        return
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:  # its first record was not written yet
+            return
+        with mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) as view:
+            segment = _Segment(path, view, last, quiet, damaged)
+            if view[: len(SEGMENT_HEADER)] == SEGMENT_HEADER:
+                yield from segment.marked(len(SEGMENT_HEADER), after)
+            elif last and SEGMENT_HEADER.startswith(view[:size]):  # its header cut short: no record yet
+                return
+            elif _format1_record(view, 0):
+                yield from segment.format1(after)
+            else:  # format 2 with a damaged segment header: read on from the first good record
+                yield from segment.marked(0, after)
+
+
+def _format1_record(view: mmap.mmap, pos: int) -> bool:
+    """A whole format-1 record (its batch checksum holds) at `pos`."""
+    if len(view) - pos < HEADER.size:
+        return False
+    length, crc, _ = HEADER.unpack_from(view, pos)
+    end = pos + HEADER.size + length
+    return end <= len(view) and zlib.crc32(view[pos + HEADER.size : end]) == int(crc)
+
+
+class _Segment:
+    """Reading the records of one mapped segment."""
+
+    def __init__(self, path: Path, view: mmap.mmap, last: bool, quiet: bool, damaged: list[Damage]) -> None:
+        self.path, self.view, self.size = path, view, len(view)
+        self.last, self.quiet, self.damaged = last, quiet, damaged
+
+    def marked(self, pos: int, after: int) -> Iterator[tuple[int, bytes]]:
+        """Format 2, from `pos`: past a bad record, on from the next good one."""
+        while pos < self.size:
+            header = self._header_at(pos)
+            if isinstance(header, tuple):
+                length, crc, seq = header
+                start, end = pos + RECORD_HEADER, pos + RECORD_HEADER + length
+                if end <= self.size:
+                    if seq <= after:  # acknowledged: its batch need not be read
+                        pos = end
                         continue
-                    data = handle.read(length)
-                    if len(data) < length or zlib.crc32(data) != crc:
-                        if quiet:
-                            break
-                        log.warning("spool %s: a torn record at seq %d (never sent) is skipped", segment, seq)
-                        break
-                    yield seq, data
+                    data = self.view[start:end]
+                    if zlib.crc32(data) == crc:
+                        yield seq, data
+                        pos = end
+                        continue
+                    header = f"bad batch checksum (seq {seq})"
+                elif self._torn(pos, f"seq {seq}"):
+                    return
+                else:
+                    header = f"record of seq {seq} runs past the segment's end"
+            elif header == "" and self._torn(pos, "its header"):
+                return
+            following = self._next_record(pos + 1)
+            self.damaged.append(Damage(self.path, pos, following, header or "cut short"))
+            pos = following
+
+    def format1(self, after: int) -> Iterator[tuple[int, bytes]]:
+        """Format 1: no marks, so nothing after a bad record can be found."""
+        pos = 0
+        while pos < self.size:
+            if self.size - pos < HEADER.size:
+                if self._torn(pos, "its header"):
+                    return
+                reason = "cut short"
+            else:
+                length, crc, seq = HEADER.unpack_from(self.view, pos)
+                start, end = pos + HEADER.size, pos + HEADER.size + length
+                if end <= self.size:
+                    if seq <= after:
+                        pos = end
+                        continue
+                    data = self.view[start:end]
+                    if zlib.crc32(data) == crc:
+                        yield seq, data
+                        pos = end
+                        continue
+                if end > self.size and length <= MAX_BATCH_BYTES and self._torn(pos, f"seq {seq}"):
+                    return
+                reason = "bad record in a segment of format 1, which has no marks to find the next record by"
+            self.damaged.append(Damage(self.path, pos, self.size, reason))
+            return
+
+    def _header_at(self, pos: int) -> tuple[int, int, int] | str:
+        """(length, batch crc, seq) of the record header at `pos`, or why there is none there
+        ("": fewer bytes than a header left)."""
+        if self.size - pos < RECORD_HEADER:
+            return "" if _MARK_BYTES.startswith(self.view[pos : pos + 4]) else "no record mark"
+        mark, header_crc = MARK.unpack_from(self.view, pos)
+        if mark != RECORD_MARK:
+            return "no record mark"
+        if zlib.crc32(self.view[pos + MARK.size : pos + RECORD_HEADER]) != header_crc:
+            return "bad record header checksum"
+        length, crc, seq = HEADER.unpack_from(self.view, pos + MARK.size)
+        return length, crc, seq
+
+    def _next_record(self, pos: int) -> int:
+        """Where the next whole, good record starts at or after `pos` (the segment's end if none)."""
+        while (pos := self.view.find(_MARK_BYTES, pos)) != -1:
+            header = self._header_at(pos)
+            if isinstance(header, tuple):
+                length, crc, _ = header
+                end = pos + RECORD_HEADER + length
+                if end <= self.size and zlib.crc32(self.view[pos + RECORD_HEADER : end]) == crc:
+                    return pos
+            pos += 1
+        return self.size
+
+    def _torn(self, pos: int, what: str) -> bool:
+        """True when the record at `pos` is the last segment's last, cut short by the writing
+        process's death (or being written by a live one): nothing else follows it."""
+        if not self.last:
+            return False
+        if not self.quiet:
+            log.warning(
+                "spool %s: the last record (%s, from byte %d) is torn: its process died writing it, "
+                "so it was never sent; dropped",
+                self.path,
+                what,
+                pos,
+            )
+        return True
 
 
 def spooled_writers(root: Path, run_id: str | None = None) -> list[SpooledWriter]:

@@ -4,8 +4,10 @@ every writer's spooled batches are streamed as they are, with their original (ru
 epoch, seq), so the server stores each exactly once however often a sync runs or is cut short.
 
 A sync may run while the job still writes: it sends what is there and leaves the files of a
-live writer to it. A batch the server refuses for good is moved to `<writer>/refused/` with
-the reason, reported, and does not hold up the rest.
+live writer to it. A batch the server refuses for good, and the bytes of a spool segment that
+hold no readable record, are copied under the run's directory (client/kept.py), reported one
+line each, and do not hold up the rest; a sent run's spool is then removed but for them, and
+each later sync offers the refused batches again and reports what is still kept.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from runstream.client import offline, spool
+from runstream.client import kept, offline, spool
 from runstream.client.writer import RETRYABLE, STATUS_BY_CODE
 from runstream.errors import (
     DeadlineExceeded,
@@ -78,7 +80,10 @@ class WriterSync:
     batches: int = 0
     points: int = 0
     refused: int = 0
+    unreadable: int = 0  # spans of its spool that hold no readable record
     live: bool = False  # its process still writes: its files are left to it
+    retried: bool = False  # batches refused by an earlier sync, offered again
+    last: int = 0  # the highest seq the server answered in this sync
 
 
 @dataclass
@@ -87,12 +92,21 @@ class RunSync:
     created: bool = False  # an offline run made on the server by this sync
     entries: int = 0  # journal entries applied
     writers: list[WriterSync] = field(default_factory=list)
-    done: bool = False  # everything sent and the spool removed
+    done: bool = False  # everything sent and the spool removed, but for what is kept
     busy: bool = False  # another sync holds this run
+    problems: list[str] = field(default_factory=list)  # what is kept or skipped, one line each
 
     @property
     def points(self) -> int:
         return sum(w.points for w in self.writers)
+
+    @property
+    def state(self) -> str:
+        if self.busy:
+            return "busy (another sync)"
+        if not self.done:
+            return "partly (live)"
+        return "kept (see stderr)" if self.problems else "done"
 
 
 def sync(client: Client, root: Path, run_id: str | None = None, progress: Progress | None = None) -> list[RunSync]:
@@ -117,9 +131,24 @@ def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None) -> 
         if abandoned:  # its process died before ending it: what W&B calls crashed
             client.update_run(run_dir.name, status="CRASHED")
         if not live and (ended or not has_journal or abandoned):
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove(run_dir)
             result.done = True
+        result.problems += kept.report(run_dir)
     return result
+
+
+def _remove(run_dir: Path) -> None:
+    """A sent run's spool: all of it but what is kept (client/kept.py) for a person to read."""
+    if not kept.anything(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for entry in run_dir.iterdir():
+        if entry.name in (kept.REFUSED, kept.CORRUPT):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -> bool:
@@ -138,7 +167,9 @@ def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -
         applied += 1
         offline.mark_synced(run_dir, index + 1)
     result.entries = applied
-    result.writers = [_send_writer(client, w, counter) for w in spool.spooled_writers(run_dir.parent, run_dir.name)]
+    result.writers = _retry_refused(client, run_dir, counter)  # before new refusals join them
+    for w in spool.spooled_writers(run_dir.parent, run_dir.name):
+        result.writers.append(_send_writer(client, w, counter, result.problems))
     if end is None:
         return False
     if end:
@@ -177,13 +208,73 @@ def _abandoned(run_dir: Path) -> bool:
     return offline.synced_count(run_dir) >= sum(1 for _ in offline.entries(run_dir))
 
 
-def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter) -> WriterSync:
+def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, problems: list[str]) -> WriterSync:
+    """Send a writer's spooled batches, keep what is refused or unreadable, then remove its
+    spool (unless its process still writes it)."""
     out = WriterSync(w.writer_id, w.epoch, live=spool.is_live(w.directory))
-    acked = spool.read_acked(w.directory)
+    run_dir = w.directory.parent.parent
+    elsewhere = _written_for_another(w, client.target)
+    damaged: list[spool.Damage] = []
+
+    def refused(seq: int, data: bytes, reason: str) -> None:
+        kept.keep_refused(run_dir, w, seq, data, reason + elsewhere)
+
+    records = w.records(spool.read_acked(w.directory), quiet=out.live, damaged=damaged)
+    try:
+        _stream(client, records, out, counter, refused)
+    finally:
+        spool.write_acked(w.directory, out.last)
+    out.unreadable = len(damaged)
+    if out.live:  # its process may still send those batches from memory; read again once it ends
+        problems += [
+            f"run {w.run_id} writer {w.writer_id} epoch {w.epoch}: bytes {d.start}-{d.end} of spool segment "
+            f"{d.segment} unreadable ({d.reason}); left in place while its process runs"
+            for d in damaged
+        ]
+        return out
+    for d in damaged:
+        kept.keep_unreadable(run_dir, w, d)
+    shutil.rmtree(w.directory, ignore_errors=True)
+    return out
+
+
+def _retry_refused(client: Client, run_dir: Path, counter: _Counter) -> list[WriterSync]:
+    """Offer the batches earlier syncs kept as refused again: those the server takes now go."""
+    refused = kept.refused_batches(run_dir)
+    return [_retry_writer(client, run_dir, name, batches, counter) for name, batches in refused.items()]
+
+
+def _retry_writer(
+    client: Client, run_dir: Path, name: str, batches: list[tuple[int, Path]], counter: _Counter
+) -> WriterSync:
+    w = spool.SpooledWriter.at(run_dir / "writers" / name)
+    out = WriterSync(w.writer_id, w.epoch, retried=True)
+    files = dict(batches)
+    _stream(
+        client,
+        ((seq, batch.read_bytes()) for seq, batch in batches),
+        out,
+        counter,
+        refused=lambda seq, _, reason: kept.refused_again(files[seq], reason),
+        taken=lambda seq: kept.taken(files[seq]),
+    )
+    return out
+
+
+def _stream(
+    client: Client,
+    records: Iterator[tuple[int, bytes]],
+    out: WriterSync,
+    counter: _Counter,
+    refused: Callable[[int, bytes, str], None],
+    taken: Callable[[int], None] | None = None,
+) -> None:
+    """Stream `records` as they are, counting the answers into `out`; a batch refused for good
+    goes to `refused`, one taken to `taken`."""
     pending: dict[int, bytes] = {}
 
     def requests() -> Iterator[bytes]:
-        for seq, data in w.records(acked, quiet=out.live):
+        for seq, data in records:
             pending[seq] = data
             yield data
 
@@ -192,38 +283,37 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter) -> W
         request_serializer=None,
         response_deserializer=pb.BatchAck.FromString,
     )
-    last = acked
     call = stream(requests())
     try:
         for ack in call:
             code = STATUS_BY_CODE.get(ack.code, grpc.StatusCode.UNKNOWN)
-            data = pending.pop(ack.seq, b"")
             if code in RETRYABLE:
                 raise from_status(code, ack.message)
+            # Answers come in order; a batch the server could not decode is answered as seq 0.
+            seq = ack.seq if ack.seq in pending else next(iter(pending), ack.seq)
+            data = pending.pop(seq, b"")
             if code != grpc.StatusCode.OK:
-                _keep_refused(w.directory, ack.seq, data, f"{code.name}: {ack.message}")
+                refused(seq, data, f"{code.name}: {ack.message}")
                 out.refused += 1
+            elif taken is not None:
+                taken(seq)
             out.batches += 1
             out.points += ack.points
             counter.add(ack.points)
-            last = max(last, ack.seq)
+            out.last = max(out.last, seq)
     except grpc.RpcError as exc:
         raise from_status(exc.code(), exc.details() or "") from None
     finally:
         call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream has ended
-        spool.write_acked(w.directory, last)
-    if not out.live:
-        shutil.rmtree(w.directory, ignore_errors=True)
-    return out
 
 
-def _keep_refused(directory: Path, seq: int, data: bytes, reason: str) -> None:
-    refused = directory.parent.parent / "refused"
-    refused.mkdir(exist_ok=True)
-    name = f"{directory.name}.{seq}"
-    (refused / f"{name}.batch").write_bytes(data)
-    (refused / f"{name}.reason").write_text(reason + "\n")
-    log.error("the server refused spooled batch %d of %s for good (%s); kept in %s", seq, directory, reason, refused)
+def _written_for_another(w: spool.SpooledWriter, target: str) -> str:
+    """A word for the reasons of refused batches when the spool was written for another server."""
+    try:
+        written_for = str(w.meta()["target"])
+    except (OSError, ValueError, KeyError):
+        return ""
+    return f" (this spool was written for the server at {written_for})" if written_for != target else ""
 
 
 @contextlib.contextmanager
@@ -280,6 +370,7 @@ class Follower(threading.Thread):
                     self.online = True
                     log.warning("runstream: the server answers again; run %s is being sent", self.run_dir.name)
                 if result.done or not self.run_dir.exists():
+                    _say(result)
                     self.finished.set()
                     return
                 self._beat()
@@ -332,13 +423,19 @@ def resume_orphans(client: Client, root: Path) -> threading.Thread | None:
     def send() -> None:
         for run_dir in orphans:
             try:
-                sync_run(client, run_dir)
+                _say(sync_run(client, run_dir))
             except RunstreamError as exc:
                 log.warning("runstream: run %s stays in the spool (%s); `runstream sync` sends it", run_dir.name, exc)
 
     thread = threading.Thread(target=send, name="runstream-resume", daemon=True)
     thread.start()
     return thread
+
+
+def _say(result: RunSync) -> None:
+    """What a background sync kept or skipped, in the log (`runstream sync` says it again)."""
+    for line in result.problems:
+        log.warning("runstream: %s", line)
 
 
 def _orphan_runs(root: Path) -> list[Path]:
