@@ -376,7 +376,7 @@ class Follower(threading.Thread):
                 self._beat()
             except (Unavailable, DeadlineExceeded, ResourceExhausted) as exc:  # away or busy: later
                 log.debug("runstream: syncing run %s: %s", self.run_dir.name, exc)
-            except RunstreamError as exc:
+            except (RunstreamError, OSError) as exc:  # refused, or the disk (full, gone): said once, tried again
                 if not self.refused:
                     log.warning("runstream: run %s cannot be sent (%s); it stays in the spool", self.run_dir.name, exc)
                 self.refused = True
