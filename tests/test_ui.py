@@ -414,7 +414,7 @@ def test_an_html_artifact_opened_by_a_signed_in_admin_runs_nothing(
     report = tmp_path / "report.html"
     report.write_text(attack)
     with runstream.Client(server.target, token=admin) as client:
-        writer = client.admin.create_token("ui-writer", ["write"], experiments="reports/*").secret
+        writer = client.admin.create_token("ui-writer", ["write", "read"], experiments="reports/*").secret
     with runstream.Client(server.target, token=writer) as client:
         run = client.start_run("reports/weekly", record_source=False)
         run.log_artifact(report)
