@@ -29,7 +29,7 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument, NotFound, Unavailable
 from runstream.server.artifacts.paths import check_path
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, text
 from runstream.wire.proto import artifacts_pb2 as apb
 

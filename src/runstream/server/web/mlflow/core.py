@@ -18,7 +18,7 @@ from aiohttp import web
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.rpc import canonicaliser, log_failure
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 
 ERRORS = {
     grpc.StatusCode.NOT_FOUND: ("RESOURCE_DOES_NOT_EXIST", 404),

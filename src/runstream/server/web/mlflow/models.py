@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from runstream.errors import FailedPrecondition, InvalidArgument
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow.artifacts import listing
 from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, pairs, strings, text
 from runstream.server.web.mlflow.tracking import artifact_uri

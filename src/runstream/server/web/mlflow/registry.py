@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from runstream.errors import InvalidArgument
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import models
 from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, pairs, strings, text
 from runstream.server.web.mlflow.tracking import artifact_uri

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument, NotFound
 from runstream.server.rpc import canonicaliser
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import columns
 from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, number, pairs, strings, text
 from runstream.wire import batch as wire
