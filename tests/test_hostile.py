@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import urllib3
 
 import runstream
 from runstream.wire import batch as wire
@@ -216,3 +222,370 @@ def test_mutated_valid_messages_to_every_method_never_break_the_server(hostile_s
         time.sleep(0.1)
     stored = hostile_server.stored(run_id)
     assert stored[("loss", "after-fuzz")][0].tolist() == list(range(500))
+
+
+# ------------------------------------------------------------------ the HTTP port
+
+HTTP_CAP = 256 * 1024  # http_server's --max-request-body: an oversized body stays cheap to send
+HTTP_TIMEOUT_S = 3  # its --http-request-timeout
+http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+
+
+@pytest.fixture(scope="module")
+def http_server(make_module_server):
+    return make_module_server("--max-request-body", "256KiB", "--http-request-timeout", str(HTTP_TIMEOUT_S))
+
+
+def test_a_header_over_8_kib_is_400_and_one_log_line(http_server) -> None:
+    """First of the module's HTTP tests: the refusals it counts are not held back by earlier ones."""
+    start = len(http_server.output)
+    for _ in range(30):
+        reply = http.request(
+            "GET", _url(http_server, "/api/2.0/mlflow/experiments/search"), headers={"X-Big": "a" * 9_000}
+        )
+        assert reply.status == 400
+    time.sleep(0.5)
+    new = http_server.output[start:]
+    assert "Traceback" not in "".join(new)
+    refused = [line for line in new if "8190 bytes" in line]
+    assert 1 <= len(refused) <= 20, new  # rate-limited like every refusal
+
+
+def _url(server, path: str) -> str:
+    return f"http://127.0.0.1:{server.http_port}{path}"
+
+
+def _mlflow(server, path: str, body: Any, method: str = "POST", headers: dict[str, str] | None = None) -> Any:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.request(
+        method,
+        _url(server, f"/api/2.0/mlflow/{path}"),
+        body=data,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _new_run(server, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    made = _mlflow(server, "runs/create", {"experiment_id": "0", "run_name": "hostile"}, headers=headers)
+    assert made.status == 200, made.data
+    return str(made.json()["run"]["info"]["run_id"])
+
+
+def _read_run(server, run_id: str, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    got = http.request("GET", _url(server, f"/api/2.0/mlflow/runs/get?run_id={run_id}"), headers=headers)
+    assert got.status == 200, got.data
+    data = got.json()["run"]["data"]
+    return {
+        "params": {p["key"]: p["value"] for p in data.get("params", [])},
+        "tags": {t["key"]: t["value"] for t in data.get("tags", []) if not t["key"].startswith("mlflow.")},
+        "metrics": {m["key"] for m in data.get("metrics", [])},
+        "stage": got.json()["run"]["info"]["lifecycle_stage"],
+    }
+
+
+GOOD_METRIC = {"key": "good", "value": 1.0, "timestamp": 1_700_000_000_000, "step": 1}
+BAD_METRICS = {
+    "key": {**GOOD_METRIC, "key": "bad key!"},
+    "value": {**GOOD_METRIC, "value": "abc"},
+    "fractional step": {**GOOD_METRIC, "step": 1.5},
+    "step past int64": {**GOOD_METRIC, "step": 2**63},
+    "timestamp past int64": {**GOOD_METRIC, "timestamp": 2**64},
+    "not an object": [1],
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_METRICS), ids=list(BAD_METRICS))
+def test_a_refused_mlflow_log_batch_changes_nothing(http_server, bad: str) -> None:
+    """Issue 33, item 5: valid params and tags beside one bad metric were stored, and 400 answered."""
+    run_id = _new_run(http_server)
+    assert _mlflow(http_server, "runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.1"}).status == 200
+    before = _read_run(http_server, run_id)
+    batch = {
+        "run_id": run_id,
+        "params": [{"key": "fresh", "value": "1"}],
+        "tags": [{"key": "team", "value": "vision"}],
+        "metrics": [GOOD_METRIC, BAD_METRICS[bad]],
+    }
+    refused = _mlflow(http_server, "runs/log-batch", batch)
+    assert refused.status == 400 and refused.json()["error_code"] == "INVALID_PARAMETER_VALUE", refused.data
+    assert _read_run(http_server, run_id) == before
+
+
+def test_a_log_batch_with_a_param_logged_before_with_another_value_changes_nothing(http_server) -> None:
+    run_id = _new_run(http_server)
+    assert _mlflow(http_server, "runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.1"}).status == 200
+    batch = {
+        "run_id": run_id,
+        "params": [{"key": "fresh", "value": "1"}, {"key": "lr", "value": "0.2"}],
+        "tags": [{"key": "team", "value": "vision"}],
+        "metrics": [GOOD_METRIC],
+    }
+    refused = _mlflow(http_server, "runs/log-batch", batch)
+    assert refused.status == 400 and refused.json()["error_code"] == "RESOURCE_ALREADY_EXISTS", refused.data
+    assert "0.1" in refused.json()["message"]
+    # The same through the JSON API (LogParams): the new param is not kept beside the refusal.
+    reply = http.request(
+        "POST",
+        _url(http_server, "/api/v1/runstream.v1.TrackingService/LogParams"),
+        body=json.dumps({"run_id": run_id, "params": {"also-fresh": "1", "lr": "0.3"}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status == 409 and reply.json()["code"] == "ALREADY_EXISTS"
+    assert _mlflow(http_server, "runs/log-metric", {**GOOD_METRIC, "key": "after", "run_id": run_id}).status == 200
+    assert _read_run(http_server, run_id) == {
+        "params": {"lr": "0.1"},
+        "tags": {},
+        "metrics": {"after"},
+        "stage": "active",
+    }
+
+
+# Issue 33, item 11: each of these answered 500.
+HOSTILE_MLFLOW = {
+    "nested arrays": ("runs/log-batch", b"[" * 5_000 + b"]" * 5_000),
+    "nested objects": ("runs/log-batch", b'{"metrics":' * 3_000 + b"1" + b"}" * 3_000),
+    "nested under a field": ("runs/search", b'{"experiment_ids":' + b"[" * 1_000 + b"]" * 1_000 + b"}"),
+    "step past int64": ("runs/log-metric", {"key": "a", "value": 1, "timestamp": 1, "step": 2**63}),
+    "timestamp past int64": ("runs/log-batch", {"metrics": [{"key": "a", "value": 1, "timestamp": 2**63, "step": 1}]}),
+    "start_time past int64": ("runs/create", {"experiment_id": "0", "start_time": 2**64}),
+    "end_time past int64": ("runs/update", {"end_time": -(2**63) - 1}),
+    "params not a list": ("runs/log-batch", {"params": 5}),
+    "metrics not a list": ("runs/log-batch", {"metrics": 5}),
+    "tags not a list": ("runs/log-batch", {"tags": "abc"}),
+    "experiment_ids not a list": ("runs/search", {"experiment_ids": 5}),
+    "order_by of numbers": ("runs/search", {"experiment_ids": ["0"], "order_by": [1]}),
+    "order_by a number": ("runs/search", {"experiment_ids": ["0"], "order_by": 5}),
+    "datasets not a list": ("runs/log-inputs", {"datasets": 5}),
+    "logged model experiment_ids": ("logged-models/search", {"experiment_ids": 5}),
+    "fractional step": ("runs/log-metric", {"key": "a", "value": 1, "timestamp": 1, "step": 1.5}),
+    "a list as a param value": ("runs/log-parameter", {"key": "p", "value": [1]}),
+    "a number as a tag value": ("runs/set-tag", {"key": "t", "value": 5}),
+    "tags of numbers": ("experiments/create", {"name": "hostile-tags", "tags": 5}),
+    "a list as a name": ("experiments/create", {"name": ["x"]}),
+    "a value past a double": (
+        "runs/log-metric",
+        b'{"key": "a", "value": 1' + b"0" * 400 + b', "timestamp": 1, "step": 1, "run_id": "RUN"}',
+    ),
+    "deep model_json": ("runs/log-model", {"model_json": "[" * 5_000 + "]" * 5_000}),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MLFLOW), ids=list(HOSTILE_MLFLOW))
+def test_hostile_mlflow_requests_are_400_in_mlflows_shape(http_server, case: str) -> None:
+    run_id = _new_run(http_server)
+    path, body = HOSTILE_MLFLOW[case]
+    body = body.replace(b"RUN", run_id.encode()) if isinstance(body, bytes) else {"run_id": run_id, **body}
+    reply = _mlflow(http_server, path, body)
+    assert reply.status == 400, (reply.status, reply.data[:300])
+    assert reply.json()["error_code"] == "INVALID_PARAMETER_VALUE" and reply.json()["message"]
+    assert _read_run(http_server, run_id)["params"] == {} and _read_run(http_server, run_id)["tags"] == {}
+
+
+def _hwm_kib(server) -> int:
+    """The server process's peak resident memory so far."""
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def _chunks(total: int, block: int = 1 << 20) -> Any:
+    sent = 0
+    while sent < total:
+        yield b"[" + b"1," * (block // 2 - 1) + b"1]" if sent == 0 else b" " * block
+        sent += block
+
+
+def test_bodies_are_capped_before_they_are_read(http_server) -> None:
+    """Issue 33, item 9: an 89 MiB log-batch took the server from 85 to 977 MiB, and a chunked body
+    without Content-Length skipped the cap of /api/v1."""
+    run_id = _new_run(http_server)
+    before = _hwm_kib(http_server)
+    metrics = [{"key": f"k{i % 900}", "value": i, "timestamp": i, "step": i} for i in range(600_000)]
+    big = json.dumps({"run_id": run_id, "metrics": metrics}).encode()
+    assert len(big) > 40 * 2**20
+    reply = _mlflow(http_server, "runs/log-batch", big)
+    assert reply.status == 413 and reply.json()["error_code"] == "RESOURCE_EXHAUSTED", reply.data[:300]
+    assert "262,144" in reply.json()["message"]
+    for path, headers in (
+        ("/api/v1/runstream.v1.QueryService/SearchRuns", {"Content-Type": "application/json"}),
+        ("/api/2.0/mlflow/runs/search", {"Content-Type": "application/json"}),
+        ("/login", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ):
+        chunked = http.request("POST", _url(http_server, path), body=_chunks(64 * 2**20), headers=headers, chunked=True)
+        assert chunked.status == 413, (path, chunked.status, chunked.data[:300])
+    grown = _hwm_kib(http_server) - before
+    assert grown < 30 * 1024, f"the server grew by {grown / 1024:.0f} MiB"
+    assert _mlflow(http_server, "runs/log-metric", {**GOOD_METRIC, "run_id": run_id}).status == 200
+
+
+LONG = "a" * 7_000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/ui/",
+        "/ui/a/",
+        "/api/v1/",
+        "/api/v1/runstream.v1.QueryService/",
+        "/api/2.0/mlflow/",
+        "/ajax-api/2.0/mlflow/",
+        "/api/2.0/mlflow-artifacts/artifacts/",
+        "/api/3.0/mlflow/",
+        "/objects/",
+        "/login/",
+        "/metrics/",
+    ],
+)
+def test_a_long_path_is_a_4xx_never_a_500(http_server, path: str) -> None:
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        reply = http.request(
+            method, _url(http_server, path + LONG), body=b"{}", headers={"Content-Type": "application/json"}
+        )
+        assert 400 <= reply.status < 500, (method, path, reply.status, reply.data[:200])
+    assert "Traceback" not in "".join(http_server.output)
+
+
+def test_a_client_sending_its_headers_byte_by_byte_is_cut_off(http_server) -> None:
+    """Slowloris: a request whose headers never end holds the connection only for a bounded time."""
+    with socket.create_connection(("127.0.0.1", http_server.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < HTTP_TIMEOUT_S + 10:
+            try:
+                sock.sendall(b"X")
+                sock.settimeout(0.5)
+                if sock.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+                break
+    assert closed, "the server kept a half-sent request open"
+    assert time.monotonic() - started < HTTP_TIMEOUT_S + 3
+
+
+# ------------------------------------------------------------------ the sign-in cookie
+
+
+@dataclass
+class CookieWorld:
+    server: Any
+    admin: str  # token text
+    run_id: str
+    experiment_id: str
+
+
+@pytest.fixture(scope="module")
+def cookie_world(make_module_server, tmp_path_factory) -> CookieWorld:
+    data_dir = tmp_path_factory.mktemp("cookie-data")
+    server = make_module_server("--auth", "--data-dir", str(data_dir))
+    admin = (data_dir / "admin-token").read_text().strip()
+    with runstream.Client(server.target, token=admin) as client:
+        run = client.start_run("cookie/main", params={"lr": "0.1"}, record_source=False)
+        run.log_metric("loss", 0.5, step=1)
+        run.end()
+    assert server.wait_points(run.run_id, 1) == 1
+    with runstream.Client(server.target, token=admin) as client:
+        experiment_id = client.get_run(run.run_id).experiment_id
+    return CookieWorld(server, admin, run.run_id, experiment_id)
+
+
+def _jar(world: CookieWorld) -> str:
+    signed = http.request(
+        "POST",
+        _url(world.server, "/login"),
+        body=f"token={world.admin}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        redirect=False,
+    )
+    assert signed.status == 303, signed.data
+    return signed.headers["set-cookie"].split(";", 1)[0]
+
+
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+ELSEWHERE = [
+    {"Sec-Fetch-Site": "same-site"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Origin": "http://127.0.0.1:1"},
+    {"Origin": "null"},
+]
+
+
+def test_the_cookie_signs_only_the_uis_own_calls(cookie_world: CookieWorld) -> None:
+    """Issue 33, item 7: a GET with the cookie deleted a run, and text/plain or form POSTs set tags,
+    from a page on another port of the same host."""
+    world, jar = cookie_world, _jar(cookie_world)
+    base = "/api/2.0/mlflow/runs"
+    deleting = http.request("GET", _url(world.server, f"{base}/delete?run_id={world.run_id}"), headers={"Cookie": jar})
+    assert deleting.status in (401, 405), deleting.data
+    tag = json.dumps({"run_id": world.run_id, "key": "via", "value": "cookie"}).encode()
+    form = f"run_id={world.run_id}&key=via&value=cookie".encode()
+    for content_type, data in (
+        ("text/plain", tag),
+        ("application/x-www-form-urlencoded", form),
+        ("application/json", tag),
+    ):
+        for headers in ({}, SAME_ORIGIN):
+            reply = http.request(
+                "POST",
+                _url(world.server, f"{base}/set-tag"),
+                body=data,
+                headers={"Cookie": jar, "Content-Type": content_type, **headers},
+            )
+            assert reply.status in (400, 401), (content_type, reply.status, reply.data)
+    assert _read_run(world.server, world.run_id, world.admin) == {
+        "params": {"lr": "0.1"},
+        "tags": {},
+        "metrics": {"loss"},
+        "stage": "active",
+    }
+    # The UI's own calls: JSON POSTs to /api/v1 and the live tail, from this origin only.
+    whoami = "/api/v1/runstream.v1.AdminService/WhoAmI"
+    for headers in ({}, SAME_ORIGIN, {"Origin": f"http://127.0.0.1:{world.server.http_port}"}):
+        reply = http.request(
+            "POST",
+            _url(world.server, whoami),
+            body=b"{}",
+            headers={"Cookie": jar, "Content-Type": "application/json", **headers},
+        )
+        assert reply.status == 200 and reply.json()["name"] == "admin", (headers, reply.data)
+    tail = f"/api/v1/tail?run_id={world.run_id}&from_step=0"
+    assert http.request("GET", _url(world.server, tail), headers={"Cookie": jar, **SAME_ORIGIN}).status == 200
+    for headers in ELSEWHERE:
+        reply = http.request(
+            "POST",
+            _url(world.server, whoami),
+            body=b"{}",
+            headers={"Cookie": jar, "Content-Type": "application/json", **headers},
+        )
+        assert reply.status == 401, (headers, reply.data)
+        assert http.request("GET", _url(world.server, tail), headers={"Cookie": jar, **headers}).status == 401
+        signed = http.request(
+            "POST",
+            _url(world.server, "/login"),
+            body=f"token={world.admin}".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+            redirect=False,
+        )
+        assert signed.status == 403 and "set-cookie" not in signed.headers, headers
+
+
+def test_without_auth_a_simple_request_changes_nothing_either(http_server) -> None:
+    """With auth off there is no cookie to steal, but a page on another port could still send
+    simple requests: GET and non-JSON bodies change nothing."""
+    run_id = _new_run(http_server)
+    deleting = http.request("GET", _url(http_server, f"/api/2.0/mlflow/runs/delete?run_id={run_id}"))
+    assert deleting.status == 405 and deleting.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    assert "POST" in deleting.headers["Allow"]
+    tag = json.dumps({"run_id": run_id, "key": "via", "value": "text"}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        reply = http.request("POST", _url(http_server, "/api/2.0/mlflow/runs/set-tag"), body=tag, headers=headers)
+        assert reply.status == 400 and "application/json" in reply.json()["message"], (content_type, reply.data)
+    assert _read_run(http_server, run_id)["tags"] == {} and _read_run(http_server, run_id)["stage"] == "active"
