@@ -154,7 +154,7 @@ async def search_models(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
             req.tags[field[5:]] = value
         else:
             raise InvalidArgument(f"registered models cannot be filtered by {field} {op}")
-    order = strings(body, "order_by")
+    order = [o for o in strings(body, "order_by") if o.strip()]
     if order:
         parts = order[0].split()
         column = {"name": "name", "last_updated_timestamp": "updated", "timestamp": "updated"}.get(parts[0])
