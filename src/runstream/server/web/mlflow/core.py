@@ -129,7 +129,9 @@ def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], g
         found = find(prefix, request.method, info["tail"])
         if isinstance(found, set):
             if not found:
-                return error(grpc.StatusCode.UNIMPLEMENTED, f"runstream does not serve {request.method} {request.path}")
+                return error(
+                    grpc.StatusCode.UNIMPLEMENTED, f"runstream does not serve {request.method} {request.path[:200]}"
+                )
             allowed = ", ".join(sorted(found))
             refused = _error_body(
                 "ENDPOINT_NOT_FOUND", f"{request.path[:200]} takes {allowed}, not {request.method}", 405
@@ -170,7 +172,7 @@ async def _body(request: web.Request) -> Body:
     bytes are streamed by the handler. POST, PATCH, DELETE: a JSON object sent as
     application/json; a PATCH or DELETE without a body is an empty one."""
     if request.method == "GET":
-        return {k: v if len(all := request.query.getall(k)) == 1 else all for k, v in request.query.items()}
+        return {k: v if len(given := request.query.getall(k)) == 1 else given for k, v in request.query.items()}
     if request.method == "PUT":
         return {}
     if request.method != "POST" and not request.body_exists:
