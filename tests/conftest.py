@@ -179,6 +179,33 @@ class Server:
     def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return sql(self.db_url, query, *args)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Every table's rows, every Redis key of the server, and every stored artifact file: two
+        fingerprints are equal when nothing was changed in between."""
+
+        async def tables() -> dict[str, str]:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                names = [
+                    r["tablename"]
+                    for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                ]
+                query = " UNION ALL ".join(
+                    f"SELECT '{t}' AS t, md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) AS h FROM {t} x"
+                    for t in names
+                )
+                return {r["t"]: r["h"] for r in await conn.fetch(query)}
+            finally:
+                await conn.close()
+
+        r = redis.Redis.from_url(self.redis_url)
+        keys = {}
+        for key in sorted(r.scan_iter(f"{self.prefix}:*")):
+            kind = r.type(key).decode()
+            keys[key] = (kind, r.xlen(key) if kind == "stream" else r.dump(key))
+        files = sorted((str(p), p.stat().st_size) for p in self.artifacts.rglob("*") if p.is_file())
+        return {"tables": asyncio.run(tables()), "redis": keys, "files": files}
+
     def wait_points(self, run_id: str, expected: int, timeout: float = 120.0) -> int:
         """Wait until the summaries of `run_id` count `expected` points; returns the count."""
         deadline = time.monotonic() + timeout

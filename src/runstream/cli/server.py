@@ -78,6 +78,20 @@ def add_parsers(sub: Subparsers) -> None:
         help="all artifacts of one run, stored and under way, e.g. 1TiB (default)",
     )
     p.add_argument(
+        "--max-request-body",
+        type=_size,
+        default=d.max_request_body,
+        help="largest JSON request on the HTTP port (/api/v1, MLflow's REST API, /login), e.g. 8MiB (default); "
+        "larger is refused with 413 before it is read",
+    )
+    p.add_argument(
+        "--http-request-timeout",
+        type=float,
+        default=d.http_request_timeout_s,
+        help="seconds an HTTP client has to send a request's headers and JSON body (an upload: each block); "
+        "an idle keep-alive connection is closed after it too",
+    )
+    p.add_argument(
         "--role",
         choices=["all", "ingest", "query", "load"],
         default=d.role,
@@ -182,6 +196,8 @@ def serve(args: argparse.Namespace) -> int:
         artifact_part_size=args.artifact_part_size,
         max_upload_bytes=args.max_upload_size,
         max_run_artifact_bytes=args.max_run_artifacts_size,
+        max_request_body=args.max_request_body,
+        http_request_timeout_s=args.http_request_timeout,
         role=args.role,
         loaders=args.loaders,
         shards=args.shards,

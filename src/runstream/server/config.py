@@ -42,6 +42,8 @@ class Settings:
     artifact_part_size: int = 64 * 1024 * 1024  # uploads above this go in parts, one URL each
     max_upload_bytes: int = 100 * 2**30  # one artifact file
     max_run_artifact_bytes: int = 2**40  # all of a run's artifacts, stored and being uploaded
+    max_request_body: int = 8 * 2**20  # a JSON request on the HTTP port (above the 4 MiB batch limit); 413 beyond
+    http_request_timeout_s: float = 30.0  # an HTTP client's headers (and JSON body) arrive within this
     pool_size: int = 8
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped

@@ -62,6 +62,7 @@ from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
 from runstream.server.storage import store
 from runstream.server.tokens import page_tokens
+from runstream.server.web import port as http_port
 from runstream.server.web.api import add_api_routes
 from runstream.server.web.login import add_login_routes
 from runstream.server.web.mlflow import add_routes as add_mlflow_routes
@@ -140,7 +141,7 @@ async def serve(
             ("grpc.so_reuseport", 0),
         ]
     )
-    http = web.Application(client_max_size=0)
+    http = http_port.application(settings)
     guard = Guard(pool, settings.auth)
     if settings.auth:
         try:
@@ -174,7 +175,7 @@ async def serve(
 
     add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
     add_health_route(http, health)
-    runner = web.AppRunner(http, access_log=None)
+    runner = http_port.runner(http, settings)
     await runner.setup()
     try:
         await web.TCPSite(

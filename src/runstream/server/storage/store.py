@@ -324,12 +324,12 @@ async def log_params(conn: Conn, run_id: str, params: dict[str, str]) -> None:
         stored = await conn.fetch(
             "SELECT key, value FROM params WHERE run_id = $1 AND key = ANY($2::text[]) ORDER BY key", run_id, keys
         )
-    for row in stored:
-        if row["value"] != params[row["key"]]:
-            raise ParamConflict(
-                f"param {row['key']!r} of run {run_id} was already logged as {row['value']!r}; "
-                f"params are immutable, so {params[row['key']]!r} was refused"
-            )
+        for row in stored:  # inside the transaction: a refused request keeps none of its params
+            if row["value"] != params[row["key"]]:
+                raise ParamConflict(
+                    f"param {row['key']!r} of run {run_id} was already logged as {row['value']!r}; "
+                    f"params are immutable, so {params[row['key']]!r} was refused"
+                )
 
 
 async def set_tags(conn: Conn, run_id: str, tags: dict[str, str]) -> None:

@@ -1,16 +1,21 @@
 """/login for browsers: a form that takes a token, checks it with the same guard as every RPC,
-and keeps it in an HttpOnly, SameSite=Strict cookie (Secure over TLS) that the JSON API reads;
-/logout forgets it. Scripts send `Authorization: Bearer ...` instead."""
+and keeps it in an HttpOnly, SameSite=Strict cookie (Secure over TLS) that the web UI's calls
+are signed with (calls.py); /logout forgets it. Both take only a form of this server's own
+pages (calls.same_origin), so no other page signs a browser in or out. Scripts send
+`Authorization: Bearer ...` instead."""
 
 from __future__ import annotations
 
 import html
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from runstream.errors import Unauthenticated
+from runstream.errors import InvalidArgument, Unauthenticated
 from runstream.server.auth.guard import Guard
-from runstream.server.web.api import COOKIE
+from runstream.server.rpc import log_failure
+from runstream.server.web import body
+from runstream.server.web.calls import COOKIE, same_origin
 
 MAX_AGE_S = 30 * 86_400
 PAGE = """<!doctype html>
@@ -44,11 +49,14 @@ def add_login_routes(app: web.Application, guard: Guard) -> None:
         return _page(note, 200)
 
     async def sign_in(request: web.Request) -> web.Response:
-        token = str((await request.post()).get("token", "")).strip()
+        if not same_origin(request):
+            return _page("Sign in from this server's own page.", 403)
         try:
+            token = await _token(request)
             await guard.authenticate(_TokenCall(token))
-        except Unauthenticated as exc:
-            return _page(str(exc), 401)
+        except (InvalidArgument, body.TooLarge, Unauthenticated) as exc:
+            _, message = log_failure("POST /login", exc)
+            return _page(message, _status(exc))
         response = web.Response(status=303, headers={"Location": "/", "Cache-Control": "no-store"})
         response.set_cookie(
             COOKIE,
@@ -62,6 +70,8 @@ def add_login_routes(app: web.Application, guard: Guard) -> None:
         return response
 
     async def sign_out(request: web.Request) -> web.Response:
+        if not same_origin(request):
+            return _page("Sign out from this server's own pages.", 403)
         response = web.Response(status=303, headers={"Location": "/login"})
         response.del_cookie(COOKIE, path="/")
         return response
@@ -69,6 +79,23 @@ def add_login_routes(app: web.Application, guard: Guard) -> None:
     app.router.add_get("/login", form)
     app.router.add_post("/login", sign_in)
     app.router.add_post("/logout", sign_out)
+
+
+async def _token(request: web.Request) -> str:
+    """The token field of the sign-in form."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise InvalidArgument("send the sign-in form (application/x-www-form-urlencoded)")
+    try:
+        fields = parse_qs((await body.read(request)).decode(), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidArgument("the sign-in form is not a form") from None
+    return (fields.get("token") or [""])[0].strip()
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, body.TooLarge):
+        return 413
+    return 401 if isinstance(exc, Unauthenticated) else 400
 
 
 def _page(note: str, status: int) -> web.Response:

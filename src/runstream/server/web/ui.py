@@ -15,9 +15,10 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.rpc import canonicaliser
 from runstream.server.web import protojson
-from runstream.server.web.api import PREFIX, HttpCall, error_response
+from runstream.server.web.api import failure
+from runstream.server.web.calls import PREFIX, HttpCall
 from runstream.wire.proto import query_pb2 as qpb
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -38,6 +39,15 @@ def add_ui_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]]
     if "QueryService" not in servicers:
         return
     index = (ASSETS / "index.html").read_bytes()
+    # The shipped files by name: a request names one of them or gets 404 (no path is looked up
+    # on disk, so no name can reach outside the folder or be too long for the file system).
+    assets = {p.relative_to(ASSETS).as_posix(): p for p in ASSETS.rglob("*") if p.is_file()}
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        path = assets.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound(text="no such file")
+        return web.FileResponse(path)
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=index, content_type="text/html", headers={**HEADERS, "Cache-Control": "no-cache"})
@@ -53,7 +63,7 @@ def add_ui_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]]
     app.router.add_get("/", page)
     # No icon: an empty answer, so browsers (on /login too) log no failed request.
     app.router.add_get("/favicon.ico", lambda request: _no_icon())
-    app.router.add_static("/ui/", ASSETS, append_version=False)
+    app.router.add_get("/ui/{name:.+}", asset)
     app.router.add_get(PREFIX + "/tail", _tail_handler(servicers["QueryService"][0], guard))
 
 
@@ -77,15 +87,15 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
             if "from_step" in request.query:
                 try:
                     message.from_step = int(request.query["from_step"])
-                except ValueError:
-                    raise InvalidArgument("from_step must be an integer") from None
+                except ValueError:  # not a number, or not an int64
+                    raise InvalidArgument("from_step must be an integer between -2^63 and 2^63-1") from None
             canonicalise(message)
             await guard.admit_request(principal, "QueryService", "TailMetrics", message)
             CURRENT.set(principal)
             stream = query.TailMetrics(message, ctx)
             first = await anext(stream, None)  # a refusal (an unknown run) is still an HTTP status
         except Exception as exc:  # every failure becomes a status the caller can act on
-            return error_response(*log_failure(f"GET {request.path}", exc))
+            return failure(f"GET {request.path}", exc)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )

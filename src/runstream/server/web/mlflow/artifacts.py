@@ -29,12 +29,14 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument, NotFound, Unavailable
 from runstream.server.artifacts.paths import check_path
-from runstream.server.web.api import HttpCall
-from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, text
+from runstream.server.web.body import stream
+from runstream.server.web.calls import HttpCall
+from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, objects, text
 from runstream.wire.proto import artifacts_pb2 as apb
 
 SERVICE = "ArtifactService"
 BLOCK = 1 << 20
+MAX_PARTS = 10_000  # S3's, which MLflow's client follows
 
 
 def run_path(path: str) -> tuple[str, str]:
@@ -69,7 +71,7 @@ async def upload(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 async def _spool(request: web.Request, spool: IO[bytes]) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
-    async for block in request.content.iter_chunked(BLOCK):
+    async for block in stream(request, BLOCK):
         await asyncio.to_thread(_absorb, block, digest, spool)
         size += len(block)
     return size, digest.hexdigest()
@@ -188,7 +190,10 @@ async def multipart_create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Every part's URL at once, straight to the store; MLflow's client PUTs the parts there."""
     run_id, path = _multipart_target(body)
     req = apb.CreateUploadRequest(
-        run_id=run_id, path=path, unsized_parts=integer(body, "num_parts", 0), content_type=_guess_type(path)
+        run_id=run_id,
+        path=path,
+        unsized_parts=integer(body, "num_parts", 0, (0, MAX_PARTS)),
+        content_type=_guess_type(path),
     )
     made: apb.Upload = await api.call(SERVICE, "CreateUpload", req, ctx)
     credentials = [{"url": p.url, "part_number": p.part_number, "headers": dict(p.headers)} for p in made.parts]
@@ -199,9 +204,10 @@ async def multipart_create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 async def multipart_complete(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     _multipart_target(body)
     parts = [
-        apb.CompletedPart(part_number=int(p.get("part_number", 0)), etag=str(p.get("etag", "")))
-        for p in body.get("parts") or []
-        if isinstance(p, dict)
+        apb.CompletedPart(
+            part_number=integer(p, "part_number", 0, (0, MAX_PARTS)), etag=text(p, "etag", required=False)
+        )
+        for p in objects(body, "parts")
     ]
     req = apb.CompleteUploadRequest(upload_id=text(body, "upload_id"), parts=parts)
     await api.call(SERVICE, "CompleteUpload", req, ctx)

@@ -1,6 +1,14 @@
 """What every MLflow endpoint shares: the route table (method and path pattern to handler),
 calling one of our RPCs as gRPC would (token, scope, ids, the same handler), MLflow's error
-bodies, and reading MLflow's JSON."""
+bodies, and reading MLflow's JSON.
+
+Each endpoint answers the HTTP methods MLflow's protos give it (405 otherwise): reads are GET
+with the query string, writes POST, PATCH or DELETE with a JSON body sent as
+application/json, so no write is a request a page of another origin can send without a CORS
+preflight (which this server never grants). Fields are read by type (text, integer, number,
+pairs, strings, objects, boolean), refusing what MLflow's server would refuse (a list where a
+string goes, 1.5 as a step, a step past int64) with INVALID_PARAMETER_VALUE naming the field.
+The login cookie is never read here (calls.py): MLflow's clients send `Authorization: Bearer`."""
 
 from __future__ import annotations
 
@@ -18,7 +26,8 @@ from aiohttp import web
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.rpc import canonicaliser, log_failure
-from runstream.server.web.api import HttpCall
+from runstream.server.web.body import TooLarge, read
+from runstream.server.web.calls import HttpCall
 
 ERRORS = {
     grpc.StatusCode.NOT_FOUND: ("RESOURCE_DOES_NOT_EXIST", 404),
@@ -41,7 +50,7 @@ Handler = Callable[["MlflowApi", Body, HttpCall], Awaitable["Body | web.StreamRe
 @dataclass(frozen=True)
 class Endpoint:
     """One MLflow endpoint: its path under a prefix (`{name}` segments become body fields,
-    `{name:path}` takes the rest of the path) and the HTTP methods it answers (all if empty)."""
+    `{name:path}` takes the rest of the path) and the HTTP methods it answers."""
 
     prefix: str  # "mlflow", "mlflow-artifacts" or "3.0/mlflow"
     pattern: str
@@ -55,6 +64,9 @@ ENDPOINTS: list[Endpoint] = []
 
 
 def endpoint(pattern: str, *methods: str, prefix: str = "mlflow", public: bool = False) -> Callable[[Handler], Handler]:
+    if not methods or not set(methods) <= {"GET", "POST", "PUT", "PATCH", "DELETE"}:
+        raise ValueError(f"{pattern}: give the HTTP methods MLflow's protos give it")
+
     def register(fn: Handler) -> Handler:
         regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
@@ -64,11 +76,16 @@ def endpoint(pattern: str, *methods: str, prefix: str = "mlflow", public: bool =
     return register
 
 
-def find(prefix: str, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+def find(prefix: str, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | set[str]:
+    """The endpoint of `method` at `path` with its path fields, or else the methods served
+    there (none: no such endpoint)."""
+    served: set[str] = set()
     for e in ENDPOINTS:
-        if e.prefix == prefix and (match := e.regex.fullmatch(path)) and (not e.methods or method in e.methods):
-            return e, match.groupdict()
-    return None
+        if e.prefix == prefix and (match := e.regex.fullmatch(path)):
+            if method in e.methods:
+                return e, match.groupdict()
+            served |= e.methods
+    return served
 
 
 class MlflowApi:
@@ -110,19 +127,29 @@ def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], g
         info = request.match_info
         prefix = info["api"] if info["version"] == "2.0" else f"{info['version']}/{info['api']}"
         found = find(prefix, request.method, info["tail"])
-        if found is None:
-            return error(grpc.StatusCode.UNIMPLEMENTED, f"runstream does not serve {request.method} {request.path}")
+        if isinstance(found, set):
+            if not found:
+                return error(
+                    grpc.StatusCode.UNIMPLEMENTED, f"runstream does not serve {request.method} {request.path[:200]}"
+                )
+            allowed = ", ".join(sorted(found))
+            refused = _error_body(
+                "ENDPOINT_NOT_FOUND", f"{request.path[:200]} takes {allowed}, not {request.method}", 405
+            )
+            refused.headers["Allow"] = allowed
+            return refused
         spec, params = found
         ctx = HttpCall(request)
         try:
             if guard.enabled and not spec.public:  # who is asking, before reading what
                 await guard.authenticate(ctx)
-            body = {**await _body(request), **params}
-            reply = await spec.handler(api, body, ctx)
+            fields = {**await _body(request), **params}
+            reply = await spec.handler(api, fields, ctx)
         except Unserved as exc:
             return error(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         except Exception as exc:  # every failure becomes MLflow's error body
-            return error(*log_failure(f"{request.method} {request.path[:200]}", exc))
+            code, message = log_failure(f"{request.method} {request.path[:200]}", exc)
+            return error(code, message, 413 if isinstance(exc, TooLarge) else None)
         if isinstance(reply, web.StreamResponse):
             return reply
         return web.Response(body=_json(reply), content_type="application/json")
@@ -141,30 +168,39 @@ def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], g
 
 
 async def _body(request: web.Request) -> Body:
-    """GET: the query string (a repeated name gives a list). PUT: the query string too, the
-    body being an artifact's bytes. Otherwise a JSON object."""
-    query: Body = {
-        k: request.query.getall(k) if len(request.query.getall(k)) > 1 else v for k, v in request.query.items()
-    }
-    if request.method in ("GET", "PUT"):
-        return query
-    raw = await request.read()
+    """GET: the query string (a name given twice is a list). PUT (an artifact): nothing, its
+    bytes are streamed by the handler. POST, PATCH, DELETE: a JSON object sent as
+    application/json; a PATCH or DELETE without a body is an empty one."""
+    if request.method == "GET":
+        return {k: v if len(given := request.query.getall(k)) == 1 else given for k, v in request.query.items()}
+    if request.method == "PUT":
+        return {}
+    if request.method != "POST" and not request.body_exists:
+        return {}
+    if request.content_type != "application/json":
+        raise InvalidArgument("send the request's fields as JSON with Content-Type: application/json")
+    raw = await read(request)
     try:
         parsed = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:  # what only Python's reader takes: bare NaN, integers past 64 bits
         try:
             parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"the body is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            detail = "it nests too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise InvalidArgument(f"the body is not JSON: {detail}") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument("the body must be a JSON object")
-    return {**query, **parsed}
+    return parsed
 
 
-def error(code: grpc.StatusCode, message: str) -> web.Response:
-    name, status = ERRORS.get(code, ("INTERNAL_ERROR", 500))
+def error(code: grpc.StatusCode, message: str, status: int | None = None) -> web.Response:
+    name, default = ERRORS.get(code, ("INTERNAL_ERROR", 500))
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        name, status = "ENDPOINT_NOT_FOUND", 404
+        name, default = "ENDPOINT_NOT_FOUND", 404
+    return _error_body(name, message, status or default)
+
+
+def _error_body(name: str, message: str, status: int) -> web.Response:
     return web.json_response({"error_code": name, "message": message}, status=status)
 
 
@@ -190,38 +226,87 @@ def finite(value: Any) -> Any:
     return value
 
 
+INT64 = (-(2**63), 2**63 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+INTEGER = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")
+
+
 def text(body: Body, *names: str, required: bool = True) -> str:
+    """A string field, the first of `names` given."""
     for name in names:
         value = body.get(name)
-        if value not in (None, ""):
-            return str(value)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a string, not {shown(value)}")
+        return value
     if required:
         raise InvalidArgument(f"missing value for required parameter {names[0]!r}")
     return ""
 
 
-def integer(body: Body, name: str, default: int = 0) -> int:
+def integer(body: Body, name: str, default: int = 0, bounds: tuple[int, int] = INT64) -> int:
+    """An integer field, as protobuf's JSON takes one: a number without a fraction, or its digits
+    in a string; within `bounds` (int64 unless the field is narrower)."""
     value = body.get(name)
-    if value in (None, ""):
+    if value is None or value == "":
         return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be an integer, not {value!r}") from None
+    # A float is taken while it is exact: past 2^53 it may be a rounded integer literal (orjson
+    # reads integers beyond 64 bits as floats), and MLflow's client sends int64 as strings.
+    exact = isinstance(value, float) and value.is_integer() and abs(value) <= 2**53
+    if exact or (isinstance(value, str) and INTEGER.fullmatch(value)):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an integer, not {shown(value)}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be between {low:,} and {high:,}, not {shown(value)}")
+    return value
 
 
-def number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"metric value must be a number, not {value!r}") from None
+def page_size(body: Body, default: int = 1000, most: int = 1000) -> int:
+    """max_results of a search: more than `most` gives `most` (MLflow's client pages on)."""
+    return min(integer(body, "max_results", default, (0, INT64[1])), most)
 
 
-def pairs(items: Any) -> dict[str, str]:
-    """MLflow's [{"key": k, "value": v}, ...] as a dict."""
-    if not isinstance(items, list):
-        return {}
-    return {str(t["key"]): str(t.get("value", "")) for t in items if isinstance(t, dict) and "key" in t}
+def number(body: Body, name: str) -> float:
+    """A double field: a JSON number, or a string of one ("NaN", "Infinity" and "-Infinity" too)."""
+    value = body.get(name)
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            pass
+    raise InvalidArgument(f"{name} must be a number, not {shown(value)}")
+
+
+def boolean(body: Body, name: str) -> bool:
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidArgument(f"{name} must be true or false, not {shown(value)}")
+
+
+def objects(body: Body, name: str) -> list[Body]:
+    """A repeated message field: a list of JSON objects."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InvalidArgument(f"{name} must be a list of objects, not {shown(value)}")
+    return value
+
+
+def pairs(body: Body, name: str) -> dict[str, str]:
+    """MLflow's [{"key": k, "value": v}, ...] as a dict; a key given again keeps its last value."""
+    return {key: value for key, value in pair_list(body, name)}
+
+
+def pair_list(body: Body, name: str) -> list[tuple[str, str]]:
+    """MLflow's [{"key": k, "value": v}, ...] as given."""
+    return [(text(p, "key"), text(p, "value", required=False)) for p in objects(body, name)]
 
 
 def listed(items: Mapping[str, str]) -> list[Body]:
@@ -229,6 +314,24 @@ def listed(items: Mapping[str, str]) -> list[Body]:
 
 
 def strings(body: Body, name: str) -> list[str]:
-    """A repeated field: a JSON list, or one or more query parameters."""
-    value = body.get(name) or []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
+    """A repeated string field: a JSON list, or one or more query parameters."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"{name} must be a list of strings, not {shown(value)}")
+    return value
+
+
+def shown(value: Any) -> str:
+    """A client's value in a message: short, and never deep (a nested list's repr can recurse
+    past Python's limit)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)[:100]

@@ -10,9 +10,9 @@ import re
 from typing import Any
 
 from runstream.errors import FailedPrecondition, InvalidArgument
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow.artifacts import listing
-from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, pairs, strings, text
+from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, listed, objects, page_size, pairs, strings, text
 from runstream.server.web.mlflow.tracking import artifact_uri
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -64,8 +64,8 @@ async def create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
         run_id=run_id,
         name=text(body, "name", required=False) or "model",
         model_type=text(body, "model_type", required=False),
-        tags=pairs(body.get("tags")),
-        params=pairs(body.get("params")),
+        tags=pairs(body, "tags"),
+        params=pairs(body, "params"),
     )
     made: pb.LoggedModel = await api.call(SERVICE, "CreateLoggedModel", req, ctx)
     return {"model": logged_model(made)}
@@ -76,7 +76,7 @@ async def search(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """No filter, or `source_run_id = '...'` and/or `name = '...'`; newest first."""
     req = pb.SearchLoggedModelsRequest(
         experiment_ids=strings(body, "experiment_ids"),
-        max_results=min(integer(body, "max_results", 100), 1000),
+        max_results=page_size(body, 100),
         page_token=text(body, "page_token", required=False),
     )
     if filter_text := text(body, "filter", required=False).strip():
@@ -116,7 +116,7 @@ async def delete(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("logged-models/{model_id}/tags", "PATCH")
 async def set_tags(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.UpdateLoggedModelRequest(model_id=body["model_id"], set_tags=pairs(body.get("tags")))
+    req = pb.UpdateLoggedModelRequest(model_id=body["model_id"], set_tags=pairs(body, "tags"))
     return {"model": logged_model(await api.call(SERVICE, "UpdateLoggedModel", req, ctx))}
 
 
@@ -129,7 +129,7 @@ async def delete_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("logged-models/{model_id}/params", "POST")
 async def log_params(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    req = pb.UpdateLoggedModelRequest(model_id=body["model_id"], set_params=pairs(body.get("params")))
+    req = pb.UpdateLoggedModelRequest(model_id=body["model_id"], set_params=pairs(body, "params"))
     await api.call(SERVICE, "UpdateLoggedModel", req, ctx)
     return {}
 
@@ -148,8 +148,8 @@ async def log_outputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """A run's logged models are linked to it already (as their source); this checks they are."""
     run_id = text(body, "run_id")
     await api.call(SERVICE, "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
-    for output in body.get("models") or []:
-        model = await get(api, ctx, str(output.get("model_id", "")) if isinstance(output, dict) else "")
+    for output in objects(body, "models"):
+        model = await get(api, ctx, text(output, "model_id", required=False))
         if model.run_id != run_id:
             raise InvalidArgument(f"logged model {model.model_id} was logged by run {model.run_id}, not {run_id}")
     return {}
@@ -159,12 +159,21 @@ async def log_outputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 async def log_model(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """MLflow 2's record: the model's description appended to the run's history tag."""
     run_id = text(body, "run_id")
-    try:
-        model: Any = json.loads(text(body, "model_json"))
-    except ValueError:
-        raise InvalidArgument("model_json is not JSON") from None
+    model = _json(text(body, "model_json"), InvalidArgument("model_json is not JSON"))
     run: pb.Run = await api.call(SERVICE, "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
-    history = json.loads(run.tags[HISTORY_TAG]) if HISTORY_TAG in run.tags else []
-    tags = {HISTORY_TAG: json.dumps([*history, model])}
+    history = _json(run.tags.get(HISTORY_TAG, "[]"), FailedPrecondition(f"the run's {HISTORY_TAG} tag is not JSON"))
+    if not isinstance(history, list):
+        raise FailedPrecondition(f"the run's {HISTORY_TAG} tag is not a JSON list")
+    try:
+        tags = {HISTORY_TAG: json.dumps([*history, model])}
+    except RecursionError:
+        raise InvalidArgument("model_json nests too deep") from None
     await api.call(SERVICE, "SetTags", pb.SetTagsRequest(run_id=run_id, tags=tags), ctx)
     return {}
+
+
+def _json(text: str, refusal: Exception) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise refusal from None

@@ -12,9 +12,22 @@ from __future__ import annotations
 import re
 
 from runstream.errors import InvalidArgument
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import models
-from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, pairs, strings, text
+from runstream.server.web.mlflow.core import (
+    INT32,
+    INT64,
+    Body,
+    MlflowApi,
+    boolean,
+    endpoint,
+    integer,
+    listed,
+    page_size,
+    pairs,
+    strings,
+    text,
+)
 from runstream.server.web.mlflow.tracking import artifact_uri
 from runstream.wire.proto import registry_pb2 as rpb
 from runstream.wire.proto import tracking_pb2 as pb
@@ -63,9 +76,9 @@ def registered_model(m: rpb.RegisteredModel) -> Body:
 
 
 def _version_number(body: Body) -> int:
-    number = integer(body, "version", -1)
-    if number < 1:
-        raise InvalidArgument(f"version must be a positive integer, not {body.get('version')!r}")
+    number = integer(body, "version", 0, (1, INT32[1]))
+    if number == 0:
+        raise InvalidArgument("missing value for required parameter 'version'")
     return number
 
 
@@ -93,7 +106,7 @@ def _conditions(filter_text: str) -> list[tuple[str, str, str]]:
 @endpoint("registered-models/create", "POST")
 async def create_model(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.CreateRegisteredModelRequest(
-        name=text(body, "name"), description=text(body, "description", required=False), tags=pairs(body.get("tags"))
+        name=text(body, "name"), description=text(body, "description", required=False), tags=pairs(body, "tags")
     )
     return {"registered_model": registered_model(await api.call(SERVICE, "CreateRegisteredModel", req, ctx))}
 
@@ -110,24 +123,24 @@ async def rename_model(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"registered_model": registered_model(await api.call(SERVICE, "RenameRegisteredModel", req, ctx))}
 
 
-@endpoint("registered-models/update", "PATCH", "POST")
+@endpoint("registered-models/update", "PATCH")
 async def update_model(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.UpdateRegisteredModelRequest(name=text(body, "name"))
     if "description" in body:
-        req.description = str(body["description"] or "")
+        req.description = text(body, "description", required=False)
     return {"registered_model": registered_model(await api.call(SERVICE, "UpdateRegisteredModel", req, ctx))}
 
 
-@endpoint("registered-models/delete", "DELETE", "POST")
+@endpoint("registered-models/delete", "DELETE")
 async def delete_model(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     await api.call(SERVICE, "DeleteRegisteredModel", rpb.ModelRef(name=text(body, "name")), ctx)
     return {}
 
 
-@endpoint("registered-models/search", "GET", "POST")
+@endpoint("registered-models/search", "GET")
 async def search_models(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.SearchRegisteredModelsRequest(
-        max_results=min(integer(body, "max_results", 100), 1000), page_token=text(body, "page_token", required=False)
+        max_results=page_size(body, 100), page_token=text(body, "page_token", required=False)
     )
     unequal: dict[str, str] = {}  # tags.k != 'v' (MLflow's client adds one for prompts): kept out of the page
     for field, op, value in _conditions(text(body, "filter", required=False)):
@@ -141,7 +154,7 @@ async def search_models(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
             req.tags[field[5:]] = value
         else:
             raise InvalidArgument(f"registered models cannot be filtered by {field} {op}")
-    order = strings(body, "order_by")
+    order = [o for o in strings(body, "order_by") if o.strip()]
     if order:
         parts = order[0].split()
         column = {"name": "name", "last_updated_timestamp": "updated", "timestamp": "updated"}.get(parts[0])
@@ -167,14 +180,14 @@ async def latest_versions(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("registered-models/set-tag", "POST")
 async def set_model_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    tags = {text(body, "key"): str(body.get("value", ""))}
+    tags = {text(body, "key"): text(body, "value", required=False)}
     await api.call(
         SERVICE, "UpdateRegisteredModel", rpb.UpdateRegisteredModelRequest(name=text(body, "name"), set_tags=tags), ctx
     )
     return {}
 
 
-@endpoint("registered-models/delete-tag", "DELETE", "POST")
+@endpoint("registered-models/delete-tag", "DELETE")
 async def delete_model_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.UpdateRegisteredModelRequest(name=text(body, "name"), delete_tags=[text(body, "key")])
     await api.call(SERVICE, "UpdateRegisteredModel", req, ctx)
@@ -235,7 +248,7 @@ async def create_version(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
         run_id=run_id,
         artifact_path=path,
         description=text(body, "description", required=False),
-        tags=pairs(body.get("tags")),
+        tags=pairs(body, "tags"),
     )
     return {"model_version": version(await api.call(SERVICE, "CreateModelVersion", req, ctx))}
 
@@ -246,22 +259,21 @@ async def get_version(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"model_version": version(await api.call(SERVICE, "GetModelVersion", ref, ctx))}
 
 
-@endpoint("model-versions/update", "PATCH", "POST")
+@endpoint("model-versions/update", "PATCH")
 async def update_version(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.UpdateModelVersionRequest(name=text(body, "name"), version=_version_number(body))
     if "description" in body:
-        req.description = str(body["description"] or "")
+        req.description = text(body, "description", required=False)
     return {"model_version": version(await api.call(SERVICE, "UpdateModelVersion", req, ctx))}
 
 
 @endpoint("model-versions/transition-stage", "POST")
 async def transition(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    archive = body.get("archive_existing_versions")
     req = rpb.TransitionStageRequest(
         name=text(body, "name"),
         version=_version_number(body),
         stage=_stage(text(body, "stage")),
-        archive_existing=archive is True or str(archive).lower() == "true",
+        archive_existing=boolean(body, "archive_existing_versions"),
     )
     return {"model_version": version(await api.call(SERVICE, "TransitionStage", req, ctx))}
 
@@ -274,14 +286,14 @@ def _stage(name: str) -> str:
     raise InvalidArgument(f"stage {name!r} is not one of None, Staging, Production, Archived")
 
 
-@endpoint("model-versions/delete", "DELETE", "POST")
+@endpoint("model-versions/delete", "DELETE")
 async def delete_version(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     ref = rpb.ModelVersionRef(name=text(body, "name"), version=_version_number(body))
     await api.call(SERVICE, "DeleteModelVersion", ref, ctx)
     return {}
 
 
-@endpoint("model-versions/search", "GET", "POST")
+@endpoint("model-versions/search", "GET")
 async def search_versions(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """By name = '...' (needed), and optionally run_id = '...'; newest first."""
     name, run_id, unequal = "", "", {}
@@ -307,7 +319,7 @@ async def search_versions(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
         for v in found.versions
         if (not wanted or v.run_id.replace("-", "") == wanted) and all(v.tags.get(k) != x for k, x in unequal.items())
     ]
-    return {"model_versions": [version(v) for v in versions[: integer(body, "max_results", 10_000)]]}
+    return {"model_versions": [version(v) for v in versions[: integer(body, "max_results", 10_000, (0, INT64[1]))]]}
 
 
 @endpoint("model-versions/get-download-uri", "GET")
@@ -321,13 +333,15 @@ async def download_uri(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 @endpoint("model-versions/set-tag", "POST")
 async def set_version_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.UpdateModelVersionRequest(
-        name=text(body, "name"), version=_version_number(body), set_tags={text(body, "key"): str(body.get("value", ""))}
+        name=text(body, "name"),
+        version=_version_number(body),
+        set_tags={text(body, "key"): text(body, "value", required=False)},
     )
     await api.call(SERVICE, "UpdateModelVersion", req, ctx)
     return {}
 
 
-@endpoint("model-versions/delete-tag", "DELETE", "POST")
+@endpoint("model-versions/delete-tag", "DELETE")
 async def delete_version_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = rpb.UpdateModelVersionRequest(
         name=text(body, "name"), version=_version_number(body), delete_tags=[text(body, "key")]

@@ -15,17 +15,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from aiohttp import web
 
-from runstream.errors import InvalidArgument, NotFound
+from runstream.errors import InvalidArgument, NotFound, ParamConflict
+from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
 from runstream.server.rpc import canonicaliser
-from runstream.server.web.api import HttpCall
+from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import columns
-from runstream.server.web.mlflow.core import Body, MlflowApi, endpoint, integer, listed, number, pairs, strings, text
+from runstream.server.web.mlflow.core import (
+    INT64,
+    Body,
+    MlflowApi,
+    endpoint,
+    integer,
+    listed,
+    number,
+    objects,
+    page_size,
+    pair_list,
+    pairs,
+    strings,
+    text,
+)
 from runstream.wire import batch as wire
 from runstream.wire import points
 from runstream.wire.proto import query_pb2 as qpb
@@ -127,7 +142,7 @@ async def _default_experiment(api: MlflowApi, ctx: HttpCall) -> pb.Experiment:
         return made
 
 
-@endpoint("experiments/get-by-name")
+@endpoint("experiments/get-by-name", "GET")
 async def get_experiment_by_name(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     name = text(body, "experiment_name")
     if name == DEFAULT_EXPERIMENT:
@@ -136,30 +151,30 @@ async def get_experiment_by_name(api: MlflowApi, body: Body, ctx: HttpCall) -> B
     return {"experiment": _experiment(await api.call("TrackingService", "GetExperiment", req, ctx))}
 
 
-@endpoint("experiments/get")
+@endpoint("experiments/get", "GET")
 async def get_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"experiment": _experiment(await _get_experiment(api, ctx, text(body, "experiment_id")))}
 
 
-@endpoint("experiments/create")
+@endpoint("experiments/create", "POST")
 async def create_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.CreateExperimentRequest(
         name=text(body, "name"),
         artifact_location=text(body, "artifact_location", required=False),
-        tags=pairs(body.get("tags")),
+        tags=pairs(body, "tags"),
     )
     made = await api.call("TrackingService", "CreateExperiment", req, ctx)
     return {"experiment_id": made.experiment_id}
 
 
-@endpoint("experiments/search")
+@endpoint("experiments/search", "GET", "POST")
 async def search_experiments(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Name filters (`name = 'x'`, `name LIKE 'x%'`, ILIKE) and MLflow's view types."""
     view = text(body, "view_type", required=False) or "ACTIVE_ONLY"
     req = qpb.ListExperimentsQuery(
         include_deleted=view != "ACTIVE_ONLY",
         name_like=_name_pattern(text(body, "filter", required=False)),
-        max_results=min(integer(body, "max_results", 1000), 1000),
+        max_results=page_size(body),
         page_token=text(body, "page_token", required=False),
     )
     page = await api.call("QueryService", "ListExperiments", req, ctx)
@@ -195,7 +210,7 @@ async def update_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 
 @endpoint("experiments/set-experiment-tag", "POST")
 async def set_experiment_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    tags = {text(body, "key"): str(body.get("value", ""))}
+    tags = {text(body, "key"): text(body, "value", required=False)}
     req = pb.UpdateExperimentRequest(experiment_id=await _ours(api, ctx, text(body, "experiment_id")), set_tags=tags)
     await api.call("TrackingService", "UpdateExperiment", req, ctx)
     return {}
@@ -217,14 +232,14 @@ async def _ours(api: MlflowApi, ctx: HttpCall, experiment_id: str) -> str:
     return experiment_id
 
 
-@endpoint("experiments/delete")
+@endpoint("experiments/delete", "POST")
 async def delete_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.ExperimentRef(experiment_id=text(body, "experiment_id"))
     await api.call("TrackingService", "DeleteExperiment", req, ctx)
     return {}
 
 
-@endpoint("experiments/restore")
+@endpoint("experiments/restore", "POST")
 async def restore_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.ExperimentRef(experiment_id=text(body, "experiment_id"))
     await api.call("TrackingService", "RestoreExperiment", req, ctx)
@@ -234,10 +249,10 @@ async def restore_experiment(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
 # ------------------------------------------------------------------ runs
 
 
-@endpoint("runs/create")
+@endpoint("runs/create", "POST")
 async def create_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     experiment_id = text(body, "experiment_id", required=False) or DEFAULT_EXPERIMENT_ID
-    tags = pairs(body.get("tags"))
+    tags = pairs(body, "tags")
     if user := text(body, "user_id", required=False):
         tags.setdefault("mlflow.user", user)
     req = pb.CreateRunRequest(
@@ -252,13 +267,13 @@ async def create_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"run": _run(await api.call("TrackingService", "CreateRun", req, ctx))}
 
 
-@endpoint("runs/get")
+@endpoint("runs/get", "GET")
 async def get_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.GetRunRequest(run_id=text(body, "run_id", "run_uuid"))
     return {"run": _run(await api.call("TrackingService", "GetRun", req, ctx))}
 
 
-@endpoint("runs/update")
+@endpoint("runs/update", "POST")
 async def update_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.UpdateRunRequest(run_id=text(body, "run_id", "run_uuid"), end_time_ms=integer(body, "end_time"))
     if status := text(body, "status", required=False):
@@ -270,58 +285,55 @@ async def update_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {"run_info": _run_info(await api.call("TrackingService", "UpdateRun", req, ctx))}
 
 
-@endpoint("runs/log-parameter")
+@endpoint("runs/log-parameter", "POST")
 async def log_parameter(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    value = body.get("value", "")
-    req = pb.LogParamsRequest(run_id=text(body, "run_id", "run_uuid"), params={text(body, "key"): str(value)})
+    value = text(body, "value", required=False)
+    req = pb.LogParamsRequest(run_id=text(body, "run_id", "run_uuid"), params={text(body, "key"): value})
     await api.call("TrackingService", "LogParams", req, ctx)
     return {}
 
 
-@endpoint("runs/set-tag")
+@endpoint("runs/set-tag", "POST")
 async def set_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    value = body.get("value", "")
-    req = pb.SetTagsRequest(run_id=text(body, "run_id", "run_uuid"), tags={text(body, "key"): str(value)})
+    value = text(body, "value", required=False)
+    req = pb.SetTagsRequest(run_id=text(body, "run_id", "run_uuid"), tags={text(body, "key"): value})
     await api.call("TrackingService", "SetTags", req, ctx)
     return {}
 
 
-@endpoint("runs/delete-tag")
+@endpoint("runs/delete-tag", "POST")
 async def delete_tag(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     req = pb.DeleteTagRequest(run_id=text(body, "run_id"), key=text(body, "key"))
     await api.call("TrackingService", "DeleteTag", req, ctx)
     return {}
 
 
-@endpoint("runs/delete")
+@endpoint("runs/delete", "POST")
 async def delete_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     await api.call("TrackingService", "DeleteRun", pb.RunRef(run_id=text(body, "run_id")), ctx)
     return {}
 
 
-@endpoint("runs/restore")
+@endpoint("runs/restore", "POST")
 async def restore_run(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     await api.call("TrackingService", "RestoreRun", pb.RunRef(run_id=text(body, "run_id")), ctx)
     return {}
 
 
-@endpoint("runs/search")
+@endpoint("runs/search", "POST")
 async def search_runs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """MLflow's filter language and order_by are ours; run_view_type ALL and DELETED_ONLY
     include deleted runs (DELETED_ONLY keeps only those)."""
-    experiment_ids = body.get("experiment_ids") or []
-    if isinstance(experiment_ids, str):
-        experiment_ids = [experiment_ids]
     ids = []
-    for experiment_id in experiment_ids:
-        ids.append((await _get_experiment(api, ctx, str(experiment_id))).experiment_id)
-    order_by = body.get("order_by") or []
+    for experiment_id in strings(body, "experiment_ids"):
+        ids.append((await _get_experiment(api, ctx, experiment_id)).experiment_id)
+    order_by = strings(body, "order_by")
     view = text(body, "run_view_type", required=False) or "ACTIVE_ONLY"
     req = qpb.SearchRunsRequest(
         experiment_ids=ids,
         filter=text(body, "filter", required=False),
-        order_by=[order_by] if isinstance(order_by, str) else list(order_by),
-        max_results=min(integer(body, "max_results", 1000), 1000),
+        order_by=order_by,
+        max_results=page_size(body),
         page_token=text(body, "page_token", required=False),
         include_deleted=view != "ACTIVE_ONLY",
     )
@@ -333,21 +345,21 @@ async def search_runs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return reply
 
 
-@endpoint("runs/log-inputs")
+@endpoint("runs/log-inputs", "POST")
 async def log_inputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Datasets (name, digest, source, and the mlflow.data.context tag); logged models of MLflow 3
     are not kept yet."""
     inputs = []
-    for item in body.get("datasets") or []:
-        if not isinstance(item, dict) or not isinstance(item.get("dataset"), dict):
+    for item in objects(body, "datasets"):
+        dataset = item.get("dataset")
+        if not isinstance(dataset, dict):
             raise InvalidArgument("every dataset input must be an object with a dataset")
-        dataset, tags = item["dataset"], pairs(item.get("tags"))
         inputs.append(
             pb.DatasetInput(
-                name=str(dataset.get("name", "")),
-                digest=str(dataset.get("digest", "")),
-                source=str(dataset.get("source", "")),
-                context=tags.get("mlflow.data.context", ""),
+                name=text(dataset, "name", required=False),
+                digest=text(dataset, "digest", required=False),
+                source=text(dataset, "source", required=False),
+                context=pairs(item, "tags").get("mlflow.data.context", ""),
             )
         )
     req = pb.LogInputsRequest(run_id=text(body, "run_id"), inputs=inputs)
@@ -355,45 +367,65 @@ async def log_inputs(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     return {}
 
 
-@endpoint("runs/log-metric")
+@endpoint("runs/log-metric", "POST")
 async def log_metric(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
-    await _log_metrics(api, ctx, text(body, "run_id", "run_uuid"), [body])
+    await _log_metrics(api, ctx, _metric_batch(text(body, "run_id", "run_uuid"), [body]))
     return {}
 
 
-@endpoint("runs/log-batch")
+@endpoint("runs/log-batch", "POST")
 async def log_batch(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
+    """Checked whole before anything is written, so a refused batch changes nothing: every
+    field, the metrics as the batch they become, the params against those the run has. Then
+    the metrics (whose refusals, such as a run's key limit or a full backlog, come before their
+    batch is appended), the params and the tags."""
     run_id = text(body, "run_id")
-    metrics, params, tags = body.get("metrics") or [], body.get("params") or [], body.get("tags") or []
-    if len(metrics) > MAX_BATCH_METRICS or len(params) > MAX_BATCH_PARAMS or len(tags) > MAX_BATCH_TAGS:
+    metrics, given, tags = objects(body, "metrics"), pair_list(body, "params"), pairs(body, "tags")
+    if len(metrics) > MAX_BATCH_METRICS or len(given) > MAX_BATCH_PARAMS or len(tags) > MAX_BATCH_TAGS:
         raise InvalidArgument(
             f"a batch holds at most {MAX_BATCH_METRICS} metrics, {MAX_BATCH_PARAMS} params and "
-            f"{MAX_BATCH_TAGS} tags; this one has {len(metrics)}, {len(params)} and {len(tags)}"
+            f"{MAX_BATCH_TAGS} tags; this one has {len(metrics)}, {len(given)} and {len(tags)}"
         )
-    if not (metrics or params or tags):  # nothing to log: still say whether the run exists
-        await api.call("TrackingService", "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
+    params = dict(given)
+    if len(params) < len(set(given)):
+        raise InvalidArgument("a batch gives each param one value; a key came with two")
+    check_values(params, "param", MAX_PARAM_VALUE)
+    check_values(tags, "tag", MAX_TAG_VALUE)
+    batch = _metric_batch(run_id, metrics) if metrics else None
+    if params or not (metrics or tags):  # also says whether the run exists when there is nothing to log
+        run = await api.call("TrackingService", "GetRun", pb.GetRunRequest(run_id=run_id), ctx)
+        for key, value in params.items():
+            if key in run.params and run.params[key] != value:
+                raise ParamConflict(
+                    f"param {key!r} of run {run.run_id} was already logged as {run.params[key]!r}; "
+                    f"params are immutable, so {value!r} was refused"
+                )
+    if batch is not None:
+        await _log_metrics(api, ctx, batch)
     if params:
-        req = pb.LogParamsRequest(run_id=run_id, params=pairs(params))
-        await api.call("TrackingService", "LogParams", req, ctx)
+        await api.call("TrackingService", "LogParams", pb.LogParamsRequest(run_id=run_id, params=params), ctx)
     if tags:
-        await api.call("TrackingService", "SetTags", pb.SetTagsRequest(run_id=run_id, tags=pairs(tags)), ctx)
-    if metrics:
-        await _log_metrics(api, ctx, run_id, metrics)
+        await api.call("TrackingService", "SetTags", pb.SetTagsRequest(run_id=run_id, tags=tags), ctx)
     return {}
 
 
-async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list[Any]) -> None:
-    """Metrics as one MetricBatch of writer `mlflow` through the ingest path; its seq comes from
-    its content, so a retried request is the same batch and is stored once."""
+@dataclass(frozen=True)
+class _Batch:
+    run_id: str  # as stored
+    seq: int
+    data: bytes  # a MetricBatch, validated
+
+
+def _metric_batch(run_id: str, metrics: list[Body]) -> _Batch:
+    """MLflow's metrics as one MetricBatch of writer `mlflow`, checked as ingest checks a batch.
+    Its seq comes from its content, so a retried request is the same batch and is stored once."""
     keys: dict[str, int] = {}
     key_index, steps, stamps, values = [], [], [], []
     now = int(time.time() * 1000)
     for m in metrics:
-        if not isinstance(m, dict):
-            raise InvalidArgument("every metric must be an object with key, value, timestamp and step")
         key = text(m, "key")
         key_index.append(keys.setdefault(key, len(keys)))
-        values.append(number(m.get("value")))
+        values.append(number(m, "value"))
         stamps.append(integer(m, "timestamp", now))
         steps.append(integer(m, "step"))
     canonical = pb.GetRunRequest(run_id=run_id)
@@ -401,17 +433,24 @@ async def _log_metrics(api: MlflowApi, ctx: HttpCall, run_id: str, metrics: list
     draft = wire.encode(canonical.run_id, WRITER, 1, list(keys), key_index, steps, stamps, values)
     seq = int.from_bytes(hashlib.blake2b(draft, digest_size=8).digest(), "big") % wire.MAX_SEQ + 1
     data = wire.encode(canonical.run_id, WRITER, seq, list(keys), key_index, steps, stamps, values)
-    await api.call("TrackingService", "LogMetrics", canonical, ctx, raw=data)
+    wire.validate(wire.decode(data), len(data), set())
+    return _Batch(canonical.run_id, seq, data)
+
+
+async def _log_metrics(api: MlflowApi, ctx: HttpCall, batch: _Batch) -> None:
+    """The batch through the ingest path, answered once it is queryable."""
+    ref = pb.GetRunRequest(run_id=batch.run_id)
+    await api.call("TrackingService", "LogMetrics", ref, ctx, raw=batch.data)
     # MLflow's clients read what they logged right after (autolog, then search_runs): answer
     # once the batch is queryable, not only acknowledged.
-    wait = pb.WaitCommittedRequest(run_id=canonical.run_id, writer_id=WRITER, seqs=[seq], timeout_ms=COMMIT_WAIT_MS)
+    wait = pb.WaitCommittedRequest(run_id=batch.run_id, writer_id=WRITER, seqs=[batch.seq], timeout_ms=COMMIT_WAIT_MS)
     await api.call("TrackingService", "WaitCommitted", wait, ctx)
 
 
 # ------------------------------------------------------------------ histories
 
 
-@endpoint("metrics/get-history")
+@endpoint("metrics/get-history", "GET")
 async def get_metric_history(api: MlflowApi, body: Body, ctx: HttpCall) -> web.Response:
     """Every point of the key, every writer's, writer after writer, each in step order (MLflow
     has no writers). With max_results, a page at a time: the page token says where the page
@@ -452,7 +491,7 @@ def _resume_at(token: str) -> tuple[str, int, int] | None:
         step, given, writer = int(parts[0]), int(parts[1]), parts[2]
     except (ValueError, IndexError):
         step, given, writer = 0, -1, ""
-    if not writer or given < 0:
+    if not writer or given < 0 or not INT64[0] <= step <= INT64[1]:
         raise InvalidArgument(f"page_token {token[:80]!r} is not one this server gave out")
     return writer, step, given
 
