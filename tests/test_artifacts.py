@@ -550,3 +550,30 @@ def test_stored_files_are_served_as_attachments_that_never_run(store: Store, tmp
                 assert headers["X-Content-Type-Options"] == "nosniff"
                 assert "sandbox" in headers["Content-Security-Policy"].split(";")[-1]
                 assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+def test_an_unsized_part_url_is_capped_and_a_stalled_upload_cut_off(make_server: Any) -> None:
+    """A signed URL of an unsized upload's part (MLflow's multipart flow) is bound to its number
+    only: the local store caps what it takes at --max-upload-size (413) and cuts off a client
+    that stops sending (--http-request-timeout), so a URL cannot hold the disk or a task."""
+    import socket
+
+    server = make_server("--max-upload-size", str(MiB), "--http-request-timeout", "2")
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("artifacts").run_id
+        upload = client.artifacts._stub.CreateUpload(
+            apb.CreateUploadRequest(run_id=run_id, path="big.bin", unsized_parts=2)
+        )
+    url = urlsplit(upload.parts[0].url)
+    assert _put(upload.parts[0].url, b"x" * (MiB + 1)) == 413
+    assert _put(upload.parts[0].url, b"x" * MiB) == 200  # at the cap: taken
+    with socket.create_connection((url.hostname, url.port), timeout=30) as raw:
+        raw.sendall(
+            f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b"y" * 10
+        )  # and then nothing more
+        started = time.monotonic()
+        answer = raw.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert time.monotonic() - started < 10
+    assert not list((server.artifacts / ".uploads").glob("tmp-*"))  # nothing left of either

@@ -280,6 +280,7 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, h
         s3,
         settings.max_upload_bytes,
         settings.max_run_artifact_bytes,
+        settings.http_request_timeout_s,
     )
     try:
         objects = await open_store(store_settings)
@@ -320,7 +321,7 @@ def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError 
 async def open_store(settings: StoreSettings) -> ObjectStore:
     parsed = urlparse(settings.url)
     if parsed.scheme == "file":
-        return LocalStore(Path(unquote(parsed.path)), settings.public_url)
+        return LocalStore(Path(unquote(parsed.path)), settings.public_url, settings.max_upload_bytes, settings.stall_s)
     if parsed.scheme == "s3" and parsed.netloc:
         from runstream.server.artifacts.s3 import S3Store  # aiobotocore loads only for S3
 

@@ -32,8 +32,10 @@ CHUNK = 1024 * 1024
 
 
 class LocalStore:
-    def __init__(self, root: Path, public_url: str) -> None:
+    def __init__(self, root: Path, public_url: str, max_bytes: int = 100 * 2**30, stall_s: float = 30.0) -> None:
         self.root = root
+        self.max_bytes = max_bytes  # a part of an unsized upload is bound by this, not its URL
+        self.stall_s = stall_s
         self.objects = root / "objects"
         self.uploads = root / ".uploads"
         self.objects.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ class LocalStore:
     # ------------------------------------------------------------ serving the URLs
 
     def add_routes(self, app: web.Application) -> None:
-        """Serve the signed URLs on `app` (made with client_max_size=0: uploads are streamed)."""
+        """Serve the signed URLs on `app`: uploads are streamed to disk, not read whole."""
         app.router.add_put("/objects/{key:.+}", self._put)
         app.router.add_get("/objects/{key:.+}", self._get)
 
@@ -159,10 +161,12 @@ class LocalStore:
                 # Hashing and writing go to a thread a MiB at a time (both release the GIL), so
                 # an upload does not hold up the gRPC handlers sharing this event loop.
                 pending: list[bytes] = []
-                async for data in request.content.iter_chunked(CHUNK):
+                while data := await self._next_block(request):
                     written += len(data)
                     if bound and written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
+                    if written > self.max_bytes:
+                        raise web.HTTPRequestEntityTooLarge(self.max_bytes, written)
                     pending.append(data)
                     if sum(map(len, pending)) >= CHUNK:
                         await asyncio.to_thread(_absorb, pending, digest, out)
@@ -176,6 +180,13 @@ class LocalStore:
         finally:
             tmp.unlink(missing_ok=True)
         return web.Response(status=200, headers={"ETag": f'"{_etag(target)}"'})
+
+    async def _next_block(self, request: web.Request) -> bytes:
+        """The upload's next block; a client that stalls is cut off (it holds a task and a file)."""
+        try:
+            return await asyncio.wait_for(request.content.read(CHUNK), self.stall_s)
+        except asyncio.TimeoutError:
+            raise web.HTTPRequestTimeout(text=f"the upload stalled: nothing came for {self.stall_s:g} s") from None
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         key, _, _, _, _ = self._check(request, "GET")

@@ -35,6 +35,7 @@ class StoreSettings:
     s3: S3Options = field(default_factory=S3Options)
     max_upload_bytes: int = 100 * 2**30
     max_run_bytes: int = 2**40
+    stall_s: float = 30.0  # local store: an upload to a signed URL sends its next block within this
 
 
 @dataclass
