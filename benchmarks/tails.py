@@ -11,6 +11,7 @@ times 20 ms apart, or as often as fits in `--seconds` (p50/p99; goal p99 <= 50 m
 open), while the tails keep reading. Reported beside it: how long after being logged the tails
 saw points (delivery p50/p99, the writer's clock against the reader's, one machine), tail
 failures, and the server's CPU (its processes and loaders, % of one core) over the measurement.
+A GetRun call that fails (a 10 s deadline) is counted and timed as long as it took.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from runstream.wire import batch as wire
 
 KEYS = [f"live/{i}" for i in range(10)]
 BATCH_S = 0.05
+CALL_TIMEOUT_S = 10.0
 
 
 class Writer:
@@ -145,31 +147,35 @@ def measure(server: BenchServer, run_id: str, tails: int, calls: int, seconds: f
         t = time.monotonic()
         _, opened, failures = pipe.recv()
         print(f"  {opened} of {tails} tails reading after {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
-    times = []
-    with runstream.Client(server.target) as client:
-        client.get_run(run_id)  # warm up
-        cpu0, wall0, start = server.cpu_seconds(), time.monotonic(), time.time()
-        deadline = time.monotonic() + seconds
-        while len(times) < calls and time.monotonic() < deadline:
-            t = time.perf_counter()
-            client.get_run(run_id)
-            times.append(time.perf_counter() - t)
-            time.sleep(0.02)
-        cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - wall0) * 100
-        end = time.time()
-    delivery = np.empty((0, 2))
-    if pipe is not None and proc is not None:
-        pipe.send("stop")
-        delivery, failures = pipe.recv()
-        proc.join(60)
+    times, refused = [], 0
+    try:
+        with runstream.Client(server.target, timeout=CALL_TIMEOUT_S) as client:
+            cpu0, wall0, start = server.cpu_seconds(), time.monotonic(), time.time()
+            deadline = time.monotonic() + seconds
+            while len(times) < calls and time.monotonic() < deadline:
+                t = time.perf_counter()
+                try:
+                    client.get_run(run_id)
+                except runstream.RunstreamError:  # a timeout: counted, and as long as it took
+                    refused += 1
+                times.append(time.perf_counter() - t)
+                time.sleep(0.02)
+            cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - wall0) * 100
+            end = time.time()
+    finally:
+        delivery = np.empty((0, 2))
+        if pipe is not None and proc is not None:
+            pipe.send("stop")
+            delivery, failures = pipe.recv()
+            proc.join(60)
     if any(p.poll() is not None for p in server.procs):
         raise RuntimeError("the server stopped:\n" + "".join(server.output[-40:]))
     window = delivery[(delivery[:, 0] >= start) & (delivery[:, 0] <= end), 1] if len(delivery) else np.empty(0)
     ms = np.array(times) * 1000
-    return [
+    row = [
         str(tails),
         str(opened),
-        str(len(ms)),
+        f"{len(ms)}" + (f" ({refused} failed)" if refused else ""),
         f"{np.percentile(ms, 50):.1f}",
         f"{np.percentile(ms, 99):.1f}",
         f"{np.percentile(window, 50):.0f}" if len(window) else "-",
@@ -178,6 +184,8 @@ def measure(server: BenchServer, run_id: str, tails: int, calls: int, seconds: f
         str(sum(failures.values())) + (f" ({'; '.join(failures)})" if failures else ""),
         f"{cpu:.0f}",
     ]
+    print("  " + " | ".join(row), file=sys.stderr, flush=True)
+    return row
 
 
 def main() -> None:
