@@ -43,6 +43,9 @@ class Settings:
     max_upload_bytes: int = 100 * 2**30  # one artifact file
     max_run_artifact_bytes: int = 2**40  # all of a run's artifacts, stored and being uploaded
     pool_size: int = 8
+    max_tails: int = 1_000  # live tails (TailMetrics, /api/v1/tail) open at once in one server process
+    max_tails_per_token: int = 100  # ...and per token (per client address while auth is off)
+    tail_connections: int = 2  # of pool_size, what all live tails together may use at once
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped
     crash_after_s: float = 300.0  # a RUNNING run none of whose writers was heard from this long is CRASHED
