@@ -197,7 +197,8 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=2_000, help="points/s the writer logs (10 keys)")
     args = p.parse_args()
     counts = [int(n) for n in args.tails.split(",")]
-    server = BenchServer(args.postgres_url, args.redis_url, loaders=1)
+    most = str(max(counts))  # every tail comes from this one address
+    server = BenchServer(args.postgres_url, args.redis_url, loaders=1, extra=("--max-tails-per-token", most))
     rows = []
     try:
         with runstream.Client(server.target) as client:
