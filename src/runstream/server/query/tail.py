@@ -154,6 +154,7 @@ class Tail:
         self._failure: Exception | None = None
         self._ready = asyncio.Event()
         self._closed = False
+        self._timed_out = False
         for feed in feeds:
             if from_step is None:
                 self._cursors.update(feed.heads)  # from where the feed is: only what it reads next
@@ -182,14 +183,28 @@ class Tail:
             elif len(self._ended) == len(self._feeds):
                 return None
             else:
-                self._ready.clear()
-                try:
-                    await asyncio.wait_for(self._ready.wait(), wait)
-                except asyncio.TimeoutError:
+                if not await self._wait(wait):
                     return []
                 continue
             if out:
                 return out
+
+    async def _wait(self, wait: float | None) -> bool:
+        """Until a feed offers something (True) or `wait` seconds pass (False); a timer rather
+        than wait_for, which costs a task per call and every tail calls this after each send."""
+        self._ready.clear()
+        timer = None if wait is None else asyncio.get_running_loop().call_later(wait, self._time_up)
+        self._timed_out = False
+        try:
+            await self._ready.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return not self._timed_out
+
+    def _time_up(self) -> None:
+        self._timed_out = True
+        self._ready.set()
 
     def close(self) -> None:
         if self._closed:
@@ -203,7 +218,7 @@ class Tail:
     # what feeds call
 
     def offer(self, new: list[Message]) -> None:
-        if self._dropping:
+        if self._dropping or self._closed:
             return
         points = sum(m.points for m in new)
         if self._queue and (
