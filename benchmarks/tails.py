@@ -10,7 +10,8 @@ process of their own, every event read and its last timestamp parsed), then GetR
 gRPC `--calls` times 20 ms apart, or as often as fits in `--seconds` (p50/p99; goal p99 <= 50 ms with 500 tails
 open), while the tails keep reading. Reported beside it: how long after being logged the tails
 saw points (delivery p50/p99, the writer's clock against the reader's, one machine), tail
-failures, and the server's CPU (its processes and loaders, % of one core) over the measurement.
+failures, and the CPU (% of one core) over the measurement of the server (its processes and
+loaders) and of the tails' process, which shares the machine's cores with it.
 A GetRun call that fails (a 10 s deadline) is counted and timed as long as it took.
 """
 
@@ -133,11 +134,13 @@ async def _tails(url: str, n: int, pipe: Connection) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(all_settled.wait(), 120)
         pipe.send(("ready", settled[0], dict(failures)))
+        wall, cpu = time.monotonic(), time.process_time()
         await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+        busy = (time.process_time() - cpu) / (time.monotonic() - wall) * 100
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    pipe.send((np.array(latencies, dtype=float).reshape(-1, 2), failures))
+    pipe.send((np.array(latencies, dtype=float).reshape(-1, 2), failures, busy))
 
 
 # ------------------------------------------------------------------ measurement
@@ -146,7 +149,7 @@ async def _tails(url: str, n: int, pipe: Connection) -> None:
 def measure(server: BenchServer, run_id: str, tails: int, calls: int, seconds: float) -> list[str]:
     url = f"http://127.0.0.1:{server.http_ports[0]}/api/v1/tail?run_id={run_id}"
     proc, pipe = None, None
-    opened, failures = 0, {}
+    opened, failures, client_cpu = 0, {}, None
     if tails:
         pipe, child = multiprocessing.Pipe()
         proc = multiprocessing.get_context("spawn").Process(target=_tails_process, args=(url, tails, child))
@@ -173,7 +176,7 @@ def measure(server: BenchServer, run_id: str, tails: int, calls: int, seconds: f
         delivery = np.empty((0, 2))
         if pipe is not None and proc is not None:
             pipe.send("stop")
-            delivery, failures = pipe.recv()
+            delivery, failures, client_cpu = pipe.recv()
             proc.join(60)
     if any(p.poll() is not None for p in server.procs):
         raise RuntimeError("the server stopped:\n" + "".join(server.output[-40:]))
@@ -190,6 +193,7 @@ def measure(server: BenchServer, run_id: str, tails: int, calls: int, seconds: f
         f"{len(window) / (end - start):,.0f}" if len(window) else "-",
         str(sum(failures.values())) + (f" ({'; '.join(failures)})" if failures else ""),
         f"{cpu:.0f}",
+        "-" if client_cpu is None else f"{client_cpu:.0f}",
     ]
     print("  " + " | ".join(row), file=sys.stderr, flush=True)
     return row
@@ -226,7 +230,7 @@ def main() -> None:
         f"tails of a run logged at {args.rate:,} points/s; delivery = from logged to read by a tail\n"
     )
     header = ["tails", "reading", "GetRun calls", "GetRun p50 ms", "GetRun p99 ms"]
-    header += ["delivery p50 ms", "delivery p99 ms", "events/s", "tail failures", "server CPU %"]
+    header += ["delivery p50 ms", "delivery p99 ms", "events/s", "tail failures", "server CPU %", "tails' CPU %"]
     print(table(header, rows))
 
 
