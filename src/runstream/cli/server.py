@@ -22,6 +22,12 @@ def _size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser("server", help="run the tracking server (embedded PostgreSQL and Redis by default)")
     d = Settings()
@@ -126,6 +132,24 @@ def add_parsers(sub: Subparsers) -> None:
         help="metric keys one run may have; a batch that adds more is refused (FAILED_PRECONDITION)",
     )
     p.add_argument(
+        "--max-tails",
+        type=_positive,
+        default=d.max_tails,
+        help="live tails (TailMetrics, the UI's /api/v1/tail) open at once; beyond, RESOURCE_EXHAUSTED (HTTP 429)",
+    )
+    p.add_argument(
+        "--max-tails-per-token",
+        type=_positive,
+        default=d.max_tails_per_token,
+        help="live tails one token may have open (one client address while auth is off)",
+    )
+    p.add_argument(
+        "--tail-connections",
+        type=_positive,
+        default=d.tail_connections,
+        help=f"PostgreSQL connections live tails may use at once, of the {d.pool_size} of the pool",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=d.drain_timeout_s,
@@ -208,6 +232,9 @@ def serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         crash_after_s=args.crash_after,
         max_keys_per_run=args.max_keys_per_run,
+        max_tails=args.max_tails,
+        max_tails_per_token=args.max_tails_per_token,
+        tail_connections=args.tail_connections,
         redis_wait_replicas=args.redis_wait_replicas,
         redis_wait_timeout_ms=args.redis_wait_timeout_ms,
         auth=args.auth,

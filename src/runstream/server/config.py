@@ -45,6 +45,9 @@ class Settings:
     max_request_body: int = 8 * 2**20  # a JSON request on the HTTP port (above the 4 MiB batch limit); 413 beyond
     http_request_timeout_s: float = 30.0  # an HTTP client's headers (and JSON body) arrive within this
     pool_size: int = 8
+    max_tails: int = 1_000  # live tails (TailMetrics, /api/v1/tail) open at once in one server process
+    max_tails_per_token: int = 100  # ...and per token (per client address while auth is off)
+    tail_connections: int = 2  # of pool_size, what all live tails together may use at once
     grace_s: float = 10.0
     drain_timeout_s: float = 60.0  # at shutdown, how long loaders may drain before they are stopped
     crash_after_s: float = 300.0  # a RUNNING run none of whose writers was heard from this long is CRASHED

@@ -57,6 +57,7 @@ from runstream.server.metrics import (
     use_multiprocess_dir,
 )
 from runstream.server.query.service import Query
+from runstream.server.query.tail import TailLimits, Tails
 from runstream.server.reflection import enable_reflection
 from runstream.server.registry import Registry
 from runstream.server.rpc import service_handler
@@ -252,7 +253,8 @@ async def _services(
         closing.append(liveness.stop)
         servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens), liveness)
     if "QueryService" in wanted:
-        query = Query(pool, tokens)
+        limits = TailLimits(settings.max_tails, settings.max_tails_per_token)
+        query = Query(pool, tokens, Tails(pool, metrics, limits, settings.tail_connections))
         closing.append(query.close)
         servicers["QueryService"] = (query,)
     if "ArtifactService" in wanted:

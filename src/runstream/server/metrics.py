@@ -144,6 +144,37 @@ class Metrics:
         self.upload_bytes = Counter(
             "runstream_artifact_uploaded_bytes_total", "Bytes of the artifact uploads completed", registry=r
         )
+        # live tails (query/tail.py): readers shared by tails, and what tails cost the database
+        self.tails_open = Gauge(
+            "runstream_tails_open",
+            "Live tails open now (TailMetrics and /api/v1/tail)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.tail_readers = Gauge(
+            "runstream_tail_readers",
+            "Shared tail readers now: one per run and set of keys tailed, whatever the number of tails",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.tail_reads = Counter(
+            "runstream_tail_reads_total",
+            "Database reads for live tails, by kind: shared (a reader's look for new points, for all its tails) "
+            "or own (one tail's stored points from its from_step, or again after it fell behind)",
+            ["kind"],
+            registry=r,
+        )
+        self.tails_refused = Counter(
+            "runstream_tails_refused_total",
+            "Tails refused for a limit (RESOURCE_EXHAUSTED), by limit: server (--max-tails) or token",
+            ["limit"],
+            registry=r,
+        )
+        self.tails_behind = Counter(
+            "runstream_tails_behind_total",
+            "Times a tail read too slowly to keep its queue of new points and had to read them again from the store",
+            registry=r,
+        )
         # every unary RPC (query latency is the QueryService's share)
         self.rpc_latency = Histogram(
             "runstream_rpc_latency_seconds",
@@ -165,6 +196,10 @@ class Metrics:
                 self.batches_rejected.labels(rpc, code)
         for kind in ("single", "multipart", "unsized"):
             self.uploads_signed.labels(kind)
+        for kind in ("shared", "own"):
+            self.tail_reads.labels(kind)
+        for limit in ("server", "token"):
+            self.tails_refused.labels(limit)
 
     def sample_pool(self, pool: asyncpg.Pool) -> None:
         size = pool.get_size()

@@ -17,10 +17,10 @@ import asyncpg
 import numpy as np
 
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
+from runstream.server.auth.guard import CURRENT
 from runstream.server.messages import experiment_message, run_message
-from runstream.server.notifications import Notifications
 from runstream.server.query import compare, export
-from runstream.server.query.tail import tail
+from runstream.server.query.tail import Caller, Tail, Tails
 from runstream.server.storage import chunks, history, search, store
 from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
@@ -39,23 +39,33 @@ AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGAT
 
 
 class Query:
-    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens) -> None:
+    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens, tails: Tails) -> None:
         self.pool = pool
         self.tokens = tokens
-        self.notifications = Notifications(pool)
+        self.tails = tails
 
     async def close(self) -> None:
-        await self.notifications.close()
+        await self.tails.close()
 
     async def TailMetrics(self, req: qpb.TailMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
+        tail = await self.open_tail(req, _address(ctx.peer()))
+        try:
+            async for message in tail:
+                yield message.data
+        finally:
+            tail.close()
+
+    async def open_tail(self, req: qpb.TailMetricsRequest, address: str) -> Tail:
+        """TailMetrics' tail, for it and for the web UI's server-sent events (web/ui.py); the
+        caller (auth.guard.CURRENT, or `address` while auth is off) is held to the limits."""
         _check_runs_and_keys(req.run_ids, req.keys)
-        async with self.pool.acquire() as conn:
-            for run_id in req.run_ids:
-                if await store.run_lifecycle(conn, run_id) is None:
-                    raise RunNotFound(f"run {run_id} does not exist")
+        principal = CURRENT.get()
+        if principal.token_id:
+            caller = Caller(f"token {principal.token_id}", f"token {principal.name!r}")
+        else:
+            caller = Caller(f"address {address}", f"client {address}")
         from_step = req.from_step if req.HasField("from_step") else None
-        async for points in tail(self.notifications, list(req.run_ids), list(req.keys), from_step):
-            yield points
+        return await self.tails.open(list(dict.fromkeys(req.run_ids)), list(req.keys), from_step, caller)
 
     async def ReadMetrics(self, req: qpb.ReadMetricsRequest, ctx: Any) -> AsyncIterator[bytes]:
         wire.check_run_id(req.run_id)
@@ -248,6 +258,12 @@ def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:
         wire.check_run_id(run_id)
     for key in keys:
         wire.check_key(key)
+
+
+def _address(peer: str) -> str:
+    """The client's address of a gRPC peer ("ipv4:127.0.0.1:5555"), without its port."""
+    kind, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else peer
 
 
 def _step_range(req: qpb.GetMetricHistoryRequest | qpb.ReadMetricsRequest) -> tuple[int, int]:

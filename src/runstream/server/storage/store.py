@@ -925,6 +925,21 @@ async def chunks_after(conn: Conn, series_ids: list[int], after: list[int]) -> l
     )
 
 
+async def chunks_between(conn: Conn, series_ids: list[int], after: list[int], upto: list[int]) -> list[asyncpg.Record]:
+    """Chunks holding steps in (`after[i]`, `upto[i]`] of `series_ids[i]`: a tail's stored points
+    up to where the shared reader it joins has read."""
+    return await conn.fetch(
+        """SELECT c.series_id, c.steps, c.timestamps, c.vals
+           FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS cur(series_id, after, upto)
+           JOIN metric_chunks c
+             ON c.series_id = cur.series_id AND c.last_step > cur.after AND c.first_step <= cur.upto
+           ORDER BY c.series_id, c.first_step""",
+        series_ids,
+        after,
+        upto,
+    )
+
+
 async def last_steps(conn: Conn, series_ids: list[int]) -> dict[int, int]:
     rows = await conn.fetch(
         "SELECT series_id, max(last_step) AS step FROM metric_chunks WHERE series_id = ANY($1::int8[]) "

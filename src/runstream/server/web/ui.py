@@ -1,27 +1,31 @@
 """The web UI: a small page (`/`, assets under `/ui/`, shipped in the package, no CDN) over the
 JSON API of api.py, plus the one thing that API cannot do: live points. `GET /api/v1/tail`
-streams QueryService.TailMetrics as server-sent events, through the same guard and handler as
-gRPC, so a chart grows while its run is RUNNING.
+streams QueryService.TailMetrics' tail as server-sent events, through the same guard, limits and
+shared readers as gRPC (query/tail.py), so a chart grows while its run is RUNNING.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 from aiohttp import web
 
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc import canonicaliser
+from runstream.server.query.feed import Message
+from runstream.server.query.tail import Tail
+from runstream.server.rpc import canonicaliser, log_failure
 from runstream.server.web import protojson
 from runstream.server.web.api import failure
 from runstream.server.web.calls import PREFIX, HttpCall
 from runstream.wire.proto import query_pb2 as qpb
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+DISCONNECT_CHECK_S = 1.0  # how soon a tail whose page went away frees its slot
+KEEPALIVE_S = 15.0
 # Scripts, styles and fonts only from this server; images and previews also from the artifact
 # store's signed URLs (S3 is another origin); nothing may frame the page.
 HEADERS = {
@@ -77,7 +81,8 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
     async def tail(request: web.Request) -> web.StreamResponse:
         """`?run_id=R&key=K&from_step=N` (key repeatable, from_step optional): one event per
         message of new points, `{"key", "writer", "step": [...], "value": [...],
-        "timestamp_ms": [...]}`, and an `end` event when the run has ended."""
+        "timestamp_ms": [...]}`, an `end` event when the run has ended, or an `error` event
+        `{"code", "message"}` when the tail cannot go on."""
         ctx = HttpCall(request)
         try:
             principal = await guard.admit(ctx, "QueryService", "TailMetrics")
@@ -92,28 +97,54 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
             canonicalise(message)
             await guard.admit_request(principal, "QueryService", "TailMetrics", message)
             CURRENT.set(principal)
-            stream = query.TailMetrics(message, ctx)
-            first = await anext(stream, None)  # a refusal (an unknown run) is still an HTTP status
-        except Exception as exc:  # every failure becomes a status the caller can act on
+            stream = await query.open_tail(message, request.remote or "")
+        except Exception as exc:  # every refusal (an unknown run, a limit) is still an HTTP status
             return failure(f"GET {request.path}", exc)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
         try:
-            data = first
-            while data is not None:
-                await response.write(_event(data))
-                data = await anext(stream, None)
-            await response.write(b"event: end\ndata: {}\n\n")
-        except (ConnectionResetError, grpc.RpcError):  # the page went away
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            )
+            await response.prepare(request)
+            await _follow(request, response, stream)
+        except ConnectionResetError:  # the page went away
             pass
         finally:
-            await stream.aclose()
+            stream.close()
         return response
 
     return tail
 
 
-def _event(data: bytes) -> bytes:
-    return b"data: " + protojson.dumps(qpb.MetricPoints.FromString(data)).encode() + b"\n\n"
+async def _follow(request: web.Request, response: web.StreamResponse, stream: Tail) -> None:
+    quiet = 0.0
+    while True:
+        try:
+            batch = await stream.take(DISCONNECT_CHECK_S)
+        except Exception as exc:  # the headers are sent: the status goes in an event
+            code, text = log_failure(f"GET {request.path}", exc)
+            await response.write(
+                b"event: error\ndata: " + json.dumps({"code": code.name, "message": text}).encode() + b"\n\n"
+            )
+            return
+        if batch is None:
+            await response.write(b"event: end\ndata: {}\n\n")
+            return
+        if batch:
+            quiet = 0.0
+            await response.write(b"".join(_event(m) for m in batch))
+            continue
+        # aiohttp does not cancel a handler whose client left: look, since a quiet tail never writes.
+        if request.transport is None or request.transport.is_closing():
+            return
+        quiet += DISCONNECT_CHECK_S
+        if quiet >= KEEPALIVE_S:  # a comment, so proxies do not close a quiet stream
+            quiet = 0.0
+            await response.write(b": keep-alive\n\n")
+
+
+def _event(message: Message) -> bytes:
+    """The message's server-sent event, made once and shared by every tail that sends it."""
+    if message.event is None:
+        points = protojson.dumps(qpb.MetricPoints.FromString(message.data))
+        message.event = b"data: " + points.encode() + b"\n\n"
+    return message.event
