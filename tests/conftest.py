@@ -95,7 +95,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     if _pg_answers(PG_ADMIN_URL) and _redis_answers(REDIS_URL):
         yield Services(PG_ADMIN_URL, REDIS_URL)
         return
-    from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
+    from runstream.server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 
     data = tmp_path_factory.mktemp("embedded")
     pg, rd = EmbeddedPostgres(data), EmbeddedRedis(data)

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import runstream
-from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.server.streams.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.wire import batch as wire
 from tests.conftest import raw_log
 

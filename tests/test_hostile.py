@@ -170,7 +170,7 @@ def test_page_tokens_are_signed_and_bound_to_their_query(hostile_server, make_se
 
 
 def test_an_internal_error_says_nothing_of_the_servers_insides() -> None:
-    from runstream.server.rpc import status_for
+    from runstream.server.rpc.grpc import status_for
 
     code, message = status_for(KeyError("SELECT secret FROM server_secrets"))
     assert code == grpc.StatusCode.INTERNAL

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 import runstream
-from runstream.server.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
+from runstream.server.streams.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc as qpb_grpc

@@ -15,7 +15,7 @@ import redis
 import urllib3
 
 import runstream
-from runstream.server.keys import DEFAULT_SHARDS, LOADER_GROUP, Keys
+from runstream.server.streams.keys import DEFAULT_SHARDS, LOADER_GROUP, Keys
 from runstream.wire import batch as wire
 from tests.conftest import Server, free_port, raw_log
 from tests.workers import KEYS, expected_values, log_points

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runstream import extras
 from runstream.cli.common import Subparsers, add_url
-from runstream.server.config import Settings, default_data_dir
+from runstream.server.runtime.config import Settings, default_data_dir
 
 
 def _size(text: str) -> int:
@@ -200,7 +200,7 @@ def add_parsers(sub: Subparsers) -> None:
 def serve(args: argparse.Namespace) -> int:
     extras.require("server", "server")
     from runstream.server import main as server
-    from runstream.server.logs import configure
+    from runstream.server.runtime.logs import configure
 
     configure(args.log_level, args.log_format)
     settings = Settings(

@@ -6,7 +6,7 @@ and artifacts) and `load` (a loader) run one part each, so each part scales on i
 Every role serves gRPC health and reflection, and /metrics on its HTTP port.
 With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
 On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams
-(within --drain-timeout; loaders.py runs role all's loader processes).
+(within --drain-timeout; loading/processes.py runs role all's loader processes).
 """
 
 from __future__ import annotations
@@ -29,40 +29,40 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runstream import extras
-from runstream.server.admin import Admin
-from runstream.server.appender import Durability, describe_durability
 from runstream.server.artifacts.local import LocalStore
 from runstream.server.artifacts.service import Artifacts
 from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
 from runstream.server.auth import transport
 from runstream.server.auth.guard import Guard
 from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
-from runstream.server.config import Settings
-from runstream.server.connections import connect, preflight, printable_url, sample_pool, stop_event
-from runstream.server.crashes import Liveness
-from runstream.server.deployment import DeploymentConflict, bind, deployment_keys
-from runstream.server.embedded import EmbeddedPostgres, EmbeddedRedis
-from runstream.server.health import HealthWatch, add_health_route
-from runstream.server.ingest import Tracking
-from runstream.server.keys import Keys
-from runstream.server.loader import backlog
-from runstream.server.loaders import LoaderPool, drain_within, run_loader
-from runstream.server.logged_models import LoggedModels
-from runstream.server.logs import announce
-from runstream.server.metrics import (
+from runstream.server.loading.dead_letters import Admin
+from runstream.server.loading.loader import backlog
+from runstream.server.loading.processes import LoaderPool, drain_within, run_loader
+from runstream.server.query.service import Query
+from runstream.server.query.tail import TailLimits, Tails
+from runstream.server.registry.service import Registry
+from runstream.server.rpc.grpc import service_handler
+from runstream.server.rpc.paging import page_tokens
+from runstream.server.runtime.config import Settings
+from runstream.server.runtime.connections import connect, preflight, printable_url, sample_pool, stop_event
+from runstream.server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
+from runstream.server.runtime.health import HealthWatch, add_health_route
+from runstream.server.runtime.logs import announce
+from runstream.server.runtime.metrics import (
     Metrics,
     StreamStats,
     add_metrics_route,
     forget_multiprocess_dir,
     use_multiprocess_dir,
 )
-from runstream.server.query.service import Query
-from runstream.server.query.tail import TailLimits, Tails
-from runstream.server.reflection import enable_reflection
-from runstream.server.registry import Registry
-from runstream.server.rpc import service_handler
+from runstream.server.runtime.reflection import enable_reflection
 from runstream.server.storage import store
-from runstream.server.tokens import page_tokens
+from runstream.server.streams.deployment import DeploymentConflict, bind, deployment_keys
+from runstream.server.streams.keys import Keys
+from runstream.server.tracking.appender import Durability, describe_durability
+from runstream.server.tracking.heartbeats import Liveness
+from runstream.server.tracking.logged_models import LoggedModels
+from runstream.server.tracking.service import Tracking
 from runstream.server.web import port as http_port
 from runstream.server.web.api import add_api_routes
 from runstream.server.web.login import add_login_routes

@@ -16,7 +16,7 @@ import asyncpg
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, RunNotFound
 from runstream.server.artifacts.paths import check_path, check_prefix, object_key, replacement_key
 from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
-from runstream.server.metrics import Metrics
+from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import store
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_upload_id

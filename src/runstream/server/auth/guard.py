@@ -1,4 +1,4 @@
-"""The check every RPC passes before its handler runs (rpc.py calls it): the caller's token is
+"""The check every RPC passes before its handler runs (rpc/grpc.py calls it): the caller's token is
 read from `authorization: Bearer <token>`, looked up by its public id, compared by hash in
 constant time, and held against the scope the method needs (policy.py) and, for a token
 limited to some experiments, against the experiments the request names.

@@ -9,7 +9,7 @@ import ssl
 
 import grpc
 
-from runstream.server.config import Settings
+from runstream.server.runtime.config import Settings
 
 
 def is_loopback(host: str) -> bool:

@@ -27,8 +27,8 @@ import asyncpg
 import numpy as np
 
 from runstream.errors import RunNotFound
-from runstream.server.metrics import Metrics
-from runstream.server.notifications import Notifications
+from runstream.server.loading.notifications import Notifications
+from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import chunks, store
 from runstream.wire import points
 

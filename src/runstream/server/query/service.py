@@ -18,11 +18,11 @@ import numpy as np
 
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.server.auth.guard import CURRENT
-from runstream.server.messages import experiment_message, run_message
 from runstream.server.query import compare, export
 from runstream.server.query.tail import Caller, Tail, Tails
+from runstream.server.rpc.messages import experiment_message, run_message
+from runstream.server.rpc.paging import PageTokens
 from runstream.server.storage import chunks, history, search, store
-from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -160,7 +160,7 @@ class Query:
         limit = req.max_results or DEFAULT_MAX_RESULTS
         if not 0 < limit <= MAX_RESULTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
-        experiment_ids = [int(e) for e in req.experiment_ids]  # canonical decimals (rpc.py)
+        experiment_ids = [int(e) for e in req.experiment_ids]  # canonical decimals (rpc/grpc.py)
         sql = search.Sql(offset=4)  # $1..$4 belong to store.search_runs
         where = search.where(req.filter, sql)
         order = search.order_by(list(req.order_by), sql)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from runstream.errors import ResourceExhausted, Unavailable
-from runstream.server.metrics import Metrics
-from runstream.server.notifications import Notifications
+from runstream.server.loading.notifications import Notifications
 from runstream.server.query.feed import NO_STEP, Feed, Message, TailDatabase, by_series, messages
+from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import store
 
 MAX_QUEUED_POINTS = 100_000

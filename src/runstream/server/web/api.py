@@ -24,7 +24,7 @@ from google.protobuf import json_format
 
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc import RAW_REQUEST_METHODS, canonicaliser, log_failure
+from runstream.server.rpc.grpc import RAW_REQUEST_METHODS, canonicaliser, log_failure
 from runstream.server.web import body, protojson
 from runstream.server.web.calls import PREFIX, HttpCall
 

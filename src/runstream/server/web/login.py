@@ -13,7 +13,7 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument, Unauthenticated
 from runstream.server.auth.guard import Guard
-from runstream.server.rpc import log_failure
+from runstream.server.rpc.grpc import log_failure
 from runstream.server.web import body
 from runstream.server.web.calls import COOKIE, same_origin
 

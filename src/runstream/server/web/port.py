@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from runstream.errors import InvalidArgument
-from runstream.server.config import Settings
-from runstream.server.rpc import log_failure
+from runstream.server.rpc.grpc import log_failure
+from runstream.server.runtime.config import Settings
 from runstream.server.web import body
 
 

@@ -17,7 +17,7 @@ from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
 from runstream.server.query.feed import Message
 from runstream.server.query.tail import Tail
-from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.rpc.grpc import canonicaliser, log_failure
 from runstream.server.web import protojson
 from runstream.server.web.api import failure
 from runstream.server.web.calls import PREFIX, HttpCall

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc import canonicaliser, log_failure
+from runstream.server.rpc.grpc import canonicaliser, log_failure
 from runstream.server.web.body import TooLarge, read
 from runstream.server.web.calls import HttpCall
 

@@ -22,8 +22,8 @@ import orjson
 from aiohttp import web
 
 from runstream.errors import InvalidArgument, NotFound, ParamConflict
-from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
-from runstream.server.rpc import canonicaliser
+from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
+from runstream.server.rpc.grpc import canonicaliser
 from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import columns
 from runstream.server.web.mlflow.core import (

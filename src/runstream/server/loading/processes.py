@@ -27,12 +27,12 @@ from multiprocessing.process import BaseProcess
 import asyncpg
 import redis.asyncio as aioredis
 
-from runstream.server.config import Settings
-from runstream.server.connections import connect, printable_url, sample_pool, stop_event
-from runstream.server.deployment import deployment_keys
-from runstream.server.loader import Loader
-from runstream.server.logs import configure_from_env
-from runstream.server.metrics import Metrics, process_exited
+from runstream.server.loading.loader import Loader
+from runstream.server.runtime.config import Settings
+from runstream.server.runtime.connections import connect, printable_url, sample_pool, stop_event
+from runstream.server.runtime.logs import configure_from_env
+from runstream.server.runtime.metrics import Metrics, process_exited
+from runstream.server.streams.deployment import deployment_keys
 
 log = logging.getLogger(__name__)
 SUPERVISE_S = 1.0

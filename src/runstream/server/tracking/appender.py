@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
 from runstream.errors import ResourceExhausted, RunstreamError, Unavailable
-from runstream.server.keys import Fields
+from runstream.server.streams.keys import Fields
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,11 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
-from runstream.server.deployment import DeploymentConflict, bind
-from runstream.server.keys import (
+from runstream.server.runtime.metrics import Metrics
+from runstream.server.storage import chunks, store
+from runstream.server.storage.failures import database_away, refused_value
+from runstream.server.streams.deployment import DeploymentConflict, bind
+from runstream.server.streams.keys import (
     FIELD_BATCH,
     FIELD_DEPLOYMENT,
     FIELD_ENTRY_ID,
@@ -38,9 +41,6 @@ from runstream.server.keys import (
     LOADER_GROUP,
     Keys,
 )
-from runstream.server.metrics import Metrics
-from runstream.server.storage import chunks, store
-from runstream.server.storage.failures import database_away, refused_value
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_run_id
 

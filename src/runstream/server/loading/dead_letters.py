@@ -12,7 +12,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
-from runstream.server.keys import (
+from runstream.server.rpc.paging import PageTokens
+from runstream.server.streams.keys import (
     FIELD_BATCH,
     FIELD_ENTRY_ID,
     FIELD_FAILED_MS,
@@ -21,7 +22,6 @@ from runstream.server.keys import (
     FIELD_SOURCE,
     Keys,
 )
-from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import admin_pb2 as adm

@@ -9,8 +9,8 @@ import signal
 import asyncpg
 import redis.asyncio as aioredis
 
-from runstream.server.config import Settings
-from runstream.server.metrics import Metrics
+from runstream.server.runtime.config import Settings
+from runstream.server.runtime.metrics import Metrics
 
 POOL_SAMPLE_S = 1.0
 PREFLIGHT_S = 10.0

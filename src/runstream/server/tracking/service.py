@@ -32,17 +32,17 @@ from runstream.errors import (
     RunstreamError,
     Unavailable,
 )
-from runstream.server import fields
-from runstream.server.appender import Durability, StreamAppender
 from runstream.server.auth.guard import Guard
-from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
-from runstream.server.keys import Keys
-from runstream.server.messages import experiment_message, run_message, summary_message
-from runstream.server.metrics import INGEST_RPCS, Metrics
-from runstream.server.notifications import Notifications
+from runstream.server.loading.notifications import Notifications
+from runstream.server.rpc import fields
+from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
+from runstream.server.rpc.messages import experiment_message, run_message, summary_message
+from runstream.server.rpc.paging import PageTokens
+from runstream.server.runtime.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import store
 from runstream.server.storage.failures import database_away
-from runstream.server.tokens import PageTokens
+from runstream.server.streams.keys import Keys
+from runstream.server.tracking.appender import Durability, StreamAppender
 from runstream.wire import batch as wire
 from runstream.wire.batch import batch_digest
 from runstream.wire.ids import canonical_run_id
@@ -157,7 +157,7 @@ class Tracking:
         if len(req.name) > MAX_NAME:
             raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
-        run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc.py)
+        run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc/grpc.py)
         start = req.start_time_ms or store.now_ms()
         async with self.pool.acquire() as conn:
             which = req.WhichOneof("experiment")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runstream.server.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
+from runstream.server.streams.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
 
 
 def default_data_dir() -> Path:

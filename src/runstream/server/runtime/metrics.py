@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from runstream.server.keys import LOADER_GROUP, Keys
+from runstream.server.streams.keys import LOADER_GROUP, Keys
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

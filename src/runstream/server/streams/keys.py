@@ -3,7 +3,7 @@
 Batches of one run always go to the same shard, so a writer's batches keep their order;
 every loader reads every shard through one consumer group. Every entry names the deployment
 (the PostgreSQL database) it is for, and the keyspace is bound to that deployment
-(server/deployment.py): a loader takes only its own deployment's entries.
+(streams/deployment.py): a loader takes only its own deployment's entries.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ from typing import Any
 import asyncpg
 
 from runstream.errors import InvalidArgument, NotFound
-from runstream.server import fields
 from runstream.server.auth.guard import acting_user
-from runstream.server.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
+from runstream.server.rpc import fields
+from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
+from runstream.server.rpc.paging import PageTokens
 from runstream.server.storage import store
-from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 

@@ -17,8 +17,8 @@ import grpc
 from runstream.errors import InvalidArgument, RunstreamError
 from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, Principal
 from runstream.server.auth.policy import scope_of
-from runstream.server.logs import new_request_id
-from runstream.server.metrics import Metrics
+from runstream.server.runtime.logs import new_request_id
+from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage.failures import database_away
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio as aioredis
 
-from runstream.server.keys import Keys
 from runstream.server.storage import store
+from runstream.server.streams.keys import Keys
 
 
 class DeploymentConflict(Exception):

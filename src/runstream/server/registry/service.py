@@ -15,12 +15,12 @@ from runstream.errors import (
     NotFound,
     Unauthenticated,
 )
-from runstream.server import fields
 from runstream.server.artifacts.paths import check_path
 from runstream.server.auth.guard import USER_METADATA, acting_user
-from runstream.server.messages import run_message
+from runstream.server.rpc import fields
+from runstream.server.rpc.messages import run_message
+from runstream.server.rpc.paging import PageTokens
 from runstream.server.storage import search, store
-from runstream.server.tokens import PageTokens
 from runstream.wire import batch as wire
 from runstream.wire.ids import whole_number
 from runstream.wire.proto import registry_pb2 as rpb

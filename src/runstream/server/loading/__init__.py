@@ -1,0 +1,1 @@
+"""The loaders: Redis streams into PostgreSQL exactly once, their processes, commit notifications, dead letters."""

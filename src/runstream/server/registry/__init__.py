@@ -1,0 +1,1 @@
+"""The RegistryService: registered models, versions, stages, aliases, reviews and lineage."""

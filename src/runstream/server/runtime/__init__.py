@@ -1,0 +1,1 @@
+"""The server process: settings, connections, embedded services, health, logs, metrics, reflection."""
