@@ -22,6 +22,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_settings_docs.py --check
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory buf-lint ui-check; \
 	elif [ -n "$$CI" ]; then echo "npm is missing: buf lint cannot run (apt-get install npm)"; exit 1; \
 	else echo "skipping buf lint of protos/: npm is missing (apt-get install npm)"; fi

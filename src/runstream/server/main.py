@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -146,7 +145,7 @@ async def serve(
     guard = Guard(pool, settings.auth)
     if settings.auth:
         try:
-            made = await bootstrap_admin(pool, settings.admin_token_file, os.environ.get("RUNSTREAM_ADMIN_TOKEN"))
+            made = await bootstrap_admin(pool, settings.admin_token_file, settings.admin_token or None)
         except ValueError as exc:
             raise SystemExit(f"runstream: {exc}") from None
         if made:
@@ -296,7 +295,6 @@ async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, h
 
 
 def run(settings: Settings) -> int:
-    settings.env_overrides()
     if (why := transport.refusal(settings)) is not None:
         raise SystemExit(why)
     metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
