@@ -577,3 +577,36 @@ def test_an_unsized_part_url_is_capped_and_a_stalled_upload_cut_off(make_server:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert time.monotonic() - started < 10
     assert not list((server.artifacts / ".uploads").glob("tmp-*"))  # nothing left of either
+
+
+def test_a_download_is_the_stored_file_never_a_sibling_and_ranges_are_exact(server: Server, tmp_path: Path) -> None:
+    """aiohttp's FileResponse serves `<key>.gz` to a client that accepts gzip: anyone who may
+    write a run's artifacts could swap the bytes served for a registered model's source. The
+    local store serves exactly the stored file (and single byte ranges of it, for previews)."""
+    import gzip
+
+    (tmp_path / "model.pkl").write_bytes(b"GOOD MODEL")
+    (tmp_path / "model.pkl.gz").write_bytes(gzip.compress(b"EVIL MODEL"))
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("siblings").run_id
+        client.artifacts.log_file(run_id, tmp_path / "model.pkl", "model.pkl")
+        client.register_model(run_id, "model.pkl", "sibling-model")
+        client.artifacts.log_file(run_id, tmp_path / "model.pkl.gz", "model.pkl.gz")
+        url = urlsplit(_rpc(client, "GetDownloadUrl", apb.ArtifactRef(run_id=run_id, path="model.pkl")).url)
+
+    def get(**headers: str) -> tuple[int, bytes, dict[str, str]]:
+        conn = http.client.HTTPConnection(url.netloc, timeout=30)
+        conn.request("GET", f"{url.path}?{url.query}", headers=headers)
+        reply = conn.getresponse()
+        got = (reply.status, reply.read(), dict(reply.getheaders()))
+        conn.close()
+        return got
+
+    status, data, headers = get(**{"Accept-Encoding": "gzip, deflate, br"})
+    assert (status, data) == (200, b"GOOD MODEL") and "Content-Encoding" not in headers
+    assert get(Range="bytes=0-3")[:2] == (206, b"GOOD")
+    status, data, headers = get(Range="bytes=-5")
+    assert (status, data, headers["Content-Range"]) == (206, b"MODEL", "bytes 5-9/10")
+    assert get(Range="bytes=5-100")[:2] == (206, b"MODEL")
+    assert get(Range="bytes=10-")[0] == 416
+    assert get(Range="pages=1")[:2] == (200, b"GOOD MODEL")  # a unit it does not read: the whole file

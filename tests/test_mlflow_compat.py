@@ -65,7 +65,7 @@ def _post(server: Server, path: str, body: dict[str, Any], headers: dict[str, st
         f"{_uri(server)}/api/2.0/mlflow/{path}",
         body=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", **(headers or {})},
-        timeout=10,
+        timeout=60,  # a log-batch answers once its points are queryable: on a loaded machine, seconds
     )
 
 

@@ -12,6 +12,7 @@ import time
 
 import asyncpg
 import redis
+import urllib3
 
 import runstream
 from tests.conftest import PG_ADMIN_URL
@@ -69,6 +70,23 @@ def test_connections_killed_in_a_loop_lose_double_and_dead_letter_nothing(make_s
                 assert got.tolist() == list(range(STEPS)), (writer, key)
                 assert values.tolist() == [float(s) for s in range(STEPS)]
             run.end()
+        # What waits on the loaders' notifications listens anew: WaitCommitted (flush(visible=True),
+        # MLflow's log-batch) and live tails work again at once, not only until the next restart.
+        after = client.start_run("resets", "after", writer_id="after", record_source=False)
+        after.log_metrics({"loss": 1.0}, step=0)
+        after.flush(60, visible=True)
+        reply = urllib3.request(
+            "POST",
+            f"http://127.0.0.1:{server.http_port}/api/2.0/mlflow/runs/log-batch",
+            json={"run_id": after.run_id, "metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 1}]},
+            timeout=60,
+        )
+        assert reply.status == 200, reply.data
+        with runstream.QueryClient(server.target) as query:
+            tail = query.tail_metrics([after.run_id], ["loss"], from_step=0)
+            assert next(iter(tail)).step.tolist() == [0]
+            tail.close()
+        after.end()
     output = "".join(server.output)
     assert redis.Redis.from_url(server.redis_url).xlen(f"{server.prefix}:dead-letters") == 0, output[-3000:]
     assert "Traceback" not in output and " ERROR " not in output, output[-3000:]

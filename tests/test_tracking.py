@@ -153,3 +153,26 @@ def test_metric_summary_tracks_last_min_max_count(server, client) -> None:
     assert metrics["acc"].count == 100 and metrics["acc"].max_value == 0.99
     run.end()
     assert client.get_run(run.run_id).status == pb.RUN_STATUS_FINISHED
+
+
+def test_a_deleted_run_takes_no_params_tags_inputs_or_metrics_until_restored(server) -> None:
+    """Every call that writes to a run checks, in one place (rpc/fields.py), that it exists and
+    is not deleted, as MLflow does: params, tags, a tag's deletion, inputs, a writer session."""
+    with runstream.Client(server.target) as client:
+        run = client.start_run("deleted-runs", record_source=False)
+        run.set_tags({"kept": "yes"})
+        run.end()
+        client.delete_run(run.run_id)
+        for write in (
+            lambda: client.log_params(run.run_id, {"lr": "0.1"}),
+            lambda: client.set_tags(run.run_id, {"late": "1"}),
+            lambda: client.delete_tag(run.run_id, "kept"),
+            lambda: client.log_inputs(run.run_id, [{"name": "wine", "digest": "d", "source": "", "context": ""}]),
+            lambda: client.open_writer(run.run_id, "late"),
+        ):
+            with pytest.raises(runstream.FailedPrecondition, match="is deleted; restore it before"):
+                write()
+        client.restore_run(run.run_id)
+        client.log_params(run.run_id, {"lr": "0.1"})
+        got = client.get_run(run.run_id)
+        assert dict(got.params) == {"lr": "0.1"} and dict(got.tags)["kept"] == "yes"

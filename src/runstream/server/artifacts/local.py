@@ -198,7 +198,43 @@ class LocalStore:
             "Content-Type": serving.served_type(key),
             "Content-Disposition": serving.disposition(key),
         }
-        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+        return await _send_file(request, path, headers)
+
+
+async def _send_file(request: web.Request, path: Path, headers: dict[str, str]) -> web.StreamResponse:
+    """Exactly the stored file, or one byte range of it. Not aiohttp's FileResponse: that serves
+    `<key>.gz` instead of `<key>` to a client that accepts gzip, and anyone who may write a run's
+    artifacts can store a `<key>.gz` beside a model's source."""
+    f = await asyncio.to_thread(path.open, "rb")
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        start, stop = 0, size
+        try:
+            wanted = request.http_range
+        except ValueError:
+            wanted = slice(None, None)  # a Range this server does not read: the whole file, as RFC 9110 allows
+        if wanted.start is not None or wanted.stop is not None:
+            start = max(size + wanted.start, 0) if (wanted.start or 0) < 0 else (wanted.start or 0)
+            stop = min(wanted.stop, size) if wanted.stop is not None else size
+            if start >= size:
+                raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        partial = (start, stop) != (0, size)
+        response = web.StreamResponse(
+            status=206 if partial else 200,
+            headers={**headers, "Accept-Ranges": "bytes", "Content-Length": str(stop - start)}
+            | ({"Content-Range": f"bytes {start}-{stop - 1}/{size}"} if partial else {}),
+        )
+        await response.prepare(request)
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            block = await asyncio.to_thread(f.read, min(CHUNK, left))
+            if not block:
+                break
+            await response.write(block)
+            left -= len(block)
+    await response.write_eof()
+    return response
 
 
 def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:

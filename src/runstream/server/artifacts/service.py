@@ -16,6 +16,7 @@ import asyncpg
 from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, RunNotFound
 from runstream.server.artifacts.paths import check_path, check_prefix, object_key, replacement_key
 from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
+from runstream.server.rpc import fields
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import store
 from runstream.wire import batch as wire
@@ -68,7 +69,7 @@ class Artifacts:
             raise InvalidArgument(f"{req.size:,} bytes would take {parts:,} parts; the limit is {MAX_PARTS:,}")
         self._check_upload_size(req.size)
         async with self.pool.acquire() as conn, conn.transaction():
-            await _active_run(conn, req.run_id)
+            await fields.active_run(conn, req.run_id, "adding artifacts")
             await _not_a_model_source(conn, req.run_id, path)
             await _room_in_run(conn, req.run_id, req.size, self.settings.max_run_bytes)
             content_type = req.content_type or "application/octet-stream"
@@ -123,7 +124,7 @@ class Artifacts:
         expires = self.settings.expires_s
         out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
         async with self.pool.acquire() as conn, conn.transaction():
-            await _active_run(conn, req.run_id)
+            await fields.active_run(conn, req.run_id, "adding artifacts")
             await _not_a_model_source(conn, req.run_id, path)
             key = object_key(req.run_id, path)
             await store.lock_object_key(conn, key)
@@ -317,11 +318,6 @@ async def _room_in_run(conn: Any, run_id: str, size: int, limit: int) -> None:
             f"run {run_id} has {used:,} bytes of artifacts stored or under way; {size:,} more would pass the "
             f"limit of {limit:,} bytes per run (server flag --max-run-artifacts-size)"
         )
-
-
-async def _active_run(conn: Any, run_id: str) -> None:
-    if await _run(conn, run_id) != "active":
-        raise FailedPrecondition(f"run {run_id} is deleted; restore it before adding artifacts")
 
 
 async def _upload(conn: Any, upload_id: str) -> asyncpg.Record:

@@ -71,7 +71,9 @@ class Guard:
         self.pool = pool
         self.enabled = enabled
         self._tokens: dict[str, tuple[float, store.TokenRow | None]] = {}
-        self._runs: dict[str, str] = {}  # run id -> experiment name (a run never moves)
+        # run id -> (until when, its experiment's name): a run never moves, but its experiment
+        # can be renamed, out of a token's glob, in any process
+        self._runs: dict[str, tuple[float, str]] = {}
 
     async def admit(self, ctx: Any, service: str, method: str) -> Principal:
         """The caller, once their token is valid and has the scope `method` needs; raises
@@ -137,8 +139,10 @@ class Guard:
         principal = CURRENT.get()
         if principal.experiments is None or WRITE not in principal.scopes:
             return
-        experiment = self._runs.get(run_id)
-        if experiment is None:
+        cached = self._runs.get(run_id)
+        if cached is not None and cached[0] > time.monotonic():
+            experiment: str | None = cached[1]
+        else:
             experiment = (await self._experiments_of_runs([run_id])).get(run_id)
         if experiment is None or not principal.may_use(experiment):
             raise PermissionDenied(
@@ -220,11 +224,18 @@ class Guard:
             return [(name, await store.experiments_of_model(conn, name)) for name in names]
 
     async def _experiments_of_runs(self, run_ids: list[str]) -> dict[str, str]:
-        missing = [r for r in run_ids if r not in self._runs]
+        """The experiment names of the runs that exist; cached for CACHE_S, so a rename takes
+        effect at once in the process that renamed it (forget_runs) and within CACHE_S in others."""
+        now = time.monotonic()
+        missing = [r for r in run_ids if r not in self._runs or self._runs[r][0] <= now]
         if missing:
             async with self.pool.acquire() as conn:
                 found = await store.experiments_of_runs(conn, missing)
             if len(self._runs) + len(found) > MAX_CACHED_RUNS:
                 self._runs.clear()
-            self._runs.update(found)
-        return {r: self._runs[r] for r in run_ids if r in self._runs}
+            self._runs.update((run, (now + CACHE_S, name)) for run, name in found.items())
+        return {r: self._runs[r][1] for r in run_ids if r in self._runs}
+
+    def forget_runs(self) -> None:
+        """An experiment was renamed in this process: its runs' cached names are stale."""
+        self._runs.clear()

@@ -18,6 +18,7 @@ from runstream.errors import (
 from runstream.server.artifacts.paths import check_path
 from runstream.server.auth.guard import USER_METADATA, acting_user
 from runstream.server.rpc import fields
+from runstream.server.rpc.fields import MAX_TAG_VALUE, check_values
 from runstream.server.rpc.messages import run_message
 from runstream.server.rpc.paging import PageTokens
 from runstream.server.storage import search, store
@@ -51,6 +52,7 @@ class Registry:
     async def CreateRegisteredModel(self, req: rpb.CreateRegisteredModelRequest, ctx: Any) -> rpb.RegisteredModel:
         name = _check_name(req.name)
         _check_text(req.description, "description")
+        check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await store.create_model(conn, name, req.description)
             await store.update_model(conn, model["model_id"], None, dict(req.tags), [])
@@ -70,6 +72,7 @@ class Registry:
     async def UpdateRegisteredModel(self, req: rpb.UpdateRegisteredModelRequest, ctx: Any) -> rpb.RegisteredModel:
         description = req.description if req.HasField("description") else None
         _check_text(description or "", "description")
+        check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)
             await store.update_model(conn, model["model_id"], description, dict(req.set_tags), list(req.delete_tags))
@@ -110,6 +113,7 @@ class Registry:
         wire.check_run_id(req.run_id)
         path = check_path(req.artifact_path.strip("/"))
         _check_text(req.description, "description")
+        check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             await fields.active_run(conn, req.run_id, "registering its model")
@@ -168,6 +172,7 @@ class Registry:
     async def UpdateModelVersion(self, req: rpb.UpdateModelVersionRequest, ctx: Any) -> rpb.ModelVersion:
         description = req.description if req.HasField("description") else None
         _check_text(description or "", "description")
+        check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name)
@@ -520,6 +525,7 @@ def _check_stage(stage: str) -> str:
 def _check_text(text: str, what: str) -> None:
     if len(text) > MAX_TEXT:
         raise InvalidArgument(f"{what} has {len(text):,} characters; the limit is {MAX_TEXT:,}")
+    fields.check_text(text, what)
 
 
 def _model_order(order_by: str) -> str:

@@ -15,27 +15,18 @@ import asyncpg
 import grpc
 
 from runstream.errors import InvalidArgument, RunstreamError
-from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, Principal
+from runstream.server.auth.guard import Guard
 from runstream.server.auth.policy import scope_of
+from runstream.server.rpc import door
 from runstream.server.runtime.logs import new_request_id
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage.failures import database_away
-from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
 
 log = logging.getLogger(__name__)
 
 RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
 RAW_RESPONSE_METHODS = {"TailMetrics", "ReadMetrics"}  # yield MetricPoints already serialized (points.py)
 REQUEST_ID = "x-request-id"
-# Request fields that carry ids: each is canonicalised (or refused) here, before any handler runs.
-ID_FIELDS: dict[str, Callable[[str, str], str]] = {
-    "run_id": canonical_run_id,
-    "run_ids": canonical_run_id,
-    "experiment_id": canonical_experiment_id,
-    "experiment_ids": canonical_experiment_id,
-    "upload_id": canonical_upload_id,
-}
-Canonicalise = Callable[[Any], None]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -135,17 +126,12 @@ class _Observed:
             self._latency = self._metrics.rpc_latency.labels(self.service, self.rpc)
         self._latency.observe(seconds)
 
-    async def admit(self, ctx: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The caller, if their token is valid and has the method's scope."""
-        return ANONYMOUS if self._guard is None else await self._guard.admit(ctx, self.service, self.rpc)
-
-    async def admit_request(self, principal: Principal, req: Any) -> None:
-        """Check what the decoded request names against the token's experiments; the handler
-        then sees the caller as auth.guard.CURRENT. Each RPC runs in its own task, so the
-        value never leaks into another call."""
-        if self._guard is not None:
-            await self._guard.admit_request(principal, self.service, self.rpc, req)
-        CURRENT.set(principal)
+    async def admit(self, ctx: grpc.aio.ServicerContext[Any, Any], req: Any) -> None:
+        """The one way in (door.py): the caller, then (once it decoded) the request."""
+        principal = await door.caller(self._guard, ctx, self.service, self.rpc)
+        if isinstance(req, Undecodable):
+            raise req.refuse()
+        await door.request(self._guard, principal, self.service, self.rpc, req)
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
         code, message = log_failure(f"{self.service}.{self.rpc}", exc)
@@ -155,43 +141,12 @@ class _Observed:
         await ctx.abort(code, message, trailing_metadata=((REQUEST_ID, rid),))
 
 
-def canonicaliser(message_class: Any) -> Canonicalise:
-    """Rewrites the id fields of a request of `message_class` into their stored spelling, in
-    place; InvalidArgument names the field when one is not an id at all."""
-    fields = []
-    for f in message_class.DESCRIPTOR.fields:
-        check = ID_FIELDS.get(f.name)
-        if check is not None and f.type == f.TYPE_STRING:
-            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
-            fields.append((f.name, bool(repeated), check))
-
-    def canonicalise(req: Any) -> None:
-        for name, repeated, check in fields:
-            if repeated:
-                values = getattr(req, name)
-                values[:] = [check(v, name) for v in values]
-            elif value := getattr(req, name):
-                setattr(req, name, check(value, name))
-
-    return canonicalise
-
-
-def _no_ids(req: Any) -> None:
-    return None
-
-
-def _unary(
-    fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed, canonicalise: Canonicalise
-) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unary(fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
         rid = _request_id(ctx)
         t0 = time.perf_counter()
         try:
-            principal = await seen.admit(ctx)
-            if isinstance(req, Undecodable):
-                raise req.refuse()
-            canonicalise(req)
-            await seen.admit_request(principal, req)
+            await seen.admit(ctx, req)
             return await fn(req, ctx)
         except Exception as exc:  # every failure becomes a status the client can act on
             await seen.fail(ctx, exc, rid)
@@ -201,17 +156,11 @@ def _unary(
     return handler
 
 
-def _stream(
-    fn: Callable[[Any, Any], AsyncIterator[Any]], seen: _Observed, canonicalise: Canonicalise
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
+def _stream(fn: Callable[[Any, Any], AsyncIterator[Any]], seen: _Observed) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(reqs: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         rid = _request_id(ctx)
         try:
-            principal = await seen.admit(ctx)
-            if isinstance(reqs, Undecodable):
-                raise reqs.refuse()
-            canonicalise(reqs)  # a unary request (server-streaming); raw request streams have none
-            await seen.admit_request(principal, reqs)
+            await seen.admit(ctx, reqs)  # a unary request (server-streaming), or the request stream
             async for item in fn(reqs, ctx):
                 yield item
         except Exception as exc:  # an error outside one item ends the stream with its status
@@ -233,25 +182,26 @@ def service_handler(
     handlers = {}
     for method in desc.methods:
         scope_of(service, method.name)
-        fn = next(getattr(s, method.name) for s in servicers if hasattr(s, method.name))
+        fn = door.handler(servicers, method.name)
+        if fn is None:
+            raise KeyError(f"no servicer of {service} has {method.name}")
         seen = _Observed(metrics, service, method.name, guard)
         out_cls = getattr(module, method.output_type.name)
         raw = method.name in RAW_REQUEST_METHODS
         in_cls = getattr(module, method.input_type.name)
         deserialize = None if raw else lenient(in_cls)
-        ids = _no_ids if raw or method.client_streaming else canonicaliser(in_cls)
         serialize = None if method.name in RAW_RESPONSE_METHODS else out_cls.SerializeToString
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream(fn, seen, ids), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+                _stream(fn, seen), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
             )
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, seen, ids), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
+                _unary(fn, seen), request_deserializer=deserialize, response_serializer=out_cls.SerializeToString
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn, seen, ids), request_deserializer=deserialize, response_serializer=serialize
+                _stream(fn, seen), request_deserializer=deserialize, response_serializer=serialize
             )
         else:
             raise NotImplementedError(f"{method.full_name}: client-streaming methods are not wired")

@@ -51,6 +51,7 @@ from runstream.wire.proto import tracking_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_NAME = 500
+MAX_LOCATION = 2_000  # an experiment's artifact_location
 RUN_CACHE_S = 30.0
 MAX_WAIT_MS = 600_000  # WaitCommitted
 COMMIT_POLL_S = 1.0  # WaitCommitted looks again this often without a notification
@@ -122,6 +123,9 @@ class Tracking:
     async def CreateExperiment(self, req: pb.CreateExperimentRequest, ctx: Any) -> pb.Experiment:
         if not req.name or len(req.name) > MAX_NAME:
             raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
+        if len(req.artifact_location) > MAX_LOCATION:
+            raise InvalidArgument(f"artifact_location is longer than {MAX_LOCATION:,} characters")
+        check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
             return experiment_message(
                 await store.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
@@ -244,7 +248,9 @@ class Tracking:
         check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
             row = await store.update_experiment(conn, eid, req.new_name, dict(req.set_tags), list(req.delete_tags))
-            return experiment_message(row)
+        if req.new_name and self.guard is not None:
+            self.guard.forget_runs()  # its runs may have left a token's experiments
+        return experiment_message(row)
 
     async def DeleteExperiment(self, req: pb.ExperimentRef, ctx: Any) -> pb.Experiment:
         return await self._set_experiment_stage(req.experiment_id, "deleted")
@@ -256,6 +262,7 @@ class Tracking:
         wire.check_run_id(req.run_id)
         check_values(dict(req.params), "param", MAX_PARAM_VALUE)
         async with self.pool.acquire() as conn:
+            await fields.active_run(conn, req.run_id, "logging params to it")
             await store.log_params(conn, req.run_id, dict(req.params))
         return pb.LogParamsResponse()
 
@@ -263,14 +270,15 @@ class Tracking:
         wire.check_run_id(req.run_id)
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
+            await fields.active_run(conn, req.run_id, "setting its tags")
             await store.set_tags(conn, req.run_id, dict(req.tags))
         return pb.SetTagsResponse()
 
     async def DeleteTag(self, req: pb.DeleteTagRequest, ctx: Any) -> pb.DeleteTagResponse:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
+            await fields.active_run(conn, req.run_id, "deleting its tags")
             if not await store.delete_tag(conn, req.run_id, req.key):
-                await store.get_run(conn, req.run_id)  # NOT_FOUND names the run when it is the run
                 raise NotFound(f"tag {req.key!r} is not set on run {req.run_id}")
         return pb.DeleteTagResponse()
 
@@ -284,6 +292,7 @@ class Tracking:
                 raise InvalidArgument(f"dataset {i.name!r}: digest at most 500 characters, source 2,000, context 100")
             inputs.append((i.name, i.digest, i.source, i.context))
         async with self.pool.acquire() as conn:
+            await fields.active_run(conn, req.run_id, "logging its inputs")
             await store.log_inputs(conn, req.run_id, inputs)
         return pb.LogInputsResponse()
 
@@ -293,11 +302,7 @@ class Tracking:
         wire.check_run_id(req.run_id)
         wire.check_writer_id(req.writer_id)
         async with self.pool.acquire() as conn:
-            stage = await store.run_lifecycle(conn, req.run_id)
-            if stage is None:
-                raise RunNotFound(f"run {req.run_id} does not exist")
-            if stage != "active":
-                raise FailedPrecondition(f"run {req.run_id} is deleted; restore it before logging to it")
+            await fields.active_run(conn, req.run_id, "logging to it")
             epoch = await store.next_writer_epoch(conn, req.run_id, req.writer_id or wire.DEFAULT_WRITER)
         self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
         return pb.OpenWriterResponse(epoch=epoch)
@@ -360,10 +365,7 @@ class Tracking:
         if self._db_away_since is not None:
             log.warning("PostgreSQL answers again after %.0f s", time.monotonic() - self._db_away_since)
             self._db_away_since = None
-        if stage is None:
-            raise RunNotFound(f"run {run_id} does not exist")
-        if stage != "active":
-            raise FailedPrecondition(f"run {run_id} is deleted; restore it before logging to it")
+        fields.check_stage(run_id, stage, "logging to it")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
 
     def _database_away(self, exc: BaseException) -> None:

@@ -23,8 +23,9 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from runstream.errors import InvalidArgument
-from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc.grpc import RAW_REQUEST_METHODS, canonicaliser, log_failure
+from runstream.server.auth.guard import Guard
+from runstream.server.rpc import door
+from runstream.server.rpc.grpc import RAW_REQUEST_METHODS, log_failure
 from runstream.server.web import body, protojson
 from runstream.server.web.calls import PREFIX, HttpCall
 
@@ -52,7 +53,6 @@ class Route:
     handler: Callable[[Any, Any], Any]
     request_class: Any
     raw_request: bool
-    canonicalise: Callable[[Any], None]
 
 
 def unary_methods(modules: Mapping[str, ModuleType]) -> Iterator[tuple[str, Any, str]]:
@@ -71,9 +71,9 @@ def routes(servicers: Mapping[str, tuple[Any, ...]], modules: Mapping[str, Modul
     served = {service: modules[service] for service in servicers}
     for service, method, path in unary_methods(served):
         request_class = getattr(modules[service], method.input_type.name)
-        fn = next(getattr(s, method.name) for s in servicers[service] if hasattr(s, method.name))
-        raw = method.name in RAW_REQUEST_METHODS
-        found[path] = Route(service, method.name, fn, request_class, raw, canonicaliser(request_class))
+        fn = door.handler(servicers[service], method.name)
+        if fn is not None:
+            found[path] = Route(service, method.name, fn, request_class, method.name in RAW_REQUEST_METHODS)
     return found
 
 
@@ -94,13 +94,11 @@ def add_api_routes(
             return refused
         ctx = HttpCall(request)
         try:
-            principal = await guard.admit(ctx, route.service, route.method)
+            principal = await door.caller(guard, ctx, route.service, route.method)
             if request.content_type != "application/json":
                 raise InvalidArgument("send the request as JSON with Content-Type: application/json")
             message = _parse(await body.read(request), route.request_class)
-            route.canonicalise(message)
-            await guard.admit_request(principal, route.service, route.method, message)
-            CURRENT.set(principal)  # each aiohttp request runs in its own task
+            await door.request(guard, principal, route.service, route.method, message)
             reply = await route.handler(message.SerializeToString() if route.raw_request else message, ctx)
         except Exception as exc:  # every failure becomes a status the caller can act on
             return failure(f"POST {request.path[:200]}", exc)

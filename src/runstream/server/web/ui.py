@@ -14,10 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from runstream.errors import InvalidArgument
-from runstream.server.auth.guard import CURRENT, Guard
+from runstream.server.auth.guard import Guard
 from runstream.server.query.feed import Message
 from runstream.server.query.tail import Tail
-from runstream.server.rpc.grpc import canonicaliser, log_failure
+from runstream.server.rpc import door
+from runstream.server.rpc.grpc import log_failure
 from runstream.server.web import protojson
 from runstream.server.web.api import failure
 from runstream.server.web.calls import PREFIX, HttpCall
@@ -76,7 +77,6 @@ async def _no_icon() -> web.Response:
 
 
 def _tail_handler(query: Any, guard: Guard) -> Any:
-    canonicalise = canonicaliser(qpb.TailMetricsRequest)
 
     async def tail(request: web.Request) -> web.StreamResponse:
         """`?run_id=R&key=K&from_step=N` (key repeatable, from_step optional): one event per
@@ -85,7 +85,7 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
         `{"code", "message"}` when the tail cannot go on."""
         ctx = HttpCall(request)
         try:
-            principal = await guard.admit(ctx, "QueryService", "TailMetrics")
+            principal = await door.caller(guard, ctx, "QueryService", "TailMetrics")
             message = qpb.TailMetricsRequest(
                 run_ids=request.query.getall("run_id", []), keys=request.query.getall("key", [])
             )
@@ -94,9 +94,7 @@ def _tail_handler(query: Any, guard: Guard) -> Any:
                     message.from_step = int(request.query["from_step"])
                 except ValueError:  # not a number, or not an int64
                     raise InvalidArgument("from_step must be an integer between -2^63 and 2^63-1") from None
-            canonicalise(message)
-            await guard.admit_request(principal, "QueryService", "TailMetrics", message)
-            CURRENT.set(principal)
+            await door.request(guard, principal, "QueryService", "TailMetrics", message)
             stream = await query.open_tail(message, request.remote or "")
         except Exception as exc:  # every refusal (an unknown run, a limit) is still an HTTP status
             return failure(f"GET {request.path}", exc)

@@ -24,8 +24,9 @@ import orjson
 from aiohttp import web
 
 from runstream.errors import InvalidArgument
-from runstream.server.auth.guard import CURRENT, Guard
-from runstream.server.rpc.grpc import canonicaliser, log_failure
+from runstream.server.auth.guard import Guard
+from runstream.server.rpc import door
+from runstream.server.rpc.grpc import log_failure
 from runstream.server.web.body import TooLarge, read
 from runstream.server.web.calls import HttpCall
 
@@ -96,18 +97,15 @@ class MlflowApi:
         return service in self.servicers
 
     async def admit(self, service: str, method: str, request: Any, ctx: HttpCall) -> None:
-        """As gRPC admits a call: token and scope, ids canonicalised, the request checked
-        against the token's experiments; the handler then sees the caller as CURRENT."""
-        principal = await self.guard.admit(ctx, service, method)
-        canonicaliser(type(request))(request)
-        await self.guard.admit_request(principal, service, method, request)
-        CURRENT.set(principal)
+        """As every door admits a call (rpc/door.py)."""
+        principal = await door.caller(self.guard, ctx, service, method)
+        await door.request(self.guard, principal, service, method, request)
 
     def handler(self, service: str, method: str) -> Any:
-        servicer = next((s for s in self.servicers.get(service, ()) if hasattr(s, method)), None)
-        if servicer is None:
+        found = door.handler(self.servicers.get(service, ()), method)
+        if found is None:
             raise Unserved(f"this server does not serve {service}.{method}, which that MLflow endpoint needs")
-        return getattr(servicer, method)
+        return found
 
     async def call(self, service: str, method: str, request: Any, ctx: HttpCall, raw: bytes | None = None) -> Any:
         """One of our unary RPCs, admitted, then its handler."""
@@ -185,7 +183,8 @@ async def _body(request: web.Request) -> Body:
     except orjson.JSONDecodeError:  # what only Python's reader takes: bare NaN, integers past 64 bits
         try:
             parsed = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            json.dumps(parsed, ensure_ascii=False).encode()  # a lone surrogate ("\ud800"), which orjson refused
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and ...EncodeError are ValueErrors
             detail = "it nests too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
             raise InvalidArgument(f"the body is not JSON: {detail}") from None
     if not isinstance(parsed, dict):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
@@ -23,7 +23,6 @@ from aiohttp import web
 
 from runstream.errors import InvalidArgument, NotFound, ParamConflict
 from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
-from runstream.server.rpc.grpc import canonicaliser
 from runstream.server.web.calls import HttpCall
 from runstream.server.web.mlflow import columns
 from runstream.server.web.mlflow.core import (
@@ -43,6 +42,7 @@ from runstream.server.web.mlflow.core import (
 )
 from runstream.wire import batch as wire
 from runstream.wire import points
+from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.status import RUN_STATUS_NAMES, RUN_STATUS_VALUES
@@ -428,13 +428,24 @@ def _metric_batch(run_id: str, metrics: list[Body]) -> _Batch:
         values.append(number(m, "value"))
         stamps.append(integer(m, "timestamp", now))
         steps.append(integer(m, "step"))
-    canonical = pb.GetRunRequest(run_id=run_id)
-    canonicaliser(pb.GetRunRequest)(canonical)
-    draft = wire.encode(canonical.run_id, WRITER, 1, list(keys), key_index, steps, stamps, values)
-    seq = int.from_bytes(hashlib.blake2b(draft, digest_size=8).digest(), "big") % wire.MAX_SEQ + 1
-    data = wire.encode(canonical.run_id, WRITER, seq, list(keys), key_index, steps, stamps, values)
-    wire.validate(wire.decode(data), len(data), set())
-    return _Batch(canonical.run_id, seq, data)
+    run_id = canonical_run_id(run_id)
+    batch = wire.Batch(
+        run_id,
+        WRITER,
+        1,
+        list(keys),
+        np.array(key_index, dtype=np.uint32),
+        np.array(steps, dtype=np.int64),
+        np.array(stamps, dtype=np.int64),
+        np.array(values, dtype=np.float64),
+    )
+    content = hashlib.blake2b(run_id.encode() + b"\0" + "\0".join(batch.keys).encode(), digest_size=8)
+    for column in (batch.key_index, batch.step, batch.timestamp_ms, batch.value):
+        content.update(column.tobytes())
+    seq = int.from_bytes(content.digest(), "big") % wire.MAX_SEQ + 1
+    data = wire.encode(run_id, WRITER, seq, batch.keys, batch.key_index, batch.step, batch.timestamp_ms, batch.value)
+    wire.validate(replace(batch, seq=seq), len(data), set())
+    return _Batch(run_id, seq, data)
 
 
 async def _log_metrics(api: MlflowApi, ctx: HttpCall, batch: _Batch) -> None:
