@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint buf-lint ui ui-check protos bench
+.PHONY: demo test lint docs buf-lint ui ui-check protos bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,20 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_protos.py --check
 	$(PY) scripts/gen_settings_docs.py --check
+	$(PY) scripts/gen_api_docs.py --check
+	$(PY) scripts/gen_cli_docs.py --check
+	$(PY) scripts/gen_architecture.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory buf-lint ui-check; \
 	elif [ -n "$$CI" ]; then echo "npm is missing: buf lint cannot run (apt-get install npm)"; exit 1; \
 	else echo "skipping buf lint of protos/: npm is missing (apt-get install npm)"; fi
+
+docs: $(VENV)/.installed  ## regenerate the reference pages from the code, then serve the site at 127.0.0.1:8000
+	$(PY) scripts/gen_settings_docs.py
+	$(PY) scripts/gen_api_docs.py
+	$(PY) scripts/gen_cli_docs.py
+	$(PY) scripts/gen_architecture.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

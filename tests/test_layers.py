@@ -1,6 +1,6 @@
 """The layout is enforced, not just described: import-linter's contracts (pyproject.toml) break
-on a copy of the package that imports across a layer or in a circle, and the README's table of
-services names the module that serves every RPC."""
+on a copy of the package that imports across a layer or in a circle, and the architecture page's
+table of services (docs/architecture.md) names the module that serves every RPC."""
 
 from __future__ import annotations
 
@@ -77,9 +77,9 @@ def test_an_import_circle_breaks_the_acyclic_contract(package_copy: Path) -> Non
     assert "No cycles are allowed in runstream.client" in done.stdout
 
 
-def test_the_readme_names_the_module_of_every_rpc() -> None:
-    readme = (ROOT / "README.md").read_text()
-    rows = re.findall(r"^\| `(\w+)` \([a-z]+\.proto\) \| ((?:`server/[\w/]+\.py`(?:, )?)+) \|", readme, re.M)
+def test_the_architecture_page_names_the_module_of_every_rpc() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \([a-z]+\.proto\) \| ((?:`server/[\w/]+\.py`(?:, )?)+) \|", page, re.M)
     served = {service: re.findall(r"`server/([\w/]+)\.py`", modules) for service, modules in rows}
     generated = [
         importlib.import_module(f"runstream.wire.proto.{m.name}")

@@ -3,7 +3,7 @@ runs it knows into Redis, refuses unknown runs with UNAVAILABLE, and says SERVIN
 TrackingService; once PostgreSQL is back every point lands exactly once, with no client error.
 
 The outage lasts RUNSTREAM_TEST_PG_OUTAGE_S seconds (30 here; the issue's 5 minutes were run
-by hand with 300, see the README)."""
+by hand with 300, see docs/operating.md)."""
 
 from __future__ import annotations
 

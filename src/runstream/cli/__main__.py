@@ -1,3 +1,5 @@
+"""`python -m runstream.cli`: the same command as `runstream`."""
+
 import sys
 
 from runstream.cli import main
