@@ -72,3 +72,54 @@ def test_a_loader_never_takes_an_entry_of_another_deployment(server) -> None:
         assert server.wait_points(run_id, POINTS + 5_000 * len(KEYS), timeout=60) == POINTS + 5_000 * len(KEYS)
         stored = server.stored(run_id)
         assert all(stored[(k, "sdk")][0].tolist() == list(range(5_000)) for k in KEYS)
+
+
+def test_a_copy_of_a_deployments_database_is_refused_until_told_what_it_is(make_server) -> None:
+    """A pg_dump copy (a staging clone) carries its deployment's id: on the original's Redis
+    keyspace it would take the original's acknowledged batches. It is refused at start; told
+    `new` it becomes a deployment of its own (and still needs a keyspace of its own); told
+    `adopt` it replaces the original, which is then refused."""
+    from tests.conftest import PG_ADMIN_URL, sql
+
+    first = make_server()
+    with runstream.Client(first.target) as client:
+        client.create_run("copied", "before the copy")
+    first.stop()
+    copy = make_server(start=False)
+    copy_db = copy.db_url.rsplit("/", 1)[1]
+    first_db = first.db_url.rsplit("/", 1)[1]
+    sql(PG_ADMIN_URL, f"DROP DATABASE {copy_db}")
+    sql(PG_ADMIN_URL, f"CREATE DATABASE {copy_db} TEMPLATE {first_db}")  # what pg_dump | psql makes
+    restarted = make_server(like=first)  # the original, on its keyspace
+    copy.args[copy.args.index("--redis-prefix") + 1] = copy.prefix = first.prefix
+    with pytest.raises(RuntimeError, match="server did not start"):
+        copy.start()
+    said = "".join(copy.output)
+    assert "is a copy or a move of deployment" in said and "--database-moved" in said, said
+
+    as_new = make_server("--database-moved", "new", like=copy, start=False)  # its own id, same keyspace
+    with pytest.raises(RuntimeError, match="server did not start"):
+        as_new.start()
+    assert "belong to deployment" in "".join(as_new.output)
+    own = make_server("--database-moved", "new", like=copy, start=False)
+    own.args[own.args.index("--redis-prefix") + 1] = own.prefix = f"{first.prefix}-copy"
+    own.start()  # a deployment of its own, on a keyspace of its own
+    ids = {s.sql("SELECT deployment_id::text AS d FROM deployment")[0]["d"] for s in (restarted, own)}
+    assert len(ids) == 2
+    own.stop()
+    restarted.stop()
+
+    # A move (pg_upgrade, a new server): the moved database adopts the keyspace, and the old one
+    # coming back is refused rather than sharing it.
+    moved = make_server(start=False)
+    moved_db = moved.db_url.rsplit("/", 1)[1]
+    sql(PG_ADMIN_URL, f"DROP DATABASE {moved_db}")
+    sql(PG_ADMIN_URL, f"CREATE DATABASE {moved_db} TEMPLATE {first_db}")
+    moved.args[moved.args.index("--redis-prefix") + 1] = moved.prefix = first.prefix
+    moved.args += ["--database-moved", "adopt"]
+    moved.start()
+    assert [r["name"] for r in moved.sql("SELECT name FROM runs")] == ["before the copy"]
+    old = make_server(like=first, start=False)
+    with pytest.raises(RuntimeError, match="server did not start"):
+        old.start()
+    assert "in another database" in "".join(old.output)

@@ -125,12 +125,12 @@ async def serve(
     if redis_version is not None:
         where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
     announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
-    keys = await deployment_keys(pool, settings.redis_prefix, settings.shards)
-    if settings.role != "query":
-        try:
-            await bind(redis, keys, printable_url(settings.postgres_url))
-        except DeploymentConflict as exc:
-            raise SystemExit(f"runstream: at {printable_url(settings.redis_url)}, {exc}") from None
+    try:
+        keys = await deployment_keys(pool, settings.redis_prefix, settings.shards, settings.database_moved)
+        if settings.role != "query":
+            await bind(redis, keys, printable_url(settings.postgres_url), settings.database_moved == "adopt")
+    except DeploymentConflict as exc:
+        raise SystemExit(f"runstream: at {printable_url(settings.redis_url)}, {exc}") from None
     if loaders:
         loaders.start()
     server = grpc.aio.server(

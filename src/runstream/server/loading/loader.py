@@ -54,6 +54,7 @@ RETRY_S = 1.0  # pause after a round failed on PostgreSQL or Redis
 # killed can wait forever): it is cancelled, the connection dropped, and the round retried.
 COMMIT_TIMEOUT_S = 120.0
 FOREIGN_LOG_S = 60.0  # entries of another deployment are said at most this often
+PARKED_IDLE_MS = 86_400_000
 
 
 def caused_by_entry(exc: BaseException) -> bool:
@@ -310,7 +311,11 @@ class Loader:
         named after their deployment, where that deployment's loaders claim them."""
         for stream, eid, fields in foreign:
             owner = uuid.UUID(bytes=fields[FIELD_DEPLOYMENT]) if len(fields[FIELD_DEPLOYMENT]) == 16 else "?"
-            await self.redis.xclaim(stream, LOADER_GROUP, f"deployment-{owner}", 0, [eid], justid=True)
+            # Idle for a day as far as Redis is concerned: the owner's claim takes it at once, whatever
+            # its --claim-idle-ms, and a claim here never makes it look fresh again.
+            await self.redis.xclaim(
+                stream, LOADER_GROUP, f"deployment-{owner}", 0, [eid], idle=PARKED_IDLE_MS, justid=True
+            )
         self.metrics.entries_foreign.inc(len(foreign))
         now = time.monotonic()
         if now - self._foreign_said >= FOREIGN_LOG_S:

@@ -73,6 +73,15 @@ class Settings:
     redis_url: str | None = setting(
         None, help="external Redis", shown_default="the embedded one in --data-dir", group="PostgreSQL and Redis"
     )
+    database_moved: str = setting(
+        "",
+        help="the database was copied or moved (pg_dump, pg_upgrade) since its deployment was made: adopt: it "
+        "replaces the original (same deployment, same Redis keyspace); new: it is a copy, with a deployment of "
+        "its own",
+        choices=("adopt", "new"),
+        shown_default="refuse to start on a copied or moved database",
+        group="PostgreSQL and Redis",
+    )
     pool_size: int = setting(
         8, help="PostgreSQL connections per server process", parse=positive, group="PostgreSQL and Redis"
     )

@@ -31,12 +31,15 @@ Fields = dict[bytes, bytes | int]
 
 
 class Keys:
-    def __init__(self, prefix: str = DEFAULT_PREFIX, shards: int = DEFAULT_SHARDS, deployment: str = "") -> None:
+    def __init__(
+        self, prefix: str = DEFAULT_PREFIX, shards: int = DEFAULT_SHARDS, deployment: str = "", instance: str = ""
+    ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.prefix = prefix
         self.shards = shards
         self.deployment = deployment  # the uuid of the database these streams load into
+        self.instance = instance  # and where that database is (streams/deployment.py)
         self._deployment_bytes = uuid.UUID(deployment).bytes if deployment else b""
 
     @property
