@@ -596,3 +596,40 @@ def _registry_state(server: Server) -> list[Any]:
             "SELECT count(*) FROM model_version_events",
         )
     ]
+
+
+def test_a_renamed_experiments_runs_leave_a_limited_tokens_reach(make_server: Any, tmp_path: Path) -> None:
+    """The guard caches a run's experiment name: a rename out of a token's glob takes effect at
+    once in the process that renamed it, and within the cache's seconds in others."""
+    from runstream.server.auth.guard import CACHE_S
+
+    server = make_server("--auth", "--data-dir", str(tmp_path / "data"))
+    admin = _admin_token(tmp_path / "data")
+    with runstream.Client(server.target, token=admin) as client:
+        run = client.start_run("team-a/secret", record_source=False)
+        run.end()
+        limited = client.admin.create_token("team-a job", ["read", "write"], experiments="team-a/*").secret
+    with runstream.Client(server.target, token=limited) as job:
+        assert job.get_run(run.run_id).run_id == run.run_id  # cached as team-a's
+        job.set_tags(run.run_id, {"before": "1"})
+        rename = tracking_pb2.UpdateExperimentRequest(
+            experiment_id=job.get_run(run.run_id).experiment_id, new_name="team-b/secret"
+        )
+        _unary(server.target, "/runstream.v1.TrackingService/UpdateExperiment", rename, tracking_pb2.Experiment, admin)
+        for call in (lambda: job.get_run(run.run_id), lambda: job.set_tags(run.run_id, {"after": "1"})):
+            with pytest.raises(PermissionDenied, match="not in one"):
+                call()
+    assert CACHE_S <= 5  # another process's cache forgets the old name this soon
+
+
+def test_an_empty_experiments_glob_is_refused_not_a_token_of_every_experiment(world: World) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "tokens", "create", "--name", "oops", "--scope", "read",
+         "--experiments", "", "--url", world.server.target],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "RUNSTREAM_TOKEN": world.tokens["admin"]},
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "runstream: --experiments is empty: give a glob, or leave it out for a token of every experiment"
+    ]
+    with runstream.Client(world.server.target, token=world.tokens["admin"]) as client:
+        assert "oops" not in [t.name for t in client.admin.tokens()]

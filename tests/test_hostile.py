@@ -479,6 +479,31 @@ def test_a_client_sending_its_headers_byte_by_byte_is_cut_off(http_server) -> No
     assert time.monotonic() - started < HTTP_TIMEOUT_S + 3
 
 
+def test_a_client_gone_mid_body_is_said_as_such_not_as_the_database_away(make_server) -> None:
+    """A client that closes after part of its body is one line about the client: an OSError
+    there is not PostgreSQL going away (UNAVAILABLE would mislead alerts). A server of its own:
+    refusals are logged at most 20 per 10 s."""
+    http_server = make_server()
+    paths = ["/api/v1/runstream.v1.TrackingService/GetRun", "/api/2.0/mlflow/runs/search"]
+    paths.append(f"/api/2.0/mlflow-artifacts/artifacts/0/{_new_run(http_server)}/artifacts/gone.bin")
+    for method, path in zip(("POST", "POST", "PUT"), paths, strict=True):
+        before = len(http_server.output)
+        with socket.create_connection(("127.0.0.1", http_server.http_port), timeout=10) as sock:
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000\r\n\r\n{\"run".encode()
+            )
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            "closed the connection" in line for line in http_server.output[before:]
+        ):
+            time.sleep(0.1)
+        said = "".join(http_server.output[before:])
+        assert "closed the connection before sending the whole body" in said, (path, said)
+        assert "database is unreachable" not in said and "Traceback" not in said, said
+
+
 # ------------------------------------------------------------------ the sign-in cookie
 
 

@@ -156,3 +156,20 @@ def test_the_loader_stores_an_entry_in_another_spelling_under_the_run(server) ->
     assert server.wait_points(run_id, 4) == 4
     steps, values = server.stored(run_id)[("loss", "hand")]
     assert steps.tolist() == [10, 11, 20, 21] and values.tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_one_batch_sent_again_under_another_spelling_is_a_resend_not_a_reused_seq(server) -> None:
+    """A batch's digest covers what it holds, not its bytes: the same batch sent in the stored
+    spelling and again in another (re-encoded by ingest) is acknowledged both times and stored
+    once, never refused as a seq reused with other points, nor dead-lettered by the loader."""
+    from tests.conftest import raw_log
+    from tests.test_dead_letters import POINTS, _batch
+
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("ids", "resent").run_id
+        for spelled in [run_id, *spellings(run_id)]:
+            assert raw_log(client, _batch(spelled, "raw", 7)).code == 0
+    assert server.wait_points(run_id, POINTS) == POINTS
+    time.sleep(1)  # a doubled batch would show by now
+    assert server.wait_points(run_id, POINTS) == POINTS
+    assert redis.Redis.from_url(server.redis_url).xlen(f"{server.prefix}:dead-letters") == 0

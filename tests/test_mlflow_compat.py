@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +466,32 @@ def test_registry_and_logged_model_details_through_mlflows_client(server: Server
     assert client.search_model_versions("name = 'toy2'") == []
     client.delete_registered_model("toy2")
     assert mlflow.search_registered_models(filter_string="name = 'toy2'") == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tags": [{"key": "t", "value": "a\u0000b"}]},  # PostgreSQL's text has no NUL
+        {"params": [{"key": "p", "value": "\ud800"}]},  # a lone surrogate: not Unicode text
+        {"tags": [{"key": "t", "value": "x" * 8001}]},
+    ],
+    ids=["nul", "surrogate", "long tag"],
+)
+def test_a_log_batch_refused_for_its_text_stores_none_of_its_metrics(server: Server, bad: dict[str, Any]) -> None:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("refused-text").run_id
+    body = {"run_id": run_id, "metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 1}], **bad}
+    raw = json.dumps(body).encode()  # json escapes the surrogate as \ud800, as a client would send it
+    reply = urllib3.request(
+        "POST",
+        f"{_uri(server)}/api/2.0/mlflow/runs/log-batch",
+        body=raw,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert reply.status == 400 and reply.json()["error_code"] == "INVALID_PARAMETER_VALUE", reply.data
+    time.sleep(1.5)  # what was appended would be loaded by now
+    assert server.sql("SELECT count(*) AS n FROM metric_summaries WHERE run_id = $1", run_id)[0]["n"] == 0
+    assert not server.sql("SELECT 1 FROM params WHERE run_id = $1", run_id)
+    assert not server.sql("SELECT 1 FROM tags WHERE run_id = $1 AND key = 't'", run_id)
+    assert "Traceback" not in "".join(server.output)

@@ -270,3 +270,18 @@ def test_cli_lists_registers_promotes_aliases_and_shows_lineage(server: Server, 
     assert "dataset    wine v7 from s3://d/wine.csv (training)" in lineage
     bad = cli("promote", "wine", "2", "Production")
     assert bad.returncode == 1 and "wine version 2 is already in Production" in bad.stderr
+
+
+def test_registry_tags_and_texts_are_checked(server, tmp_path: Path) -> None:
+    """Model and version tags have the run tags' limits; texts PostgreSQL cannot store are refused
+    up front (never a 500)."""
+    with runstream.Client(server.target) as client:
+        for bad in ({"t": "x" * 8001}, {"": "x"}, {"t": "nul\x00"}):
+            with pytest.raises(runstream.InvalidArgument):
+                client.registry.create_registered_model("checked-model", tags=bad)
+        with pytest.raises(runstream.InvalidArgument, match="NUL"):
+            client.registry.create_registered_model("checked-model", description="a\x00b")
+        client.registry.create_registered_model("checked-model", tags={"team": "vision"})
+        with pytest.raises(runstream.InvalidArgument, match="the limit is 8,000"):
+            client.registry.update_registered_model("checked-model", set_tags={"team": "x" * 8001})
+        assert dict(client.registry.get_registered_model("checked-model").tags) == {"team": "vision"}

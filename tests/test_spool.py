@@ -247,7 +247,7 @@ def test_create_run_with_a_client_made_id_is_idempotent(server: Server) -> None:
         first = client.create_run("client-ids", "mine", {"a": "1"}, run_id=run_id)
         again = client.create_run("client-ids", "mine", {"a": "1"}, run_id=run_id.replace("-", "").upper())
         assert first.run_id == again.run_id == run_id and again.tags["a"] == "1"
-        with pytest.raises(AlreadyExists, match="taken by a run of experiment"):
+        with pytest.raises(AlreadyExists, match="taken by a run of another experiment"):
             client.create_run("another-experiment", run_id=run_id)
         with pytest.raises(InvalidArgument):
             client.create_run("client-ids", run_id="not-a-uuid")

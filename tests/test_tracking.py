@@ -176,3 +176,20 @@ def test_a_deleted_run_takes_no_params_tags_inputs_or_metrics_until_restored(ser
         client.log_params(run.run_id, {"lr": "0.1"})
         got = client.get_run(run.run_id)
         assert dict(got.params) == {"lr": "0.1"} and dict(got.tags)["kept"] == "yes"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tags": {"": "x"}}, "tag"),
+        ({"tags": {"bad\nkey": "x"}}, "tag"),
+        ({"tags": {"t": "x" * 8001}}, "the limit is 8,000"),
+        ({"tags": {"t": "a\x00b"}}, "NUL"),
+        ({"artifact_location": "s3://b/" + "x" * 2001}, "artifact_location"),
+    ],
+)
+def test_an_experiments_tags_and_location_are_checked_as_a_runs_are(server, kwargs, message) -> None:
+    with runstream.Client(server.target) as client:
+        with pytest.raises(runstream.InvalidArgument, match=message):
+            client.create_experiment("checked", **kwargs)
+        assert "checked" not in [e.name for e in client.list_experiments()]  # refused: nothing made

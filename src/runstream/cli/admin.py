@@ -24,7 +24,7 @@ def add_parsers(sub: Subparsers) -> None:
     create.add_argument("--scope", action="append", required=True, choices=SCOPES, help="a scope (repeatable)")
     create.add_argument(
         "--experiments",
-        default="",
+        default=None,
         help="glob of experiment names (e.g. 'vision/*') limiting read, write and registry to the runs, experiments "
         "and uploads in them, and to models all of whose versions come from their runs (not with admin)",
     )
@@ -67,9 +67,14 @@ def duration_s(text: str) -> int:
 
 
 def tokens_create(args: argparse.Namespace) -> int:
+    if args.experiments is not None and not args.experiments.strip():
+        # `--experiments "$UNSET"` must not make a token of every experiment by accident
+        raise ValueError("--experiments is empty: give a glob, or leave it out for a token of every experiment")
     expires_s = duration_s(args.expires)
     with Client(args.url) as client:
-        made = client.admin.create_token(args.name, args.scope, experiments=args.experiments, expires_in_s=expires_s)
+        made = client.admin.create_token(
+            args.name, args.scope, experiments=args.experiments or "", expires_in_s=expires_s
+        )
     print(made.secret)
     print(f"token {made.token.name!r} ({made.token.token_id}): shown once; keep it secret", file=sys.stderr)
     if made.token.experiments:

@@ -138,9 +138,15 @@ def encode(
     return bytes(out)
 
 
-def batch_digest(data: bytes) -> bytes:
-    """What tells two batches with one (run, writer, epoch, seq) apart: 8 bytes of BLAKE2b."""
-    return hashlib.blake2b(data, digest_size=8).digest()
+def batch_digest(batch: Batch) -> bytes:
+    """What tells two batches with one (run, writer, epoch, seq) apart: 8 bytes of BLAKE2b over
+    what they hold (keys and columns), not their bytes, so one batch sent again under another
+    spelling of its run id, or encoded by another protobuf library, is the same batch."""
+    digest = hashlib.blake2b("\0".join(batch.keys).encode(), digest_size=8)
+    for column in (batch.key_index, batch.step, batch.timestamp_ms, batch.value):
+        digest.update(len(column).to_bytes(8, "little"))
+        digest.update(column.tobytes())
+    return digest.digest()
 
 
 def check_key(key: str, what: str = "metric key") -> None:

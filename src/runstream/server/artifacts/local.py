@@ -187,6 +187,8 @@ class LocalStore:
             return await asyncio.wait_for(request.content.read(CHUNK), self.stall_s)
         except asyncio.TimeoutError:
             raise web.HTTPRequestTimeout(text=f"the upload stalled: nothing came for {self.stall_s:g} s") from None
+        except ConnectionResetError:  # never taken for the end of the body: the upload is dropped
+            raise web.HTTPBadRequest(text="the client closed the connection before sending the whole body") from None
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         key, _, _, _, _ = self._check(request, "GET")

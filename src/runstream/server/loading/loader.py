@@ -264,7 +264,7 @@ class Loader:
                 self.metrics.batches_deduplicated.inc()
                 continue
             seen.add(ident)
-            digest = wire.batch_digest(fields[FIELD_BATCH])
+            digest = wire.batch_digest(b)
             if writer != b.writer_id or run_id != b.run_id:
                 b = replace(b, run_id=run_id, writer_id=writer)
             batches.append((entry, b, int(fields.get(FIELD_RECEIVED_MS, b"0")), digest))

@@ -177,7 +177,8 @@ class Tracking:
             )
             run = await store.get_run(conn, run_id)
         if not created and run.experiment_id != experiment_id:
-            raise AlreadyExists(f"run id {run_id} is taken by a run of experiment {run.experiment_id}")
+            # not which experiment: a token limited to some would learn of a run it may not see
+            raise AlreadyExists(f"run id {run_id} is taken by a run of another experiment; make the run another id")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
         return run_message(run)
 
@@ -403,7 +404,7 @@ class Tracking:
         ack = pb.BatchAck(seq=b.seq, code=0, points=b.points)
         if not b.points:
             return ack, None
-        self._recent.check(b, data)
+        self._recent.check(b)
         return ack, self._appenders[shard].submit(self.keys.entry(data, store.now_ms()))
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
@@ -494,9 +495,9 @@ class RecentBatches:
         self.size = size
         self._seen: OrderedDict[tuple[str, str, int, int], bytes] = OrderedDict()
 
-    def check(self, b: wire.Batch, data: bytes) -> None:
+    def check(self, b: wire.Batch) -> None:
         key = (b.run_id, b.writer_id or wire.DEFAULT_WRITER, b.epoch, b.seq)
-        digest = batch_digest(data)
+        digest = batch_digest(b)
         seen = self._seen.get(key)
         if seen is not None and seen != digest:
             raise AlreadyExists(

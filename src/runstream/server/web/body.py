@@ -25,6 +25,14 @@ class Limits:
 LIMITS = web.AppKey("body_limits", Limits)
 
 
+class ClientGone(InvalidArgument):
+    """The client closed its connection before the whole body came (not the database's doing:
+    OSErrors elsewhere are taken for PostgreSQL or Redis going away)."""
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before sending the whole body")
+
+
 class TooLarge(ResourceExhausted):
     """A body over its cap: 413 over HTTP (RESOURCE_EXHAUSTED's usual 429 says "retry", which
     would not help)."""
@@ -37,6 +45,8 @@ async def read(request: web.Request) -> bytes:
         return await asyncio.wait_for(_whole(request.content, limits.max_bytes), limits.timeout_s)
     except asyncio.TimeoutError:
         raise InvalidArgument(f"the body did not arrive within {limits.timeout_s:g} s") from None
+    except ConnectionResetError:
+        raise ClientGone() from None
 
 
 async def _whole(content: StreamReader, limit: int) -> bytes:
@@ -59,6 +69,8 @@ async def stream(request: web.Request, block: int) -> AsyncIterator[bytes]:
             data = await asyncio.wait_for(request.content.read(block), limits.timeout_s)
         except asyncio.TimeoutError:
             raise InvalidArgument(f"the upload stalled: nothing came for {limits.timeout_s:g} s") from None
+        except ConnectionResetError:
+            raise ClientGone() from None
         if not data:
             return
         size += len(data)
