@@ -491,7 +491,7 @@ def test_a_client_gone_mid_body_is_said_as_such_not_as_the_database_away(make_se
         with socket.create_connection(("127.0.0.1", http_server.http_port), timeout=10) as sock:
             sock.sendall(
                 f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Content-Length: 1000\r\n\r\n{\"run".encode()
+                'Content-Length: 1000\r\n\r\n{"run'.encode()
             )
             time.sleep(0.3)
         deadline = time.monotonic() + 10
