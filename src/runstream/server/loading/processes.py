@@ -29,7 +29,13 @@ import redis.asyncio as aioredis
 
 from runstream.server.loading.loader import Loader
 from runstream.server.runtime.config import Settings
-from runstream.server.runtime.connections import connect, printable_url, sample_pool, stop_event
+from runstream.server.runtime.connections import (
+    connect,
+    printable_url,
+    sample_pool,
+    stop_event,
+    while_database_away,
+)
 from runstream.server.runtime.logs import configure_from_env
 from runstream.server.runtime.metrics import Metrics, process_exited
 from runstream.server.streams.deployment import deployment_keys
@@ -133,10 +139,13 @@ async def run_loader(
     consumer: str | None = None,
 ) -> None:
     """Load until `stop` is set, then drain what is left."""
+    keys = await while_database_away(
+        "loader start", lambda: deployment_keys(pool, settings.redis_prefix, settings.shards)
+    )
     loader = Loader(
         pool,
         redis,
-        await deployment_keys(pool, settings.redis_prefix, settings.shards),
+        keys,
         read_count=settings.read_count,
         claim_idle_ms=settings.claim_idle_ms,
         metrics=metrics,
@@ -161,7 +170,9 @@ async def _spawned_loader(settings: Settings, consumer: str, pipe: Connection) -
     metrics = Metrics()
     stop = stop_event()  # SIGTERM from an operator drains too
     threading.Thread(target=_watch_pipe, args=(pipe, asyncio.get_running_loop(), stop), daemon=True).start()
-    pool, redis = await connect(settings, need_redis=False)  # the loader waits for Redis itself
+    pool, redis = await while_database_away(
+        "loader start", lambda: connect(settings, need_redis=False)
+    )  # and it waits for Redis itself
     sampler = asyncio.create_task(sample_pool(pool, metrics))
     loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop, consumer))
     await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -4,15 +4,23 @@ settings, the pool's figures for /metrics, and SIGINT/SIGTERM as an asyncio even
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.metrics import Metrics
+from runstream.server.storage.failures import database_away
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POOL_SAMPLE_S = 1.0
+RETRY_S = 1.0  # between attempts while PostgreSQL is away
 PREFLIGHT_S = 10.0
 
 
@@ -66,6 +74,23 @@ def printable_url(url: str | None) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
     return url
+
+
+async def while_database_away(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt` until PostgreSQL answers it (a connection killed, a failover, a restart): a
+    process starting in such a moment waits instead of dying with a traceback."""
+    said = False
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not database_away(exc):
+                raise
+            if not said:
+                log.warning("%s: PostgreSQL is away (%s: %s); trying again every %.0f s", what, type(exc).__name__,
+                            exc, RETRY_S)  # fmt: skip
+                said = True
+            await asyncio.sleep(RETRY_S)
 
 
 def stop_event() -> asyncio.Event:
