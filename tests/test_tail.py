@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import grpc
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import runstream
 from runstream.server.query.feed import POLL_S
+from runstream.server.query.tail import Caller, Tail, TailLimits, Tails
+from runstream.server.runtime.metrics import Metrics
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 from tests.conftest import Server, raw_log
@@ -187,6 +190,139 @@ def test_many_tails_share_one_reader_and_each_gets_every_point_once_in_order(mak
     assert done["runstream_tail_reads_total{kind=shared}"] < TAILS  # each tail polling would be more
     _wait_metric(server, "runstream_tails_open", 0)
     _wait_metric(server, "runstream_tail_readers", 0)
+
+
+KEYS = [f"k{i:02}" for i in range(20)]
+EARLY, LATE = KEYS[:15], KEYS[15:]  # LATE: series that appear while the tails are open
+
+
+def _key_sets(n: int, seed: int = 33) -> list[list[str]]:
+    """`n` distinct, overlapping sets of 1 to 5 of KEYS."""
+    rng = np.random.default_rng(seed)
+    sets: dict[frozenset[str], None] = {}
+    while len(sets) < n:
+        sets[frozenset(rng.choice(KEYS, int(rng.integers(1, 6)), replace=False).tolist())] = None
+    return [sorted(keys) for keys in sets]
+
+
+def test_tails_of_different_keys_share_the_runs_one_reader_and_each_gets_only_its_keys(make_server: Any) -> None:
+    """100 tails, each of its own keys: one reader for the run (before: one per set of keys, each
+    reading the store on every wake), and each tail exactly its keys' points, once, in order."""
+    tails, batches = 100, 40
+    server = make_server("--max-tails-per-token", str(tails))
+    key_sets = _key_sets(tails)
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("tails").run_id
+        assert raw_log(client, _batch(run_id, 1, [*EARLY, "unasked"], 0, 100)).code == 0
+        assert server.wait_points(run_id, 1600) == 1600
+
+        def log() -> None:
+            """10 steps of every early key (and one no tail asks for) every 30 ms; the late keys
+            from step 200 on."""
+            for seq in range(2, 2 + batches):
+                lo = seq * 10 + 80
+                keys = [*EARLY, "unasked", *(LATE if lo >= 200 else [])]
+                assert raw_log(client, _batch(run_id, seq, keys, lo, 10)).code == 0
+                time.sleep(0.03)
+
+        async def follow() -> tuple[list[tuple[dict[str, list[int]], bool]], dict[str, float], dict[str, float]]:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
+                urls = [
+                    _sse_url(server, run_id, from_step=50 if i % 2 else None) + "".join(f"&key={k}" for k in keys)
+                    for i, keys in enumerate(key_sets)
+                ]
+                responses = await asyncio.gather(*(s.get(url) for url in urls))
+                assert {r.status for r in responses} == {200}
+                readers = [asyncio.create_task(_events(r)) for r in responses]
+                opened = await asyncio.to_thread(_metrics, server)
+                await asyncio.to_thread(log)
+                await asyncio.to_thread(client.update_run, run_id, status="FINISHED")
+                received = await asyncio.gather(*readers)
+                return received, opened, await asyncio.to_thread(_metrics, server)
+
+        received, opened, done = asyncio.run(follow())
+
+    assert opened["runstream_tails_open"] == tails
+    assert opened["runstream_tail_readers"] == 1  # before: one per set of keys, 100
+    last = 2 + batches - 1
+    for i, (keys, (steps, ended)) in enumerate(zip(key_sets, received, strict=True)):
+        assert ended
+        assert sorted(steps) == keys, (keys, sorted(steps))  # its keys, and only those
+        for key in keys:  # from step 50 (odd tails) or what came after it opened; late keys whole
+            first = 200 if key in LATE else 50 if i % 2 else 100
+            assert steps[key] == list(range(first, last * 10 + 90)), (i, key)
+    # Each from_step tail's stored points, once (none for one of only late keys: nothing stored yet).
+    stored_before = [i for i, keys in enumerate(key_sets) if i % 2 and set(keys) & set(EARLY)]
+    assert done["runstream_tail_reads_total{kind=own}"] == len(stored_before)
+    # One reader: a read as the keys join, one per wake while the writer logs (about 40 batches,
+    # paced 50 ms for 100 tails), and its polls until the run's end; one reader per set of keys
+    # was at least one read per tail to start with, and one per tail and wake after that.
+    assert done["runstream_tail_reads_total{kind=shared}"] < tails
+    _wait_metric(server, "runstream_tails_open", 0)
+    _wait_metric(server, "runstream_tail_readers", 0)
+
+
+def test_a_key_is_read_from_when_a_tail_first_asks_for_it_until_no_tail_does(server: Server) -> None:
+    """The run's one reader (in process, on the server's database): a tail's new key joins it
+    from the key's last stored step, a tail of all keys has it read them all, and keys no tail
+    asks for any more stop being read."""
+    with runstream.Client(server.target) as client:
+        run_id = str(client.create_run("keys").run_id)
+        assert raw_log(client, _batch(run_id, 1, ["a", "b", "c"], 0, 100)).code == 0
+        assert server.wait_points(run_id, 300) == 300
+
+        async def go() -> None:
+            pool = await asyncpg.create_pool(server.db_url, min_size=1, max_size=4)
+            tails = Tails(pool, Metrics(), TailLimits(10, 10), connections=2)
+            caller = Caller("test", "test")
+            seq = 1
+
+            def read() -> set[str]:
+                return {s.key for s in feed.series.values()}
+
+            async def log(keys: list[str]) -> None:
+                nonlocal seq
+                seq += 1
+                batch = _batch(run_id, seq, keys, seq * 10 + 80, 10)
+                assert (await asyncio.to_thread(raw_log, client, batch)).code == 0
+
+            async def take(tail: Tail, points: int) -> dict[str, list[int]]:
+                """The steps by key of the tail's next `points` points."""
+                steps: dict[str, list[int]] = {}
+                while sum(len(s) for s in steps.values()) < points:
+                    for m in await tail.take(10) or []:
+                        steps.setdefault(m.key, []).extend(qpb.MetricPoints.FromString(m.data).step)
+                return steps
+
+            try:
+                only_a = await tails.open([run_id], ["a"], None, caller)
+                feed = tails._feeds[run_id]
+                assert read() == {"a"}
+                only_b = await tails.open([run_id], ["b"], None, caller)
+                assert tails._feeds == {run_id: feed} and read() == {"a", "b"}
+                await log(["a", "b", "c"])
+                assert await take(only_a, 10) == {"a": list(range(100, 110))}
+                assert await take(only_b, 10) == {"b": list(range(100, 110))}  # from its last stored step on
+                only_b.close()
+                await log(["a", "b", "c"])
+                assert await take(only_a, 10) == {"a": list(range(110, 120))}
+                assert read() == {"a"}  # b no longer read
+                every = await tails.open([run_id], [], None, caller)
+                assert read() == {"a", "b", "c"}
+                await log(["a", "b", "c"])
+                assert await take(every, 30) == {k: list(range(120, 130)) for k in "abc"}
+                every.close()
+                await log(["a"])
+                assert await take(only_a, 20) == {"a": list(range(120, 140))}
+                assert read() == {"a"}
+                only_a.close()
+                assert tails._feeds == {}
+            finally:
+                await tails.close()
+                await pool.close()
+
+        asyncio.run(go())
 
 
 def test_a_quiet_tail_costs_no_database_reads_beyond_the_shared_poll(make_server: Any) -> None:

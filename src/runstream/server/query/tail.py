@@ -1,7 +1,9 @@
 """Live tails of runs' metrics (TailMetrics, and the web UI's /api/v1/tail): every tail of one
-run and set of keys follows one shared reader (feed.py), and the tails of a server are bounded.
+run follows one shared reader (feed.py), whatever keys it asks for, and the tails of a server
+are bounded.
 
-A tail keeps its own cursor per series and takes the feed's messages past it, in step order.
+A tail keeps its own cursor per series of its keys and takes the feed's messages past it, in
+step order.
 One that asks for stored points (from_step) reads them itself, once, up to where the feed has
 read, then goes on with the feed's messages. Each tail holds at most MAX_QUEUED_POINTS points
 (or MAX_QUEUED_MESSAGES messages) its caller has not taken yet: a slower caller does not hold
@@ -25,7 +27,7 @@ import asyncpg
 
 from runstream.errors import ResourceExhausted, Unavailable
 from runstream.server.loading.notifications import Notifications
-from runstream.server.query.feed import NO_STEP, Feed, Message, TailDatabase, by_series, messages
+from runstream.server.query.feed import NO_STEP, Feed, Keys, Message, TailDatabase, by_series, messages
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import store
 
@@ -48,15 +50,15 @@ class TailLimits:
 
 
 class Tails:
-    """Every live tail of this server process: the shared feeds by (run, keys), and the counts
-    the limits hold."""
+    """Every live tail of this server process: the shared feeds by run, and the counts the
+    limits hold."""
 
     def __init__(self, pool: asyncpg.Pool, metrics: Metrics, limits: TailLimits, connections: int) -> None:
         self.notifications = Notifications(pool)
         self.db = TailDatabase(pool, connections, metrics)
         self.limits = limits
         self.metrics = metrics
-        self._feeds: dict[tuple[str, tuple[str, ...]], Feed] = {}
+        self._feeds: dict[str, Feed] = {}
         self._by_caller: Counter[str] = Counter()
         self._open = 0
 
@@ -68,22 +70,26 @@ class Tails:
         try:
             await self.notifications.listen()
             for run_id in run_ids:
-                feeds.append(await self._feed(run_id, tuple(sorted(set(keys)))))
+                feeds.append(await self._feed(run_id))
         except BaseException:
             for feed in feeds:
                 self._unuse(feed)
             self._release(caller)
             raise
-        return Tail(self, feeds, from_step, caller)
+        tail = Tail(self, feeds, frozenset(keys) or None, from_step, caller)
+        try:
+            await tail.join()
+        except BaseException:
+            tail.close()
+            raise
+        return tail
 
     async def close(self) -> None:
         """At shutdown: every tail still open ends with UNAVAILABLE, so callers reconnect."""
         stopping = Unavailable("the server is stopping; tail again once it (or another) is back")
         for feed in list(self._feeds.values()):
             self._forget(feed)
-            feed.close()
-            for subscriber in list(feed.subscribers):
-                subscriber.failed(stopping)
+            feed.close(stopping)
         await self.notifications.close()
 
     def _admit(self, caller: Caller) -> None:
@@ -111,12 +117,12 @@ class Tails:
             del self._by_caller[caller.key]
         self.metrics.tails_open.dec()
 
-    async def _feed(self, run_id: str, keys: tuple[str, ...]) -> Feed:
-        """The run's feed for `keys`, started, counted as used once more."""
-        feed = self._feeds.get((run_id, keys))
+    async def _feed(self, run_id: str) -> Feed:
+        """The run's feed, started, counted as used once more."""
+        feed = self._feeds.get(run_id)
         if feed is None:
-            feed = Feed(run_id, keys, self.db, self.notifications, self._forget)
-            self._feeds[(run_id, keys)] = feed
+            feed = Feed(run_id, self.db, self.notifications, self._forget)
+            self._feeds[run_id] = feed
             self.metrics.tail_readers.inc()
         feed.users += 1
         try:
@@ -134,16 +140,18 @@ class Tails:
 
     def _forget(self, feed: Feed) -> None:
         """No new tail joins `feed`: it ended, failed, or has no tails left."""
-        if self._feeds.get((feed.run_id, feed.keys)) is feed:
-            del self._feeds[(feed.run_id, feed.keys)]
+        if self._feeds.get(feed.run_id) is feed:
+            del self._feeds[feed.run_id]
             self.metrics.tail_readers.dec()
 
 
 class Tail:
-    """One caller's tail: the messages of its feeds past its own cursor per series."""
+    """One caller's tail: the messages of its feeds for its keys (None: all) past its own cursor
+    per series."""
 
-    def __init__(self, tails: Tails, feeds: list[Feed], from_step: int | None, caller: Caller) -> None:
-        self._tails, self._feeds, self._caller = tails, feeds, caller
+    def __init__(self, tails: Tails, feeds: list[Feed], keys: Keys, from_step: int | None, caller: Caller) -> None:
+        self._tails, self._feeds, self._keys, self._caller = tails, feeds, keys, caller
+        self._from_step = from_step
         self._first = NO_STEP if from_step is None else from_step - 1  # cursor of a series not seen yet
         self._cursors: dict[int, int] = {}  # series id -> last step sent
         self._queue: deque[Message] = deque()
@@ -155,12 +163,15 @@ class Tail:
         self._ready = asyncio.Event()
         self._closed = False
         self._timed_out = False
-        for feed in feeds:
-            if from_step is None:
-                self._cursors.update(feed.heads)  # from where the feed is: only what it reads next
+
+    async def join(self) -> None:
+        """Follow its feeds (Tails.open's step, before the tail is handed out)."""
+        for feed in self._feeds:
+            heads = await feed.join(self, self._keys)
+            if self._from_step is None:
+                self._cursors.update(heads)  # from where the feed is: only what it reads next
             else:
                 self._behind.add(feed)
-            feed.join(self)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._messages()
@@ -263,7 +274,7 @@ class Tail:
         wanted = [
             (series_id, self._cursors.get(series_id, self._first), head, feed.series[series_id])
             for feed in feeds
-            for series_id, head in feed.heads.items()
+            for series_id, head in feed.heads_of(self._keys).items()
             if head > self._cursors.get(series_id, self._first)
         ]
         if not wanted:

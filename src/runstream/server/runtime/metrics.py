@@ -153,7 +153,7 @@ class Metrics:
         )
         self.tail_readers = Gauge(
             "runstream_tail_readers",
-            "Shared tail readers now: one per run and set of keys tailed, whatever the number of tails",
+            "Shared tail readers now: one per run tailed, whatever the number of tails and the keys they ask for",
             registry=r,
             multiprocess_mode="livesum",
         )
