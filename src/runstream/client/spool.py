@@ -241,7 +241,10 @@ class SpooledWriter:
 
     @classmethod
     def at(cls, directory: Path) -> SpooledWriter:
+        """The writer session of `directory`; ValueError when its name is not "<writer>.<epoch>"."""
         name, _, epoch = directory.name.rpartition(".")
+        if not name or not epoch.isdigit():
+            raise ValueError(f"{directory.name!r} is not the name of a writer's spool (<writer>.<epoch>)")
         return cls(directory, directory.parent.parent.name, unquote(name), int(epoch))
 
     def meta(self) -> dict[str, Any]:
@@ -410,5 +413,19 @@ class _Segment:
 
 
 def spooled_writers(root: Path, run_id: str | None = None) -> list[SpooledWriter]:
+    """The writer sessions in the spool at `root` (or of one run); what else is under a run's
+    `writers/` is left alone (`strangers`)."""
     runs = [root / run_id] if run_id else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return [SpooledWriter.at(d) for run in runs for d in sorted((run / "writers").glob("*.*")) if d.is_dir()]
+    found = []
+    for run in runs:
+        for d in sorted((run / "writers").glob("*")):
+            if d.is_dir():
+                with contextlib.suppress(ValueError):  # not a writer's spool
+                    found.append(SpooledWriter.at(d))
+    return found
+
+
+def strangers(run_dir: Path) -> list[Path]:
+    """What is under a run's `writers/` but no writer's spool (renamed, or put there by hand)."""
+    writers = {w.directory for w in spooled_writers(run_dir.parent, run_dir.name)}
+    return sorted(p for p in (run_dir / "writers").glob("*") if p not in writers)
