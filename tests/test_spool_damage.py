@@ -429,3 +429,30 @@ def test_the_start_up_sync_goes_past_a_bad_journal_line(make_server: Any, tmp_pa
         thread.join(60)
     _whole(server, bad, params=False)
     _whole(server, intact)
+
+
+def test_a_damaged_acked_file_never_skips_a_batch(make_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    server = make_server(start=False)
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    (writer.directory / "acked").write_text("8\n")  # no checksum: not believed
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(_stored_steps(server, run_id, BATCHES * POINTS), np.arange(BATCHES * POINTS))
+    _line(out, run_id, "acked")
+    assert not (tmp_path / run_id).exists()
+
+
+def test_acked_is_believed_only_with_its_checksum(tmp_path: Path) -> None:
+    spool.write_acked(tmp_path, 40)
+    assert spool.read_acked(tmp_path).value == 40 and not spool.read_acked(tmp_path).problem
+    spool.write_acked(tmp_path, 30)  # never backwards
+    assert spool.read_acked(tmp_path).value == 40
+    for text in ("40\n", "41 " + (tmp_path / "acked").read_text().split()[1], "x", ""):
+        (tmp_path / "acked").write_text(text)
+        acked = spool.read_acked(tmp_path)
+        assert acked.value == 0 and acked.problem, text
+        spool.write_acked(tmp_path, 7)  # a bad one is overwritten
+        assert spool.read_acked(tmp_path).value == 7
+    (tmp_path / "acked").unlink()
+    assert spool.read_acked(tmp_path).value == 0 and not spool.read_acked(tmp_path).problem

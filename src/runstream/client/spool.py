@@ -8,7 +8,7 @@ Layout under RUNSTREAM_SPOOL_DIR (default: the user cache directory, ~/.cache/ru
     <run_id>/writers/<writer id, %-quoted>.<epoch>/
         lock            flock-ed while the writing process lives (so sync knows it is live)
         meta.json       run_id, writer_id, epoch and the server it was sent to
-        acked           the highest seq up to which every batch is acknowledged
+        acked           the highest seq up to which every batch is acknowledged (with a checksum)
         <seq>.seg       the records from that seq on (below)
     <run_id>/run.jsonl  offline runs only: the run's journal (client/offline.py)
     <run_id>/refused/, <run_id>/corrupt/  what a sync could not send (client/kept.py)
@@ -120,21 +120,55 @@ def is_live(directory: Path) -> bool:
     return False
 
 
-def read_acked(directory: Path) -> int:
+@dataclass(frozen=True)
+class Count:
+    """A number kept in a small file of the spool (`acked`)
+    as "<n> <crc32 of n>": `value` is n when the checksum holds (0 when the file is missing);
+    otherwise 0, with `claimed` the number it seems to say (None if none) and `problem` why it
+    is not believed. Nothing is skipped or deleted on the word of a file that is not believed."""
+
+    value: int
+    claimed: int | None = None
+    problem: str = ""
+
+
+def read_count(path: Path) -> Count:
     try:
-        return int((directory / "acked").read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return Count(0)
+    words = text.split()
+    number = int(words[0]) if words and words[0].isdigit() else None
+    if number is None:
+        return Count(0, None, f"{path} does not hold a number ({text[:40]!r})")
+    if len(words) == 2 and words[1] == _crc(number):
+        return Count(number, number)
+    if len(words) == 1:
+        return Count(0, number, f"{path} says {number} without a checksum")
+    return Count(0, number, f"{path} says {number} but its checksum does not hold")
+
+
+def write_count(path: Path, number: int) -> None:
+    """Atomically (a temporary file beside it, then renamed)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(f"{number} {_crc(number)}\n", encoding="ascii")
+    tmp.replace(path)
+
+
+def _crc(number: int) -> str:
+    return f"{zlib.crc32(str(number).encode()):08x}"
+
+
+def read_acked(directory: Path) -> Count:
+    return read_count(directory / "acked")
 
 
 def write_acked(directory: Path, seq: int) -> None:
-    """Atomically, and never backwards (the writer and a sync may both record acks)."""
-    if seq <= read_acked(directory):
+    """Never backwards (the writer and a sync may both record acks), but over one not believed."""
+    if seq <= read_acked(directory).value:
         return
-    tmp = directory / f"acked.{os.getpid()}.{threading.get_ident()}"
     with contextlib.suppress(FileNotFoundError):  # the directory was removed: all is acked
-        tmp.write_text(str(seq))
-        tmp.replace(directory / "acked")
+        write_count(directory / "acked", seq)
 
 
 class SpoolWriter:

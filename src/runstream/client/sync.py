@@ -284,7 +284,10 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, prob
     def refused(seq: int, data: bytes, reason: str) -> None:
         kept.keep_refused(run_dir, w, seq, data, reason + elsewhere)
 
-    records = w.records(spool.read_acked(w.directory), quiet=out.live, damaged=damaged)
+    acked = spool.read_acked(w.directory)  # only a believed one spares resending batches
+    if (why := acked.problem) and not out.live:
+        log.warning("runstream: %s: %s; every batch of its spool is sent (the server keeps each once)", who, why)
+    records = w.records(acked.value, quiet=out.live, damaged=damaged)
     try:
         _stream(client, records, out, counter, refused)
     finally:
