@@ -158,6 +158,7 @@ def test_a_torn_last_record_of_a_dead_writer_is_dropped_with_one_line(
     [segment] = writer.directory.glob("*.seg")
     with open(segment, "r+b") as f:  # the process died writing the last record: never sent
         f.truncate(segment.stat().st_size - len(batches[-1][0]) // 2)
+    (writer.directory / "sealed").unlink()  # nor did it close its spool, which says its last seq
 
     server.start()
     out = _sync(server, tmp_path)
@@ -456,3 +457,46 @@ def test_acked_is_believed_only_with_its_checksum(tmp_path: Path) -> None:
         assert spool.read_acked(tmp_path).value == 7
     (tmp_path / "acked").unlink()
     assert spool.read_acked(tmp_path).value == 0 and not spool.read_acked(tmp_path).problem
+
+
+def test_a_renamed_segment_is_named_missing_and_never_deleted(
+    make_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    server = make_server(start=False)
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    last = max(seq for seq, _ in writer.records())
+    [segment] = writer.directory.glob("*.seg")
+    renamed = segment.rename(segment.with_name(segment.name + ".bak"))
+    content = renamed.read_bytes()
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    _line(out, run_id, f"seqs 1-{last}", "missing")
+    _line(out, run_id, renamed.name, "left")
+    assert renamed.read_bytes() == content
+    again = _sync(server, tmp_path)
+    assert again.returncode == 1 and renamed.read_bytes() == content
+    _line(again, run_id, renamed.name, "left")
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_a_deleted_segment_is_a_gap_named_by_its_seqs(
+    make_server: Any, tmp_path: Path, monkeypatch: Any, which: str
+) -> None:
+    server = make_server(start=False)
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 60_000)  # a few batches a segment
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    batches = _batches(writer)
+    seqs = [seq for seq, _ in writer.records()]
+    segments = sorted(writer.directory.glob("*.seg"))
+    assert len(segments) >= 3, segments
+    gone = {"first": 0, "middle": 1, "last": len(segments) - 1}[which]
+    firsts = [int(s.stem) for s in segments] + [seqs[-1] + 1]
+    lost = range(firsts[gone], firsts[gone + 1])
+    segments[gone].unlink()
+    expected = np.concatenate([steps for seq, (_, steps) in zip(seqs, batches, strict=True) if seq not in lost])
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
+    _line(out, run_id, f"seqs {lost[0]}-{lost[-1]}", "missing")

@@ -8,6 +8,8 @@
     <run_id>/corrupt/journal.line<n>.entry       an offline run's journal line that could not be
     <run_id>/corrupt/journal.line<n>.reason      applied (unreadable, fields missing, its
                                                  artifact's copy missing), and why
+    <run_id>/corrupt/<writer dir>.<first>-<last>.missing    a note of seqs missing from a
+                                                            writer's spool (a segment gone)
 
 Every sync offers the refused batches to the server again (a run restored, or a spool sent to
 the server it was written for, takes them; those go), and says what is still kept, one line
@@ -60,6 +62,16 @@ def keep_entry(run_dir: Path, number: int, text: bytes, reason: str) -> Path:
     return kept
 
 
+def note_missing(run_dir: Path, writer: spool.SpooledWriter, first: int, last: int, reason: str) -> Path:
+    """Seqs `first` to `last` of a writer are in no segment of its spool: noted, so that every
+    later sync says so again."""
+    directory = run_dir / CORRUPT
+    directory.mkdir(exist_ok=True)
+    note = directory / f"{writer.directory.name}.{first}-{last}.missing"
+    _write(note, [reason.encode() + b"\n"])
+    return note
+
+
 def refused_batches(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:
     """The kept refused batches by writer directory name: (seq, file), in seq order (a file
     whose name says neither is left out)."""
@@ -109,6 +121,11 @@ def report(run_dir: Path) -> list[str]:
             f"{_writer(run_dir, name)}: bytes {span} of spool segment {segment}.seg unreadable ({_reason(kept)}); "
             f"kept in {kept}"
         )
+    for note in sorted((run_dir / CORRUPT).glob("*.missing")):
+        name, _, span = note.stem.rpartition(".")
+        lines.append(
+            f"{_writer(run_dir, name)}: seqs {span} are missing from its spool ({_text(note)}); noted in {note}"
+        )
     for number, kept in sorted((_line_number(p), p) for p in (run_dir / CORRUPT).glob("journal.line*.entry")):
         lines.append(f"run {run_dir.name}: line {number} of run.jsonl {_reason(kept)}; kept in {kept}")
     return lines
@@ -134,8 +151,12 @@ def _writer(run_dir: Path, name: str) -> str:
 
 
 def _reason(kept: Path) -> str:
+    return _text(kept.with_suffix(".reason"))
+
+
+def _text(path: Path) -> str:
     try:
-        return kept.with_suffix(".reason").read_text(errors="replace").strip()
+        return path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return "no reason kept"
 

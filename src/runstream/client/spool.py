@@ -9,6 +9,7 @@ Layout under RUNSTREAM_SPOOL_DIR (default: the user cache directory, ~/.cache/ru
         lock            flock-ed while the writing process lives (so sync knows it is live)
         meta.json       run_id, writer_id, epoch and the server it was sent to
         acked           the highest seq up to which every batch is acknowledged (with a checksum)
+        sealed          the last seq spooled, written when the writer closes (with a checksum)
         <seq>.seg       the records from that seq on (below)
     <run_id>/run.jsonl  offline runs only: the run's journal (client/offline.py)
     <run_id>/refused/, <run_id>/corrupt/  what a sync could not send (client/kept.py)
@@ -122,7 +123,7 @@ def is_live(directory: Path) -> bool:
 
 @dataclass(frozen=True)
 class Count:
-    """A number kept in a small file of the spool (`acked`)
+    """A number kept in a small file of the spool (`acked`, `sealed`, a journal's `run.synced`)
     as "<n> <crc32 of n>": `value` is n when the checksum holds (0 when the file is missing);
     otherwise 0, with `claimed` the number it seems to say (None if none) and `problem` why it
     is not believed. Nothing is skipped or deleted on the word of a file that is not believed."""
@@ -169,6 +170,12 @@ def write_acked(directory: Path, seq: int) -> None:
         return
     with contextlib.suppress(FileNotFoundError):  # the directory was removed: all is acked
         write_count(directory / "acked", seq)
+
+
+def read_sealed(directory: Path) -> int | None:
+    """The last seq a writer that closed spooled (None: it did not close, or `sealed` is not believed)."""
+    sealed = read_count(directory / "sealed")
+    return None if sealed.claimed is None or sealed.problem else sealed.value
 
 
 class SpoolWriter:
@@ -247,6 +254,7 @@ class SpoolWriter:
                     remove_empty(self.directory.parent.parent)
                 else:
                     write_acked(self.directory, upto)
+                    write_count(self.directory / "sealed", self._last_seq)  # a sync can tell a lost tail
             except OSError as exc:
                 log.error("runstream: closing the spool %s: %s", self.directory, exc)
             finally:
@@ -284,23 +292,41 @@ class SpooledWriter:
     def meta(self) -> dict[str, Any]:
         return dict(json.loads((self.directory / "meta.json").read_text()))
 
+    def segments(self) -> list[Path]:
+        """Its segment files, oldest first (named by the seq they start at)."""
+        return sorted(p for p in self.directory.glob("*.seg") if p.stem.isdigit())
+
     def records(
         self, after: int = 0, quiet: bool = False, damaged: list[Damage] | None = None
     ) -> Iterator[tuple[int, bytes]]:
         """(seq, batch) of every readable record with seq > `after`, oldest first. Unreadable
         bytes followed by readable records (or not a cut-short last record) are appended to
-        `damaged`, or logged as errors without it. The last record of the last segment cut short
-        is dropped: its process died writing it (one warning), or a live writer is writing it
-        (`quiet`: no word)."""
-        segments = sorted(self.directory.glob("*.seg"))
+        `damaged` as they are met, or logged as errors without it. The last record of the last
+        segment cut short is dropped: its process died writing it (one warning), or a live
+        writer is writing it (`quiet`: no word)."""
+        segments = self.segments()
         for index, segment in enumerate(segments):
-            found: list[Damage] = []
+            found: list[Damage] = [] if damaged is None else damaged
             yield from _segment_records(segment, after, index == len(segments) - 1, quiet, found)
-            if damaged is not None:
-                damaged.extend(found)
-                continue
-            for d in found:
-                log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+            if damaged is None:
+                for d in found:
+                    log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+
+    def remove_sent(self, segments: list[Path]) -> list[Path]:
+        """Remove the files of a dead writer's spool that a sync has sent (`segments`) or knows
+        (its lock, meta, acked, sealed and their temporary files); what else is in it is left,
+        and returned."""
+        known = {"lock", "meta.json", "acked", "sealed"}
+        for path in segments:
+            path.unlink(missing_ok=True)
+        for path in self.directory.iterdir():
+            name, _, tmp = path.name.partition(".")
+            if path.name in known or (name in ("acked", "sealed") and tmp.replace(".", "").isdigit()):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else is in it
+            self.directory.rmdir()
+            return []
+        return sorted(self.directory.iterdir())
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ epoch, seq), so the server stores each exactly once however often a sync runs or
 A sync may run while the job still writes: it sends what is there and leaves the files of a
 live writer to it. A batch the server refuses for good, the bytes of a spool segment that hold
 no readable record, and a journal line that cannot be applied are copied under the run's
-directory (client/kept.py), reported one line each, and do not hold up the rest; a sent run's
-spool is then removed but for them (and what is under `writers/` but no writer's spool), and
-each later sync offers the refused batches again and reports what is still kept. A run that
-cannot be synced at all is reported naming the file, and the other runs go on.
+directory (client/kept.py), reported one line each, and do not hold up the rest; seqs missing
+from a writer's spool are reported and noted there too. A sent run's spool is then removed:
+the files sync knows it has sent, never one it does not know (those are named), nor what is
+kept; each later sync offers the refused batches again and reports what is still kept. A run
+that cannot be synced at all is reported naming the file, and the other runs go on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,26 +163,35 @@ def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None, res
         if abandoned:  # its process died before ending it: what W&B calls crashed
             client.update_run(run_dir.name, status="CRASHED")
         if not live and (journal.ended or not has_journal or abandoned):
-            _remove(run_dir)
+            result.problems += _remove(run_dir, journal.files)
             result.done = True
         result.problems += kept.report(run_dir)
     return result
 
 
-def _remove(run_dir: Path) -> None:
-    """A sent run's spool: all of it but what is kept (client/kept.py) for a person to read,
-    and what is under `writers/` but no writer's spool (each sent writer's spool went with it)."""
-    for entry in run_dir.iterdir():
-        if entry.name in (kept.REFUSED, kept.CORRUPT):
+def _remove(run_dir: Path, files: list[Path]) -> list[str]:
+    """A sent run's spool: the files sync knows and has sent (the journal, its bookkeeping, the
+    artifact copies the server has; each writer's spool went with its batches). What is kept
+    (client/kept.py) stays for a person to read; anything else is left, and named."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for name in (offline.JOURNAL, offline.SYNCED, "lock", "sync.lock"):
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob(f"{offline.SYNCED}.*"):
+        if tmp.name.split(".", 2)[-1].replace(".", "").isdigit():  # mark_synced's, cut short
+            tmp.unlink(missing_ok=True)
+    left: list[Path] = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name in (kept.REFUSED, kept.CORRUPT, "writers"):
+            continue  # reported by kept.report, and writer by writer
+        with contextlib.suppress(OSError):
+            entry.rmdir()  # files/, once empty
             continue
-        if entry.name == "writers" and spool.strangers(run_dir):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # something is left in it
-        run_dir.rmdir()
+        left += sorted(entry.iterdir()) if entry.name == "files" and entry.is_dir() else [entry]
+    for directory in (run_dir / "writers", run_dir):
+        with contextlib.suppress(OSError):  # something is left in it
+            directory.rmdir()
+    return [f"run {run_dir.name}: {p} is nothing sync sent or knows; left in place" for p in left]
 
 
 @dataclass
@@ -191,6 +200,7 @@ class _Journal:
 
     ended: bool = False  # the run's end is on the server (and no writer of it lives)
     all_applied: bool = False  # every line applied, or kept as one that cannot be
+    files: list[Path] = field(default_factory=list)  # artifact copies the server has
 
 
 def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -> _Journal:
@@ -206,9 +216,10 @@ def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -
         )
     end: offline.Line | None = None
     for line in lines:
-        _, missing = offline.artifact_copy(run_dir, line) if line.op == "file" else (None, "")
+        copy, missing = offline.artifact_copy(run_dir, line) if line.op == "file" else (None, "")
         if line.number <= done:  # applied by an earlier sync
             out.ended |= line.op == "end" and not line.problem
+            out.files += [copy] if copy is not None and not line.problem else []
             continue
         if line.problem or missing:
             kept.keep_entry(run_dir, line.number, line.text, line.problem or missing)
@@ -217,6 +228,7 @@ def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -
             break
         else:
             result.created |= _apply(client, run_dir, line)
+            out.files += [copy] if copy is not None else []
             result.entries += 1
         offline.mark_synced(run_dir, line.number)
     else:
@@ -273,13 +285,15 @@ def _apply_entry(client: Client, run_dir: Path, entry: dict[str, Any]) -> bool:
 
 
 def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, problems: list[str]) -> WriterSync:
-    """Send a writer's spooled batches, keep what is refused or unreadable, then remove its
-    spool (unless its process still writes it)."""
+    """Send a writer's spooled batches, keep what is refused or unreadable, note the seqs
+    missing from its spool, then remove the files of its spool it has sent or knows (unless its
+    process still writes it); name any other."""
     out = WriterSync(w.writer_id, w.epoch, live=spool.is_live(w.directory))
     run_dir = w.directory.parent.parent
     who = f"run {w.run_id} writer {w.writer_id} epoch {w.epoch}"
     elsewhere = _written_for_another(w, client.target)
     damaged: list[spool.Damage] = []
+    gaps: list[tuple[int, int]] = []
 
     def refused(seq: int, data: bytes, reason: str) -> None:
         kept.keep_refused(run_dir, w, seq, data, reason + elsewhere)
@@ -287,12 +301,15 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, prob
     acked = spool.read_acked(w.directory)  # only a believed one spares resending batches
     if (why := acked.problem) and not out.live:
         log.warning("runstream: %s: %s; every batch of its spool is sent (the server keeps each once)", who, why)
+    segments = w.segments()
     records = w.records(acked.value, quiet=out.live, damaged=damaged)
+    if not out.live:
+        records = _gaps(records, acked.claimed or 0, spool.read_sealed(w.directory), damaged, gaps)
     try:
         _stream(client, records, out, counter, refused)
     finally:
         spool.write_acked(w.directory, out.last)
-    out.unreadable = len(damaged)
+    out.unreadable = len(damaged) + len(gaps)
     if out.live:  # its process may still send those batches from memory; read again once it ends
         problems += [
             f"{who}: bytes {d.start}-{d.end} of spool segment {d.segment} unreadable ({d.reason}); "
@@ -302,8 +319,33 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, prob
         return out
     for d in damaged:
         kept.keep_unreadable(run_dir, w, d)
-    shutil.rmtree(w.directory, ignore_errors=True)
+    for first, last in gaps:
+        reason = "no segment holds them: one was deleted or renamed"
+        if acked.problem and first == (acked.claimed or 0) + 1:
+            reason += f", or they were acknowledged and trimmed ({acked.problem})"
+        kept.note_missing(run_dir, w, first, last, reason)
+    problems += [f"{who}: {p} is not a spool file sync knows; left in place" for p in w.remove_sent(segments)]
     return out
+
+
+def _gaps(
+    records: Iterator[tuple[int, bytes]],
+    after: int,
+    sealed: int | None,
+    damaged: list[spool.Damage],
+    gaps: list[tuple[int, int]],
+) -> Iterator[tuple[int, bytes]]:
+    """`records` (seqs ascending), noting in `gaps` each run of seqs missing from them: past
+    `after` (acknowledged), between two records, and up to `sealed` (the last seq spooled, when
+    the writer closed), unless unreadable bytes (`damaged`, as the reader meets them) lie there."""
+    last, unreadable = after, len(damaged)
+    for seq, data in records:
+        if seq > last + 1 and len(damaged) == unreadable:
+            gaps.append((last + 1, seq - 1))
+        last, unreadable = max(last, seq), len(damaged)
+        yield seq, data
+    if sealed is not None and sealed > last and len(damaged) == unreadable:
+        gaps.append((last + 1, sealed))
 
 
 def _retry_refused(client: Client, run_dir: Path, counter: _Counter) -> list[WriterSync]:
