@@ -500,3 +500,21 @@ def test_a_deleted_segment_is_a_gap_named_by_its_seqs(
     assert out.returncode == 1, out.stderr
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
     _line(out, run_id, f"seqs {lost[0]}-{lost[-1]}", "missing")
+
+
+@pytest.mark.parametrize("how", ["999", "forged"])
+def test_a_run_synced_file_saying_too_much_is_not_believed(
+    make_server: Any, tmp_path: Path, monkeypatch: Any, how: str
+) -> None:
+    server = make_server(start=False)
+    [run_id] = _offline_runs(server, tmp_path, monkeypatch, 1)
+    if how == "999":
+        (tmp_path / run_id / "run.synced").write_text("999\n")
+    else:  # well formed, but the server never saw the run
+        runstream.client.offline.mark_synced(tmp_path / run_id, 5)
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 0, out.stderr
+    _line(out, run_id, "run.synced")
+    _whole(server, run_id)
+    assert not (tmp_path / run_id).exists()

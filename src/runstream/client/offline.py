@@ -2,6 +2,8 @@
 datasets, artifact files, its end), kept in the spool as `<run_id>/run.jsonl`, one JSON object
 per line, with the artifact files copied under `<run_id>/files/`. `runstream sync` replays it
 against the server in order (client/sync.py); the metrics are in the writers' spools.
+`<run_id>/run.synced` counts the entries a sync has applied (with a checksum; one not believed
+counts 0, and every entry is applied again: they are idempotent).
 """
 
 from __future__ import annotations
@@ -163,14 +165,16 @@ def artifact_copy(run_dir: Path, line: Line) -> tuple[Path | None, str]:
     return run_dir / name, ""
 
 
-def synced_count(run_dir: Path) -> int:
-    try:
-        return int((run_dir / SYNCED).read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+def synced_count(run_dir: Path, lines: int) -> tuple[int, str]:
+    """How many of the journal's `lines` earlier syncs applied, and why `run.synced` is not
+    believed ("" when it is; the count is 0 then)."""
+    count = spool.read_count(run_dir / SYNCED)
+    if count.problem:
+        return 0, count.problem
+    if count.value > lines:
+        return 0, f"{run_dir / SYNCED} says {count.value} entries were applied, but the journal has {lines}"
+    return count.value, ""
 
 
 def mark_synced(run_dir: Path, count: int) -> None:
-    tmp = run_dir / f"{SYNCED}.{os.getpid()}"
-    tmp.write_text(str(count))
-    tmp.replace(run_dir / SYNCED)
+    spool.write_count(run_dir / SYNCED, count)

@@ -51,6 +51,7 @@ class Client(Protocol):
     def channel(self) -> grpc.Channel: ...
     @property
     def artifacts(self) -> Any: ...
+    def get_run(self, run_id: str, *, all_metrics: bool = ...) -> pb.Run: ...
     def create_run(
         self,
         experiment: str = ...,
@@ -208,7 +209,7 @@ def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -
     the entries after it go on), sending the writers before the run's end."""
     out = _Journal()
     lines = offline.lines(run_dir)
-    done = offline.synced_count(run_dir)
+    done = _applied_before(client, run_dir, len(lines))
     if lines and done == 0 and lines[0].problem:
         raise RunFailed(
             f"line 1 of {run_dir / offline.JOURNAL}, the run's create entry, {lines[0].problem}: the run cannot "
@@ -243,6 +244,22 @@ def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -
         out.ended = True
     out.ended &= all(not w.live for w in result.writers)
     return out
+
+
+def _applied_before(client: Client, run_dir: Path, lines: int) -> int:
+    """How many journal lines earlier syncs applied: 0 when `run.synced` is not believed (it
+    does not parse, or says more than the journal holds, or the run is not on the server), and
+    said: every entry is then applied again, which is harmless (each is idempotent)."""
+    done, why = offline.synced_count(run_dir, lines)
+    if done:
+        try:
+            client.get_run(run_dir.name, all_metrics=False)
+        except NotFound:
+            why = f"{run_dir / offline.SYNCED} says {done} entries were applied, but the run is not on the server"
+            done = 0
+    if why:
+        log.warning("runstream: run %s: %s; every entry of its journal is applied again", run_dir.name, why)
+    return done
 
 
 def _apply(client: Client, run_dir: Path, line: offline.Line) -> bool:
