@@ -5,6 +5,7 @@ line each, exits 1, and never deletes what it says it kept. Old-format segments 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -157,6 +158,7 @@ def test_a_torn_last_record_of_a_dead_writer_is_dropped_with_one_line(
     [segment] = writer.directory.glob("*.seg")
     with open(segment, "r+b") as f:  # the process died writing the last record: never sent
         f.truncate(segment.stat().st_size - len(batches[-1][0]) // 2)
+    (writer.directory / "sealed").unlink()  # nor did it close its spool, which says its last seq
 
     server.start()
     out = _sync(server, tmp_path)
@@ -292,4 +294,227 @@ def test_another_servers_spool_is_refused_kept_and_sent_to_its_own_server_later(
     last = _sync(own, tmp_path)
     assert last.returncode == 0, last.stderr
     np.testing.assert_array_equal(_stored_steps(own, run_id, 20_000), np.arange(20_000))
+    assert not (tmp_path / run_id).exists()
+
+
+def _offline_runs(server: Server, root: Path, monkeypatch: Any, count: int) -> list[str]:
+    """`count` offline runs in the spool at `root`, their ids sorted (the order a sync takes
+    them): each journals create, params, a file, tags and its end, and spools BATCHES batches."""
+    monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(root))
+    ids = []
+    with runstream.Client(server.target) as client:
+        for i in range(count):
+            run = client.start_run(
+                "damage", f"run{i}", record_source=False, offline=True, batch_points=POINTS, params={"lr": 0.1}
+            )
+            for step in range(BATCHES * POINTS):
+                run.log_metric("loss", step * 0.5, step=step)
+            run.log_text(f"notes of run{i}", "notes.txt")
+            run.set_tag("stage", "done")
+            run.end()
+            ids.append(run.run_id)
+    return sorted(ids)
+
+
+def _journal(root: Path, run_id: str) -> Path:
+    journal = root / run_id / "run.jsonl"
+    ops = [json.loads(x)["op"] for x in journal.read_text().splitlines()]
+    assert ops == ["create", "params", "file", "tags", "end"], ops
+    return journal
+
+
+def _edit_line(journal: Path, number: int, old: str, new: str) -> str:
+    """Replace `old` by `new` in line `number` (1-based) of `journal`; the damaged line."""
+    lines = journal.read_text().splitlines(keepends=True)
+    assert old in lines[number - 1]
+    lines[number - 1] = lines[number - 1].replace(old, new, 1)
+    journal.write_text("".join(lines))
+    return lines[number - 1]
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _whole(server: Server, run_id: str, params: bool = True) -> None:
+    """The run is on the server with every point once, its tag and file, FINISHED."""
+    np.testing.assert_array_equal(_stored_steps(server, run_id, BATCHES * POINTS), np.arange(BATCHES * POINTS))
+    with runstream.Client(server.target) as client:
+        got = client.get_run(run_id)
+        assert runstream.wire.status.RUN_STATUS_NAMES[got.status] == "FINISHED"
+        assert got.tags["stage"] == "done" and (got.params.get("lr") == "0.1") == params
+        assert [a.path for a in client.list_artifacts(run_id)] == ["notes.txt"]
+
+
+def _line(out: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The one stderr line that holds every word."""
+    found = [x for x in out.stderr.splitlines() if all(w in x for w in words)]
+    assert len(found) == 1, (words, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    return found[0]
+
+
+def test_a_bad_journal_line_is_kept_and_named_and_the_other_runs_go_on(
+    make_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    server = make_server(start=False)
+    intact, bad_params, bad_create = _offline_runs(server, tmp_path, monkeypatch, 3)
+    bad = _edit_line(_journal(tmp_path, bad_params), 2, '{"op"', '{"op",')  # no longer JSON
+    _edit_line(_journal(tmp_path, bad_create), 1, '{"op"', '{"op",')  # its create entry
+    before = _files(tmp_path / bad_create)
+
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    _whole(server, intact)
+    assert not (tmp_path / intact).exists()
+    # The unreadable params line is kept and named; the entries after it went on.
+    _whole(server, bad_params, params=False)
+    [kept] = (tmp_path / bad_params / "corrupt").glob("*.entry")
+    assert kept.read_text() == bad
+    _line(out, bad_params, "run.jsonl", "line 2", str(kept))
+    assert {p.name for p in (tmp_path / bad_params).iterdir()} == {"corrupt"}
+    # A run whose create entry is unreadable cannot be made: named, its spool left as it was.
+    _line(out, bad_create, str(tmp_path / bad_create / "run.jsonl"), "line 1")
+    assert _files(tmp_path / bad_create).items() >= before.items()
+    with runstream.Client(server.target) as client, pytest.raises(runstream.RunNotFound):
+        client.get_run(bad_create)
+
+    _edit_line(tmp_path / bad_create / "run.jsonl", 1, '{"op",', '{"op"')  # a person mends it
+    again = _sync(server, tmp_path)
+    assert again.returncode == 1, again.stderr  # the kept line is still named
+    _line(again, str(kept))
+    _whole(server, bad_create)
+    assert not (tmp_path / bad_create).exists()
+
+
+def test_an_entry_missing_a_field_a_missing_file_and_an_odd_writer_directory_stop_nothing_else(
+    make_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    server = make_server(start=False)
+    no_field, no_file, odd_writer, intact = _offline_runs(server, tmp_path, monkeypatch, 4)
+    _edit_line(_journal(tmp_path, no_field), 2, '"params":', '"parameters":')
+    _journal(tmp_path, no_file)
+    (tmp_path / no_file / "files" / "000001").unlink()
+    [writer] = spool.spooled_writers(tmp_path, odd_writer)
+    odd = writer.directory.rename(writer.directory.with_name(writer.directory.name + ".old"))
+
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    _whole(server, intact)
+    _whole(server, no_field, params=False)
+    _line(out, no_field, "run.jsonl", "line 2", "params", "corrupt")
+    np.testing.assert_array_equal(_stored_steps(server, no_file, BATCHES * POINTS), np.arange(BATCHES * POINTS))
+    _line(out, no_file, "line 3", "files/000001", "missing", "corrupt")
+    with runstream.Client(server.target) as client:
+        assert not client.list_artifacts(no_file)
+        got = client.get_run(odd_writer)  # its journal went; its odd writer directory is left alone
+        assert runstream.wire.status.RUN_STATUS_NAMES[got.status] == "FINISHED" and got.tags["stage"] == "done"
+    assert server.wait_points(odd_writer, 0) == 0
+    _line(out, odd_writer, odd.name, "left")
+    assert any(odd.glob("*.seg"))
+    again = _sync(server, tmp_path)  # said again, never deleted
+    _line(again, odd_writer, odd.name, "left")
+    assert any(odd.glob("*.seg"))
+
+
+def test_the_start_up_sync_goes_past_a_bad_journal_line(make_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    server = make_server(start=False)
+    bad, intact = _offline_runs(server, tmp_path, monkeypatch, 2)
+    _edit_line(_journal(tmp_path, bad), 2, '"params":', '"parameters":')
+    server.start()
+    with runstream.Client(server.target) as client:
+        thread = runstream.client.sync.resume_orphans(client, tmp_path)
+        assert thread is not None
+        thread.join(60)
+    _whole(server, bad, params=False)
+    _whole(server, intact)
+
+
+def test_a_damaged_acked_file_never_skips_a_batch(make_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    server = make_server(start=False)
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    (writer.directory / "acked").write_text("8\n")  # no checksum: not believed
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(_stored_steps(server, run_id, BATCHES * POINTS), np.arange(BATCHES * POINTS))
+    _line(out, run_id, "acked")
+    assert not (tmp_path / run_id).exists()
+
+
+def test_acked_is_believed_only_with_its_checksum(tmp_path: Path) -> None:
+    spool.write_acked(tmp_path, 40)
+    assert spool.read_acked(tmp_path).value == 40 and not spool.read_acked(tmp_path).problem
+    spool.write_acked(tmp_path, 30)  # never backwards
+    assert spool.read_acked(tmp_path).value == 40
+    for text in ("40\n", "41 " + (tmp_path / "acked").read_text().split()[1], "x", ""):
+        (tmp_path / "acked").write_text(text)
+        acked = spool.read_acked(tmp_path)
+        assert acked.value == 0 and acked.problem, text
+        spool.write_acked(tmp_path, 7)  # a bad one is overwritten
+        assert spool.read_acked(tmp_path).value == 7
+    (tmp_path / "acked").unlink()
+    assert spool.read_acked(tmp_path).value == 0 and not spool.read_acked(tmp_path).problem
+
+
+def test_a_renamed_segment_is_named_missing_and_never_deleted(
+    make_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    server = make_server(start=False)
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    last = max(seq for seq, _ in writer.records())
+    [segment] = writer.directory.glob("*.seg")
+    renamed = segment.rename(segment.with_name(segment.name + ".bak"))
+    content = renamed.read_bytes()
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    _line(out, run_id, f"seqs 1-{last}", "missing")
+    _line(out, run_id, renamed.name, "left")
+    assert renamed.read_bytes() == content
+    again = _sync(server, tmp_path)
+    assert again.returncode == 1 and renamed.read_bytes() == content
+    _line(again, run_id, renamed.name, "left")
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_a_deleted_segment_is_a_gap_named_by_its_seqs(
+    make_server: Any, tmp_path: Path, monkeypatch: Any, which: str
+) -> None:
+    server = make_server(start=False)
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 60_000)  # a few batches a segment
+    run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
+    batches = _batches(writer)
+    seqs = [seq for seq, _ in writer.records()]
+    segments = sorted(writer.directory.glob("*.seg"))
+    assert len(segments) >= 3, segments
+    gone = {"first": 0, "middle": 1, "last": len(segments) - 1}[which]
+    firsts = [int(s.stem) for s in segments] + [seqs[-1] + 1]
+    lost = range(firsts[gone], firsts[gone + 1])
+    segments[gone].unlink()
+    expected = np.concatenate([steps for seq, (_, steps) in zip(seqs, batches, strict=True) if seq not in lost])
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 1, out.stderr
+    np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
+    _line(out, run_id, f"seqs {lost[0]}-{lost[-1]}", "missing")
+
+
+@pytest.mark.parametrize("how", ["999", "forged"])
+def test_a_run_synced_file_saying_too_much_is_not_believed(
+    make_server: Any, tmp_path: Path, monkeypatch: Any, how: str
+) -> None:
+    server = make_server(start=False)
+    [run_id] = _offline_runs(server, tmp_path, monkeypatch, 1)
+    if how == "999":
+        (tmp_path / run_id / "run.synced").write_text("999\n")
+    else:  # well formed, but the server never saw the run
+        runstream.client.offline.mark_synced(tmp_path / run_id, 5)
+    server.start()
+    out = _sync(server, tmp_path)
+    assert out.returncode == 0, out.stderr
+    _line(out, run_id, "run.synced")
+    _whole(server, run_id)
     assert not (tmp_path / run_id).exists()

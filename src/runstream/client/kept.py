@@ -5,6 +5,11 @@
     <run_id>/corrupt/<writer dir>.<segment>.<start>-<end>.bin    bytes of a spool segment that
                                                                  hold no readable record
     <run_id>/corrupt/<same>.reason               why they could not be read
+    <run_id>/corrupt/journal.line<n>.entry       an offline run's journal line that could not be
+    <run_id>/corrupt/journal.line<n>.reason      applied (unreadable, fields missing, its
+                                                 artifact's copy missing), and why
+    <run_id>/corrupt/<writer dir>.<first>-<last>.missing    a note of seqs missing from a
+                                                            writer's spool (a segment gone)
 
 Every sync offers the refused batches to the server again (a run restored, or a spool sent to
 the server it was written for, takes them; those go), and says what is still kept, one line
@@ -47,12 +52,34 @@ def keep_unreadable(run_dir: Path, writer: spool.SpooledWriter, damage: spool.Da
     return kept
 
 
+def keep_entry(run_dir: Path, number: int, text: bytes, reason: str) -> Path:
+    """A line of an offline run's journal that sync could not apply (it goes on after it)."""
+    directory = run_dir / CORRUPT
+    directory.mkdir(exist_ok=True)
+    kept = directory / f"journal.line{number}.entry"
+    _write(kept, [text + b"\n"])
+    _write(kept.with_suffix(".reason"), [reason.encode() + b"\n"])
+    return kept
+
+
+def note_missing(run_dir: Path, writer: spool.SpooledWriter, first: int, last: int, reason: str) -> Path:
+    """Seqs `first` to `last` of a writer are in no segment of its spool: noted, so that every
+    later sync says so again."""
+    directory = run_dir / CORRUPT
+    directory.mkdir(exist_ok=True)
+    note = directory / f"{writer.directory.name}.{first}-{last}.missing"
+    _write(note, [reason.encode() + b"\n"])
+    return note
+
+
 def refused_batches(run_dir: Path) -> dict[str, list[tuple[int, Path]]]:
-    """The kept refused batches by writer directory name: (seq, file), in seq order."""
+    """The kept refused batches by writer directory name: (seq, file), in seq order (a file
+    whose name says neither is left out)."""
     found: dict[str, list[tuple[int, Path]]] = {}
     for batch in (run_dir / REFUSED).glob("*.batch"):
         writer, _, seq = batch.stem.rpartition(".")
-        found.setdefault(writer, []).append((int(seq), batch))
+        if _writer_name(writer) and seq.isdigit():
+            found.setdefault(writer, []).append((int(seq), batch))
     return {writer: sorted(batches) for writer, batches in sorted(found.items())}
 
 
@@ -68,10 +95,6 @@ def taken(batch: Path) -> None:
     batch.unlink(missing_ok=True)
     batch.with_suffix(".reason").unlink(missing_ok=True)
     _remove_if_empty(batch.parent)
-
-
-def anything(run_dir: Path) -> bool:
-    return any(any((run_dir / d).glob("*")) for d in (REFUSED, CORRUPT) if (run_dir / d).is_dir())
 
 
 def report(run_dir: Path) -> list[str]:
@@ -93,22 +116,47 @@ def report(run_dir: Path) -> list[str]:
                 f"kept in {run_dir / REFUSED}"
             )
     for kept in sorted((run_dir / CORRUPT).glob("*.bin")):
-        name, segment, span = kept.stem.rsplit(".", 2)
+        name, segment, span = [*kept.stem.rsplit(".", 2), "?", "?"][:3]
         lines.append(
             f"{_writer(run_dir, name)}: bytes {span} of spool segment {segment}.seg unreadable ({_reason(kept)}); "
             f"kept in {kept}"
         )
+    for note in sorted((run_dir / CORRUPT).glob("*.missing")):
+        name, _, span = note.stem.rpartition(".")
+        lines.append(
+            f"{_writer(run_dir, name)}: seqs {span} are missing from its spool ({_text(note)}); noted in {note}"
+        )
+    for number, kept in sorted((_line_number(p), p) for p in (run_dir / CORRUPT).glob("journal.line*.entry")):
+        lines.append(f"run {run_dir.name}: line {number} of run.jsonl {_reason(kept)}; kept in {kept}")
     return lines
 
 
+def _line_number(kept: Path) -> int:
+    number = kept.stem.removeprefix("journal.line")
+    return int(number) if number.isdigit() else 0
+
+
+def _writer_name(name: str) -> spool.SpooledWriter | None:
+    try:
+        return spool.SpooledWriter.at(Path("run", "writers", name))
+    except ValueError:
+        return None
+
+
 def _writer(run_dir: Path, name: str) -> str:
-    w = spool.SpooledWriter.at(run_dir / "writers" / name)
+    w = _writer_name(name)
+    if w is None:
+        return f"run {run_dir.name} (writer directory {name})"
     return f"run {run_dir.name} writer {w.writer_id} epoch {w.epoch}"
 
 
 def _reason(kept: Path) -> str:
+    return _text(kept.with_suffix(".reason"))
+
+
+def _text(path: Path) -> str:
     try:
-        return kept.with_suffix(".reason").read_text().strip()
+        return path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return "no reason kept"
 

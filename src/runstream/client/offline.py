@@ -2,6 +2,8 @@
 datasets, artifact files, its end), kept in the spool as `<run_id>/run.jsonl`, one JSON object
 per line, with the artifact files copied under `<run_id>/files/`. `runstream sync` replays it
 against the server in order (client/sync.py); the metrics are in the writers' spools.
+`<run_id>/run.synced` counts the entries a sync has applied (with a checksum; one not believed
+counts 0, and every entry is applied again: they are idempotent).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runstream.client import spool
+from runstream.wire.proto import tracking_pb2 as pb
+from runstream.wire.status import RUN_STATUS_VALUES
 
 JOURNAL = "run.jsonl"
 SYNCED = "run.synced"  # how many journal entries a sync has applied
@@ -75,27 +80,101 @@ def create_entry(
     }
 
 
-def entries(run_dir: Path) -> Iterator[dict[str, Any]]:
-    """The journal's whole entries in order (a line torn by a killed process ends it)."""
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _status(value: Any) -> bool:
+    return isinstance(value, str) and value in RUN_STATUS_VALUES
+
+
+def _inputs(value: Any) -> bool:
+    fields = pb.DatasetInput.DESCRIPTOR.fields_by_name
+    return isinstance(value, list) and all(_strings(i) and all(k in fields for k in i) for i in value)
+
+
+# The fields of each entry and what each must hold: an entry without them cannot be applied.
+FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "create": {"experiment": _text, "name": _text, "tags": _strings, "start_time_ms": _number},
+    "params": {"params": _strings},
+    "tags": {"tags": _strings},
+    "delete_tag": {"key": _text},
+    "inputs": {"inputs": _inputs},
+    "file": {"file": _text, "path": _text, "content_type": _text},
+    "end": {"status": _status, "end_time_ms": _number},
+}
+
+
+@dataclass(frozen=True)
+class Line:
+    """One whole line of a journal: its entry, or why it cannot be applied (`problem`)."""
+
+    number: int  # from 1
+    text: bytes
+    entry: dict[str, Any]  # {} when unreadable
+    problem: str = ""
+
+    @property
+    def op(self) -> str:
+        return str(self.entry.get("op", ""))
+
+
+def lines(run_dir: Path) -> list[Line]:
+    """The journal's whole lines in order (a line torn by a killed process, or being written,
+    ends it), each read and checked: a line that cannot be applied is one with a `problem`,
+    never an exception."""
     try:
-        handle = open(run_dir / JOURNAL, encoding="utf-8")  # noqa: SIM115
+        raw = (run_dir / JOURNAL).read_bytes()
     except FileNotFoundError:
-        return
-    with handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                return
-            yield json.loads(line)
+        return []
+    return [_line(number, text) for number, text in enumerate(raw.split(b"\n")[:-1], 1)]
 
 
-def synced_count(run_dir: Path) -> int:
+def _line(number: int, text: bytes) -> Line:
     try:
-        return int((run_dir / SYNCED).read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+        entry = json.loads(text)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        return Line(number, text, {}, f"is not a journal entry ({exc})")
+    if not isinstance(entry, dict):
+        return Line(number, text, {}, "is not a journal entry (not a JSON object)")
+    op = entry.get("op")
+    fields = FIELDS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        return Line(number, text, entry, f"is an entry sync does not know (op {entry.get('op')!r})")
+    missing = [f for f, valid in fields.items() if f not in entry or not valid(entry[f])]
+    if missing:
+        return Line(number, text, entry, f"is a {entry['op']} entry without a valid {', '.join(missing)}")
+    return Line(number, text, entry)
+
+
+def artifact_copy(run_dir: Path, line: Line) -> tuple[Path | None, str]:
+    """The spool's copy of a file entry's artifact, or why there is none."""
+    name = Path(str(line.entry.get("file", "")))
+    if name.parts[:1] != ("files",) or len(name.parts) != 2:
+        return None, f"names {name}, which is not a copy under files/"
+    if not (run_dir / name).is_file():
+        return None, f"names its artifact's copy {name}, which is missing"
+    return run_dir / name, ""
+
+
+def synced_count(run_dir: Path, lines: int) -> tuple[int, str]:
+    """How many of the journal's `lines` earlier syncs applied, and why `run.synced` is not
+    believed ("" when it is; the count is 0 then)."""
+    count = spool.read_count(run_dir / SYNCED)
+    if count.problem:
+        return 0, count.problem
+    if count.value > lines:
+        return 0, f"{run_dir / SYNCED} says {count.value} entries were applied, but the journal has {lines}"
+    return count.value, ""
 
 
 def mark_synced(run_dir: Path, count: int) -> None:
-    tmp = run_dir / f"{SYNCED}.{os.getpid()}"
-    tmp.write_text(str(count))
-    tmp.replace(run_dir / SYNCED)
+    spool.write_count(run_dir / SYNCED, count)

@@ -8,7 +8,8 @@ Layout under RUNSTREAM_SPOOL_DIR (default: the user cache directory, ~/.cache/ru
     <run_id>/writers/<writer id, %-quoted>.<epoch>/
         lock            flock-ed while the writing process lives (so sync knows it is live)
         meta.json       run_id, writer_id, epoch and the server it was sent to
-        acked           the highest seq up to which every batch is acknowledged
+        acked           the highest seq up to which every batch is acknowledged (with a checksum)
+        sealed          the last seq spooled, written when the writer closes (with a checksum)
         <seq>.seg       the records from that seq on (below)
     <run_id>/run.jsonl  offline runs only: the run's journal (client/offline.py)
     <run_id>/refused/, <run_id>/corrupt/  what a sync could not send (client/kept.py)
@@ -120,21 +121,61 @@ def is_live(directory: Path) -> bool:
     return False
 
 
-def read_acked(directory: Path) -> int:
+@dataclass(frozen=True)
+class Count:
+    """A number kept in a small file of the spool (`acked`, `sealed`, a journal's `run.synced`)
+    as "<n> <crc32 of n>": `value` is n when the checksum holds (0 when the file is missing);
+    otherwise 0, with `claimed` the number it seems to say (None if none) and `problem` why it
+    is not believed. Nothing is skipped or deleted on the word of a file that is not believed."""
+
+    value: int
+    claimed: int | None = None
+    problem: str = ""
+
+
+def read_count(path: Path) -> Count:
     try:
-        return int((directory / "acked").read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return Count(0)
+    words = text.split()
+    number = int(words[0]) if words and words[0].isdigit() else None
+    if number is None:
+        return Count(0, None, f"{path} does not hold a number ({text[:40]!r})")
+    if len(words) == 2 and words[1] == _crc(number):
+        return Count(number, number)
+    if len(words) == 1:
+        return Count(0, number, f"{path} says {number} without a checksum")
+    return Count(0, number, f"{path} says {number} but its checksum does not hold")
+
+
+def write_count(path: Path, number: int) -> None:
+    """Atomically (a temporary file beside it, then renamed)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(f"{number} {_crc(number)}\n", encoding="ascii")
+    tmp.replace(path)
+
+
+def _crc(number: int) -> str:
+    return f"{zlib.crc32(str(number).encode()):08x}"
+
+
+def read_acked(directory: Path) -> Count:
+    return read_count(directory / "acked")
 
 
 def write_acked(directory: Path, seq: int) -> None:
-    """Atomically, and never backwards (the writer and a sync may both record acks)."""
-    if seq <= read_acked(directory):
+    """Never backwards (the writer and a sync may both record acks), but over one not believed."""
+    if seq <= read_acked(directory).value:
         return
-    tmp = directory / f"acked.{os.getpid()}.{threading.get_ident()}"
     with contextlib.suppress(FileNotFoundError):  # the directory was removed: all is acked
-        tmp.write_text(str(seq))
-        tmp.replace(directory / "acked")
+        write_count(directory / "acked", seq)
+
+
+def read_sealed(directory: Path) -> int | None:
+    """The last seq a writer that closed spooled (None: it did not close, or `sealed` is not believed)."""
+    sealed = read_count(directory / "sealed")
+    return None if sealed.claimed is None or sealed.problem else sealed.value
 
 
 class SpoolWriter:
@@ -213,6 +254,7 @@ class SpoolWriter:
                     remove_empty(self.directory.parent.parent)
                 else:
                     write_acked(self.directory, upto)
+                    write_count(self.directory / "sealed", self._last_seq)  # a sync can tell a lost tail
             except OSError as exc:
                 log.error("runstream: closing the spool %s: %s", self.directory, exc)
             finally:
@@ -241,29 +283,50 @@ class SpooledWriter:
 
     @classmethod
     def at(cls, directory: Path) -> SpooledWriter:
+        """The writer session of `directory`; ValueError when its name is not "<writer>.<epoch>"."""
         name, _, epoch = directory.name.rpartition(".")
+        if not name or not epoch.isdigit():
+            raise ValueError(f"{directory.name!r} is not the name of a writer's spool (<writer>.<epoch>)")
         return cls(directory, directory.parent.parent.name, unquote(name), int(epoch))
 
     def meta(self) -> dict[str, Any]:
         return dict(json.loads((self.directory / "meta.json").read_text()))
+
+    def segments(self) -> list[Path]:
+        """Its segment files, oldest first (named by the seq they start at)."""
+        return sorted(p for p in self.directory.glob("*.seg") if p.stem.isdigit())
 
     def records(
         self, after: int = 0, quiet: bool = False, damaged: list[Damage] | None = None
     ) -> Iterator[tuple[int, bytes]]:
         """(seq, batch) of every readable record with seq > `after`, oldest first. Unreadable
         bytes followed by readable records (or not a cut-short last record) are appended to
-        `damaged`, or logged as errors without it. The last record of the last segment cut short
-        is dropped: its process died writing it (one warning), or a live writer is writing it
-        (`quiet`: no word)."""
-        segments = sorted(self.directory.glob("*.seg"))
+        `damaged` as they are met, or logged as errors without it. The last record of the last
+        segment cut short is dropped: its process died writing it (one warning), or a live
+        writer is writing it (`quiet`: no word)."""
+        segments = self.segments()
         for index, segment in enumerate(segments):
-            found: list[Damage] = []
+            found: list[Damage] = [] if damaged is None else damaged
             yield from _segment_records(segment, after, index == len(segments) - 1, quiet, found)
-            if damaged is not None:
-                damaged.extend(found)
-                continue
-            for d in found:
-                log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+            if damaged is None:
+                for d in found:
+                    log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+
+    def remove_sent(self, segments: list[Path]) -> list[Path]:
+        """Remove the files of a dead writer's spool that a sync has sent (`segments`) or knows
+        (its lock, meta, acked, sealed and their temporary files); what else is in it is left,
+        and returned."""
+        known = {"lock", "meta.json", "acked", "sealed"}
+        for path in segments:
+            path.unlink(missing_ok=True)
+        for path in self.directory.iterdir():
+            name, _, tmp = path.name.partition(".")
+            if path.name in known or (name in ("acked", "sealed") and tmp.replace(".", "").isdigit()):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else is in it
+            self.directory.rmdir()
+            return []
+        return sorted(self.directory.iterdir())
 
 
 @dataclass(frozen=True)
@@ -410,5 +473,19 @@ class _Segment:
 
 
 def spooled_writers(root: Path, run_id: str | None = None) -> list[SpooledWriter]:
+    """The writer sessions in the spool at `root` (or of one run); what else is under a run's
+    `writers/` is left alone (`strangers`)."""
     runs = [root / run_id] if run_id else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return [SpooledWriter.at(d) for run in runs for d in sorted((run / "writers").glob("*.*")) if d.is_dir()]
+    found = []
+    for run in runs:
+        for d in sorted((run / "writers").glob("*")):
+            if d.is_dir():
+                with contextlib.suppress(ValueError):  # not a writer's spool
+                    found.append(SpooledWriter.at(d))
+    return found
+
+
+def strangers(run_dir: Path) -> list[Path]:
+    """What is under a run's `writers/` but no writer's spool (renamed, or put there by hand)."""
+    writers = {w.directory for w in spooled_writers(run_dir.parent, run_dir.name)}
+    return sorted(p for p in (run_dir / "writers").glob("*") if p not in writers)

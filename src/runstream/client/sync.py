@@ -4,10 +4,13 @@ every writer's spooled batches are streamed as they are, with their original (ru
 epoch, seq), so the server stores each exactly once however often a sync runs or is cut short.
 
 A sync may run while the job still writes: it sends what is there and leaves the files of a
-live writer to it. A batch the server refuses for good, and the bytes of a spool segment that
-hold no readable record, are copied under the run's directory (client/kept.py), reported one
-line each, and do not hold up the rest; a sent run's spool is then removed but for them, and
-each later sync offers the refused batches again and reports what is still kept.
+live writer to it. A batch the server refuses for good, the bytes of a spool segment that hold
+no readable record, and a journal line that cannot be applied are copied under the run's
+directory (client/kept.py), reported one line each, and do not hold up the rest; seqs missing
+from a writer's spool are reported and noted there too. A sent run's spool is then removed:
+the files sync knows it has sent, never one it does not know (those are named), nor what is
+kept; each later sync offers the refused batches again and reports what is still kept. A run
+that cannot be synced at all is reported naming the file, and the other runs go on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +51,7 @@ class Client(Protocol):
     def channel(self) -> grpc.Channel: ...
     @property
     def artifacts(self) -> Any: ...
+    def get_run(self, run_id: str, *, all_metrics: bool = ...) -> pb.Run: ...
     def create_run(
         self,
         experiment: str = ...,
@@ -71,6 +74,11 @@ class Client(Protocol):
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # points acknowledged so far in this sync
+TRANSIENT = (Unavailable, DeadlineExceeded, ResourceExhausted)  # the server away or busy: later, all runs
+
+
+class RunFailed(RunstreamError):
+    """A run that cannot be synced now; the message names the file that says why."""
 
 
 @dataclass
@@ -94,7 +102,8 @@ class RunSync:
     writers: list[WriterSync] = field(default_factory=list)
     done: bool = False  # everything sent and the spool removed, but for what is kept
     busy: bool = False  # another sync holds this run
-    problems: list[str] = field(default_factory=list)  # what is kept or skipped, one line each
+    failed: str = ""  # why this run could not be synced (its spool is left for the next sync)
+    problems: list[str] = field(default_factory=list)  # what is kept, skipped or left, one line each
 
     @property
     def points(self) -> int:
@@ -104,82 +113,169 @@ class RunSync:
     def state(self) -> str:
         if self.busy:
             return "busy (another sync)"
+        if self.failed:
+            return "failed (see stderr)"
         if not self.done:
             return "partly (live)"
         return "kept (see stderr)" if self.problems else "done"
 
 
 def sync(client: Client, root: Path, run_id: str | None = None, progress: Progress | None = None) -> list[RunSync]:
-    """Send every run of the spool at `root` (or just `run_id`)."""
+    """Send every run of the spool at `root` (or just `run_id`), each on its own: one that
+    fails is reported and the others go on. Only the server being away stops them all."""
     counter = _Counter(progress)
     runs = [root / run_id] if run_id else sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return [sync_run(client, run_dir, counter) for run_dir in runs if run_dir.is_dir()]
+    return [_sync_alone(client, run_dir, counter) for run_dir in runs if run_dir.is_dir()]
 
 
-def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None) -> RunSync:
+def _sync_alone(client: Client, run_dir: Path, counter: _Counter) -> RunSync:
+    """sync_run, with whatever stops this run (but the server being away) reported as its
+    failure, its spool left in place for the next sync."""
+    result = RunSync(run_dir.name)
+    try:
+        return sync_run(client, run_dir, counter, result)
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # one run's trouble, whatever it is, must not stop the others
+        log.debug("runstream: syncing run %s", run_dir.name, exc_info=True)
+        result.failed = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+        result.problems.append(f"run {run_dir.name}: not synced: {result.failed}; its spool stays in {run_dir}")
+        with contextlib.suppress(OSError):
+            result.problems += kept.report(run_dir)
+        return result
+
+
+def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None, result: RunSync | None = None) -> RunSync:
     """Send one run's spool: its journal (offline runs) and its writers' batches."""
     counter = counter or _Counter(None)
-    result = RunSync(run_dir.name)
+    result = result or RunSync(run_dir.name)
     with _run_lock(run_dir) as held:
         if not held:
             result.busy = True
             return result
-        ended = _replay(client, run_dir, result, counter)
+        result.problems += [
+            f"run {run_dir.name}: {p} is not a writer's spool (<writer>.<epoch>); left alone"
+            for p in spool.strangers(run_dir)
+        ]
+        journal = _replay(client, run_dir, result, counter)
         has_journal = (run_dir / offline.JOURNAL).exists()
         live = any(w.live for w in result.writers) or (has_journal and spool.is_live(run_dir))
-        abandoned = not live and has_journal and not ended and _abandoned(run_dir)
+        abandoned = not live and has_journal and not journal.ended and journal.all_applied
         if abandoned:  # its process died before ending it: what W&B calls crashed
             client.update_run(run_dir.name, status="CRASHED")
-        if not live and (ended or not has_journal or abandoned):
-            _remove(run_dir)
+        if not live and (journal.ended or not has_journal or abandoned):
+            result.problems += _remove(run_dir, journal.files)
             result.done = True
         result.problems += kept.report(run_dir)
     return result
 
 
-def _remove(run_dir: Path) -> None:
-    """A sent run's spool: all of it but what is kept (client/kept.py) for a person to read."""
-    if not kept.anything(run_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    for entry in run_dir.iterdir():
-        if entry.name in (kept.REFUSED, kept.CORRUPT):
+def _remove(run_dir: Path, files: list[Path]) -> list[str]:
+    """A sent run's spool: the files sync knows and has sent (the journal, its bookkeeping, the
+    artifact copies the server has; each writer's spool went with its batches). What is kept
+    (client/kept.py) stays for a person to read; anything else is left, and named."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for name in (offline.JOURNAL, offline.SYNCED, "lock", "sync.lock"):
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob(f"{offline.SYNCED}.*"):
+        if tmp.name.split(".", 2)[-1].replace(".", "").isdigit():  # mark_synced's, cut short
+            tmp.unlink(missing_ok=True)
+    left: list[Path] = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name in (kept.REFUSED, kept.CORRUPT, "writers"):
+            continue  # reported by kept.report, and writer by writer
+        with contextlib.suppress(OSError):
+            entry.rmdir()  # files/, once empty
             continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        left += sorted(entry.iterdir()) if entry.name == "files" and entry.is_dir() else [entry]
+    for directory in (run_dir / "writers", run_dir):
+        with contextlib.suppress(OSError):  # something is left in it
+            directory.rmdir()
+    return [f"run {run_dir.name}: {p} is nothing sync sent or knows; left in place" for p in left]
 
 
-def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -> bool:
-    """Apply the journal's new entries, sending the writers before the run's end; True once the
-    end is applied (or the run has no journal and its writers are sent)."""
-    done = offline.synced_count(run_dir)
-    applied = 0
-    end: dict[str, Any] | None = None
-    for index, entry in enumerate(offline.entries(run_dir)):
-        if entry["op"] == "end":
-            end = entry if index >= done else {}
+@dataclass
+class _Journal:
+    """What replaying an offline run's journal came to."""
+
+    ended: bool = False  # the run's end is on the server (and no writer of it lives)
+    all_applied: bool = False  # every line applied, or kept as one that cannot be
+    files: list[Path] = field(default_factory=list)  # artifact copies the server has
+
+
+def _replay(client: Client, run_dir: Path, result: RunSync, counter: _Counter) -> _Journal:
+    """Apply the journal's new entries (a line that cannot be applied is kept and named, and
+    the entries after it go on), sending the writers before the run's end."""
+    out = _Journal()
+    lines = offline.lines(run_dir)
+    done = _applied_before(client, run_dir, len(lines))
+    if lines and done == 0 and lines[0].problem:
+        raise RunFailed(
+            f"line 1 of {run_dir / offline.JOURNAL}, the run's create entry, {lines[0].problem}: the run cannot "
+            "be created on the server; mend that line and sync again"
+        )
+    end: offline.Line | None = None
+    for line in lines:
+        copy, missing = offline.artifact_copy(run_dir, line) if line.op == "file" else (None, "")
+        if line.number <= done:  # applied by an earlier sync
+            out.ended |= line.op == "end" and not line.problem
+            out.files += [copy] if copy is not None and not line.problem else []
+            continue
+        if line.problem or missing:
+            kept.keep_entry(run_dir, line.number, line.text, line.problem or missing)
+        elif line.op == "end":
+            end = line
             break
-        if index < done:
-            continue
-        result.created |= _apply(client, run_dir, entry)
-        applied += 1
-        offline.mark_synced(run_dir, index + 1)
-    result.entries = applied
+        else:
+            result.created |= _apply(client, run_dir, line)
+            out.files += [copy] if copy is not None else []
+            result.entries += 1
+        offline.mark_synced(run_dir, line.number)
+    else:
+        out.all_applied = True
     result.writers = _retry_refused(client, run_dir, counter)  # before new refusals join them
     for w in spool.spooled_writers(run_dir.parent, run_dir.name):
         result.writers.append(_send_writer(client, w, counter, result.problems))
-    if end is None:
-        return False
-    if end:
-        client.update_run(run_dir.name, status=end["status"], end_time_ms=end["end_time_ms"])
-        offline.mark_synced(run_dir, done + applied + 1)
+    if end is not None:
+        _apply(client, run_dir, end)
+        offline.mark_synced(run_dir, end.number)
         result.entries += 1
-    return all(not w.live for w in result.writers)
+        out.ended = True
+    out.ended &= all(not w.live for w in result.writers)
+    return out
 
 
-def _apply(client: Client, run_dir: Path, entry: dict[str, Any]) -> bool:
+def _applied_before(client: Client, run_dir: Path, lines: int) -> int:
+    """How many journal lines earlier syncs applied: 0 when `run.synced` is not believed (it
+    does not parse, or says more than the journal holds, or the run is not on the server), and
+    said: every entry is then applied again, which is harmless (each is idempotent)."""
+    done, why = offline.synced_count(run_dir, lines)
+    if done:
+        try:
+            client.get_run(run_dir.name, all_metrics=False)
+        except NotFound:
+            why = f"{run_dir / offline.SYNCED} says {done} entries were applied, but the run is not on the server"
+            done = 0
+    if why:
+        log.warning("runstream: run %s: %s; every entry of its journal is applied again", run_dir.name, why)
+    return done
+
+
+def _apply(client: Client, run_dir: Path, line: offline.Line) -> bool:
+    """Apply one checked journal entry; True when it created the run. What the server refuses
+    for good stops the run here (the next sync begins again at this entry)."""
+    try:
+        return _apply_entry(client, run_dir, line.entry)
+    except TRANSIENT:
+        raise
+    except (RunstreamError, OSError) as exc:
+        raise RunFailed(
+            f"line {line.number} of {run_dir / offline.JOURNAL} ({line.op}): {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _apply_entry(client: Client, run_dir: Path, entry: dict[str, Any]) -> bool:
     run_id = run_dir.name
     op = entry["op"]
     if op == "create":
@@ -198,44 +294,75 @@ def _apply(client: Client, run_dir: Path, entry: dict[str, Any]) -> bool:
         client.log_inputs(run_id, entry["inputs"])
     elif op == "file":
         client.artifacts.log_file(run_id, run_dir / entry["file"], entry["path"], entry["content_type"])
-    else:
-        raise RunstreamError(f"spool journal {run_dir / offline.JOURNAL}: unknown entry {op!r}")
+    elif op == "end":
+        client.update_run(run_id, status=entry["status"], end_time_ms=entry["end_time_ms"])
+    else:  # offline.lines checked it
+        raise AssertionError(f"an unknown journal entry {op!r}")
     return False
 
 
-def _abandoned(run_dir: Path) -> bool:
-    """An offline run whose process died before its end: everything it journaled is sent."""
-    return offline.synced_count(run_dir) >= sum(1 for _ in offline.entries(run_dir))
-
-
 def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, problems: list[str]) -> WriterSync:
-    """Send a writer's spooled batches, keep what is refused or unreadable, then remove its
-    spool (unless its process still writes it)."""
+    """Send a writer's spooled batches, keep what is refused or unreadable, note the seqs
+    missing from its spool, then remove the files of its spool it has sent or knows (unless its
+    process still writes it); name any other."""
     out = WriterSync(w.writer_id, w.epoch, live=spool.is_live(w.directory))
     run_dir = w.directory.parent.parent
+    who = f"run {w.run_id} writer {w.writer_id} epoch {w.epoch}"
     elsewhere = _written_for_another(w, client.target)
     damaged: list[spool.Damage] = []
+    gaps: list[tuple[int, int]] = []
 
     def refused(seq: int, data: bytes, reason: str) -> None:
         kept.keep_refused(run_dir, w, seq, data, reason + elsewhere)
 
-    records = w.records(spool.read_acked(w.directory), quiet=out.live, damaged=damaged)
+    acked = spool.read_acked(w.directory)  # only a believed one spares resending batches
+    if (why := acked.problem) and not out.live:
+        log.warning("runstream: %s: %s; every batch of its spool is sent (the server keeps each once)", who, why)
+    segments = w.segments()
+    records = w.records(acked.value, quiet=out.live, damaged=damaged)
+    if not out.live:
+        records = _gaps(records, acked.claimed or 0, spool.read_sealed(w.directory), damaged, gaps)
     try:
         _stream(client, records, out, counter, refused)
     finally:
         spool.write_acked(w.directory, out.last)
-    out.unreadable = len(damaged)
+    out.unreadable = len(damaged) + len(gaps)
     if out.live:  # its process may still send those batches from memory; read again once it ends
         problems += [
-            f"run {w.run_id} writer {w.writer_id} epoch {w.epoch}: bytes {d.start}-{d.end} of spool segment "
-            f"{d.segment} unreadable ({d.reason}); left in place while its process runs"
+            f"{who}: bytes {d.start}-{d.end} of spool segment {d.segment} unreadable ({d.reason}); "
+            "left in place while its process runs"
             for d in damaged
         ]
         return out
     for d in damaged:
         kept.keep_unreadable(run_dir, w, d)
-    shutil.rmtree(w.directory, ignore_errors=True)
+    for first, last in gaps:
+        reason = "no segment holds them: one was deleted or renamed"
+        if acked.problem and first == (acked.claimed or 0) + 1:
+            reason += f", or they were acknowledged and trimmed ({acked.problem})"
+        kept.note_missing(run_dir, w, first, last, reason)
+    problems += [f"{who}: {p} is not a spool file sync knows; left in place" for p in w.remove_sent(segments)]
     return out
+
+
+def _gaps(
+    records: Iterator[tuple[int, bytes]],
+    after: int,
+    sealed: int | None,
+    damaged: list[spool.Damage],
+    gaps: list[tuple[int, int]],
+) -> Iterator[tuple[int, bytes]]:
+    """`records` (seqs ascending), noting in `gaps` each run of seqs missing from them: past
+    `after` (acknowledged), between two records, and up to `sealed` (the last seq spooled, when
+    the writer closed), unless unreadable bytes (`damaged`, as the reader meets them) lie there."""
+    last, unreadable = after, len(damaged)
+    for seq, data in records:
+        if seq > last + 1 and len(damaged) == unreadable:
+            gaps.append((last + 1, seq - 1))
+        last, unreadable = max(last, seq), len(damaged)
+        yield seq, data
+    if sealed is not None and sealed > last and len(damaged) == unreadable:
+        gaps.append((last + 1, sealed))
 
 
 def _retry_refused(client: Client, run_dir: Path, counter: _Counter) -> list[WriterSync]:
@@ -423,8 +550,8 @@ def resume_orphans(client: Client, root: Path) -> threading.Thread | None:
     def send() -> None:
         for run_dir in orphans:
             try:
-                _say(sync_run(client, run_dir))
-            except RunstreamError as exc:
+                _say(_sync_alone(client, run_dir, _Counter(None)))
+            except TRANSIENT as exc:
                 log.warning("runstream: run %s stays in the spool (%s); `runstream sync` sends it", run_dir.name, exc)
 
     thread = threading.Thread(target=send, name="runstream-resume", daemon=True)
@@ -452,8 +579,8 @@ def _orphan_runs(root: Path) -> list[Path]:
 
 
 def _target_of(run_dir: Path) -> str | None:
-    for entry in offline.entries(run_dir):
-        return str(entry.get("target")) if entry["op"] == "create" else None
+    for line in offline.lines(run_dir)[:1]:
+        return str(line.entry.get("target")) if line.op == "create" else None
     for w in spool.spooled_writers(run_dir.parent, run_dir.name):
         with contextlib.suppress(OSError, ValueError, KeyError):
             return str(w.meta()["target"])
