@@ -15,13 +15,14 @@ import redis
 import urllib3
 
 import runstream
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, soak
 from tests.test_faults import KEYS, _train
 
-# Faster than the 0.3 s of the report, so that kills land inside COPYs and retries within
-# seconds of test time.
-KILL_EVERY_S = 0.05
-STEPS = 60_000
+# Short form: faster than the 0.3 s of the report, so that kills land inside COPYs and retries
+# within seconds of test time. Soak (RUNSTREAM_TEST_SOAK=1): the report's every 0.3 s, and
+# 250,000 points per writer over a longer loop.
+KILL_EVERY_S = soak(0.05, 0.3)
+STEPS = soak(60_000, 250_000 // len(KEYS))
 WRITERS = ["w0", "w1", "w2", "w3"]
 
 
