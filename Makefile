@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint docs buf-lint ui ui-check protos bench
+
+.PHONY: demo test lint docs buf-lint ui ui-check protos schema bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,9 @@ ui-check: node_modules/.installed
 
 protos: $(VENV)/.installed  ## regenerate src/runstream/wire/proto from protos/
 	$(PY) scripts/gen_protos.py
+
+schema: $(VENV)/.installed  ## regenerate src/runstream/server/storage/schema.sql from the migrations (needs PostgreSQL)
+	$(PY) scripts/gen_schema.py
 
 bench: $(VENV)/.installed  ## benchmarks/ingest.py against the machine's PostgreSQL and Redis
 	$(PY) benchmarks/ingest.py

@@ -40,7 +40,7 @@ import numpy as np
 import redis
 
 import runstream
-from runstream.server.storage import chunks, store
+from runstream.server.storage import chunks, metrics
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -343,7 +343,7 @@ async def _raw_copy_rate(db_url: str, batches: list[bytes], per_transaction: int
         started = time.perf_counter()
         for g in groups:
             async with conn.transaction():
-                await store.copy_chunks(conn, g.chunk_records)
+                await metrics.copy_chunks(conn, g.chunk_records)
         elapsed = time.perf_counter() - started
         await conn.execute("DELETE FROM metric_chunks WHERE series_id >= 10000000")
         return points / elapsed

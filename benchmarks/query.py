@@ -25,7 +25,7 @@ from ingest import BenchServer, service_arguments, table
 
 import runstream
 from runstream.client.query import QueryClient
-from runstream.server.storage import history, search, store
+from runstream.server.storage import history, metrics, runs, search
 from runstream.wire import batch as wire
 
 
@@ -126,7 +126,7 @@ def search_benchmark(args: argparse.Namespace) -> tuple[list[list[str]], list[li
             _explain(
                 server.db_url,
                 f"search {args.runs:,} runs, metric filter + order",
-                store.search_runs_sql(where, order),
+                runs.search_runs_sql(where, order),
                 [int(experiment)],
                 False,
                 101,
@@ -222,7 +222,7 @@ async def _explain_history(db_url: str, run_id: str) -> list[list[str]]:
         await conn.close()
     width = history.bucket_width(lo, hi, 1000)
     return [
-        await _explain(db_url, "history chunks, 1,000 buckets", store.HISTORY_CHUNKS_SQL, ids, lo, hi, width, False),
+        await _explain(db_url, "history chunks, 1,000 buckets", metrics.HISTORY_CHUNKS_SQL, ids, lo, hi, width, False),
         await _explain(
             db_url,
             "series read (ReadMetrics)",

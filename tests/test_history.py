@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.server.storage import store
+from runstream.server.storage import metrics
 from runstream.wire import batch as wire
 from tests.conftest import Server, raw_log
 
@@ -175,8 +175,8 @@ def test_coarse_zoom_reads_whole_chunks_by_their_summaries(logged) -> None:  # t
     async def fetch() -> list:
         conn = await asyncpg.connect(server.db_url)
         try:
-            ids = [r["series_id"] for r in await store.metric_series(conn, run_id, "loss", None)]
-            return await store.history_chunks(conn, ids, 0, 2 * STEPS - 1, STEPS, decode_all=False)
+            ids = [r.series_id for r in await metrics.metric_series(conn, run_id, "loss", None)]
+            return await metrics.history_chunks(conn, ids, 0, 2 * STEPS - 1, STEPS, decode_all=False)
         finally:
             await conn.close()
 

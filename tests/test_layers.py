@@ -48,17 +48,17 @@ def _kept_and_broken(output: str) -> tuple[int, list[str]]:
 def test_the_package_keeps_every_contract(package_copy: Path) -> None:
     done = _lint(package_copy)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert _kept_and_broken(done.stdout) == (3, [])
+    assert _kept_and_broken(done.stdout) == (4, [])
 
 
 def test_an_sdk_module_that_imports_the_server_breaks_the_layers(package_copy: Path) -> None:
     query = package_copy / "runstream" / "client" / "query.py"
-    query.write_text(query.read_text() + "\nfrom runstream.server.storage import store  # noqa: E402\n")
+    query.write_text(query.read_text() + "\nfrom runstream.server.storage import runs  # noqa: E402\n")
     done = _lint(package_copy)
     assert done.returncode != 0
-    assert "runstream.client.query -> runstream.server.storage.store" in done.stdout
+    assert "runstream.client.query -> runstream.server.storage.runs" in done.stdout
     kept, broken = _kept_and_broken(done.stdout)
-    assert kept == 1 and len(broken) == 2  # layers and light-sdk; still no circle
+    assert kept == 2 and len(broken) == 2  # layers and light-sdk; still no circle, storage still beneath
 
 
 def test_a_server_package_in_the_sdk_breaks_the_light_sdk_contract(package_copy: Path) -> None:
@@ -67,6 +67,15 @@ def test_a_server_package_in_the_sdk_breaks_the_light_sdk_contract(package_copy:
     done = _lint(package_copy)
     assert done.returncode != 0
     assert "runstream.client.writer -> redis" in done.stdout
+
+
+def test_storage_that_imports_a_service_breaks_the_storage_contract(package_copy: Path) -> None:
+    artifacts = package_copy / "runstream" / "server" / "storage" / "artifacts.py"
+    artifacts.write_text(artifacts.read_text() + "\nfrom runstream.server.artifacts import paths  # noqa: E402\n")
+    done = _lint(package_copy)
+    assert done.returncode != 0
+    assert "runstream.server.storage.artifacts -> runstream.server.artifacts.paths" in done.stdout
+    assert "Storage (server/storage/) imports no service, handler or process code" in _kept_and_broken(done.stdout)[1]
 
 
 def test_an_import_circle_breaks_the_acyclic_contract(package_copy: Path) -> None:

@@ -165,6 +165,12 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError("give a whole number of 0 or more")
+    return int(text)
+
+
 def integer(text: str) -> int:
     try:
         return int(text.strip().replace("_", ""))

@@ -55,7 +55,7 @@ from runstream.server.runtime.metrics import (
     use_multiprocess_dir,
 )
 from runstream.server.runtime.reflection import enable_reflection
-from runstream.server.storage import store
+from runstream.server.storage import db, migrate
 from runstream.server.streams.deployment import DeploymentConflict, bind, deployment_keys
 from runstream.server.streams.keys import Keys
 from runstream.server.tracking.appender import Durability, describe_durability
@@ -116,8 +116,8 @@ async def serve(
     wanted = ROLE_SERVICES[settings.role]
     pool, redis = await connect(settings, need_redis=settings.role != "query")
     async with pool.acquire() as conn:
-        applied = await store.migrate(conn)
-        pg_version = await conn.fetchval("SHOW server_version")
+        applied = await migrate.migrate(conn)
+        pg_version = await db.server_version(conn)
     if applied:
         log.info("applied migrations %s", applied)
     redis_version = (await redis.info("server")).get("redis_version", "?") if settings.role != "query" else None

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -18,7 +17,7 @@ from runstream.server.artifacts.paths import check_path, check_prefix, object_ke
 from runstream.server.artifacts.stores import ObjectStore, Part, StoreSettings, StoreUnavailable
 from runstream.server.rpc import fields
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import store
+from runstream.server.storage import artifacts, db, registry, runs
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_upload_id
 from runstream.wire.proto import artifacts_pb2 as apb
@@ -74,10 +73,10 @@ class Artifacts:
             await _room_in_run(conn, req.run_id, req.size, self.settings.max_run_bytes)
             content_type = req.content_type or "application/octet-stream"
             expires = self.settings.expires_s
-            out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
+            out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=db.now_ms() + expires * 1000)
             key = object_key(req.run_id, path)
-            await store.lock_object_key(conn, key)
-            if await store.object_key_taken(conn, req.run_id, key):
+            await artifacts.lock_object_key(conn, key)
+            if await artifacts.object_key_taken(conn, req.run_id, key):
                 key = replacement_key(req.run_id, path, out.upload_id)
             multipart_id = None
             if parts:  # the layout only: SignParts signs each part for its checksum
@@ -89,19 +88,17 @@ class Artifacts:
                 signed = await self.objects.presign_put(key, req.size, req.sha256, expires)
                 out.url = signed.url
                 out.headers.update(signed.headers)
-            await store.create_upload(
+            await artifacts.create_upload(
                 conn,
-                {
-                    "upload_id": out.upload_id,
-                    "run_id": req.run_id,
-                    "path": path,
-                    "object_key": key,
-                    "size": req.size,
-                    "sha256": req.sha256,
-                    "content_type": content_type,
-                    "multipart_id": multipart_id,
-                    "part_size": part_size,
-                },
+                upload_id=out.upload_id,
+                run_id=req.run_id,
+                path=path,
+                object_key=key,
+                size=req.size,
+                sha256=req.sha256,
+                content_type=content_type,
+                multipart_id=multipart_id,
+                part_size=part_size,
             )
         self.metrics.uploads_signed.labels("multipart" if parts else "single").inc()
         return out
@@ -122,31 +119,29 @@ class Artifacts:
             raise InvalidArgument(f"unsized_parts is {req.unsized_parts:,}; it must be between 1 and {MAX_PARTS:,}")
         content_type = req.content_type or "application/octet-stream"
         expires = self.settings.expires_s
-        out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=store.now_ms() + expires * 1000)
+        out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=db.now_ms() + expires * 1000)
         async with self.pool.acquire() as conn, conn.transaction():
             await fields.active_run(conn, req.run_id, "adding artifacts")
             await _not_a_model_source(conn, req.run_id, path)
             key = object_key(req.run_id, path)
-            await store.lock_object_key(conn, key)
-            if await store.object_key_taken(conn, req.run_id, key):
+            await artifacts.lock_object_key(conn, key)
+            if await artifacts.object_key_taken(conn, req.run_id, key):
                 key = replacement_key(req.run_id, path, out.upload_id)
             multipart_id = await self.objects.create_multipart(key, content_type, checksums=False)
             for n in range(1, req.unsized_parts + 1):
                 signed = await self.objects.presign_part(key, multipart_id, n, -1, "", expires)
                 out.parts.add(part_number=n, offset=-1, size=-1, url=signed.url, headers=signed.headers)
-            await store.create_upload(
+            await artifacts.create_upload(
                 conn,
-                {
-                    "upload_id": out.upload_id,
-                    "run_id": req.run_id,
-                    "path": path,
-                    "object_key": key,
-                    "size": 0,  # unknown until completed
-                    "sha256": "",  # marks an unsized upload
-                    "content_type": content_type,
-                    "multipart_id": multipart_id,
-                    "part_size": 0,
-                },
+                upload_id=out.upload_id,
+                run_id=req.run_id,
+                path=path,
+                object_key=key,
+                size=0,  # unknown until completed
+                sha256="",  # marks an unsized upload
+                content_type=content_type,
+                multipart_id=multipart_id,
+                part_size=0,
             )
         self.metrics.uploads_signed.labels("unsized").inc()
         return out
@@ -154,74 +149,72 @@ class Artifacts:
     async def SignParts(self, req: apb.SignPartsRequest, ctx: Any) -> apb.SignPartsResponse:
         async with self.pool.acquire() as conn:
             upload = await _upload(conn, req.upload_id)
-        if upload["multipart_id"] is None:
+        if upload.multipart_id is None:
             raise FailedPrecondition(f"upload {req.upload_id} is one PUT to the URL CreateUpload gave; it has no parts")
-        if not upload["sha256"]:
+        if not upload.sha256:
             raise FailedPrecondition(f"upload {req.upload_id} is unsized: CreateUpload signed all of its parts")
-        count = -(-upload["size"] // upload["part_size"])
+        count = -(-upload.size // upload.part_size)
         expires = self.settings.expires_s
-        out = apb.SignPartsResponse(expires_at_ms=store.now_ms() + expires * 1000)
+        out = apb.SignPartsResponse(expires_at_ms=db.now_ms() + expires * 1000)
         for p in req.parts:
             if not 1 <= p.part_number <= count:
                 raise InvalidArgument(f"part_number {p.part_number} is not a part of this upload (1 to {count})")
             if not SHA256.fullmatch(p.sha256):
                 raise InvalidArgument(f"part {p.part_number}: sha256 must be 64 lowercase hex digits")
-            offset, size = _part(p.part_number, upload["size"], upload["part_size"])
+            offset, size = _part(p.part_number, upload.size, upload.part_size)
             signed = await self.objects.presign_part(
-                upload["object_key"], upload["multipart_id"], p.part_number, size, p.sha256, expires
+                upload.object_key, upload.multipart_id, p.part_number, size, p.sha256, expires
             )
             out.parts.add(part_number=p.part_number, offset=offset, size=size, url=signed.url, headers=signed.headers)
         return out
 
     async def CompleteUpload(self, req: apb.CompleteUploadRequest, ctx: Any) -> apb.Artifact:
         async with self.pool.acquire() as conn:
-            upload: Mapping[str, Any] = dict(await _upload(conn, req.upload_id))
-            unsized = not upload["sha256"]
-            if upload["multipart_id"] is not None:
+            upload = await _upload(conn, req.upload_id)
+            unsized = not upload.sha256
+            if upload.multipart_id is not None:
                 numbers = sorted(p.part_number for p in req.parts)
-                expected = numbers[-1] if unsized and numbers else -(-upload["size"] // max(upload["part_size"], 1))
+                expected = numbers[-1] if unsized and numbers else -(-upload.size // max(upload.part_size, 1))
                 if numbers != list(range(1, expected + 1)):
                     raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
                 if not unsized and not all(SHA256.fullmatch(p.sha256) for p in req.parts):
                     raise InvalidArgument("give every part's sha256 as signed by SignParts (64 lowercase hex digits)")
                 await self.objects.complete_multipart(
-                    upload["object_key"],
-                    upload["multipart_id"],
+                    upload.object_key,
+                    upload.multipart_id,
                     [Part(p.part_number, p.etag, "" if unsized else p.sha256) for p in req.parts],
                 )
             if unsized:
                 upload = await self._measure(conn, upload)
-            stored = await self.objects.size_of(upload["object_key"])
+            stored = await self.objects.size_of(upload.object_key)
             if stored is None:
-                raise FailedPrecondition(f"nothing was uploaded for {upload['path']!r}; PUT the file first")
-            if stored != upload["size"]:
-                raise FailedPrecondition(
-                    f"{upload['path']!r} has {stored:,} bytes stored, {upload['size']:,} announced"
-                )
+                raise FailedPrecondition(f"nothing was uploaded for {upload.path!r}; PUT the file first")
+            if stored != upload.size:
+                raise FailedPrecondition(f"{upload.path!r} has {stored:,} bytes stored, {upload.size:,} announced")
             async with conn.transaction():
-                await store.lock_object_key(conn, object_key(upload["run_id"], upload["path"]))
-                await _not_a_model_source(conn, upload["run_id"], upload["path"])
-                row, replaced = await store.record_artifact(conn, upload)
-                await store.delete_upload(conn, req.upload_id)
-        if replaced is not None and replaced != upload["object_key"]:
+                await artifacts.lock_object_key(conn, object_key(upload.run_id, upload.path))
+                await _not_a_model_source(conn, upload.run_id, upload.path)
+                row, replaced = await artifacts.record_artifact(conn, upload)
+                await artifacts.delete_upload(conn, req.upload_id)
+        if replaced is not None and replaced != upload.object_key:
             await self.objects.delete(replaced)  # recorded no more: the new bytes are in place
         self.metrics.uploads_completed.inc()
-        self.metrics.upload_bytes.inc(upload["size"])
+        self.metrics.upload_bytes.inc(upload.size)
         return _artifact(row, is_dir=False)
 
-    async def _measure(self, conn: Any, upload: Mapping[str, Any]) -> Mapping[str, Any]:
+    async def _measure(self, conn: Any, upload: artifacts.UploadRow) -> artifacts.UploadRow:
         """An unsized upload, completed: its size and SHA-256 from the store, within the limits
         (or the object is deleted and the upload forgotten)."""
-        size, sha256 = await self.objects.digest_of(upload["object_key"])
+        size, sha256 = await self.objects.digest_of(upload.object_key)
         try:
             self._check_upload_size(size)
             async with conn.transaction():
-                await _room_in_run(conn, upload["run_id"], size, self.settings.max_run_bytes)
+                await _room_in_run(conn, upload.run_id, size, self.settings.max_run_bytes)
         except ResourceExhausted:
-            await self.objects.delete(upload["object_key"])
-            await store.delete_upload(conn, upload["upload_id"])
+            await self.objects.delete(upload.object_key)
+            await artifacts.delete_upload(conn, upload.upload_id)
             raise
-        return {**upload, "size": size, "sha256": sha256}
+        return upload._replace(size=size, sha256=sha256)
 
     async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
         async with self.pool.acquire() as conn:
@@ -234,16 +227,16 @@ class Artifacts:
         prefix = check_prefix(req.prefix)
         async with self.pool.acquire() as conn:
             await _run(conn, req.run_id)
-            rows = await store.list_artifacts(conn, req.run_id, prefix + "/" if prefix else "")
-        return apb.ListArtifactsResponse(artifacts=[_artifact(r, r["is_dir"]) for r in rows])
+            rows = await artifacts.list_artifacts(conn, req.run_id, prefix + "/" if prefix else "")
+        return apb.ListArtifactsResponse(artifacts=[_artifact(r, r.is_dir) for r in rows])
 
     async def GetDownloadUrl(self, req: apb.ArtifactRef, ctx: Any) -> apb.DownloadUrl:
         row = await self._artifact(req)
         expires = self.settings.expires_s
         return apb.DownloadUrl(
-            url=await self.objects.presign_get(row["object_key"], expires),
+            url=await self.objects.presign_get(row.object_key, expires),
             artifact=_artifact(row, is_dir=False),
-            expires_at_ms=store.now_ms() + expires * 1000,
+            expires_at_ms=db.now_ms() + expires * 1000,
         )
 
     async def DeleteArtifact(self, req: apb.ArtifactRef, ctx: Any) -> apb.DeleteArtifactResponse:
@@ -251,57 +244,57 @@ class Artifacts:
         path = check_path(req.path)
         async with self.pool.acquire() as conn, conn.transaction():
             await _not_a_model_source(conn, req.run_id, path)
-            key = await store.delete_artifact(conn, req.run_id, path)
+            key = await artifacts.delete_artifact(conn, req.run_id, path)
         if key is None:
             raise NotFound(f"run {req.run_id} has no artifact {path!r}")
         await self.objects.delete(key)
         return apb.DeleteArtifactResponse()
 
-    async def _artifact(self, req: apb.ArtifactRef) -> asyncpg.Record:
+    async def _artifact(self, req: apb.ArtifactRef) -> artifacts.ArtifactRow:
         wire.check_run_id(req.run_id)
         path = check_path(req.path)
         async with self.pool.acquire() as conn:
-            row = await store.get_artifact(conn, req.run_id, path)
+            row = await artifacts.get_artifact(conn, req.run_id, path)
             if row is None:
                 await _run(conn, req.run_id)
                 raise NotFound(f"run {req.run_id} has no artifact {path!r}")
         return row
 
-    async def _abort(self, conn: Any, upload: asyncpg.Record) -> None:
-        if upload["multipart_id"] is not None:
-            await self.objects.abort_multipart(upload["object_key"], upload["multipart_id"])
+    async def _abort(self, conn: Any, upload: artifacts.UploadRow) -> None:
+        if upload.multipart_id is not None:
+            await self.objects.abort_multipart(upload.object_key, upload.multipart_id)
         elif not await _recorded(conn, upload):
-            await self.objects.delete(upload["object_key"])  # a single PUT may have landed: unrecorded bytes
-        await store.delete_upload(conn, upload["upload_id"])
+            await self.objects.delete(upload.object_key)  # a single PUT may have landed: unrecorded bytes
+        await artifacts.delete_upload(conn, upload.upload_id)
 
     async def _sweep_forever(self) -> None:
         """Abort uploads nobody completed within STALE_AFTER_MS, freeing their parts."""
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    for u in await store.stale_uploads(conn, store.now_ms() - STALE_AFTER_MS):
+                    for u in await artifacts.stale_uploads(conn, db.now_ms() - STALE_AFTER_MS):
                         await self._abort(conn, u)
-                        log.info("aborted stale upload %s (%s)", u["upload_id"], u["object_key"])
+                        log.info("aborted stale upload %s (%s)", u.upload_id, u.object_key)
             except (OSError, asyncpg.PostgresError, StoreUnavailable) as exc:
                 log.warning("sweeping stale uploads failed: %s", exc)
             await asyncio.sleep(SWEEP_S)
 
 
 async def _run(conn: Any, run_id: str) -> str:
-    stage = await store.run_lifecycle(conn, run_id)
+    stage = await runs.run_lifecycle(conn, run_id)
     if stage is None:
         raise RunNotFound(f"run {run_id} does not exist")
     return stage
 
 
-async def _recorded(conn: Any, upload: asyncpg.Record) -> bool:
-    row = await store.get_artifact(conn, upload["run_id"], upload["path"])
-    return row is not None and row["object_key"] == upload["object_key"]
+async def _recorded(conn: Any, upload: artifacts.UploadRow) -> bool:
+    row = await artifacts.get_artifact(conn, upload.run_id, upload.path)
+    return row is not None and row.object_key == upload.object_key
 
 
 async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
     """A registered model version's bytes never change: its source cannot be replaced or deleted."""
-    used = await store.model_version_using(conn, run_id, path)
+    used = await registry.model_version_using(conn, run_id, path)
     if used is not None:
         raise FailedPrecondition(
             f"{path!r} is the source of model {used[0]!r} version {used[1]}; delete that version first"
@@ -311,8 +304,8 @@ async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
 async def _room_in_run(conn: Any, run_id: str, size: int, limit: int) -> None:
     """The run's artifacts, stored and under way, stay within `limit` with `size` more. The
     run's lock makes concurrent uploads to one run count one after the other."""
-    await store.lock_run_artifacts(conn, run_id)
-    used = await store.run_artifact_bytes(conn, run_id)
+    await artifacts.lock_run_artifacts(conn, run_id)
+    used = await artifacts.run_artifact_bytes(conn, run_id)
     if used + size > limit:
         raise ResourceExhausted(
             f"run {run_id} has {used:,} bytes of artifacts stored or under way; {size:,} more would pass the "
@@ -320,9 +313,9 @@ async def _room_in_run(conn: Any, run_id: str, size: int, limit: int) -> None:
         )
 
 
-async def _upload(conn: Any, upload_id: str) -> asyncpg.Record:
+async def _upload(conn: Any, upload_id: str) -> artifacts.UploadRow:
     upload_id = canonical_upload_id(upload_id)
-    upload = await store.get_upload(conn, upload_id)
+    upload = await artifacts.get_upload(conn, upload_id)
     if upload is None:
         raise NotFound(f"upload {upload_id} does not exist (completed, aborted or never created)")
     return upload
@@ -334,12 +327,12 @@ def _part(number: int, size: int, part_size: int) -> tuple[int, int]:
     return offset, min(part_size, size - offset)
 
 
-def _artifact(row: asyncpg.Record, is_dir: bool) -> apb.Artifact:
+def _artifact(row: artifacts.ArtifactRow | artifacts.ListedArtifact, is_dir: bool) -> apb.Artifact:
     return apb.Artifact(
-        path=row["path"],
+        path=row.path,
         is_dir=is_dir,
-        size=row["size"],
-        sha256="" if is_dir else row["sha256"],
-        content_type="" if is_dir else row["content_type"],
-        created_ms=row["created_ms"],
+        size=row.size,
+        sha256="" if is_dir else row.sha256,
+        content_type="" if is_dir else row.content_type,
+        created_ms=row.created_ms,
     )

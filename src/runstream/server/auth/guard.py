@@ -22,7 +22,7 @@ import asyncpg
 from runstream.errors import PermissionDenied, Unauthenticated
 from runstream.server.auth import credentials
 from runstream.server.auth.policy import ANY_TOKEN, BATCH_METHODS, LIMITED, SCOPES, WRITE, scope_of
-from runstream.server.storage import store
+from runstream.server.storage import artifacts, experiments, logged_models, registry, runs, tokens
 
 CACHE_S = 5.0
 MAX_CACHED_RUNS = 100_000
@@ -30,7 +30,10 @@ AUTHORIZATION = "authorization"
 USER_METADATA = "runstream-user"  # who acts while auth is off (the SDK sends the login name)
 DEFAULT_EXPERIMENT = "Default"
 # Messages whose `name` (or `experiment_name`) field is an experiment's name.
-OWNED_BY_A_RUN = (("upload_id", store.run_of_upload, "upload"), ("model_id", store.run_of_logged_model, "logged model"))
+OWNED_BY_A_RUN = (
+    ("upload_id", artifacts.run_of_upload, "upload"),
+    ("model_id", logged_models.run_of_logged_model, "logged model"),
+)
 MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)")  # what names the model in models:/NAME/... or @ALIAS
 EXPERIMENT_NAME_FIELDS = {
     "CreateExperimentRequest": "name",
@@ -70,7 +73,7 @@ class Guard:
     def __init__(self, pool: asyncpg.Pool, enabled: bool) -> None:
         self.pool = pool
         self.enabled = enabled
-        self._tokens: dict[str, tuple[float, store.TokenRow | None]] = {}
+        self._tokens: dict[str, tuple[float, tokens.TokenRow | None]] = {}
         # run id -> (until when, its experiment's name): a run never moves, but its experiment
         # can be renamed, out of a token's glob, in any process
         self._runs: dict[str, tuple[float, str]] = {}
@@ -120,8 +123,8 @@ class Guard:
             return
         named = await self._experiments_named(req)
         models = await self._models_named(req) if service == "RegistryService" else []
-        for model, experiments in models:  # a model without versions (or none yet) binds nothing
-            named += [(f"model {model!r} (a version from experiment {e!r})", e) for e in experiments or ()]
+        for model, in_experiments in models:  # a model without versions (or none yet) binds nothing
+            named += [(f"model {model!r} (a version from experiment {e!r})", e) for e in in_experiments or ()]
         if not named and not models:
             raise PermissionDenied(
                 f"token {principal.name!r} is limited to experiments matching {principal.experiments!r}; "
@@ -154,13 +157,13 @@ class Guard:
         """Drop a revoked token from the cache (RevokeToken in this process)."""
         self._tokens.pop(token_id, None)
 
-    async def _token(self, token_id: str) -> store.TokenRow | None:
+    async def _token(self, token_id: str) -> tokens.TokenRow | None:
         now = time.monotonic()
         cached = self._tokens.get(token_id)
         if cached is not None and cached[0] > now:
             return cached[1]
         async with self.pool.acquire() as conn:
-            row = await store.token_by_id(conn, token_id)
+            row = await tokens.token_by_id(conn, token_id)
         if len(self._tokens) > 10_000:
             self._tokens.clear()
         self._tokens[token_id] = (now + CACHE_S, row)
@@ -205,7 +208,7 @@ class Guard:
             named += [(f"run {r}", found.get(r)) for r in run_ids]
         if experiment_ids:
             async with self.pool.acquire() as conn:
-                names = await store.experiment_names(conn, experiment_ids)
+                names = await experiments.experiment_names(conn, experiment_ids)
             named += [(f"experiment {e}", names.get(e)) for e in experiment_ids]
         return named
 
@@ -216,12 +219,12 @@ class Guard:
         names: list[str] = []
         async with self.pool.acquire() as conn:
             if "request_id" in fields and req.request_id:
-                names.append(await store.model_of_transition_request(conn, req.request_id) or f"#{req.request_id}")
+                names.append(await registry.model_of_transition_request(conn, req.request_id) or f"#{req.request_id}")
             elif "uri" in fields and (uri := MODEL_URI.match(req.uri)):
                 names.append(uri["name"])
             elif "name" in fields and req.name:
                 names.append(req.name)
-            return [(name, await store.experiments_of_model(conn, name)) for name in names]
+            return [(name, await registry.experiments_of_model(conn, name)) for name in names]
 
     async def _experiments_of_runs(self, run_ids: list[str]) -> dict[str, str]:
         """The experiment names of the runs that exist; cached for CACHE_S, so a rename takes
@@ -230,7 +233,7 @@ class Guard:
         missing = [r for r in run_ids if r not in self._runs or self._runs[r][0] <= now]
         if missing:
             async with self.pool.acquire() as conn:
-                found = await store.experiments_of_runs(conn, missing)
+                found = await runs.experiments_of_runs(conn, missing)
             if len(self._runs) + len(found) > MAX_CACHED_RUNS:
                 self._runs.clear()
             self._runs.update((run, (now + CACHE_S, name)) for run, name in found.items())

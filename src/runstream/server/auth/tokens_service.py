@@ -15,7 +15,7 @@ from runstream.errors import AlreadyExists, InvalidArgument, NotFound
 from runstream.server.auth import credentials
 from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, acting_user
 from runstream.server.auth.policy import ADMIN, SCOPES
-from runstream.server.storage import store
+from runstream.server.storage import tokens
 from runstream.wire.proto import admin_pb2 as adm
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class TokenAdmin:
             raise InvalidArgument(f"expires_in_s is {req.expires_in_s:,}; it must be between 0 and {MAX_EXPIRY_S:,}")
         token_id, text, secret_hash = credentials.new_token()
         async with self.pool.acquire() as conn:
-            row = await store.insert_token(
+            row = await tokens.insert_token(
                 conn,
                 token_id,
                 name,
@@ -65,12 +65,12 @@ class TokenAdmin:
 
     async def ListTokens(self, req: adm.ListTokensRequest, ctx: Any) -> adm.ListTokensResponse:
         async with self.pool.acquire() as conn:
-            rows = await store.list_tokens(conn, req.include_revoked)
+            rows = await tokens.list_tokens(conn, req.include_revoked)
         return adm.ListTokensResponse(tokens=[token_message(r) for r in rows])
 
     async def RevokeToken(self, req: adm.RevokeTokenRequest, ctx: Any) -> adm.ApiToken:
         async with self.pool.acquire() as conn:
-            row = await store.revoke_token(conn, req.name)
+            row = await tokens.revoke_token(conn, req.name)
         if row is None:
             raise NotFound(f"no live token is named {req.name!r}")
         self.guard.forget(row.token_id)
@@ -89,7 +89,7 @@ class TokenAdmin:
         )
 
 
-def token_message(row: store.TokenRow) -> adm.ApiToken:
+def token_message(row: tokens.TokenRow) -> adm.ApiToken:
     return adm.ApiToken(
         name=row.name,
         scopes=row.scopes,
@@ -116,10 +116,10 @@ async def bootstrap_admin(pool: asyncpg.Pool, token_file: Path, given: str | Non
     else:
         token_id, text, secret_hash = credentials.new_token()
     async with pool.acquire() as conn:
-        if await store.has_live_admin_token(conn):
+        if await tokens.has_live_admin_token(conn):
             return None
         try:
-            await store.insert_token(conn, token_id, BOOTSTRAP_NAME, secret_hash, SCOPES, None, "server start", None)
+            await tokens.insert_token(conn, token_id, BOOTSTRAP_NAME, secret_hash, SCOPES, None, "server start", None)
         except AlreadyExists:
             return None
     if text is None:

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import chunks, store
+from runstream.server.storage import chunks, metrics
 from runstream.server.storage.failures import database_away, refused_value
 from runstream.server.streams.deployment import DeploymentConflict, bind
 from runstream.server.streams.keys import (
@@ -356,9 +356,9 @@ class Loader:
             if missing:
                 if len(self._series) > SERIES_CACHE_MAX:
                     self._series.clear()
-                self._series.update(await store.series_ids(conn, missing))
+                self._series.update(await metrics.series_ids(conn, missing))
             async with conn.transaction():
-                new, conflicting = await store.record_batches(
+                new, conflicting = await metrics.record_batches(
                     conn, [(b.run_id, b.writer_id, b.epoch, b.seq, b.points, d) for _, b, _, d in loaded]
                 )
                 fresh = [(b, r) for _, b, r, _ in loaded if (b.run_id, b.writer_id, b.epoch, b.seq) in new]
@@ -369,10 +369,10 @@ class Loader:
                 if not fresh:
                     return reused
                 packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
-                await store.copy_chunks(conn, packed.chunk_records)
+                await metrics.copy_chunks(conn, packed.chunk_records)
                 failpoint("loader.after_copy")
-                await store.upsert_summaries(conn, packed.summary_columns)
-                await store.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
+                await metrics.upsert_summaries(conn, packed.summary_columns)
+                await metrics.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
         self.stats.batches += len(fresh)
         self.stats.points += packed.points
         self.metrics.batches_committed.inc(len(fresh))

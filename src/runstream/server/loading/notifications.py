@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from runstream.server.storage import store
+from runstream.server.storage import db
 
 
 class Notifications:
@@ -34,7 +34,7 @@ class Notifications:
             conn: Any = await self.pool.acquire()
             self._lost = False
             conn.add_termination_listener(self._terminated)
-            await conn.add_listener(store.LOADED_CHANNEL, self._notified)
+            await conn.add_listener(db.LOADED_CHANNEL, self._notified)
             self._conn = conn
 
     def _terminated(self, conn: Any) -> None:
@@ -61,6 +61,6 @@ class Notifications:
     async def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):  # a lost connection cannot be told to stop listening
-                await self._conn.remove_listener(store.LOADED_CHANNEL, self._notified)
+                await self._conn.remove_listener(db.LOADED_CHANNEL, self._notified)
                 await self.pool.release(self._conn)
             self._conn = None

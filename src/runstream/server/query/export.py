@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from runstream.server.storage import chunks, store
+from runstream.server.storage import chunks, metrics
 from runstream.wire import points
 
 MESSAGE_POINTS = 65_536  # ~1.5 MiB a message, well under gRPC's 4 MiB default limit
@@ -24,17 +23,17 @@ Columns = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.flo
 
 
 async def read_series(
-    conn: Any, run_id: str, key: str, series: list[asyncpg.Record], lo: int, hi: int
+    conn: Any, run_id: str, key: str, series: list[metrics.SeriesRow], lo: int, hi: int
 ) -> AsyncIterator[bytes]:
     """Serialized MetricPoints of every series in `series` (in order), within [lo, hi]."""
     for s in series:
         pending: list[Columns] = []
         held = 0
-        async for row in store.series_chunk_cursor(conn, s["series_id"], lo, hi):
+        async for row in metrics.series_chunk_cursor(conn, s.series_id, lo, hi):
             if held >= MESSAGE_POINTS:
                 final, rest = _split(pending, row["first_step"])
                 pending, held = [rest], len(rest[0])
-                for message in _messages(run_id, key, s["writer_id"], final):
+                for message in _messages(run_id, key, s.writer_id, final):
                     yield message
             cols = chunks.unpack(row["steps"], row["timestamps"], row["vals"])
             if row["first_step"] < lo or row["last_step"] > hi:
@@ -44,7 +43,7 @@ async def read_series(
             held += len(cols[0])
         if pending:
             final, _ = _split(pending, None)
-            for message in _messages(run_id, key, s["writer_id"], final):
+            for message in _messages(run_id, key, s.writer_id, final):
                 yield message
 
 

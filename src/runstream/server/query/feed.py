@@ -33,7 +33,7 @@ import numpy as np
 from runstream.errors import RunNotFound
 from runstream.server.loading.notifications import Notifications
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import chunks, store
+from runstream.server.storage import chunks, metrics, runs
 from runstream.wire import points
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class Feed:
     async def _start(self) -> None:
         try:
             async with self._db.connection("shared") as conn:
-                if not await store.run_statuses(conn, [self.run_id]):
+                if not await runs.run_statuses(conn, [self.run_id]):
                     raise RunNotFound(f"run {self.run_id} does not exist")
         except Exception:
             self._finish(None)
@@ -244,12 +244,12 @@ class Feed:
         if new == []:
             return
         async with self._db.connection("shared") as conn:
-            rows = await store.tail_series(conn, [self.run_id], new or [])  # [] means every key
-            rows = [r for r in rows if r["series_id"] not in self.heads]
-            latest = await store.last_steps(conn, [r["series_id"] for r in rows])
+            rows = await metrics.tail_series(conn, [self.run_id], new or [])  # [] means every key
+            rows = [r for r in rows if r.series_id not in self.heads]
+            latest = await metrics.last_steps(conn, [r.series_id for r in rows])
         for r in rows:
-            self.series[r["series_id"]] = Series(r["run_id"], r["key"], r["writer_id"])
-            self.heads[r["series_id"]] = latest.get(r["series_id"], NO_STEP)
+            self.series[r.series_id] = Series(r.run_id, r.key, r.writer_id)
+            self.heads[r.series_id] = latest.get(r.series_id, NO_STEP)
         self._reading = None if new is None else self._reading | set(new)
 
     def _narrow(self) -> None:
@@ -316,16 +316,16 @@ class Feed:
             self._narrow()
             async with self._db.connection("shared") as conn:
                 # Status first: points committed before the run ended are then read below.
-                status = (await store.run_statuses(conn, [self.run_id])).get(self.run_id)
+                status = (await runs.run_statuses(conn, [self.run_id])).get(self.run_id)
                 rows: list[asyncpg.Record] = []
                 if self._reading is None or self._reading:
                     keys = [] if self._reading is None else sorted(self._reading)  # [] means every key
-                    for r in await store.tail_series(conn, [self.run_id], keys):
-                        if r["series_id"] not in self.series:  # a series that appeared: all its points are new
-                            self.series[r["series_id"]] = Series(r["run_id"], r["key"], r["writer_id"])
-                            self.heads[r["series_id"]] = NO_STEP
+                    for r in await metrics.tail_series(conn, [self.run_id], keys):
+                        if r.series_id not in self.series:  # a series that appeared: all its points are new
+                            self.series[r.series_id] = Series(r.run_id, r.key, r.writer_id)
+                            self.heads[r.series_id] = NO_STEP
                     ids = list(self.heads)
-                    rows = await store.chunks_after(conn, ids, [self.heads[i] for i in ids])
+                    rows = await metrics.chunks_after(conn, ids, [self.heads[i] for i in ids])
             new: list[Message] = []
             for series_id, series_rows in by_series(rows).items():
                 found = messages(series_id, self.series[series_id], series_rows, self.heads[series_id], None)

@@ -22,7 +22,7 @@ from runstream.server.query import compare, export
 from runstream.server.query.tail import Caller, Tail, Tails
 from runstream.server.rpc.messages import experiment_message, run_message
 from runstream.server.rpc.paging import PageTokens
-from runstream.server.storage import chunks, history, search, store
+from runstream.server.storage import chunks, experiments, history, metrics, runs, search
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -73,7 +73,7 @@ class Query:
         lo, hi = _step_range(req)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
-            series = [s for s in series if s["writer_id"] > req.after_writer]
+            series = [s for s in series if s.writer_id > req.after_writer]
             async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi):
                 yield message
 
@@ -85,7 +85,9 @@ class Query:
         query = f"experiments\x00{req.include_deleted}\x00{req.name_like}"
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         async with self.pool.acquire() as conn:
-            rows = await store.experiments_with_counts(conn, req.include_deleted, req.name_like, limit + 1, offset)
+            rows = await experiments.experiments_with_counts(
+                conn, req.include_deleted, req.name_like, limit + 1, offset
+            )
         return qpb.ExperimentList(
             experiments=[
                 qpb.ExperimentCounts(experiment=experiment_message(e), **counts) for e, counts in rows[:limit]
@@ -110,7 +112,7 @@ class Query:
                 return await _history(
                     conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
                 )
-            out = qpb.MetricHistory(key=req.key, writers=[r["writer_id"] for r in series])
+            out = qpb.MetricHistory(key=req.key, writers=[r.writer_id for r in series])
             for one in series:
                 part = await _history(
                     conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
@@ -126,24 +128,24 @@ class Query:
                 raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
         max_points = _max_points(req.max_points, DEFAULT_COMPARE_POINTS)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            runs = [await store.get_run(conn, run_id, list(req.keys) or None) for run_id in req.run_ids]
-            keys = list(req.keys) or sorted({m["key"] for run in runs for m in run.metrics})
+            compared = [await runs.get_run(conn, run_id, list(req.keys) or None) for run_id in req.run_ids]
+            keys = list(req.keys) or sorted({m.key for run in compared for m in run.metrics})
             if len(keys) > MAX_COMPARE_KEYS:
                 raise InvalidArgument(f"comparing {len(keys)} keys; name at most {MAX_COMPARE_KEYS} in keys")
-            out = qpb.CompareRunsResponse(runs=[run_message(r) for r in runs])
-            out.params.extend(compare.param_rows([r.params for r in runs]))
-            summaries = [{m["key"]: m["last_value"] for m in r.metrics} for r in runs]
+            out = qpb.CompareRunsResponse(runs=[run_message(r) for r in compared])
+            out.params.extend(compare.param_rows([r.params for r in compared]))
+            summaries = [{m.key: m.last_value for m in r.metrics} for r in compared]
             plan = []  # (series of one run's key, step range shared by the key's runs)
             for key in keys:
                 direction = req.direction.get(key) or compare.default_direction(key)
                 out.metrics.append(compare.metric_row(key, [s.get(key) for s in summaries], direction))
-                series = [await store.metric_series(conn, r.run_id, key, None) for r in runs]
-                extent = await store.chunk_extent(
-                    conn, [x["series_id"] for s in series for x in s], INT64_MIN, INT64_MAX
+                series = [await metrics.metric_series(conn, r.run_id, key, None) for r in compared]
+                extent = await metrics.chunk_extent(
+                    conn, [x.series_id for s in series for x in s], INT64_MIN, INT64_MAX
                 )
-                plan += [(key, s, extent["first_step"], extent["last_step"]) for s in series]
+                plan += [(key, s, extent.first_step, extent.last_step) for s in series]
 
-        async def one(key: str, series: list[asyncpg.Record], lo: int | None, hi: int | None) -> qpb.MetricHistory:
+        async def one(key: str, series: list[metrics.SeriesRow], lo: int | None, hi: int | None) -> qpb.MetricHistory:
             if lo is None or hi is None or not series:
                 return qpb.MetricHistory(key=key)
             async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
@@ -153,7 +155,7 @@ class Query:
 
         histories = await asyncio.gather(*(one(*item) for item in plan))
         for i, key in enumerate(keys):  # one common step axis per key: the same range, so the same buckets
-            out.series.add(key=key).histories.extend(histories[i * len(runs) : (i + 1) * len(runs)])
+            out.series.add(key=key).histories.extend(histories[i * len(compared) : (i + 1) * len(compared)])
         return out
 
     async def SearchRuns(self, req: qpb.SearchRunsRequest, ctx: Any) -> qpb.SearchRunsResponse:
@@ -161,34 +163,34 @@ class Query:
         if not 0 < limit <= MAX_RESULTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
         experiment_ids = [int(e) for e in req.experiment_ids]  # canonical decimals (rpc/grpc.py)
-        sql = search.Sql(offset=4)  # $1..$4 belong to store.search_runs
+        sql = search.Sql(offset=4)  # $1..$4 belong to runs.search_runs
         where = search.where(req.filter, sql)
         order = search.order_by(list(req.order_by), sql)
         query = _search_query(req)
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         async with self.pool.acquire() as conn:
-            runs = await store.search_runs(
+            found = await runs.search_runs(
                 conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
             )
             total = 0
             if req.count_total:  # the filter alone: order_by's parameters would be unused there
                 count_sql = search.Sql(offset=4)
                 count_where = search.where(req.filter, count_sql)
-                total = await store.count_runs(conn, experiment_ids, req.include_deleted, count_where, count_sql.args)
-        more = len(runs) > limit
+                total = await runs.count_runs(conn, experiment_ids, req.include_deleted, count_where, count_sql.args)
+        more = len(found) > limit
         return qpb.SearchRunsResponse(
-            runs=[run_message(r) for r in runs[:limit]],
+            runs=[run_message(r) for r in found[:limit]],
             next_page_token=self.tokens.issue(offset + limit, query) if more else "",
             total_count=total,
         )
 
-    async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[asyncpg.Record]:
-        series = await store.metric_series(conn, run_id, key, writer)
+    async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[metrics.SeriesRow]:
+        series = await metrics.metric_series(conn, run_id, key, writer)
         if series:
             return series
-        if await store.run_lifecycle(conn, run_id) is None:
+        if await runs.run_lifecycle(conn, run_id) is None:
             raise RunNotFound(f"run {run_id} does not exist")
-        if writer is not None and await store.metric_series(conn, run_id, key, None):
+        if writer is not None and await metrics.metric_series(conn, run_id, key, None):
             raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
         raise NotFound(f"run {run_id} has no metric {key!r}")
 
@@ -196,7 +198,7 @@ class Query:
 async def _history(
     conn: Any,
     key: str,
-    series: list[asyncpg.Record],
+    series: list[metrics.SeriesRow],
     lo: int,
     hi: int,
     max_points: int,
@@ -208,16 +210,16 @@ async def _history(
     range shrinks to the steps present; with it, buckets span exactly [lo, hi], so several
     runs downsampled over one range share their bucket edges. `with_time` decodes every
     chunk, so that buckets carry the timestamp of their last point."""
-    ids = [r["series_id"] for r in series]
-    out = qpb.MetricHistory(key=key, writers=[r["writer_id"] for r in series])
-    extent = await store.chunk_extent(conn, ids, lo, hi)
-    if extent["first_step"] is None:
+    ids = [r.series_id for r in series]
+    out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
+    extent = await metrics.chunk_extent(conn, ids, lo, hi)
+    if extent.first_step is None or extent.last_step is None:
         return out
     if not fixed_range:
-        lo, hi = max(lo, extent["first_step"]), min(hi, extent["last_step"])
+        lo, hi = max(lo, extent.first_step), min(hi, extent.last_step)
     whole = with_time or aggregate != qpb.AGGREGATE_UNSPECIFIED or await _window_points(conn, ids, lo, hi) <= max_points
     width = history.bucket_width(lo, hi, max_points)
-    rows = await store.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
+    rows = await metrics.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
     if not whole:
         buckets = _downsampled(rows, lo, hi, width)
         out.total_points = int(buckets.count.sum())
@@ -247,7 +249,7 @@ async def _history(
 async def _window_points(conn: Any, ids: list[int], lo: int, hi: int) -> int:
     """The points in [lo, hi] exactly, not every point of the chunks the window touches (which
     would make the answer depend on how the loader cut chunks)."""
-    inside, crossing = await store.window_chunks(conn, ids, lo, hi)
+    inside, crossing = await metrics.window_chunks(conn, ids, lo, hi)
     return inside + sum(chunks.count_between(steps, lo, hi) for steps in crossing)
 
 

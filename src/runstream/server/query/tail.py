@@ -29,7 +29,7 @@ from runstream.errors import ResourceExhausted, Unavailable
 from runstream.server.loading.notifications import Notifications
 from runstream.server.query.feed import NO_STEP, Feed, Keys, Message, TailDatabase, by_series, messages
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import store
+from runstream.server.storage import metrics
 
 MAX_QUEUED_POINTS = 100_000
 MAX_QUEUED_MESSAGES = 10_000
@@ -281,7 +281,9 @@ class Tail:
             return []
         async with self._tails.db.connection("own") as conn:
             rows = by_series(
-                await store.chunks_between(conn, [w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted])
+                await metrics.chunks_between(
+                    conn, [w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]
+                )
             )
         out = []
         for series_id, after, upto, series in wanted:

@@ -19,9 +19,9 @@ from runstream.server.artifacts.paths import check_path
 from runstream.server.auth.guard import USER_METADATA, acting_user
 from runstream.server.rpc import fields
 from runstream.server.rpc.fields import MAX_TAG_VALUE, check_values
-from runstream.server.rpc.messages import run_message
+from runstream.server.rpc.messages import input_message, run_message
 from runstream.server.rpc.paging import PageTokens
-from runstream.server.storage import search, store
+from runstream.server.storage import artifacts, experiments, registry, runs, search
 from runstream.wire import batch as wire
 from runstream.wire.ids import whole_number
 from runstream.wire.proto import registry_pb2 as rpb
@@ -54,8 +54,8 @@ class Registry:
         _check_text(req.description, "description")
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn, conn.transaction():
-            model = await store.create_model(conn, name, req.description)
-            await store.update_model(conn, model["model_id"], None, dict(req.tags), [])
+            model = await registry.create_model(conn, name, req.description)
+            await registry.update_model(conn, model.model_id, None, dict(req.tags), [])
             return await _model_message(conn, model)
 
     async def GetRegisteredModel(self, req: rpb.ModelRef, ctx: Any) -> rpb.RegisteredModel:
@@ -66,7 +66,7 @@ class Registry:
         new_name = _check_name(req.new_name)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)
-            await store.rename_model(conn, model["model_id"], new_name)
+            await registry.rename_model(conn, model.model_id, new_name)
             return await _model_message(conn, await _model(conn, new_name))
 
     async def UpdateRegisteredModel(self, req: rpb.UpdateRegisteredModelRequest, ctx: Any) -> rpb.RegisteredModel:
@@ -75,16 +75,16 @@ class Registry:
         check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)
-            await store.update_model(conn, model["model_id"], description, dict(req.set_tags), list(req.delete_tags))
+            await registry.update_model(conn, model.model_id, description, dict(req.set_tags), list(req.delete_tags))
             return await _model_message(conn, await _model(conn, req.name))
 
     async def DeleteRegisteredModel(self, req: rpb.ModelRef, ctx: Any) -> rpb.RegistryDeleteResponse:
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)
-            for v in await store.list_versions(conn, model["model_id"], []):
-                await store.add_event(conn, model, v["version"], "deleted", actor, comment="the model was deleted")
-            await store.delete_model(conn, model["model_id"])
+            for v in await registry.list_versions(conn, model.model_id, []):
+                await registry.add_event(conn, model, v.version, "deleted", actor, comment="the model was deleted")
+            await registry.delete_model(conn, model.model_id)
         return rpb.RegistryDeleteResponse()
 
     async def SearchRegisteredModels(
@@ -98,7 +98,7 @@ class Registry:
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         search.check_like(req.name_like, "name_like")
         async with self.pool.acquire() as conn:
-            rows = await store.search_models(conn, req.name_like, dict(req.tags), order, limit + 1, offset)
+            rows = await registry.search_models(conn, req.name_like, dict(req.tags), *order, limit + 1, offset)
             out = rpb.SearchRegisteredModelsResponse(
                 models=[await _model_message(conn, r) for r in rows[:limit]],
             )
@@ -117,36 +117,34 @@ class Registry:
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             await fields.active_run(conn, req.run_id, "registering its model")
-            source = await store.artifact_source(conn, req.run_id, path)
+            source = await artifacts.artifact_source(conn, req.run_id, path)
             if source is None:
                 raise FailedPrecondition(
                     f"run {req.run_id} has no artifact at {path!r}; log the model there first (run.log_artifacts)"
                 )
-            model = await store.ensure_model(conn, name)
-            version = await store.next_version(conn, model["model_id"])
-            await store.insert_version(
+            model = await registry.ensure_model(conn, name)
+            version = await registry.next_version(conn, model.model_id)
+            await registry.insert_version(
                 conn,
-                {
-                    "model_id": model["model_id"],
-                    "version": version,
-                    "run_id": req.run_id,
-                    "artifact_path": path,
-                    "source_size": source[0],
-                    "source_digest": source[1],
-                    "source_files": source[2],
-                    "description": req.description,
-                    "created_by": actor,
-                },
+                model_id=model.model_id,
+                version=version,
+                run_id=req.run_id,
+                artifact_path=path,
+                source_size=source.size,
+                source_digest=source.digest,
+                source_files=source.files,
+                description=req.description,
+                created_by=actor,
             )
-            await store.update_version(conn, model["model_id"], version, None, dict(req.tags), [])
-            await store.add_event(conn, model, version, "created", actor, to_value=f"runs:/{req.run_id}/{path}")
-            return await _version_message(conn, model["model_id"], version)
+            await registry.update_version(conn, model.model_id, version, None, dict(req.tags), [])
+            await registry.add_event(conn, model, version, "created", actor, to_value=f"runs:/{req.run_id}/{path}")
+            return await _version_message(conn, model.model_id, version)
 
     async def GetModelVersion(self, req: rpb.ModelVersionRef, ctx: Any) -> rpb.ModelVersion:
         async with self.pool.acquire() as conn:
             model = await _model(conn, req.name)
             await _version(conn, model, req.version)
-            return await _version_message(conn, model["model_id"], req.version)
+            return await _version_message(conn, model.model_id, req.version)
 
     async def ResolveModelUri(self, req: rpb.ResolveModelUriRequest, ctx: Any) -> rpb.ModelVersion:
         match = URI.fullmatch(req.uri)
@@ -158,15 +156,15 @@ class Registry:
         async with self.pool.acquire() as conn:
             model = await _model(conn, match["name"])
             version = await _resolve(conn, model, match["ref"], match["alias"])
-            return await _version_message(conn, model["model_id"], version)
+            return await _version_message(conn, model.model_id, version)
 
     async def ListModelVersions(self, req: rpb.ListModelVersionsRequest, ctx: Any) -> rpb.ListModelVersionsResponse:
         stages = [_check_stage(s) for s in req.stages]
         async with self.pool.acquire() as conn:
             model = await _model(conn, req.name)
-            rows = await store.list_versions(conn, model["model_id"], stages)
+            rows = await registry.list_versions(conn, model.model_id, stages)
             return rpb.ListModelVersionsResponse(
-                versions=[await _version_message(conn, model["model_id"], r["version"]) for r in rows]
+                versions=[await _version_message(conn, model.model_id, r.version) for r in rows]
             )
 
     async def UpdateModelVersion(self, req: rpb.UpdateModelVersionRequest, ctx: Any) -> rpb.ModelVersion:
@@ -177,21 +175,23 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name)
             current = await _version(conn, model, req.version, for_update=True)
-            mid = model["model_id"]
-            before = await store.version_tags(conn, mid, req.version)
-            await store.update_version(conn, mid, req.version, description, dict(req.set_tags), list(req.delete_tags))
-            if description is not None and description != current["description"]:
-                await store.add_event(
-                    conn, model, req.version, "description", actor, current["description"], description
+            mid = model.model_id
+            before = await registry.version_tags(conn, mid, req.version)
+            await registry.update_version(
+                conn, mid, req.version, description, dict(req.set_tags), list(req.delete_tags)
+            )
+            if description is not None and description != current.description:
+                await registry.add_event(
+                    conn, model, req.version, "description", actor, current.description, description
                 )
             for key, value in req.set_tags.items():
                 if before.get(key) != value:
-                    await store.add_event(
+                    await registry.add_event(
                         conn, model, req.version, "tag_set", actor, before.get(key, ""), f"{key}={value}"
                     )
             for key in req.delete_tags:
                 if key in before:
-                    await store.add_event(conn, model, req.version, "tag_deleted", actor, f"{key}={before[key]}")
+                    await registry.add_event(conn, model, req.version, "tag_deleted", actor, f"{key}={before[key]}")
             return await _version_message(conn, mid, req.version)
 
     async def DeleteModelVersion(self, req: rpb.ModelVersionRef, ctx: Any) -> rpb.RegistryDeleteResponse:
@@ -199,8 +199,8 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)
             current = await _version(conn, model, req.version)
-            await store.add_event(conn, model, req.version, "deleted", actor, from_value=current["stage"])
-            await store.delete_version(conn, model["model_id"], req.version)
+            await registry.add_event(conn, model, req.version, "deleted", actor, from_value=current.stage)
+            await registry.delete_version(conn, model.model_id, req.version)
         return rpb.RegistryDeleteResponse()
 
     # ------------------------------------------------------------ stages and aliases
@@ -212,7 +212,7 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name, for_update=True)  # one transition of a model at a time
             await _transition(conn, model, req.version, stage, req.archive_existing, actor, req.comment)
-            return await _version_message(conn, model["model_id"], req.version)
+            return await _version_message(conn, model.model_id, req.version)
 
     async def SetAlias(self, req: rpb.SetAliasRequest, ctx: Any) -> rpb.ModelVersion:
         alias = _check_alias(req.alias)
@@ -220,23 +220,23 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name)
             await _version(conn, model, req.version)
-            before = await store.set_alias(conn, model["model_id"], alias, req.version)
+            before = await registry.set_alias(conn, model.model_id, alias, req.version)
             if before != req.version:
                 if before is not None:
-                    await store.add_event(conn, model, before, "alias_moved_away", actor, alias, f"v{req.version}")
-                await store.add_event(
+                    await registry.add_event(conn, model, before, "alias_moved_away", actor, alias, f"v{req.version}")
+                await registry.add_event(
                     conn, model, req.version, "alias_set", actor, f"v{before}" if before else "", alias
                 )
-            return await _version_message(conn, model["model_id"], req.version)
+            return await _version_message(conn, model.model_id, req.version)
 
     async def DeleteAlias(self, req: rpb.DeleteAliasRequest, ctx: Any) -> rpb.RegistryDeleteResponse:
         actor = _actor(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name)
-            version = await store.delete_alias(conn, model["model_id"], req.alias)
+            version = await registry.delete_alias(conn, model.model_id, req.alias)
             if version is None:
                 raise NotFound(f"registered model {req.name!r} has no alias {req.alias!r}")
-            await store.add_event(conn, model, version, "alias_deleted", actor, from_value=req.alias)
+            await registry.add_event(conn, model, version, "alias_deleted", actor, from_value=req.alias)
         return rpb.RegistryDeleteResponse()
 
     # ------------------------------------------------------------ review
@@ -250,7 +250,7 @@ class Registry:
             model = await _model(conn, req.name)
             await _version(conn, model, req.version)
             return _event_message(
-                await store.add_event(conn, model, req.version, "comment", actor, comment=req.comment)
+                await registry.add_event(conn, model, req.version, "comment", actor, comment=req.comment)
             )
 
     async def CreateTransitionRequest(self, req: rpb.CreateTransitionRequestRequest, ctx: Any) -> rpb.TransitionRequest:
@@ -260,12 +260,12 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             model = await _model(conn, req.name)
             current = await _version(conn, model, req.version)
-            _check_transition(req.name, req.version, current["stage"], stage)
-            row = await store.create_transition_request(
-                conn, model["model_id"], req.version, stage, req.archive_existing, actor, req.comment
+            _check_transition(req.name, req.version, current.stage, stage)
+            row = await registry.create_transition_request(
+                conn, model.model_id, req.version, stage, req.archive_existing, actor, req.comment
             )
-            await store.add_event(
-                conn, model, req.version, "transition_requested", actor, current["stage"], stage, req.comment
+            await registry.add_event(
+                conn, model, req.version, "transition_requested", actor, current.stage, stage, req.comment
             )
             return _request_message(row)
 
@@ -273,7 +273,7 @@ class Registry:
         async with self.pool.acquire() as conn:
             model = await _model(conn, req.name)
             await _version(conn, model, req.version)
-            rows = await store.transition_requests(conn, model["model_id"], req.version)
+            rows = await registry.transition_requests(conn, model.model_id, req.version)
         return rpb.ListTransitionRequestsResponse(requests=[_request_message(r) for r in rows])
 
     async def ApproveTransitionRequest(self, req: rpb.DecideTransitionRequest, ctx: Any) -> rpb.TransitionRequest:
@@ -287,37 +287,35 @@ class Registry:
         actor = _required_actor(ctx, f"{verb} a transition request")
         _check_text(req.comment, "comment")
         async with self.pool.acquire() as conn, conn.transaction():
-            found = await store.get_transition_request(conn, req.request_id)
+            found = await registry.get_transition_request(conn, req.request_id)
             if found is None:
                 raise NotFound(f"transition request {req.request_id} does not exist")
-            model = await _model(conn, found["name"], for_update=True)
-            request = await store.get_transition_request(conn, req.request_id, for_update=True)
+            model = await _model(conn, found.name, for_update=True)
+            request = await registry.get_transition_request(conn, req.request_id, for_update=True)
             assert request is not None  # the model lock is held and requests go only with their version
-            if request["status"] != "pending":
+            if request.status != "pending":
                 raise FailedPrecondition(
-                    f"transition request {req.request_id} was already {request['status']} by {request['decided_by']}"
+                    f"transition request {req.request_id} was already {request.status} by {request.decided_by}"
                 )
-            if request["requested_by"] == actor:
+            if request.requested_by == actor:
                 raise FailedPrecondition(f"{actor} requested this transition; someone else must {verb} it")
-            version = request["version"]
-            before = (await _version(conn, model, version))["stage"]
+            version = request.version
+            before = (await _version(conn, model, version)).stage
             if approve:
-                await _transition(
-                    conn, model, version, request["to_stage"], request["archive_existing"], actor, req.comment
-                )
+                await _transition(conn, model, version, request.to_stage, request.archive_existing, actor, req.comment)
             status = "approved" if approve else "rejected"
-            await store.decide_transition_request(conn, req.request_id, status, actor, req.comment)
-            await store.add_event(
-                conn, model, version, f"transition_{status}", actor, before, request["to_stage"], req.comment
+            await registry.decide_transition_request(conn, req.request_id, status, actor, req.comment)
+            await registry.add_event(
+                conn, model, version, f"transition_{status}", actor, before, request.to_stage, req.comment
             )
-            done = await store.get_transition_request(conn, req.request_id)
+            done = await registry.get_transition_request(conn, req.request_id)
             assert done is not None
             return _request_message(done)
 
     async def GetModelVersionHistory(self, req: rpb.ModelVersionRef, ctx: Any) -> rpb.ModelVersionHistory:
         async with self.pool.acquire() as conn:
             model = await _model(conn, req.name)
-            events = await store.version_events(conn, model["model_id"], req.version)
+            events = await registry.version_events(conn, model.model_id, req.version)
         if not events:
             raise NotFound(f"registered model {req.name!r} has no version {req.version}")
         return rpb.ModelVersionHistory(events=[_event_message(e) for e in events])
@@ -328,16 +326,13 @@ class Registry:
         async with self.pool.acquire() as conn:
             model = await _model(conn, req.name)
             version = await _version(conn, model, req.version)
-            run = await store.get_run(conn, version["run_id"])
-            experiment = await store.get_experiment(conn, experiment_id=int(run.experiment_id))
-            inputs = await store.run_inputs(conn, version["run_id"])
+            run = await runs.get_run(conn, version.run_id)
+            experiment = await experiments.get_experiment(conn, experiment_id=int(run.experiment_id))
+            inputs = await runs.run_inputs(conn, version.run_id)
             return rpb.ModelVersionLineage(
-                version=await _version_message(conn, model["model_id"], req.version),
+                version=await _version_message(conn, model.model_id, req.version),
                 run=run_message(run),
-                inputs=[
-                    {"name": i["name"], "digest": i["digest"], "source": i["source"], "context": i["context"]}
-                    for i in inputs
-                ],
+                inputs=[input_message(i) for i in inputs],
                 experiment_name=experiment.name,
             )
 
@@ -346,17 +341,17 @@ class Registry:
 
 
 async def _transition(
-    conn: Any, model: asyncpg.Record, version: int, stage: str, archive_existing: bool, actor: str, comment: str
+    conn: Any, model: registry.ModelRow, version: int, stage: str, archive_existing: bool, actor: str, comment: str
 ) -> None:
     """Move `version` to `stage` (the caller holds the model's row lock), archiving the other
     versions in that stage when asked: one transaction, so there is never a moment with two."""
     current = await _version(conn, model, version, for_update=True)
-    _check_transition(model["name"], version, current["stage"], stage)
+    _check_transition(model.name, version, current.stage, stage)
     if archive_existing and stage in ("Staging", "Production"):
-        for other in await store.versions_in_stage(conn, model["model_id"], stage, for_update=True):
+        for other in await registry.versions_in_stage(conn, model.model_id, stage, for_update=True):
             if other != version:
-                await store.set_stage(conn, model["model_id"], other, "Archived")
-                await store.add_event(
+                await registry.set_stage(conn, model.model_id, other, "Archived")
+                await registry.add_event(
                     conn,
                     model,
                     other,
@@ -366,8 +361,8 @@ async def _transition(
                     "Archived",
                     f"archived as version {version} became {stage}",
                 )
-    await store.set_stage(conn, model["model_id"], version, stage)
-    await store.add_event(conn, model, version, "stage", actor, current["stage"], stage, comment)
+    await registry.set_stage(conn, model.model_id, version, stage)
+    await registry.add_event(conn, model, version, "stage", actor, current.stage, stage, comment)
 
 
 def _check_transition(name: str, version: int, current: str, stage: str) -> None:
@@ -380,10 +375,10 @@ def _check_transition(name: str, version: int, current: str, stage: str) -> None
         )
 
 
-async def _resolve(conn: Any, model: asyncpg.Record, ref: str | None, alias: str | None) -> int:
-    name, mid = model["name"], model["model_id"]
+async def _resolve(conn: Any, model: registry.ModelRow, ref: str | None, alias: str | None) -> int:
+    name, mid = model.name, model.model_id
     if alias is not None:
-        aliased = await store.alias_version(conn, mid, alias)
+        aliased = await registry.alias_version(conn, mid, alias)
         if aliased is None:
             raise NotFound(f"registered model {name!r} has no alias {alias!r}")
         return aliased
@@ -393,95 +388,97 @@ async def _resolve(conn: Any, model: asyncpg.Record, ref: str | None, alias: str
         await _version(conn, model, number)
         return number
     if ref.lower() == "latest":
-        rows = await store.list_versions(conn, mid, [])
+        rows = await registry.list_versions(conn, mid, [])
     else:
-        rows = await store.list_versions(conn, mid, [_check_stage(ref)])
+        rows = await registry.list_versions(conn, mid, [_check_stage(ref)])
     if not rows:
         raise NotFound(f"registered model {name!r} has no version" + ("" if ref.lower() == "latest" else f" in {ref}"))
-    version: int = rows[0]["version"]
+    version: int = rows[0].version
     return version
 
 
-async def _model(conn: Any, name: str, *, for_update: bool = False) -> asyncpg.Record:
-    model = await store.get_model(conn, name, for_update=for_update)
+async def _model(conn: Any, name: str, *, for_update: bool = False) -> registry.ModelRow:
+    model = await registry.get_model(conn, name, for_update=for_update)
     if model is None:
         raise NotFound(f"registered model {name[:250]!r} does not exist")
     return model
 
 
-async def _version(conn: Any, model: asyncpg.Record, version: int, *, for_update: bool = False) -> asyncpg.Record:
-    row = await store.get_version(conn, model["model_id"], version, for_update=for_update)
+async def _version(
+    conn: Any, model: registry.ModelRow, version: int, *, for_update: bool = False
+) -> registry.VersionRow:
+    row = await registry.get_version(conn, model.model_id, version, for_update=for_update)
     if row is None:
-        raise NotFound(f"registered model {model['name']!r} has no version {version}")
+        raise NotFound(f"registered model {model.name!r} has no version {version}")
     return row
 
 
-async def _model_message(conn: Any, model: asyncpg.Record) -> rpb.RegisteredModel:
-    mid = model["model_id"]
+async def _model_message(conn: Any, model: registry.ModelRow) -> rpb.RegisteredModel:
+    mid = model.model_id
     out = rpb.RegisteredModel(
-        name=model["name"],
-        description=model["description"],
-        tags=await store.model_tags(conn, mid),
-        aliases=await store.model_aliases(conn, mid),
-        created_ms=model["created_ms"],
-        updated_ms=model["updated_ms"],
+        name=model.name,
+        description=model.description,
+        tags=await registry.model_tags(conn, mid),
+        aliases=await registry.model_aliases(conn, mid),
+        created_ms=model.created_ms,
+        updated_ms=model.updated_ms,
     )
-    for v in await store.latest_versions(conn, mid):
-        out.latest_versions.append(await _version_message(conn, mid, v["version"], v))
+    for v in await registry.latest_versions(conn, mid):
+        out.latest_versions.append(await _version_message(conn, mid, v.version, v))
     return out
 
 
 async def _version_message(
-    conn: Any, model_id: int, version: int, row: asyncpg.Record | None = None
+    conn: Any, model_id: int, version: int, row: registry.VersionRow | None = None
 ) -> rpb.ModelVersion:
-    v = row or await store.get_version(conn, model_id, version)
+    v = row or await registry.get_version(conn, model_id, version)
     assert v is not None
     return rpb.ModelVersion(
-        name=v["name"],
-        version=v["version"],
-        run_id=v["run_id"],
-        artifact_path=v["artifact_path"],
-        stage=v["stage"],
-        description=v["description"],
-        tags=await store.version_tags(conn, model_id, version),
-        aliases=await store.version_aliases(conn, model_id, version),
-        created_ms=v["created_ms"],
-        updated_ms=v["updated_ms"],
-        created_by=v["created_by"],
-        source_size=v["source_size"],
-        source_digest=v["source_digest"],
-        source_files=v["source_files"],
+        name=v.name,
+        version=v.version,
+        run_id=v.run_id,
+        artifact_path=v.artifact_path,
+        stage=v.stage,
+        description=v.description,
+        tags=await registry.version_tags(conn, model_id, version),
+        aliases=await registry.version_aliases(conn, model_id, version),
+        created_ms=v.created_ms,
+        updated_ms=v.updated_ms,
+        created_by=v.created_by,
+        source_size=v.source_size,
+        source_digest=v.source_digest,
+        source_files=v.source_files,
     )
 
 
-def _event_message(e: asyncpg.Record) -> rpb.ModelVersionEvent:
+def _event_message(e: registry.EventRow) -> rpb.ModelVersionEvent:
     return rpb.ModelVersionEvent(
-        event_id=e["event_id"],
-        name=e["model_name"],
-        version=e["version"],
-        kind=e["kind"],
-        actor=e["actor"],
-        at_ms=e["at_ms"],
-        from_value=e["from_value"],
-        to_value=e["to_value"],
-        comment=e["comment"],
+        event_id=e.event_id,
+        name=e.model_name,
+        version=e.version,
+        kind=e.kind,
+        actor=e.actor,
+        at_ms=e.at_ms,
+        from_value=e.from_value,
+        to_value=e.to_value,
+        comment=e.comment,
     )
 
 
-def _request_message(r: asyncpg.Record) -> rpb.TransitionRequest:
+def _request_message(r: registry.TransitionRequestRow) -> rpb.TransitionRequest:
     return rpb.TransitionRequest(
-        request_id=r["request_id"],
-        name=r["name"],
-        version=r["version"],
-        to_stage=r["to_stage"],
-        status=r["status"],
-        requested_by=r["requested_by"],
-        requested_ms=r["requested_ms"],
-        comment=r["comment"],
-        decided_by=r["decided_by"] or "",
-        decided_ms=r["decided_ms"] or 0,
-        decision_comment=r["decision_comment"] or "",
-        archive_existing=r["archive_existing"],
+        request_id=r.request_id,
+        name=r.name,
+        version=r.version,
+        to_stage=r.to_stage,
+        status=r.status,
+        requested_by=r.requested_by,
+        requested_ms=r.requested_ms,
+        comment=r.comment,
+        decided_by=r.decided_by or "",
+        decided_ms=r.decided_ms or 0,
+        decision_comment=r.decision_comment or "",
+        archive_existing=r.archive_existing,
     )
 
 
@@ -528,10 +525,11 @@ def _check_text(text: str, what: str) -> None:
     fields.check_text(text, what)
 
 
-def _model_order(order_by: str) -> str:
+def _model_order(order_by: str) -> tuple[str, bool]:
+    """(a key of registry.MODEL_ORDERS, descending) for order_by: "name" or "updated", then ASC or DESC."""
     parts = order_by.split()
-    column = {"": "name", "name": "name", "updated": "updated_ms"}.get(parts[0].lower() if parts else "")
+    column = parts[0].lower() if parts else "name"
     direction = parts[1].upper() if len(parts) > 1 else "ASC"
-    if column is None or direction not in ("ASC", "DESC") or len(parts) > 2:
+    if column not in registry.MODEL_ORDERS or direction not in ("ASC", "DESC") or len(parts) > 2:
         raise InvalidArgument(f"order_by {order_by[:80]!r}: use 'name' or 'updated', optionally with ASC or DESC")
-    return f"{column} {direction}"
+    return column, direction == "DESC"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runstream.errors import FailedPrecondition, InvalidArgument, RunNotFound
-from runstream.server.storage import store
+from runstream.server.storage import db, runs
 from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_experiment_id
 
@@ -35,10 +35,10 @@ def experiment_id(text: str, what: str = "experiment_id") -> int:
     return int(canonical_experiment_id(text, what))
 
 
-async def active_run(conn: store.Conn, run_id: str, doing: str) -> None:
+async def active_run(conn: db.Conn, run_id: str, doing: str) -> None:
     """The run exists and is not deleted, or the error says what to do before `doing`: the one
     check of every call that writes to a run."""
-    check_stage(run_id, await store.run_lifecycle(conn, run_id), doing)
+    check_stage(run_id, await runs.run_lifecycle(conn, run_id), doing)
 
 
 def check_stage(run_id: str, stage: str | None, doing: str) -> None:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from runstream.server.storage import store
+from runstream.server.storage import experiments, runs
 from runstream.wire.proto import tracking_pb2 as pb
 
-SUMMARY_FIELDS = ("key", "last_value", "last_step", "last_timestamp_ms", "min_value", "max_value", "count")
+
+def summary_message(m: runs.SummaryRow) -> pb.MetricSummary:
+    return pb.MetricSummary(
+        key=m.key,
+        last_value=m.last_value,
+        last_step=m.last_step,
+        last_timestamp_ms=m.last_timestamp_ms,
+        min_value=m.min_value,
+        max_value=m.max_value,
+        count=m.count,
+    )
 
 
-def summary_message(row: Any) -> pb.MetricSummary:
-    return pb.MetricSummary(**{f: row[f] for f in SUMMARY_FIELDS})
+def input_message(i: runs.InputRow) -> pb.DatasetInput:
+    return pb.DatasetInput(name=i.name, digest=i.digest, source=i.source, context=i.context)
 
 
-def run_message(run: store.RunRow) -> pb.Run:
+def run_message(run: runs.RunRow) -> pb.Run:
     return pb.Run(
         run_id=run.run_id,
         experiment_id=str(run.experiment_id),
@@ -32,7 +40,7 @@ def run_message(run: store.RunRow) -> pb.Run:
     )
 
 
-def experiment_message(e: store.ExperimentRow) -> pb.Experiment:
+def experiment_message(e: experiments.ExperimentRow) -> pb.Experiment:
     return pb.Experiment(
         experiment_id=str(e.experiment_id),
         name=e.name,

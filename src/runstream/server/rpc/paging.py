@@ -2,7 +2,7 @@
 
 A token carries a position (an offset, an id to continue after) and a digest of its query,
 signed with HMAC-SHA256 under a key that every server process of the installation reads from
-PostgreSQL (store.server_secret), so any replica accepts another's tokens. A forged, altered
+PostgreSQL (installation.server_secret), so any replica accepts another's tokens. A forged, altered
 or borrowed token is INVALID_ARGUMENT, never a page of something else.
 """
 
@@ -16,7 +16,7 @@ import json
 import asyncpg
 
 from runstream.errors import InvalidArgument
-from runstream.server.storage import store
+from runstream.server.storage import installation
 
 Position = int | str
 
@@ -53,7 +53,7 @@ class PageTokens:
 
 async def page_tokens(pool: asyncpg.Pool) -> PageTokens:
     async with pool.acquire() as conn:
-        return PageTokens(await store.server_secret(conn, "page-tokens"))
+        return PageTokens(await installation.server_secret(conn, "page-tokens"))
 
 
 def _digest(query: str) -> str:

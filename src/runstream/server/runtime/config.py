@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runstream.server.streams.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
-from runstream.settings import integer, positive, setting, size
+from runstream.settings import count, integer, positive, setting, size
 
 ROLES = ("all", "ingest", "query", "load")
 
@@ -41,7 +41,9 @@ class Settings:
         choices=ROLES,
         group="Serving",
     )
-    loaders: int = setting(1, help="loader processes started by role all", parse=positive, group="Serving")
+    loaders: int = setting(
+        1, help="loader processes started by role all (0: none, another process loads)", parse=count, group="Serving"
+    )
     data_dir: Path = setting(
         help="where the embedded PostgreSQL and Redis, the local artifact store and the admin token live",
         parse=Path,

@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
+from runstream.server.storage import db
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -94,7 +96,7 @@ class HealthWatch:
 
     async def _postgres_problem(self) -> str | None:
         try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), self.timeout_s)
+            await asyncio.wait_for(db.ping(self.pool), self.timeout_s)
         except Exception as exc:  # down, a connection killed, asyncpg's client state after it: all "no answer"
             return f"PostgreSQL does not answer: {type(exc).__name__}"
         return None

@@ -132,7 +132,7 @@ def _summaries(
     stamps: npt.NDArray[np.int64],
     values: npt.NDArray[np.float64],
 ) -> list[list[Any]]:
-    """Per (run, key) summary columns for store.upsert_summaries, combining writers."""
+    """Per (run, key) summary columns for metrics.upsert_summaries, combining writers."""
     starts, ends = bounds[:-1], bounds[1:]
     nonempty = ends > starts
     mins = np.full(len(keys), np.nan)

@@ -281,7 +281,7 @@ def where(text: str, sql: Sql) -> str:
 class Order:
     """An ORDER BY on runs `r`: the joins bringing each ordering metric, param or tag beside
     its run (`<table> o<i> ON ...`, at most one row per run), and the ORDER BY items. When the
-    first item is such a value, `leading` is it without NULLS LAST: store.search_runs then
+    first item is such a value, `leading` is it without NULLS LAST: runs.search_runs then
     reads the runs that have it through an inner join, in the order of an index on it, before
     those that lack it."""
 

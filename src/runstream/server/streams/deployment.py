@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio as aioredis
 
-from runstream.server.storage import store
+from runstream.server.storage import installation
 from runstream.server.streams.keys import Keys
 
 
@@ -30,10 +30,10 @@ async def deployment_keys(pool: asyncpg.Pool, prefix: str, shards: int, moved: s
     `moved` says what it is: "adopt", the original's successor (same deployment); "new", a copy
     (a deployment of its own: a new id, and its own Redis keyspace)."""
     async with pool.acquire() as conn, conn.transaction():
-        deployment, made_in = await store.deployment(conn)
-        here = await store.database_instance(conn)
+        deployment, made_in = await installation.deployment(conn)
+        here = await installation.database_instance(conn)
         if made_in is None or (moved in MOVED and made_in != here):  # first recorded, or the operator's answer
-            deployment = await store.set_deployment(conn, here, new_id=moved == "new" and made_in is not None)
+            deployment = await installation.set_deployment(conn, here, new_id=moved == "new" and made_in is not None)
         elif made_in != here and not _same_where_unknown(made_in, here):
             raise DeploymentConflict(
                 f"this database is a copy or a move of deployment {deployment}'s (made in {made_in}, now in "

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from runstream.errors import RunNotFound
-from runstream.server.storage import store
+from runstream.server.storage import db, runs
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -33,7 +33,7 @@ class Liveness:
         wire.check_run_id(req.run_id)
         wire.check_writer_id(req.writer_id)
         async with self.pool.acquire() as conn:
-            status = await store.heard_from(conn, req.run_id)
+            status = await runs.heard_from(conn, req.run_id)
         if status is None:
             raise RunNotFound(f"run {req.run_id} does not exist")
         return pb.HeartbeatResponse(status=status)  # type: ignore[arg-type]
@@ -54,10 +54,10 @@ class Liveness:
             await asyncio.sleep(period)
             try:
                 async with self.pool.acquire() as conn:
-                    marked = await store.mark_crashed(conn, store.now_ms() - int(self.crash_after_s * 1000))
+                    marked = await runs.mark_crashed(conn, db.now_ms() - int(self.crash_after_s * 1000))
             except (OSError, asyncpg.PostgresError) as exc:  # the database away: look again later
                 log.warning("cannot look for crashed runs: %s", exc)
                 continue
             for row in marked:
-                silent = (store.now_ms() - row["last_heard_ms"]) / 1000
-                log.warning("run %s CRASHED: no writer heard from for %.0f s", row["run_id"], silent)
+                silent = (db.now_ms() - row.last_heard_ms) / 1000
+                log.warning("run %s CRASHED: no writer heard from for %.0f s", row.run_id, silent)

@@ -4,7 +4,6 @@ Part of the TrackingService (see protos/runstream/v1/tracking.proto)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -15,7 +14,7 @@ from runstream.server.auth.guard import acting_user
 from runstream.server.rpc import fields
 from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
 from runstream.server.rpc.paging import PageTokens
-from runstream.server.storage import store
+from runstream.server.storage import logged_models
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -51,7 +50,7 @@ class LoggedModels:
         model_id = MODEL_ID_PREFIX + uuid.uuid4().hex
         async with self.pool.acquire() as conn, conn.transaction():
             await fields.active_run(conn, req.run_id, "logging a model to it")
-            row = await store.create_logged_model(
+            row = await logged_models.create_logged_model(
                 conn,
                 model_id,
                 req.run_id,
@@ -66,7 +65,7 @@ class LoggedModels:
 
     async def GetLoggedModel(self, req: pb.LoggedModelRef, ctx: Any) -> pb.LoggedModel:
         async with self.pool.acquire() as conn:
-            row = await store.get_logged_model(conn, check_model_id(req.model_id))
+            row = await logged_models.get_logged_model(conn, check_model_id(req.model_id))
         return logged_model_message(_found(row, req.model_id))
 
     async def UpdateLoggedModel(self, req: pb.UpdateLoggedModelRequest, ctx: Any) -> pb.LoggedModel:
@@ -76,7 +75,7 @@ class LoggedModels:
         if req.status not in pb.LoggedModelStatus.values():
             raise InvalidArgument(f"status {req.status} is not a LoggedModelStatus")
         async with self.pool.acquire() as conn:
-            row = await store.update_logged_model(
+            row = await logged_models.update_logged_model(
                 conn,
                 model_id,
                 req.status or None,
@@ -99,7 +98,9 @@ class LoggedModels:
         query = "\x00".join(["logged models", repr(sorted(ids)), req.run_id, req.name])
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
         async with self.pool.acquire() as conn:
-            rows = await store.search_logged_models(conn, ids, req.run_id or None, req.name or None, limit + 1, offset)
+            rows = await logged_models.search_logged_models(
+                conn, ids, req.run_id or None, req.name or None, limit + 1, offset
+            )
         out = pb.SearchLoggedModelsResponse(models=[logged_model_message(r) for r in rows[:limit]])
         if len(rows) > limit:
             out.next_page_token = self.tokens.issue(offset + limit, query)
@@ -108,30 +109,30 @@ class LoggedModels:
     async def DeleteLoggedModel(self, req: pb.LoggedModelRef, ctx: Any) -> pb.LoggedModel:
         model_id = check_model_id(req.model_id)
         async with self.pool.acquire() as conn:
-            row = await store.set_logged_model_lifecycle(conn, model_id, "deleted")
+            row = await logged_models.set_logged_model_lifecycle(conn, model_id, "deleted")
         return logged_model_message(_found(row, model_id))
 
 
-def _found(row: asyncpg.Record | None, model_id: str) -> asyncpg.Record:
+def _found(row: logged_models.LoggedModelRow | None, model_id: str) -> logged_models.LoggedModelRow:
     if row is None:
         raise NotFound(f"logged model {model_id} does not exist")
     return row
 
 
-def logged_model_message(row: asyncpg.Record) -> pb.LoggedModel:
+def logged_model_message(row: logged_models.LoggedModelRow) -> pb.LoggedModel:
     return pb.LoggedModel(
-        model_id=row["model_id"],
-        experiment_id=row["experiment_id"],
-        run_id=row["run_id"],
-        artifact_path=artifact_path(row["model_id"]),
-        name=row["name"],
-        model_type=row["model_type"],
-        status=row["status"],
-        status_message=row["status_message"],
-        tags=json.loads(row["tags"]),
-        params=json.loads(row["params"]),
-        created_ms=row["created_ms"],
-        updated_ms=row["updated_ms"],
-        created_by=row["created_by"],
-        lifecycle_stage=row["lifecycle_stage"],
+        model_id=row.model_id,
+        experiment_id=row.experiment_id,
+        run_id=row.run_id,
+        artifact_path=artifact_path(row.model_id),
+        name=row.name,
+        model_type=row.model_type,
+        status=row.status,  # type: ignore[arg-type]
+        status_message=row.status_message,
+        tags=row.tags,
+        params=row.params,
+        created_ms=row.created_ms,
+        updated_ms=row.updated_ms,
+        created_by=row.created_by,
+        lifecycle_stage=row.lifecycle_stage,
     )

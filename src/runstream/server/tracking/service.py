@@ -36,10 +36,10 @@ from runstream.server.auth.guard import Guard
 from runstream.server.loading.notifications import Notifications
 from runstream.server.rpc import fields
 from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_values
-from runstream.server.rpc.messages import experiment_message, run_message, summary_message
+from runstream.server.rpc.messages import experiment_message, input_message, run_message, summary_message
 from runstream.server.rpc.paging import PageTokens
 from runstream.server.runtime.metrics import INGEST_RPCS, Metrics
-from runstream.server.storage import store
+from runstream.server.storage import db, experiments, metrics, runs
 from runstream.server.storage.failures import database_away
 from runstream.server.streams.keys import Keys
 from runstream.server.tracking.appender import Durability, StreamAppender
@@ -128,15 +128,15 @@ class Tracking:
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
             return experiment_message(
-                await store.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
+                await experiments.create_experiment(conn, req.name, req.artifact_location, dict(req.tags))
             )
 
     async def GetExperiment(self, req: pb.GetExperimentRequest, ctx: Any) -> pb.Experiment:
         async with self.pool.acquire() as conn:
             if req.WhichOneof("ref") == "experiment_id":
-                row = await store.get_experiment(conn, experiment_id=fields.experiment_id(req.experiment_id))
+                row = await experiments.get_experiment(conn, experiment_id=fields.experiment_id(req.experiment_id))
             elif req.WhichOneof("ref") == "name":
-                row = await store.get_experiment(conn, name=req.name)
+                row = await experiments.get_experiment(conn, name=req.name)
             else:
                 raise InvalidArgument("give experiment_id or name")
             return experiment_message(row)
@@ -147,7 +147,7 @@ class Tracking:
             raise InvalidArgument("max_results must be between 1 and 10,000")
         after = int(self.tokens.read(req.page_token, "experiments by id")) if req.page_token else 0
         async with self.pool.acquire() as conn:
-            rows = await store.list_experiments(conn, limit + 1, after)
+            rows = await experiments.list_experiments(conn, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         return pb.ListExperimentsResponse(
@@ -162,7 +162,7 @@ class Tracking:
             raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc/grpc.py)
-        start = req.start_time_ms or store.now_ms()
+        start = req.start_time_ms or db.now_ms()
         async with self.pool.acquire() as conn:
             which = req.WhichOneof("experiment")
             if which == "experiment_id":
@@ -171,11 +171,11 @@ class Tracking:
                 name = req.experiment_name or "Default"
                 if len(name) > MAX_NAME:
                     raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
-                experiment_id = await store.get_or_create_experiment(conn, name)
-            created = await store.create_run(
+                experiment_id = await experiments.get_or_create_experiment(conn, name)
+            created = await runs.create_run(
                 conn, run_id, experiment_id, req.name or run_id[:8], pb.RUN_STATUS_RUNNING, start, dict(req.tags)
             )
-            run = await store.get_run(conn, run_id)
+            run = await runs.get_run(conn, run_id)
         if not created and run.experiment_id != experiment_id:
             # not which experiment: a token limited to some would learn of a run it may not see
             raise AlreadyExists(f"run id {run_id} is taken by a run of another experiment; make the run another id")
@@ -183,30 +183,30 @@ class Tracking:
         return run_message(run)
 
     async def ListRunMetrics(self, req: pb.ListRunMetricsRequest, ctx: Any) -> pb.ListRunMetricsResponse:
-        limit = req.max_results or store.RUN_METRICS
+        limit = req.max_results or runs.RUN_METRICS
         if not 0 < limit <= 10_000:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and 10,000")
         wire.check_run_id(req.run_id)
         query = f"run metrics\x00{req.run_id}"
         after = str(self.tokens.read(req.page_token, query, str)) if req.page_token else ""
         async with self.pool.acquire() as conn:
-            if await store.run_lifecycle(conn, req.run_id) is None:
+            if await runs.run_lifecycle(conn, req.run_id) is None:
                 raise RunNotFound(f"run {req.run_id} does not exist")
-            rows = await store.run_metrics(conn, req.run_id, after, limit + 1)
+            rows = await runs.run_metrics(conn, req.run_id, after, limit + 1)
         out = pb.ListRunMetricsResponse(metrics=[summary_message(m) for m in rows[:limit]])
         if len(rows) > limit:
-            out.next_page_token = self.tokens.issue(rows[limit - 1]["key"], query)
+            out.next_page_token = self.tokens.issue(rows[limit - 1].key, query)
         return out
 
     async def GetRun(self, req: pb.GetRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
-            run = await store.get_run(conn, req.run_id)
-            inputs = await store.run_inputs(conn, req.run_id)
+            run = await runs.get_run(conn, req.run_id)
+            inputs = await runs.run_inputs(conn, req.run_id)
         if run.lifecycle_stage == "active":  # attach() asks first: its batches need no second look
             self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
         out = run_message(run)
-        out.inputs.extend(pb.DatasetInput(**dict(i)) for i in inputs)
+        out.inputs.extend(input_message(i) for i in inputs)
         return out
 
     async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
@@ -214,20 +214,20 @@ class Tracking:
         if req.status not in pb.RunStatus.values():
             raise InvalidArgument(f"status {req.status} is not a RunStatus")
         status = req.status or None
-        end = req.end_time_ms or (store.now_ms() if status in TERMINAL else None)
+        end = req.end_time_ms or (db.now_ms() if status in TERMINAL else None)
         name = req.name if req.HasField("name") else None
         if name is not None and len(name) > MAX_NAME:
             raise InvalidArgument(f"run name is {len(name)} characters; the limit is {MAX_NAME}")
         async with self.pool.acquire() as conn:
-            await store.update_run(conn, req.run_id, status, end, name)
-            return run_message(await store.get_run(conn, req.run_id))
+            await runs.update_run(conn, req.run_id, status, end, name)
+            return run_message(await runs.get_run(conn, req.run_id))
 
     async def _set_run_stage(self, run_id: str, stage: str) -> pb.Run:
         wire.check_run_id(run_id)
         self._runs.pop(run_id, None)  # this ingester sees the change at once; others within RUN_CACHE_S
         async with self.pool.acquire() as conn:
-            await store.set_run_lifecycle(conn, run_id, stage)
-            return run_message(await store.get_run(conn, run_id))
+            await runs.set_run_lifecycle(conn, run_id, stage)
+            return run_message(await runs.get_run(conn, run_id))
 
     async def DeleteRun(self, req: pb.RunRef, ctx: Any) -> pb.Run:
         return await self._set_run_stage(req.run_id, "deleted")
@@ -239,8 +239,8 @@ class Tracking:
         eid = fields.experiment_id(experiment_id)
         self._runs.clear()  # its runs change stage too
         async with self.pool.acquire() as conn:
-            await store.set_experiment_lifecycle(conn, eid, stage)
-            return experiment_message(await store.get_experiment(conn, experiment_id=eid))
+            await experiments.set_experiment_lifecycle(conn, eid, stage)
+            return experiment_message(await experiments.get_experiment(conn, experiment_id=eid))
 
     async def UpdateExperiment(self, req: pb.UpdateExperimentRequest, ctx: Any) -> pb.Experiment:
         eid = fields.experiment_id(req.experiment_id)
@@ -248,7 +248,9 @@ class Tracking:
             raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
         check_values(dict(req.set_tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
-            row = await store.update_experiment(conn, eid, req.new_name, dict(req.set_tags), list(req.delete_tags))
+            row = await experiments.update_experiment(
+                conn, eid, req.new_name, dict(req.set_tags), list(req.delete_tags)
+            )
         if req.new_name and self.guard is not None:
             self.guard.forget_runs()  # its runs may have left a token's experiments
         return experiment_message(row)
@@ -264,7 +266,7 @@ class Tracking:
         check_values(dict(req.params), "param", MAX_PARAM_VALUE)
         async with self.pool.acquire() as conn:
             await fields.active_run(conn, req.run_id, "logging params to it")
-            await store.log_params(conn, req.run_id, dict(req.params))
+            await runs.log_params(conn, req.run_id, dict(req.params))
         return pb.LogParamsResponse()
 
     async def SetTags(self, req: pb.SetTagsRequest, ctx: Any) -> pb.SetTagsResponse:
@@ -272,14 +274,14 @@ class Tracking:
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
         async with self.pool.acquire() as conn:
             await fields.active_run(conn, req.run_id, "setting its tags")
-            await store.set_tags(conn, req.run_id, dict(req.tags))
+            await runs.set_tags(conn, req.run_id, dict(req.tags))
         return pb.SetTagsResponse()
 
     async def DeleteTag(self, req: pb.DeleteTagRequest, ctx: Any) -> pb.DeleteTagResponse:
         wire.check_run_id(req.run_id)
         async with self.pool.acquire() as conn:
             await fields.active_run(conn, req.run_id, "deleting its tags")
-            if not await store.delete_tag(conn, req.run_id, req.key):
+            if not await runs.delete_tag(conn, req.run_id, req.key):
                 raise NotFound(f"tag {req.key!r} is not set on run {req.run_id}")
         return pb.DeleteTagResponse()
 
@@ -294,7 +296,7 @@ class Tracking:
             inputs.append((i.name, i.digest, i.source, i.context))
         async with self.pool.acquire() as conn:
             await fields.active_run(conn, req.run_id, "logging its inputs")
-            await store.log_inputs(conn, req.run_id, inputs)
+            await runs.log_inputs(conn, req.run_id, inputs)
         return pb.LogInputsResponse()
 
     # ------------------------------------------------------------ metrics
@@ -304,7 +306,7 @@ class Tracking:
         wire.check_writer_id(req.writer_id)
         async with self.pool.acquire() as conn:
             await fields.active_run(conn, req.run_id, "logging to it")
-            epoch = await store.next_writer_epoch(conn, req.run_id, req.writer_id or wire.DEFAULT_WRITER)
+            epoch = await metrics.next_writer_epoch(conn, req.run_id, req.writer_id or wire.DEFAULT_WRITER)
         self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
         return pb.OpenWriterResponse(epoch=epoch)
 
@@ -325,9 +327,9 @@ class Tracking:
                 wake.clear()
                 async with self.pool.acquire() as conn:
                     if seqs:
-                        committed = await store.stored_of(conn, req.run_id, writer, req.epoch, seqs)
+                        committed = await metrics.stored_of(conn, req.run_id, writer, req.epoch, seqs)
                     else:
-                        committed = await store.committed_batches(conn, req.run_id, writer, req.epoch)
+                        committed = await metrics.committed_batches(conn, req.run_id, writer, req.epoch)
                 if committed >= wanted:
                     return pb.WaitCommittedResponse(committed=committed)
                 left = deadline - time.monotonic()
@@ -353,7 +355,7 @@ class Tracking:
             return
         try:
             async with self.pool.acquire(timeout=DB_CHECK_S) as conn:
-                stage = await asyncio.wait_for(store.run_lifecycle(conn, run_id), DB_CHECK_S)
+                stage = await asyncio.wait_for(runs.run_lifecycle(conn, run_id), DB_CHECK_S)
         except Exception as exc:
             if not database_away(exc):
                 raise
@@ -405,7 +407,7 @@ class Tracking:
         if not b.points:
             return ack, None
         self._recent.check(b)
-        return ack, self._appenders[shard].submit(self.keys.entry(data, store.now_ms()))
+        return ack, self._appenders[shard].submit(self.keys.entry(data, db.now_ms()))
 
     async def LogMetrics(self, data: bytes, ctx: Any) -> pb.BatchAck:
         m = self._rpc_metrics["LogMetrics"]
@@ -525,7 +527,7 @@ class RunKeys:
         if known is None:
             try:
                 async with pool.acquire(timeout=DB_CHECK_S) as conn:
-                    known = set(await store.run_keys(conn, run_id))
+                    known = set(await runs.run_keys(conn, run_id))
             except Exception as exc:
                 if not database_away(exc):
                     raise
