@@ -510,6 +510,44 @@ def test_uploads_past_the_size_limits_are_resource_exhausted_naming_them(make_se
     assert sorted(a.path for a in listed) == ["f0", "f1", "f2"]
 
 
+def test_an_unsized_upload_holds_the_largest_upload_in_the_run_budget_until_it_completes(make_server: Any) -> None:
+    """MLflow's multipart flow says no size: each open unsized upload holds --max-upload-size of
+    the run's --max-run-artifacts-size, so many of them cannot pass it together, and its parts
+    together are capped at --max-upload-size by the local store (not each part)."""
+    server = make_server("--max-upload-size", "1MiB", "--max-run-artifacts-size", "2148KiB")  # 2 MiB + 100 KiB
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("unsized-budget").run_id
+
+        def unsized(path: str) -> apb.Upload:
+            request = apb.CreateUploadRequest(run_id=run_id, path=path, unsized_parts=2)
+            return _rpc(client, "CreateUpload", request)  # type: ignore[no-any-return]
+
+        first, second = unsized("a.bin"), unsized("b.bin")
+        with pytest.raises(ResourceExhausted, match=r"an upload of unknown size.*--max-run-artifacts-size"):
+            unsized("c.bin")
+
+        def put(url: str, body: bytes) -> tuple[int, str]:
+            parts = urlsplit(url)
+            conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+            conn.request("PUT", f"{parts.path}?{parts.query}", body=body)
+            reply = conn.getresponse()
+            conn.close()
+            return reply.status, reply.getheader("ETag", "")
+
+        assert put(first.parts[0].url, b"x" * (MiB // 2))[0] == 200
+        assert put(first.parts[1].url, b"y" * (MiB // 2 + 1))[0] == 413  # the parts together pass the cap
+        status, etag1 = put(first.parts[0].url, b"x" * (50 * 1024))  # sent again: it replaces, not adds
+        assert status == 200
+        status, etag2 = put(first.parts[1].url, b"y" * (50 * 1024))
+        assert status == 200
+        etags = [apb.CompletedPart(part_number=1, etag=etag1), apb.CompletedPart(part_number=2, etag=etag2)]
+        completed = _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=first.upload_id, parts=etags))
+        assert completed.size == 100 * 1024  # type: ignore[attr-defined]
+        unsized("c.bin")  # the reservation gave way to the 100 KiB stored: room for another MiB
+        _rpc(client, "AbortUpload", apb.UploadRef(upload_id=second.upload_id))
+    assert not list((server.artifacts / ".uploads").glob("tmp-*"))
+
+
 SERVED = [  # (file name, the type it must be served with)
     ("report.html", "text/plain; charset=utf-8"),
     ("page.htm", "text/plain; charset=utf-8"),

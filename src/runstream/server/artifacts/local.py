@@ -34,7 +34,8 @@ CHUNK = 1024 * 1024
 class LocalStore:
     def __init__(self, root: Path, public_url: str, max_bytes: int = 100 * 2**30, stall_s: float = 30.0) -> None:
         self.root = root
-        self.max_bytes = max_bytes  # a part of an unsized upload is bound by this, not its URL
+        self.max_bytes = max_bytes  # the parts of an unsized upload, together, are bound by this, not their URLs
+        self._receiving: dict[str, int] = {}  # bytes of unsized parts being received, by upload
         self.stall_s = stall_s
         self.objects = root / "objects"
         self.uploads = root / ".uploads"
@@ -156,6 +157,8 @@ class LocalStore:
         tmp = self.uploads / f"tmp-{uuid.uuid4().hex}"
         written = 0
         digest = hashlib.sha256()
+        # An unsized upload's parts share the cap: those stored (but the one replaced) and those arriving.
+        room = self.max_bytes - (0 if bound else self._stored_parts(target))
         try:
             with tmp.open("wb") as out:
                 # Hashing and writing go to a thread a MiB at a time (both release the GIL), so
@@ -165,7 +168,11 @@ class LocalStore:
                     written += len(data)
                     if bound and written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
-                    if written > self.max_bytes:
+                    if not bound:
+                        self._receiving[upload] = self._receiving.get(upload, 0) + len(data)
+                        if self._receiving[upload] > room:
+                            raise web.HTTPRequestEntityTooLarge(self.max_bytes, written)
+                    elif written > self.max_bytes:
                         raise web.HTTPRequestEntityTooLarge(self.max_bytes, written)
                     pending.append(data)
                     if sum(map(len, pending)) >= CHUNK:
@@ -179,7 +186,16 @@ class LocalStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+            if not bound:
+                left = self._receiving.pop(upload, 0) - written
+                if left > 0:
+                    self._receiving[upload] = left
         return web.Response(status=200, headers={"ETag": f'"{_etag(target)}"'})
+
+    @staticmethod
+    def _stored_parts(target: Path) -> int:
+        """Bytes of the upload's parts stored so far, but `target`'s (a part sent again replaces it)."""
+        return sum(p.stat().st_size for p in target.parent.iterdir() if p.is_file() and p != target)
 
     async def _next_block(self, request: web.Request) -> bytes:
         """The upload's next block; a client that stalls is cut off (it holds a task and a file)."""

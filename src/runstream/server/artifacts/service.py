@@ -120,9 +120,19 @@ class Artifacts:
         content_type = req.content_type or "application/octet-stream"
         expires = self.settings.expires_s
         out = apb.Upload(upload_id=str(uuid.uuid4()), expires_at_ms=db.now_ms() + expires * 1000)
+        # Its bytes are unknown until it completes, so it holds the most one upload may be in the
+        # run's budget: open unsized uploads cannot pass --max-run-artifacts-size together.
+        reserved = self.settings.max_upload_bytes
         async with self.pool.acquire() as conn, conn.transaction():
             await fields.active_run(conn, req.run_id, "adding artifacts")
             await _not_a_model_source(conn, req.run_id, path)
+            await _room_in_run(
+                conn,
+                req.run_id,
+                reserved,
+                self.settings.max_run_bytes,
+                "an upload of unknown size (up to --max-upload-size)",
+            )
             key = object_key(req.run_id, path)
             await artifacts.lock_object_key(conn, key)
             if await artifacts.object_key_taken(conn, req.run_id, key):
@@ -137,7 +147,7 @@ class Artifacts:
                 run_id=req.run_id,
                 path=path,
                 object_key=key,
-                size=0,  # unknown until completed
+                size=reserved,  # until completed: then what was stored
                 sha256="",  # marks an unsized upload
                 content_type=content_type,
                 multipart_id=multipart_id,
@@ -209,7 +219,8 @@ class Artifacts:
         try:
             self._check_upload_size(size)
             async with conn.transaction():
-                await _room_in_run(conn, upload.run_id, size, self.settings.max_run_bytes)
+                # The run's bytes under way count this upload's reservation: it gives way to the size.
+                await _room_in_run(conn, upload.run_id, size - upload.size, self.settings.max_run_bytes)
         except ResourceExhausted:
             await self.objects.delete(upload.object_key)
             await artifacts.delete_upload(conn, upload.upload_id)
@@ -301,15 +312,16 @@ async def _not_a_model_source(conn: Any, run_id: str, path: str) -> None:
         )
 
 
-async def _room_in_run(conn: Any, run_id: str, size: int, limit: int) -> None:
+async def _room_in_run(conn: Any, run_id: str, size: int, limit: int, what: str = "") -> None:
     """The run's artifacts, stored and under way, stay within `limit` with `size` more. The
     run's lock makes concurrent uploads to one run count one after the other."""
     await artifacts.lock_run_artifacts(conn, run_id)
     used = await artifacts.run_artifact_bytes(conn, run_id)
     if used + size > limit:
         raise ResourceExhausted(
-            f"run {run_id} has {used:,} bytes of artifacts stored or under way; {size:,} more would pass the "
-            f"limit of {limit:,} bytes per run (server flag --max-run-artifacts-size)"
+            f"run {run_id} has {used:,} bytes of artifacts stored or under way; {what or 'the upload'} "
+            f"({size:,} bytes more) would pass the limit of {limit:,} bytes per run (server flag "
+            "--max-run-artifacts-size)"
         )
 
 
