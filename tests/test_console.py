@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
+
+import pytest
 
 import runstream
 from tests.conftest import Server
@@ -46,3 +49,32 @@ def test_each_writers_output_is_kept_in_order_and_shown(server: Server, tmp_path
     with runstream.Client(server.target) as client:
         logs = sorted(a.path for a in client.list_artifacts(run_id, "logs"))
     assert logs == ["logs/rank0.txt", "logs/rank1.txt"]
+
+
+LOUD = """
+import os, runstream
+client = runstream.Client(os.environ["RUNSTREAM_URL"])
+run = client.attach(os.environ["RUN_ID"], writer_id="loud")
+for i in range(30_000):
+    print(f"line {i:06d} " + "x" * 90)
+if os.environ["CLOSE"] == "1":
+    client.close()
+"""  # about 3 MiB, left for the last upload: the run is not ended
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["at-exit", "client-closed"])
+def test_a_log_larger_than_a_part_is_uploaded_when_the_client_closes_or_at_exit(make_server: Any, close: bool) -> None:
+    """The last upload runs when the client closes (its channel still open) or else in an
+    atexit hook, where no thread pool may start: a log large enough to go up in parts still
+    arrives whole."""
+    server = make_server("--artifact-part-size", "1MiB")
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("console-exit").run_id
+    env = {**os.environ, "RUNSTREAM_URL": server.target, "RUN_ID": run_id, "RUNSTREAM_CONSOLE": "1"}
+    env["CLOSE"] = str(int(close))
+    done = subprocess.run([sys.executable, "-c", LOUD], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "runstream" not in done.stderr, done.stderr[-2000:]
+    with runstream.Client(server.target) as client:
+        (log,) = client.list_artifacts(run_id, "logs")
+    assert log.path == "logs/loud.txt" and log.size == len(done.stdout.encode()) > 3 * 2**20 - 2**20

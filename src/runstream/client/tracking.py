@@ -76,6 +76,7 @@ class Client:
         self._registry: RegistryClient | None = None
         self._pid = os.getpid()
         self._writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
+        self._consoles: weakref.WeakSet[console.ConsoleCapture] = weakref.WeakSet()  # uploading through it
 
     def __enter__(self) -> Client:
         return self
@@ -90,6 +91,8 @@ class Client:
                 writer.close(self.timeout)
             except RunstreamError as exc:  # closing must not hide the caller's own exception
                 log.warning("runstream: closing the writer of run %s: %s", writer.run_id, exc)
+        for capture in list(self._consoles):  # its last upload while the channel is open
+            console.stop(capture)
         self._channel.close()
 
     @property
@@ -440,6 +443,11 @@ class Run:
                     _live_writers.add(self._writer)
                     self.client._writers.add(self._writer)
                     self._console = console.start(self._upload_console)
+                    if self._console is not None and self.journal is None:
+                        self.client._consoles.add(self._console)
+                        # Its last upload may run at interpreter exit, when no module that starts
+                        # threads may be imported any more: import the uploader now.
+                        _ = self.client.artifacts
         return self._writer
 
     def _open_spool(self) -> spool.SpoolWriter | None:

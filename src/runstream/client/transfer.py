@@ -97,8 +97,13 @@ def put_parts(
         progress(part.size)
         return part.part_number, etag, sha256
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, parts))
+    try:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        futures = [pool.submit(one, p) for p in parts]
+    except RuntimeError:  # at interpreter exit (a console log's last upload) no pool may start
+        return [one(p) for p in parts]
+    with pool:
+        return [f.result() for f in futures]
 
 
 def get_to_file(url: str, dst: Path, sha256: str, progress: Callable[[int], None], timeout: float = 300.0) -> None:
