@@ -235,7 +235,9 @@ class Server:
         return int(count)
 
     def stored(self, run_id: str) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-        """Every stored point of a run, decoded from its chunks: (key, writer) -> (steps, values)."""
+        """Every stored point of a run, decoded from its chunks: (key, writer) -> (steps, values),
+        in step order (chunks of one series may overlap: a loader that retried after losing its
+        connection can commit an older batch with a newer one)."""
         rows = self.sql(
             "SELECT s.key, s.writer_id, c.steps, c.timestamps, c.vals FROM metric_chunks c "
             "JOIN metric_series s USING (series_id) WHERE s.run_id = $1 ORDER BY s.series_id, c.first_step",
@@ -245,7 +247,12 @@ class Server:
         for r in rows:
             steps, _, vals = chunks.unpack(r["steps"], r["timestamps"], r["vals"])
             parts.setdefault((r["key"], r["writer_id"]), []).append((steps, vals))
-        return {k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])) for k, v in parts.items()}
+        out = {}
+        for k, v in parts.items():
+            steps, vals = np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])
+            order = np.argsort(steps, kind="stable")
+            out[k] = (steps[order], vals[order])
+        return out
 
 
 def _pump(proc: subprocess.Popen[str], sink: list[str]) -> None:
