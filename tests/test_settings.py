@@ -33,6 +33,38 @@ def test_every_variable_the_code_reads_is_declared() -> None:
     assert read - INTERNAL <= _declared(), sorted(read - INTERNAL - _declared())
 
 
+def test_only_the_settings_tables_read_the_environment() -> None:
+    """One way to read a setting: through its declaration. The server's logging hands its level
+    and format to the loader processes it spawns through their environment; that is all."""
+    handed = {"RUNSTREAM_LOG_LEVEL", "RUNSTREAM_LOG_FORMAT"}
+    tables = {Path("settings.py"), Path("client/settings.py")}
+    package = ROOT / "src" / "runstream"
+    readers = {}
+    for path in package.rglob("*.py"):
+        if "proto" not in path.parts and path.relative_to(package) not in tables:
+            found = set(re.findall(r"\"(RUNSTREAM_[A-Z0-9_]+)\"", path.read_text())) - INTERNAL - handed
+            if found:
+                readers[str(path.relative_to(package))] = sorted(found)
+    assert readers == {}
+
+
+def test_the_sdk_counts_an_empty_variable_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runstream.client import settings as sdk
+
+    for name in ("RUNSTREAM_TLS_CA", "RUNSTREAM_SPOOL_DIR", "RUNSTREAM_MODE", "RUNSTREAM_URL"):
+        monkeypatch.setenv(name, "")
+    now = sdk.current()
+    assert (now.tls_ca, now.spool_dir, now.mode, now.url) == (
+        None,
+        sdk.default_spool_dir(),
+        "online",
+        "127.0.0.1:50051",
+    )
+    monkeypatch.setenv("RUNSTREAM_MODE", "sideways")
+    with pytest.raises(settings.SettingError, match="RUNSTREAM_MODE='sideways': give one of online, offline, auto"):
+        sdk.current()
+
+
 def test_a_flag_wins_over_its_variable_which_wins_over_the_default() -> None:
     parser = argparse.ArgumentParser()
     settings.add_arguments(parser, Settings)

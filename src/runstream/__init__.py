@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from runstream.client import settings as sdk_settings
 from runstream.client.tracking import Client, Run, flush_all
 from runstream.errors import (
     AlreadyExists,
@@ -124,7 +125,7 @@ def start_run(
     if _active is not None and not _active.ended:
         raise RuntimeError(f"run {_active.run_id} is already active; end it first (runstream.end_run())")
     client = _default_client()
-    joined = os.environ.get("RUNSTREAM_RUN_ID")
+    joined = sdk_settings.current().run_id or None
     if joined:
         _active = client.attach(joined, writer_id, **writer_options)
         if params:

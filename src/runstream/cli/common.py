@@ -5,7 +5,6 @@ or id)."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,8 @@ _HEX = re.compile(r"[0-9a-f-]+")
 def add_url(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
-        default=os.environ.get("RUNSTREAM_URL", "127.0.0.1:50051"),
-        help="the server: host:port, or grpcs://host:port for TLS (RUNSTREAM_URL)",
+        default=None,  # the client reads RUNSTREAM_URL, then the default (client/settings.py)
+        help="the server: host:port, or grpcs://host:port for TLS (default: RUNSTREAM_URL, else 127.0.0.1:50051)",
     )
 
 

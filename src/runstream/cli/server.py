@@ -4,12 +4,11 @@ are made from its settings' declarations (server/runtime/config.py)."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from runstream import extras, settings
 from runstream.cli.common import Subparsers, add_url
-from runstream.server.runtime.config import Settings, default_data_dir
+from runstream.server.runtime.config import Settings
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -25,8 +24,8 @@ def add_parsers(sub: Subparsers) -> None:
     demo.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("RUNSTREAM_DATA_DIR", default_data_dir())),
-        help="where an embedded server keeps its data (RUNSTREAM_DATA_DIR)",
+        default=None,  # the server's setting: RUNSTREAM_DATA_DIR, else its default
+        help="where an embedded server keeps its data (default: RUNSTREAM_DATA_DIR, else the server's --data-dir)",
     )
     demo.add_argument("--epochs", type=int, default=300, help="training epochs of every run")
     demo.set_defaults(handler=run_demo)
@@ -45,5 +44,7 @@ def serve(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     extras.require("demo", "demo")
     from runstream import demo
+    from runstream.client.channel import resolve_target
 
-    return demo.main(args.url, args.data_dir, args.epochs)
+    data_dir = args.data_dir or settings.from_environ(Settings).data_dir
+    return demo.main(resolve_target(args.url), data_dir, args.epochs)

@@ -11,7 +11,6 @@ with, besides the system roots) and RUNSTREAM_TLS_CLIENT_CERT / RUNSTREAM_TLS_CL
 from __future__ import annotations
 
 import functools
-import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
+from runstream.client import settings as sdk_settings
 from runstream.errors import InvalidArgument, from_status
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 T = TypeVar("T")
-_TRUE = ("1", "true", "yes", "on")
 
 
 class Endpoint(NamedTuple):
@@ -32,14 +31,14 @@ class Endpoint(NamedTuple):
 
 
 def resolve_target(target: str | None) -> str:
-    return target or os.environ.get("RUNSTREAM_URL") or DEFAULT_TARGET
+    return target or sdk_settings.current().url or DEFAULT_TARGET
 
 
 def endpoint(target: str) -> Endpoint:
     """host:port and whether to use TLS, from `host:port`, `grpc://host:port` or `grpcs://host:port`."""
     scheme, sep, rest = target.partition("://")
     if not sep:
-        return Endpoint(target, os.environ.get("RUNSTREAM_TLS", "").lower() in _TRUE)
+        return Endpoint(target, sdk_settings.current().tls)
     if scheme in ("grpc", "grpcs") and rest and "/" not in rest.rstrip("/"):
         return Endpoint(rest.rstrip("/"), scheme == "grpcs")
     raise InvalidArgument(
@@ -48,19 +47,20 @@ def endpoint(target: str) -> Endpoint:
     )
 
 
-def _read(path: str | None) -> bytes | None:
-    return Path(path).expanduser().read_bytes() if path else None
+def _read(path: Path | None) -> bytes | None:
+    return path.expanduser().read_bytes() if path is not None else None
 
 
 def _tls_credentials() -> grpc.ChannelCredentials:
-    ca = _read(os.environ.get("RUNSTREAM_TLS_CA"))
+    given = sdk_settings.current()
+    ca = _read(given.tls_ca)
     if ca is not None:
         # gRPC verifies against one bundle: the given CA and the system's roots together.
         ca += b"\n" + _system_roots()
     return grpc.ssl_channel_credentials(
         root_certificates=ca,
-        private_key=_read(os.environ.get("RUNSTREAM_TLS_CLIENT_KEY")),
-        certificate_chain=_read(os.environ.get("RUNSTREAM_TLS_CLIENT_CERT")),
+        private_key=_read(given.tls_client_key),
+        certificate_chain=_read(given.tls_client_cert),
     )
 
 
@@ -72,8 +72,8 @@ def _system_roots() -> bytes:
 def http_tls_context() -> ssl.SSLContext:
     """For https URLs (signed artifact URLs): the system roots plus RUNSTREAM_TLS_CA."""
     context = ssl.create_default_context()
-    if ca := os.environ.get("RUNSTREAM_TLS_CA"):
-        context.load_verify_locations(cafile=str(Path(ca).expanduser()))
+    if (ca := sdk_settings.current().tls_ca) is not None:
+        context.load_verify_locations(cafile=str(ca.expanduser()))
     return context
 
 
@@ -120,7 +120,7 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
         channel = grpc.secure_channel(address, _tls_credentials(), options=options)
     else:
         channel = grpc.insecure_channel(address, options=options)
-    token = token or os.environ.get("RUNSTREAM_TOKEN") or None
+    token = token or sdk_settings.current().token or None
     if token:
         channel = grpc.intercept_channel(channel, _Bearer(token.strip()))
     return channel

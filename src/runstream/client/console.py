@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from runstream.client import settings
+
 log = logging.getLogger(__name__)
 
 _active: ConsoleCapture | None = None
@@ -27,7 +29,7 @@ _active_lock = threading.Lock()
 
 
 def enabled() -> bool:
-    return os.environ.get("RUNSTREAM_CONSOLE", "1").lower() not in ("0", "false", "no", "off")
+    return settings.current().console
 
 
 class _Tee:
@@ -124,7 +126,7 @@ def start(upload: Callable[[Path], object]) -> ConsoleCapture | None:
     with _active_lock:
         if _active is not None:
             return None
-        _active = ConsoleCapture(upload, float(os.environ.get("RUNSTREAM_CONSOLE_UPLOAD_S", "30")))
+        _active = ConsoleCapture(upload, settings.current().console_upload_s)
         atexit.register(stop, _active)
         return _active
 

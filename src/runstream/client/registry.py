@@ -4,13 +4,13 @@ through stages and aliases, review it, and fetch it back by a `models:/` URI."""
 from __future__ import annotations
 
 import getpass
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from runstream.client import settings
 from runstream.client.channel import typed_errors
 from runstream.wire.proto import registry_pb2 as rpb
 from runstream.wire.proto import registry_pb2_grpc as rpb_grpc
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def current_user() -> str:
     """Who the registry records as acting: RUNSTREAM_USER, else the login name."""
-    user = os.environ.get("RUNSTREAM_USER")
+    user = settings.current().user
     if user:
         return user
     try:

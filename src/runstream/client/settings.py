@@ -110,5 +110,5 @@ class SdkSettings:
 
 
 def current() -> SdkSettings:
-    """The SDK's settings as the environment says now."""
-    return settings.from_environ(SdkSettings)
+    """The SDK's settings as the environment says now; a variable set to "" counts as unset."""
+    return settings.from_environ(SdkSettings, {k: v for k, v in os.environ.items() if v and k.startswith("RUNSTREAM_")})

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from runstream.client import settings
 from runstream.wire.batch import MAX_BATCH_BYTES
 
 log = logging.getLogger(__name__)
@@ -67,20 +68,14 @@ HEADER = struct.Struct("<IIQ")  # length, crc32 of the batch, seq (format 1's wh
 RECORD_HEADER = MARK.size + HEADER.size
 _MARK_BYTES = RECORD_MARK.to_bytes(4, "little")
 SEGMENT_BYTES = 32 * 1024 * 1024
-FSYNC_POLICIES = ("interval", "batch", "close", "off")
-_FALSE = ("0", "false", "no", "off")
 
 
 def enabled() -> bool:
-    return os.environ.get("RUNSTREAM_SPOOL", "1").lower() not in _FALSE
+    return settings.current().spool
 
 
 def default_dir() -> Path:
-    given = os.environ.get("RUNSTREAM_SPOOL_DIR")
-    if given:
-        return Path(given).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "runstream" / "spool"
+    return settings.current().spool_dir.expanduser()
 
 
 def writer_dir(root: Path, run_id: str, writer_id: str, epoch: int) -> Path:
@@ -88,10 +83,8 @@ def writer_dir(root: Path, run_id: str, writer_id: str, epoch: int) -> Path:
 
 
 def fsync_policy() -> tuple[str, float]:
-    policy = os.environ.get("RUNSTREAM_SPOOL_FSYNC", "interval").lower()
-    if policy not in FSYNC_POLICIES:
-        raise ValueError(f"RUNSTREAM_SPOOL_FSYNC is {policy!r}; it must be one of {', '.join(FSYNC_POLICIES)}")
-    return policy, float(os.environ.get("RUNSTREAM_SPOOL_FSYNC_S", "2"))
+    given = settings.current()
+    return given.spool_fsync, given.spool_fsync_s
 
 
 class SpoolBusy(RuntimeError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from runstream.client import kept, offline, spool
+from runstream.client import kept, offline, settings, spool
 from runstream.client.writer import RETRYABLE, STATUS_BY_CODE
 from runstream.errors import (
     DeadlineExceeded,
@@ -481,7 +480,7 @@ class Follower(threading.Thread):
         super().__init__(name=f"runstream-follow-{run_dir.name}", daemon=True)
         self.client, self.run_dir, self.interval = client, run_dir, interval
         self.heartbeat = pb.HeartbeatRequest(run_id=run_dir.name, writer_id=writer_id)
-        self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30"))
+        self.heartbeat_s = settings.current().heartbeat_s
         self._beaten = 0.0
         self.online = False  # the run exists on the server
         self.refused = False  # the server refused part of it for good (said once)

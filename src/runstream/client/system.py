@@ -12,11 +12,12 @@ why at debug level.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from runstream.client import settings
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,11 @@ PREFIX = "system/"
 
 
 def enabled() -> bool:
-    return os.environ.get("RUNSTREAM_SYSTEM_METRICS", "1").lower() not in ("0", "false", "no", "off")
+    return settings.current().system_metrics
 
 
 def interval_s() -> float:
-    return float(os.environ.get("RUNSTREAM_SYSTEM_METRICS_S", "10"))
+    return settings.current().system_metrics_s
 
 
 class SystemSampler:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from runstream.client import console, offline, spool, sync
+from runstream.client import console, offline, settings, spool, sync
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
 from runstream.errors import DeadlineExceeded, FailedPrecondition, RunstreamError, Unavailable
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 _live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
 _resumed = False  # this process has looked for what earlier ones left in the spool
-MODES = ("online", "offline", "auto")
 
 
 def run_mode(offline: bool | None) -> str:
@@ -50,10 +49,7 @@ def run_mode(offline: bool | None) -> str:
     the server is unreachable at start, synced in the background once it answers)."""
     if offline is not None:
         return "offline" if offline else "online"
-    mode = os.environ.get("RUNSTREAM_MODE", "online").lower()
-    if mode not in MODES:
-        raise ValueError(f"RUNSTREAM_MODE is {mode!r}; it must be one of {', '.join(MODES)}")
-    return mode
+    return settings.current().mode
 
 
 def default_writer_id() -> str:
@@ -323,7 +319,7 @@ class Client:
             return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=False)
         self._resume_orphans()
         try:
-            connect = float(os.environ.get("RUNSTREAM_CONNECT_TIMEOUT", "10")) if mode == "auto" else None
+            connect = settings.current().connect_timeout if mode == "auto" else None
             run = self.create_run(experiment, name, tags, timeout=connect)
         except (Unavailable, DeadlineExceeded) as exc:
             if mode != "auto":
@@ -369,7 +365,7 @@ class Client:
     def _resume_orphans(self) -> None:
         """Once per process: send what earlier processes left in the spool for this server."""
         global _resumed
-        if _resumed or not spool.enabled() or os.environ.get("RUNSTREAM_SYNC_ON_START", "1") in ("0", "false", "no"):
+        if _resumed or not spool.enabled() or not settings.current().sync_on_start:
             return
         _resumed = True
         sync.resume_orphans(self, spool.default_dir())
@@ -569,7 +565,7 @@ class Run:
             return
         self.ended = True
         if timeout is None:
-            timeout = float(os.environ.get("RUNSTREAM_FLUSH_TIMEOUT", "60"))
+            timeout = settings.current().flush_timeout
         undelivered: RunstreamError | None = None
         if self._console is not None:
             console.stop(self._console)  # its last upload, before the run is marked ended

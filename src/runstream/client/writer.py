@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from runstream.client import system
+from runstream.client import settings, system
 from runstream.client.spool import SpooledWriter, SpoolWriter
 from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
@@ -94,7 +94,7 @@ class MetricWriter:
         self.block_timeout = block_timeout
         # While this process lives the server hears from it; a run none of whose writers it
         # hears from for its --crash-after becomes CRASHED. 0: no heartbeats.
-        self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "30")) if heartbeat_s is None else heartbeat_s
+        self.heartbeat_s = settings.current().heartbeat_s if heartbeat_s is None else heartbeat_s
         self.spool = spool
         self._spool_ok = spool is not None  # false once an append failed: spooling stops
         self.offline = offline  # batches go to the spool only; nothing is sent from here
