@@ -2,9 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+# Two workers, a test file each at a time: most integration tests wait on servers, not on a core.
+INTEGRATION_ARGS ?= -n 2 --dist loadfile
 
 
-.PHONY: demo test lint docs buf-lint ui ui-check protos schema bench
+.PHONY: demo test test-unit lint docs buf-lint ui ui-check protos schema bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## server on the embedded default + a demo training job
 	$(VENV)/bin/runstream demo
 
-test: lint  ## lint, type-check, layer contracts, protos up to date, then the test suite
-	$(PY) -m pytest
+test: lint  ## lint, type-check, layer contracts, protos up to date, then the unit tests, then the integration suite
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/integration $(INTEGRATION_ARGS)
+
+test-unit: $(VENV)/.installed  ## the unit tests alone: no services, a few seconds
+	$(PY) -m pytest tests/unit
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

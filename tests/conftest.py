@@ -33,11 +33,11 @@ from runstream.wire.proto import tracking_pb2
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Tests count the points and files they log: writers sample no system metrics unless a test
-# asks (tests/test_system_metrics.py)...
+# asks (tests/integration/test_system_metrics.py)...
 os.environ.setdefault("RUNSTREAM_SYSTEM_METRICS", "0")
-os.environ.setdefault("RUNSTREAM_CONSOLE", "0")  # nor console logs (tests/test_console.py)
+os.environ.setdefault("RUNSTREAM_CONSOLE", "0")  # nor console logs (tests/integration/test_console.py)
 # Writers spool into this session's own directory, and a test's leftovers are not sent by the
-# next test's client (tests/test_spool.py sends them on purpose).
+# next test's client (tests/integration/test_spool.py sends them on purpose).
 os.environ.setdefault("RUNSTREAM_SPOOL_DIR", tempfile.mkdtemp(prefix="rs-spool-"))
 os.environ.setdefault("RUNSTREAM_SYNC_ON_START", "0")
 

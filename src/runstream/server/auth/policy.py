@@ -1,5 +1,5 @@
 """The scope every RPC needs, in one table. A method missing here cannot be served: the
-server refuses to start (and tests/test_auth.py fails), so a new RPC needs a decision.
+server refuses to start (and tests/integration/test_auth.py fails), so a new RPC needs a decision.
 
 Health and reflection need no token, by decision: health tells only whether a service is up
 (load balancers and probes call it), and reflection describes the API, which is public in

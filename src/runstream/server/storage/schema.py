@@ -6,7 +6,7 @@ render() gives the schema runstream's tables are in (the connection's current sc
 that recreates it: extensions, functions, then each table (referenced tables first) with its
 sequences, columns, constraints, storage, indexes, triggers and comments, in a stable order
 and without anything that varies between databases (owners, oids, data). Applied to an empty
-database, schema.sql gives a database that renders the same (tests/test_schema.py). What it
+database, schema.sql gives a database that renders the same (tests/integration/test_schema.py). What it
 does not know how to write (views, types of our own, identity columns...) it refuses, so the
 snapshot never leaves part of the schema out.
 """
@@ -24,7 +24,7 @@ HEADER = """\
 -- The schema as runstream's migrations (migrations/*.sql, and schema_migrations, which
 -- migrate.py makes) leave it: a snapshot for reading and for review. The server applies the
 -- migrations, never this file. Do not edit: regenerate with `python scripts/gen_schema.py`
--- (tests/test_schema.py fails when it is stale). Migration 0010 also inserts the deployment row.
+-- (tests/integration/test_schema.py fails when it is stale). Migration 0010 also inserts the deployment row.
 """
 
 _STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}

@@ -1,7 +1,7 @@
 -- The schema as runstream's migrations (migrations/*.sql, and schema_migrations, which
 -- migrate.py makes) leave it: a snapshot for reading and for review. The server applies the
 -- migrations, never this file. Do not edit: regenerate with `python scripts/gen_schema.py`
--- (tests/test_schema.py fails when it is stale). Migration 0010 also inserts the deployment row.
+-- (tests/integration/test_schema.py fails when it is stale). Migration 0010 also inserts the deployment row.
 
 CREATE FUNCTION model_version_events_append_only()
  RETURNS trigger

@@ -12,8 +12,8 @@ import redis
 
 import runstream
 from tests.conftest import raw_log
-from tests.test_dead_letters import POINTS, _batch, _metric
-from tests.test_faults import KEYS, _exactly, _train
+from tests.integration.test_dead_letters import POINTS, _batch, _metric
+from tests.integration.test_faults import KEYS, _exactly, _train
 
 
 def test_a_second_deployment_on_the_same_redis_prefix_is_refused_in_one_line(make_server) -> None:

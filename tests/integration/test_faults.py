@@ -16,7 +16,7 @@ import runstream
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import free_port
-from tests.test_operations import _start_redis
+from tests.integration.test_operations import _start_redis
 
 KEYS = ["loss", "acc", "lr", "grad"]
 

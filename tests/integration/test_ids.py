@@ -163,7 +163,7 @@ def test_one_batch_sent_again_under_another_spelling_is_a_resend_not_a_reused_se
     spelling and again in another (re-encoded by ingest) is acknowledged both times and stored
     once, never refused as a seq reused with other points, nor dead-lettered by the loader."""
     from tests.conftest import raw_log
-    from tests.test_dead_letters import POINTS, _batch
+    from tests.integration.test_dead_letters import POINTS, _batch
 
     with runstream.Client(server.target) as client:
         run_id = client.create_run("ids", "resent").run_id

@@ -17,7 +17,7 @@ import yaml
 import runstream
 from runstream.server.main import ROLE_SERVICES
 from tests.conftest import ROOT, Server, require_tool
-from tests.test_operations import scrape
+from tests.integration.test_operations import scrape
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"

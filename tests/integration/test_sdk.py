@@ -49,7 +49,7 @@ def test_points_logged_while_the_server_is_down_arrive_once_it_is_back(server: S
 
 
 def test_a_full_buffer_drops_with_a_count_or_blocks_then_raises(server: Server, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    # Without the spool: with it, unacked batches leave memory instead (tests/test_spool.py).
+    # Without the spool: with it, unacked batches leave memory instead (tests/integration/test_spool.py).
     monkeypatch.setenv("RUNSTREAM_SPOOL", "0")
     client = runstream.Client(server.target)
     run_id = client.create_run("full").run_id

@@ -12,7 +12,7 @@ import redis
 
 import runstream
 from runstream.server.streams.keys import LOADER_GROUP, Keys
-from tests.test_ingest import _loader_children, _wait_for
+from tests.integration.test_ingest import _loader_children, _wait_for
 
 CLAIM_IDLE_MS = 300_000  # far longer than the test may take: only an immediate takeover passes
 

@@ -18,7 +18,7 @@ import urllib3
 import runstream
 from runstream.wire import batch as wire
 from tests.conftest import Server, raw_log
-from tests.test_artifacts import MiB, s3_server
+from tests.integration.test_artifacts import MiB, s3_server
 
 
 def _uri(server: Server) -> str:

@@ -20,8 +20,8 @@ import pytest
 
 import runstream
 from tests.conftest import raw_log, soak
-from tests.test_dead_letters import _batch
-from tests.test_operations import NOT_SERVING, SERVING, _health, wait_for
+from tests.integration.test_dead_letters import _batch
+from tests.integration.test_operations import NOT_SERVING, SERVING, _health, wait_for
 
 OUTAGE_S = float(os.environ.get("RUNSTREAM_TEST_PG_OUTAGE_S", soak(30, 300)))
 # The private cluster is started and stopped by a helper process: pgserver forks to run

@@ -15,7 +15,7 @@ import runstream
 from runstream.server.streams.keys import FIELD_BATCH, FIELD_RECEIVED_MS, Keys
 from runstream.wire import batch as wire
 from tests.conftest import raw_log
-from tests.test_dead_letters import _metric
+from tests.integration.test_dead_letters import _metric
 
 STEPS = 3_000
 

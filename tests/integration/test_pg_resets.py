@@ -16,7 +16,7 @@ import urllib3
 
 import runstream
 from tests.conftest import PG_ADMIN_URL, soak
-from tests.test_faults import KEYS, _train
+from tests.integration.test_faults import KEYS, _train
 
 # Short form: faster than the 0.3 s of the report, so that kills land inside COPYs and retries
 # within seconds of test time. Soak (RUNSTREAM_TEST_SOAK=1): the report's every 0.3 s, and

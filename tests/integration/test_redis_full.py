@@ -15,8 +15,8 @@ import redis
 
 import runstream
 from tests.conftest import free_port, raw_log
-from tests.test_dead_letters import _batch, _metric
-from tests.test_operations import NOT_SERVING, SERVING, _health, _start_redis, wait_for
+from tests.integration.test_dead_letters import _batch, _metric
+from tests.integration.test_operations import NOT_SERVING, SERVING, _health, _start_redis, wait_for
 
 POINTS = 100
 
