@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import chunks, metrics
+from runstream.server.storage import chunks, db, metrics
 from runstream.server.storage.failures import database_away, refused_value
 from runstream.server.streams.deployment import DeploymentConflict, bind
 from runstream.server.streams.keys import (
@@ -350,29 +350,38 @@ class Loader:
         return await asyncio.wait_for(self._transaction(loaded), COMMIT_TIMEOUT_S)
 
     async def _transaction(self, loaded: list[Loaded]) -> list[Loaded]:
-        batches = [b for _, b, _, _ in loaded]
-        missing = [k for k in chunks.series_of(batches) if k not in self._series]
         async with self.pool.acquire() as conn:
-            if missing:
-                if len(self._series) > SERIES_CACHE_MAX:
-                    self._series.clear()
-                self._series.update(await metrics.series_ids(conn, missing))
-            async with conn.transaction():
-                new, conflicting = await metrics.record_batches(
-                    conn, [(b.run_id, b.writer_id, b.epoch, b.seq, b.points, d) for _, b, _, d in loaded]
-                )
-                fresh = [(b, r) for _, b, r, _ in loaded if (b.run_id, b.writer_id, b.epoch, b.seq) in new]
-                reused = [x for x in loaded if (x[1].run_id, x[1].writer_id, x[1].epoch, x[1].seq) in conflicting]
-                resent = len(loaded) - len(fresh) - len(reused)
-                self.stats.duplicates += resent
-                self.metrics.batches_deduplicated.inc(resent)
-                if not fresh:
-                    return reused
-                packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
-                await metrics.copy_chunks(conn, packed.chunk_records)
-                failpoint("loader.after_copy")
-                await metrics.upsert_summaries(conn, packed.summary_columns)
-                await metrics.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
+            try:
+                return await self._write(conn, loaded)
+            except BaseException as exc:
+                # Cut short (timed out, cancelled, its connection killed): its state is unknown, so
+                # the pool makes a new connection instead of resetting this one mid-transaction.
+                if isinstance(exc, asyncio.CancelledError) or database_away(exc):
+                    conn.terminate()
+                raise
+
+    async def _write(self, conn: db.Conn, loaded: list[Loaded]) -> list[Loaded]:
+        missing = [k for k in chunks.series_of([b for _, b, _, _ in loaded]) if k not in self._series]
+        if missing:
+            if len(self._series) > SERIES_CACHE_MAX:
+                self._series.clear()
+            self._series.update(await metrics.series_ids(conn, missing))
+        async with conn.transaction():
+            new, conflicting = await metrics.record_batches(
+                conn, [(b.run_id, b.writer_id, b.epoch, b.seq, b.points, d) for _, b, _, d in loaded]
+            )
+            fresh = [(b, r) for _, b, r, _ in loaded if (b.run_id, b.writer_id, b.epoch, b.seq) in new]
+            reused = [x for x in loaded if (x[1].run_id, x[1].writer_id, x[1].epoch, x[1].seq) in conflicting]
+            resent = len(loaded) - len(fresh) - len(reused)
+            self.stats.duplicates += resent
+            self.metrics.batches_deduplicated.inc(resent)
+            if not fresh:
+                return reused
+            packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
+            await metrics.copy_chunks(conn, packed.chunk_records)
+            failpoint("loader.after_copy")
+            await metrics.upsert_summaries(conn, packed.summary_columns)
+            await metrics.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
         self.stats.batches += len(fresh)
         self.stats.points += packed.points
         self.metrics.batches_committed.inc(len(fresh))

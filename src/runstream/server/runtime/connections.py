@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -26,6 +26,7 @@ PREFLIGHT_S = 10.0
 
 async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
     assert settings.postgres_url and settings.redis_url
+    asyncio.get_running_loop().set_exception_handler(_lost_connections_as_warnings)
     pool = await asyncpg.create_pool(
         settings.postgres_url,
         min_size=1,
@@ -37,6 +38,19 @@ async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[async
     if need_redis:
         await redis.ping()
     return pool, redis
+
+
+def _lost_connections_as_warnings(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncpg reports a connection killed mid-operation to the event loop too (a waiter nobody
+    awaits any more, a pooled connection reset inside its transaction). The work it was doing is
+    retried on a fresh connection, so that is one warning line, not an ERROR with a traceback."""
+    exc = context.get("exception")
+    message = str(context.get("message", ""))
+    resetting = message.startswith("Resetting connection with an active transaction")
+    if resetting or (exc is not None and database_away(exc)):
+        log.warning("PostgreSQL connection lost mid-operation (retried): %s %s", message, exc or "")
+        return
+    loop.default_exception_handler(context)
 
 
 async def preflight(settings: Settings, *, need_redis: bool = True) -> str | None:
