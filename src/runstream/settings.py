@@ -11,15 +11,17 @@ A value that does not parse is a `SettingError` naming the flag or variable, one
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
 PREFIX = "RUNSTREAM_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+if TYPE_CHECKING:  # argparse (and gettext) only for the server's flags: the SDK imports this module
+    import argparse
 
 
 class SettingError(ValueError):
@@ -102,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         where = f" (env {spec.env})" if spec.env else ""
         text = f"{spec.help}{where}" + (f"; default {shown}" if shown else "")
         if f.type in ("bool", bool):
-            parser.add_argument(spec.flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            toggle = _argparse().BooleanOptionalAction
+            parser.add_argument(spec.flag, dest=f.name, action=toggle, default=None, help=text)
         else:
             metavar = None if spec.choices else spec.flag[2:].upper().replace("-", "_")
             parser.add_argument(
@@ -211,7 +214,7 @@ def _arg_parser(spec: Spec) -> Callable[[str], Any]:
         try:
             return spec.parse(text)
         except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc or 'not a valid value'}") from None
+            raise _argparse().ArgumentTypeError(f"{text!r}: {exc or 'not a valid value'}") from None
 
     parse.__name__ = getattr(spec.parse, "__name__", "value")  # argparse names the type in its errors
     return parse
@@ -234,3 +237,10 @@ def _bytes(n: int) -> str:
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return str(n)
+
+
+def _argparse() -> Any:
+    """argparse, imported when flags are made or parsed (the server and the CLI), not with the SDK."""
+    import argparse
+
+    return argparse
