@@ -13,9 +13,11 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -544,7 +546,78 @@ def test_an_unsized_upload_holds_the_largest_upload_in_the_run_budget_until_it_c
         completed = _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=first.upload_id, parts=etags))
         assert completed.size == 100 * 1024  # type: ignore[attr-defined]
         unsized("c.bin")  # the reservation gave way to the 100 KiB stored: room for another MiB
+        # Parts sent at once share the cap too: of two 600 KiB parts, one is refused.
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(lambda part: put(part.url, b"z" * (600 * 1024))[0], second.parts))
+        assert statuses == [200, 413]
         _rpc(client, "AbortUpload", apb.UploadRef(upload_id=second.upload_id))
+    assert not list((server.artifacts / ".uploads").glob("tmp-*"))
+
+
+def test_an_upload_is_completed_or_aborted_once_and_leaves_no_bytes_unrecorded(
+    make_server: Any, tmp_path: Path
+) -> None:
+    """Completions and aborts of one upload come one at a time (whoever is second finds it gone,
+    NOT_FOUND), so parallel completions cannot interleave their bytes; a part still arriving
+    then is a 404, not a 500; and an abort deletes bytes a refused completion put together."""
+    server = make_server()
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("once").run_id
+
+        def unsized(path: str, parts: int) -> apb.Upload:
+            request = apb.CreateUploadRequest(run_id=run_id, path=path, unsized_parts=parts)
+            return _rpc(client, "CreateUpload", request)  # type: ignore[no-any-return]
+
+        def put(url: str, body: bytes) -> tuple[int, str]:
+            parts = urlsplit(url)
+            conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+            conn.request("PUT", f"{parts.path}?{parts.query}", body=body)
+            reply = conn.getresponse()
+            conn.close()
+            return reply.status, reply.getheader("ETag", "")
+
+        def complete(upload: apb.Upload, etags: list[str]) -> str:
+            done = [apb.CompletedPart(part_number=n, etag=e) for n, e in enumerate(etags, 1)]
+            try:
+                _rpc(client, "CompleteUpload", apb.CompleteUploadRequest(upload_id=upload.upload_id, parts=done))
+            except runstream.NotFound:
+                return "not found"
+            return "completed"
+
+        blocks = [bytes([65 + n]) * MiB for n in range(4)]
+        upload = unsized("twice.bin", 4)
+        etags = [put(part.url, block)[1] for part, block in zip(upload.parts, blocks, strict=True)]
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = sorted(pool.map(lambda _: complete(upload, etags), range(3)))
+        assert outcomes == ["completed", "not found", "not found"]
+        back = client.download_artifacts(run_id, "twice.bin", tmp_path / "back")
+        assert back.read_bytes() == b"".join(blocks)
+        with pytest.raises(runstream.NotFound, match="completed, aborted or never created"):
+            _rpc(client, "AbortUpload", apb.UploadRef(upload_id=upload.upload_id))
+        # A part arriving while its upload is aborted: 404, and nothing of it left.
+        late = unsized("late.bin", 1)
+        url = urlsplit(late.parts[0].url)
+        with socket.create_connection((url.hostname, url.port), timeout=30) as raw:
+            head = f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {MiB}\r\n\r\n"
+            raw.sendall(head.encode() + b"x" * 1000)
+            time.sleep(0.5)
+            _rpc(client, "AbortUpload", apb.UploadRef(upload_id=late.upload_id))
+            raw.sendall(b"x" * (MiB - 1000))
+            assert raw.recv(1000).startswith(b"HTTP/1.1 404"), "a part of an aborted upload"
+        # A completion refused after the store put the parts together (the path became a model's
+        # source meanwhile): the abort that follows deletes those bytes.
+        (tmp_path / "model.bin").write_bytes(b"v1")
+        client.artifacts.log_file(run_id, tmp_path / "model.bin", "model.bin")
+        replacement = unsized("model.bin", 1)
+        client.register_model(run_id, "model.bin", "once-model")
+        etag = put(replacement.parts[0].url, b"v2")[1]
+        with pytest.raises(runstream.FailedPrecondition, match="source"):
+            complete(replacement, [etag])
+        _rpc(client, "AbortUpload", apb.UploadRef(upload_id=replacement.upload_id))
+    objects = server.artifacts / "objects"
+    stored = sorted(p.relative_to(objects).as_posix() for p in objects.rglob("*.bin"))
+    assert stored == [f"runs/{run_id}/artifacts/model.bin", f"runs/{run_id}/artifacts/twice.bin"]
+    assert "Traceback" not in "".join(server.output)
     assert not list((server.artifacts / ".uploads").glob("tmp-*"))
 
 

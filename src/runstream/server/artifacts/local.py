@@ -35,7 +35,9 @@ class LocalStore:
     def __init__(self, root: Path, public_url: str, max_bytes: int = 100 * 2**30, stall_s: float = 30.0) -> None:
         self.root = root
         self.max_bytes = max_bytes  # the parts of an unsized upload, together, are bound by this, not their URLs
-        self._receiving: dict[str, int] = {}  # bytes of unsized parts being received, by upload
+        # Bytes an unsized upload holds in this process's view, stored or arriving, by upload id:
+        # one count per upload, so parts sent at once cannot each see room the others take.
+        self._held: dict[str, int] = {}
         self.stall_s = stall_s
         self.objects = root / "objects"
         self.uploads = root / ".uploads"
@@ -81,6 +83,7 @@ class LocalStore:
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         await asyncio.to_thread(self._concatenate, key, upload_id, parts)
+        self._held.pop(upload_id, None)
 
     def _concatenate(self, key: str, upload_id: str, parts: list[Part]) -> None:
         folder = self.uploads / upload_id
@@ -94,7 +97,7 @@ class LocalStore:
             files.append(part)
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "complete"
+        tmp = folder / f"complete-{uuid.uuid4().hex}"  # never shared, should two completions meet
         with tmp.open("wb") as out:
             for part in files:
                 with part.open("rb") as src:
@@ -103,6 +106,7 @@ class LocalStore:
         shutil.rmtree(folder, ignore_errors=True)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._held.pop(upload_id, None)
         await asyncio.to_thread(shutil.rmtree, self.uploads / upload_id, True)
 
     async def size_of(self, key: str) -> int | None:
@@ -157,8 +161,10 @@ class LocalStore:
         tmp = self.uploads / f"tmp-{uuid.uuid4().hex}"
         written = 0
         digest = hashlib.sha256()
-        # An unsized upload's parts share the cap: those stored (but the one replaced) and those arriving.
-        room = self.max_bytes - (0 if bound else self._stored_parts(target))
+        if not bound and upload not in self._held:  # first seen by this process: what is on disk
+            self._held[upload] = _bytes_in(target.parent)
+        replacing = target.stat().st_size if not bound and target.exists() else 0
+        stored, replaced = False, 0
         try:
             with tmp.open("wb") as out:
                 # Hashing and writing go to a thread a MiB at a time (both release the GIL), so
@@ -168,9 +174,11 @@ class LocalStore:
                     written += len(data)
                     if bound and written > size:
                         raise web.HTTPBadRequest(text=f"this URL takes exactly {size} bytes")
-                    if not bound:
-                        self._receiving[upload] = self._receiving.get(upload, 0) + len(data)
-                        if self._receiving[upload] > room:
+                    if not bound:  # the upload's parts together, this one replacing its old bytes
+                        if upload not in self._held:  # completed or aborted while this part came
+                            raise web.HTTPNotFound(text="no such upload (completed or aborted)")
+                        self._held[upload] += len(data)
+                        if self._held[upload] - replacing > self.max_bytes:
                             raise web.HTTPRequestEntityTooLarge(self.max_bytes, written)
                     elif written > self.max_bytes:
                         raise web.HTTPRequestEntityTooLarge(self.max_bytes, written)
@@ -183,19 +191,17 @@ class LocalStore:
                 raise web.HTTPBadRequest(text=f"got {written} bytes; this URL takes exactly {size}")
             if bound and digest.hexdigest() != sha256:
                 raise web.HTTPBadRequest(text="the content does not match the SHA-256 this URL was signed for")
-            os.replace(tmp, target)
+            replaced = target.stat().st_size if target.exists() else 0
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # its upload was completed or aborted while the part came
+                raise web.HTTPNotFound(text="no such upload (completed or aborted)") from None
+            stored = True
         finally:
             tmp.unlink(missing_ok=True)
-            if not bound:
-                left = self._receiving.pop(upload, 0) - written
-                if left > 0:
-                    self._receiving[upload] = left
+            if not bound and upload in self._held:  # stored: the old part's bytes go; else what came
+                self._held[upload] -= replaced if stored else written
         return web.Response(status=200, headers={"ETag": f'"{_etag(target)}"'})
-
-    @staticmethod
-    def _stored_parts(target: Path) -> int:
-        """Bytes of the upload's parts stored so far, but `target`'s (a part sent again replaces it)."""
-        return sum(p.stat().st_size for p in target.parent.iterdir() if p.is_file() and p != target)
 
     async def _next_block(self, request: web.Request) -> bytes:
         """The upload's next block; a client that stalls is cut off (it holds a task and a file)."""
@@ -285,3 +291,8 @@ def _secret(path: Path) -> bytes:
             os.link(tmp, path)  # first writer wins when servers start together
         tmp.unlink()
     return path.read_bytes()
+
+
+def _bytes_in(folder: Path) -> int:
+    """Bytes of the files in `folder`: an unsized upload's parts stored so far."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

@@ -179,8 +179,9 @@ class Artifacts:
         return out
 
     async def CompleteUpload(self, req: apb.CompleteUploadRequest, ctx: Any) -> apb.Artifact:
-        async with self.pool.acquire() as conn:
-            upload = await _upload(conn, req.upload_id)
+        upload_id = canonical_upload_id(req.upload_id)
+        async with self.pool.acquire() as conn, artifacts.upload_held(conn, upload_id):
+            upload = await _upload(conn, upload_id)
             unsized = not upload.sha256
             if upload.multipart_id is not None:
                 numbers = sorted(p.part_number for p in req.parts)
@@ -228,8 +229,9 @@ class Artifacts:
         return upload._replace(size=size, sha256=sha256)
 
     async def AbortUpload(self, req: apb.UploadRef, ctx: Any) -> apb.AbortUploadResponse:
-        async with self.pool.acquire() as conn:
-            upload = await _upload(conn, req.upload_id)
+        upload_id = canonical_upload_id(req.upload_id)
+        async with self.pool.acquire() as conn, artifacts.upload_held(conn, upload_id):
+            upload = await _upload(conn, upload_id)
             await self._abort(conn, upload)
         return apb.AbortUploadResponse()
 
@@ -274,8 +276,10 @@ class Artifacts:
     async def _abort(self, conn: Any, upload: artifacts.UploadRow) -> None:
         if upload.multipart_id is not None:
             await self.objects.abort_multipart(upload.object_key, upload.multipart_id)
-        elif not await _recorded(conn, upload):
-            await self.objects.delete(upload.object_key)  # a single PUT may have landed: unrecorded bytes
+        if not await _recorded(conn, upload):
+            # A single PUT may have landed, or parts been put together by a completion that was
+            # then refused (a model's source): bytes no artifact records.
+            await self.objects.delete(upload.object_key)
         await artifacts.delete_upload(conn, upload.upload_id)
 
     async def _sweep_forever(self) -> None:
@@ -284,7 +288,10 @@ class Artifacts:
             try:
                 async with self.pool.acquire() as conn:
                     for u in await artifacts.stale_uploads(conn, db.now_ms() - STALE_AFTER_MS):
-                        await self._abort(conn, u)
+                        async with artifacts.upload_held(conn, u.upload_id):
+                            if await artifacts.get_upload(conn, u.upload_id) is None:
+                                continue  # completed or aborted meanwhile
+                            await self._abort(conn, u)
                         log.info("aborted stale upload %s (%s)", u.upload_id, u.object_key)
             except (OSError, asyncpg.PostgresError, StoreUnavailable) as exc:
                 log.warning("sweeping stale uploads failed: %s", exc)

@@ -14,6 +14,7 @@ the dead-letter stream with the reason, where `runstream dead-letters` shows and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -357,7 +358,8 @@ class Loader:
                 # Cut short (timed out, cancelled, its connection killed): its state is unknown, so
                 # the pool makes a new connection instead of resetting this one mid-transaction.
                 if isinstance(exc, asyncio.CancelledError) or database_away(exc):
-                    conn.terminate()
+                    with contextlib.suppress(asyncpg.InterfaceError):  # already closed and let go by the pool
+                        conn.terminate()
                 raise
 
     async def _write(self, conn: db.Conn, loaded: list[Loaded]) -> list[Loaded]:

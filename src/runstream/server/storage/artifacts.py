@@ -3,8 +3,12 @@ object keys and a run's total size straight, and a model version's source as a s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from typing import NamedTuple
+
+import asyncpg
 
 from runstream.server.storage.db import Conn, now_ms
 
@@ -106,6 +110,19 @@ async def object_key_taken(conn: Conn, run_id: str, key: str) -> bool:
         key,
     )
     return taken
+
+
+@contextlib.asynccontextmanager
+async def upload_held(conn: Conn, upload_id: str) -> AsyncIterator[None]:
+    """One completion or abort of an upload at a time, across server processes: a session lock,
+    since the store's part of the work runs outside any transaction. Whoever comes second finds
+    the upload gone."""
+    await conn.execute("SELECT pg_advisory_lock(hashtextextended('upload ' || $1, 0))", upload_id)
+    try:
+        yield
+    finally:  # a connection that died took its lock with it; the pool's reset drops any other
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended('upload ' || $1, 0))", upload_id)
 
 
 async def lock_run_artifacts(conn: Conn, run_id: str) -> None:
