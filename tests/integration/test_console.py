@@ -78,3 +78,35 @@ def test_a_log_larger_than_a_part_is_uploaded_when_the_client_closes_or_at_exit(
     with runstream.Client(server.target) as client:
         (log,) = client.list_artifacts(run_id, "logs")
     assert log.path == "logs/loud.txt" and log.size == len(done.stdout.encode()) > 3 * 2**20 - 2**20
+
+
+FORKS = """
+import logging, os, sys, runstream
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # holds the wrapped stderr
+with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
+    run = client.attach(os.environ["RUN_ID"], writer_id="parent")
+    print("before the fork", flush=True)
+    child = os.fork()
+    if child == 0:  # a data-loader worker: prints, exits normally (its atexit hooks run)
+        print("child line", flush=True)
+        sys.exit(0)
+    os.waitpid(child, 0)
+    print("after the fork", flush=True)
+    run.end()
+    logging.info("logged after the end")  # through a stream kept from before: written through only
+"""
+
+
+def test_a_forked_child_leaves_the_parents_log_whole_and_a_stream_kept_past_the_end_writes_through(
+    server: Server,
+) -> None:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("console-fork").run_id
+    env = {**os.environ, "RUNSTREAM_URL": server.target, "RUN_ID": run_id, "RUNSTREAM_CONSOLE": "1"}
+    done = subprocess.run([sys.executable, "-c", FORKS], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Logging error" not in done.stderr and "could not be uploaded" not in done.stderr, done.stderr
+    assert "logged after the end" in done.stderr
+    cli = [sys.executable, "-m", "runstream.cli", "runs", "logs", run_id, "--url", server.target]
+    shown = subprocess.run([*cli, "--writer", "parent"], capture_output=True, text=True, timeout=60)
+    assert shown.stdout.splitlines() == ["before the fork", "child line", "after the fork"], shown.stdout

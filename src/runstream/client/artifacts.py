@@ -33,10 +33,14 @@ class ArtifactClient:
         path = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
         return self._upload(run_id, local, path, mimetypes.guess_type(local.name)[0] or "")
 
-    def log_file(self, run_id: str, local_path: str | Path, artifact_file: str, content_type: str = "") -> apb.Artifact:
-        """Upload a file as exactly `artifact_file` in the run's artifacts."""
+    def log_file(
+        self, run_id: str, local_path: str | Path, artifact_file: str, content_type: str = "", *, progress: bool = True
+    ) -> apb.Artifact:
+        """Upload a file as exactly `artifact_file` in the run's artifacts (with a progress bar
+        for a big one, when tqdm is installed, unless `progress` is False)."""
         local = Path(local_path)
-        return self._upload(run_id, local, artifact_file, content_type or mimetypes.guess_type(artifact_file)[0] or "")
+        content_type = content_type or mimetypes.guess_type(artifact_file)[0] or ""
+        return self._upload(run_id, local, artifact_file, content_type, progress=progress)
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> list[apb.Artifact]:
         """Upload every file under `local_dir`, keeping its layout under `artifact_path`."""
@@ -110,7 +114,9 @@ class ArtifactClient:
         self._stub.DeleteArtifact(apb.ArtifactRef(run_id=run_id, path=path), timeout=self.timeout)
 
     @typed_errors
-    def _upload(self, run_id: str, local: Path, path: str, content_type: str = "") -> apb.Artifact:
+    def _upload(
+        self, run_id: str, local: Path, path: str, content_type: str = "", progress: bool = True
+    ) -> apb.Artifact:
         size = local.stat().st_size
         upload = self._stub.CreateUpload(
             apb.CreateUploadRequest(
@@ -119,7 +125,7 @@ class ArtifactClient:
             timeout=self.timeout,
         )
         try:
-            with _progress(size, f"upload {path}") as advance:
+            with _progress(size if progress else 0, f"upload {path}") as advance:
                 if upload.parts:
                     done = transfer.put_parts(
                         list(upload.parts), local, self._part_signer(upload.upload_id), PARALLEL_PARTS, advance

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -57,8 +58,11 @@ class ConsoleCapture:
         self._interval = interval
         self._lock = threading.Lock()
         self._closed = False
-        self._dir = tempfile.TemporaryDirectory(prefix="runstream-console-")
-        self.path = Path(self._dir.name) / "console.txt"
+        self._pid = os.getpid()  # a forked child inherits the capture; only this process closes it
+        # Not a TemporaryDirectory: its finalizer would run in a forked child at exit too, and
+        # delete the parent's log from under it.
+        self._dir = Path(tempfile.mkdtemp(prefix="runstream-console-"))
+        self.path = self._dir / "console.txt"
         self._file = self.path.open("a", encoding="utf-8", errors="replace")
         self._written = 0
         self._uploaded = 0
@@ -68,17 +72,30 @@ class ConsoleCapture:
         if sys.stderr is not None:
             sys.stderr = _Tee(sys.stderr, self)
         # A forked child (a data loader worker) keeps writing through the tee into the same
-        # file; the lock may have been held by another thread at the fork.
-        os.register_at_fork(after_in_child=self._after_fork)
+        # file. What is buffered is written out first (or both processes would write it), under
+        # the lock, which the child then replaces: another thread may hold it at the fork.
+        os.register_at_fork(
+            before=self._before_fork, after_in_parent=self._lock_release, after_in_child=self._after_fork
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-console", daemon=True)
         self._thread.start()
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+        if not self._file.closed:
+            self._file.flush()
+
+    def _lock_release(self) -> None:
+        self._lock.release()
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def append(self, text: str) -> None:
         with self._lock:
+            if self._closed:  # a stream kept from before close (a logging handler): written through only
+                return
             self._file.write(text)
             self._written += len(text)
 
@@ -105,16 +122,21 @@ class ConsoleCapture:
         """Stop copying, and upload what the log holds."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
         if isinstance(sys.stdout, _Tee) and sys.stdout._capture is self:
             sys.stdout = self._stdout
         if isinstance(sys.stderr, _Tee) and sys.stderr._capture is self:
             sys.stderr = self._stderr
+        if os.getpid() != self._pid:  # a forked child: what it wrote goes in; the upload is the parent's
+            with self._lock:
+                self._file.flush()
+            return
         self._stop.set()
         self._thread.join(5)
         self._send(last=True)
         self._file.close()
-        self._dir.cleanup()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def start(upload: Callable[[Path], object]) -> ConsoleCapture | None:

@@ -462,7 +462,10 @@ class Run:
             self.journal.keep_file(path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8")
             return
         # A writer id may hold "/" (host/pid): logs/<host>/<pid>.txt then.
-        self.client.artifacts.log_file(self.run_id, path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8")
+        # No progress bar: it would be printed into the very log it uploads.
+        self.client.artifacts.log_file(
+            self.run_id, path, f"logs/{self.writer_id}.txt", "text/plain; charset=utf-8", progress=False
+        )
 
     def log_metric(self, key: str, value: float, step: int | None = None, timestamp_ms: int | None = None) -> None:
         self.writer.log({key: value}, step, timestamp_ms)
