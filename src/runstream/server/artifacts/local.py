@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from runstream.server.artifacts import serving
-from runstream.server.artifacts.stores import Part, PartsRejected, SignedUrl
+from runstream.server.artifacts.stores import Part, PartsRejected, SignedUrl, StoreUnavailable
 
 CHUNK = 1024 * 1024
 
@@ -82,7 +82,12 @@ class LocalStore:
         return SignedUrl(self._url("PUT", key, expires_s, size, sha256, upload_id, part_number))
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
-        await asyncio.to_thread(self._concatenate, key, upload_id, parts)
+        try:
+            await asyncio.to_thread(self._concatenate, key, upload_id, parts)
+        except FileNotFoundError:
+            raise PartsRejected("cannot complete the upload: its parts are gone (completed or aborted)") from None
+        except OSError as exc:  # a full or failing disk: the store's trouble, not the database's
+            raise StoreUnavailable(f"the local artifact store could not put the parts together: {exc}") from None
         self._held.pop(upload_id, None)
 
     def _concatenate(self, key: str, upload_id: str, parts: list[Part]) -> None:

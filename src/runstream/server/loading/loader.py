@@ -118,6 +118,7 @@ class Loader:
         # First the entries pending under this consumer name: a loader of the same name (the
         # process this one replaces) read them and died before acknowledging them.
         self._recovering = True
+        self._retrying = False  # the pending entries are this loader's own, from a round that failed
 
     async def setup(self) -> None:
         """Bind the keyspace to this deployment (if Redis lost the binding) and create the
@@ -164,6 +165,7 @@ class Loader:
                     reading.cancel()
                     reading = None
                 self._last_claim = 0.0  # look for the entries left pending at the next read
+                self._recovering = self._retrying = True  # and first take its own again, at once
                 if _group_lost(exc):
                     log.error("Redis lost consumer group %r (restarted without its data?); creating it", LOADER_GROUP)
                     grouped = False
@@ -209,8 +211,8 @@ class Loader:
             await self.redis.xack(stream, LOADER_GROUP, eid)
         entries = [e for e in found if e[2]]
         if not found:
-            self._recovering = False
-        elif entries:
+            self._recovering = self._retrying = False
+        elif entries and not self._retrying:
             self.metrics.entries_taken_over.inc(len(entries))
             log.warning("taking over %d entries its predecessor %s had read", len(entries), self.consumer)
         return entries
