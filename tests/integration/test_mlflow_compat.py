@@ -495,3 +495,19 @@ def test_a_log_batch_refused_for_its_text_stores_none_of_its_metrics(server: Ser
     assert not server.sql("SELECT 1 FROM params WHERE run_id = $1", run_id)
     assert not server.sql("SELECT 1 FROM tags WHERE run_id = $1 AND key = 't'", run_id)
     assert "Traceback" not in "".join(server.output)
+
+
+def test_multipart_create_and_complete_say_what_is_missing(server: Server) -> None:
+    """MLflow's multipart flow with no parts asked for or none given: a 400 naming the field."""
+    with runstream.Client(server.target) as client:
+        run = client.create_run("mpu-edges")
+    base = f"{_uri(server)}/api/2.0/mlflow-artifacts/mpu"
+    where = f"{run.experiment_id}/{run.run_id}/artifacts"
+    for body in ({"path": "a.bin"}, {"path": "a.bin", "num_parts": 0}):
+        reply = urllib3.request("POST", f"{base}/create/{where}", json=body, timeout=30)
+        assert reply.status == 400 and "num_parts" in reply.json()["message"], reply.data
+    made = urllib3.request("POST", f"{base}/create/{where}", json={"path": "a.bin", "num_parts": 2}, timeout=30)
+    upload_id = made.json()["upload_id"]
+    body = {"path": "a.bin", "upload_id": upload_id, "parts": []}
+    reply = urllib3.request("POST", f"{base}/complete/{where}", json=body, timeout=30)
+    assert reply.status == 400 and "every part, 1 to 1" in reply.json()["message"], reply.data

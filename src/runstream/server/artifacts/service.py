@@ -185,7 +185,8 @@ class Artifacts:
             unsized = not upload.sha256
             if upload.multipart_id is not None:
                 numbers = sorted(p.part_number for p in req.parts)
-                expected = numbers[-1] if unsized and numbers else -(-upload.size // max(upload.part_size, 1))
+                # An unsized upload has as many parts as were sent (at least one); a sized one, its layout's.
+                expected = max(numbers[-1:] or [1]) if unsized else -(-upload.size // upload.part_size)
                 if numbers != list(range(1, expected + 1)):
                     raise InvalidArgument(f"give the ETag of every part, 1 to {expected}, once each")
                 if not unsized and not all(SHA256.fullmatch(p.sha256) for p in req.parts):

@@ -189,10 +189,13 @@ def _multipart_target(body: Body) -> tuple[str, str]:
 async def multipart_create(api: MlflowApi, body: Body, ctx: HttpCall) -> Body:
     """Every part's URL at once, straight to the store; MLflow's client PUTs the parts there."""
     run_id, path = _multipart_target(body)
+    parts = integer(body, "num_parts", 0, (1, MAX_PARTS))
+    if not parts:
+        raise InvalidArgument(f"num_parts is missing: give the number of parts, 1 to {MAX_PARTS:,}")
     req = apb.CreateUploadRequest(
         run_id=run_id,
         path=path,
-        unsized_parts=integer(body, "num_parts", 0, (0, MAX_PARTS)),
+        unsized_parts=parts,
         content_type=_guess_type(path),
     )
     made: apb.Upload = await api.call(SERVICE, "CreateUpload", req, ctx)
