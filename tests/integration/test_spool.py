@@ -233,7 +233,7 @@ def test_the_next_start_sends_what_a_killed_job_left(make_server: Any, tmp_path:
     server.start()
     monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
     monkeypatch.setenv("RUNSTREAM_SYNC_ON_START", "1")
-    monkeypatch.setattr(runstream.client.tracking, "_resumed", False)
+    monkeypatch.setattr(runstream.client.lifecycle, "_orphans_claimed", False)
     with runstream.Client(server.target) as client:
         client.start_run("spool", record_source=False).end()  # the next job on this machine
         assert server.wait_points(run_id, 100_000, timeout=60) == 100_000

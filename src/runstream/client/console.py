@@ -10,9 +10,8 @@ below Python (C extensions writing to the file descriptors, child processes) is 
 
 from __future__ import annotations
 
-import atexit
+import functools
 import logging
-import os
 import sys
 import tempfile
 import threading
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from runstream.client import settings
+from runstream.client import lifecycle, settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class ConsoleCapture:
             sys.stderr = _Tee(sys.stderr, self)
         # A forked child (a data loader worker) keeps writing through the tee into the same
         # file; the lock may have been held by another thread at the fork.
-        os.register_at_fork(after_in_child=self._after_fork)
+        lifecycle.in_child(self._after_fork)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-console", daemon=True)
         self._thread.start()
@@ -127,7 +126,7 @@ def start(upload: Callable[[Path], object]) -> ConsoleCapture | None:
         if _active is not None:
             return None
         _active = ConsoleCapture(upload, settings.current().console_upload_s)
-        atexit.register(stop, _active)
+        lifecycle.at_exit(functools.partial(stop, _active))
         return _active
 
 

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,7 +37,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from runstream.client import settings, system
+from runstream.client import lifecycle, settings, system
 from runstream.client.spool import SpooledWriter, SpoolWriter
 from runstream.errors import BufferFull, DeadlineExceeded, PointsDropped, RunstreamError, from_status
 from runstream.wire import batch as wire
@@ -147,7 +145,7 @@ class MetricWriter:
         self._beater = threading.Thread(
             target=self._heartbeat_loop, name=f"runstream-heartbeat-{writer_id}", daemon=True
         )
-        _running.add(self)
+        lifecycle.writer_started(self)
         self._batcher.start()
         if not offline:
             self._streamer.start()
@@ -560,26 +558,6 @@ class MetricWriter:
         if self.spool is not None:
             self.spool.acked(upto)
         return True
-
-
-_running: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for writer in list(_running):
-        writer._pause_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for writer in list(_running):
-        writer._resume_after_fork()
-
-
-def _after_fork_in_child() -> None:
-    _running.clear()  # the parent's writers have no threads here; they are not the child's to run
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _drain(q: queue.SimpleQueue[bytes | None]) -> Iterator[bytes]:
