@@ -34,7 +34,7 @@ with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
     for step in range(50_000, 100_000):
         run.log_metric("loss", step * 0.5, step=step)
     run.writer.persist(30)
-    print("spooled", len(run.writer._unacked), flush=True)
+    print("spooled", len(run.writer._sender.unacked), flush=True)
     sys.stdin.readline()  # never comes: SIGKILL
 """
 
@@ -310,7 +310,7 @@ def test_a_long_outage_spills_to_the_spool_instead_of_blocking_the_job(
         for step in range(50_000, 400_000):  # 3.5 buffers' worth: without the spool, BufferFull
             run.log_metric("loss", step * 0.5, step=step)
         run.writer.persist(30)
-        assert run.writer._spilled_points >= 200_000 and run.writer._buffered_points <= 100_000
+        assert run.writer._sender.spilled_points >= 200_000 and run.writer._batcher.buffered_points <= 100_000
         server.start()
         run.flush(timeout=120)  # the spilled batches are read back from the spool and sent
         run.end()
