@@ -58,7 +58,9 @@ def claim_orphans() -> bool:
 
 
 def at_exit(call: Callable[[], object]) -> None:
-    """Call `call` at interpreter exit, before what was registered earlier (atexit's order)."""
+    """Call `call` at interpreter exit, before what was registered earlier (atexit's order): a
+    console capture, started with a run's writer, uploads before runstream/__init__'s hook ends the
+    active run and closes the writers of runs."""
     atexit.register(call)
 
 

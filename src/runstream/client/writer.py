@@ -89,6 +89,7 @@ class MetricWriter:
             max_buffer_points=max_buffer_points,
             on_full=on_full,
             block_timeout=block_timeout,
+            # The sender is made next, with the batcher it gives room back to; the thread starts after.
             emit=lambda seq, data, points: self._sender.add(seq, data, points),
         )
         self._sender = Sender(channel, self._lock, self._batcher, spool=spool, offline=offline)
