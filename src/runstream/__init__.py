@@ -13,15 +13,15 @@ or by setting RUNSTREAM_RUN_ID before `start_run`.
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from runstream.client import lifecycle
 from runstream.client import settings as sdk_settings
-from runstream.client.tracking import Client, Run, flush_all
+from runstream.client.lifecycle import flush_all
+from runstream.client.tracking import Client, Run
 from runstream.errors import (
     AlreadyExists,
     BufferFull,
@@ -205,5 +205,5 @@ def _at_exit() -> None:
         log.error("runstream: points not delivered at exit: %s", exc)
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
-atexit.register(_at_exit)
+lifecycle.in_child(_forget_in_child)
+lifecycle.at_exit(_at_exit)

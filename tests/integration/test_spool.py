@@ -34,7 +34,7 @@ with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
     for step in range(50_000, 100_000):
         run.log_metric("loss", step * 0.5, step=step)
     run.writer.persist(30)
-    print("spooled", len(run.writer._unacked), flush=True)
+    print("spooled", len(run.writer._sender.unacked), flush=True)
     sys.stdin.readline()  # never comes: SIGKILL
 """
 
@@ -233,7 +233,7 @@ def test_the_next_start_sends_what_a_killed_job_left(make_server: Any, tmp_path:
     server.start()
     monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
     monkeypatch.setenv("RUNSTREAM_SYNC_ON_START", "1")
-    monkeypatch.setattr(runstream.client.tracking, "_resumed", False)
+    monkeypatch.setattr(runstream.client.lifecycle, "_orphans_claimed", False)
     with runstream.Client(server.target) as client:
         client.start_run("spool", record_source=False).end()  # the next job on this machine
         assert server.wait_points(run_id, 100_000, timeout=60) == 100_000
@@ -310,7 +310,7 @@ def test_a_long_outage_spills_to_the_spool_instead_of_blocking_the_job(
         for step in range(50_000, 400_000):  # 3.5 buffers' worth: without the spool, BufferFull
             run.log_metric("loss", step * 0.5, step=step)
         run.writer.persist(30)
-        assert run.writer._spilled_points >= 200_000 and run.writer._buffered_points <= 100_000
+        assert run.writer._sender.spilled_points >= 200_000 and run.writer._batcher.buffered_points <= 100_000
         server.start()
         run.flush(timeout=120)  # the spilled batches are read back from the spool and sent
         run.end()

@@ -222,7 +222,7 @@ with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
     for step in range(5_000, 20_000):
         run.log_metric("loss", step * 0.5, step=step)
     run.writer.persist(30)
-    print("spooled", len(run.writer._unacked), flush=True)
+    print("spooled", len(run.writer._sender.unacked), flush=True)
     sys.stdin.readline()  # never comes: SIGKILL
 """
 

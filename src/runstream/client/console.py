@@ -10,7 +10,7 @@ below Python (C extensions writing to the file descriptors, child processes) is 
 
 from __future__ import annotations
 
-import atexit
+import functools
 import logging
 import os
 import shutil
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from runstream.client import settings
+from runstream.client import lifecycle, settings
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ class ConsoleCapture:
         # A forked child (a data loader worker) keeps writing through the tee into the same
         # file. What is buffered is written out first (or both processes would write it), under
         # the lock, which the child then replaces: another thread may hold it at the fork.
-        os.register_at_fork(
-            before=self._before_fork, after_in_parent=self._lock_release, after_in_child=self._after_fork
-        )
+        lifecycle.around_fork(before=self._before_fork, in_parent=self._lock_release, in_child=self._after_fork)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-console", daemon=True)
         self._thread.start()
@@ -149,7 +147,7 @@ def start(upload: Callable[[Path], object]) -> ConsoleCapture | None:
         if _active is not None:
             return None
         _active = ConsoleCapture(upload, settings.current().console_upload_s)
-        atexit.register(stop, _active)
+        lifecycle.at_exit(functools.partial(stop, _active))
         return _active
 
 

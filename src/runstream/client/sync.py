@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import grpc
 
 from runstream.client import kept, offline, settings, spool
-from runstream.client.writer import RETRYABLE, STATUS_BY_CODE
+from runstream.client.sender import RETRYABLE, STATUS_BY_CODE
 from runstream.errors import (
     DeadlineExceeded,
     NotFound,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from runstream.client import console, offline, settings, spool, sync
+from runstream.client import console, lifecycle, offline, settings, spool, sync
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
 from runstream.errors import DeadlineExceeded, FailedPrecondition, RunstreamError, Unavailable
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 _STATUS_BY_NAME = RUN_STATUS_VALUES
 log = logging.getLogger(__name__)
-
-_live_writers: weakref.WeakSet[MetricWriter] = weakref.WeakSet()
-_resumed = False  # this process has looked for what earlier ones left in the spool
 
 
 def run_mode(offline: bool | None) -> str:
@@ -364,10 +361,8 @@ class Client:
 
     def _resume_orphans(self) -> None:
         """Once per process: send what earlier processes left in the spool for this server."""
-        global _resumed
-        if _resumed or not spool.enabled() or not settings.current().sync_on_start:
+        if not spool.enabled() or not settings.current().sync_on_start or not lifecycle.claim_orphans():
             return
-        _resumed = True
         sync.resume_orphans(self, spool.default_dir())
 
     def attach(self, run_id: str, writer_id: str | None = None, **writer_options: Any) -> Run:
@@ -436,7 +431,7 @@ class Run:
                         offline=self.offline,
                         **self._writer_options,
                     )
-                    _live_writers.add(self._writer)
+                    lifecycle.run_writer(self._writer)
                     self.client._writers.add(self._writer)
                     self._console = console.start(self._upload_console)
                     if self._console is not None and self.journal is None:
@@ -613,13 +608,3 @@ class Run:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.end("FINISHED" if exc_type is None else "FAILED")
-
-
-def flush_all(timeout: float = 30.0) -> None:
-    """Flush every live writer of this process (run at interpreter exit)."""
-    for writer in list(_live_writers):
-        writer.close(timeout)
-
-
-# A forked child inherits the parent's writers without their threads; they are not its to flush.
-os.register_at_fork(after_in_child=_live_writers.clear)

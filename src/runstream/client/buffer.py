@@ -1,0 +1,226 @@
+"""The writer's buffer and its batcher thread: logging calls are held as they came, and packed
+into columnar MetricBatches with numpy off the training loop's thread.
+
+The calling thread only does a dict lookup, a list of floats and one append under the writer's
+lock. The batcher thread takes what is pending every `flush_interval` (sooner once
+`batch_points` wait or a flush asks), numbers each batch with the next `seq` of the writer's
+epoch and hands it to the sender (client/sender.py).
+
+The buffer is bounded (`max_buffer_points`, counting unsent and unacknowledged points in memory;
+the sender gives points back as they are acknowledged or spilled to the spool). When it is full,
+`on_full="block"` makes logging calls wait up to `block_timeout` seconds and then raise
+BufferFull; `on_full="drop"` drops the call, counts it in `dropped_points` and logs a warning
+(the first time, then every 10,000 dropped calls).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from runstream.errors import BufferFull
+from runstream.wire import batch as wire
+
+# The writer's logger, for all its parts: what people filter the SDK's delivery warnings by.
+log = logging.getLogger("runstream.client.writer")
+
+Call = tuple[tuple[str, ...], int, int, list[float]]  # one logging call: keys, step, timestamp_ms, values
+
+
+class Batcher:
+    """The buffer of one writer, and the thread that turns it into batches for `emit(seq, data, points)`.
+
+    Its state is guarded by `lock`, the writer's condition, which the sender shares: acks free
+    room that blocked logging calls wait for."""
+
+    def __init__(
+        self,
+        lock: threading.Condition,
+        run_id: str,
+        writer_id: str,
+        epoch: int,
+        target: str,
+        *,
+        batch_points: int,
+        flush_interval: float,
+        max_buffer_points: int,
+        on_full: str,
+        block_timeout: float,
+        emit: Callable[[int, bytes, int], None],
+    ) -> None:
+        self._lock = lock
+        self.run_id = run_id
+        self.writer_id = writer_id
+        self.epoch = epoch
+        self.target = target
+        self.batch_points = batch_points
+        self.flush_interval = flush_interval
+        self.max_buffer_points = max_buffer_points
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        self._emit = emit
+        self.pending: list[Call] = []
+        self._pending_points = 0
+        self.buffered_points = 0  # pending + unacked, in memory
+        self.dropped_points = 0
+        self._dropped_unreported = 0  # dropped since the last flush, which reports them
+        self._drops_logged = 0
+        self._auto_step = 0
+        self._known_keys: dict[tuple[str, ...], bool] = {}
+        self._seq = 0  # the last batch made; only the batcher thread moves it
+        self._flush_now = False
+        self.emitting = False  # the batcher thread holds calls taken from `pending`
+        self.closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"runstream-batcher-{writer_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- calling thread
+
+    def log(
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        timestamp_ms: int | None = None,
+        *,
+        moves_step: bool = True,
+    ) -> None:
+        """Buffer one call. `moves_step=False` (system metrics, on their own clock) leaves the
+        counter that steps calls without a step alone."""
+        keys = tuple(metrics)
+        if keys not in self._known_keys:
+            for key in keys:
+                wire.check_key(key)
+            self._known_keys[keys] = True
+        values = [float(v) for v in metrics.values()]
+        ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
+        n = len(values)
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"the metric writer of run {self.run_id} is closed")
+            if self.buffered_points + n > self.max_buffer_points and not self._wait_for_room(n):
+                return
+            if step is None:
+                step = self._auto_step
+            if moves_step:
+                self._auto_step = max(self._auto_step, step + 1)
+            self.pending.append((keys, step, ts, values))
+            self._pending_points += n
+            self.buffered_points += n
+            if self._pending_points >= self.batch_points:
+                self._lock.notify_all()
+
+    def _wait_for_room(self, n: int) -> bool:
+        """Called holding the lock with the buffer full: True once there is room."""
+        if self.on_full == "drop":
+            self.dropped_points += n
+            self._dropped_unreported += n
+            if self._drops_logged % 10_000 == 0:
+                log.warning(
+                    "runstream buffer full (server unreachable?): dropped %d points so far", self.dropped_points
+                )
+            self._drops_logged += 1
+            return False
+        deadline = time.monotonic() + self.block_timeout
+        while self.buffered_points + n > self.max_buffer_points:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BufferFull(
+                    f"the metric buffer of run {self.run_id} held {self.buffered_points:,} points for "
+                    f"{self.block_timeout:.0f} s; is the server at {self.target} reachable?"
+                )
+            self._lock.wait(left)
+        return True
+
+    # ---------------------------------------------------------------- any thread, holding the lock
+
+    def flush_soon(self) -> None:
+        """Called holding the lock: batch what is pending now rather than at the next interval."""
+        self._flush_now = True
+        self._lock.notify_all()
+
+    def release(self, points: int) -> None:
+        """Called holding the lock: `points` left memory (acknowledged, spilled or spooled offline)."""
+        self.buffered_points -= points
+
+    def take_dropped(self) -> int:
+        """Called holding the lock: the points dropped since the last call."""
+        dropped, self._dropped_unreported = self._dropped_unreported, 0
+        return dropped
+
+    def close(self) -> None:
+        """Called holding the lock: refuse new calls; the thread ends once nothing is pending."""
+        self.closed = True
+        self._lock.notify_all()
+
+    # ---------------------------------------------------------------- batcher thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                deadline = time.monotonic() + self.flush_interval
+                while not (self.closed or self._flush_now or self._pending_points >= self.batch_points):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                if self.closed and not self.pending:
+                    return
+                self._flush_now = False
+                taken, self.pending = self.pending, []
+                self._pending_points = 0
+                self.emitting = bool(taken)
+            try:
+                for part in split_calls(taken, self.batch_points):
+                    seq = self._seq + 1
+                    data, points = encode_calls(self.run_id, self.writer_id, seq, part, self.epoch)
+                    self._emit(seq, data, points)
+                    self._seq = seq
+            finally:
+                with self._lock:
+                    self.emitting = False
+                    self._lock.notify_all()
+
+
+def split_calls(calls: list[Call], limit: int) -> Iterator[list[Call]]:
+    """Consecutive runs of calls holding at most `limit` points (a call is never split)."""
+    part: list[Call] = []
+    n = 0
+    for call in calls:
+        if part and n + len(call[3]) > limit:
+            yield part
+            part, n = [], 0
+        part.append(call)
+        n += len(call[3])
+    if part:
+        yield part
+
+
+def encode_calls(run_id: str, writer_id: str, seq: int, calls: list[Call], epoch: int = 0) -> tuple[bytes, int]:
+    """One MetricBatch from buffered calls (keys, step, timestamp, values): the key
+    dictionary is built per distinct key tuple, the columns with numpy."""
+    dictionary: dict[str, int] = {}
+    index_of: dict[tuple[str, ...], np.ndarray] = {}
+    for keys, _, _, _ in calls:
+        if keys not in index_of:
+            index_of[keys] = np.array([dictionary.setdefault(k, len(dictionary)) for k in keys], dtype=np.uint32)
+    lengths = np.fromiter((len(c[3]) for c in calls), dtype=np.int64, count=len(calls))
+    total = int(lengths.sum())
+    if len(index_of) == 1:
+        key_index = np.tile(next(iter(index_of.values())), len(calls))
+    else:
+        key_index = np.concatenate([index_of[c[0]] for c in calls])
+    value = np.fromiter(itertools.chain.from_iterable(c[3] for c in calls), dtype=np.float64, count=total)
+    step = np.repeat(np.fromiter((c[1] for c in calls), dtype=np.int64, count=len(calls)), lengths)
+    stamp = np.repeat(np.fromiter((c[2] for c in calls), dtype=np.int64, count=len(calls)), lengths)
+    return wire.encode(run_id, writer_id, seq, list(dictionary), key_index, step, stamp, value, epoch), total

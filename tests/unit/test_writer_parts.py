@@ -1,0 +1,109 @@
+"""The metric writer's parts without a server: the batcher (client/buffer.py) numbers and packs
+calls without splitting one, and gives room back only when told; the process's registries
+(client/lifecycle.py) pause writers across a fork and are empty in the child."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from runstream.client import lifecycle
+from runstream.client.buffer import Batcher, encode_calls
+from runstream.wire import batch as wire
+
+
+def _batcher(emitted: list[tuple[int, bytes, int]], max_buffer_points: int = 1000, on_full: str = "block") -> Batcher:
+    return Batcher(
+        threading.Condition(),
+        "run",
+        "w",
+        3,
+        "nowhere:1",
+        batch_points=10,
+        flush_interval=60.0,
+        max_buffer_points=max_buffer_points,
+        on_full=on_full,
+        block_timeout=1.0,
+        emit=lambda seq, data, points: emitted.append((seq, data, points)),
+    )
+
+
+def _settled(batcher: Batcher) -> None:
+    with batcher._lock:
+        batcher.flush_soon()
+        assert batcher._lock.wait_for(lambda: not (batcher.pending or batcher.emitting), timeout=10)
+
+
+def test_calls_become_numbered_batches_of_whole_calls() -> None:
+    emitted: list[tuple[int, bytes, int]] = []
+    batcher = _batcher(emitted)
+    for step in range(9):
+        batcher.log({"a": step, "b": -step, "c": 0.5}, step=step, timestamp_ms=1000 + step)
+    batcher.log({"a": 9.0})  # no step: the next after the highest so far
+    batcher.start()  # now: it takes all 28 points at once
+    _settled(batcher)
+    assert [seq for seq, _, _ in emitted] == list(range(1, len(emitted) + 1))
+    assert [points for _, _, points in emitted] == [9, 9, 10]  # at most 10 points a batch; no call is split
+    decoded = [wire.decode(data) for _, data, _ in emitted]
+    assert all(b.run_id == "run" and b.writer_id == "w" and b.epoch == 3 for b in decoded)
+    steps = np.concatenate([b.step for b in decoded])
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(10), [3] * 9 + [1]))
+    assert decoded[0].keys == ["a", "b", "c"] and decoded[-1].timestamp_ms[:3].tolist() == [1006] * 3
+    # Nothing is acknowledged here: the points stay counted until the sender releases them.
+    with batcher._lock:
+        assert batcher.buffered_points == 28
+        batcher.release(28)
+        batcher.close()
+    batcher.join(5)
+
+
+def test_a_full_buffer_drops_and_counts_when_asked_to() -> None:
+    batcher = _batcher([], max_buffer_points=4, on_full="drop")
+    for step in range(5):
+        batcher.log({"a": 1.0, "b": 2.0}, step=step)
+    assert batcher.dropped_points == 6 and batcher.buffered_points == 4
+    with batcher._lock:
+        assert batcher.take_dropped() == 6 and batcher.take_dropped() == 0
+
+
+def test_encode_calls_with_mixed_keys() -> None:
+    calls = [(("a", "b"), 0, 10, [1.0, 2.0]), (("b",), 1, 11, [3.0]), (("c", "a"), 2, 12, [4.0, 5.0])]
+    data, points = encode_calls("run", "w", 7, calls)
+    batch = wire.decode(data)
+    assert points == 5 and batch.seq == 7 and batch.keys == ["a", "b", "c"]
+    assert [batch.keys[i] for i in batch.key_index] == ["a", "b", "b", "c", "a"]
+    np.testing.assert_array_equal(batch.value, [1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_array_equal(batch.step, [0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(batch.timestamp_ms, [10, 10, 11, 12, 12])
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        self.said.append("close")
+
+    def _pause_for_fork(self) -> None:
+        self.said.append("pause")
+
+    def _resume_after_fork(self) -> None:
+        self.said.append("resume")
+
+
+def test_a_fork_pauses_the_writers_and_the_child_forgets_them() -> None:
+    started, of_run = _Writer(), _Writer()
+    lifecycle.writer_started(started)
+    lifecycle.writer_started(of_run)
+    lifecycle.run_writer(of_run)
+    pid = os.fork()
+    if pid == 0:  # the child: no writer of the parent's is paused, resumed or closed here
+        lifecycle.flush_all()
+        os._exit(0 if not lifecycle._started and not lifecycle._of_runs and of_run.said == ["pause"] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert started.said == of_run.said == ["pause", "resume"]
+    lifecycle.flush_all()
+    assert started.said == ["pause", "resume"] and of_run.said == ["pause", "resume", "close"]
