@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import redis
 
-from runstream.server.storage import chunks
+from runstream.server.storage import codec
 from runstream.wire.proto import tracking_pb2
 
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -216,6 +216,20 @@ class Server:
         files = sorted((str(p), p.stat().st_size) for p in self.artifacts.rglob("*") if p.is_file())
         return {"tables": asyncio.run(tables()), "redis": keys, "files": files}
 
+    def wait_compacted(self, run_id: str, timeout: float = 120.0) -> int:
+        """Wait until every chunk of `run_id` is a compacted one; returns how many there are."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.sql(
+                "SELECT count(*) FILTER (WHERE c.codec = 0) AS ingest, count(*) AS every FROM metric_chunks c "
+                "JOIN metric_series s USING (series_id) WHERE s.run_id = $1",
+                run_id,
+            )[0]
+            if row["every"] and not row["ingest"]:
+                return int(row["every"])
+            time.sleep(0.2)
+        raise AssertionError(f"run {run_id} still has ingest chunks after {timeout:.0f} s")
+
     def wait_points(self, run_id: str, expected: int, timeout: float = 120.0) -> int:
         """Wait until the summaries of `run_id` count `expected` points; returns the count."""
         deadline = time.monotonic() + timeout
@@ -239,13 +253,13 @@ class Server:
         in step order (chunks of one series may overlap: a loader that retried after losing its
         connection can commit an older batch with a newer one)."""
         rows = self.sql(
-            "SELECT s.key, s.writer_id, c.steps, c.timestamps, c.vals FROM metric_chunks c "
+            "SELECT s.key, s.writer_id, c.codec, c.steps, c.timestamps, c.vals FROM metric_chunks c "
             "JOIN metric_series s USING (series_id) WHERE s.run_id = $1 ORDER BY s.series_id, c.first_step",
             run_id,
         )
         parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
         for r in rows:
-            steps, _, vals = chunks.unpack(r["steps"], r["timestamps"], r["vals"])
+            steps, _, vals = codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"])
             parts.setdefault((r["key"], r["writer_id"]), []).append((steps, vals))
         out = {}
         for k, v in parts.items():

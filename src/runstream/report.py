@@ -259,6 +259,20 @@ def dead_letters_table(letters: Sequence[adm.DeadLetter], format: str = "table")
     return render(["id", "run", "writer", "seq", "points", "failed", "reason"], rows, format)
 
 
+def storage_table(f: adm.StorageFootprint, format: str = "table") -> str:
+    """What metric points cost in PostgreSQL, one figure a row."""
+    per_point = f.bytes / f.points if f.points else math.nan
+    rows: list[list[Cell]] = [
+        ["points", f.points],
+        ["bytes on disk", f.bytes],
+        ["bytes per point", round(per_point, 2)],
+        ["chunks", f.chunks],
+        ["points in compacted chunks", f.compacted_points],
+        ["points waiting for the compactor", f.backlog_points],
+    ]
+    return render(["figure", "value"], rows, format)
+
+
 def tokens_table(tokens: Sequence[adm.ApiToken], format: str = "table") -> str:
     rows: list[list[Cell]] = [
         [

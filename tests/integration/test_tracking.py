@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.server.storage import chunks
+from runstream.server.storage import codec
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 from tests.conftest import raw_log
@@ -112,11 +112,11 @@ def test_batch_limits_get_invalid_argument_and_good_batches_still_land(server, c
     assert ack.code == 0 and ack.points == 4 and ack.seq == 1
     assert server.wait_points(run, 4) == 4
     rows = server.sql(
-        "SELECT c.steps, c.timestamps, c.vals FROM metric_chunks c JOIN metric_series s "
+        "SELECT c.codec, c.steps, c.timestamps, c.vals FROM metric_chunks c JOIN metric_series s "
         "USING (series_id) WHERE s.run_id = $1",
         run,
     )
-    steps, stamps, vals = chunks.unpack(rows[0]["steps"], rows[0]["timestamps"], rows[0]["vals"])
+    steps, stamps, vals = codec.decode(rows[0]["codec"], rows[0]["steps"], rows[0]["timestamps"], rows[0]["vals"])
     assert steps.tolist() == [0, 1, 2, 3]
     assert math.isnan(vals[0]) and vals[1] == math.inf and vals[2] == -math.inf and vals[3] == 2.5
     assert abs(int(stamps[0]) - time.time() * 1000) < 60_000  # no timestamps sent: the server's clock

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from runstream.server.storage import chunks
+from runstream.server.storage import chunks, codec
 from runstream.wire import batch as wire
 
 RUN = "0b3d2a4e-8f4c-4d0e-9a51-3c1f0e6a7b21"
@@ -28,11 +28,11 @@ def test_points_are_grouped_by_series_in_step_order_and_cut_into_chunks() -> Non
         by_series.setdefault(rec[0], []).append(rec)
     assert {len(v) for v in by_series.values()} == {3, 1}  # 2,500 points -> 1,000 + 1,000 + 500
     for recs in by_series.values():
-        steps = np.concatenate([chunks.unpack(r[8], r[9], r[10])[0] for r in recs])
+        steps = np.concatenate([codec.decode(codec.RAW, r[8], r[9], r[10])[0] for r in recs])
         assert (np.diff(steps) >= 0).all()
         assert recs[0][1] == steps[0] and recs[-1][2] == steps[-1]
     r1 = by_series[ids[(RUN, "loss", "r1")]][0]
-    s, _, v = chunks.unpack(r1[8], r1[9], r1[10])
+    s, _, v = codec.decode(codec.RAW, r1[8], r1[9], r1[10])
     assert s.tolist() == list(range(10)) and v.tolist() == [float(x) for x in range(10)]
 
 
@@ -48,7 +48,7 @@ def test_summaries_combine_writers_and_skip_nan() -> None:
 def test_missing_steps_and_timestamps_are_filled() -> None:
     b = make("r0", 4, ["x"], [0, 0], None, [1.0, 2.0])
     packed = chunks.pack([b], [1234], lambda k: 1)
-    steps, ts, _ = chunks.unpack(*packed.chunk_records[0][8:11])
+    steps, ts, _ = codec.decode(codec.RAW, *packed.chunk_records[0][8:11])
     assert steps.tolist() == [4, 4] and ts.tolist() == [1234, 1234]
 
 

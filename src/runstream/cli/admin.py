@@ -1,4 +1,4 @@
-"""`runstream tokens ...` and `runstream dead-letters ...`: looking after a server."""
+"""`runstream tokens ...`, `runstream dead-letters ...` and `runstream admin ...`: looking after a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from runstream.cli.common import Subparsers, add_format, add_url
 from runstream.client.tracking import Client
-from runstream.report import dead_letters_table, tokens_table
+from runstream.report import dead_letters_table, storage_table, tokens_table
 
 SCOPES = ["read", "write", "registry", "admin"]
 LIMIT_BINDS = (
@@ -55,6 +55,15 @@ def add_parsers(sub: Subparsers) -> None:
     dretry.set_defaults(handler=dead_letters_retry)
     for p in (dls, dretry):
         add_url(p)
+
+    admin = sub.add_parser("admin", help="the server's storage (admin scope)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    storage = admin_sub.add_parser(
+        "storage", help="metric points stored, bytes on disk and per point, the compactor's backlog"
+    )
+    add_format(storage)
+    add_url(storage)
+    storage.set_defaults(handler=admin_storage)
 
 
 def duration_s(text: str) -> int:
@@ -125,4 +134,10 @@ def dead_letters_retry(args: argparse.Namespace) -> int:
     print(f"{done.retried} put back for the loaders")
     if done.not_found:
         raise ValueError(f"not dead letters: {', '.join(done.not_found)}")
+    return 0
+
+
+def admin_storage(args: argparse.Namespace) -> int:
+    with Client(args.url) as client:
+        print(storage_table(client.admin.storage(), args.format))
     return 0

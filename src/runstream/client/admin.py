@@ -32,6 +32,11 @@ class AdminClient:
                 return found
 
     @typed_errors
+    def storage(self) -> adm.StorageFootprint:
+        """What metric points cost in the server's PostgreSQL, and the compactor's backlog."""
+        return self._stub.GetStorage(adm.GetStorageRequest(), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    @typed_errors
     def retry_dead_letters(self, ids: Sequence[str] = (), *, all: bool = False) -> adm.RetryDeadLettersResponse:
         """Put dead letters back on the metric streams; a batch that fails again returns as a new one."""
         return self._stub.RetryDeadLetters(  # type: ignore[no-any-return]

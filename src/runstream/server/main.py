@@ -1,12 +1,13 @@
 """The runstream server process: services, roles and a graceful lifecycle.
 
 Role `all` (the default) serves every gRPC service in this process and runs `--loaders`
-loader processes beside it. `ingest` (tracking and artifacts), `query` (queries, registry
-and artifacts) and `load` (a loader) run one part each, so each part scales on its own.
+loader processes and `--compactors` compactor processes beside it. `ingest` (tracking and
+artifacts), `query` (queries, registry and artifacts), `load` (a loader) and `compact` (a
+compactor) run one part each, so each part scales on its own.
 Every role serves gRPC health and reflection, and /metrics on its HTTP port.
 With no URLs configured, PostgreSQL and Redis are the embedded ones in the data dir.
 On SIGINT/SIGTERM: health turns NOT_SERVING, RPCs stop, the loaders drain the streams
-(within --drain-timeout; loading/processes.py runs role all's loader processes).
+(within --drain-timeout; loading/processes.py runs role all's loader and compactor processes).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSetti
 from runstream.server.auth import transport
 from runstream.server.auth.guard import Guard
 from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
+from runstream.server.compaction.footprint import StorageAdmin
 from runstream.server.loading.dead_letters import Admin
 from runstream.server.loading.loader import backlog
-from runstream.server.loading.processes import LoaderPool, drain_within, run_loader
+from runstream.server.loading.processes import LoaderPool, drain_within, run_compactor, run_loader
 from runstream.server.query.service import Query
 from runstream.server.query.tail import TailLimits, Tails
 from runstream.server.registry.service import Registry
@@ -76,7 +78,9 @@ ROLE_SERVICES = {
     "ingest": ("TrackingService", "ArtifactService", "AdminService"),
     "query": ("QueryService", "RegistryService", "ArtifactService"),
     "load": (),
+    "compact": (),
 }
+NO_REDIS_ROLES = ("query", "compact")
 SERVICE_MODULES = {
     "TrackingService": tracking_pb2,
     "QueryService": query_pb2,
@@ -114,20 +118,21 @@ async def serve(
     an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
     metrics = Metrics()
     wanted = ROLE_SERVICES[settings.role]
-    pool, redis = await connect(settings, need_redis=settings.role != "query")
+    uses_redis = settings.role not in NO_REDIS_ROLES
+    pool, redis = await connect(settings, need_redis=uses_redis)
     async with pool.acquire() as conn:
         applied = await migrate.migrate(conn)
         pg_version = await db.server_version(conn)
     if applied:
         log.info("applied migrations %s", applied)
-    redis_version = (await redis.info("server")).get("redis_version", "?") if settings.role != "query" else None
+    redis_version = (await redis.info("server")).get("redis_version", "?") if uses_redis else None
     where = f"PostgreSQL {pg_version} at {printable_url(settings.postgres_url)}"
     if redis_version is not None:
         where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
     announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
     try:
         keys = await deployment_keys(pool, settings.redis_prefix, settings.shards, settings.database_moved)
-        if settings.role != "query":
+        if uses_redis:
             await bind(redis, keys, printable_url(settings.postgres_url), settings.database_moved == "adopt")
     except DeploymentConflict as exc:
         raise SystemExit(f"runstream: at {printable_url(settings.redis_url)}, {exc}") from None
@@ -160,7 +165,7 @@ async def serve(
     add_mlflow_routes(http, servicers, guard)  # an endpoint needing a service not served here says so
 
     names = [f"runstream.v1.{name}" for name in wanted]
-    health = HealthWatch(pool, None if settings.role == "query" else redis, names)
+    health = HealthWatch(pool, redis if uses_redis else None, names)
     await health.start()
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if settings.reflection:
@@ -173,7 +178,7 @@ async def serve(
         raise SystemExit(_port_taken("gRPC", settings.host, settings.port, "--port")) from None
     await server.start()
 
-    add_metrics_route(http, metrics, pool, None if settings.role == "query" else StreamStats(redis, keys))
+    add_metrics_route(http, metrics, pool, StreamStats(redis, keys) if uses_redis else None)
     add_health_route(http, health)
     runner = http_port.runner(http, settings)
     await runner.setup()
@@ -191,6 +196,8 @@ async def serve(
     loading = None
     if settings.role == "load":
         loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
+    elif settings.role == "compact":
+        loading = asyncio.create_task(run_compactor(pool, settings, metrics, stop))
     if "ArtifactService" in wanted:
         served = f", its signed URLs served on {settings.http_url}" if local_store else ""
         announce(f"runstream artifacts: {settings.artifacts_url}{served}")
@@ -264,7 +271,7 @@ async def _services(
     if "RegistryService" in wanted:
         servicers["RegistryService"] = (Registry(pool, tokens),)
     if "AdminService" in wanted:
-        servicers["AdminService"] = (Admin(redis, keys, tokens), TokenAdmin(pool, guard))
+        servicers["AdminService"] = (Admin(redis, keys, tokens), TokenAdmin(pool, guard), StorageAdmin(pool))
     return servicers, closing, local_store
 
 
@@ -300,9 +307,9 @@ def run(settings: Settings) -> int:
     metrics_dir = use_multiprocess_dir()  # before any Metrics; spawned loaders inherit it
     try:
         with services(settings) as resolved:
-            if (why := asyncio.run(preflight(resolved, need_redis=resolved.role != "query"))) is not None:
+            if (why := asyncio.run(preflight(resolved, need_redis=resolved.role not in NO_REDIS_ROLES))) is not None:
                 raise SystemExit(f"runstream: {why}")
-            loaders = LoaderPool(resolved, resolved.loaders) if resolved.role == "all" else None
+            loaders = LoaderPool(resolved, resolved.loaders, resolved.compactors) if resolved.role == "all" else None
             try:
                 asyncio.run(serve(resolved, loaders))
             finally:

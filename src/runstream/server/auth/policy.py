@@ -92,6 +92,7 @@ _BY_SCOPE: dict[str, tuple[str, ...]] = {
         "AdminService/CreateToken",
         "AdminService/ListTokens",
         "AdminService/RevokeToken",
+        "AdminService/GetStorage",
     ),
     ANY_TOKEN: ("AdminService/WhoAmI",),
 }

@@ -27,6 +27,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
+from runstream.server.runtime.failpoints import failpoint
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import chunks, db, metrics
 from runstream.server.storage.failures import database_away, refused_value
@@ -65,15 +66,6 @@ def caused_by_entry(exc: BaseException) -> bool:
     a bug) is not the entry's fault: the entries stay pending in Redis and are loaded again on
     a fresh connection, never dead-lettered."""
     return refused_value(exc)
-
-
-def failpoint(name: str) -> None:
-    """Testing hook: RUNSTREAM_FAILPOINT=<name>:<seconds> pauses the loader at `name`
-    (inside the transaction for loader.after_copy) so a test can kill it right there."""
-    spec = os.environ.get("RUNSTREAM_FAILPOINT", "")
-    if spec.startswith(name + ":"):
-        log.warning("failpoint %s: pausing", name)
-        time.sleep(float(spec.split(":", 1)[1]))
 
 
 @dataclass

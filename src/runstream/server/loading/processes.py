@@ -1,5 +1,5 @@
-"""Role `all`'s loader processes: started one per slot, replaced when they die, and drained
-at shutdown within a bounded time.
+"""Role `all`'s loader and compactor processes: started one per slot, replaced when they die,
+and drained at shutdown within a bounded time.
 
 A slot keeps its Redis consumer name across replacements, so a successor finds the entries
 its predecessor had read but not acknowledged pending under its own name and loads them
@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 import asyncpg
 import redis.asyncio as aioredis
 
+from runstream.server.compaction.compactor import Compactor
 from runstream.server.loading.loader import Loader
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.connections import (
@@ -54,12 +55,15 @@ class LoaderProcess:
 
 
 class LoaderPool:
-    """`count` loader processes of role all, one per slot."""
+    """`count` loader processes of role all, one per slot, and `compactors` compactor processes
+    in the slots after them."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, compactors: int = 0) -> None:
         self.settings = replace(settings, role="load")
         self._ctx = multiprocessing.get_context("spawn")
-        self._names = [f"{socket.gethostname()}-{os.getpid()}-loader{i}" for i in range(count)]
+        base = f"{socket.gethostname()}-{os.getpid()}"
+        self._names = [f"{base}-loader{i}" for i in range(count)] + [f"{base}-compactor{i}" for i in range(compactors)]
+        self._loaders = count
         self.processes: list[LoaderProcess] = []
 
     def start(self) -> None:
@@ -68,7 +72,8 @@ class LoaderPool:
 
     def _start(self, slot: int) -> LoaderProcess:
         theirs, ours = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=loader_process, args=(self.settings, self._names[slot], theirs), daemon=False)
+        target = loader_process if slot < self._loaders else compactor_process
+        proc = self._ctx.Process(target=target, args=(self.settings, self._names[slot], theirs), daemon=False)
         with _sigint_ignored():
             proc.start()
         theirs.close()  # the child holds it now; ours closing is then the child's end of file
@@ -82,12 +87,15 @@ class LoaderPool:
                 proc = loader.process
                 if proc.is_alive():
                     continue
-                log.error("loader process %s exited with code %s; starting another", proc.pid, proc.exitcode)
+                log.error("%s process %s exited with code %s; starting another", self._kind(i), proc.pid, proc.exitcode)
                 loader.ask_to_drain()  # closes our end of its pipe
                 if proc.pid is not None:
                     process_exited(proc.pid)
                 metrics.loader_restarts.inc()
                 self.processes[i] = self._start(i)  # in the main thread: see _sigint_ignored
+
+    def _kind(self, slot: int) -> str:
+        return "loader" if slot < self._loaders else "compactor"
 
     def stop(self, timeout: float) -> None:
         """Ask every loader to drain, give them `timeout` seconds (plus a little to exit), then
@@ -95,11 +103,11 @@ class LoaderPool:
         for loader in self.processes:
             loader.ask_to_drain()
         deadline = time.monotonic() + timeout + 5  # each loader bounds its own drain by `timeout`
-        for loader in self.processes:
+        for i, loader in enumerate(self.processes):
             proc = loader.process
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                log.error("loader process %s did not drain within %.0f s; killing it", proc.pid, timeout)
+                log.error("%s process %s did not stop within %.0f s; killing it", self._kind(i), proc.pid, timeout)
                 proc.kill()
                 proc.join(5)
             if proc.pid is not None:
@@ -187,3 +195,31 @@ def loader_process(settings: Settings, consumer: str, pipe: Connection) -> None:
     configure_from_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     asyncio.run(_spawned_loader(settings, consumer, pipe))
+
+
+async def run_compactor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics, stop: asyncio.Event) -> None:
+    """Compact until `stop` is set (role compact, and role all's compactor processes)."""
+    compactor = Compactor(pool, metrics, settings.compact_delay_s)
+    log.info("compactor started (delay %.0f s)", settings.compact_delay_s)
+    await compactor.run(stop)
+    log.info("compactor stopped: %d points compacted", compactor.points)
+
+
+async def _spawned_compactor(settings: Settings, pipe: Connection) -> None:
+    metrics = Metrics()
+    stop = stop_event()
+    threading.Thread(target=_watch_pipe, args=(pipe, asyncio.get_running_loop(), stop), daemon=True).start()
+    settings = replace(settings, role="compact")
+    pool, redis = await while_database_away("compactor start", lambda: connect(settings, need_redis=False))
+    sampler = asyncio.create_task(sample_pool(pool, metrics))
+    await run_compactor(pool, settings, metrics, stop)
+    sampler.cancel()
+    await pool.close()
+    await redis.aclose()
+
+
+def compactor_process(settings: Settings, name: str, pipe: Connection) -> None:
+    """Entry point of a compactor process of role all."""
+    configure_from_env()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_spawned_compactor(settings, pipe))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from runstream.server.storage import chunks, metrics
+from runstream.server.storage import codec, metrics
 from runstream.wire import points
 
 MESSAGE_POINTS = 65_536  # ~1.5 MiB a message, well under gRPC's 4 MiB default limit
@@ -35,7 +35,7 @@ async def read_series(
                 pending, held = [rest], len(rest[0])
                 for message in _messages(run_id, key, s.writer_id, final):
                     yield message
-            cols = chunks.unpack(row["steps"], row["timestamps"], row["vals"])
+            cols = codec.decode(row["codec"], row["steps"], row["timestamps"], row["vals"])
             if row["first_step"] < lo or row["last_step"] > hi:
                 keep = (cols[0] >= lo) & (cols[0] <= hi)
                 cols = (cols[0][keep], cols[1][keep], cols[2][keep])

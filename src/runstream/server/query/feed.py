@@ -33,7 +33,7 @@ import numpy as np
 from runstream.errors import RunNotFound
 from runstream.server.loading.notifications import Notifications
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import chunks, metrics, runs
+from runstream.server.storage import codec, metrics, runs
 from runstream.wire import points
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def messages(series_id: int, series: Series, rows: list[asyncpg.Record], after: 
     """The points of one series' chunk `rows` in (after, upto], in step order, as messages."""
     if not rows:
         return []
-    parts = [chunks.unpack(r["steps"], r["timestamps"], r["vals"]) for r in rows]
+    parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
     steps, stamps, values = (np.concatenate(column) for column in zip(*parts, strict=True))
     keep = (steps > after) if upto is None else (steps > after) & (steps <= upto)
     if not keep.any():

@@ -14,15 +14,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
-import numpy as np
 
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.server.auth.guard import CURRENT
-from runstream.server.query import compare, export
+from runstream.server.query import compare, export, history
 from runstream.server.query.tail import Caller, Tail, Tails
 from runstream.server.rpc.messages import experiment_message, run_message
 from runstream.server.rpc.paging import PageTokens
-from runstream.server.storage import chunks, experiments, history, metrics, runs, search
+from runstream.server.storage import experiments, metrics, runs, search
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -35,7 +34,7 @@ MAX_EXPERIMENTS = 1_000
 DEFAULT_COMPARE_POINTS = 500
 MAX_COMPARE_RUNS = 100
 MAX_COMPARE_KEYS = 50
-AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGATE_MAX: "max"}
+AGGREGATES = history.AGGREGATES
 
 
 class Query:
@@ -109,12 +108,12 @@ class Query:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             if not req.by_writer:
-                return await _history(
+                return await history.read(
                     conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
                 )
             out = qpb.MetricHistory(key=req.key, writers=[r.writer_id for r in series])
             for one in series:
-                part = await _history(
+                part = await history.read(
                     conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
                 )
                 out.total_points += part.total_points
@@ -149,7 +148,7 @@ class Query:
             if lo is None or hi is None or not series:
                 return qpb.MetricHistory(key=key)
             async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
-                return await _history(
+                return await history.read(
                     conn, key, series, lo, hi, max_points, qpb.AGGREGATE_UNSPECIFIED, fixed_range=True
                 )
 
@@ -195,64 +194,6 @@ class Query:
         raise NotFound(f"run {run_id} has no metric {key!r}")
 
 
-async def _history(
-    conn: Any,
-    key: str,
-    series: list[metrics.SeriesRow],
-    lo: int,
-    hi: int,
-    max_points: int,
-    aggregate: qpb.Aggregate,
-    fixed_range: bool,
-    with_time: bool = False,
-) -> qpb.MetricHistory:
-    """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
-    range shrinks to the steps present; with it, buckets span exactly [lo, hi], so several
-    runs downsampled over one range share their bucket edges. `with_time` decodes every
-    chunk, so that buckets carry the timestamp of their last point."""
-    ids = [r.series_id for r in series]
-    out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
-    extent = await metrics.chunk_extent(conn, ids, lo, hi)
-    if extent.first_step is None or extent.last_step is None:
-        return out
-    if not fixed_range:
-        lo, hi = max(lo, extent.first_step), min(hi, extent.last_step)
-    whole = with_time or aggregate != qpb.AGGREGATE_UNSPECIFIED or await _window_points(conn, ids, lo, hi) <= max_points
-    width = history.bucket_width(lo, hi, max_points)
-    rows = await metrics.history_chunks(conn, ids, lo, hi, width, decode_all=whole)
-    if not whole:
-        buckets = _downsampled(rows, lo, hi, width)
-        out.total_points = int(buckets.count.sum())
-        return _with_buckets(out, buckets)
-    writer_of = {sid: i for i, sid in enumerate(ids)}
-    points = history.merge([_points(r, writer_of) for r in rows], lo, hi)
-    out.total_points = len(points)
-    if aggregate != qpb.AGGREGATE_UNSPECIFIED:
-        steps, values = history.aggregate(points, AGGREGATES[aggregate])
-        if len(steps) <= max_points:
-            out.step.extend(steps.tolist())
-            out.value.extend(values.tolist())
-            return out
-        return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), lo, width))
-    if len(points) <= max_points:
-        out.step.extend(points.step.tolist())
-        out.value.extend(points.value.tolist())
-        out.timestamp_ms.extend(points.timestamp_ms.tolist())
-        out.writer_index.extend(points.writer.tolist())
-        return out
-    _with_buckets(out, history.downsample(history.Items.of_points(points.step, points.value), lo, width))
-    if with_time:
-        out.bucket_last_timestamp_ms.extend(history.bucket_last(points, lo, width).tolist())
-    return out
-
-
-async def _window_points(conn: Any, ids: list[int], lo: int, hi: int) -> int:
-    """The points in [lo, hi] exactly, not every point of the chunks the window touches (which
-    would make the answer depend on how the loader cut chunks)."""
-    inside, crossing = await metrics.window_chunks(conn, ids, lo, hi)
-    return inside + sum(chunks.count_between(steps, lo, hi) for steps in crossing)
-
-
 def _check_runs_and_keys(run_ids: Sequence[str], keys: Sequence[str]) -> None:
     if not 0 < len(run_ids) <= MAX_COMPARE_RUNS:
         raise InvalidArgument(f"give between 1 and {MAX_COMPARE_RUNS} run_ids (got {len(run_ids)})")
@@ -286,82 +227,3 @@ def _max_points(asked: int, default: int) -> int:
 def _search_query(req: qpb.SearchRunsRequest) -> str:
     """What a page token is bound to: the same search asked again."""
     return "\x00".join(["runs", req.filter, *req.order_by, "|", *req.experiment_ids, str(req.include_deleted)])
-
-
-def _points(row: asyncpg.Record, writer_of: dict[int, int]) -> history.Points:
-    steps, stamps, values = chunks.unpack(row["steps"], row["timestamps"], row["vals"])
-    return history.Points(steps, values, stamps, np.full(len(steps), writer_of[row["series_id"]], dtype=np.uint32))
-
-
-def _downsampled(rows: list[asyncpg.Record], lo: int, hi: int, width: int) -> history.Items:
-    """Buckets of the chunk rows (grouped by series, each in first-step order): each series
-    is folded on its own, in step order without sorting, then the series' buckets merge."""
-    per_series: dict[int, list[asyncpg.Record]] = {}
-    for r in rows:
-        per_series.setdefault(r["series_id"], []).append(r)
-    buckets = [history.downsample(_series_items(part, lo, hi), lo, width) for part in per_series.values()]
-    if not buckets:
-        return history.Items.of_points(np.empty(0, np.int64), np.empty(0))
-    if len(buckets) == 1:
-        return buckets[0]
-    return history.downsample(history.Items.concat(buckets), lo, width)
-
-
-def _series_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
-    """One series' chunks as items in step order: a whole chunk is one item carrying its
-    summary; a chunk that came decoded gives its points within [lo, hi]."""
-    parts = []
-    run: list[asyncpg.Record] = []  # consecutive rows of one kind (whole or decoded)
-    for r in rows:
-        if run and (r["steps"] is None) != (run[0]["steps"] is None):
-            parts.append(_run_items(run, lo, hi))
-            run = []
-        run.append(r)
-    if run:
-        parts.append(_run_items(run, lo, hi))
-    return parts[0] if len(parts) == 1 else history.Items.concat(parts)
-
-
-def _run_items(rows: list[asyncpg.Record], lo: int, hi: int) -> history.Items:
-    if rows[0]["steps"] is None:
-        return _summary_items(rows)
-    steps = np.frombuffer(b"".join([r["steps"] for r in rows]), "<i8")
-    values = np.frombuffer(b"".join([r["vals"] for r in rows]), "<f8")
-    if any(r["first_step"] < lo or r["last_step"] > hi for r in rows):  # chunks at the range's ends
-        keep = (steps >= lo) & (steps <= hi)
-        steps, values = steps[keep], values[keep]
-    return history.Items.of_points(steps, values)
-
-
-def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
-    cols = list(
-        zip(
-            *(
-                (
-                    r["first_step"],
-                    r["last_step"],
-                    r["first_value"],
-                    r["last_value"],
-                    r["min_value"],
-                    r["max_value"],
-                    r["n"],
-                )
-                for r in rows
-            ),
-            strict=True,
-        )
-    )
-    ints, floats = np.array(cols[0:2] + cols[6:7], np.int64), np.array(cols[2:6], np.float64)
-    return history.Items(ints[0], ints[1], floats[0], floats[1], floats[2], floats[3], ints[2])
-
-
-def _with_buckets(out: qpb.MetricHistory, b: history.Items) -> qpb.MetricHistory:
-    out.downsampled = True
-    out.bucket_first_step.extend(b.first_step.tolist())
-    out.bucket_last_step.extend(b.last_step.tolist())
-    out.bucket_first.extend(b.first.tolist())
-    out.bucket_last.extend(b.last.tolist())
-    out.bucket_min.extend(b.min.tolist())
-    out.bucket_max.extend(b.max.tolist())
-    out.bucket_count.extend(b.count.tolist())
-    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from runstream.server.streams.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
 from runstream.settings import count, integer, positive, setting, size
 
-ROLES = ("all", "ingest", "query", "load")
+ROLES = ("all", "ingest", "query", "load", "compact")
 
 
 def default_data_dir() -> Path:
@@ -37,12 +37,19 @@ class Settings:
     )
     role: str = setting(
         "all",
-        help="all: everything; ingest: tracking and artifacts; query: queries, registry, artifacts; load: a loader",
+        help="all: everything; ingest: tracking and artifacts; query: queries, registry, artifacts; load: a loader; "
+        "compact: a compactor",
         choices=ROLES,
         group="Serving",
     )
     loaders: int = setting(
         1, help="loader processes started by role all (0: none, another process loads)", parse=count, group="Serving"
+    )
+    compactors: int = setting(
+        1,
+        help="compactor processes started by role all (0: none, another process compacts)",
+        parse=count,
+        group="Serving",
     )
     data_dir: Path = setting(
         help="where the embedded PostgreSQL and Redis, the local artifact store and the admin token live",
@@ -118,6 +125,13 @@ class Settings:
         300.0,
         help="seconds without a heartbeat from any writer after which a RUNNING run is CRASHED; 0: never",
         flag="--crash-after",
+        group="Ingest",
+    )
+    compact_delay_s: float = setting(
+        60.0,
+        help="seconds loaded points stay in ingest chunks before the compactor may merge them into compressed "
+        "ones (points of runs that ended are merged at once)",
+        flag="--compact-delay",
         group="Ingest",
     )
     # -- artifacts

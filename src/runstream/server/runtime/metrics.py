@@ -118,6 +118,36 @@ class Metrics:
         self.loader_restarts = Counter(
             "runstream_loader_restarts_total", "Loader processes of role all that died and were replaced", registry=r
         )
+        # compaction and storage (the storage figures are the compactors', refreshed every minute)
+        self.points_compacted = Counter(
+            "runstream_points_compacted_total", "Points the compactors merged into compressed chunks", registry=r
+        )
+        self.compaction_seconds = Histogram(
+            "runstream_compaction_seconds",
+            "Time to compact one series (read, merge, encode, swap)",
+            buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10),
+            registry=r,
+        )
+        self.compaction_errors = Counter(
+            "runstream_compaction_errors_total",
+            "Series the compactor could not compact (PostgreSQL away, or a chunk that does not decode)",
+            registry=r,
+        )
+        self.stored_points = Gauge(
+            "runstream_stored_points", "Metric points in PostgreSQL", registry=r, multiprocess_mode="livemax"
+        )
+        self.stored_bytes = Gauge(
+            "runstream_stored_point_bytes",
+            "Bytes of metric points in PostgreSQL (chunks, their TOAST and indexes)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.compaction_backlog = Gauge(
+            "runstream_compaction_backlog_points",
+            "Points in ingest chunks, not yet compacted",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # PostgreSQL
         self.pool_in_use = Gauge(
             "runstream_postgres_pool_connections_in_use",

@@ -1,9 +1,12 @@
-"""Turn decoded batches into per-series chunks of packed points, and decode them back.
+"""Turn decoded batches into per-series chunks of packed points, and a series' chunks into
+compacted ones.
 
 A loader hands over every new batch of one transaction; points are grouped by series
 (run x key x writer) with a stable radix sort, kept in step order, cut into chunks of at
-most CHUNK_POINTS, and summarised per chunk and per (run, key). Python loops run over
-series and chunks; every per-point operation is a numpy call.
+most CHUNK_POINTS, and summarised per chunk and per (run, key). The compactor hands over a
+series' chunks; their points are merged in step order and cut into chunks of at most
+COMPACTED_POINTS, encoded with a sketch (codec.py). Python loops run over series and chunks;
+every per-point operation is a numpy call.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from runstream.server.storage import codec
 from runstream.wire.batch import Batch
 
 CHUNK_POINTS = 1000
+COMPACTED_POINTS = 65_536
 
 SeriesKey = tuple[str, str, str]  # (run_id, key, writer_id)
 
@@ -83,6 +88,7 @@ def pack(
     maxs = np.fmax.reduceat(values, starts)
     first_steps, last_steps = steps[starts].tolist(), steps[ends - 1].tolist()
     first_vals, last_vals = values[starts].tolist(), values[ends - 1].tolist()
+    last_stamps = stamps[ends - 1].tolist()
     chunk_series = series_idx[starts].tolist()
 
     ids = [series_id(key) for key in local]
@@ -102,6 +108,7 @@ def pack(
                 steps_b[8 * a : 8 * z],
                 stamps_b[8 * a : 8 * z],
                 values_b[8 * a : 8 * z],
+                last_stamps[i],
             )
         )
     return Packed(records, _summaries(list(local), bounds, steps, stamps, values), len(values))
@@ -195,18 +202,36 @@ def _latest_order(entry: list[Any]) -> tuple[int, int, tuple[int, float]]:
     return (entry[1], entry[2], _value_order(entry[0]))
 
 
-def unpack(
-    steps: bytes, timestamps: bytes, values: bytes
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """The arrays of one stored chunk."""
-    return (
-        np.frombuffer(steps, dtype="<i8"),
-        np.frombuffer(timestamps, dtype="<i8"),
-        np.frombuffer(values, dtype="<f8"),
-    )
-
-
-def count_between(steps: bytes, lo: int, hi: int) -> int:
-    """How many of a chunk's steps lie in [lo, hi] (steps are not sorted across writers' resends)."""
-    s = np.frombuffer(steps, dtype="<i8")
-    return int(np.count_nonzero((s >= lo) & (s <= hi)))
+def compacted(series_id: int, parts: Sequence[codec.Columns]) -> list[tuple[Any, ...]]:
+    """Compacted chunk records (COMPACTED_COLUMNS' order) of one series' points, given as the
+    decoded columns of its chunks in first-step order: merged in step order (a stable sort,
+    so points of one step keep the order readers gave them) and cut every COMPACTED_POINTS."""
+    steps = np.concatenate([p[0] for p in parts])
+    stamps = np.concatenate([p[1] for p in parts])
+    values = np.concatenate([p[2] for p in parts])
+    if np.any(steps[1:] < steps[:-1]):
+        order = np.argsort(steps, kind="stable")
+        steps, stamps, values = steps[order], stamps[order], values[order]
+    records = []
+    for a in range(0, len(steps), COMPACTED_POINTS):
+        s, t, v = steps[a : a + COMPACTED_POINTS], stamps[a : a + COMPACTED_POINTS], values[a : a + COMPACTED_POINTS]
+        scale = codec.scale_for(s)
+        encoded = codec.encode(s, t, v)
+        records.append(
+            (
+                series_id,
+                int(s[0]),
+                int(s[-1]),
+                len(s),
+                float(np.fmin.reduce(v)),
+                float(np.fmax.reduce(v)),
+                float(v[0]),
+                float(v[-1]),
+                *encoded,
+                int(t[-1]),
+                codec.PCO,
+                scale,
+                codec.encode_sketch(codec.sketch_of(s, t, v, scale)),
+            )
+        )
+    return records

@@ -1,14 +1,21 @@
 """Metric histories from stored chunks, with numpy: merge writers in step order, aggregate
-across writers per step, and downsample into buckets that keep first, last, min and max.
+across writers per step, and downsample into buckets that keep first, last, min, max, count
+and the time of the last point.
 
-Downsampling takes "items": a whole chunk inside one bucket is one item carrying its stored
-summary (first/last step and value, min, max, count), so it is never decoded; a decoded
-point is an item of count 1. Buckets are then reductions over items sorted by bucket.
+Buckets are aligned: bucket k holds the steps [k * width, (k + 1) * width), and a width is 1, 2
+or 5 times a power of ten (bucket_width), so every history of the same width shares its edges
+and a compacted chunk's sketch sub-ranges (a power of ten of steps, codec.py) fit in buckets.
+
+Downsampling takes "items": a whole chunk inside one bucket, or a sketch entry, is one item
+carrying its summary (first/last step and value, min, max, count, last time), so its points are
+never decoded; a decoded point is an item of count 1. Buckets are reductions over items
+sorted by bucket.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,15 +47,22 @@ class Items:
     min: F64
     max: F64
     count: I64
+    last_time: I64  # the timestamp of the last point (zeros where times were not asked for)
 
     @staticmethod
-    def of_points(step: I64, value: F64) -> Items:
-        return Items(step, step, value, value, value, value, np.broadcast_to(np.int64(1), len(step)))
+    def of_points(step: I64, value: F64, time: I64 | None = None) -> Items:
+        last_time = np.zeros(len(step), np.int64) if time is None or len(time) != len(step) else time
+        return Items(step, step, value, value, value, value, np.broadcast_to(np.int64(1), len(step)), last_time)
 
     @staticmethod
     def concat(parts: list[Items]) -> Items:
-        fields = ("first_step", "last_step", "first", "last", "min", "max", "count")
+        fields = ("first_step", "last_step", "first", "last", "min", "max", "count", "last_time")
         return Items(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+    def select(self, keep: npt.NDArray[Any]) -> Items:
+        """The items a boolean mask or an index array picks."""
+        fields = ("first_step", "last_step", "first", "last", "min", "max", "count", "last_time")
+        return Items(*(getattr(self, f)[keep] for f in fields))
 
 
 def merge(parts: list[Points], lo: int, hi: int) -> Points:
@@ -80,16 +94,17 @@ def aggregate(points: Points, how: str) -> tuple[I64, F64]:
     return steps, reduce.reduceat(points.value, starts)
 
 
-def downsample(items: Items, lo: int, width: int) -> Items:
-    """Fold items into buckets [lo + k*width, lo + (k+1)*width) by their first step."""
+def downsample(items: Items, width: int) -> Items:
+    """Fold items into buckets [k*width, (k+1)*width) by their first step; an item must lie in
+    one bucket."""
     if not len(items.count):
         return items
     if _ascending(items.first_step) and (items.last_step is items.first_step or _ascending(items.last_step)):
-        return _fold(items, lo, width)  # one series in step order (the usual case): no sorting
+        return _fold(items, width)  # one series in step order (the usual case): no sorting
     # Several series: order by bucket, then by first step for first values; the stable sort is
     # a merge sort, fast on what it gets (runs already in step order). An item lies within one
     # bucket, but items of different series may overlap, so last values need their own order.
-    bucket = (items.first_step - lo) // width
+    bucket = items.first_step // width
     by_first = np.argsort(items.first_step, kind="stable")
     by_last = np.lexsort((items.last_step, bucket))
     sorted_bucket = bucket[by_first]
@@ -103,6 +118,7 @@ def downsample(items: Items, lo: int, width: int) -> Items:
         min=np.fmin.reduceat(items.min[by_first], starts),
         max=np.fmax.reduceat(items.max[by_first], starts),
         count=np.add.reduceat(items.count[by_first], starts),
+        last_time=items.last_time[by_last][ends - 1],
     )
 
 
@@ -110,12 +126,12 @@ def _ascending(a: I64) -> bool:
     return bool(np.all(a[1:] >= a[:-1]))
 
 
-def _fold(items: Items, lo: int, width: int) -> Items:
+def _fold(items: Items, width: int) -> Items:
     """Buckets of items in step order: each bucket is a run of consecutive items, found by
     binary search for the bucket edges rather than a pass over every item."""
     steps = items.first_step
-    first_bucket, last_bucket = (int(steps[0]) - lo) // width, (int(steps[-1]) - lo) // width
-    edges = lo + np.arange(first_bucket, last_bucket + 1, dtype=np.int64) * width
+    first_bucket, last_bucket = int(steps[0]) // width, int(steps[-1]) // width
+    edges = np.arange(first_bucket, last_bucket + 1, dtype=np.int64) * width
     starts = np.searchsorted(steps, edges)
     starts = starts[np.diff(starts, append=len(steps)) > 0]  # skip empty buckets
     ends = np.append(starts[1:], len(steps))
@@ -129,18 +145,20 @@ def _fold(items: Items, lo: int, width: int) -> Items:
         min=np.fmin.reduceat(items.min, starts),
         max=np.fmax.reduceat(items.max, starts),
         count=count.astype(np.int64),
+        last_time=items.last_time[ends - 1],
     )
 
 
-def bucket_last(points: Points, lo: int, width: int) -> I64:
-    """The timestamp of the last point (in step order) of each non-empty bucket, as
-    downsample() numbers them."""
-    if not len(points):
-        return points.timestamp_ms
-    bucket = (points.step - lo) // width
-    ends = np.flatnonzero(np.diff(bucket, append=bucket[-1] + 1))
-    return points.timestamp_ms[ends]
+MAX_WIDTH = 5 * 10**18  # the widest that int64 bucket edges hold
 
 
 def bucket_width(lo: int, hi: int, buckets: int) -> int:
-    return max(1, -(-(hi - lo + 1) // buckets))
+    """The smallest width of 1, 2 or 5 times a power of ten whose aligned buckets over [lo, hi]
+    number at most `buckets`. Aligned buckets cannot do better than two for a range across a
+    multiple of every width (zero), nor than four across the whole int64 range."""
+    decade = 1
+    while True:
+        for width in (decade, 2 * decade, 5 * decade):
+            if hi // width - lo // width + 1 <= buckets or width > hi - lo or width == MAX_WIDTH:
+                return width
+        decade *= 10

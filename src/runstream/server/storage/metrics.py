@@ -2,7 +2,7 @@
 make a resend a no-op, the loaders' writes (chunks by binary COPY, summaries, NOTIFY), and the
 reads of histories, whole series and live tails.
 
-Chunk rows (history_chunks, series_chunk_cursor, chunks_after, chunks_between) stay asyncpg
+Chunk rows (history_chunks, chunk_points, series_chunk_cursor, chunks_after, chunks_between) stay asyncpg
 records: those reads are large and hot, and their packed arrays go straight to numpy, so they
 are not copied into a row class first. Each function says which columns it gives.
 """
@@ -153,6 +153,7 @@ CHUNK_COLUMNS = (
     "steps",
     "timestamps",
     "vals",
+    "last_timestamp",
 )
 
 
@@ -238,62 +239,40 @@ async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> C
     return ChunkExtent(**row)
 
 
-async def window_chunks(conn: Conn, series_ids: list[int], lo: int, hi: int) -> tuple[int, list[bytes]]:
-    """For counting the points in [lo, hi] exactly: the points of the chunks wholly inside (their
-    `n`), and the steps of only the chunks that cross an end of the window."""
-    inside = await conn.fetchval(
-        """SELECT coalesce(sum(n), 0) FROM metric_chunks
-           WHERE series_id = ANY($1::int8[]) AND first_step >= $2 AND last_step <= $3""",
-        series_ids,
-        lo,
-        hi,
-    )
-    crossing = await conn.fetch(
-        """SELECT steps FROM metric_chunks
-           WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3
-             AND (first_step < $2 OR last_step > $3)""",
-        series_ids,
-        lo,
-        hi,
-    )
-    return int(inside), [r[0] for r in crossing]
-
-
-HISTORY_CHUNKS_SQL = """SELECT series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
-                  CASE WHEN whole THEN NULL ELSE steps END AS steps,
-                  CASE WHEN $5 THEN timestamps END AS timestamps,  -- buckets carry no timestamps
-                  CASE WHEN whole THEN NULL ELSE vals END AS vals
-           FROM (SELECT *, NOT $5 AND first_step >= $2 AND last_step <= $3
-                           AND (first_step - $2) / $4 = (last_step - $2) / $4 AS whole
-                 FROM metric_chunks
-                 WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3) c
-           ORDER BY array_position($1::int8[], series_id), first_step"""
-
-
-async def history_chunks(
-    conn: Conn, series_ids: list[int], lo: int, hi: int, width: int, decode_all: bool
-) -> list[asyncpg.Record]:
-    """Chunks overlapping [lo, hi], in the order of `series_ids`, then by first step: records of
-    series_id, first_step, last_step, n, min_value, max_value, first_value, last_value, steps,
-    timestamps, vals. Their arrays come back only where they are needed: for every chunk with
-    `decode_all`, else for chunks crossing a bucket boundary (buckets of `width` steps from
-    `lo`) or the range's ends; the others are used by their summaries (steps and vals NULL);
-    timestamps only with `decode_all`."""
+async def history_chunks(conn: Conn, series_ids: list[int], lo: int, hi: int) -> list[asyncpg.Record]:
+    """What is known of the chunks overlapping [lo, hi] without their points, in the order of
+    `series_ids`, then by first step: records of ctid, series_id, first_step, last_step, n,
+    min_value, max_value, first_value, last_value, last_timestamp, codec, sketch_scale and
+    sketch (compacted chunks; NULL for ingest chunks). chunk_points gives their points."""
     return await conn.fetch(
-        HISTORY_CHUNKS_SQL,
+        """SELECT ctid, series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
+                  last_timestamp, codec, sketch_scale, sketch
+           FROM metric_chunks
+           WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3
+           ORDER BY array_position($1::int8[], series_id), first_step""",
         series_ids,
         lo,
         hi,
-        width,
-        decode_all,
     )
+
+
+async def chunk_points(conn: Conn, ctids: list[Any], with_time: bool) -> dict[Any, asyncpg.Record]:
+    """The points of the chunks `ctids` (from history_chunks, in the same transaction) by ctid:
+    records of codec, steps, timestamps (NULL unless `with_time`) and vals."""
+    rows = await conn.fetch(
+        """SELECT ctid, codec, steps, CASE WHEN $2 THEN timestamps END AS timestamps, vals
+           FROM metric_chunks WHERE ctid = ANY($1::tid[])""",
+        ctids,
+        with_time,
+    )
+    return {r["ctid"]: r for r in rows}
 
 
 def series_chunk_cursor(conn: Conn, series_id: int, lo: int, hi: int) -> Any:
     """A cursor (inside a transaction) over one series' chunks overlapping [lo, hi], by first
-    step: records of first_step, last_step, steps, timestamps, vals."""
+    step: records of first_step, last_step, codec, steps, timestamps, vals."""
     return conn.cursor(
-        """SELECT first_step, last_step, steps, timestamps, vals FROM metric_chunks
+        """SELECT first_step, last_step, codec, steps, timestamps, vals FROM metric_chunks
            WHERE series_id = $1 AND last_step >= $2 AND first_step <= $3 ORDER BY first_step""",
         series_id,
         lo,
@@ -319,9 +298,9 @@ async def tail_series(conn: Conn, run_ids: list[str], keys: list[str]) -> list[S
 
 async def chunks_after(conn: Conn, series_ids: list[int], after: list[int]) -> list[asyncpg.Record]:
     """Chunks holding steps beyond each series' cursor (`after[i]` for `series_ids[i]`): records
-    of series_id, steps, timestamps, vals, by series and first step."""
+    of series_id, codec, steps, timestamps, vals, by series and first step."""
     return await conn.fetch(
-        """SELECT c.series_id, c.steps, c.timestamps, c.vals
+        """SELECT c.series_id, c.codec, c.steps, c.timestamps, c.vals
            FROM unnest($1::int8[], $2::int8[]) AS cur(series_id, after)
            JOIN metric_chunks c ON c.series_id = cur.series_id AND c.last_step > cur.after
            ORDER BY c.series_id, c.first_step""",
@@ -334,7 +313,7 @@ async def chunks_between(conn: Conn, series_ids: list[int], after: list[int], up
     """Chunks holding steps in (`after[i]`, `upto[i]`] of `series_ids[i]`: a tail's stored points
     up to where the shared reader it joins has read (records as chunks_after's)."""
     return await conn.fetch(
-        """SELECT c.series_id, c.steps, c.timestamps, c.vals
+        """SELECT c.series_id, c.codec, c.steps, c.timestamps, c.vals
            FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS cur(series_id, after, upto)
            JOIN metric_chunks c
              ON c.series_id = cur.series_id AND c.last_step > cur.after AND c.first_step <= cur.upto

@@ -75,11 +75,18 @@ CREATE TABLE metric_chunks (
     last_value double precision NOT NULL,
     steps bytea NOT NULL,
     timestamps bytea NOT NULL,
-    vals bytea NOT NULL
+    vals bytea NOT NULL,
+    codec smallint DEFAULT 0 NOT NULL,
+    loaded_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_timestamp bigint,
+    sketch_scale bigint,
+    sketch bytea
 );
 ALTER TABLE ONLY metric_chunks ALTER COLUMN steps SET STORAGE EXTERNAL;
 ALTER TABLE ONLY metric_chunks ALTER COLUMN timestamps SET STORAGE EXTERNAL;
 ALTER TABLE ONLY metric_chunks ALTER COLUMN vals SET STORAGE EXTERNAL;
+ALTER TABLE ONLY metric_chunks ALTER COLUMN sketch SET STORAGE EXTERNAL;
+CREATE INDEX metric_chunks_raw ON metric_chunks USING btree (series_id, loaded_at) WHERE (codec = 0);
 CREATE INDEX metric_chunks_series_step ON metric_chunks USING btree (series_id, first_step);
 
 CREATE SEQUENCE model_version_events_event_id_seq AS bigint START WITH 1 INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 CACHE 1;

@@ -127,3 +127,21 @@ class RevokeTokenRequest(_message.Message):
 class WhoAmIRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetStorageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StorageFootprint(_message.Message):
+    __slots__ = ("points", "bytes", "chunks", "compacted_points", "backlog_points")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: int
+    bytes: int
+    chunks: int
+    compacted_points: int
+    backlog_points: int
+    def __init__(self, points: _Optional[int] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., compacted_points: _Optional[int] = ..., backlog_points: _Optional[int] = ...) -> None: ...

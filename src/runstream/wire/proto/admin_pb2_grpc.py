@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
                 _registered_method=True)
+        self.GetStorage = channel.unary_unary(
+                '/runstream.v1.AdminService/GetStorage',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.GetStorageRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.StorageFootprint.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -115,6 +120,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStorage(self, request, context):
+        """What metric points cost in PostgreSQL: points, bytes on disk, and the compactor's backlog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_admin__pb2.ApiToken.SerializeToString,
+            ),
+            'GetStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorage,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.GetStorageRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.StorageFootprint.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class AdminService:
             '/runstream.v1.AdminService/WhoAmI',
             runstream_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
             runstream_dot_v1_dot_admin__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/GetStorage',
+            runstream_dot_v1_dot_admin__pb2.GetStorageRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.StorageFootprint.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,204 @@
+"""One key's history from its stored chunks, decoding as few points as the answer allows.
+
+What is known of the chunks overlapping the range comes first (storage.metrics.history_chunks:
+their summaries and sketches, no points). A history of at most `max_points` points, or one
+aggregated across writers, decodes its chunks and returns the points. A longer one is bucketed
+(storage/history.py) from items: a chunk inside one bucket is one item (its summary); a
+compacted chunk whose sketch scale divides the width gives its sketch entries; only the points
+of the sketch sub-ranges cut by the window's ends, and of ingest chunks across a bucket edge,
+are decoded, in one more query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from runstream.server.storage import codec, history, metrics
+from runstream.wire.proto import query_pb2 as qpb
+
+AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGATE_MAX: "max"}
+
+
+class _Points:
+    """The decoded points of the chunks asked for, fetched once per history."""
+
+    def __init__(self, conn: Any, with_time: bool) -> None:
+        self.conn = conn
+        self.with_time = with_time
+        self.decoded: dict[Any, codec.Columns] = {}
+
+    async def fetch(self, rows: list[asyncpg.Record]) -> None:
+        wanted = [r["ctid"] for r in rows if r["ctid"] not in self.decoded]
+        if not wanted:
+            return
+        found = await metrics.chunk_points(self.conn, wanted, self.with_time)
+        for ctid in wanted:
+            r = found[ctid]
+            self.decoded[ctid] = codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"])
+
+    def of(self, row: asyncpg.Record) -> codec.Columns:
+        return self.decoded[row["ctid"]]
+
+
+async def read(
+    conn: Any,
+    key: str,
+    series: list[metrics.SeriesRow],
+    lo: int,
+    hi: int,
+    max_points: int,
+    aggregate: qpb.Aggregate,
+    fixed_range: bool,
+    with_time: bool = False,
+) -> qpb.MetricHistory:
+    """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
+    range shrinks to the steps present; with it, buckets cover exactly [lo, hi]. `with_time`
+    gives each bucket the timestamp of its last point."""
+    ids = [r.series_id for r in series]
+    out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
+    rows = await metrics.history_chunks(conn, ids, lo, hi)
+    if not rows:
+        return out
+    if not fixed_range:
+        lo = max(lo, min(r["first_step"] for r in rows))
+        hi = min(hi, max(r["last_step"] for r in rows))
+    points = _Points(conn, with_time)
+    crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > hi]
+    await points.fetch(crossing)
+    in_window = sum(r["n"] for r in rows if lo <= r["first_step"] and r["last_step"] <= hi) + sum(
+        int(np.count_nonzero((s >= lo) & (s <= hi))) for s, _, _ in map(points.of, crossing)
+    )
+    if aggregate != qpb.AGGREGATE_UNSPECIFIED or in_window <= max_points:
+        points.with_time = True
+        points.decoded.clear()  # fetched without times
+        await points.fetch(rows)
+        return _points(out, rows, points, ids, lo, hi, max_points, aggregate)
+    width = history.bucket_width(lo, hi, max_points)
+    per_series: dict[int, list[asyncpg.Record]] = {}
+    for r in rows:
+        per_series.setdefault(r["series_id"], []).append(r)
+    await points.fetch([r for r in rows if needs_points(r, lo, hi, width, with_time)])
+    buckets = [history.downsample(_items(part, points, lo, hi, width), width) for part in per_series.values()]
+    folded = buckets[0] if len(buckets) == 1 else history.downsample(history.Items.concat(buckets), width)
+    out.total_points = int(folded.count.sum())
+    _with_buckets(out, folded)
+    if with_time:
+        out.bucket_last_timestamp_ms.extend(folded.last_time.tolist())
+    return out
+
+
+def _whole(r: asyncpg.Record, lo: int, hi: int, width: int) -> bool:
+    """A chunk inside the window and inside one bucket: its summary is its item."""
+    return bool(lo <= r["first_step"] and r["last_step"] <= hi and r["first_step"] // width == r["last_step"] // width)
+
+
+def _sketched(r: asyncpg.Record, width: int) -> bool:
+    """A compacted chunk whose sketch sub-ranges fit in buckets of `width`."""
+    scale: int | None = r["sketch_scale"]
+    return r["codec"] != codec.RAW and scale is not None and width % scale == 0
+
+
+def needs_points(r: asyncpg.Record, lo: int, hi: int, width: int, with_time: bool) -> bool:
+    """Whether a chunk's points are needed for a bucketed history."""
+    if _whole(r, lo, hi, width) and not (with_time and r["last_timestamp"] is None):
+        return False
+    if _sketched(r, width):
+        return bool(r["first_step"] < lo or r["last_step"] > hi)  # only sub-ranges cut by the window's ends
+    return True
+
+
+def _items(rows: list[asyncpg.Record], points: _Points, lo: int, hi: int, width: int) -> history.Items:
+    """One series' chunks as items."""
+    parts = []
+    summaries = []  # consecutive whole chunks, made into items at once
+    for r in rows:
+        if r["ctid"] not in points.decoded and _whole(r, lo, hi, width):
+            summaries.append(r)
+            continue
+        if summaries:
+            parts.append(_summary_items(summaries))
+            summaries = []
+        if _sketched(r, width):
+            parts.append(_sketch_items(r, points, lo, hi))
+        else:
+            steps, stamps, values = points.of(r)
+            keep = (steps >= lo) & (steps <= hi)
+            parts.append(history.Items.of_points(steps[keep], values[keep], stamps[keep] if len(stamps) else None))
+    if summaries:
+        parts.append(_summary_items(summaries))
+    return parts[0] if len(parts) == 1 else history.Items.concat(parts)
+
+
+def _sketch_items(r: asyncpg.Record, points: _Points, lo: int, hi: int) -> history.Items:
+    """A compacted chunk's sketch entries inside [lo, hi], and the points in [lo, hi] of the
+    entries the window cuts, in step order."""
+    s = codec.decode_sketch(r["sketch"])
+    inside = (s.first_step >= lo) & (s.last_step <= hi)
+    entries = history.Items(s.first_step, s.last_step, s.first, s.last, s.min, s.max, s.count, s.last_time)
+    if inside.all():
+        return entries
+    steps, stamps, values = points.of(r)
+    cut = s.ranges()[~inside]
+    keep = (steps >= lo) & (steps <= hi) & np.isin(steps // s.scale, cut)
+    cut_points = history.Items.of_points(steps[keep], values[keep], stamps[keep] if len(stamps) else None)
+    merged = history.Items.concat([entries.select(inside), cut_points])
+    order = np.argsort(merged.first_step, kind="stable")
+    return merged.select(order)
+
+
+def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
+    ints = np.array([(r["first_step"], r["last_step"], r["n"], r["last_timestamp"] or 0) for r in rows], np.int64)
+    floats = np.array([(r["first_value"], r["last_value"], r["min_value"], r["max_value"]) for r in rows], np.float64)
+    return history.Items(
+        ints[:, 0], ints[:, 1], floats[:, 0], floats[:, 1], floats[:, 2], floats[:, 3], ints[:, 2], ints[:, 3]
+    )
+
+
+def _points(
+    out: qpb.MetricHistory,
+    rows: list[asyncpg.Record],
+    points: _Points,
+    ids: list[int],
+    lo: int,
+    hi: int,
+    max_points: int,
+    aggregate: qpb.Aggregate,
+) -> qpb.MetricHistory:
+    """Every point in [lo, hi], merged across writers in step order (or aggregated per step),
+    bucketed if there are still more than `max_points`."""
+    writer_of = {sid: i for i, sid in enumerate(ids)}
+    merged = history.merge([_chunk_points(points.of(r), writer_of[r["series_id"]]) for r in rows], lo, hi)
+    out.total_points = len(merged)
+    if aggregate != qpb.AGGREGATE_UNSPECIFIED:
+        steps, values = history.aggregate(merged, AGGREGATES[aggregate])
+        if len(steps) <= max_points:
+            out.step.extend(steps.tolist())
+            out.value.extend(values.tolist())
+            return out
+        width = history.bucket_width(lo, hi, max_points)
+        return _with_buckets(out, history.downsample(history.Items.of_points(steps, values), width))
+    out.step.extend(merged.step.tolist())
+    out.value.extend(merged.value.tolist())
+    out.timestamp_ms.extend(merged.timestamp_ms.tolist())
+    out.writer_index.extend(merged.writer.tolist())
+    return out
+
+
+def _chunk_points(columns: codec.Columns, writer: int) -> history.Points:
+    steps, stamps, values = columns
+    return history.Points(steps, values, stamps, np.full(len(steps), writer, dtype=np.uint32))
+
+
+def _with_buckets(out: qpb.MetricHistory, b: history.Items) -> qpb.MetricHistory:
+    out.downsampled = True
+    out.bucket_first_step.extend(b.first_step.tolist())
+    out.bucket_last_step.extend(b.last_step.tolist())
+    out.bucket_first.extend(b.first.tolist())
+    out.bucket_last.extend(b.last.tolist())
+    out.bucket_min.extend(b.min.tolist())
+    out.bucket_max.extend(b.max.tolist())
+    out.bucket_count.extend(b.count.tolist())
+    return out

@@ -1,0 +1,179 @@
+"""The compactor: crash-safe under ingest and reads, and every read the same before and after.
+
+A compactor is SIGKILLed again and again while four writers log and a reader reads; one of them
+is killed inside its transaction (after it deleted the old chunks and wrote the new ones). No
+read may see a point twice or lose one it saw before, and afterwards every (writer, key, step)
+is stored exactly once, in compacted chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+import runstream
+from runstream.wire import batch as wire
+from tests.conftest import Server, raw_log
+
+WRITERS = 4
+STEPS = 40_000  # per writer and key: enough for the compactor to take each series more than once
+BATCH = 1_000
+
+
+def _log_all(server: Server, run_id: str) -> None:
+    with runstream.Client(server.target) as client:
+        for seq, lo in enumerate(range(0, STEPS, BATCH), start=1):
+            for w in range(WRITERS):
+                steps = np.arange(lo, lo + BATCH)
+                data = wire.encode(
+                    run_id,
+                    f"rank{w}",
+                    seq,
+                    ["loss", "acc"],
+                    np.repeat([0, 1], BATCH),
+                    np.concatenate([steps, steps]),
+                    None,
+                    np.concatenate([np.sin(steps / 1000) + w, steps * 1e-5]),
+                )
+                assert raw_log(client, data).code == 0
+            time.sleep(0.35)  # ~15 s of logging: compactors come and go meanwhile
+
+
+def _wait_output(server: Server, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in server.output):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared:\n" + "".join(server.output))
+
+
+def test_a_compactor_killed_anywhere_loses_and_doubles_nothing(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("--compactors", "0")
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("compaction").run_id
+    logging = threading.Thread(target=_log_all, args=(server, run_id))
+    logging.start()
+
+    seen: dict[int, int] = {}  # writer index -> points seen in the last read
+    problems: list[str] = []
+    reads = 0
+
+    def read_while_logging() -> None:
+        nonlocal reads
+        with runstream.QueryClient(server.target) as q:
+            while logging.is_alive():
+                try:
+                    h = q.get_metric_history(run_id, "loss", max_points=200_000)
+                except runstream.NotFound:  # nothing loaded yet
+                    time.sleep(0.05)
+                    continue
+                if h.downsampled:
+                    problems.append("a history of at most 200,000 points came back downsampled")
+                    return
+                for w in range(WRITERS):
+                    steps = h.step[h.writer == w]
+                    if len(np.unique(steps)) != len(steps):
+                        problems.append(f"rank{w}: a step read twice ({len(steps) - len(np.unique(steps))})")
+                    if len(steps) < seen.get(w, 0):
+                        problems.append(f"rank{w}: {seen[w]} points read, then {len(steps)}")
+                    seen[w] = len(steps)
+                reads += 1
+
+    reader = threading.Thread(target=read_while_logging)
+    reader.start()
+    rng = random.Random(7)
+    kills = 0
+    while logging.is_alive():
+        failpoint = kills % 3 == 0  # every third: killed inside the transaction, after the swap
+        env = {"RUNSTREAM_FAILPOINT": "compactor.after_swap:600"} if failpoint else None
+        compactor = make_server("--role", "compact", "--compact-delay", "0", like=server, env=env)
+        if failpoint:
+            _wait_output(compactor, "failpoint compactor.after_swap: pausing")
+        else:
+            time.sleep(rng.uniform(0.05, 1.5))
+        compactor.stop(signal.SIGKILL)
+        kills += 1
+    reader.join()
+    logging.join()
+    assert not problems, problems[:5]
+    assert reads >= 3 and kills >= 3, (reads, kills)
+    # the killed compactors did compact between kills: their commits stand, their kills undid the rest
+    assert server.sql("SELECT count(*) AS n FROM metric_chunks WHERE codec <> 0")[0]["n"] > 0
+
+    finisher = make_server("--role", "compact", "--compact-delay", "0", like=server)
+    with runstream.Client(server.target) as client:
+        assert server.wait_points(run_id, WRITERS * 2 * STEPS) == WRITERS * 2 * STEPS
+        client.update_run(run_id, status="FINISHED")
+    server.wait_compacted(run_id)
+    stored = server.stored(run_id)
+    assert len(stored) == WRITERS * 2
+    for (key, writer), (steps, _) in stored.items():
+        assert steps.tolist() == list(range(STEPS)), (key, writer)
+    finisher.stop()
+
+
+def test_every_read_is_the_same_before_and_after_compaction(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("--compact-delay", "3600")  # only an ended run is compacted
+    rng = np.random.default_rng(5)
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("same reads").run_id
+        for w in range(2):
+            steps = np.sort(rng.choice(30_000, 12_000, replace=False))
+            values = rng.standard_normal(12_000)
+            values[[5, 500, 5000]] = [np.nan, np.inf, -np.inf]
+            for seq, lo in enumerate(range(0, 12_000, 3_000), start=1):
+                part = slice(lo, lo + 3_000)
+                data = wire.encode(run_id, f"w{w}", seq, ["x"], np.zeros(3_000), steps[part], None, values[part])
+                assert raw_log(client, data).code == 0
+        assert server.wait_points(run_id, 24_000) == 24_000
+
+    def reads() -> list:
+        with runstream.QueryClient(server.target) as q:
+            out = [
+                q.get_metric_history(run_id, "x", max_points=m, min_step=lo, max_step=hi)
+                for m in (1, 7, 300, 1000, 200_000)
+                for lo, hi in ((None, None), (1234, 25_678), (10, 40))
+            ]
+            out += [[(p.writer, p.step.tolist(), p.value.tolist()) for p in q.read_metrics(run_id, "x")]]
+            out += [q.compare_runs([run_id], ["x"], max_points=50).series["x"]]
+            tail = q.tail_metrics([run_id], ["x"], from_step=29_000)
+            got = 0
+            for piece in tail:
+                got += len(piece)
+                if got >= sum(int(s) >= 29_000 for s in _steps(server, run_id)):
+                    break
+            out.append(got)
+        return [repr(x) for x in out]
+
+    before = reads()
+    assert server.sql("SELECT count(*) AS n FROM metric_chunks WHERE codec <> 0")[0]["n"] == 0
+    with runstream.Client(server.target) as client:
+        client.update_run(run_id, status="FINISHED")
+    server.wait_compacted(run_id)
+    after = reads()
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        assert b == a, (i, b[:300], a[:300])
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "admin", "storage", "--url", server.target, "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    figures = {row["figure"]: row["value"] for row in json.loads(shown)}
+    assert figures["points"] == figures["points in compacted chunks"] == 24_000
+    assert figures["points waiting for the compactor"] == 0 and figures["bytes on disk"] > 0
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
+    compacted = [line for line in scraped.splitlines() if line.startswith("runstream_points_compacted_total")]
+    assert compacted and float(compacted[0].split()[-1]) >= 24_000, compacted
+
+
+def _steps(server: Server, run_id: str) -> list[int]:
+    return [int(s) for (_, _), (steps, _) in server.stored(run_id).items() for s in steps]
