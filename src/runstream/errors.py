@@ -65,6 +65,12 @@ class DeadlineExceeded(RunstreamError, TimeoutError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class DataLoss(RunstreamError):
+    """The server holds data it cannot read back (damaged storage); what it can read is served."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class BufferFull(RunstreamError):
     """The SDK's metric buffer stayed full for longer than its block timeout."""
 

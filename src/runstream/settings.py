@@ -11,6 +11,7 @@ A value that does not parse is a `SettingError` naming the flag or variable, one
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -186,6 +187,14 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise ValueError("give a number") from None
+
+
+def seconds(text: str) -> float:
+    """A duration: a finite number of seconds, 0 or more."""
+    value = number(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("give a number of seconds, 0 or more")
+    return value
 
 
 def _parser_for(sample: Any) -> Callable[[str], Any]:

@@ -17,7 +17,9 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import numpy as np
+import pytest
 
 import runstream
 from runstream.wire import batch as wire
@@ -177,3 +179,38 @@ def test_every_read_is_the_same_before_and_after_compaction(make_server) -> None
 
 def _steps(server: Server, run_id: str) -> list[int]:
     return [int(s) for (_, _), (steps, _) in server.stored(run_id).items() for s in steps]
+
+
+def test_a_damaged_compacted_chunk_is_named_and_harms_nothing_else(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("--compact-delay", "0")
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("damage").run_id
+        steps = np.arange(3_000)
+        data = wire.encode(run_id, "w", 1, ["x", "y"], np.repeat([0, 1], 3_000), np.tile(steps, 2), None,
+                           np.tile(steps * 0.5, 2))  # fmt: skip
+        assert raw_log(client, data).code == 0
+        assert server.wait_points(run_id, 6_000) == 6_000
+        client.update_run(run_id, status="FINISHED")
+        server.wait_compacted(run_id)
+        server.sql(
+            "UPDATE metric_chunks SET vals = substring(vals FROM 1 FOR 12) WHERE series_id = "
+            "(SELECT series_id FROM metric_series WHERE run_id = $1 AND key = 'x')",
+            run_id,
+        )
+        with runstream.QueryClient(server.target) as q:
+            with pytest.raises(runstream.RunstreamError, match="does not decode") as caught:
+                q.get_metric_history(run_id, "x", max_points=100_000)
+            assert caught.value.code == grpc.StatusCode.DATA_LOSS
+            assert q.get_metric_history(run_id, "y", max_points=100_000).value.tolist() == (steps * 0.5).tolist()
+        # More points for the damaged series: the compactor would merge them with the damaged
+        # chunk, so it leaves the series as it is and says so; the new points stay readable.
+        more = wire.encode(run_id, "w", 2, ["x"], np.zeros(10), np.arange(3_000, 3_010), None, np.ones(10))
+        assert raw_log(client, more).code == 0
+        assert server.wait_points(run_id, 6_010) == 6_010
+    deadline = time.monotonic() + 30
+    while not any("left as it is" in line for line in server.output) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sum("left as it is" in line for line in server.output) == 1, "".join(server.output[-20:])
+    ingest = server.sql("SELECT sum(n) AS n FROM metric_chunks WHERE codec = 0")[0]["n"]
+    assert ingest == 10  # kept, not dropped
+    assert "Traceback" not in "".join(server.output)

@@ -186,20 +186,26 @@ def test_the_summary_keeps_the_latest_point_when_ranks_share_a_step(server: Serv
         assert (loss.last_value, loss.last_step, loss.count) == (0.25, 2, 4)
 
 
-def _loader_children(pid: int) -> list[int]:
-    """The spawned loader processes of a role-all server (not multiprocessing's resource tracker)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
-            found.append(int(entry))
-    return found
+def _loader_children(pid: int, timeout: float = 30.0) -> list[int]:
+    """The spawned loader processes of a role-all server (not its compactor, nor multiprocessing's
+    resource tracker): each names itself once it runs (ps shows runstream-load, runstream-compa)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                name = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                names[int(entry)] = name
+        if all(n.startswith("runstream-") for n in names.values()) or time.monotonic() > deadline:
+            return [p for p, n in names.items() if n == "runstream-load"]
+        time.sleep(0.05)
 
 
 def test_a_loader_process_that_dies_is_replaced_and_its_entries_loaded(server: Server) -> None:

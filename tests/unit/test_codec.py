@@ -75,18 +75,22 @@ def test_compaction_merges_overlapping_chunks_in_step_order_and_cuts_full_chunks
         np.testing.assert_equal((r[4], r[5], r[6], r[7]), (np.fmin.reduce(v), np.fmax.reduce(v), v[0], v[-1]))
 
 
-@pytest.mark.parametrize(("lo", "hi", "buckets"), [(0, 999_999, 1000), (-5, 5, 1), (3, 3, 7), (-(2**63), 2**63 - 1, 2),
-                                                   (17, 123_456_789, 640), (0, 99, 1000), (-999, -1, 10)])  # fmt: skip
+WIDTH_CASES = [(0, 999_999, 1000), (-5, 5, 1), (3, 3, 7), (-(2**63), 2**63 - 1, 2), (17, 123_456_789, 640),
+               (0, 99, 1000), (-999, -1, 10), (-5, 5, 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("lo", "hi", "buckets"), WIDTH_CASES)
 def test_bucket_widths_are_the_smallest_one_two_or_five_that_fit(lo: int, hi: int, buckets: int) -> None:
+    def count(w: int) -> int:
+        return hi // w - lo // w + 1
+
+    nice = [m * 10**k for k in range(19) for m in (1, 2, 5)]
     width = history.bucket_width(lo, hi, buckets)
-    assert str(width).lstrip("125").strip("0") == ""  # 1, 2 or 5 times a power of ten
-    count = hi // width - lo // width + 1
-    if hi - lo >= width and width < history.MAX_WIDTH:
-        assert count <= buckets
-    smaller = [w for w in (width // 2, width * 2 // 5, width // 2 * 2 // 5) if w >= 1 and w < width]
-    for w in smaller:  # every nice width below it gives too many buckets
-        if str(w).lstrip("125").strip("0") == "":
-            assert hi // w - lo // w + 1 > buckets
+    if width == history.ONE_BUCKET:  # no aligned width fits: one bucket holds the whole range
+        assert all(count(w) > buckets for w in nice)
+        return
+    assert width in nice and count(width) <= buckets
+    assert all(count(w) > buckets for w in nice if w < width)
 
 
 @pytest.mark.parametrize("seed", range(6))

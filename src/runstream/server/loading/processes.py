@@ -37,7 +37,7 @@ from runstream.server.runtime.connections import (
     stop_event,
     while_database_away,
 )
-from runstream.server.runtime.logs import configure_from_env
+from runstream.server.runtime.logs import configure_from_env, name_process
 from runstream.server.runtime.metrics import Metrics, process_exited
 from runstream.server.streams.deployment import deployment_keys
 
@@ -107,7 +107,7 @@ class LoaderPool:
             proc = loader.process
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                log.error("%s process %s did not stop within %.0f s; killing it", self._kind(i), proc.pid, timeout)
+                log.error("%s process %s did not drain within %.0f s; killing it", self._kind(i), proc.pid, timeout)
                 proc.kill()
                 proc.join(5)
             if proc.pid is not None:
@@ -192,6 +192,7 @@ async def _spawned_loader(settings: Settings, consumer: str, pipe: Connection) -
 
 def loader_process(settings: Settings, consumer: str, pipe: Connection) -> None:
     """Entry point of a loader process of role all."""
+    name_process("runstream-load")
     configure_from_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     asyncio.run(_spawned_loader(settings, consumer, pipe))
@@ -220,6 +221,7 @@ async def _spawned_compactor(settings: Settings, pipe: Connection) -> None:
 
 def compactor_process(settings: Settings, name: str, pipe: Connection) -> None:
     """Entry point of a compactor process of role all."""
+    name_process("runstream-compa")
     configure_from_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_spawned_compactor(settings, pipe))

@@ -56,7 +56,11 @@ async def read(
 ) -> qpb.MetricHistory:
     """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
     range shrinks to the steps present; with it, buckets cover exactly [lo, hi]. `with_time`
-    gives each bucket the timestamp of its last point."""
+    gives each bucket the timestamp of its last point. Reads in one snapshot: a compactor may
+    swap the chunks between the two queries it makes."""
+    if not conn.is_in_transaction():
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await read(conn, key, series, lo, hi, max_points, aggregate, fixed_range, with_time)
     ids = [r.series_id for r in series]
     out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
     rows = await metrics.history_chunks(conn, ids, lo, hi)
@@ -92,7 +96,11 @@ async def read(
 
 def _whole(r: asyncpg.Record, lo: int, hi: int, width: int) -> bool:
     """A chunk inside the window and inside one bucket: its summary is its item."""
-    return bool(lo <= r["first_step"] and r["last_step"] <= hi and r["first_step"] // width == r["last_step"] // width)
+    return bool(
+        lo <= r["first_step"]
+        and r["last_step"] <= hi
+        and history.bucket_of(r["first_step"], width) == history.bucket_of(r["last_step"], width)
+    )
 
 
 def _sketched(r: asyncpg.Record, width: int) -> bool:

@@ -104,6 +104,8 @@ def log_failure(where: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", where)
+    elif code == grpc.StatusCode.DATA_LOSS:  # damaged storage: an operator must hear of it every time
+        log.error("%s: %s", where, message)
     else:
         show, held = _refusals.allow()
         if show:

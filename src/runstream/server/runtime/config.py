@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runstream.server.streams.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
-from runstream.settings import count, integer, positive, setting, size
+from runstream.settings import count, integer, positive, seconds, setting, size
 
 ROLES = ("all", "ingest", "query", "load", "compact")
 
@@ -131,6 +131,7 @@ class Settings:
         60.0,
         help="seconds loaded points stay in ingest chunks before the compactor may merge them into compressed "
         "ones (points of runs that ended are merged at once)",
+        parse=seconds,
         flag="--compact-delay",
         group="Ingest",
     )

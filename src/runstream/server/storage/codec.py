@@ -24,6 +24,8 @@ import numpy.typing as npt
 import pcodec
 from pcodec import standalone
 
+from runstream.errors import DataLoss
+
 RAW = 0
 PCO = 1
 CODECS = (RAW, PCO)
@@ -39,7 +41,7 @@ _HEADER = struct.Struct("<BqI")  # version, scale, entries
 _LENGTH = struct.Struct("<I")
 
 
-class CorruptChunk(ValueError):
+class CorruptChunk(DataLoss):
     """A stored chunk's bytes do not decode: storage was damaged or written by a bug."""
 
 
@@ -55,18 +57,24 @@ def encode(steps: I64, stamps: I64, values: F64) -> tuple[bytes, bytes, bytes]:
 def decode(codec: int, steps: bytes, stamps: bytes | None, values: bytes) -> Columns:
     """A stored chunk's columns; timestamps may be left out (None), then they come back empty."""
     if codec == RAW:
-        return (
+        if len(steps) % 8 or len(values) % 8 or (stamps is not None and len(stamps) % 8):
+            raise CorruptChunk("an ingest chunk's columns are not whole 8-byte numbers")
+        columns: Columns = (
             np.frombuffer(steps, dtype="<i8"),
             np.frombuffer(stamps, dtype="<i8") if stamps is not None else np.empty(0, np.int64),
             np.frombuffer(values, dtype="<f8"),
         )
-    if codec == PCO:
-        return (
+    elif codec == PCO:
+        columns = (
             _column(steps, np.int64),
             _column(stamps, np.int64) if stamps is not None else np.empty(0, np.int64),
             _column(values, np.float64),
         )
-    raise CorruptChunk(f"a chunk names codec {codec}, which this version does not know")
+    else:
+        raise CorruptChunk(f"a chunk names codec {codec}, which this version does not know")
+    if len(columns[0]) != len(columns[2]) or (stamps is not None and len(columns[1]) != len(columns[0])):
+        raise CorruptChunk("a chunk's columns disagree in length")
+    return columns
 
 
 def _column(data: bytes, dtype: type) -> Any:

@@ -95,16 +95,19 @@ def aggregate(points: Points, how: str) -> tuple[I64, F64]:
 
 
 def downsample(items: Items, width: int) -> Items:
-    """Fold items into buckets [k*width, (k+1)*width) by their first step; an item must lie in
-    one bucket."""
+    """Fold items into buckets [k*width, (k+1)*width) by their first step (ONE_BUCKET: all in
+    one); an item must lie in one bucket."""
     if not len(items.count):
         return items
-    if _ascending(items.first_step) and (items.last_step is items.first_step or _ascending(items.last_step)):
+    if width == ONE_BUCKET:
+        bucket = np.zeros(len(items.count), np.int64)
+    elif _ascending(items.first_step) and (items.last_step is items.first_step or _ascending(items.last_step)):
         return _fold(items, width)  # one series in step order (the usual case): no sorting
+    else:
+        bucket = items.first_step // width
     # Several series: order by bucket, then by first step for first values; the stable sort is
     # a merge sort, fast on what it gets (runs already in step order). An item lies within one
     # bucket, but items of different series may overlap, so last values need their own order.
-    bucket = items.first_step // width
     by_first = np.argsort(items.first_step, kind="stable")
     by_last = np.lexsort((items.last_step, bucket))
     sorted_bucket = bucket[by_first]
@@ -150,15 +153,22 @@ def _fold(items: Items, width: int) -> Items:
 
 
 MAX_WIDTH = 5 * 10**18  # the widest that int64 bucket edges hold
+ONE_BUCKET = 0  # the width that puts the whole range in one bucket
 
 
 def bucket_width(lo: int, hi: int, buckets: int) -> int:
     """The smallest width of 1, 2 or 5 times a power of ten whose aligned buckets over [lo, hi]
-    number at most `buckets`. Aligned buckets cannot do better than two for a range across a
-    multiple of every width (zero), nor than four across the whole int64 range."""
+    number at most `buckets`; ONE_BUCKET when none does (a single bucket asked for a range
+    across zero, or a few across most of the int64 range)."""
     decade = 1
     while True:
         for width in (decade, 2 * decade, 5 * decade):
-            if hi // width - lo // width + 1 <= buckets or width > hi - lo or width == MAX_WIDTH:
+            if hi // width - lo // width + 1 <= buckets:
                 return width
+            if width == MAX_WIDTH:
+                return ONE_BUCKET
         decade *= 10
+
+
+def bucket_of(step: int, width: int) -> int:
+    return step // width if width != ONE_BUCKET else 0
