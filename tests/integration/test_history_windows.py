@@ -1,11 +1,13 @@
 """GetMetricHistory over a step window answers by the window's own points: at most max_points
 there → those points, whole; more → buckets that account for exactly them. Checked against a
 brute-force answer over every stored point, for random windows, max_points and chunk layouts
-(two writers cutting batches of different sizes, one sending its steps out of order)."""
+(two writers cutting batches of different sizes, one sending its steps out of order), as the
+loaders store them, compacted, and mixed (compacted chunks and newer ingest chunks of one series)."""
 
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -17,9 +19,11 @@ from tests.conftest import raw_log
 STEPS = 20_000
 
 
-@pytest.fixture(scope="module")
-def layout(make_module_server):
-    server = make_module_server()
+@pytest.fixture(scope="module", params=["ingest chunks", "compacted", "mixed"])
+def layout(make_module_server, request):
+    server = make_module_server(
+        *(["--compactors", "0"] if request.param == "ingest chunks" else ["--compact-delay", "0"])
+    )
     with runstream.Client(server.target) as client:
         run_id = client.create_run("windows", "layouts").run_id
         seq = 0
@@ -36,7 +40,21 @@ def layout(make_module_server):
                 values = np.sin(s / 50.0) + (1.0 if writer == "b" else 0.0)
                 data = wire.encode(run_id, writer, seq, ["loss"], np.zeros(len(s)), s, s * 10, values, epoch)
                 assert raw_log(client, data).code == 0
-    assert server.wait_points(run_id, 2 * STEPS) == 2 * STEPS
+        assert server.wait_points(run_id, 2 * STEPS) == 2 * STEPS
+        if request.param == "compacted":
+            client.update_run(run_id, status="FINISHED")
+            server.wait_compacted(run_id)
+        if request.param == "mixed":  # series with 16,384 points or more are compacted while running
+            deadline = time.monotonic() + 60
+            while not server.sql("SELECT count(*) AS n FROM metric_chunks WHERE codec <> 0")[0]["n"]:
+                assert time.monotonic() < deadline, "nothing was compacted"
+                time.sleep(0.1)
+            s = np.arange(STEPS, STEPS + 500, dtype=np.int64)
+            data = wire.encode(run_id, "a", seq + 1, ["loss"], np.zeros(500), s, s * 10, np.cos(s), epoch)
+            assert raw_log(client, data).code == 0  # too few to be compacted before the run ends
+            assert server.wait_points(run_id, 2 * STEPS + 500) == 2 * STEPS + 500
+            kinds = server.sql("SELECT DISTINCT codec FROM metric_chunks ORDER BY codec")
+            assert [r["codec"] for r in kinds] == [0, 1]
     stored = server.stored(run_id)
     steps = np.concatenate([stored[("loss", w)][0] for w in ("a", "b")])
     values = np.concatenate([stored[("loss", w)][1] for w in ("a", "b")])
