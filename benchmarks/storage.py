@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import sys
 import time
@@ -252,19 +253,23 @@ def main() -> None:
     p.add_argument("--history-points", type=int, default=1_000_000, help="steps per writer of the history")
     p.add_argument("--windows", type=int, default=20)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--ingest-points", type=int, default=8_000_000)
+    p.add_argument("--ingest-points", type=int, default=40_000_000, help="points per ingest run")
     p.add_argument("--mlflow-points", type=int, default=1_000_000)
     p.add_argument("--skip-mlflow", action="store_true")
     p.add_argument("--work", type=Path, default=Path("/tmp/runstream-bench"))
+    p.add_argument("--only", choices=("bytes", "history", "ingest"), help="one part of the table (others say skipped)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, str] = {}
-    for kind in ("loss-like float32", "float64 noise"):
-        storage_rows(args, kind, results)
-    results["compaction, merge + encode alone"] = codec_throughput(2_000_000)
-    results["mlflow"] = "skipped (--skip-mlflow)" if args.skip_mlflow else mlflow_bytes(args)
-    history_rows(args, results)
-    ingest_rows(args, results)
+    results: dict[str, str] = collections.defaultdict(lambda: "skipped (--only)")
+    if args.only in (None, "bytes"):
+        for kind in ("loss-like float32", "float64 noise"):
+            storage_rows(args, kind, results)
+        results["compaction, merge + encode alone"] = codec_throughput(2_000_000)
+        results["mlflow"] = "skipped (--skip-mlflow)" if args.skip_mlflow else mlflow_bytes(args)
+    if args.only in (None, "history"):
+        history_rows(args, results)
+    if args.only in (None, "ingest"):
+        ingest_rows(args, results)
     n = f"10 keys x {WRITERS} writers x {args.points:,} steps"
     h = f"{args.history_points / 1e6:g} M points x {WRITERS} writers -> 1,000 buckets"
     rows = [

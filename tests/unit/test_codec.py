@@ -29,8 +29,13 @@ def test_columns_round_trip_bit_for_bit_including_nan_and_infinities() -> None:
 
 def test_damaged_columns_and_unknown_codecs_are_named_not_misread() -> None:
     steps, stamps, values = codec.encode(np.arange(100), np.arange(100), np.ones(100))
-    with pytest.raises(codec.CorruptChunk, match="does not decode"):
+    with pytest.raises(codec.CorruptChunk, match="truncated"):
         codec.decode(codec.PCO, steps[:5], stamps, values)
+    with pytest.raises(codec.CorruptChunk, match="not as long as its page table"):
+        codec.decode(codec.PCO, steps[:-3], stamps, values)
+    damaged = steps[:12] + bytes(len(steps) - 12)  # the page table intact, the page zeroed
+    with pytest.raises(codec.CorruptChunk, match="does not decode"):
+        codec.decode(codec.PCO, damaged, stamps, values)
     with pytest.raises(codec.CorruptChunk, match="holds int64"):
         codec.decode(codec.PCO, steps, stamps, steps)  # steps where values belong
     with pytest.raises(codec.CorruptChunk, match="codec 7"):
@@ -38,6 +43,29 @@ def test_damaged_columns_and_unknown_codecs_are_named_not_misread() -> None:
     sketch = codec.encode_sketch(codec.sketch_of(np.arange(100), np.arange(100), np.ones(100), 10))
     with pytest.raises(codec.CorruptChunk):
         codec.decode_sketch(sketch[:3])
+
+
+@pytest.mark.parametrize("n", [1, codec.PAGE_POINTS, 3 * codec.PAGE_POINTS + 17])
+def test_part_of_a_chunk_decodes_from_the_pages_that_hold_it(n: int) -> None:
+    steps, stamps, values = _series(np.random.default_rng(n), n)
+    encoded = codec.encode(steps, stamps, values)
+    raw = (steps.tobytes(), stamps.tobytes(), values.tobytes())
+    for first, stop in [
+        (0, None),
+        (0, 1),
+        (n - 1, n),
+        (n // 2, n // 2 + 3),
+        (codec.PAGE_POINTS - 1, codec.PAGE_POINTS + 1),
+    ]:
+        if not 0 <= first < (stop or n) <= n:
+            continue
+        for kind, data in ((codec.PCO, encoded), (codec.RAW, raw)):
+            (s, t, v), start = codec.decode_part(kind, *data, first, stop)
+            assert start <= first and start + len(s) >= (stop or n)
+            assert kind == codec.RAW or start % codec.PAGE_POINTS == 0  # whole pages
+            assert s.tolist() == steps[start : start + len(s)].tolist()
+            assert t.tolist() == stamps[start : start + len(s)].tolist()
+            assert v.view(np.int64).tolist() == values[start : start + len(s)].view(np.int64).tolist()
 
 
 @pytest.mark.parametrize("stride", [1, 7, 1000])
@@ -64,7 +92,8 @@ def test_compaction_merges_overlapping_chunks_in_step_order_and_cuts_full_chunks
     a = _series(rng, 70_000)
     late = (np.array([5, 5, 6], np.int64), np.array([1, 2, 3], np.int64), np.array([0.5, 0.25, 0.125]))
     records = chunks.compacted(42, [a, late])
-    assert [r[3] for r in records] == [chunks.COMPACTED_POINTS, 70_003 - chunks.COMPACTED_POINTS]
+    full, rest = divmod(70_003, chunks.COMPACTED_POINTS)
+    assert [r[3] for r in records] == [chunks.COMPACTED_POINTS] * full + [rest]
     decoded = [codec.decode(r[12], r[8], r[9], r[10]) for r in records]
     steps = np.concatenate([d[0] for d in decoded])
     assert np.all(steps[1:] >= steps[:-1]) and len(steps) == 70_003

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 
 from runstream.server.storage import codec, history, metrics
 from runstream.wire.proto import query_pb2 as qpb
@@ -22,25 +23,85 @@ from runstream.wire.proto import query_pb2 as qpb
 AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGATE_MAX: "max"}
 
 
-class _Points:
-    """The decoded points of the chunks asked for, fetched once per history."""
+class _Chunks:
+    """The chunks of one history read: their bytes fetched once, on demand, and only the pages
+    of a compacted chunk that hold the points asked for decoded."""
 
-    def __init__(self, conn: Any, with_time: bool) -> None:
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.with_time = with_time
-        self.decoded: dict[Any, codec.Columns] = {}
+        self.fetched: dict[Any, asyncpg.Record] = {}  # ctid -> codec, steps, timestamps, vals
+        self.sketches: dict[tuple[Any, int | None], codec.Sketch] = {}
+        self.cuts: dict[tuple[Any, int], tuple[npt.NDArray[np.bool_], codec.Columns]] = {}  # by ctid, scale
 
-    async def fetch(self, rows: list[asyncpg.Record]) -> None:
-        wanted = [r["ctid"] for r in rows if r["ctid"] not in self.decoded]
-        if not wanted:
-            return
-        found = await metrics.chunk_points(self.conn, wanted, self.with_time)
-        for ctid in wanted:
-            r = found[ctid]
-            self.decoded[ctid] = codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"])
+    async def fetch(self, rows: list[asyncpg.Record], with_time: bool) -> None:
+        wanted = [
+            r["ctid"]
+            for r in rows
+            if r["ctid"] not in self.fetched or (with_time and self.fetched[r["ctid"]]["timestamps"] is None)
+        ]
+        if wanted:
+            self.fetched |= await metrics.chunk_points(self.conn, wanted, with_time)
 
-    def of(self, row: asyncpg.Record) -> codec.Columns:
-        return self.decoded[row["ctid"]]
+    def sketch(self, r: asyncpg.Record, width: int | None = None) -> codec.Sketch | None:
+        """A compacted chunk's sketch: the level buckets of `width` hold whole, or the finest."""
+        if r["codec"] == codec.RAW or r["sketch"] is None:
+            return None
+        key = (r["ctid"], width)
+        if key not in self.sketches:
+            self.sketches[key] = codec.decode_sketch(r["sketch"], width)
+        return self.sketches[key]
+
+    def _part(self, r: asyncpg.Record, first: int, stop: int | None, lo: int, hi: int) -> codec.Columns:
+        """Points [first, stop) of a fetched chunk (or the pages holding them), those in [lo, hi]."""
+        f = self.fetched[r["ctid"]]
+        (steps, stamps, values), start = codec.decode_part(
+            f["codec"], f["steps"], f["timestamps"], f["vals"], first, stop
+        )
+        cut = slice(first - start, None if stop is None else stop - start)  # whole pages came: trim them
+        steps, stamps, values = steps[cut], stamps[cut] if len(stamps) else stamps, values[cut]
+        keep = (steps >= lo) & (steps <= hi)
+        return steps[keep], stamps[keep] if len(stamps) else stamps, values[keep]
+
+    def window(self, r: asyncpg.Record, lo: int, hi: int) -> codec.Columns:
+        """A fetched chunk's points in [lo, hi]: of a compacted chunk, only the pages holding the
+        sketch entries that overlap the window are decoded."""
+        s = self.sketch(r)
+        if s is None:
+            return self._part(r, 0, None, lo, hi)
+        a, z = np.searchsorted(s.last_step, lo), np.searchsorted(s.first_step, hi, side="right")
+        if a >= z:
+            return _no_points()
+        ends = np.cumsum(s.count)
+        return self._part(r, int(ends[a - 1]) if a else 0, int(ends[z - 1]), lo, hi)
+
+    def cut(self, r: asyncpg.Record, s: codec.Sketch, lo: int, hi: int) -> tuple[npt.NDArray[np.bool_], codec.Columns]:
+        """Which sketch entries of a fetched compacted chunk lie inside [lo, hi], and the points
+        in [lo, hi] of the (at most two) entries that reach beyond it."""
+        key = (r["ctid"], s.scale)
+        if key in self.cuts:
+            return self.cuts[key]
+        inside = (s.first_step >= lo) & (s.last_step <= hi)
+        overlapping = (s.last_step >= lo) & (s.first_step <= hi)
+        ends = np.cumsum(s.count)
+        parts = [
+            self._part(r, int(ends[e - 1]) if e else 0, int(ends[e]), lo, hi)
+            for e in np.flatnonzero(overlapping & ~inside).tolist()
+        ]
+        columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True)) if parts else _no_points()
+        self.cuts[key] = inside, columns  # type: ignore[assignment]
+        return self.cuts[key]
+
+    def count(self, r: asyncpg.Record, lo: int, hi: int, width: int) -> int:
+        """A fetched chunk's points in [lo, hi], from the sketch level buckets of `width` use."""
+        s = self.sketch(r, width if _sketched(r, width) else None)
+        if s is None:
+            return len(self.window(r, lo, hi)[0])
+        inside, cut = self.cut(r, s, lo, hi)
+        return int(s.count[inside].sum()) + len(cut[0])
+
+
+def _no_points() -> codec.Columns:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
 
 
 async def read(
@@ -69,23 +130,26 @@ async def read(
     if not fixed_range:
         lo = max(lo, min(r["first_step"] for r in rows))
         hi = min(hi, max(r["last_step"] for r in rows))
-    points = _Points(conn, with_time)
+    # The chunks across the window's ends say how many points it holds (with their times, in
+    # case the points are the answer), from the sketch level the buckets would use; the others
+    # are decoded only if the answer is points.
+    width = history.bucket_width(lo, hi, max_points)
+    chunks = _Chunks(conn)
     crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > hi]
-    await points.fetch(crossing)
+    await chunks.fetch(crossing, with_time=True)
     in_window = sum(r["n"] for r in rows if lo <= r["first_step"] and r["last_step"] <= hi) + sum(
-        int(np.count_nonzero((s >= lo) & (s <= hi))) for s, _, _ in map(points.of, crossing)
+        chunks.count(r, lo, hi, width) for r in crossing
     )
     if aggregate != qpb.AGGREGATE_UNSPECIFIED or in_window <= max_points:
-        points.with_time = True
-        points.decoded.clear()  # fetched without times
-        await points.fetch(rows)
-        return _points(out, rows, points, ids, lo, hi, max_points, aggregate)
-    width = history.bucket_width(lo, hi, max_points)
+        await chunks.fetch(rows, with_time=True)
+        return _points(
+            out, [(r["series_id"], chunks.window(r, lo, hi)) for r in rows], ids, lo, hi, max_points, aggregate
+        )
     per_series: dict[int, list[asyncpg.Record]] = {}
     for r in rows:
         per_series.setdefault(r["series_id"], []).append(r)
-    await points.fetch([r for r in rows if needs_points(r, lo, hi, width, with_time)])
-    buckets = [history.downsample(_items(part, points, lo, hi, width), width) for part in per_series.values()]
+    await chunks.fetch([r for r in rows if needs_points(r, lo, hi, width, with_time)], with_time)
+    buckets = [history.downsample(_items(part, chunks, lo, hi, width), width) for part in per_series.values()]
     folded = buckets[0] if len(buckets) == 1 else history.downsample(history.Items.concat(buckets), width)
     out.total_points = int(folded.count.sum())
     _with_buckets(out, folded)
@@ -118,43 +182,38 @@ def needs_points(r: asyncpg.Record, lo: int, hi: int, width: int, with_time: boo
     return True
 
 
-def _items(rows: list[asyncpg.Record], points: _Points, lo: int, hi: int, width: int) -> history.Items:
+def _items(rows: list[asyncpg.Record], chunks: _Chunks, lo: int, hi: int, width: int) -> history.Items:
     """One series' chunks as items."""
     parts = []
     summaries = []  # consecutive whole chunks, made into items at once
     for r in rows:
-        if r["ctid"] not in points.decoded and _whole(r, lo, hi, width):
+        if r["ctid"] not in chunks.fetched and _whole(r, lo, hi, width):
             summaries.append(r)
             continue
         if summaries:
             parts.append(_summary_items(summaries))
             summaries = []
-        if _sketched(r, width):
-            parts.append(_sketch_items(r, points, lo, hi))
+        s = chunks.sketch(r, width) if _sketched(r, width) else None
+        if s is not None:
+            parts.append(_sketch_items(r, s, chunks, lo, hi))
         else:
-            steps, stamps, values = points.of(r)
-            keep = (steps >= lo) & (steps <= hi)
-            parts.append(history.Items.of_points(steps[keep], values[keep], stamps[keep] if len(stamps) else None))
+            steps, stamps, values = chunks.window(r, lo, hi)
+            parts.append(history.Items.of_points(steps, values, stamps if len(stamps) else None))
     if summaries:
         parts.append(_summary_items(summaries))
     return parts[0] if len(parts) == 1 else history.Items.concat(parts)
 
 
-def _sketch_items(r: asyncpg.Record, points: _Points, lo: int, hi: int) -> history.Items:
+def _sketch_items(r: asyncpg.Record, s: codec.Sketch, chunks: _Chunks, lo: int, hi: int) -> history.Items:
     """A compacted chunk's sketch entries inside [lo, hi], and the points in [lo, hi] of the
     entries the window cuts, in step order."""
-    s = codec.decode_sketch(r["sketch"])
-    inside = (s.first_step >= lo) & (s.last_step <= hi)
     entries = history.Items(s.first_step, s.last_step, s.first, s.last, s.min, s.max, s.count, s.last_time)
-    if inside.all():
+    if lo <= r["first_step"] and r["last_step"] <= hi:
         return entries
-    steps, stamps, values = points.of(r)
-    cut = s.ranges()[~inside]
-    keep = (steps >= lo) & (steps <= hi) & np.isin(steps // s.scale, cut)
-    cut_points = history.Items.of_points(steps[keep], values[keep], stamps[keep] if len(stamps) else None)
+    inside, (steps, stamps, values) = chunks.cut(r, s, lo, hi)
+    cut_points = history.Items.of_points(steps, values, stamps if len(stamps) else None)
     merged = history.Items.concat([entries.select(inside), cut_points])
-    order = np.argsort(merged.first_step, kind="stable")
-    return merged.select(order)
+    return merged.select(np.argsort(merged.first_step, kind="stable"))
 
 
 def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
@@ -167,18 +226,18 @@ def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
 
 def _points(
     out: qpb.MetricHistory,
-    rows: list[asyncpg.Record],
-    points: _Points,
+    parts: list[tuple[int, codec.Columns]],
     ids: list[int],
     lo: int,
     hi: int,
     max_points: int,
     aggregate: qpb.Aggregate,
 ) -> qpb.MetricHistory:
-    """Every point in [lo, hi], merged across writers in step order (or aggregated per step),
-    bucketed if there are still more than `max_points`."""
+    """Every point in [lo, hi] (`parts`: each chunk's, by series id, in series then step order),
+    merged across writers in step order, or aggregated per step and bucketed if there are
+    still more than `max_points`."""
     writer_of = {sid: i for i, sid in enumerate(ids)}
-    merged = history.merge([_chunk_points(points.of(r), writer_of[r["series_id"]]) for r in rows], lo, hi)
+    merged = history.merge([_chunk_points(columns, writer_of[sid]) for sid, columns in parts], lo, hi)
     out.total_points = len(merged)
     if aggregate != qpb.AGGREGATE_UNSPECIFIED:
         steps, values = history.aggregate(merged, AGGREGATES[aggregate])

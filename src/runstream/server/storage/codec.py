@@ -3,7 +3,8 @@
 A loader writes raw chunks (RAW: the columns as little-endian 8-byte arrays, cheap to write).
 The compactor rewrites a series' raw chunks as compacted ones (PCO): each column encoded on its
 own with pcodec, a codec for numeric columns (steps and timestamps take well under a byte a
-point, float values about what their entropy allows), and a sketch: for each non-empty
+point, float values about what their entropy allows), in pages of PAGE_POINTS points that
+decode on their own (a window's ends decode a page, not the chunk), and a sketch: for each non-empty
 sub-range [k * scale, (k + 1) * scale) of steps, the count, first and last step and value, min,
 max and the timestamp of the last point. History buckets are aligned to multiples of their
 width (history.bucket_width), a width that the scale divides, so a bucket is made of whole
@@ -37,8 +38,8 @@ Columns = tuple[I64, I64, F64]  # steps, timestamps, values
 POINTS_PER_RANGE = 64  # about what one sketch entry stands for: its scale is the power of ten above it
 _CONFIG = pcodec.ChunkConfig(compression_level=8)
 _SKETCH_VERSION = 1
-_HEADER = struct.Struct("<BqI")  # version, scale, entries
-_LENGTH = struct.Struct("<I")
+PAGE_POINTS = 4096
+_PAGES = struct.Struct("<II")  # a PCO column: points per page, pages; then each page's length
 
 
 class CorruptChunk(DataLoss):
@@ -47,38 +48,70 @@ class CorruptChunk(DataLoss):
 
 def encode(steps: I64, stamps: I64, values: F64) -> tuple[bytes, bytes, bytes]:
     """The PCO columns of one chunk's points (in step order)."""
-    return (
-        standalone.simple_compress(np.ascontiguousarray(steps, np.int64), _CONFIG),
-        standalone.simple_compress(np.ascontiguousarray(stamps, np.int64), _CONFIG),
-        standalone.simple_compress(np.ascontiguousarray(values, np.float64), _CONFIG),
-    )
+    return _encode_column(steps, np.int64), _encode_column(stamps, np.int64), _encode_column(values, np.float64)
 
 
 def decode(codec: int, steps: bytes, stamps: bytes | None, values: bytes) -> Columns:
     """A stored chunk's columns; timestamps may be left out (None), then they come back empty."""
+    columns, _ = decode_part(codec, steps, stamps, values, 0, None)
+    return columns
+
+
+def decode_part(
+    codec: int, steps: bytes, stamps: bytes | None, values: bytes, first: int, stop: int | None
+) -> tuple[Columns, int]:
+    """The points [first, stop) of a chunk (stop None: to the end), or of the pages holding them:
+    the columns, and the index in the chunk of their first point."""
     if codec == RAW:
         if len(steps) % 8 or len(values) % 8 or (stamps is not None and len(stamps) % 8):
             raise CorruptChunk("an ingest chunk's columns are not whole 8-byte numbers")
+        end = len(steps) // 8 if stop is None else stop
         columns: Columns = (
-            np.frombuffer(steps, dtype="<i8"),
-            np.frombuffer(stamps, dtype="<i8") if stamps is not None else np.empty(0, np.int64),
-            np.frombuffer(values, dtype="<f8"),
+            np.frombuffer(steps, dtype="<i8")[first:end],
+            np.frombuffer(stamps, dtype="<i8")[first:end] if stamps is not None else np.empty(0, np.int64),
+            np.frombuffer(values, dtype="<f8")[first:end],
         )
+        start = first
     elif codec == PCO:
-        columns = (
-            _column(steps, np.int64),
-            _column(stamps, np.int64) if stamps is not None else np.empty(0, np.int64),
-            _column(values, np.float64),
-        )
+        (s, start), (v, _) = _decode_pages(steps, np.int64, first, stop), _decode_pages(values, np.float64, first, stop)
+        t = _decode_pages(stamps, np.int64, first, stop)[0] if stamps is not None else np.empty(0, np.int64)
+        columns = (s, t, v)
     else:
         raise CorruptChunk(f"a chunk names codec {codec}, which this version does not know")
     if len(columns[0]) != len(columns[2]) or (stamps is not None and len(columns[1]) != len(columns[0])):
         raise CorruptChunk("a chunk's columns disagree in length")
-    return columns
+    return columns, start
+
+
+def _encode_column(a: npt.NDArray[Any], dtype: type) -> bytes:
+    a = np.ascontiguousarray(a, dtype)
+    pages = [standalone.simple_compress(a[i : i + PAGE_POINTS], _CONFIG) for i in range(0, len(a), PAGE_POINTS)]
+    lengths = np.array([len(p) for p in pages], "<u4").tobytes()
+    return b"".join([_PAGES.pack(PAGE_POINTS, len(pages)), lengths, *pages])
+
+
+def _decode_pages(data: bytes, dtype: type, first: int, stop: int | None) -> tuple[Any, int]:
+    """The pages of a PCO column holding points [first, stop), and the index of their first point."""
+    try:
+        page_points, pages = _PAGES.unpack_from(data)
+    except struct.error:
+        raise CorruptChunk("a compacted chunk's column is truncated") from None
+    if page_points < 1 or len(data) < _PAGES.size + 4 * pages:
+        raise CorruptChunk("a compacted chunk's column has a damaged page table")
+    lengths = np.frombuffer(data, "<u4", count=pages, offset=_PAGES.size).astype(np.int64)
+    offsets = _PAGES.size + 4 * pages + np.concatenate(([0], np.cumsum(lengths)))
+    if offsets[-1] != len(data):
+        raise CorruptChunk("a compacted chunk's column is not as long as its page table says")
+    a = min(first // page_points, pages)
+    z = pages if stop is None else min(pages, -(-stop // page_points))
+    parts = [_column(data[offsets[p] : offsets[p + 1]], dtype) for p in range(a, z)]
+    if any(len(part) != page_points for part in parts[:-1]) or (z < pages and parts and len(parts[-1]) != page_points):
+        raise CorruptChunk("a compacted chunk's page holds the wrong number of points")
+    return (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts else np.empty(0, dtype), a * page_points
 
 
 def _column(data: bytes, dtype: type) -> Any:
-    """A pcodec column of `dtype` (an int64 or float64 array)."""
+    """A pcodec array of `dtype` (int64 or float64)."""
     try:
         out = standalone.simple_decompress(data)
     except RuntimeError as exc:  # pcodec's error for bytes that are not its format
@@ -135,32 +168,68 @@ def sketch_of(steps: I64, stamps: I64, values: F64, scale: int) -> Sketch:
     )
 
 
+def coarser(s: Sketch) -> Sketch:
+    """The same sketch with sub-ranges ten times wider."""
+    scale = s.scale * 10
+    ranges = s.first_step // scale
+    starts = np.flatnonzero(np.diff(ranges, prepend=ranges[0] - 1))
+    ends = np.append(starts[1:], len(ranges)) - 1
+    return Sketch(
+        scale=scale,
+        first_step=s.first_step[starts],
+        last_step=s.last_step[ends],
+        count=np.add.reduceat(s.count, starts),
+        last_time=s.last_time[ends],
+        first=s.first[starts],
+        last=s.last[ends],
+        min=np.fmin.reduceat(s.min, starts),
+        max=np.fmax.reduceat(s.max, starts),
+    )
+
+
 _SKETCH_INTS = ("first_step", "last_step", "count", "last_time")
 _SKETCH_FLOATS = ("first", "last", "min", "max")
+_LEVELS = struct.Struct("<BB")  # version, levels
+_LEVEL = struct.Struct("<qIII")  # scale, entries, bytes of the int column, bytes of the float column
+MAX_SCALE = 10**18
 
 
 def encode_sketch(s: Sketch) -> bytes:
-    parts = [_HEADER.pack(_SKETCH_VERSION, s.scale, len(s))]
-    for name in _SKETCH_INTS + _SKETCH_FLOATS:
-        column = standalone.simple_compress(np.ascontiguousarray(getattr(s, name)), _CONFIG)
-        parts += [_LENGTH.pack(len(column)), column]
-    return b"".join(parts)
+    """The sketch at its own scale and at every scale ten times coarser down to a single entry
+    (about a ninth more), so a wide bucket reads few entries. Each level is two pcodec columns,
+    its integer fields end to end and its float fields end to end."""
+    levels = [s]
+    while len(levels[-1]) > 1 and levels[-1].scale < MAX_SCALE:
+        levels.append(coarser(levels[-1]))
+    table, data = [_LEVELS.pack(_SKETCH_VERSION, len(levels))], []
+    for level in levels:
+        ints = standalone.simple_compress(np.concatenate([getattr(level, f) for f in _SKETCH_INTS]), _CONFIG)
+        floats = standalone.simple_compress(np.concatenate([getattr(level, f) for f in _SKETCH_FLOATS]), _CONFIG)
+        table.append(_LEVEL.pack(level.scale, len(level), len(ints), len(floats)))
+        data += [ints, floats]
+    return b"".join(table + data)
 
 
-def decode_sketch(data: bytes) -> Sketch:
+def decode_sketch(data: bytes, width: int | None = None) -> Sketch:
+    """The level of a sketch with the widest sub-ranges that buckets of `width` hold whole (a
+    width of 0, one bucket: the coarsest); without a width, the finest level."""
     try:
-        version, scale, entries = _HEADER.unpack_from(data)
+        version, count = _LEVELS.unpack_from(data)
+        levels = [_LEVEL.unpack_from(data, _LEVELS.size + i * _LEVEL.size) for i in range(count)]
     except struct.error:
         raise CorruptChunk("a compacted chunk's sketch is truncated") from None
-    if version != _SKETCH_VERSION or scale < 1:
-        raise CorruptChunk(f"a compacted chunk's sketch has version {version} and scale {scale}")
-    pos = _HEADER.size
-    columns: dict[str, Any] = {}
-    for name in _SKETCH_INTS + _SKETCH_FLOATS:
-        (length,) = _LENGTH.unpack_from(data, pos)
-        pos += _LENGTH.size
-        columns[name] = _column(data[pos : pos + length], np.int64 if name in _SKETCH_INTS else np.float64)
-        if len(columns[name]) != entries:
-            raise CorruptChunk("a compacted chunk's sketch columns disagree in length")
-        pos += length
-    return Sketch(scale=scale, **columns)
+    if version != _SKETCH_VERSION or not levels or any(scale < 1 for scale, *_ in levels):
+        raise CorruptChunk(f"a compacted chunk's sketch has version {version} and {count} levels")
+    pick = 0
+    if width is not None:
+        fits = [i for i, (scale, *_) in enumerate(levels) if width % scale == 0]
+        pick = fits[-1] if fits else 0
+    pos = _LEVELS.size + count * _LEVEL.size + sum(ints + floats for _, _, ints, floats in levels[:pick])
+    scale, entries, ints_len, floats_len = levels[pick]
+    ints = _column(data[pos : pos + ints_len], np.int64)
+    floats = _column(data[pos + ints_len : pos + ints_len + floats_len], np.float64)
+    if len(ints) != 4 * entries or len(floats) != 4 * entries:
+        raise CorruptChunk("a compacted chunk's sketch does not hold what its header says")
+    fields = dict(zip(_SKETCH_INTS, ints.reshape(4, entries), strict=True))
+    fields |= dict(zip(_SKETCH_FLOATS, floats.reshape(4, entries), strict=True))
+    return Sketch(scale=scale, **fields)
