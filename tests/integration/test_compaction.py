@@ -198,7 +198,7 @@ def test_a_damaged_compacted_chunk_is_named_and_harms_nothing_else(make_server) 
             run_id,
         )
         with runstream.QueryClient(server.target) as q:
-            with pytest.raises(runstream.RunstreamError, match="compacted chunk.s column") as caught:
+            with pytest.raises(runstream.RunstreamError, match="compacted chunk's column") as caught:
                 q.get_metric_history(run_id, "x", max_points=100_000)
             assert caught.value.code == grpc.StatusCode.DATA_LOSS
             assert q.get_metric_history(run_id, "y", max_points=100_000).value.tolist() == (steps * 0.5).tolist()

@@ -43,6 +43,7 @@ from runstream.server.streams.deployment import deployment_keys
 
 log = logging.getLogger(__name__)
 SUPERVISE_S = 1.0
+COMPACTOR_NICENESS = 10
 
 
 @dataclass
@@ -220,8 +221,10 @@ async def _spawned_compactor(settings: Settings, pipe: Connection) -> None:
 
 
 def compactor_process(settings: Settings, name: str, pipe: Connection) -> None:
-    """Entry point of a compactor process of role all."""
+    """Entry point of a compactor process of role all: at a low CPU priority, so that on a busy
+    machine ingest, loading and queries come first and compaction takes what is left."""
     name_process("runstream-compa")
+    os.nice(COMPACTOR_NICENESS)
     configure_from_env()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_spawned_compactor(settings, pipe))

@@ -36,7 +36,7 @@ F64 = npt.NDArray[np.float64]
 Columns = tuple[I64, I64, F64]  # steps, timestamps, values
 
 POINTS_PER_RANGE = 64  # about what one sketch entry stands for: its scale is the power of ten above it
-_CONFIG = pcodec.ChunkConfig(compression_level=8)
+_CONFIG = pcodec.ChunkConfig(compression_level=4)  # level 8 saves ~1 % of the bytes at a third of the speed
 _SKETCH_VERSION = 1
 PAGE_POINTS = 4096
 _PAGES = struct.Struct("<II")  # a PCO column: points per page, pages; then each page's length

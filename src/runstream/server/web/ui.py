@@ -144,5 +144,5 @@ def _event(message: Message) -> bytes:
     """The message's server-sent event, made once and shared by every tail that sends it."""
     if message.event is None:
         points = protojson.dumps(qpb.MetricPoints.FromString(message.data))
-        message.event = b"data: " + points.encode() + b"\n\n"
+        message.event = b"data: " + points + b"\n\n"
     return message.event
