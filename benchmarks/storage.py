@@ -10,8 +10,9 @@ how fast the compactor works, how fast a long history reads, and what the compac
    float64 noise. The same points in MLflow 3.17's own schema (`mlflow server` made it, in its
    own venv under --work, on the same PostgreSQL; its `metrics` rows COPYed as log-batch
    writes them), for comparison.
-2. Compaction throughput: points per CPU second of the server's processes (the compactor does
-   all the work then; PostgreSQL's own CPU is not counted), and of the merge + encode alone.
+2. Compaction throughput: points per CPU second of the server's processes from the start of a
+   `--role compact` process until every chunk is compacted (the compactor does all the work
+   then; PostgreSQL's own CPU is not counted), and of the merge + encode alone.
 3. GetMetricHistory of one key, 4 writers x --history-points steps, into 1,000 buckets: the
    whole range and --windows random windows, as ingest chunks and compacted.
 4. Ingest committed points/s with a compactor at work (--compact-delay 0) and without one
@@ -102,17 +103,19 @@ def disk_bytes(db_url: str, table_name: str = "metric_chunks") -> int:
 
 
 def end_and_compact(server: BenchServer, run_id: str) -> tuple[float, float]:
-    """End the run and wait until every chunk is compacted: (wall seconds, server CPU seconds)."""
-    cpu, t0 = server.cpu_seconds(), time.monotonic()
+    """End the run, start a compactor (`--role compact`, the server has none) and wait until
+    every chunk is compacted: (wall seconds, CPU seconds of the server's processes)."""
     with runstream.Client(server.target) as client:
         client.update_run(run_id, status="FINISHED")
+    cpu, t0 = server.cpu_seconds(), time.monotonic()
+    server._start(["--role", "compact", "--compact-delay", "0"], None, serves=False)
     while asyncio.run(_fetchval(server.db_url, "SELECT count(*) FROM metric_chunks WHERE codec = 0")):
         time.sleep(0.05)
     return time.monotonic() - t0, server.cpu_seconds() - cpu
 
 
 def storage_rows(args: argparse.Namespace, kind: str, results: dict[str, str]) -> None:
-    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compact-delay", "3600"))
+    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0"))
     try:
         progress(f"{kind}: logging {len(KEYS)} keys x {WRITERS} writers x {args.points:,} steps")
         run_id = seed(server, args.points, kind, KEYS)
@@ -198,7 +201,7 @@ async def _execute(url: str, sql: str) -> None:
 
 
 def history_rows(args: argparse.Namespace, results: dict[str, str]) -> None:
-    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compact-delay", "3600"))
+    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0"))
     try:
         progress(f"history: logging 1 key x {WRITERS} writers x {args.history_points:,} steps")
         run_id = seed(server, args.history_points, "loss-like float32", ["loss"])

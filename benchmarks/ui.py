@@ -245,7 +245,9 @@ def main() -> None:
     p.add_argument("--live-seconds", type=float, default=10.0)
     p.add_argument("--hot", action="store_true", help="the big run as ingest chunks: no compactor")
     args = p.parse_args()
-    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0") if args.hot else ())
+    server = BenchServer(
+        args.postgres_url, args.redis_url, 1, extra=("--compactors", "0") if args.hot else ("--compact-delay", "0")
+    )
     browser = _browser()
     try:
         t0 = time.monotonic()

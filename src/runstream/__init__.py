@@ -25,6 +25,7 @@ from runstream.client.tracking import Client, Run
 from runstream.errors import (
     AlreadyExists,
     BufferFull,
+    DataLoss,
     DeadlineExceeded,
     ExperimentNotFound,
     FailedPrecondition,
@@ -69,6 +70,7 @@ __all__ = [
     "ArtifactClient",
     "BufferFull",
     "Client",
+    "DataLoss",
     "DeadlineExceeded",
     "ExperimentNotFound",
     "FailedPrecondition",

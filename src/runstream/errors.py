@@ -101,6 +101,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RunstreamError]] = {
         PermissionDenied,
         Unavailable,
         DeadlineExceeded,
+        DataLoss,
     )
 }
 _BY_PREFIX: list[tuple[str, type[RunstreamError]]] = [

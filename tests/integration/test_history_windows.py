@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import runstream
+from runstream.server.storage import history
 from runstream.wire import batch as wire
 from tests.conftest import raw_log
 
@@ -86,6 +87,11 @@ def test_random_windows_answer_by_their_own_points(layout) -> None:
             assert got.downsampled, (lo, hi, max_points)
             b = got.buckets
             assert len(b["count"]) <= max_points and int(np.sum(b["count"])) == len(want_steps)
+            # aligned buckets of the width the steps present ask for, whatever chunks hold them
+            width = history.bucket_width(int(want_steps.min()), int(want_steps.max()), max_points)
+            number = want_steps // width if width else np.zeros(len(want_steps), np.int64)
+            firsts = [int(want_steps[number == k].min()) for k in np.unique(number)]
+            assert b["first_step"].tolist() == firsts, (lo, hi, max_points, width)
             for first, last, count, low, high in zip(
                 b["first_step"], b["last_step"], b["count"], b["min"], b["max"], strict=True
             ):

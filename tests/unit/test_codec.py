@@ -33,16 +33,32 @@ def test_damaged_columns_and_unknown_codecs_are_named_not_misread() -> None:
         codec.decode(codec.PCO, steps[:5], stamps, values)
     with pytest.raises(codec.CorruptChunk, match="not as long as its page table"):
         codec.decode(codec.PCO, steps[:-3], stamps, values)
-    damaged = steps[:12] + bytes(len(steps) - 12)  # the page table intact, the page zeroed
-    with pytest.raises(codec.CorruptChunk, match="does not decode"):
-        codec.decode(codec.PCO, damaged, stamps, values)
+    for i in range(len(values)):  # any byte changed anywhere: caught, never read as other numbers
+        damaged = values[:i] + bytes([values[i] ^ 0x10]) + values[i + 1 :]
+        try:
+            read = codec.decode(codec.PCO, steps, stamps, damaged)[2]
+        except codec.CorruptChunk:
+            continue
+        assert read.tolist() == [1.0] * 100, i  # only a header field that changes nothing read
     with pytest.raises(codec.CorruptChunk, match="holds int64"):
         codec.decode(codec.PCO, steps, stamps, steps)  # steps where values belong
     with pytest.raises(codec.CorruptChunk, match="codec 7"):
         codec.decode(7, steps, stamps, values)
     sketch = codec.encode_sketch(codec.sketch_of(np.arange(100), np.arange(100), np.ones(100), 10))
-    with pytest.raises(codec.CorruptChunk):
-        codec.decode_sketch(sketch[:3])
+    for damaged in (sketch[:3], sketch[:15], sketch[:20] + bytes([sketch[20] ^ 1]) + sketch[21:], b""):
+        with pytest.raises(codec.CorruptChunk):
+            codec.decode_sketch(damaged)
+
+
+def test_steps_across_the_whole_int64_range_get_a_scale_that_divides_them() -> None:
+    for steps in ([0, 1_700_000_000_000_000_000], [-(2**63), 2**63 - 1], [*list(range(50)), 2**63 - 1]):
+        s = np.array(steps, np.int64)
+        scale = codec.scale_for(s)
+        assert scale <= codec.MAX_SCALE
+        sketch = codec.decode_sketch(codec.encode_sketch(codec.sketch_of(s, s, np.ones(len(s)), scale)))
+        assert int(sketch.count.sum()) == len(s)
+        records = chunks.compacted(1, [(s, s, np.ones(len(s)))])
+        assert codec.decode(records[0][12], *records[0][8:11])[0].tolist() == steps
 
 
 @pytest.mark.parametrize("n", [1, codec.PAGE_POINTS, 3 * codec.PAGE_POINTS + 17])
@@ -138,3 +154,15 @@ def test_folding_sketches_equals_folding_points(seed: int) -> None:
         want = history.downsample(history.Items.of_points(steps, values, stamps), width)
         for field in ("first_step", "last_step", "first", "last", "min", "max", "count", "last_time"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+@pytest.mark.parametrize("origin", [-(2**63), 2**63 - 4_001, -5, 0])
+def test_buckets_count_every_point_at_the_ends_of_int64(origin: int) -> None:
+    steps = np.arange(origin, origin + 4_001, dtype=np.int64)
+    values = np.sin(np.arange(4_001.0))
+    for buckets in (1, 2, 3, 10, 99, 100, 1_000):
+        width = history.bucket_width(int(steps[0]), int(steps[-1]), buckets)
+        got = history.downsample(history.Items.of_points(steps, values), width)
+        assert int(got.count.sum()) == 4_001 and len(got.count) <= buckets, (buckets, width)
+        two = history.Items.concat([history.Items.of_points(steps, values), history.Items.of_points(steps, values)])
+        assert int(history.downsample(two, width).count.sum()) == 8_002  # the path for several series

@@ -113,7 +113,7 @@ def services(settings: Settings) -> Iterator[Settings]:
 async def serve(
     settings: Settings,
     loaders: LoaderPool | None = None,
-) -> None:
+) -> int:
     """One server process of any role: its gRPC services with health and reflection, and
     an HTTP port with /metrics (and the local store's signed URLs when it signs them)."""
     metrics = Metrics()
@@ -198,6 +198,8 @@ async def serve(
         loading = asyncio.create_task(run_loader(pool, redis, settings, metrics, stop))
     elif settings.role == "compact":
         loading = asyncio.create_task(run_compactor(pool, settings, metrics, stop))
+    if loading is not None:  # a loader or compactor that stops on an error stops its process
+        loading.add_done_callback(lambda task: stop.set())
     if "ArtifactService" in wanted:
         served = f", its signed URLs served on {settings.http_url}" if local_store else ""
         announce(f"runstream artifacts: {settings.artifacts_url}{served}")
@@ -209,6 +211,7 @@ async def serve(
         f"{security}; /metrics on {settings.http_url}/metrics)"
     )
     await stop.wait()
+    exit_code = 0
     announce("runstream: stopping; health NOT_SERVING, no new RPCs, draining streams into PostgreSQL")
     await health.drain()
     if supervisor is not None:
@@ -217,7 +220,11 @@ async def serve(
     for close in closing:
         await close()
     if loading is not None:
-        await drain_within(loading, settings.drain_timeout_s)
+        if loading.done() and not loading.cancelled() and (failed := loading.exception()) is not None:
+            log.error("the %s role stopped on an error; exiting", settings.role, exc_info=failed)
+            exit_code = 1
+        else:
+            await drain_within(loading, settings.drain_timeout_s)
     if loaders:
         await asyncio.to_thread(loaders.stop, settings.drain_timeout_s)
     if settings.role in ("all", "load"):
@@ -228,6 +235,7 @@ async def serve(
     await runner.cleanup()
     await pool.close()
     await redis.aclose()
+    return exit_code
 
 
 async def _services(
@@ -311,13 +319,13 @@ def run(settings: Settings) -> int:
                 raise SystemExit(f"runstream: {why}")
             loaders = LoaderPool(resolved, resolved.loaders, resolved.compactors) if resolved.role == "all" else None
             try:
-                asyncio.run(serve(resolved, loaders))
+                code = asyncio.run(serve(resolved, loaders))
             finally:
                 if loaders:
                     loaders.stop(resolved.drain_timeout_s)  # a no-op when serve stopped them
     finally:
         forget_multiprocess_dir(metrics_dir)
-    return 0
+    return code
 
 
 def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:

@@ -1,14 +1,17 @@
 """The compactor: merges each series' ingest chunks into compacted chunks (storage/codec.py).
 
 Ingest chunks are cheap to write and expensive to keep (25 bytes a point, a row per loader
-transaction and series). Once they are `delay_s` old, or their run ended, the compactor takes a
-series (its advisory lock, so compactors in several processes share the work), decodes its due
+transaction and series). Once they are `delay_s` old, the compactor takes a series (its
+advisory lock, so compactors in several processes share the work), decodes its due
 ingest chunks and its last compacted chunk if that is not full, merges them in step order,
 encodes them in chunks of up to COMPACTED_POINTS, and swaps old for new in one transaction.
 Killed at any instant, its transaction is undone and the next round starts over.
 
-A series waits until it has MIN_POINTS due points or its oldest chunk waited MAX_WAIT_S, so a
-compacted chunk is rewritten a bounded number of times while it grows to full size.
+A series of a running run waits until it has MIN_POINTS due points or its oldest chunk waited
+MAX_WAIT_S; one of a run that ended is taken once its chunks are `delay_s` old. So a compacted
+chunk is rewritten a bounded number of times while it grows to full size, at most once per
+`delay_s` when late batches trickle into an ended run. A series that cannot be compacted (a
+damaged chunk) is left as it is, said once, and tried again after SKIP_S; the others go on.
 """
 
 from __future__ import annotations
@@ -69,7 +72,16 @@ class Compactor:
         for d in due:
             if self._skipped.get(d.series_id, 0.0) > now:
                 continue
-            total += await self.compact(d.series_id)
+            try:
+                total += await self.compact(d.series_id)
+            except Exception as exc:
+                if database_away(exc):
+                    raise  # the whole round waits for PostgreSQL
+                # One series that cannot be compacted (damaged, or a bug) never stops the others.
+                log.error("compactor: series %d left as it is: %s: %s", d.series_id, type(exc).__name__, exc,
+                          exc_info=not isinstance(exc, codec.CorruptChunk))  # fmt: skip
+                self.metrics.compaction_errors.inc()
+                self._skipped[d.series_id] = time.monotonic() + SKIP_S
         return total
 
     async def compact(self, series_id: int) -> int:
@@ -81,13 +93,9 @@ class Compactor:
             rows = await compaction.chunks_to_merge(conn, series_id, self.delay_s, chunks.COMPACTED_POINTS)
             if not any(r["codec"] == codec.RAW for r in rows):
                 return 0
-            try:
-                parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
-            except codec.CorruptChunk as exc:
-                log.error("compactor: series %d left as it is: %s", series_id, exc)
-                self.metrics.compaction_errors.inc()
-                self._skipped[series_id] = time.monotonic() + SKIP_S
-                return 0
+            parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
+            if any(len(p[0]) != r["n"] for p, r in zip(parts, rows, strict=True)):
+                raise codec.CorruptChunk("a chunk holds another number of points than its row says")
             records = chunks.compacted(series_id, parts)
             await compaction.swap(conn, series_id, [r["ctid"] for r in rows], records)
             failpoint("compactor.after_swap")

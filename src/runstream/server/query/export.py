@@ -35,7 +35,10 @@ async def read_series(
                 pending, held = [rest], len(rest[0])
                 for message in _messages(run_id, key, s.writer_id, final):
                     yield message
-            cols = codec.decode(row["codec"], row["steps"], row["timestamps"], row["vals"])
+            try:
+                cols = codec.decode(row["codec"], row["steps"], row["timestamps"], row["vals"])
+            except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
+                raise codec.CorruptChunk(f"metric {key!r} of run {run_id} (writer {s.writer_id!r}): {exc}") from None
             if row["first_step"] < lo or row["last_step"] > hi:
                 keep = (cols[0] >= lo) & (cols[0] <= hi)
                 cols = (cols[0][keep], cols[1][keep], cols[2][keep])

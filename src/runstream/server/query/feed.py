@@ -101,7 +101,12 @@ def messages(series_id: int, series: Series, rows: list[asyncpg.Record], after: 
     """The points of one series' chunk `rows` in (after, upto], in step order, as messages."""
     if not rows:
         return []
-    parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
+    try:
+        parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
+    except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
+        raise codec.CorruptChunk(
+            f"metric {series.key!r} of run {series.run_id} (writer {series.writer!r}): {exc}"
+        ) from None
     steps, stamps, values = (np.concatenate(column) for column in zip(*parts, strict=True))
     keep = (steps > after) if upto is None else (steps > after) & (steps <= upto)
     if not keep.any():

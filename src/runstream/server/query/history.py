@@ -11,6 +11,8 @@ are decoded, in one more query.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -27,8 +29,9 @@ class _Chunks:
     """The chunks of one history read: their bytes fetched once, on demand, and only the pages
     of a compacted chunk that hold the points asked for decoded."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, series: list[metrics.SeriesRow]) -> None:
         self.conn = conn
+        self.names = {r.series_id: f"metric {r.key!r} of run {r.run_id} (writer {r.writer_id!r})" for r in series}
         self.fetched: dict[Any, asyncpg.Record] = {}  # ctid -> codec, steps, timestamps, vals
         self.sketches: dict[tuple[Any, int | None], codec.Sketch] = {}
         self.cuts: dict[tuple[Any, int], tuple[npt.NDArray[np.bool_], codec.Columns]] = {}  # by ctid, scale
@@ -48,15 +51,25 @@ class _Chunks:
             return None
         key = (r["ctid"], width)
         if key not in self.sketches:
-            self.sketches[key] = codec.decode_sketch(r["sketch"], width)
+            with self._naming(r):
+                self.sketches[key] = codec.decode_sketch(r["sketch"], width)
         return self.sketches[key]
+
+    @contextlib.contextmanager
+    def _naming(self, r: asyncpg.Record) -> Iterator[None]:
+        """A damaged chunk's error names the run, key and writer, for a person to act on."""
+        try:
+            yield
+        except codec.CorruptChunk as exc:
+            raise codec.CorruptChunk(f"{self.names[r['series_id']]}: {exc}") from None
 
     def _part(self, r: asyncpg.Record, first: int, stop: int | None, lo: int, hi: int) -> codec.Columns:
         """Points [first, stop) of a fetched chunk (or the pages holding them), those in [lo, hi]."""
         f = self.fetched[r["ctid"]]
-        (steps, stamps, values), start = codec.decode_part(
-            f["codec"], f["steps"], f["timestamps"], f["vals"], first, stop
-        )
+        with self._naming(r):
+            (steps, stamps, values), start = codec.decode_part(
+                f["codec"], f["steps"], f["timestamps"], f["vals"], first, stop
+            )
         cut = slice(first - start, None if stop is None else stop - start)  # whole pages came: trim them
         steps, stamps, values = steps[cut], stamps[cut] if len(stamps) else stamps, values[cut]
         keep = (steps >= lo) & (steps <= hi)
@@ -91,13 +104,18 @@ class _Chunks:
         self.cuts[key] = inside, columns  # type: ignore[assignment]
         return self.cuts[key]
 
-    def count(self, r: asyncpg.Record, lo: int, hi: int, width: int) -> int:
-        """A fetched chunk's points in [lo, hi], from the sketch level buckets of `width` use."""
-        s = self.sketch(r, width if _sketched(r, width) else None)
+    def within(self, r: asyncpg.Record, lo: int, hi: int) -> tuple[int, int, int]:
+        """How many points of a fetched chunk lie in [lo, hi], and their first and last step
+        (0, hi, lo when none), from the finest sketch and the pages of the entries cut."""
+        s = self.sketch(r)
         if s is None:
-            return len(self.window(r, lo, hi)[0])
-        inside, cut = self.cut(r, s, lo, hi)
-        return int(s.count[inside].sum()) + len(cut[0])
+            steps = self.window(r, lo, hi)[0]
+            return (len(steps), int(steps.min()), int(steps.max())) if len(steps) else (0, hi, lo)
+        inside, (cut, _, _) = self.cut(r, s, lo, hi)
+        firsts = [*s.first_step[inside][:1].tolist(), *cut[:1].tolist()]  # each in step order
+        lasts = [*s.last_step[inside][-1:].tolist(), *cut[-1:].tolist()]
+        count = int(s.count[inside].sum()) + len(cut)
+        return (count, min(firsts), max(lasts)) if count else (0, hi, lo)
 
 
 def _no_points() -> codec.Columns:
@@ -127,19 +145,20 @@ async def read(
     rows = await metrics.history_chunks(conn, ids, lo, hi)
     if not rows:
         return out
-    if not fixed_range:
-        lo = max(lo, min(r["first_step"] for r in rows))
-        hi = min(hi, max(r["last_step"] for r in rows))
-    # The chunks across the window's ends say how many points it holds (with their times, in
-    # case the points are the answer), from the sketch level the buckets would use; the others
-    # are decoded only if the answer is points.
-    width = history.bucket_width(lo, hi, max_points)
-    chunks = _Chunks(conn)
+    # The chunks across the window's ends say how many points it holds and where they start and
+    # end (with their times, in case the points are the answer); the others are decoded only if
+    # the answer is points.
+    chunks = _Chunks(conn, series)
     crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > hi]
     await chunks.fetch(crossing, with_time=True)
-    in_window = sum(r["n"] for r in rows if lo <= r["first_step"] and r["last_step"] <= hi) + sum(
-        chunks.count(r, lo, hi, width) for r in crossing
-    )
+    inside = [r for r in rows if lo <= r["first_step"] and r["last_step"] <= hi]
+    edges = [chunks.within(r, lo, hi) for r in crossing] + [(r["n"], r["first_step"], r["last_step"]) for r in inside]
+    in_window = sum(n for n, _, _ in edges)
+    if not in_window:
+        return out
+    if not fixed_range:  # the steps present, whatever the chunks around them hold
+        lo, hi = min(first for n, first, _ in edges if n), max(last for n, _, last in edges if n)
+    width = history.bucket_width(lo, hi, max_points)
     if aggregate != qpb.AGGREGATE_UNSPECIFIED or in_window <= max_points:
         await chunks.fetch(rows, with_time=True)
         return _points(

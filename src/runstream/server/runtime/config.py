@@ -130,7 +130,7 @@ class Settings:
     compact_delay_s: float = setting(
         60.0,
         help="seconds loaded points stay in ingest chunks before the compactor may merge them into compressed "
-        "ones (points of runs that ended are merged at once)",
+        "ones (a run that ended: its points, then; a running one: once a series has 16,384 or waited 10 min)",
         parse=seconds,
         flag="--compact-delay",
         group="Ingest",

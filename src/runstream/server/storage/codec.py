@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,10 @@ POINTS_PER_RANGE = 64  # about what one sketch entry stands for: its scale is th
 _CONFIG = pcodec.ChunkConfig(compression_level=4)  # level 8 saves ~1 % of the bytes at a third of the speed
 _SKETCH_VERSION = 1
 PAGE_POINTS = 4096
-_PAGES = struct.Struct("<II")  # a PCO column: points per page, pages; then each page's length
+# A PCO column: points per page and pages, then each page's length, then each page's CRC-32
+# (pcodec decodes most damaged bytes into other numbers without a word), then the pages.
+_PAGES = struct.Struct("<II")
+MAX_SCALE = 10**18  # the widest sub-range int64 steps can be divided by
 
 
 class CorruptChunk(DataLoss):
@@ -87,7 +91,8 @@ def _encode_column(a: npt.NDArray[Any], dtype: type) -> bytes:
     a = np.ascontiguousarray(a, dtype)
     pages = [standalone.simple_compress(a[i : i + PAGE_POINTS], _CONFIG) for i in range(0, len(a), PAGE_POINTS)]
     lengths = np.array([len(p) for p in pages], "<u4").tobytes()
-    return b"".join([_PAGES.pack(PAGE_POINTS, len(pages)), lengths, *pages])
+    crcs = np.array([zlib.crc32(p) for p in pages], "<u4").tobytes()
+    return b"".join([_PAGES.pack(PAGE_POINTS, len(pages)), lengths, crcs, *pages])
 
 
 def _decode_pages(data: bytes, dtype: type, first: int, stop: int | None) -> tuple[Any, int]:
@@ -96,15 +101,21 @@ def _decode_pages(data: bytes, dtype: type, first: int, stop: int | None) -> tup
         page_points, pages = _PAGES.unpack_from(data)
     except struct.error:
         raise CorruptChunk("a compacted chunk's column is truncated") from None
-    if page_points < 1 or len(data) < _PAGES.size + 4 * pages:
+    if page_points < 1 or len(data) < _PAGES.size + 8 * pages:
         raise CorruptChunk("a compacted chunk's column has a damaged page table")
     lengths = np.frombuffer(data, "<u4", count=pages, offset=_PAGES.size).astype(np.int64)
-    offsets = _PAGES.size + 4 * pages + np.concatenate(([0], np.cumsum(lengths)))
+    crcs = np.frombuffer(data, "<u4", count=pages, offset=_PAGES.size + 4 * pages).tolist()
+    offsets = (_PAGES.size + 8 * pages + np.concatenate(([0], np.cumsum(lengths)))).tolist()
     if offsets[-1] != len(data):
         raise CorruptChunk("a compacted chunk's column is not as long as its page table says")
     a = min(first // page_points, pages)
     z = pages if stop is None else min(pages, -(-stop // page_points))
-    parts = [_column(data[offsets[p] : offsets[p + 1]], dtype) for p in range(a, z)]
+    parts = []
+    for p in range(a, z):
+        page = data[offsets[p] : offsets[p + 1]]
+        if zlib.crc32(page) != crcs[p]:
+            raise CorruptChunk(f"a compacted chunk's column fails its checksum (page {p})")
+        parts.append(_column(page, dtype))
     if any(len(part) != page_points for part in parts[:-1]) or (z < pages and parts and len(parts[-1]) != page_points):
         raise CorruptChunk("a compacted chunk's page holds the wrong number of points")
     return (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts else np.empty(0, dtype), a * page_points
@@ -114,8 +125,10 @@ def _column(data: bytes, dtype: type) -> Any:
     """A pcodec array of `dtype` (int64 or float64)."""
     try:
         out = standalone.simple_decompress(data)
-    except RuntimeError as exc:  # pcodec's error for bytes that are not its format
+    except Exception as exc:  # pcodec's RuntimeError, or whatever damaged bytes make of its parser
         raise CorruptChunk(f"a compacted chunk's column does not decode: {exc}") from None
+    if out is None:  # pcodec's answer to some damaged headers
+        raise CorruptChunk("a compacted chunk's column does not decode")
     if out.dtype != dtype:
         raise CorruptChunk(f"a compacted chunk's column holds {out.dtype}, not {np.dtype(dtype)}")
     return out
@@ -147,7 +160,7 @@ def scale_for(steps: I64) -> int:
     """The power of ten that puts about POINTS_PER_RANGE points in a sub-range of these steps."""
     span = int(steps[-1]) - int(steps[0]) + 1
     wanted = POINTS_PER_RANGE * span / len(steps)
-    return 10 ** max(0, math.ceil(math.log10(wanted))) if wanted > 1 else 1
+    return min(MAX_SCALE, 10 ** max(0, math.ceil(math.log10(wanted)))) if wanted > 1 else 1
 
 
 def sketch_of(steps: I64, stamps: I64, values: F64, scale: int) -> Sketch:
@@ -191,7 +204,7 @@ _SKETCH_INTS = ("first_step", "last_step", "count", "last_time")
 _SKETCH_FLOATS = ("first", "last", "min", "max")
 _LEVELS = struct.Struct("<BB")  # version, levels
 _LEVEL = struct.Struct("<qIII")  # scale, entries, bytes of the int column, bytes of the float column
-MAX_SCALE = 10**18
+_CRC = struct.Struct("<I")  # a sketch ends with the CRC-32 of what comes before
 
 
 def encode_sketch(s: Sketch) -> bytes:
@@ -207,12 +220,16 @@ def encode_sketch(s: Sketch) -> bytes:
         floats = standalone.simple_compress(np.concatenate([getattr(level, f) for f in _SKETCH_FLOATS]), _CONFIG)
         table.append(_LEVEL.pack(level.scale, len(level), len(ints), len(floats)))
         data += [ints, floats]
-    return b"".join(table + data)
+    body = b"".join(table + data)
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def decode_sketch(data: bytes, width: int | None = None) -> Sketch:
     """The level of a sketch with the widest sub-ranges that buckets of `width` hold whole (a
     width of 0, one bucket: the coarsest); without a width, the finest level."""
+    if len(data) < _CRC.size or zlib.crc32(data[: -_CRC.size]) != _CRC.unpack_from(data, len(data) - _CRC.size)[0]:
+        raise CorruptChunk("a compacted chunk's sketch fails its checksum")
+    data = data[: -_CRC.size]
     try:
         version, count = _LEVELS.unpack_from(data)
         levels = [_LEVEL.unpack_from(data, _LEVELS.size + i * _LEVEL.size) for i in range(count)]

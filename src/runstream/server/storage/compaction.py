@@ -29,15 +29,16 @@ class Due(NamedTuple):
 
 
 async def due_series(conn: Conn, delay_s: float, min_points: int, max_wait_s: float, limit: int) -> list[Due]:
-    """Series whose ingest chunks are due: of a run that is not running, or loaded more than
-    `delay_s` ago and either holding `min_points` or loaded more than `max_wait_s` ago.
-    Oldest first."""
+    """Series whose ingest chunks loaded more than `delay_s` ago are due: of a run that is not
+    running, or holding `min_points`, or loaded more than `max_wait_s` ago. Oldest first. (A run
+    that ended waits `delay_s` too, so that batches arriving late, from a spool or MLflow's
+    client, rewrite its last chunk at most once per `delay_s`.)"""
     rows = await conn.fetch(
         """SELECT c.series_id, count(*) AS chunks, sum(c.n)::int8 AS points
            FROM metric_chunks c
            JOIN metric_series s ON s.series_id = c.series_id
            JOIN runs r ON r.run_id = s.run_id
-           WHERE c.codec = 0 AND (r.status <> $4 OR c.loaded_at < now() - make_interval(secs => $1))
+           WHERE c.codec = 0 AND c.loaded_at < now() - make_interval(secs => $1)
            GROUP BY c.series_id, r.status
            HAVING r.status <> $4 OR sum(c.n) >= $2 OR min(c.loaded_at) < now() - make_interval(secs => $3)
            ORDER BY min(c.loaded_at)
@@ -60,26 +61,21 @@ async def lock_series(conn: Conn, series_id: int) -> bool:
 
 
 async def chunks_to_merge(conn: Conn, series_id: int, delay_s: float, tail_below: int) -> list[asyncpg.Record]:
-    """Inside the series' lock: its ingest chunks that are due (all of them when its run is
-    not running), and its last compacted chunk if it holds fewer than `tail_below` points, so
-    that compacted chunks grow to full size. Records of ctid, codec, steps, timestamps, vals,
-    in first-step order."""
+    """Inside the series' lock: its ingest chunks loaded more than `delay_s` ago, and its last
+    compacted chunk if it holds fewer than `tail_below` points, so that compacted chunks grow
+    to full size. Records of ctid, codec, n, steps, timestamps, vals, in first-step order."""
     return await conn.fetch(
-        """WITH series AS (
-             SELECT r.status <> $4 AS ended FROM metric_series s JOIN runs r ON r.run_id = s.run_id
-             WHERE s.series_id = $1),
-           tail AS (
+        """WITH tail AS (
              SELECT ctid FROM metric_chunks WHERE series_id = $1 AND codec <> 0
              ORDER BY last_step DESC LIMIT 1)
-           SELECT c.ctid, c.codec, c.steps, c.timestamps, c.vals FROM metric_chunks c, series
+           SELECT c.ctid, c.codec, c.n, c.steps, c.timestamps, c.vals FROM metric_chunks c
            WHERE c.series_id = $1
-             AND ((c.codec = 0 AND (series.ended OR c.loaded_at < now() - make_interval(secs => $2)))
+             AND ((c.codec = 0 AND c.loaded_at < now() - make_interval(secs => $2))
                   OR (c.ctid IN (SELECT ctid FROM tail) AND c.n < $3))
            ORDER BY c.first_step""",
         series_id,
         delay_s,
         tail_below,
-        RUNNING,
     )
 
 

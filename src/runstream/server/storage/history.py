@@ -134,8 +134,9 @@ def _fold(items: Items, width: int) -> Items:
     binary search for the bucket edges rather than a pass over every item."""
     steps = items.first_step
     first_bucket, last_bucket = int(steps[0]) // width, int(steps[-1]) // width
-    edges = np.arange(first_bucket, last_bucket + 1, dtype=np.int64) * width
-    starts = np.searchsorted(steps, edges)
+    # The first bucket starts at the first item: its edge may lie below int64's range.
+    edges = np.arange(first_bucket + 1, last_bucket + 1, dtype=np.int64) * width
+    starts = np.concatenate(([0], np.searchsorted(steps, edges)))
     starts = starts[np.diff(starts, append=len(steps)) > 0]  # skip empty buckets
     ends = np.append(starts[1:], len(steps))
     single_points = items.first is items.min is items.max

@@ -40,6 +40,7 @@ ERRORS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ("RESOURCE_EXHAUSTED", 429),
     grpc.StatusCode.UNAVAILABLE: ("TEMPORARILY_UNAVAILABLE", 503),
     grpc.StatusCode.DEADLINE_EXCEEDED: ("TEMPORARILY_UNAVAILABLE", 503),
+    grpc.StatusCode.DATA_LOSS: ("DATA_LOSS", 500),  # damaged storage, named in the message; not a bug
 }
 # The MLflow release whose REST API this serves (its client is pinned in the dev extras and
 # tested against it); /version answers it, as MLflow's server answers its own.
