@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -127,9 +128,22 @@ def raw_log(client: Any, data: bytes) -> Any:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range: a port the kernel handed out for
+    `bind(0)` can be taken, before the server binds it, by any outgoing connection (a client of
+    PostgreSQL or Redis), which draws from the same range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) if _LINUX else 32768
+    while True:
+        port = _PORTS.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+_LINUX = Path("/proc/sys/net/ipv4/ip_local_port_range").exists()
+_PORTS = random.Random()  # its own: tests that seed `random` must not make two workers pick alike
 
 
 @dataclass
