@@ -1,12 +1,14 @@
 """One key's history from its stored chunks, decoding as few points as the answer allows.
 
 What is known of the chunks overlapping the range comes first (storage.metrics.history_chunks:
-their summaries and sketches, no points). A history of at most `max_points` points, or one
-aggregated across writers, decodes its chunks and returns the points. A longer one is bucketed
-(storage/history.py) from items: a chunk inside one bucket is one item (its summary); a
-compacted chunk whose sketch scale divides the width gives its sketch entries; only the points
-of the sketch sub-ranges cut by the window's ends, and of ingest chunks across a bucket edge,
-are decoded, in one more query.
+their summaries and sketches, no points). The chunks across the window's ends say how many points
+it holds and where they start and end. A history of at most `max_points` points, or one
+aggregated across writers, returns the points: of a compacted chunk, only the pages holding the
+window's sketch entries are decoded. A longer one is bucketed (storage/history.py, aligned
+buckets of a width the steps present ask for) from items: a chunk inside one bucket is one item
+(its summary); a compacted chunk whose finest sketch scale divides the width gives the entries
+of its coarsest level that does; only the pages of the entries the window's ends cut, and ingest
+chunks across a bucket edge, are decoded, fetched in one more query.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The QueryService: metric histories, run search and run comparison.
 
 A history with at most `max_points` points comes back whole, in step order. A longer one
-comes back as `max_points` buckets over its step range; chunks that lie inside one bucket
-contribute their stored summaries, so at coarse zoom most chunks are never decoded.
+comes back as at most `max_points` aligned buckets over its step range, folded from chunk
+summaries and compacted chunks' sketches without decoding their points (query/history.py).
 SearchRuns turns MLflow's filter language into parameterised SQL (search.py); CompareRuns
 puts runs side by side (compare.py) with their series on one step axis.
 """
