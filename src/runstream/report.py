@@ -261,11 +261,12 @@ def dead_letters_table(letters: Sequence[adm.DeadLetter], format: str = "table")
 
 def storage_table(f: adm.StorageFootprint, format: str = "table") -> str:
     """What metric points cost in PostgreSQL, one figure a row."""
-    per_point = f.bytes / f.points if f.points else math.nan
     rows: list[list[Cell]] = [
         ["points", f.points],
         ["bytes on disk", f.bytes],
-        ["bytes per point", round(per_point, 2)],
+        ["bytes per point", round(f.bytes / f.points, 2) if f.points else math.nan],
+        ["bytes in live rows (no free space, no index)", f.live_bytes],
+        ["bytes per point in live rows", round(f.live_bytes / f.points, 2) if f.points else math.nan],
         ["chunks", f.chunks],
         ["points in compacted chunks", f.compacted_points],
         ["points waiting for the compactor", f.backlog_points],

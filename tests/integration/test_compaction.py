@@ -172,6 +172,7 @@ def test_every_read_is_the_same_before_and_after_compaction(make_server) -> None
     figures = {row["figure"]: row["value"] for row in json.loads(shown)}
     assert figures["points"] == figures["points in compacted chunks"] == 24_000
     assert figures["points waiting for the compactor"] == 0 and figures["bytes on disk"] > 0
+    assert 0 < figures["bytes in live rows (no free space, no index)"] < 24_000 * 10  # compressed
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10).read().decode()
     compacted = [line for line in scraped.splitlines() if line.startswith("runstream_points_compacted_total")]
     assert compacted and float(compacted[0].split()[-1]) >= 24_000, compacted

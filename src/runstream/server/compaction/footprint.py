@@ -23,4 +23,5 @@ class StorageAdmin:
             chunks=f.chunks,
             compacted_points=f.compacted_points,
             backlog_points=f.backlog_points,
+            live_bytes=f.live_bytes,
         )

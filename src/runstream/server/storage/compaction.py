@@ -94,6 +94,7 @@ class Footprint(NamedTuple):
     compacted_points: int
     backlog_points: int  # in ingest chunks, waiting for the compactor
     bytes: int  # metric_chunks with its TOAST and indexes
+    live_bytes: int  # the live rows with their TOAST: without free space and indexes
 
 
 async def footprint(conn: Conn) -> Footprint:
@@ -101,7 +102,8 @@ async def footprint(conn: Conn) -> Footprint:
         """SELECT coalesce(sum(n), 0)::int8 AS points, count(*) AS chunks,
                   coalesce(sum(n) FILTER (WHERE codec <> 0), 0)::int8 AS compacted_points,
                   coalesce(sum(n) FILTER (WHERE codec = 0), 0)::int8 AS backlog_points,
-                  pg_total_relation_size('metric_chunks') AS bytes
+                  pg_total_relation_size('metric_chunks') AS bytes,
+                  coalesce(sum(pg_column_size(metric_chunks.*)), 0)::int8 AS live_bytes
            FROM metric_chunks"""
     )
     assert row is not None

@@ -133,15 +133,17 @@ class GetStorageRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageFootprint(_message.Message):
-    __slots__ = ("points", "bytes", "chunks", "compacted_points", "backlog_points")
+    __slots__ = ("points", "bytes", "chunks", "compacted_points", "backlog_points", "live_bytes")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMPACTED_POINTS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_POINTS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     points: int
     bytes: int
     chunks: int
     compacted_points: int
     backlog_points: int
-    def __init__(self, points: _Optional[int] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., compacted_points: _Optional[int] = ..., backlog_points: _Optional[int] = ...) -> None: ...
+    live_bytes: int
+    def __init__(self, points: _Optional[int] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., compacted_points: _Optional[int] = ..., backlog_points: _Optional[int] = ..., live_bytes: _Optional[int] = ...) -> None: ...
