@@ -43,7 +43,7 @@ from runstream.wire import batch as wire
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from footprint import Env, make_venv, progress, start_mlflow_server, stop
-from ingest import BenchServer, _capacity, _stream, _wait_committed, service_arguments, table
+from ingest import BenchServer, _capacity, _execute, _stream, _wait_committed, service_arguments, table
 from mlflow_compat import MLFLOW_SERVER
 
 KEYS = [f"train/metric_{i}" for i in range(10)]
@@ -190,14 +190,6 @@ def mlflow_bytes(args: argparse.Namespace) -> str:
     finally:
         stop(proc)
         asyncio.run(_execute(admin, f"DROP DATABASE {db} WITH (FORCE)"))
-
-
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def history_rows(args: argparse.Namespace, results: dict[str, str]) -> None:
