@@ -8,6 +8,7 @@ is stored exactly once, in compacted chunks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -18,12 +19,13 @@ import time
 import urllib.error
 import urllib.request
 
+import asyncpg
 import numpy as np
 import pytest
 
 import runstream
 from runstream.wire import batch as wire
-from tests.conftest import Server, raw_log
+from tests.conftest import PG_ADMIN_URL, Server, raw_log
 
 WRITERS = 4
 STEPS = 40_000  # per writer and key: enough for the compactor to take each series more than once
@@ -303,3 +305,49 @@ def test_late_batches_into_an_ended_run_rewrite_its_last_chunk_once_per_delay(ma
     line = next(x for x in scraped.splitlines() if x.startswith("runstream_points_compacted_total"))
     # the 20,000 once, then the 20,400 about once per delay: not 40 rewrites of the whole chunk
     assert float(line.split()[-1]) <= 20_000 + 3 * 20_400, line
+
+
+def test_a_compactor_whose_connections_are_killed_only_waits(make_server) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL connections of the compactor killed in a loop while it works (a failover, a
+    pooler restart): it retries, loses and doubles nothing, and stays up."""
+    server = make_server("--compactors", "0")
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("resets").run_id
+        steps = np.arange(20_000)
+        for seq, w in enumerate(("a", "b", "c"), start=1):
+            data = wire.encode(run_id, w, seq, ["x", "y"], np.repeat([0, 1], 20_000), np.tile(steps, 2), None,
+                               np.tile(steps * 0.25, 2))  # fmt: skip
+            assert raw_log(client, data).code == 0
+        assert server.wait_points(run_id, 120_000) == 120_000
+        client.update_run(run_id, status="FINISHED")
+    # each swap waits 0.3 s inside its transaction: the kills land in the compactor's work
+    slow = {"RUNSTREAM_FAILPOINT": "compactor.after_swap:0.3"}
+    compactor = make_server("--role", "compact", "--compact-delay", "0", like=server, env=slow)
+    db = server.db_url.rsplit("/", 1)[1]
+    killed = 0
+
+    async def kill_for(seconds: float) -> None:
+        nonlocal killed
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                rows = await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND application_name = 'runstream-compact'",
+                    db,
+                )
+                killed += sum(1 for r in rows if r[0])
+                await asyncio.sleep(random.uniform(0.02, 0.2))
+        finally:
+            await admin.close()
+
+    asyncio.run(kill_for(6))
+    server.wait_compacted(run_id)
+    assert killed >= 3, killed
+    assert any("PostgreSQL is away" in line for line in compactor.output), "".join(compactor.output[-10:])
+    stored = server.stored(run_id)
+    assert len(stored) == 6 and all(s.tolist() == list(range(20_000)) for s, _ in stored.values())
+    assert compactor.proc is not None and compactor.proc.poll() is None  # still up
+    assert "Traceback" not in "".join(compactor.output)
+    compactor.stop()
