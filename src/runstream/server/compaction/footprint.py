@@ -17,11 +17,4 @@ class StorageAdmin:
     async def GetStorage(self, req: adm.GetStorageRequest, ctx: Any) -> adm.StorageFootprint:
         async with self.pool.acquire() as conn:
             f = await compaction.footprint(conn)
-        return adm.StorageFootprint(
-            points=f.points,
-            bytes=f.bytes,
-            chunks=f.chunks,
-            compacted_points=f.compacted_points,
-            backlog_points=f.backlog_points,
-            live_bytes=f.live_bytes,
-        )
+        return adm.StorageFootprint(**f._asdict())  # the same fields, by name
