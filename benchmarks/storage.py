@@ -18,7 +18,9 @@ how fast the compactor works, how fast a long history reads, and what the compac
 4. Ingest committed points/s with a compactor at work (--compact-delay 0) and without one
    (--compactors 0), interleaved --repeat times (benchmarks/ingest.py's server capacity load).
 
-The cold tier (runs moved to the object store) is not built yet: its rows say so.
+5. The cold tier: bytes per point left in PostgreSQL (metric_chunks with its TOAST and indexes,
+   after VACUUM FULL) once the loss-like run of 1. moved to the object store, and the history
+   reads of 3. once that run moved to S3 (moto's server on loopback, started here).
 Prints a table; progress goes to stderr.
 """
 
@@ -27,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -43,13 +47,14 @@ from runstream.wire import batch as wire
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from footprint import Env, make_venv, progress, start_mlflow_server, stop
-from ingest import BenchServer, _capacity, _execute, _stream, _wait_committed, service_arguments, table
+from ingest import BenchServer, _capacity, _execute, _free_port, _stream, _wait_committed, service_arguments, table
 from mlflow_compat import MLFLOW_SERVER
 
 KEYS = [f"train/metric_{i}" for i in range(10)]
 WRITERS = 4
 LOSS = "loss-like float32"
 STEPS_PER_BATCH = 5_000
+S3_KEYS = {**os.environ, "AWS_ACCESS_KEY_ID": "runstream-bench", "AWS_SECRET_ACCESS_KEY": "runstream-bench-secret"}
 
 
 def values_for(kind: str, steps: np.ndarray, key: int, rng: np.random.Generator) -> np.ndarray:
@@ -114,8 +119,37 @@ def end_and_compact(server: BenchServer, run_id: str) -> tuple[float, float]:
     return time.monotonic() - t0, server.cpu_seconds() - cpu
 
 
+def move_cold(server: BenchServer, store: tuple[str, ...], env: dict[str, str] | None) -> float:
+    """Start a compactor that moves ended runs to the cold tier (`--cold-after 1`) and wait
+    until no chunk holds points in PostgreSQL; returns the wall seconds."""
+    t0 = time.monotonic()
+    server._start(["--role", "compact", "--compact-delay", "0", "--cold-after", "1", *store], env, serves=False)
+    while asyncio.run(_fetchval(server.db_url, "SELECT count(*) FROM metric_chunks WHERE cold_object IS NULL")):
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def start_moto(port: int) -> subprocess.Popen[bytes]:
+    import boto3
+
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    for _ in range(150):
+        try:
+            client.create_bucket(Bucket="bench")
+            return proc
+        except Exception:  # not up yet
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto's S3 server did not start")
+
+
 def storage_rows(args: argparse.Namespace, kind: str, results: dict[str, str]) -> None:
-    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0"))
+    store = ("--artifacts", (args.work / f"artifacts-{uuid.uuid4().hex[:8]}").as_uri())
+    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0", "--cold-after", "0", *store))
     try:
         progress(f"{kind}: logging {len(KEYS)} keys x {WRITERS} writers x {args.points:,} steps")
         run_id = seed(server, args.points, kind, KEYS)
@@ -125,6 +159,10 @@ def storage_rows(args: argparse.Namespace, kind: str, results: dict[str, str]) -
         wall, cpu = end_and_compact(server, run_id)
         results[f"compacted, {kind}"] = f"{disk_bytes(server.db_url) / points:.2f}"
         results[f"compaction, {kind}"] = f"{points / cpu / 1e6:.1f} M/s per core ({points / wall / 1e6:.1f} M/s wall)"
+        if kind == LOSS:
+            progress(f"{kind}: moving the run to the cold tier (local store)")
+            move_cold(server, store, None)
+            results["cold, bytes left"] = f"{disk_bytes(server.db_url) / points:.3f}"
     finally:
         server.close()
 
@@ -193,7 +231,11 @@ def mlflow_bytes(args: argparse.Namespace) -> str:
 
 
 def history_rows(args: argparse.Namespace, results: dict[str, str]) -> None:
-    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=("--compactors", "0"))
+    moto_port = _free_port()
+    moto = start_moto(moto_port)
+    store = ("--artifacts", "s3://bench/cold", "--s3-endpoint-url", f"http://127.0.0.1:{moto_port}")
+    extra = ("--compactors", "0", "--cold-after", "0", *store)
+    server = BenchServer(args.postgres_url, args.redis_url, 1, extra=extra, env=S3_KEYS)
     try:
         progress(f"history: logging 1 key x {WRITERS} writers x {args.history_points:,} steps")
         run_id = seed(server, args.history_points, "loss-like float32", ["loss"])
@@ -203,9 +245,12 @@ def history_rows(args: argparse.Namespace, results: dict[str, str]) -> None:
             size = int(10 ** rng.uniform(np.log10(2_000), np.log10(args.history_points)))
             lo = int(rng.integers(0, args.history_points - size + 1))
             windows.append((lo, lo + size - 1))
-        for label in ("ingest chunks", "compacted"):
+        for label in ("ingest chunks", "compacted", "cold on S3 (moto)"):
             if label == "compacted":
                 end_and_compact(server, run_id)
+            if label.startswith("cold"):
+                progress("history: moving the run to the cold tier on S3 (moto)")
+                move_cold(server, store, S3_KEYS)
             asyncio.run(_execute(server.db_url, "VACUUM ANALYZE metric_chunks"))  # as autovacuum leaves it
             with runstream.QueryClient(server.target) as q:
                 q.get_metric_history(run_id, "loss", max_points=1000)  # warm: connections, plans
@@ -224,6 +269,7 @@ def history_rows(args: argparse.Namespace, results: dict[str, str]) -> None:
             )
     finally:
         server.close()
+        moto.kill()
 
 
 INGEST_SETUPS = {  # label -> the server's flags
@@ -284,7 +330,7 @@ def main() -> None:
         ["bytes/point on disk, float64 noise, ingest chunks", "-", results["ingest chunks, float64 noise"]],
         ["bytes/point on disk, float64 noise, compacted", "<= 8.5", results["compacted, float64 noise"]],
         [f"bytes/point, MLflow 3.17's schema ({args.mlflow_points:,} points)", "report", results["mlflow"]],
-        ["bytes/point left in PostgreSQL for a cold run", "<= 0.2", "not built (cold tier)"],
+        ["bytes/point left in PostgreSQL for a cold run (loss-like)", "<= 0.2", results["cold, bytes left"]],
         ["compaction, server processes' CPU (loss-like)", ">= 5 M/s/core", results[f"compaction, {LOSS}"]],
         ["compaction, server processes' CPU (float64 noise)", ">= 5 M/s/core", results["compaction, float64 noise"]],
         ["compaction, merge + encode alone", ">= 5 M/s per core", results["compaction, merge + encode alone"]],
@@ -292,7 +338,12 @@ def main() -> None:
         [f"history, {args.windows} random windows, ingest chunks", "-", results["history, windows, ingest chunks"]],
         ["history, whole range, compacted", "<= 10 ms", results["history, whole range, compacted"]],
         [f"history, {args.windows} random windows, compacted", "<= 10 ms", results["history, windows, compacted"]],
-        ["history, cold on S3 (moto)", "<= 100 ms", "not built (cold tier)"],
+        ["history, whole range, cold on S3 (moto)", "<= 100 ms", results["history, whole range, cold on S3 (moto)"]],
+        [
+            f"history, {args.windows} random windows, cold on S3",
+            "<= 100 ms",
+            results["history, windows, cold on S3 (moto)"],
+        ],
         *(
             [f"ingest committed, {label}", "-" if i == 0 else ">= 95 %", results[f"ingest, {label}"]]
             for i, label in enumerate(INGEST_SETUPS)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
+import numpy as np
+
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.status import RUN_STATUS_NAMES
 
@@ -260,7 +262,8 @@ def dead_letters_table(letters: Sequence[adm.DeadLetter], format: str = "table")
 
 
 def storage_table(f: adm.StorageFootprint, format: str = "table") -> str:
-    """What metric points cost in PostgreSQL, one figure a row."""
+    """What metric points cost in PostgreSQL (cold points: their rows there, the points in the
+    artifact store), one figure a row."""
     rows: list[list[Cell]] = [
         ["points", f.points],
         ["bytes on disk", f.bytes],
@@ -270,6 +273,9 @@ def storage_table(f: adm.StorageFootprint, format: str = "table") -> str:
         ["chunks", f.chunks],
         ["points in compacted chunks", f.compacted_points],
         ["points waiting for the compactor", f.backlog_points],
+        ["points in the cold tier", f.cold_points],
+        ["cold objects", f.cold_objects],
+        ["bytes of cold objects", f.cold_bytes],
     ]
     return render(["figure", "value"], rows, format)
 
@@ -362,15 +368,72 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def write_points(parts: Iterable[SeriesPoints], out: TextIO) -> int:
-    """Streamed points as CSV rows (step, value, timestamp_ms, writer); returns how many."""
+def write_points(parts: Iterable[SeriesPoints], out: TextIO, with_key: bool = False) -> int:
+    """Streamed points as CSV rows (step, value, timestamp_ms, writer, and the key if
+    `with_key`); returns how many."""
     writer = csv.writer(out)
-    writer.writerow(["step", "value", "timestamp_ms", "writer"])
+    writer.writerow(["step", "value", "timestamp_ms", "writer", *(["key"] if with_key else [])])
     total = 0
     for part in parts:
-        name = [part.writer] * len(part)
-        writer.writerows(zip(part.step.tolist(), part.value.tolist(), part.timestamp_ms.tolist(), name, strict=True))
+        names = [[part.writer] * len(part)] + ([[part.key] * len(part)] if with_key else [])
+        writer.writerows(zip(part.step.tolist(), part.value.tolist(), part.timestamp_ms.tolist(), *names, strict=True))
         total += len(part)
+    return total
+
+
+PARQUET_ROWS = 1_048_576  # rows a row group gathers before it is written
+
+
+def write_parquet(parts: Iterable[SeriesPoints], path: Path) -> int:
+    """Streamed points as a Parquet file, one row a point: run_id, key, writer (dictionary
+    encoded), step, timestamp (ms, UTC), value; for pandas, polars or DuckDB. Returns how many."""
+    import pyarrow as pa  # type: ignore[import-untyped]  # optional: pip install 'runstream[parquet]'
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    schema = pa.schema(
+        [
+            ("run_id", pa.dictionary(pa.int32(), pa.string())),
+            ("key", pa.dictionary(pa.int32(), pa.string())),
+            ("writer", pa.dictionary(pa.int32(), pa.string())),
+            ("step", pa.int64()),
+            ("timestamp", pa.timestamp("ms", tz="UTC")),
+            ("value", pa.float64()),
+        ]
+    )
+    total = 0
+    pending: list[SeriesPoints] = []
+
+    def flush(writer: Any) -> None:
+        if not pending:
+            return
+        n = [len(p) for p in pending]
+
+        def labels(values: list[str]) -> Any:
+            names = sorted(set(values))
+            codes = np.repeat([names.index(v) for v in values], n).astype(np.int32)
+            return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string()))
+
+        columns = [
+            labels([p.run_id for p in pending]),
+            labels([p.key for p in pending]),
+            labels([p.writer for p in pending]),
+            pa.array(np.concatenate([p.step for p in pending])),
+            pa.array(np.concatenate([p.timestamp_ms for p in pending]), pa.timestamp("ms", tz="UTC")),
+            pa.array(np.concatenate([p.value for p in pending])),
+        ]
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=PARQUET_ROWS)
+        pending.clear()
+
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        held = 0
+        for part in parts:
+            pending.append(part)
+            held += len(part)
+            total += len(part)
+            if held >= PARQUET_ROWS:
+                flush(writer)
+                held = 0
+        flush(writer)
     return total
 
 

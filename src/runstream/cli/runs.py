@@ -7,12 +7,14 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from runstream.cli.common import Subparsers, add_format, add_url, resolve_experiment, resolve_run
 from runstream.client.query import QueryClient
 from runstream.client.tracking import Client
 from runstream.errors import NotFound
+from runstream.extras import require
 from runstream.report import (
     comparison_table,
     experiments_table,
@@ -20,8 +22,10 @@ from runstream.report import (
     run_details,
     runs_table,
     write_history,
+    write_parquet,
     write_points,
 )
+from runstream.wire.points import SeriesPoints
 from runstream.wire.status import RUN_STATUS_VALUES
 
 END_STATUSES = ["FINISHED", "FAILED", "KILLED"]
@@ -64,6 +68,15 @@ def add_parsers(sub: Subparsers) -> None:
     tail.add_argument("keys", nargs="*", help="metric keys (default: all)")
     tail.add_argument("--from-step", type=int, default=None, help="also print stored points from this step")
     tail.set_defaults(handler=runs_tail)
+    export = runs_sub.add_parser(
+        "export", help="every point of a run's metrics to a file (Parquet for pandas, polars or DuckDB; or CSV)"
+    )
+    export.add_argument("run_id", help="run id or unique prefix")
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format")
+    export.add_argument("--output", "-o", type=Path, help="file to write (default: RUN_ID.parquet or .csv)")
+    export.add_argument("--key", action="append", default=[], help="metric keys to export (default: all)")
+    add_url(export)
+    export.set_defaults(handler=runs_export)
     logs = runs_sub.add_parser("logs", help="what a run's processes printed (stdout and stderr, per writer)")
     logs.add_argument("run_id", help="run id or unique prefix")
     logs.add_argument("--writer", help="whose output (default: the only writer's)")
@@ -169,6 +182,31 @@ def runs_tail(args: argparse.Namespace) -> int:
 
 
 FOLLOW_S = 2.0
+
+
+def runs_export(args: argparse.Namespace) -> int:
+    if args.format == "parquet":
+        require("parquet", "runs export --format parquet")
+    with Client(args.url) as client, QueryClient(args.url) as query:
+        run_id = resolve_run(query, args.run_id)
+        keys = args.key or sorted({m.key for m in client.get_run(run_id).metrics})
+        output = args.output or Path(f"{run_id}.{args.format}")
+
+        def parts() -> Iterator[SeriesPoints]:
+            for key in keys:
+                count = 0
+                for part in query.read_metrics(run_id, key):
+                    count += len(part)
+                    yield part
+                print(f"{key}: {count:,} points", file=sys.stderr)  # progress, one line a key
+
+        if args.format == "parquet":
+            total = write_parquet(parts(), output)
+        else:
+            with output.open("w", newline="") as out:
+                total = write_points(parts(), out, with_key=True)
+    print(f"wrote {total:,} points of {len(keys)} metrics to {output}")
+    return 0
 
 
 def runs_logs(args: argparse.Namespace) -> int:

@@ -18,9 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import asyncpg
 import grpc
@@ -30,8 +28,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runstream import extras
 from runstream.server.artifacts.local import LocalStore
+from runstream.server.artifacts.opening import open_store, store_settings
 from runstream.server.artifacts.service import Artifacts
-from runstream.server.artifacts.stores import ObjectStore, S3Options, StoreSettings, StoreUnavailable
+from runstream.server.artifacts.stores import ObjectStore, StoreUnavailable
 from runstream.server.auth import transport
 from runstream.server.auth.guard import Guard
 from runstream.server.auth.tokens_service import TokenAdmin, bootstrap_admin
@@ -252,7 +251,6 @@ async def _services(
     whether the artifact store is a local one (its signed URLs then served on `http`)."""
     servicers: dict[str, tuple[Any, ...]] = {}
     closing: list[Callable[[], Awaitable[None]]] = []
-    local_store = False
     tokens = await page_tokens(pool)
     if "TrackingService" in wanted:
         durability = Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
@@ -266,47 +264,38 @@ async def _services(
         liveness.start()
         closing.append(liveness.stop)
         servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens), liveness)
+    objects = await _store(settings, http) if {"QueryService", "ArtifactService"} & set(wanted) else None
+    local_store = isinstance(objects, LocalStore)
     if "QueryService" in wanted:
         limits = TailLimits(settings.max_tails, settings.max_tails_per_token)
-        query = Query(pool, tokens, Tails(pool, metrics, limits, settings.tail_connections))
+        query = Query(pool, tokens, Tails(pool, metrics, limits, settings.tail_connections, objects), objects)
         closing.append(query.close)
         servicers["QueryService"] = (query,)
     if "ArtifactService" in wanted:
-        artifacts = await _artifacts(settings, pool, metrics, http)
-        local_store = isinstance(artifacts.objects, LocalStore)
+        assert objects is not None
+        artifacts = Artifacts(pool, objects, store_settings(settings), metrics)
+        artifacts.start()
         closing.append(artifacts.close)
         servicers["ArtifactService"] = (artifacts,)
     if "RegistryService" in wanted:
         servicers["RegistryService"] = (Registry(pool, tokens),)
     if "AdminService" in wanted:
         servicers["AdminService"] = (Admin(redis, keys, tokens), TokenAdmin(pool, guard), StorageAdmin(pool))
+    if objects is not None:
+        closing.append(objects.close)  # last: the services above use it until they close
     return servicers, closing, local_store
 
 
-async def _artifacts(settings: Settings, pool: asyncpg.Pool, metrics: Metrics, http: web.Application) -> Artifacts:
-    """The ArtifactService on its store; a local store's signed URLs are served on `http`."""
-    s3 = S3Options(
-        settings.s3_endpoint_url, settings.s3_public_endpoint_url, settings.s3_region, settings.s3_addressing_style
-    )
-    store_settings = StoreSettings(
-        settings.artifacts_url,
-        settings.http_url,
-        settings.artifact_url_expiry_s,
-        settings.artifact_part_size,
-        s3,
-        settings.max_upload_bytes,
-        settings.max_run_artifact_bytes,
-        settings.http_request_timeout_s,
-    )
+async def _store(settings: Settings, http: web.Application) -> ObjectStore:
+    """The artifact store, for the ArtifactService and cold runs' points; a local store's
+    signed URLs are served on `http`."""
     try:
-        objects = await open_store(store_settings)
+        objects = await open_store(store_settings(settings))
     except (ValueError, StoreUnavailable) as exc:  # a wrong flag or bucket: say so and stop, no traceback
         raise SystemExit(f"runstream: cannot use the artifact store {settings.artifacts_url}: {exc}") from None
     if isinstance(objects, LocalStore):
         objects.add_routes(http)
-    artifacts = Artifacts(pool, objects, store_settings, metrics)
-    artifacts.start()
-    return artifacts
+    return objects
 
 
 def run(settings: Settings) -> int:
@@ -331,17 +320,6 @@ def run(settings: Settings) -> int:
 def _port_taken(kind: str, host: str, port: int | None, flag: str, exc: OSError | None = None) -> str:
     why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
     return f"runstream: the {kind} port {host}:{port} is taken{why}: choose another with {flag}"
-
-
-async def open_store(settings: StoreSettings) -> ObjectStore:
-    parsed = urlparse(settings.url)
-    if parsed.scheme == "file":
-        return LocalStore(Path(unquote(parsed.path)), settings.public_url, settings.max_upload_bytes, settings.stall_s)
-    if parsed.scheme == "s3" and parsed.netloc:
-        from runstream.server.artifacts.s3 import S3Store  # aiobotocore loads only for S3
-
-        return await S3Store.open(parsed.netloc, unquote(parsed.path), settings.s3)
-    raise ValueError(f"--artifacts {settings.url!r}: use file:///a/directory or s3://bucket/prefix")
 
 
 if __name__ == "__main__":

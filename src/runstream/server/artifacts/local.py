@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from runstream.server.artifacts import serving
-from runstream.server.artifacts.stores import Part, PartsRejected, SignedUrl, StoreUnavailable
+from runstream.server.artifacts.stores import ObjectMissing, Part, PartsRejected, SignedUrl, StoreUnavailable
 
 CHUNK = 1024 * 1024
 
@@ -125,6 +125,38 @@ class LocalStore:
 
     async def presign_get(self, key: str, expires_s: int) -> str:
         return self._url("GET", key, expires_s)
+
+    async def read_range(self, key: str, start: int, stop: int) -> bytes:
+        try:
+            return await asyncio.to_thread(_read_range, self._path(key), start, stop)
+        except FileNotFoundError:
+            raise ObjectMissing(f"the object {key} is missing from the local artifact store") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"the local artifact store could not read {key}: {exc}") from None
+
+    async def put_file(self, key: str, path: Path, sha256: str) -> None:
+        try:
+            await asyncio.to_thread(self._put_file, key, path, sha256)
+        except OSError as exc:  # a full or failing disk
+            raise StoreUnavailable(f"the local artifact store could not store {key}: {exc}") from None
+
+    def _put_file(self, key: str, path: Path, sha256: str) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.uploads / f"tmp-{uuid.uuid4().hex}"
+        try:
+            with path.open("rb") as src, tmp.open("wb") as out:
+                digest = hashlib.sha256()
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())  # on disk before PostgreSQL lets the rows go
+            if digest.hexdigest() != sha256:
+                raise StoreUnavailable(f"the file for {key} changed while it was stored")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -270,6 +302,12 @@ def _absorb(blocks: list[bytes], digest: Any, out: BinaryIO) -> None:
     for block in blocks:
         digest.update(block)
         out.write(block)
+
+
+def _read_range(path: Path, start: int, stop: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(start)
+        return f.read(max(stop - start, 0))
 
 
 def _digest(path: Path) -> tuple[int, str]:

@@ -10,10 +10,12 @@ roles...). Only S3 API calls every S3-compatible store implements are used.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiobotocore.session import get_session
@@ -21,10 +23,18 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from runstream.server.artifacts import serving
-from runstream.server.artifacts.stores import Part, PartsRejected, S3Options, SignedUrl, StoreUnavailable
+from runstream.server.artifacts.stores import (
+    ObjectMissing,
+    Part,
+    PartsRejected,
+    S3Options,
+    SignedUrl,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
 READ_BLOCK = 1024 * 1024
+SERVER_PART = 64 * 1024 * 1024  # the server's own objects go up in parts of this
 
 
 class S3Store:
@@ -158,6 +168,50 @@ class S3Store:
             "ResponseContentDisposition": serving.disposition(key),
         }
         return await self._sign("get_object", {"Key": self._key(key), **overrides}, expires_s)
+
+    async def read_range(self, key: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        call = self._api.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}")
+        try:
+            reply = await call
+            async with reply["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectMissing(f"the object {key} is missing from bucket {self.bucket!r}") from None
+            raise StoreUnavailable(f"the artifact store refused a read of {key}: {_message(exc)}") from None
+        except (BotoCoreError, OSError) as exc:
+            raise StoreUnavailable(f"the artifact store is unreachable (reading {key}): {exc}") from None
+        return data
+
+    async def put_file(self, key: str, path: Path, sha256: str) -> None:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size <= SERVER_PART:
+            body = await asyncio.to_thread(path.read_bytes)
+            call = self._api.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=body, ChecksumSHA256=_base64(sha256)
+            )
+            await self._call(f"storing {key}", call)
+            return
+        upload_id = await self.create_multipart(key, "application/octet-stream")
+        try:
+            parts = []
+            with path.open("rb") as f:
+                for number in range(1, -(-size // SERVER_PART) + 1):
+                    block = await asyncio.to_thread(f.read, SERVER_PART)
+                    checksum = hashlib.sha256(block).hexdigest()
+                    call = self._api.upload_part(
+                        Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, PartNumber=number, Body=block,
+                        ChecksumSHA256=_base64(checksum),
+                    )  # fmt: skip
+                    reply = await self._call(f"storing {key}", call)
+                    parts.append(Part(number, str(reply["ETag"]), checksum))
+            await self.complete_multipart(key, upload_id, parts)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailable):
+                await self.abort_multipart(key, upload_id)
+            raise
 
     async def delete(self, key: str) -> None:
         await self._call("a delete", self._api.delete_object(Bucket=self.bucket, Key=self._key(key)))

@@ -49,7 +49,6 @@ class Artifacts:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await self.objects.close()
 
     async def CreateUpload(self, req: apb.CreateUploadRequest, ctx: Any) -> apb.Upload:
         wire.check_run_id(req.run_id)

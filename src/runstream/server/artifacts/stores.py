@@ -1,13 +1,15 @@
 """Object stores behind the ArtifactService. Both sign URLs that clients use directly; the
-service itself never moves artifact bytes. The server's main
+service itself never moves artifact bytes. The server moves only its own objects through them
+(the cold tier: compaction/cold.py writes, archive.chunk_bytes reads ranges). The server's main
 opens the one `--artifacts` names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from runstream.errors import FailedPrecondition, Unavailable
+from runstream.errors import DataLoss, FailedPrecondition, Unavailable
 
 
 class PartsRejected(FailedPrecondition):
@@ -16,6 +18,10 @@ class PartsRejected(FailedPrecondition):
 
 class StoreUnavailable(Unavailable):
     """The store did not answer, or refused the server (credentials, bucket)."""
+
+
+class ObjectMissing(DataLoss):
+    """An object the server wrote itself (a cold run's points) is not in the store."""
 
 
 @dataclass
@@ -70,5 +76,13 @@ class ObjectStore(Protocol):
         ...
 
     async def presign_get(self, key: str, expires_s: int) -> str: ...
+    async def read_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of an object the server wrote (ObjectMissing if it is not there)."""
+        ...
+
+    async def put_file(self, key: str, path: Path, sha256: str) -> None:
+        """Store a file of the server's own (a cold run's object) at `key`, bound to its SHA-256."""
+        ...
+
     async def delete(self, key: str) -> None: ...
     async def close(self) -> None: ...

@@ -23,6 +23,7 @@ import time
 
 import asyncpg
 
+from runstream.server.compaction.mover import ColdMover
 from runstream.server.runtime.failpoints import failpoint
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import chunks, codec, compaction
@@ -39,8 +40,9 @@ SKIP_S = 600.0  # a series whose chunks do not decode is tried again after this
 
 
 class Compactor:
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, delay_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, delay_s: float, mover: ColdMover | None = None) -> None:
         self.pool = pool
+        self.mover = mover  # the cold tier's, between rounds
         self.metrics = metrics
         self.delay_s = delay_s
         self.points = 0  # compacted by this compactor
@@ -52,6 +54,8 @@ class Compactor:
         while not stop.is_set():
             try:
                 done = await self.round()
+                if self.mover is not None:
+                    done += await self.mover.round()
                 await self._refresh_footprint()
             except Exception as exc:
                 if not database_away(exc):
@@ -114,3 +118,5 @@ class Compactor:
         self.metrics.stored_points.set(f.points)
         self.metrics.stored_bytes.set(f.bytes)
         self.metrics.compaction_backlog.set(f.backlog_points)
+        self.metrics.cold_points.set(f.cold_points)
+        self.metrics.cold_bytes.set(f.cold_bytes)

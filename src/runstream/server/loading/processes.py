@@ -27,7 +27,9 @@ from multiprocessing.process import BaseProcess
 import asyncpg
 import redis.asyncio as aioredis
 
+from runstream.server.artifacts.opening import open_store, store_settings
 from runstream.server.compaction.compactor import Compactor
+from runstream.server.compaction.mover import ColdMover
 from runstream.server.loading.loader import Loader
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.connections import (
@@ -201,10 +203,18 @@ def loader_process(settings: Settings, consumer: str, pipe: Connection) -> None:
 
 async def run_compactor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics, stop: asyncio.Event) -> None:
     """Compact until `stop` is set (role compact, and role all's compactor processes)."""
-    compactor = Compactor(pool, metrics, settings.compact_delay_s)
-    log.info("compactor started (delay %.0f s)", settings.compact_delay_s)
-    await compactor.run(stop)
-    log.info("compactor stopped: %d points compacted", compactor.points)
+    mover = None
+    if settings.cold_after_s > 0:
+        mover = ColdMover(pool, lambda: open_store(store_settings(settings)), metrics, settings.cold_after_s)
+    compactor = Compactor(pool, metrics, settings.compact_delay_s, mover)
+    log.info("compactor started (delay %.0f s, cold after %.0f s)", settings.compact_delay_s, settings.cold_after_s)
+    try:
+        await compactor.run(stop)
+    finally:
+        if mover is not None:
+            await mover.close()
+    log.info("compactor stopped: %d points compacted, %d runs moved to the cold tier", compactor.points,
+             mover.runs if mover else 0)  # fmt: skip
 
 
 async def _spawned_compactor(settings: Settings, pipe: Connection) -> None:

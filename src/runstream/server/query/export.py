@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from runstream.server.storage import codec, metrics
+from runstream.server.storage import archive, codec, metrics
 from runstream.wire import points
 
 MESSAGE_POINTS = 65_536  # ~1.5 MiB a message, well under gRPC's 4 MiB default limit
@@ -23,9 +23,16 @@ Columns = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.flo
 
 
 async def read_series(
-    conn: Any, run_id: str, key: str, series: list[metrics.SeriesRow], lo: int, hi: int
+    conn: Any,
+    run_id: str,
+    key: str,
+    series: list[metrics.SeriesRow],
+    lo: int,
+    hi: int,
+    store: archive.RangeReader | None = None,
 ) -> AsyncIterator[bytes]:
-    """Serialized MetricPoints of every series in `series` (in order), within [lo, hi]."""
+    """Serialized MetricPoints of every series in `series` (in order), within [lo, hi]; cold
+    chunks' points come from `store`, a byte range each."""
     for s in series:
         pending: list[Columns] = []
         held = 0
@@ -36,7 +43,8 @@ async def read_series(
                 for message in _messages(run_id, key, s.writer_id, final):
                     yield message
             try:
-                cols = codec.decode(row["codec"], row["steps"], row["timestamps"], row["vals"])
+                (chunk,) = await archive.chunk_bytes([row], store)
+                cols = codec.decode(chunk.codec, chunk.steps, chunk.timestamps, chunk.vals)
             except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
                 raise codec.CorruptChunk(f"metric {key!r} of run {run_id} (writer {s.writer_id!r}): {exc}") from None
             if row["first_step"] < lo or row["last_step"] > hi:

@@ -33,7 +33,7 @@ import numpy as np
 from runstream.errors import RunNotFound
 from runstream.server.loading.notifications import Notifications
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import codec, metrics, runs
+from runstream.server.storage import archive, codec, metrics, runs
 from runstream.wire import points
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,11 @@ class TailDatabase:
     """The share of the PostgreSQL pool that live tails may use: at most `connections` at once,
     so however many tails are open, other calls still find connections free."""
 
-    def __init__(self, pool: asyncpg.Pool, connections: int, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, connections: int, metrics: Metrics, store: archive.RangeReader | None
+    ) -> None:
         self.pool = pool
+        self.store = store  # where cold chunks' points are
         self._slots = asyncio.Semaphore(connections)
         self._reads = {kind: metrics.tail_reads.labels(kind) for kind in ("shared", "own")}
 
@@ -97,12 +100,14 @@ class Message:
         )
 
 
-def messages(series_id: int, series: Series, rows: list[asyncpg.Record], after: int, upto: int | None) -> list[Message]:
-    """The points of one series' chunk `rows` in (after, upto], in step order, as messages."""
-    if not rows:
+def messages(
+    series_id: int, series: Series, chunks: list[archive.ChunkBytes], after: int, upto: int | None
+) -> list[Message]:
+    """The points of one series' `chunks` in (after, upto], in step order, as messages."""
+    if not chunks:
         return []
     try:
-        parts = [codec.decode(r["codec"], r["steps"], r["timestamps"], r["vals"]) for r in rows]
+        parts = [codec.decode(c.codec, c.steps, c.timestamps, c.vals) for c in chunks]
     except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
         raise codec.CorruptChunk(
             f"metric {series.key!r} of run {series.run_id} (writer {series.writer!r}): {exc}"
@@ -125,10 +130,13 @@ def messages(series_id: int, series: Series, rows: list[asyncpg.Record], after: 
     ]
 
 
-def by_series(rows: list[asyncpg.Record]) -> dict[int, list[asyncpg.Record]]:
-    grouped: dict[int, list[asyncpg.Record]] = {}
-    for r in rows:
-        grouped.setdefault(r["series_id"], []).append(r)
+async def by_series(
+    rows: list[asyncpg.Record], store: archive.RangeReader | None
+) -> dict[int, list[archive.ChunkBytes]]:
+    """The columns of chunk rows (metrics.chunks_after's), by series."""
+    grouped: dict[int, list[archive.ChunkBytes]] = {}
+    for r, chunk in zip(rows, await archive.chunk_bytes(rows, store), strict=True):
+        grouped.setdefault(r["series_id"], []).append(chunk)
     return grouped
 
 
@@ -332,8 +340,8 @@ class Feed:
                     ids = list(self.heads)
                     rows = await metrics.chunks_after(conn, ids, [self.heads[i] for i in ids])
             new: list[Message] = []
-            for series_id, series_rows in by_series(rows).items():
-                found = messages(series_id, self.series[series_id], series_rows, self.heads[series_id], None)
+            for series_id, chunks in (await by_series(rows, self._db.store)).items():
+                found = messages(series_id, self.series[series_id], chunks, self.heads[series_id], None)
                 if found:
                     self.heads[series_id] = found[-1].last_step
                     new += found

@@ -21,7 +21,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from runstream.server.storage import codec, history, metrics
+from runstream.server.storage import archive, codec, history, metrics
 from runstream.wire.proto import query_pb2 as qpb
 
 AGGREGATES = {qpb.AGGREGATE_MEAN: "mean", qpb.AGGREGATE_MIN: "min", qpb.AGGREGATE_MAX: "max"}
@@ -31,10 +31,11 @@ class _Chunks:
     """The chunks of one history read: their bytes fetched once, on demand, and only the pages
     of a compacted chunk that hold the points asked for decoded."""
 
-    def __init__(self, conn: Any, series: list[metrics.SeriesRow]) -> None:
+    def __init__(self, conn: Any, series: list[metrics.SeriesRow], store: archive.RangeReader | None) -> None:
         self.conn = conn
+        self.store = store  # where cold chunks' points are
         self.names = {r.series_id: f"metric {r.key!r} of run {r.run_id} (writer {r.writer_id!r})" for r in series}
-        self.fetched: dict[Any, asyncpg.Record] = {}  # ctid -> codec, steps, timestamps, vals
+        self.fetched: dict[Any, archive.ChunkBytes] = {}  # by ctid
         self.sketches: dict[tuple[Any, int | None], codec.Sketch] = {}
         self.cuts: dict[tuple[Any, int], tuple[npt.NDArray[np.bool_], codec.Columns]] = {}  # by ctid, scale
 
@@ -42,10 +43,13 @@ class _Chunks:
         wanted = [
             r["ctid"]
             for r in rows
-            if r["ctid"] not in self.fetched or (with_time and self.fetched[r["ctid"]]["timestamps"] is None)
+            if r["ctid"] not in self.fetched or (with_time and self.fetched[r["ctid"]].timestamps is None)
         ]
         if wanted:
-            self.fetched |= await metrics.chunk_points(self.conn, wanted, with_time)
+            found = await metrics.chunk_points(self.conn, wanted, with_time)
+            records = [found[ctid] for ctid in wanted]
+            got = await archive.chunk_bytes(records, self.store, with_time)
+            self.fetched |= dict(zip(wanted, got, strict=True))
 
     def sketch(self, r: asyncpg.Record, width: int | None = None) -> codec.Sketch | None:
         """A compacted chunk's sketch: the level buckets of `width` hold whole, or the finest."""
@@ -69,9 +73,7 @@ class _Chunks:
         """Points [first, stop) of a fetched chunk (or the pages holding them), those in [lo, hi]."""
         f = self.fetched[r["ctid"]]
         with self._naming(r):
-            (steps, stamps, values), start = codec.decode_part(
-                f["codec"], f["steps"], f["timestamps"], f["vals"], first, stop
-            )
+            (steps, stamps, values), start = codec.decode_part(f.codec, f.steps, f.timestamps, f.vals, first, stop)
         cut = slice(first - start, None if stop is None else stop - start)  # whole pages came: trim them
         steps, stamps, values = steps[cut], stamps[cut] if len(stamps) else stamps, values[cut]
         keep = (steps >= lo) & (steps <= hi)
@@ -134,6 +136,7 @@ async def read(
     aggregate: qpb.Aggregate,
     fixed_range: bool,
     with_time: bool = False,
+    store: archive.RangeReader | None = None,
 ) -> qpb.MetricHistory:
     """The history of `series` (one key's writers) in [lo, hi]. Without `fixed_range` the
     range shrinks to the steps present; with it, buckets cover exactly [lo, hi]. `with_time`
@@ -141,7 +144,7 @@ async def read(
     swap the chunks between the two queries it makes."""
     if not conn.is_in_transaction():
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            return await read(conn, key, series, lo, hi, max_points, aggregate, fixed_range, with_time)
+            return await read(conn, key, series, lo, hi, max_points, aggregate, fixed_range, with_time, store)
     ids = [r.series_id for r in series]
     out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
     rows = await metrics.history_chunks(conn, ids, lo, hi)
@@ -150,7 +153,7 @@ async def read(
     # The chunks across the window's ends say how many points it holds and where they start and
     # end (with their times, in case the points are the answer); the others are decoded only if
     # the answer is points.
-    chunks = _Chunks(conn, series)
+    chunks = _Chunks(conn, series, store)
     crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > hi]
     await chunks.fetch(crossing, with_time=True)
     inside = [r for r in rows if lo <= r["first_step"] and r["last_step"] <= hi]

@@ -21,7 +21,7 @@ from runstream.server.query import compare, export, history
 from runstream.server.query.tail import Caller, Tail, Tails
 from runstream.server.rpc.messages import experiment_message, run_message
 from runstream.server.rpc.paging import PageTokens
-from runstream.server.storage import experiments, metrics, runs, search
+from runstream.server.storage import archive, experiments, metrics, runs, search
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -38,10 +38,13 @@ AGGREGATES = history.AGGREGATES
 
 
 class Query:
-    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens, tails: Tails) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, tokens: PageTokens, tails: Tails, store: archive.RangeReader | None = None
+    ) -> None:
         self.pool = pool
         self.tokens = tokens
         self.tails = tails
+        self.store = store  # where cold runs' points are
 
     async def close(self) -> None:
         await self.tails.close()
@@ -73,7 +76,7 @@ class Query:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             series = [s for s in series if s.writer_id > req.after_writer]
-            async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi):
+            async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi, self.store):
                 yield message
 
     async def ListExperiments(self, req: qpb.ListExperimentsQuery, ctx: Any) -> qpb.ExperimentList:
@@ -109,12 +112,30 @@ class Query:
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             if not req.by_writer:
                 return await history.read(
-                    conn, req.key, series, lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
+                    conn,
+                    req.key,
+                    series,
+                    lo,
+                    hi,
+                    max_points,
+                    req.aggregate,
+                    fixed_range=False,
+                    with_time=req.with_time,
+                    store=self.store,
                 )
             out = qpb.MetricHistory(key=req.key, writers=[r.writer_id for r in series])
             for one in series:
                 part = await history.read(
-                    conn, req.key, [one], lo, hi, max_points, req.aggregate, fixed_range=False, with_time=req.with_time
+                    conn,
+                    req.key,
+                    [one],
+                    lo,
+                    hi,
+                    max_points,
+                    req.aggregate,
+                    fixed_range=False,
+                    with_time=req.with_time,
+                    store=self.store,
                 )
                 out.total_points += part.total_points
                 out.per_writer.append(part)
@@ -149,7 +170,7 @@ class Query:
                 return qpb.MetricHistory(key=key)
             async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
                 return await history.read(
-                    conn, key, series, lo, hi, max_points, qpb.AGGREGATE_UNSPECIFIED, fixed_range=True
+                    conn, key, series, lo, hi, max_points, qpb.AGGREGATE_UNSPECIFIED, fixed_range=True, store=self.store
                 )
 
         histories = await asyncio.gather(*(one(*item) for item in plan))

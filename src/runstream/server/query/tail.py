@@ -29,7 +29,7 @@ from runstream.errors import ResourceExhausted, Unavailable
 from runstream.server.loading.notifications import Notifications
 from runstream.server.query.feed import NO_STEP, Feed, Keys, Message, TailDatabase, by_series, messages
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import metrics
+from runstream.server.storage import archive, metrics
 
 MAX_QUEUED_POINTS = 100_000
 MAX_QUEUED_MESSAGES = 10_000
@@ -53,9 +53,16 @@ class Tails:
     """Every live tail of this server process: the shared feeds by run, and the counts the
     limits hold."""
 
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, limits: TailLimits, connections: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        limits: TailLimits,
+        connections: int,
+        store: archive.RangeReader | None = None,
+    ) -> None:
         self.notifications = Notifications(pool)
-        self.db = TailDatabase(pool, connections, metrics)
+        self.db = TailDatabase(pool, connections, metrics, store)
         self.limits = limits
         self.metrics = metrics
         self._feeds: dict[str, Feed] = {}
@@ -280,11 +287,10 @@ class Tail:
         if not wanted:
             return []
         async with self._tails.db.connection("own") as conn:
-            rows = by_series(
-                await metrics.chunks_between(
-                    conn, [w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]
-                )
+            found = await metrics.chunks_between(
+                conn, [w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]
             )
+        rows = await by_series(found, self._tails.db.store)
         out = []
         for series_id, after, upto, series in wanted:
             out += messages(series_id, series, rows.get(series_id, []), after, upto)

@@ -135,6 +135,14 @@ class Settings:
         flag="--compact-delay",
         group="Ingest",
     )
+    cold_after_s: float = setting(
+        7 * 86_400.0,
+        help="seconds after a run ended before its points move out of PostgreSQL into one object in the "
+        "artifact store (the cold tier; reads serve them from there); 0: never",
+        parse=seconds,
+        flag="--cold-after",
+        group="Ingest",
+    )
     # -- artifacts
     artifacts: str | None = setting(
         None,

@@ -148,6 +148,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.cold_runs = Counter(
+            "runstream_cold_runs_moved_total", "Runs whose points the cold tier moved to the artifact store", registry=r
+        )
+        self.cold_points = Gauge(
+            "runstream_cold_points",
+            "Metric points in the cold tier (in the artifact store; their rows and sketches stay in PostgreSQL)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.cold_bytes = Gauge(
+            "runstream_cold_bytes", "Bytes of the cold tier's objects", registry=r, multiprocess_mode="livemax"
+        )
         # PostgreSQL
         self.pool_in_use = Gauge(
             "runstream_postgres_pool_connections_in_use",

@@ -63,7 +63,8 @@ async def lock_series(conn: Conn, series_id: int) -> bool:
 async def chunks_to_merge(conn: Conn, series_id: int, delay_s: float, tail_below: int) -> list[asyncpg.Record]:
     """Inside the series' lock: its ingest chunks loaded more than `delay_s` ago, and its last
     compacted chunk if it holds fewer than `tail_below` points, so that compacted chunks grow
-    to full size. Records of ctid, codec, n, steps, timestamps, vals, in first-step order."""
+    to full size (unless it is cold: its run's object is rewritten instead). Records of ctid,
+    codec, n, steps, timestamps, vals, in first-step order."""
     return await conn.fetch(
         """WITH tail AS (
              SELECT ctid FROM metric_chunks WHERE series_id = $1 AND codec <> 0
@@ -71,7 +72,7 @@ async def chunks_to_merge(conn: Conn, series_id: int, delay_s: float, tail_below
            SELECT c.ctid, c.codec, c.n, c.steps, c.timestamps, c.vals FROM metric_chunks c
            WHERE c.series_id = $1
              AND ((c.codec = 0 AND c.loaded_at < now() - make_interval(secs => $2))
-                  OR (c.ctid IN (SELECT ctid FROM tail) AND c.n < $3))
+                  OR (c.ctid IN (SELECT ctid FROM tail) AND c.n < $3 AND c.cold_object IS NULL))
            ORDER BY c.first_step""",
         series_id,
         delay_s,
@@ -95,6 +96,9 @@ class Footprint(NamedTuple):
     backlog_points: int  # in ingest chunks, waiting for the compactor
     bytes: int  # metric_chunks with its TOAST and indexes
     live_bytes: int  # the live rows with their TOAST: without free space and indexes
+    cold_points: int  # in the cold tier: their rows keep summaries and sketches, the points are in objects
+    cold_objects: int
+    cold_bytes: int  # of those objects, in the artifact store
 
 
 async def footprint(conn: Conn) -> Footprint:
@@ -103,7 +107,10 @@ async def footprint(conn: Conn) -> Footprint:
                   coalesce(sum(n) FILTER (WHERE codec <> 0), 0)::int8 AS compacted_points,
                   coalesce(sum(n) FILTER (WHERE codec = 0), 0)::int8 AS backlog_points,
                   pg_total_relation_size('metric_chunks') AS bytes,
-                  coalesce(sum(pg_column_size(metric_chunks.*)), 0)::int8 AS live_bytes
+                  coalesce(sum(pg_column_size(metric_chunks.*)), 0)::int8 AS live_bytes,
+                  coalesce(sum(n) FILTER (WHERE cold_object IS NOT NULL), 0)::int8 AS cold_points,
+                  (SELECT count(*) FROM cold_objects WHERE state = 'live') AS cold_objects,
+                  (SELECT coalesce(sum(size), 0)::int8 FROM cold_objects WHERE state = 'live') AS cold_bytes
            FROM metric_chunks"""
     )
     assert row is not None

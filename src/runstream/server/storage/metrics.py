@@ -205,6 +205,11 @@ async def notify_loaded(conn: Conn, run_ids: set[str]) -> None:
 
 # ---------------------------------------------------------------- metric histories
 
+# A chunk's points: its own columns, or for a cold chunk (columns NULL) the object and byte
+# range holding them. archive.chunk_bytes reads either.
+POINT_COLUMNS = "c.codec, c.steps, c.timestamps, c.vals, o.key AS cold_key, c.cold_offset, c.cold_sizes"
+COLD_JOIN = "LEFT JOIN cold_objects o ON o.object_id = c.cold_object"
+
 
 async def metric_series(conn: Conn, run_id: str, key: str, writer: str | None) -> list[SeriesRow]:
     """The series of a run's key, every writer or one, in writer order (by code point, whatever
@@ -258,10 +263,10 @@ async def history_chunks(conn: Conn, series_ids: list[int], lo: int, hi: int) ->
 
 async def chunk_points(conn: Conn, ctids: list[Any], with_time: bool) -> dict[Any, asyncpg.Record]:
     """The points of the chunks `ctids` (from history_chunks, in the same transaction) by ctid:
-    records of codec, steps, timestamps (NULL unless `with_time`) and vals."""
+    records of POINT_COLUMNS (timestamps NULL unless `with_time`), for archive.chunk_bytes."""
     rows = await conn.fetch(
-        """SELECT ctid, codec, steps, CASE WHEN $2 THEN timestamps END AS timestamps, vals
-           FROM metric_chunks WHERE ctid = ANY($1::tid[])""",
+        f"""SELECT c.ctid, {POINT_COLUMNS.replace("c.timestamps", "CASE WHEN $2 THEN c.timestamps END AS timestamps")}
+            FROM metric_chunks c {COLD_JOIN} WHERE c.ctid = ANY($1::tid[])""",
         ctids,
         with_time,
     )
@@ -270,10 +275,10 @@ async def chunk_points(conn: Conn, ctids: list[Any], with_time: bool) -> dict[An
 
 def series_chunk_cursor(conn: Conn, series_id: int, lo: int, hi: int) -> Any:
     """A cursor (inside a transaction) over one series' chunks overlapping [lo, hi], by first
-    step: records of first_step, last_step, codec, steps, timestamps, vals."""
+    step: records of first_step, last_step and POINT_COLUMNS."""
     return conn.cursor(
-        """SELECT first_step, last_step, codec, steps, timestamps, vals FROM metric_chunks
-           WHERE series_id = $1 AND last_step >= $2 AND first_step <= $3 ORDER BY first_step""",
+        f"""SELECT c.first_step, c.last_step, {POINT_COLUMNS} FROM metric_chunks c {COLD_JOIN}
+            WHERE c.series_id = $1 AND c.last_step >= $2 AND c.first_step <= $3 ORDER BY c.first_step""",
         series_id,
         lo,
         hi,
@@ -298,12 +303,12 @@ async def tail_series(conn: Conn, run_ids: list[str], keys: list[str]) -> list[S
 
 async def chunks_after(conn: Conn, series_ids: list[int], after: list[int]) -> list[asyncpg.Record]:
     """Chunks holding steps beyond each series' cursor (`after[i]` for `series_ids[i]`): records
-    of series_id, codec, steps, timestamps, vals, by series and first step."""
+    of series_id and POINT_COLUMNS, by series and first step."""
     return await conn.fetch(
-        """SELECT c.series_id, c.codec, c.steps, c.timestamps, c.vals
-           FROM unnest($1::int8[], $2::int8[]) AS cur(series_id, after)
-           JOIN metric_chunks c ON c.series_id = cur.series_id AND c.last_step > cur.after
-           ORDER BY c.series_id, c.first_step""",
+        f"""SELECT c.series_id, {POINT_COLUMNS}
+            FROM unnest($1::int8[], $2::int8[]) AS cur(series_id, after)
+            JOIN metric_chunks c ON c.series_id = cur.series_id AND c.last_step > cur.after {COLD_JOIN}
+            ORDER BY c.series_id, c.first_step""",
         series_ids,
         after,
     )
@@ -313,11 +318,11 @@ async def chunks_between(conn: Conn, series_ids: list[int], after: list[int], up
     """Chunks holding steps in (`after[i]`, `upto[i]`] of `series_ids[i]`: a tail's stored points
     up to where the shared reader it joins has read (records as chunks_after's)."""
     return await conn.fetch(
-        """SELECT c.series_id, c.codec, c.steps, c.timestamps, c.vals
-           FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS cur(series_id, after, upto)
-           JOIN metric_chunks c
-             ON c.series_id = cur.series_id AND c.last_step > cur.after AND c.first_step <= cur.upto
-           ORDER BY c.series_id, c.first_step""",
+        f"""SELECT c.series_id, {POINT_COLUMNS}
+            FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS cur(series_id, after, upto)
+            JOIN metric_chunks c
+              ON c.series_id = cur.series_id AND c.last_step > cur.after AND c.first_step <= cur.upto {COLD_JOIN}
+            ORDER BY c.series_id, c.first_step""",
         series_ids,
         after,
         upto,

@@ -25,6 +25,24 @@ CREATE TABLE api_tokens (
 );
 CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens USING btree (name) WHERE (revoked_at IS NULL);
 
+CREATE SEQUENCE cold_objects_object_id_seq AS bigint START WITH 1 INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE TABLE cold_objects (
+    object_id bigint DEFAULT nextval('cold_objects_object_id_seq'::regclass) NOT NULL,
+    run_id uuid NOT NULL,
+    key text NOT NULL,
+    state text NOT NULL,
+    size bigint,
+    sha256 text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    retired_at timestamp with time zone,
+    CONSTRAINT cold_objects_pkey PRIMARY KEY (object_id),
+    CONSTRAINT cold_objects_key_key UNIQUE (key),
+    CONSTRAINT cold_objects_state_check CHECK ((state = ANY (ARRAY['writing'::text, 'live'::text, 'retired'::text])))
+);
+ALTER SEQUENCE cold_objects_object_id_seq OWNED BY cold_objects.object_id;
+CREATE INDEX cold_objects_run ON cold_objects USING btree (run_id);
+CREATE INDEX cold_objects_state ON cold_objects USING btree (state) WHERE (state <> 'live'::text);
+
 CREATE TABLE deployment (
     singleton boolean DEFAULT true NOT NULL,
     deployment_id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -73,14 +91,18 @@ CREATE TABLE metric_chunks (
     max_value double precision NOT NULL,
     first_value double precision NOT NULL,
     last_value double precision NOT NULL,
-    steps bytea NOT NULL,
-    timestamps bytea NOT NULL,
-    vals bytea NOT NULL,
+    steps bytea,
+    timestamps bytea,
+    vals bytea,
     codec smallint DEFAULT 0 NOT NULL,
     loaded_at timestamp with time zone DEFAULT now() NOT NULL,
     last_timestamp bigint,
     sketch_scale bigint,
-    sketch bytea
+    sketch bytea,
+    cold_object bigint,
+    cold_offset bigint,
+    cold_sizes integer[],
+    CONSTRAINT metric_chunks_cold_object_fkey FOREIGN KEY (cold_object) REFERENCES cold_objects(object_id)
 );
 ALTER TABLE ONLY metric_chunks ALTER COLUMN steps SET STORAGE EXTERNAL;
 ALTER TABLE ONLY metric_chunks ALTER COLUMN timestamps SET STORAGE EXTERNAL;

@@ -133,17 +133,23 @@ class GetStorageRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageFootprint(_message.Message):
-    __slots__ = ("points", "bytes", "chunks", "compacted_points", "backlog_points", "live_bytes")
+    __slots__ = ("points", "bytes", "chunks", "compacted_points", "backlog_points", "live_bytes", "cold_points", "cold_objects", "cold_bytes")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMPACTED_POINTS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_POINTS_FIELD_NUMBER: _ClassVar[int]
     LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLD_POINTS_FIELD_NUMBER: _ClassVar[int]
+    COLD_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    COLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     points: int
     bytes: int
     chunks: int
     compacted_points: int
     backlog_points: int
     live_bytes: int
-    def __init__(self, points: _Optional[int] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., compacted_points: _Optional[int] = ..., backlog_points: _Optional[int] = ..., live_bytes: _Optional[int] = ...) -> None: ...
+    cold_points: int
+    cold_objects: int
+    cold_bytes: int
+    def __init__(self, points: _Optional[int] = ..., bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., compacted_points: _Optional[int] = ..., backlog_points: _Optional[int] = ..., live_bytes: _Optional[int] = ..., cold_points: _Optional[int] = ..., cold_objects: _Optional[int] = ..., cold_bytes: _Optional[int] = ...) -> None: ...
