@@ -5,6 +5,7 @@ cold."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -292,8 +293,11 @@ def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any, t
     try:
         mover = cold.mover()
         _wait_output(mover, "cold tier:")
-        time.sleep(2)
+        time.sleep(3)
         assert server.sql("SELECT count(*) AS n FROM metric_chunks WHERE cold_object IS NOT NULL")[0]["n"] == 0
+        said = "".join(mover.output)
+        assert "artifact store" in said and "PostgreSQL is away" not in said, said  # names the store, not PG
+        assert server.sql("SELECT count(*) AS n FROM cold_objects")[0]["n"] <= 1  # waits, does not retry at once
         mover.stop()
         moto = start_moto()  # back, empty: the points still are in PostgreSQL
         cold.mover()
@@ -373,8 +377,64 @@ def test_runs_export_writes_parquet_and_csv_that_pandas_reads(make_server: Any, 
             assert part["step"].tolist() == want.step.tolist()
             np.testing.assert_array_equal(part["value"].to_numpy(), want.value)
 
+    kept = (tmp_path / "points.parquet").read_bytes()
+    refused = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "runs", "export", run_id, "--key", "nosuch", "-o",
+         str(tmp_path / "points.parquet"), "--url", server.target],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "has no metric 'nosuch'" in refused.stderr, refused.stderr
+    assert (tmp_path / "points.parquet").read_bytes() == kept  # a refused export leaves the file alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv", "points.parquet"]  # no partial files
+
     missing = subprocess.run(
         [sys.executable, "-m", "runstream.cli", "runs", "export", "0" * 32, "--url", server.target],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_a_mover_never_deletes_an_object_that_went_live_after_it_listed_it(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two compactors: one lists the objects being written; before it gets to one, its mover
+    settles it (live). The lister must not delete it (it asks again under the run's lock)."""
+    import asyncpg
+
+    from runstream.server.artifacts.local import LocalStore
+    from runstream.server.compaction.mover import ColdMover, object_key
+    from runstream.server.runtime.metrics import Metrics
+    from runstream.server.storage import cold as cold_sql
+
+    cold = Cold(make_server, "local", None)
+    server = cold.server
+    run_id = _ended_run(cold)
+    store = LocalStore(server.artifacts, "http://127.0.0.1:9")
+    key = object_key(run_id)
+
+    async def scenario() -> None:
+        pool = await asyncpg.create_pool(server.db_url, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as other:  # the other compactor's mover, mid-move
+                assert await cold_sql.hold_run(other, run_id)
+                object_id = await cold_sql.begin_object(other, run_id, key)
+                (server.artifacts / "objects" / key).parent.mkdir(parents=True)
+                (server.artifacts / "objects" / key).write_bytes(b"RSCOLD01 verified bytes")
+                listed = cold_sql.leftovers
+
+                async def stale(conn: Any, grace: float, limit: int) -> list[Any]:
+                    found = await listed(conn, grace, limit)
+                    await other.execute("UPDATE cold_objects SET state = 'live' WHERE object_id = $1", object_id)
+                    await cold_sql.release_run(other, run_id)  # it settled after the list was read
+                    return found
+
+                monkeypatch.setattr(cold_sql, "leftovers", stale)
+                mover = ColdMover(pool, lambda: store, Metrics(), 1.0)  # type: ignore[arg-type,return-value]
+                mover._store = store
+                await mover.clean()
+            assert (server.artifacts / "objects" / key).exists()
+            assert await pool.fetchval("SELECT state FROM cold_objects WHERE key = $1", key) == "live"
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

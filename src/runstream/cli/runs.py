@@ -4,6 +4,7 @@ changing their state, and reading or following their metrics."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -189,8 +190,13 @@ def runs_export(args: argparse.Namespace) -> int:
         require("parquet", "runs export --format parquet")
     with Client(args.url) as client, QueryClient(args.url) as query:
         run_id = resolve_run(query, args.run_id)
-        keys = args.key or sorted({m.key for m in client.get_run(run_id).metrics})
+        logged = sorted({m.key for m in client.get_run(run_id).metrics})
+        if unknown := [k for k in args.key if k not in logged]:
+            shown = ", ".join(logged[:5]) + (", ..." if len(logged) > 5 else "")
+            raise ValueError(f"run {run_id} has no metric {unknown[0]!r} (it has {len(logged)}: {shown or 'none'})")
+        keys = args.key or logged
         output = args.output or Path(f"{run_id}.{args.format}")
+        partial = output.with_name(f".{output.name}.partial-{os.getpid()}")  # renamed once whole
 
         def parts() -> Iterator[SeriesPoints]:
             for key in keys:
@@ -200,11 +206,15 @@ def runs_export(args: argparse.Namespace) -> int:
                     yield part
                 print(f"{key}: {count:,} points", file=sys.stderr)  # progress, one line a key
 
-        if args.format == "parquet":
-            total = write_parquet(parts(), output)
-        else:
-            with output.open("w", newline="") as out:
-                total = write_points(parts(), out, with_key=True)
+        try:
+            if args.format == "parquet":
+                total = write_parquet(parts(), partial)
+            else:
+                with partial.open("w", newline="") as out:
+                    total = write_points(parts(), out, with_key=True)
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
     print(f"wrote {total:,} points of {len(keys)} metrics to {output}")
     return 0
 

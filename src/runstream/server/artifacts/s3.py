@@ -35,6 +35,8 @@ from runstream.server.artifacts.stores import (
 T = TypeVar("T")
 READ_BLOCK = 1024 * 1024
 SERVER_PART = 64 * 1024 * 1024  # the server's own objects go up in parts of this
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
 
 
 class S3Store:
@@ -51,7 +53,15 @@ class S3Store:
         style = options.addressing_style
         if style == "auto" and options.endpoint_url:
             style = "path"  # custom endpoints rarely have a wildcard DNS name per bucket
-        config = Config(signature_version="s3v4", s3={"addressing_style": style}, retries={"mode": "standard"})
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": style},
+            retries={"mode": "standard", "total_max_attempts": 3},
+            # A store that takes connections and never answers fails a call in bounded time
+            # (a cold run's read is then UNAVAILABLE), not after botocore's 60 s per attempt.
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+        )
         kwargs: dict[str, Any] = {"config": config}
         if options.region:
             kwargs["region_name"] = options.region

@@ -42,6 +42,7 @@ RETIRED_GRACE_S = (
     5.0  # a retired object outlives its retirement by this at least (a tail reads ranges just after its query)
 )
 SKIP_S = 600.0  # a run whose move failed is tried again after this
+CLEAN_RETRY_S = 60.0  # deletes wait this long after the store refused one
 
 
 def object_key(run_id: str) -> str:
@@ -61,6 +62,7 @@ class ColdMover:
         self.runs = 0  # moved by this mover
         self._skipped: dict[str, float] = {}  # run id -> monotonic time to try it again
         self._store_retry_at = 0.0
+        self._clean_at = 0.0  # deletes wait until then after the store failed one
 
     @property
     def store(self) -> ObjectStore:
@@ -93,10 +95,11 @@ class ColdMover:
             try:
                 moved += await self.move(run_id)
             except Exception as exc:
-                if database_away(exc):
-                    raise
-                # The store down, or a chunk that does not decode: this run waits, the others go on.
+                # The store down (an OSError too, so asked first), or a chunk that does not
+                # decode: this run waits, the others go on. PostgreSQL away: the round waits.
                 quiet = isinstance(exc, (Unavailable, DataLoss))
+                if not quiet and database_away(exc):
+                    raise
                 log.log(logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR,
                         "cold tier: run %s stays in PostgreSQL for now: %s: %s", run_id, type(exc).__name__, exc,
                         exc_info=not quiet)  # fmt: skip
@@ -109,6 +112,9 @@ class ColdMover:
         chunks changed while they were written (tried again later)."""
         async with self.pool.acquire() as holder:
             if not await cold.hold_run(holder, run_id):
+                return False
+            if not await cold.still_due(holder, run_id):  # another mover moved it meanwhile
+                await cold.release_run(holder, run_id)
                 return False
             key = object_key(run_id)
             try:
@@ -176,19 +182,29 @@ class ColdMover:
     async def clean(self) -> None:
         """Delete from the store the objects no chunk points at any more (retired) or that a
         mover gone since was writing, then forget them."""
+        if time.monotonic() < self._clean_at:
+            return
         async with self.pool.acquire() as conn:
             for left in await cold.leftovers(conn, RETIRED_GRACE_S, RUNS_PER_ROUND):
-                if left.state == "writing" and not await cold.hold_run(conn, left.run_id):
-                    continue  # a live mover is writing it
+                if left.state == "writing":
+                    if not await cold.hold_run(conn, left.run_id):
+                        continue  # a live mover is writing it
+                    try:
+                        # Asked again under the run's lock: its mover may have made it live since the list.
+                        abandoned = await cold.retire(conn, left.object_id)
+                    finally:
+                        await cold.release_run(conn, left.run_id)
+                    if not abandoned:
+                        continue
                 try:
                     await self.store.delete(left.key)
-                    await cold.forget(conn, left.object_id)
                 except Unavailable as exc:
-                    log.warning("cold tier: cannot delete %s yet: %s", left.key, exc)
+                    log.warning(
+                        "cold tier: cannot delete %s yet (tried again in %.0f s): %s", left.key, CLEAN_RETRY_S, exc
+                    )
+                    self._clean_at = time.monotonic() + CLEAN_RETRY_S
                     return
-                finally:
-                    if left.state == "writing":
-                        await cold.release_run(conn, left.run_id)
+                await cold.forget(conn, left.object_id)
 
 
 def archive_mismatch(key: str) -> DataLoss:

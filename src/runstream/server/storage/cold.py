@@ -58,6 +58,19 @@ async def release_run(conn: Conn, run_id: str) -> None:
     await conn.execute("SELECT pg_advisory_unlock(hashtextextended('cold ' || $1::text, 0))", run_id)
 
 
+async def still_due(conn: Conn, run_id: str) -> bool:
+    """Whether a run taken with hold_run still has points to move (another mover may have
+    moved it since due_runs listed it) and no ingest chunks."""
+    due: bool = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM metric_series s JOIN metric_chunks c ON c.series_id = s.series_id
+                          WHERE s.run_id = $1 AND c.cold_object IS NULL)
+              AND NOT EXISTS (SELECT 1 FROM metric_series s JOIN metric_chunks c ON c.series_id = s.series_id
+                              WHERE s.run_id = $1 AND c.codec = 0)""",
+        run_id,
+    )
+    return due
+
+
 async def begin_object(conn: Conn, run_id: str, key: str) -> int:
     """Record an object about to be written (committed before the first byte goes)."""
     object_id: int = await conn.fetchval(
@@ -130,12 +143,14 @@ async def settle(
     return True
 
 
-async def retire(conn: Conn, object_id: int) -> None:
-    """An object whose move did not happen: to be deleted."""
-    await conn.execute(
+async def retire(conn: Conn, object_id: int) -> bool:
+    """An object whose move did not happen: to be deleted. False if it is not being written
+    (any more): it went live, or is retired already."""
+    done: str = await conn.execute(
         "UPDATE cold_objects SET state = 'retired', retired_at = now() WHERE object_id = $1 AND state = 'writing'",
         object_id,
     )
+    return done == "UPDATE 1"
 
 
 async def leftovers(conn: Conn, grace_s: float, limit: int) -> list[Leftover]:
