@@ -56,7 +56,7 @@ def add_parsers(sub: Subparsers) -> None:
     for p in (dls, dretry):
         add_url(p)
 
-    admin = sub.add_parser("admin", help="the server's storage (admin scope)")
+    admin = sub.add_parser("admin", help="the server's storage, and purging deleted runs (admin scope)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     storage = admin_sub.add_parser(
         "storage", help="metric points stored, bytes on disk and per point, the compactor's backlog"
@@ -64,15 +64,47 @@ def add_parsers(sub: Subparsers) -> None:
     add_format(storage)
     add_url(storage)
     storage.set_defaults(handler=admin_storage)
+    gc = admin_sub.add_parser(
+        "gc", help="delete for good runs deleted at least --older-than ago, as mlflow gc: rows, metrics, artifacts"
+    )
+    gc.add_argument("--older-than", default="", help="like 30d, 12h, 90m or 45s (default: every deleted run)")
+    gc.add_argument("--run", action="append", default=[], help="only this run id (repeatable; each must be deleted)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be purged; change nothing")
+    add_url(gc)
+    gc.set_defaults(handler=admin_gc)
 
 
-def duration_s(text: str) -> int:
+def duration_s(text: str, flag: str = "--expires") -> int:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
     if not text:
         return 0
     if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
-        raise ValueError(f"--expires {text!r}: give a whole number and a unit, like 30d, 12h, 90m or 45s")
+        raise ValueError(f"{flag} {text!r}: give a whole number and a unit, like 30d, 12h, 90m or 45s")
+    if int(text[:-1]) * units[text[-1]] > 10**11:  # ~3,000 years: beyond, milliseconds overflow
+        raise ValueError(f"{flag} {text!r} is longer than 3,000 years")
     return int(text[:-1]) * units[text[-1]]
+
+
+def admin_gc(args: argparse.Namespace) -> int:
+    older_than_ms = duration_s(args.older_than, "--older-than") * 1000
+    purged = artifacts = 0
+    with Client(args.url) as client:
+        while True:
+            done = client.admin.purge_runs(older_than_ms=older_than_ms, run_ids=args.run, dry_run=args.dry_run)
+            for run_id in done.purged:
+                print(f"{'would purge' if args.dry_run else 'purged'} run {run_id}")
+            for s in done.skipped:
+                print(f"kept run {s.run_id}: {s.reason}", file=sys.stderr)
+            for key in done.artifacts_left:
+                print(f"left in the artifact store (it was unavailable): {key}", file=sys.stderr)
+            purged += len(done.purged)
+            artifacts += done.artifacts_deleted
+            if not done.more or args.dry_run or not done.purged:
+                break
+    verb = "would purge" if args.dry_run else "purged"
+    more = " (and more: run it again)" if args.dry_run and done.more else ""
+    print(f"{verb} {purged:,} runs{more}; {artifacts:,} artifacts deleted")
+    return 0
 
 
 def tokens_create(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Looking after a server from the SDK: the dead letters the loaders set aside, and API tokens."""
+"""Looking after a server from the SDK: the dead letters the loaders set aside, API tokens,
+storage, and purging deleted runs."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ class AdminClient:
             token = page.next_page_token
             if not token:
                 return found
+
+    @typed_errors
+    def purge_runs(
+        self, *, older_than_ms: int = 0, run_ids: Sequence[str] = (), dry_run: bool = False, max_runs: int = 0
+    ) -> adm.PurgeRunsResponse:
+        """Delete for good runs deleted at least `older_than_ms` ago (those of `run_ids`, or
+        any), as `mlflow gc` does; `more` in the answer says to call again."""
+        req = adm.PurgeRunsRequest(
+            older_than_ms=older_than_ms, run_ids=list(run_ids), dry_run=dry_run, max_runs=max_runs
+        )
+        return self._stub.PurgeRuns(req, timeout=self.timeout)  # type: ignore[no-any-return]
 
     @typed_errors
     def storage(self) -> adm.StorageFootprint:

@@ -62,6 +62,7 @@ from runstream.server.streams.keys import Keys
 from runstream.server.tracking.appender import Durability, describe_durability
 from runstream.server.tracking.heartbeats import Liveness
 from runstream.server.tracking.logged_models import LoggedModels
+from runstream.server.tracking.purge import RunPurger
 from runstream.server.tracking.service import Tracking
 from runstream.server.web import port as http_port
 from runstream.server.web.api import add_api_routes
@@ -280,7 +281,9 @@ async def _services(
     if "RegistryService" in wanted:
         servicers["RegistryService"] = (Registry(pool, tokens),)
     if "AdminService" in wanted:
-        servicers["AdminService"] = (Admin(redis, keys, tokens), TokenAdmin(pool, guard), StorageAdmin(pool))
+        assert objects is not None  # every role serving AdminService serves ArtifactService
+        admins = (Admin(redis, keys, tokens), TokenAdmin(pool, guard), StorageAdmin(pool), RunPurger(pool, objects))
+        servicers["AdminService"] = admins
     if objects is not None:
         closing.append(objects.close)  # last: the services above use it until they close
     return servicers, closing, local_store

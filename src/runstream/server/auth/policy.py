@@ -93,6 +93,7 @@ _BY_SCOPE: dict[str, tuple[str, ...]] = {
         "AdminService/ListTokens",
         "AdminService/RevokeToken",
         "AdminService/GetStorage",
+        "AdminService/PurgeRuns",
     ),
     ANY_TOKEN: ("AdminService/WhoAmI",),
 }

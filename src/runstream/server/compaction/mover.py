@@ -85,6 +85,8 @@ class ColdMover:
                 self._store_retry_at = time.monotonic() + SKIP_S / 10
                 return 0
         await self.clean()
+        if self.after_s <= 0:  # --cold-after 0: no moves; objects of purged runs are still deleted
+            return 0
         ended_before = int((time.time() - self.after_s) * 1000)
         async with self.pool.acquire() as conn:
             due = await cold.due_runs(conn, ended_before, RUNS_PER_ROUND)

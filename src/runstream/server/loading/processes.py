@@ -203,18 +203,15 @@ def loader_process(settings: Settings, consumer: str, pipe: Connection) -> None:
 
 async def run_compactor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics, stop: asyncio.Event) -> None:
     """Compact until `stop` is set (role compact, and role all's compactor processes)."""
-    mover = None
-    if settings.cold_after_s > 0:
-        mover = ColdMover(pool, lambda: open_store(store_settings(settings)), metrics, settings.cold_after_s)
+    # With --cold-after 0 it moves nothing, but still deletes the objects of purged runs.
+    mover = ColdMover(pool, lambda: open_store(store_settings(settings)), metrics, settings.cold_after_s)
     compactor = Compactor(pool, metrics, settings.compact_delay_s, mover)
     log.info("compactor started (delay %.0f s, cold after %.0f s)", settings.compact_delay_s, settings.cold_after_s)
     try:
         await compactor.run(stop)
     finally:
-        if mover is not None:
-            await mover.close()
-    log.info("compactor stopped: %d points compacted, %d runs moved to the cold tier", compactor.points,
-             mover.runs if mover else 0)  # fmt: skip
+        await mover.close()
+    log.info("compactor stopped: %d points compacted, %d runs moved to the cold tier", compactor.points, mover.runs)
 
 
 async def _spawned_compactor(settings: Settings, pipe: Connection) -> None:

@@ -27,3 +27,7 @@ async def ping(db: asyncpg.Pool | Conn) -> None:
 async def server_version(conn: Conn) -> str:
     """PostgreSQL's version, as `SHOW server_version` gives it."""
     return str(await conn.fetchval("SHOW server_version"))
+
+
+# runs.deleted_ms as a run's lifecycle_stage becomes $2: when it was first deleted, NULL once active.
+DELETED_MS = "CASE WHEN $2 = 'deleted' THEN coalesce(deleted_ms, (extract(epoch FROM now()) * 1000)::int8) END"

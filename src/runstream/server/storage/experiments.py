@@ -8,7 +8,7 @@ from typing import NamedTuple
 import asyncpg
 
 from runstream.errors import AlreadyExists, ExperimentNotFound
-from runstream.server.storage.db import Conn, now_ms
+from runstream.server.storage.db import DELETED_MS, Conn, now_ms
 
 
 class ExperimentRow(NamedTuple):
@@ -157,7 +157,11 @@ async def set_experiment_lifecycle(conn: Conn, experiment_id: int, stage: str) -
         )
         if done == "UPDATE 0":
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist")
-        await conn.execute("UPDATE runs SET lifecycle_stage = $2 WHERE experiment_id = $1", experiment_id, stage)
+        await conn.execute(
+            f"UPDATE runs SET lifecycle_stage = $2, deleted_ms = {DELETED_MS} WHERE experiment_id = $1",
+            experiment_id,
+            stage,
+        )
 
 
 async def experiment_names(conn: Conn, experiment_ids: Sequence[int]) -> dict[int, str]:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from runstream.errors import ExperimentNotFound, ParamConflict, RunNotFound
-from runstream.server.storage.db import Conn, now_ms
+from runstream.server.storage.db import DELETED_MS, Conn, now_ms
 from runstream.server.storage.search import Order
 
 
@@ -160,8 +160,86 @@ async def update_run(conn: Conn, run_id: str, status: int | None, end_time_ms: i
 
 
 async def set_run_lifecycle(conn: Conn, run_id: str, stage: str) -> None:
-    if await conn.execute("UPDATE runs SET lifecycle_stage = $2 WHERE run_id = $1", run_id, stage) == "UPDATE 0":
+    """'active' or 'deleted', recording when it was deleted (kept if it was already)."""
+    done = await conn.execute(
+        f"UPDATE runs SET lifecycle_stage = $2, deleted_ms = {DELETED_MS} WHERE run_id = $1", run_id, stage
+    )
+    if done == "UPDATE 0":
         raise RunNotFound(f"run {run_id} does not exist")
+
+
+class Purgeable(NamedTuple):
+    run_id: str
+    why_not: str  # "" when it may be purged
+
+
+async def purgeable_runs(
+    conn: Conn, deleted_before_ms: int, run_ids: Sequence[str] | None, limit: int
+) -> list[Purgeable]:
+    """Runs deleted before `deleted_before_ms` (those of `run_ids`, or any), oldest deletion
+    first, up to `limit`; each named in `run_ids` comes back, with why it may not be purged."""
+    rows = await conn.fetch(
+        """SELECT r.run_id::text, r.lifecycle_stage, r.deleted_ms,
+                  (SELECT string_agg(format('%s version %s', m.name, v.version), ', ' ORDER BY m.name, v.version)
+                   FROM model_versions v JOIN registered_models m USING (model_id)
+                   WHERE v.run_id = r.run_id) AS versions
+           FROM runs r
+           WHERE ($2::uuid[] IS NULL AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $1)
+              OR r.run_id = ANY($2::uuid[])
+           ORDER BY r.deleted_ms NULLS LAST, r.run_id
+           LIMIT $3""",
+        deleted_before_ms,
+        None if run_ids is None else list(run_ids),
+        limit,
+    )
+    found = []
+    for r in rows:
+        why = ""
+        if r["lifecycle_stage"] != "deleted":
+            why = "the run is not deleted (DeleteRun first)"
+        elif r["deleted_ms"] >= deleted_before_ms:
+            why = "deleted more recently than older_than_ms"
+        elif r["versions"]:
+            why = f"registered model versions come from it ({r['versions']}): delete them first"
+        found.append(Purgeable(r["run_id"], why))
+    seen = {p.run_id for p in found}
+    found += [Purgeable(r, "no such run") for r in (run_ids or []) if r not in seen]
+    return found
+
+
+class PurgedFiles(NamedTuple):
+    """What a purged run left in the store: its artifacts' keys, and unfinished uploads."""
+
+    keys: list[str]
+    uploads: list[tuple[str, str]]  # key, multipart upload id
+
+
+async def purge_run(conn: Conn, run_id: str, deleted_before_ms: int) -> PurgedFiles | None:
+    """Delete a deleted run and everything of it for good, in the caller's transaction; its cold
+    objects retire (the compactors delete them). None if it is no longer purgeable (restored,
+    or a model version came from it meanwhile). Returns the store's objects to delete."""
+    row = await conn.fetchrow(
+        """SELECT 1 FROM runs r WHERE r.run_id = $1 AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $2
+             AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.run_id = r.run_id)
+           FOR UPDATE""",
+        run_id,
+        deleted_before_ms,
+    )
+    if row is None:
+        return None
+    keys = [r[0] for r in await conn.fetch("SELECT object_key FROM artifacts WHERE run_id = $1", run_id)]
+    uploads = await conn.fetch("SELECT object_key, multipart_id FROM artifact_uploads WHERE run_id = $1", run_id)
+    await conn.execute(
+        "DELETE FROM metric_chunks WHERE series_id IN (SELECT series_id FROM metric_series WHERE run_id = $1)", run_id
+    )
+    await conn.execute(
+        """UPDATE cold_objects SET state = 'retired', retired_at = now()
+           WHERE run_id = $1 AND state <> 'retired'""",
+        run_id,
+    )
+    await conn.execute("DELETE FROM ingested_batches WHERE run_id = $1", run_id)
+    await conn.execute("DELETE FROM runs WHERE run_id = $1", run_id)  # the rest cascades
+    return PurgedFiles(keys + [u[0] for u in uploads if u[1] is None], [(u[0], u[1]) for u in uploads if u[1]])
 
 
 async def experiments_of_runs(conn: Conn, run_ids: Sequence[str]) -> dict[str, str]:

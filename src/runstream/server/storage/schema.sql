@@ -159,9 +159,11 @@ CREATE TABLE runs (
     end_time_ms bigint,
     lifecycle_stage text DEFAULT 'active'::text NOT NULL,
     last_heard_ms bigint,
+    deleted_ms bigint,
     CONSTRAINT runs_pkey PRIMARY KEY (run_id),
     CONSTRAINT runs_experiment_id_fkey FOREIGN KEY (experiment_id) REFERENCES experiments(experiment_id)
 );
+CREATE INDEX runs_deleted ON runs USING btree (deleted_ms) WHERE (lifecycle_stage = 'deleted'::text);
 CREATE INDEX runs_experiment_start ON runs USING btree (experiment_id, start_time_ms DESC);
 CREATE INDEX runs_running_heard ON runs USING btree (last_heard_ms) WHERE (status = 1);
 

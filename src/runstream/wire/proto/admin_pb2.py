@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/admin.proto\x12\x0crunstream.v1\"\xc0\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tfailed_ms\x18\x05 \x01(\x03\x12\x13\n\x0breceived_ms\x18\x06 \x01(\x03\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\x11\n\twriter_id\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x0e\n\x06points\x18\x0b \x01(\x03\"A\n\x16ListDeadLettersRequest\x12\x13\n\x0bmax_results\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListDeadLettersResponse\x12.\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x18.runstream.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"3\n\x17RetryDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\">\n\x18RetryDeadLettersResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\"\x9f\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\x12\x12\n\nrevoked_ms\x18\x07 \x01(\x03\x12\x10\n\x08token_id\x18\x08 \x01(\t\"]\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x03\"E\n\x0c\x43reatedToken\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.runstream.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"<\n\x12ListTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.runstream.v1.ApiToken\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"\x13\n\x11GetStorageRequest\"\xc6\x01\n\x10StorageFootprint\x12\x0e\n\x06points\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompacted_points\x18\x04 \x01(\x03\x12\x16\n\x0e\x62\x61\x63klog_points\x18\x05 \x01(\x03\x12\x12\n\nlive_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x63old_points\x18\x07 \x01(\x03\x12\x14\n\x0c\x63old_objects\x18\x08 \x01(\x03\x12\x12\n\ncold_bytes\x18\t \x01(\x03\x32\xc6\x04\n\x0c\x41\x64minService\x12^\n\x0fListDeadLetters\x12$.runstream.v1.ListDeadLettersRequest\x1a%.runstream.v1.ListDeadLettersResponse\x12\x61\n\x10RetryDeadLetters\x12%.runstream.v1.RetryDeadLettersRequest\x1a&.runstream.v1.RetryDeadLettersResponse\x12K\n\x0b\x43reateToken\x12 .runstream.v1.CreateTokenRequest\x1a\x1a.runstream.v1.CreatedToken\x12O\n\nListTokens\x12\x1f.runstream.v1.ListTokensRequest\x1a .runstream.v1.ListTokensResponse\x12G\n\x0bRevokeToken\x12 .runstream.v1.RevokeTokenRequest\x1a\x16.runstream.v1.ApiToken\x12=\n\x06WhoAmI\x12\x1b.runstream.v1.WhoAmIRequest\x1a\x16.runstream.v1.ApiToken\x12M\n\nGetStorage\x12\x1f.runstream.v1.GetStorageRequest\x1a\x1e.runstream.v1.StorageFootprintBT\n\x10\x64\x65v.runstream.v1P\x01Z>github.com/runstream/runstream/gen/go/runstream/v1;runstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/admin.proto\x12\x0crunstream.v1\"]\n\x10PurgeRunsRequest\x12\x15\n\rolder_than_ms\x18\x01 \x01(\x03\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x10\n\x08max_runs\x18\x04 \x01(\x05\",\n\nSkippedRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x11PurgeRunsResponse\x12\x0e\n\x06purged\x18\x01 \x03(\t\x12)\n\x07skipped\x18\x02 \x03(\x0b\x32\x18.runstream.v1.SkippedRun\x12\x19\n\x11\x61rtifacts_deleted\x18\x03 \x01(\x03\x12\x16\n\x0e\x61rtifacts_left\x18\x04 \x03(\t\x12\x0c\n\x04more\x18\x05 \x01(\x08\"\xc0\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tfailed_ms\x18\x05 \x01(\x03\x12\x13\n\x0breceived_ms\x18\x06 \x01(\x03\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\x11\n\twriter_id\x18\t \x01(\t\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x0e\n\x06points\x18\x0b \x01(\x03\"A\n\x16ListDeadLettersRequest\x12\x13\n\x0bmax_results\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListDeadLettersResponse\x12.\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x18.runstream.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"3\n\x17RetryDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\">\n\x18RetryDeadLettersResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x03\x12\x11\n\tnot_found\x18\x02 \x03(\t\"\x9f\x01\n\x08\x41piToken\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\x12\x12\n\nrevoked_ms\x18\x07 \x01(\x03\x12\x10\n\x08token_id\x18\x08 \x01(\t\"]\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x13\n\x0b\x65xperiments\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x03\"E\n\x0c\x43reatedToken\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.runstream.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"<\n\x12ListTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.runstream.v1.ApiToken\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"\x13\n\x11GetStorageRequest\"\xc6\x01\n\x10StorageFootprint\x12\x0e\n\x06points\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompacted_points\x18\x04 \x01(\x03\x12\x16\n\x0e\x62\x61\x63klog_points\x18\x05 \x01(\x03\x12\x12\n\nlive_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x63old_points\x18\x07 \x01(\x03\x12\x14\n\x0c\x63old_objects\x18\x08 \x01(\x03\x12\x12\n\ncold_bytes\x18\t \x01(\x03\x32\x94\x05\n\x0c\x41\x64minService\x12^\n\x0fListDeadLetters\x12$.runstream.v1.ListDeadLettersRequest\x1a%.runstream.v1.ListDeadLettersResponse\x12\x61\n\x10RetryDeadLetters\x12%.runstream.v1.RetryDeadLettersRequest\x1a&.runstream.v1.RetryDeadLettersResponse\x12K\n\x0b\x43reateToken\x12 .runstream.v1.CreateTokenRequest\x1a\x1a.runstream.v1.CreatedToken\x12O\n\nListTokens\x12\x1f.runstream.v1.ListTokensRequest\x1a .runstream.v1.ListTokensResponse\x12G\n\x0bRevokeToken\x12 .runstream.v1.RevokeTokenRequest\x1a\x16.runstream.v1.ApiToken\x12=\n\x06WhoAmI\x12\x1b.runstream.v1.WhoAmIRequest\x1a\x16.runstream.v1.ApiToken\x12M\n\nGetStorage\x12\x1f.runstream.v1.GetStorageRequest\x1a\x1e.runstream.v1.StorageFootprint\x12L\n\tPurgeRuns\x12\x1e.runstream.v1.PurgeRunsRequest\x1a\x1f.runstream.v1.PurgeRunsResponseBT\n\x10\x64\x65v.runstream.v1P\x01Z>github.com/runstream/runstream/gen/go/runstream/v1;runstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,34 +32,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runstream.v1.admin_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.runstream.v1P\001Z>github.com/runstream/runstream/gen/go/runstream/v1;runstreamv1'
-  _globals['_DEADLETTER']._serialized_start=43
-  _globals['_DEADLETTER']._serialized_end=235
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=237
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=302
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=304
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=417
-  _globals['_RETRYDEADLETTERSREQUEST']._serialized_start=419
-  _globals['_RETRYDEADLETTERSREQUEST']._serialized_end=470
-  _globals['_RETRYDEADLETTERSRESPONSE']._serialized_start=472
-  _globals['_RETRYDEADLETTERSRESPONSE']._serialized_end=534
-  _globals['_APITOKEN']._serialized_start=537
-  _globals['_APITOKEN']._serialized_end=696
-  _globals['_CREATETOKENREQUEST']._serialized_start=698
-  _globals['_CREATETOKENREQUEST']._serialized_end=791
-  _globals['_CREATEDTOKEN']._serialized_start=793
-  _globals['_CREATEDTOKEN']._serialized_end=862
-  _globals['_LISTTOKENSREQUEST']._serialized_start=864
-  _globals['_LISTTOKENSREQUEST']._serialized_end=908
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=910
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=970
-  _globals['_REVOKETOKENREQUEST']._serialized_start=972
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1006
-  _globals['_WHOAMIREQUEST']._serialized_start=1008
-  _globals['_WHOAMIREQUEST']._serialized_end=1023
-  _globals['_GETSTORAGEREQUEST']._serialized_start=1025
-  _globals['_GETSTORAGEREQUEST']._serialized_end=1044
-  _globals['_STORAGEFOOTPRINT']._serialized_start=1047
-  _globals['_STORAGEFOOTPRINT']._serialized_end=1245
-  _globals['_ADMINSERVICE']._serialized_start=1248
-  _globals['_ADMINSERVICE']._serialized_end=1830
+  _globals['_PURGERUNSREQUEST']._serialized_start=42
+  _globals['_PURGERUNSREQUEST']._serialized_end=135
+  _globals['_SKIPPEDRUN']._serialized_start=137
+  _globals['_SKIPPEDRUN']._serialized_end=181
+  _globals['_PURGERUNSRESPONSE']._serialized_start=184
+  _globals['_PURGERUNSRESPONSE']._serialized_end=327
+  _globals['_DEADLETTER']._serialized_start=330
+  _globals['_DEADLETTER']._serialized_end=522
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=524
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=589
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=591
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=704
+  _globals['_RETRYDEADLETTERSREQUEST']._serialized_start=706
+  _globals['_RETRYDEADLETTERSREQUEST']._serialized_end=757
+  _globals['_RETRYDEADLETTERSRESPONSE']._serialized_start=759
+  _globals['_RETRYDEADLETTERSRESPONSE']._serialized_end=821
+  _globals['_APITOKEN']._serialized_start=824
+  _globals['_APITOKEN']._serialized_end=983
+  _globals['_CREATETOKENREQUEST']._serialized_start=985
+  _globals['_CREATETOKENREQUEST']._serialized_end=1078
+  _globals['_CREATEDTOKEN']._serialized_start=1080
+  _globals['_CREATEDTOKEN']._serialized_end=1149
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1151
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1195
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1197
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1257
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1259
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1293
+  _globals['_WHOAMIREQUEST']._serialized_start=1295
+  _globals['_WHOAMIREQUEST']._serialized_end=1310
+  _globals['_GETSTORAGEREQUEST']._serialized_start=1312
+  _globals['_GETSTORAGEREQUEST']._serialized_end=1331
+  _globals['_STORAGEFOOTPRINT']._serialized_start=1334
+  _globals['_STORAGEFOOTPRINT']._serialized_end=1532
+  _globals['_ADMINSERVICE']._serialized_start=1535
+  _globals['_ADMINSERVICE']._serialized_end=2195
 # @@protoc_insertion_point(module_scope)

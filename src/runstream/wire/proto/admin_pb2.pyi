@@ -6,6 +6,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PurgeRunsRequest(_message.Message):
+    __slots__ = ("older_than_ms", "run_ids", "dry_run", "max_runs")
+    OLDER_THAN_MS_FIELD_NUMBER: _ClassVar[int]
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    older_than_ms: int
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    dry_run: bool
+    max_runs: int
+    def __init__(self, older_than_ms: _Optional[int] = ..., run_ids: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., max_runs: _Optional[int] = ...) -> None: ...
+
+class SkippedRun(_message.Message):
+    __slots__ = ("run_id", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PurgeRunsResponse(_message.Message):
+    __slots__ = ("purged", "skipped", "artifacts_deleted", "artifacts_left", "more")
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    purged: _containers.RepeatedScalarFieldContainer[str]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedRun]
+    artifacts_deleted: int
+    artifacts_left: _containers.RepeatedScalarFieldContainer[str]
+    more: bool
+    def __init__(self, purged: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[_Union[SkippedRun, _Mapping]]] = ..., artifacts_deleted: _Optional[int] = ..., artifacts_left: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class DeadLetter(_message.Message):
     __slots__ = ("id", "stream", "entry_id", "reason", "failed_ms", "received_ms", "size", "run_id", "writer_id", "seq", "points")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class AdminServiceStub:
                 request_serializer=runstream_dot_v1_dot_admin__pb2.GetStorageRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_admin__pb2.StorageFootprint.FromString,
                 _registered_method=True)
+        self.PurgeRuns = channel.unary_unary(
+                '/runstream.v1.AdminService/PurgeRuns',
+                request_serializer=runstream_dot_v1_dot_admin__pb2.PurgeRunsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_admin__pb2.PurgeRunsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -127,6 +132,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeRuns(self, request, context):
+        """Delete for good runs that were deleted (DeleteRun, or their experiment's deletion) at least
+        older_than_ms ago, as `mlflow gc` does: their params, tags, metrics (cold objects too) and
+        artifacts. A run that a registered model version comes from is kept, and said why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +178,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStorage,
                     request_deserializer=runstream_dot_v1_dot_admin__pb2.GetStorageRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_admin__pb2.StorageFootprint.SerializeToString,
+            ),
+            'PurgeRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeRuns,
+                    request_deserializer=runstream_dot_v1_dot_admin__pb2.PurgeRunsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_admin__pb2.PurgeRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +375,33 @@ class AdminService:
             '/runstream.v1.AdminService/GetStorage',
             runstream_dot_v1_dot_admin__pb2.GetStorageRequest.SerializeToString,
             runstream_dot_v1_dot_admin__pb2.StorageFootprint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.AdminService/PurgeRuns',
+            runstream_dot_v1_dot_admin__pb2.PurgeRunsRequest.SerializeToString,
+            runstream_dot_v1_dot_admin__pb2.PurgeRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
