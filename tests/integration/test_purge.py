@@ -4,21 +4,25 @@ stays, and a dry run or a refused call changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import numpy as np
 import pytest
+import urllib3
 
 import runstream
 from runstream.wire import batch as wire
 from runstream.wire.proto import admin_pb2 as adm
 from runstream.wire.proto import admin_pb2_grpc
-from tests.conftest import Server, raw_log
+from tests.conftest import PG_ADMIN_URL, Server, raw_log
 
 RUN_TABLES = ("params", "tags", "metric_series", "metric_summaries", "artifacts", "ingested_batches", "writer_epochs")
 
@@ -79,6 +83,9 @@ def test_a_deleted_cold_run_is_purged_with_its_rows_artifacts_and_object(make_se
     assert _rows_of(server, gone)["runs"] == 1 and any(gone in f for f in _files(server))
     assert _gc(server, "--older-than", "1d").stdout.strip() == "purged 0 runs; 0 artifacts deleted"
 
+    elsewhere = threading.Event()  # a long transaction in another database must not hold deletions back
+    holder = threading.Thread(target=_transaction_elsewhere, args=(elsewhere,))
+    holder.start()
     done = _gc(server)
     assert done.returncode == 0 and f"purged run {gone}" in done.stdout, done
     assert "purged 1 runs; 1 artifacts deleted" in done.stdout
@@ -87,12 +94,85 @@ def test_a_deleted_cold_run_is_purged_with_its_rows_artifacts_and_object(make_se
     while any(gone in f for f in _files(server)):
         assert time.monotonic() < deadline, _files(server)
         time.sleep(0.3)
+    elsewhere.set()
+    holder.join()
     assert server.sql("SELECT count(*) AS n FROM cold_objects WHERE run_id = $1", gone)[0]["n"] == 0
     with runstream.QueryClient(server.target) as q:
         assert [p.step.tolist() for p in q.read_metrics(kept, "x")] == kept_points
         with pytest.raises(runstream.NotFound):
             list(q.read_metrics(gone, "x"))
     assert all(f.startswith(f"runs/{kept}/") for f in _files(server))
+
+
+def _transaction_elsewhere(done: threading.Event) -> None:
+    async def hold() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            async with conn.transaction():
+                await conn.fetchval("SELECT txid_current()")
+                await asyncio.to_thread(done.wait)
+        finally:
+            await conn.close()
+
+    asyncio.run(hold())
+
+
+def test_named_runs_are_all_answered_and_model_sources_never_block_the_rest(make_server: Any, tmp_path: Path) -> None:
+    server = make_server()
+    model = _run(server, tmp_path, "model")
+    later = [_run(server, tmp_path, f"later{i}") for i in range(3)]
+    with runstream.Client(server.target) as client:
+        client.registry.register_model(model, "files", "blocking-model")
+        client.delete_run(model)  # deleted first: the oldest deletion
+        for run_id in later[:2]:
+            client.delete_run(run_id)
+        done = client.admin.purge_runs(max_runs=1)  # the model's run stays out of the way
+        assert list(done.purged) == [later[0]] and not done.skipped and done.more
+        client.delete_run(later[2])
+        named = client.admin.purge_runs(run_ids=[later[1], later[2], model], max_runs=1)  # more named than max_runs
+        assert sorted(named.purged) == sorted(later[1:]) and [s.run_id for s in named.skipped] == [model]
+    reply = urllib3.request(
+        "POST", f"http://127.0.0.1:{server.http_port}/api/v1/runstream.v1.AdminService/PurgeRuns", body=b"[]",
+        headers={"Content-Type": "application/json"}, timeout=30,
+    )  # fmt: skip
+    assert reply.status == 400 and "JSON object" in reply.data.decode(), reply.data
+
+
+def test_a_purge_racing_a_registration_keeps_the_run_or_refuses_the_registration(
+    make_server: Any, tmp_path: Path
+) -> None:
+    server = make_server()
+    runs = [_run(server, tmp_path, f"race{i}") for i in range(8)]
+    outcomes: dict[str, list[str]] = {r: [] for r in runs}
+
+    def register(run_id: str) -> None:
+        with runstream.Client(server.target) as client:
+            try:
+                client.registry.register_model(run_id, "files", f"race-{run_id[:8]}")
+                outcomes[run_id].append("registered")
+            except (runstream.NotFound, runstream.FailedPrecondition) as exc:
+                outcomes[run_id].append(type(exc).__name__)
+
+    def purge(run_id: str) -> None:
+        with runstream.Client(server.target) as client:
+            client.delete_run(run_id)
+            for _ in range(50):
+                done = client.admin.purge_runs(run_ids=[run_id])  # never INTERNAL
+                if done.purged:
+                    outcomes[run_id].append("purged")
+                    return
+                if "model version" in done.skipped[0].reason:
+                    outcomes[run_id].append("kept")
+                    return
+
+    threads = [threading.Thread(target=f, args=(r,)) for r in runs for f in (register, purge)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seen in outcomes.values():
+        assert sorted(seen) in (["kept", "registered"], ["NotFound", "purged"], ["FailedPrecondition", "purged"]), seen
+    assert not any("internal error" in line for line in server.output), "".join(server.output)
 
 
 def test_what_must_stay_stays_and_says_why(make_server: Any, tmp_path: Path) -> None:

@@ -163,7 +163,8 @@ async def leftovers(conn: Conn, grace_s: float, limit: int) -> list[Leftover]:
            WHERE state = 'writing'
               OR (state = 'retired' AND retired_at < now() - make_interval(secs => $1)
                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
-                                  WHERE xact_start <= cold_objects.retired_at AND pid <> pg_backend_pid()))
+                                  WHERE xact_start <= cold_objects.retired_at AND pid <> pg_backend_pid()
+                                    AND datname = current_database()))
            ORDER BY object_id LIMIT $2""",
         grace_s,
         limit,

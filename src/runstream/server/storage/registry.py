@@ -3,11 +3,11 @@ stages and aliases, the append-only history of every change, and transition requ
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 
-from runstream.errors import AlreadyExists
+from runstream.errors import AlreadyExists, RunNotFound
 from runstream.server.storage.db import Conn, now_ms
 
 
@@ -230,20 +230,19 @@ async def insert_version(
     created_by: str,
 ) -> None:
     now = now_ms()
+    try:
+        await _insert_version(conn, model_id, version, run_id, artifact_path, source_size, source_digest,
+                              source_files, description, created_by, now)  # fmt: skip
+    except asyncpg.ForeignKeyViolationError:  # purged (runstream admin gc) while it was registered
+        raise RunNotFound(f"run {run_id} does not exist (it was purged)") from None
+
+
+async def _insert_version(conn: Conn, *values: Any) -> None:
     await conn.execute(
         """INSERT INTO model_versions (model_id, version, run_id, artifact_path, source_size, source_digest,
                                        source_files, description, created_by, created_ms, updated_ms)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)""",
-        model_id,
-        version,
-        run_id,
-        artifact_path,
-        source_size,
-        source_digest,
-        source_files,
-        description,
-        created_by,
-        now,
+        *values,
     )
 
 

@@ -176,15 +176,17 @@ class Purgeable(NamedTuple):
 async def purgeable_runs(
     conn: Conn, deleted_before_ms: int, run_ids: Sequence[str] | None, limit: int
 ) -> list[Purgeable]:
-    """Runs deleted before `deleted_before_ms` (those of `run_ids`, or any), oldest deletion
-    first, up to `limit`; each named in `run_ids` comes back, with why it may not be purged."""
+    """Runs deleted before `deleted_before_ms` (those of `run_ids`, or any but those a model
+    version comes from, which stay), oldest deletion first, up to `limit`; each named in
+    `run_ids` comes back, with why it may not be purged."""
     rows = await conn.fetch(
         """SELECT r.run_id::text, r.lifecycle_stage, r.deleted_ms,
                   (SELECT string_agg(format('%s version %s', m.name, v.version), ', ' ORDER BY m.name, v.version)
                    FROM model_versions v JOIN registered_models m USING (model_id)
                    WHERE v.run_id = r.run_id) AS versions
            FROM runs r
-           WHERE ($2::uuid[] IS NULL AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $1)
+           WHERE ($2::uuid[] IS NULL AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $1
+                  AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.run_id = r.run_id))
               OR r.run_id = ANY($2::uuid[])
            ORDER BY r.deleted_ms NULLS LAST, r.run_id
            LIMIT $3""",
@@ -219,13 +221,13 @@ async def purge_run(conn: Conn, run_id: str, deleted_before_ms: int) -> PurgedFi
     objects retire (the compactors delete them). None if it is no longer purgeable (restored,
     or a model version came from it meanwhile). Returns the store's objects to delete."""
     row = await conn.fetchrow(
-        """SELECT 1 FROM runs r WHERE r.run_id = $1 AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $2
-             AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.run_id = r.run_id)
-           FOR UPDATE""",
+        "SELECT 1 FROM runs WHERE run_id = $1 AND lifecycle_stage = 'deleted' AND deleted_ms < $2 FOR UPDATE",
         run_id,
         deleted_before_ms,
     )
-    if row is None:
+    # Asked after the lock, in a statement of its own: a version registered while the lock was
+    # awaited is seen (a registration holds the run's row while it inserts, and waits for ours).
+    if row is None or await conn.fetchval("SELECT EXISTS (SELECT 1 FROM model_versions WHERE run_id = $1)", run_id):
         return None
     keys = [r[0] for r in await conn.fetch("SELECT object_key FROM artifacts WHERE run_id = $1", run_id)]
     uploads = await conn.fetch("SELECT object_key, multipart_id FROM artifact_uploads WHERE run_id = $1", run_id)

@@ -39,6 +39,8 @@ class RunPurger:
         for run_id in req.run_ids:
             wire.check_run_id(run_id)
         named = list(dict.fromkeys(req.run_ids)) or None
+        if named is not None:
+            limit = max(limit, len(named))  # every run named is answered, purged or kept
         cutoff = now_ms() - min(req.older_than_ms, now_ms() + 2**62)  # far past, never below int64
         async with self.pool.acquire() as conn:
             found = await runs.purgeable_runs(conn, cutoff, named, limit + 1)

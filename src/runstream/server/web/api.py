@@ -111,7 +111,10 @@ def add_api_routes(
 def _parse(body: bytes, request_class: Any) -> Any:
     message = request_class()
     try:
-        json_format.Parse(body.decode() or "{}", message)
+        text = body.decode().strip() or "{}"
+        if not text.startswith("{"):  # protobuf's parser takes `[]` for an empty message
+            raise json_format.ParseError("the body must be a JSON object")
+        json_format.Parse(text, message)
     except (json_format.ParseError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InvalidArgument(f"the body is not a valid {request_class.DESCRIPTOR.name} in JSON: {detail}") from None
