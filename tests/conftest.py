@@ -230,6 +230,15 @@ class Server:
         files = sorted((str(p), p.stat().st_size) for p in self.artifacts.rglob("*") if p.is_file())
         return {"tables": asyncio.run(tables()), "redis": keys, "files": files}
 
+    def wait_output(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the server has printed a line holding `text` (a failpoint reached, a warning)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.output):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared:\n" + "".join(self.output))
+
     def wait_compacted(self, run_id: str, timeout: float = 120.0) -> int:
         """Wait until every chunk of `run_id` is a compacted one; returns how many there are."""
         deadline = time.monotonic() + timeout

@@ -213,15 +213,6 @@ def test_late_batches_move_a_cold_run_again_and_its_old_object_goes(make_server:
     assert [tuple(r) for r in server.sql("SELECT state FROM cold_objects")] == [("live",)]
 
 
-def _wait_output(server: Server, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in line for line in server.output):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared:\n" + "".join(server.output))
-
-
 def test_a_mover_killed_anywhere_loses_nothing_and_leaves_nothing(make_server: Any) -> None:
     cold = Cold(make_server, "local", None)
     server = cold.server
@@ -231,7 +222,7 @@ def test_a_mover_killed_anywhere_loses_nothing_and_leaves_nothing(make_server: A
         env = {"RUNSTREAM_FAILPOINT": f"{point}:600"} if point else None
         mover = cold.mover(env=env)
         if point:
-            _wait_output(mover, f"failpoint {point}: pausing")
+            mover.wait_output(f"failpoint {point}: pausing")
         else:
             time.sleep(0.3)
         mover.stop(signal.SIGKILL)
@@ -292,7 +283,7 @@ def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any, t
     moto.wait()
     try:
         mover = cold.mover()
-        _wait_output(mover, "cold tier:")
+        mover.wait_output("cold tier:")
         time.sleep(3)
         assert server.sql("SELECT count(*) AS n FROM metric_chunks WHERE cold_object IS NOT NULL")[0]["n"] == 0
         said = "".join(mover.output)

@@ -51,15 +51,6 @@ def _log_all(server: Server, run_id: str) -> None:
             time.sleep(0.35)  # ~15 s of logging: compactors come and go meanwhile
 
 
-def _wait_output(server: Server, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in line for line in server.output):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared:\n" + "".join(server.output))
-
-
 def test_a_compactor_killed_anywhere_loses_and_doubles_nothing(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server("--compactors", "0")
     with runstream.Client(server.target) as client:
@@ -101,7 +92,7 @@ def test_a_compactor_killed_anywhere_loses_and_doubles_nothing(make_server) -> N
         env = {"RUNSTREAM_FAILPOINT": "compactor.after_swap:600"} if failpoint else None
         compactor = make_server("--role", "compact", "--compact-delay", "0", like=server, env=env)
         if failpoint:
-            _wait_output(compactor, "failpoint compactor.after_swap: pausing")
+            compactor.wait_output("failpoint compactor.after_swap: pausing")
         else:
             time.sleep(rng.uniform(0.05, 1.5))
         compactor.stop(signal.SIGKILL)
