@@ -380,12 +380,11 @@ class S3:
         return name
 
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[S3]:
+def start_moto(port: int) -> tuple[subprocess.Popen[bytes], S3]:
+    """moto's standalone S3 server on loopback at `port` (a test that stops it starts its own)."""
     import boto3
     import urllib3
 
-    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -409,8 +408,14 @@ def moto_s3() -> Iterator[S3]:
         aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
+    return proc, S3(endpoint, client)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[S3]:
+    proc, s3 = start_moto(free_port())
     try:
-        yield S3(endpoint, client)
+        yield s3
     finally:
         proc.terminate()
         proc.wait(10)

@@ -24,7 +24,7 @@ from runstream.server.storage import archive, codec
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc
-from tests.conftest import S3, S3_CREDENTIALS, Server, free_port, raw_log
+from tests.conftest import S3, S3_CREDENTIALS, Server, free_port, raw_log, start_moto
 
 WRITERS = 2
 POINTS = 12_000
@@ -237,46 +237,11 @@ def test_a_mover_killed_anywhere_loses_nothing_and_leaves_nothing(make_server: A
     _same(before, _reads(server, run_id))
 
 
-def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any, tmp_path: Path) -> None:
-    import boto3
-
+def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any) -> None:
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def start_moto() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.2)
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
-        client.create_bucket(Bucket="cold")
-        return proc
-
-    moto = start_moto()
-    args = ["--artifacts", "s3://cold/t", "--s3-endpoint-url", endpoint]
-    server = make_server("--compact-delay", "0", "--cold-after", "0", *args, env=S3_CREDENTIALS)
-    cold = Cold.__new__(Cold)
-    cold.make_server, cold.kind, cold.s3, cold.args, cold.env, cold.bucket = (
-        make_server,
-        "s3",
-        None,
-        args,
-        S3_CREDENTIALS,
-        "cold",
-    )
-    cold.server = server
+    moto, s3 = start_moto(port)  # its own: this test stops it
+    cold = Cold(make_server, "s3", s3)
+    server = cold.server
     run_id = _ended_run(cold)
     before = _reads(server, run_id)
     moto.kill()
@@ -290,7 +255,8 @@ def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any, t
         assert "artifact store" in said and "PostgreSQL is away" not in said, said  # names the store, not PG
         assert server.sql("SELECT count(*) AS n FROM cold_objects")[0]["n"] <= 1  # waits, does not retry at once
         mover.stop()
-        moto = start_moto()  # back, empty: the points still are in PostgreSQL
+        moto, s3 = start_moto(port)  # back, empty: the points still are in PostgreSQL
+        s3.client.create_bucket(Bucket=cold.bucket)
         cold.mover()
         cold.wait_cold(run_id)
         _same(before, _reads(server, run_id))

@@ -210,7 +210,7 @@ class S3Store:
             with path.open("rb") as f:
                 for number in range(1, -(-size // SERVER_PART) + 1):
                     block = await asyncio.to_thread(f.read, SERVER_PART)
-                    checksum = hashlib.sha256(block).hexdigest()
+                    checksum = (await asyncio.to_thread(hashlib.sha256, block)).hexdigest()
                     call = self._api.upload_part(
                         Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, PartNumber=number, Body=block,
                         ChecksumSHA256=_base64(checksum),

@@ -175,14 +175,3 @@ async def leftovers(conn: Conn, grace_s: float, limit: int) -> list[Leftover]:
 async def forget(conn: Conn, object_id: int) -> None:
     """An object deleted from the store; no chunk points at a retired or unfinished object."""
     await conn.execute("DELETE FROM cold_objects WHERE object_id = $1 AND state <> 'live'", object_id)
-
-
-async def run_rows_bytes(conn: Conn, run_id: str) -> tuple[int, int]:
-    """A run's points and the bytes of its chunk rows in PostgreSQL (benchmarks, tests)."""
-    row = await conn.fetchrow(
-        """SELECT coalesce(sum(c.n), 0)::int8, coalesce(sum(pg_column_size(c.*)), 0)::int8
-           FROM metric_series s JOIN metric_chunks c ON c.series_id = s.series_id WHERE s.run_id = $1""",
-        run_id,
-    )
-    assert row is not None
-    return row[0], row[1]
