@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from runstream.server.storage import archive, codec
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc
-from tests.conftest import S3, S3_CREDENTIALS, Server, free_port, raw_log, start_moto
+from tests.conftest import PG_ADMIN_URL, S3, S3_CREDENTIALS, Server, free_port, raw_log, start_moto
 
 WRITERS = 2
 POINTS = 12_000
@@ -264,7 +266,8 @@ def test_a_store_that_is_down_delays_moves_and_loses_nothing(make_server: Any) -
         moto.kill()
 
 
-def test_a_missing_cold_object_is_data_loss_named_and_other_runs_read(make_server: Any) -> None:
+@pytest.mark.parametrize("harm", ["missing", "damaged"])
+def test_a_missing_or_damaged_cold_object_is_data_loss_named_and_other_runs_read(make_server: Any, harm: str) -> None:
     cold = Cold(make_server, "local", None)
     server = cold.server
     run_id = _ended_run(cold)
@@ -274,11 +277,18 @@ def test_a_missing_cold_object_is_data_loss_named_and_other_runs_read(make_serve
     cold.wait_cold(other)
     fine = _reads(server, other)
     (key,) = [k for k in cold.objects() if run_id in k]
-    (server.artifacts / "objects" / key).unlink()
+    path = server.artifacts / "objects" / key
+    if harm == "missing":
+        path.unlink()
+    else:  # one bit in the first page of the first chunk's steps
+        data = bytearray(path.read_bytes())
+        data[len(archive.MAGIC) + 200] ^= 0x10
+        path.write_bytes(bytes(data))
+    says = r"missing" if harm == "missing" else rf"metric 'x' of run {run_id}.*checksum"
     with runstream.QueryClient(server.target) as q:
-        with pytest.raises(runstream.DataLoss, match=r"missing"):
+        with pytest.raises(runstream.DataLoss, match=says):
             list(q.read_metrics(run_id, "x"))
-        with pytest.raises(runstream.DataLoss, match=r"missing"):
+        with pytest.raises(runstream.DataLoss, match=says):
             q.get_metric_history(run_id, "x", max_points=200_000)
         q.get_metric_history(run_id, "x", max_points=10)  # sketches alone still answer
     assert _reads(server, other) == fine
@@ -395,3 +405,44 @@ def test_a_mover_never_deletes_an_object_that_went_live_after_it_listed_it(
             await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_mover_whose_connections_are_killed_only_waits(make_server: Any) -> None:
+    """PostgreSQL connections of a mover killed in a loop while it moves runs (a failover): it
+    retries, loses and doubles nothing, and leaves one object per run."""
+    cold = Cold(make_server, "local", None)
+    server = cold.server
+    run_ids = [_ended_run(cold) for _ in range(3)]
+    before = {r: _reads(server, r) for r in run_ids}
+    # each move waits 0.3 s between its verified object and its transaction: kills land in moves
+    mover = cold.mover(env={"RUNSTREAM_FAILPOINT": "cold.before_settle:0.3"})
+    db = server.db_url.rsplit("/", 1)[1]
+    killed = 0
+
+    async def kill_for(seconds: float) -> None:
+        nonlocal killed
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                rows = await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND application_name = 'runstream-compact'",
+                    db,
+                )
+                killed += sum(1 for r in rows if r[0])
+                await asyncio.sleep(random.uniform(0.02, 0.2))
+        finally:
+            await admin.close()
+
+    asyncio.run(kill_for(6))
+    for run_id in run_ids:
+        cold.wait_cold(run_id)
+    assert killed >= 3, killed
+    assert mover.proc is not None and mover.proc.poll() is None, "".join(mover.output[-20:])
+    for run_id in run_ids:
+        _same(before[run_id], _reads(server, run_id))
+    deadline = time.monotonic() + 60  # what interrupted moves wrote is deleted
+    while len(cold.objects()) != len(run_ids) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert sorted(k.split("/")[1] for k in cold.objects()) == sorted(run_ids)
