@@ -88,7 +88,7 @@ def test_a_deleted_cold_run_is_purged_with_its_rows_artifacts_and_object(make_se
     holder.start()
     done = _gc(server)
     assert done.returncode == 0 and f"purged run {gone}" in done.stdout, done
-    assert "purged 1 runs; 1 artifacts deleted" in done.stdout
+    assert "purged 1 run; 1 artifact deleted" in done.stdout
     assert set(_rows_of(server, gone).values()) == {0}
     deadline = time.monotonic() + 60  # the cold object: deleted by the compactor once no read can use it
     while any(gone in f for f in _files(server)):

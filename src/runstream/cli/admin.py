@@ -101,9 +101,11 @@ def admin_gc(args: argparse.Namespace) -> int:
             artifacts += done.artifacts_deleted
             if not done.more or args.dry_run or not done.purged:
                 break
-    verb = "would purge" if args.dry_run else "purged"
-    more = " (and more: run it again)" if args.dry_run and done.more else ""
-    print(f"{verb} {purged:,} runs{more}; {artifacts:,} artifacts deleted")
+    runs = f"{purged:,} run{'' if purged == 1 else 's'}"
+    if args.dry_run:
+        print(f"would purge {runs}" + (" (and more: run it again)" if done.more else ""))
+    else:
+        print(f"purged {runs}; {artifacts:,} artifact{'' if artifacts == 1 else 's'} deleted")
     return 0
 
 
