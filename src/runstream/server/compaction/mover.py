@@ -119,17 +119,13 @@ class ColdMover:
                 await cold.release_run(holder, run_id)
                 return False
             key = object_key(run_id)
+            object_id, settled = None, False
             try:
                 object_id = await cold.begin_object(holder, run_id, key)
-            except BaseException:
-                await cold.release_run(holder, run_id)
-                raise
-            try:
                 with tempfile.TemporaryDirectory(prefix="runstream-cold-") as folder:
                     path = Path(folder) / "object"
                     done = await self._write(run_id, path)
                     if done is None:
-                        await cold.retire(holder, object_id)
                         return False
                     size, sha256, placed = done
                     await self.store.put_file(key, path, sha256)
@@ -138,14 +134,11 @@ class ColdMover:
                 failpoint("cold.before_settle")
                 async with holder.transaction():
                     settled = await cold.settle(holder, run_id, object_id, size, sha256, placed)
-                    if not settled:
-                        await cold.retire(holder, object_id)
                 failpoint("cold.after_settle")
-            except BaseException:
-                with contextlib.suppress(Exception):  # the next pass deletes what was written
-                    await cold.retire(holder, object_id)
-                raise
             finally:
+                if object_id is not None and not settled:  # retired: the next pass deletes what was written
+                    with contextlib.suppress(Exception):
+                        await cold.retire(holder, object_id)
                 await cold.release_run(holder, run_id)
         if settled:
             self.runs += 1
