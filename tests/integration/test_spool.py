@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.client import spool
+from runstream.client import offline, spool, sync
 from runstream.errors import AlreadyExists, InvalidArgument
 from tests.conftest import Server, free_port
 
@@ -273,6 +273,34 @@ run.flush()
 print(run.run_id, flush=True)
 time.sleep(600)
 """
+
+
+def test_a_job_that_ends_while_sync_reads_its_journal_is_finished_not_crashed(
+    server: Server, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The race CI once lost: the job recorded its end and let go of its spool between the
+    sync's reading of the journal and its look at whether the job lives."""
+    monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
+    with runstream.Client(server.target) as client:
+        run = client.start_run("offline", record_source=False, offline=True, params={"lr": 0.1})
+        run.log_metric("loss", 1.0, step=0)
+        run.flush()
+        read = offline.lines
+
+        def read_then_end(run_dir: Path) -> Any:
+            got = read(run_dir)
+            if not run.ended:
+                run.end()  # what the job's thread does meanwhile
+            return got
+
+        monkeypatch.setattr(offline, "lines", read_then_end)
+        first = sync.sync_run(client, tmp_path / run.run_id)
+        monkeypatch.setattr(offline, "lines", read)
+        assert not first.done and (tmp_path / run.run_id).is_dir()  # the end is for the next sync
+        assert sync.sync_run(client, tmp_path / run.run_id).done
+        got = client.get_run(run.run_id)
+    assert runstream.wire.status.RUN_STATUS_NAMES[got.status] == "FINISHED" and got.params["lr"] == "0.1"
+    assert not (tmp_path / run.run_id).exists()
 
 
 def test_an_offline_job_killed_before_its_end_is_synced_as_crashed(server: Server, tmp_path: Path) -> None:

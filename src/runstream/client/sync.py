@@ -156,9 +156,12 @@ def sync_run(client: Client, run_dir: Path, counter: _Counter | None = None, res
             f"run {run_dir.name}: {p} is not a writer's spool (<writer>.<epoch>); left alone"
             for p in spool.strangers(run_dir)
         ]
-        journal = _replay(client, run_dir, result, counter)
+        # Liveness before the journal is read: a process that ends while it is read records its
+        # end after what was read, and must not be taken for one that died without ending.
         has_journal = (run_dir / offline.JOURNAL).exists()
-        live = any(w.live for w in result.writers) or (has_journal and spool.is_live(run_dir))
+        journal_live = has_journal and spool.is_live(run_dir)
+        journal = _replay(client, run_dir, result, counter)
+        live = any(w.live for w in result.writers) or journal_live
         abandoned = not live and has_journal and not journal.ended and journal.all_applied
         if abandoned:  # its process died before ending it: what W&B calls crashed
             client.update_run(run_dir.name, status="CRASHED")
