@@ -41,6 +41,7 @@ import redis
 
 import runstream
 from runstream.server.storage import chunks, metrics
+from runstream.server.streams.keys import Keys
 from runstream.wire import batch as wire
 from runstream.wire.proto import tracking_pb2 as pb
 
@@ -147,7 +148,7 @@ class BenchServer:
             if "drained" in line:  # the loaders' own account: transactions and where the time went
                 print("   ", line.strip().split(" INFO ", 1)[-1], file=sys.stderr)
         r = redis.Redis.from_url(self.redis_url)
-        for key in r.scan_iter(f"{self.prefix}:*"):
+        for key in [k for pattern in Keys(self.prefix).patterns() for k in r.scan_iter(pattern)]:
             r.delete(key)
         asyncio.run(_execute(self.admin_url, f"DROP DATABASE {self.db} WITH (FORCE)"))
 

@@ -29,6 +29,7 @@ import pytest
 import redis
 
 from runstream.server.storage import codec
+from runstream.server.streams.keys import Keys
 from runstream.wire.proto import tracking_pb2
 
 PG_ADMIN_URL = os.environ.get("RUNSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -224,11 +225,16 @@ class Server:
 
         r = redis.Redis.from_url(self.redis_url)
         keys = {}
-        for key in sorted(r.scan_iter(f"{self.prefix}:*")):
+        for key in sorted(k for pattern in Keys(self.prefix).patterns() for k in r.scan_iter(pattern)):
             kind = r.type(key).decode()
             keys[key] = (kind, r.xlen(key) if kind == "stream" else r.dump(key))
         files = sorted((str(p), p.stat().st_size) for p in self.artifacts.rglob("*") if p.is_file())
         return {"tables": asyncio.run(tables()), "redis": keys, "files": files}
+
+    def dead_letters(self) -> int:
+        """Dead letters in every shard of this server's Redis keyspace."""
+        r = redis.Redis.from_url(self.redis_url)
+        return sum(r.xlen(letters) for letters in Keys(self.prefix).all_dead_letters())
 
     def wait_output(self, text: str, timeout: float = 60.0) -> None:
         """Wait until the server has printed a line holding `text` (a failpoint reached, a warning)."""
@@ -337,7 +343,7 @@ def _server_factory(services: Services) -> Iterator[Any]:
     # Leave nothing behind: each server's database and Redis keys.
     r = redis.Redis.from_url(services.redis_url)
     for prefix in {s.prefix for s in made}:
-        for key in r.scan_iter(f"{prefix}:*"):
+        for key in [k for pattern in Keys(prefix).patterns() for k in r.scan_iter(pattern)]:
             r.delete(key)
     for folder in {s.artifacts for s in made}:
         shutil.rmtree(folder, ignore_errors=True)

@@ -138,11 +138,13 @@ def test_a_replayed_dead_letter_that_can_be_stored_is_stored_once(server) -> Non
     with runstream.Client(server.target) as client:
         run_id = client.create_run("poison", "replay").run_id
     keys = Keys(server.prefix)
+    shard = keys.shard_of(run_id)
     r = redis.Redis.from_url(server.redis_url)
     ids = [
-        r.xadd(keys.dead_letters, {FIELD_BATCH: _batch(run_id, "late", seq), b"reason": b"was down"}).decode()
+        r.xadd(keys.dead_letters(shard), {FIELD_BATCH: _batch(run_id, "late", seq), b"reason": b"was down"}).decode()
         for seq in (1, 2)
     ]
+    ids[0] = f"{shard}/{ids[0]}"  # as ListDeadLetters names it; the bare entry id is looked for in every shard
     missing = "1-0"
     done = _cli(server, "retry", ids[0], missing)
     assert done.returncode == 1
@@ -154,3 +156,5 @@ def test_a_replayed_dead_letter_that_can_be_stored_is_stored_once(server) -> Non
     assert _cli(server, "ls").stdout.strip() == "no dead letters"
     bad = _cli(server, "retry", "not-an-id")
     assert bad.returncode == 1 and "is not a dead letter id" in bad.stderr
+    bad = _cli(server, "retry", f"{keys.shards}/1-0")
+    assert bad.returncode == 1 and "names no shard of this server" in bad.stderr

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 import runstream
+from runstream.server.streams.keys import Keys
 from tests.conftest import raw_log
 from tests.integration.test_dead_letters import POINTS, _batch, _metric
 from tests.integration.test_faults import KEYS, _exactly, _train
@@ -37,7 +38,7 @@ def test_a_second_deployment_on_the_same_redis_prefix_is_refused_in_one_line(mak
         run.flush(60)
         _exactly(first, run.run_id, "w", 20_000)
         run.end()
-    assert redis.Redis.from_url(first.redis_url).xlen(f"{first.prefix}:dead-letters") == 0
+    assert first.dead_letters() == 0
 
     # The same deployment (its own database) starts again on its keyspace, e.g. after a restart.
     first.stop()
@@ -50,7 +51,7 @@ def test_a_loader_never_takes_an_entry_of_another_deployment(server) -> None:
         run_id = client.create_run("deployments", "foreign").run_id
         # An entry of a run this database has, but appended by another deployment (as if the
         # keyspace's binding had been lost while both ran): this server must leave it alone.
-        stream = f"{server.prefix}:metrics:0"
+        stream = Keys(server.prefix).stream(0)
         other = uuid.uuid4()
         foreign_id = r.xadd(stream, {b"b": _batch(run_id, "other", 1), b"t": 1, b"d": other.bytes})
         assert raw_log(client, _batch(run_id, "own", 1)).code == 0
@@ -58,7 +59,7 @@ def test_a_loader_never_takes_an_entry_of_another_deployment(server) -> None:
         time.sleep(3)  # several claim rounds (--claim-idle-ms 1000): the foreign entry is still not taken
         assert server.wait_points(run_id, POINTS, timeout=1) == POINTS  # only the own writer's points
         assert set(server.stored(run_id)) == {("loss", "own")}
-        assert r.xlen(f"{server.prefix}:dead-letters") == 0
+        assert server.dead_letters() == 0
         left = r.xrange(stream, foreign_id, foreign_id)
         assert left and left[0][1][b"d"] == other.bytes  # still there, for its owner
         assert _metric(server, "runstream_entries_foreign_total") >= 1

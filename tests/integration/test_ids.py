@@ -172,4 +172,4 @@ def test_one_batch_sent_again_under_another_spelling_is_a_resend_not_a_reused_se
     assert server.wait_points(run_id, POINTS) == POINTS
     time.sleep(1)  # a doubled batch would show by now
     assert server.wait_points(run_id, POINTS) == POINTS
-    assert redis.Redis.from_url(server.redis_url).xlen(f"{server.prefix}:dead-letters") == 0
+    assert server.dead_letters() == 0

@@ -22,7 +22,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -57,6 +56,7 @@ from runstream.server.runtime.metrics import (
 )
 from runstream.server.runtime.reflection import enable_reflection
 from runstream.server.storage import db, migrate
+from runstream.server.streams.client import RedisClient, is_cluster
 from runstream.server.streams.deployment import DeploymentConflict, bind, deployment_keys
 from runstream.server.streams.keys import Keys
 from runstream.server.tracking.appender import Durability, describe_durability
@@ -128,7 +128,8 @@ async def serve(
     redis_version = (await redis.info("server")).get("redis_version", "?") if uses_redis else None
     where = f"PostgreSQL {pg_version} at {printable_url(settings.postgres_url)}"
     if redis_version is not None:
-        where += f", Redis {redis_version} at {printable_url(settings.redis_url)}"
+        kind = "Redis Cluster" if is_cluster(redis) else "Redis"
+        where += f", {kind} {redis_version} at {printable_url(settings.redis_url)}"
     announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
     try:
         keys = await deployment_keys(pool, settings.redis_prefix, settings.shards, settings.database_moved)
@@ -242,7 +243,7 @@ async def _services(
     settings: Settings,
     wanted: tuple[str, ...],
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     metrics: Metrics,
     http: web.Application,

@@ -1,18 +1,19 @@
 """The AdminService: the dead letters the loaders set aside, listed and replayed.
 
 A dead letter keeps the serialized batch as ingest appended it, where it was read from and why
-it could not be stored (loader.py). Replaying puts it back on a metric stream in the same
-Redis transaction that removes it from the dead letters, so it is never in neither or both.
+it could not be stored (loader.py). Each shard keeps its own dead letters, next to its stream
+in one hash slot; an id names the shard and the entry ("2/1732370000000-0"). Replaying puts a
+dead letter back on a metric stream in the same Redis transaction that removes it from the dead
+letters, so it is never in neither or both (see _retry for a run whose shard changed).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runstream.errors import InvalidArgument
 from runstream.server.rpc.paging import PageTokens
+from runstream.server.streams.client import RedisClient
 from runstream.server.streams.keys import (
     FIELD_BATCH,
     FIELD_ENTRY_ID,
@@ -31,59 +32,93 @@ MAX_RESULTS = 1_000
 
 
 class Admin:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, tokens: PageTokens) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, tokens: PageTokens) -> None:
         self.redis = redis
         self.keys = keys
         self.tokens = tokens
 
     async def ListDeadLetters(self, req: adm.ListDeadLettersRequest, ctx: Any) -> adm.ListDeadLettersResponse:
+        """Oldest first over every shard's dead letters; a page token holds where each shard is."""
         limit = req.max_results or DEFAULT_MAX_RESULTS
         if not 0 < limit <= MAX_RESULTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
-        start = "-" if not req.page_token else "(" + str(self.tokens.read(req.page_token, "dead letters", str))
-        entries = await self._range(start, "+", limit + 1)
-        total = await self.redis.xlen(self.keys.dead_letters)
-        page = [_message(eid, fields) for eid, fields in entries[:limit]]
-        more = len(entries) > limit
+        after = ["-"] * self.keys.shards
+        if req.page_token:
+            told = str(self.tokens.read(req.page_token, "dead letters", str)).split(",")
+            after = [told[i] if i < len(told) else "-" for i in range(self.keys.shards)]
+        found: list[tuple[int, bytes, dict[bytes, bytes]]] = []
+        for shard, start in enumerate(after):
+            got = await self._range(shard, "-" if start == "-" else "(" + start, "+", limit + 1)
+            found += [(shard, eid, fields) for eid, fields in got]
+        found.sort(key=lambda f: (_order(f[1]), f[0]))
+        page = found[:limit]
+        for shard, eid, _ in page:
+            after[shard] = eid.decode()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for letters in self.keys.all_dead_letters():
+                pipe.xlen(letters)
+            total = sum(int(n) for n in await pipe.execute())
+        more = len(found) > limit
         return adm.ListDeadLettersResponse(
-            dead_letters=page,
-            next_page_token=self.tokens.issue(page[-1].id, "dead letters") if more else "",
-            total=int(total),
+            dead_letters=[_message(shard, eid, fields) for shard, eid, fields in page],
+            next_page_token=self.tokens.issue(",".join(after), "dead letters") if more else "",
+            total=total,
         )
 
     async def RetryDeadLetters(self, req: adm.RetryDeadLettersRequest, ctx: Any) -> adm.RetryDeadLettersResponse:
         if req.all == bool(req.ids):
             raise InvalidArgument("name the dead letters to retry (ids) or set all, not both")
+        found: list[tuple[int, bytes, dict[bytes, bytes]]] = []
+        missing: list[str] = []
         if req.all:
-            found = await self._range("-", "+")
-            missing: list[str] = []
-        else:
-            ids = [_entry_id(i, "id") for i in req.ids]
-            found, missing = [], []
-            for i in ids:
-                got = await self._range(i, i)
-                if got:
-                    found += got
-                else:
-                    missing.append(i)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for eid, fields in found:
-                entry = self.keys.entry(fields.get(FIELD_BATCH, b""), int(fields.get(FIELD_RECEIVED_MS, b"0")))
-                pipe.xadd(self._stream_for(fields), entry)  # type: ignore[arg-type]
-                pipe.xdel(self.keys.dead_letters, eid)
-            await pipe.execute()
+            for shard in range(self.keys.shards):
+                found += [(shard, eid, fields) for eid, fields in await self._range(shard, "-", "+")]
+        for text in req.ids:
+            shards, wanted = _dead_letter_id(text, self.keys.shards)
+            got = [(shard, e, fields) for shard in shards for e, fields in await self._range(shard, wanted, wanted)]
+            found += got
+            missing += [] if got else [text]
+        for shard, eid, fields in found:
+            await self._retry(shard, eid, fields)
         return adm.RetryDeadLettersResponse(retried=len(found), not_found=missing)
 
-    async def _range(self, start: str, end: str, count: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        reply: Any = await self.redis.xrange(self.keys.dead_letters, min=start, max=end, count=count)
+    async def _retry(self, shard: int, eid: bytes, fields: dict[bytes, bytes]) -> None:
+        """Back on the metric stream of its run's shard, and out of the dead letters: in one
+        transaction when that is its own shard (one hash slot); otherwise appended first, so it
+        is never in neither (in both for a moment at worst, and the loaders store a seq once)."""
+        target = self._shard_for(fields, shard)
+        entry = self.keys.entry(fields.get(FIELD_BATCH, b""), int(fields.get(FIELD_RECEIVED_MS, b"0")))
+        async with self.redis.pipeline(transaction=target == shard) as pipe:
+            pipe.xadd(self.keys.stream(target), entry)  # type: ignore[arg-type]
+            pipe.xdel(self.keys.dead_letters(shard), eid)
+            await pipe.execute()
+
+    async def _range(
+        self, shard: int, start: str | bytes, end: str | bytes, count: int | None = None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply: Any = await self.redis.xrange(self.keys.dead_letters(shard), min=start, max=end, count=count)
         return list(reply)
 
-    def _stream_for(self, fields: dict[bytes, bytes]) -> str:
-        """The shard of the batch's run (shards may have changed since), else where it came from."""
+    def _shard_for(self, fields: dict[bytes, bytes], kept_in: int) -> int:
+        """The shard of the batch's run (shards may have changed since), else where it was kept."""
         try:
-            return self.keys.stream_of(canonical_run_id(wire.decode(fields[FIELD_BATCH]).run_id))
+            return self.keys.shard_of(canonical_run_id(wire.decode(fields[FIELD_BATCH]).run_id))
         except (InvalidArgument, KeyError):
-            return fields.get(FIELD_SOURCE, self.keys.stream(0).encode()).decode()
+            return kept_in
+
+
+def _order(eid: bytes) -> tuple[int, int]:
+    ms, _, seq = eid.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _dead_letter_id(text: str, shards: int) -> tuple[range, str]:
+    """A dead letter id as ListDeadLetters gives it, "<shard>/<entry id>" (which shard, and its
+    id there); a bare entry id is looked for in every shard."""
+    shard, slash, eid = text.rpartition("/")
+    if slash and not (shard.isascii() and shard.isdigit() and int(shard) < shards):
+        raise InvalidArgument(f"id {text[:60]!r} names no shard of this server (0 to {shards - 1})")
+    return (range(int(shard), int(shard) + 1) if slash else range(shards)), _entry_id(eid, "id")
 
 
 def _entry_id(text: str, what: str) -> str:
@@ -93,10 +128,10 @@ def _entry_id(text: str, what: str) -> str:
     return text
 
 
-def _message(eid: bytes, fields: dict[bytes, bytes]) -> adm.DeadLetter:
+def _message(shard: int, eid: bytes, fields: dict[bytes, bytes]) -> adm.DeadLetter:
     data = fields.get(FIELD_BATCH, b"")
     msg = adm.DeadLetter(
-        id=eid.decode(),
+        id=f"{shard}/{eid.decode()}",
         stream=fields.get(FIELD_SOURCE, b"").decode(errors="replace"),
         entry_id=fields.get(FIELD_ENTRY_ID, b"").decode(errors="replace"),
         reason=fields.get(FIELD_REASON, b"").decode(errors="replace"),

@@ -1,9 +1,12 @@
 """Loaders move metric batches from the Redis streams into PostgreSQL, exactly once.
 
-Each read of the consumer group becomes one transaction: record the batches' keys
+Each loader keeps one read of the consumer group in flight per shard (a shard's stream is in
+one hash slot: a Redis Cluster refuses a read across slots), and what the reads bring becomes one
+transaction: record the batches' keys
 (run, writer, seq) and drop those already recorded (client retries), COPY the new points
 as chunks, fold them into the per-key summaries. Only after the commit are the entries
-acknowledged and deleted from the stream. Entries a crashed loader left pending are
+acknowledged and deleted from the stream, shard by shard (a shard's acknowledgements and dead
+letters in one Redis transaction of its slot). Entries a crashed loader left pending are
 claimed by another loader once they have been idle for `claim_idle_ms`.
 
 An entry that cannot be decoded or stored (a value PostgreSQL refuses, a run that does not
@@ -31,6 +34,8 @@ from runstream.server.runtime.failpoints import failpoint
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import chunks, db, metrics
 from runstream.server.storage.failures import database_away, refused_value
+from runstream.server.streams import legacy
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient
 from runstream.server.streams.deployment import DeploymentConflict, bind
 from runstream.server.streams.keys import (
     FIELD_BATCH,
@@ -84,7 +89,7 @@ class Loader:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         read_count: int = 200,
@@ -111,6 +116,7 @@ class Loader:
         # process this one replaces) read them and died before acknowledging them.
         self._recovering = True
         self._retrying = False  # the pending entries are this loader's own, from a round that failed
+        self._fresh: dict[str, asyncio.Task[list[Entry]]] = {}  # the read in flight of each shard
 
     async def setup(self) -> None:
         """Bind the keyspace to this deployment (if Redis lost the binding) and create the
@@ -120,6 +126,8 @@ class Loader:
             await bind(self.redis, self.keys, self.database)
         except DeploymentConflict as exc:
             log.error("%s", exc)
+        if moved := await legacy.adopt(self.redis, self.keys):
+            log.warning("moved %d stream entries left under the key names of an earlier version", moved)
         for stream in self.keys.streams():
             try:
                 await self.redis.xgroup_create(stream, LOADER_GROUP, id="0", mkstream=True)
@@ -156,13 +164,14 @@ class Loader:
                 if reading is not None:
                     reading.cancel()
                     reading = None
+                self._forget_reads()  # what they had read is pending under this consumer: taken first
                 self._last_claim = 0.0  # look for the entries left pending at the next read
                 self._recovering = self._retrying = True  # and first take its own again, at once
                 if _group_lost(exc):
                     log.error("Redis lost consumer group %r (restarted without its data?); creating it", LOADER_GROUP)
                     grouped = False
                     continue
-                transient = database_away(exc) or isinstance(exc, aioredis.RedisError)
+                transient = database_away(exc) or isinstance(exc, REDIS_ERRORS)
                 log.log(
                     logging.WARNING if transient else logging.ERROR,
                     "loader round failed, retrying in %.0f s: %s: %s",
@@ -180,24 +189,42 @@ class Loader:
         if not entries:
             entries = await self._claim_stale()
         if not entries:
-            reply = await self.redis.xreadgroup(
-                LOADER_GROUP,
-                self.consumer,
-                dict.fromkeys(self.keys.streams(), ">"),
-                count=self.read_count,
-                block=self.block_ms if block else None,
-            )
-            entries = _entries(reply)
+            entries = await self._read_new(block)
         self.stats.read_s += time.perf_counter() - t0
         return entries
+
+    async def _read_new(self, block: bool) -> list[Entry]:
+        """New entries of whichever shards have some. Each shard has one read in flight, kept
+        across calls, so a shard that answers while others are being loaded is taken next time;
+        without `block` (draining) every shard answers at once."""
+        for stream in self.keys.streams():
+            if stream not in self._fresh:
+                self._fresh[stream] = asyncio.create_task(self._read_shard(stream, ">", block))
+        await asyncio.wait(
+            self._fresh.values(), return_when=asyncio.FIRST_COMPLETED if block else asyncio.ALL_COMPLETED
+        )
+        entries: list[Entry] = []
+        for stream, task in list(self._fresh.items()):
+            if task.done():
+                del self._fresh[stream]
+                entries += task.result()  # a failed read raises here: the round is retried
+        return entries
+
+    async def _read_shard(self, stream: str, start: str, block: bool = False) -> list[Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            LOADER_GROUP, self.consumer, {stream: start}, count=self.read_count, block=self.block_ms if block else None
+        )
+        return _entries(reply)
+
+    def _forget_reads(self) -> None:
+        for task in self._fresh.values():
+            task.cancel()
+        self._fresh.clear()
 
     async def _own_pending_entries(self) -> list[Entry]:
         """Entries pending under this consumer's name (read by a predecessor of that name),
         until there are none left; entries deleted meanwhile are acknowledged."""
-        reply: Any = await self.redis.xreadgroup(
-            LOADER_GROUP, self.consumer, dict.fromkeys(self.keys.streams(), "0"), count=self.read_count
-        )
-        found = _entries(reply)
+        found = [e for stream in self.keys.streams() for e in await self._read_shard(stream, "0")]
         gone = [(stream, eid) for stream, eid, fields in found if not fields]
         for stream, eid in gone:
             await self.redis.xack(stream, LOADER_GROUP, eid)
@@ -283,13 +310,7 @@ class Loader:
         by_stream: dict[str, list[bytes]] = {}
         for stream, eid, _ in entries:
             by_stream.setdefault(stream, []).append(eid)
-        async with self.redis.pipeline(transaction=True) as pipe:  # dead letters kept, entries gone: both or neither
-            for (stream, eid, fields), reason in dead:
-                pipe.xadd(self.keys.dead_letters, _dead_letter(stream, eid, fields, reason))
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, LOADER_GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            await pipe.execute()
+        await asyncio.gather(*(self._acknowledge(stream, ids, dead) for stream, ids in by_stream.items()))
         for (stream, eid, _), reason in dead:
             log.error("dead-lettered stream entry %s %s: %s", stream, eid.decode(), reason)
         self.metrics.entries_dead_lettered.inc(len(dead))
@@ -299,6 +320,18 @@ class Loader:
         if batches:
             self.metrics.commit_latency.observe(t1 - t0)
         self.stats.ack_s += time.perf_counter() - t1
+
+    async def _acknowledge(self, stream: str, ids: list[bytes], dead: list[tuple[Entry, str]]) -> None:
+        """One shard's entries acknowledged and deleted, and its dead letters kept: one
+        transaction of the shard's slot, so both happen or neither."""
+        letters = self.keys.dead_letters(self.keys.shard_of_stream(stream))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for (source, eid, fields), reason in dead:
+                if source == stream:
+                    pipe.xadd(letters, _dead_letter(stream, eid, fields, reason))
+            pipe.xack(stream, LOADER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
 
     async def _leave(self, foreign: list[Entry]) -> None:
         """Entries of another deployment (its server shares this Redis keyspace, which start-up
@@ -394,7 +427,7 @@ def _reused(batches: list[Loaded]) -> list[tuple[Entry, str]]:
     ]
 
 
-async def backlog(redis: aioredis.Redis, keys: Keys) -> int:
+async def backlog(redis: RedisClient, keys: Keys) -> int:
     """Entries in the streams not yet loaded (waiting or pending)."""
     async with redis.pipeline(transaction=False) as pipe:
         for stream in keys.streams():

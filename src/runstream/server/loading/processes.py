@@ -25,7 +25,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from runstream.server.artifacts.opening import open_store, store_settings
 from runstream.server.compaction.compactor import Compactor
@@ -41,6 +40,7 @@ from runstream.server.runtime.connections import (
 )
 from runstream.server.runtime.logs import configure_from_env, name_process
 from runstream.server.runtime.metrics import Metrics, process_exited
+from runstream.server.streams.client import RedisClient
 from runstream.server.streams.deployment import deployment_keys
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ async def drain_within(task: asyncio.Task[None], timeout: float) -> None:
 
 async def run_loader(
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     settings: Settings,
     metrics: Metrics,
     stop: asyncio.Event,

@@ -80,7 +80,11 @@ class Settings:
         None, help="external PostgreSQL", shown_default="the embedded one in --data-dir", group="PostgreSQL and Redis"
     )
     redis_url: str | None = setting(
-        None, help="external Redis", shown_default="the embedded one in --data-dir", group="PostgreSQL and Redis"
+        None,
+        help="external Redis (redis://, rediss://, unix://) or Redis Cluster "
+        "(redis+cluster://host:port[,host:port...], rediss+cluster:// with TLS)",
+        shown_default="the embedded one in --data-dir",
+        group="PostgreSQL and Redis",
     )
     database_moved: str = setting(
         "",
@@ -97,7 +101,12 @@ class Settings:
     redis_prefix: str = setting(
         DEFAULT_PREFIX, help="prefix of every Redis key: one per deployment", group="PostgreSQL and Redis"
     )
-    shards: int = setting(DEFAULT_SHARDS, help="metric stream shards", parse=positive, group="PostgreSQL and Redis")
+    shards: int = setting(
+        DEFAULT_SHARDS,
+        help="metric stream shards (on a Redis Cluster, at least two per master spreads them)",
+        parse=positive,
+        group="PostgreSQL and Redis",
+    )
     redis_wait_replicas: int = setting(
         0,
         help="acknowledge a batch only once this many Redis replicas have it (WAIT)",

@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage.failures import database_away
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient, open_redis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,7 +24,7 @@ RETRY_S = 1.0  # between attempts while PostgreSQL is away
 PREFLIGHT_S = 10.0
 
 
-async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, aioredis.Redis]:
+async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[asyncpg.Pool, RedisClient]:
     assert settings.postgres_url and settings.redis_url
     asyncio.get_running_loop().set_exception_handler(_lost_connections_as_warnings)
     pool = await asyncpg.create_pool(
@@ -34,7 +34,7 @@ async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[async
         server_settings={"application_name": f"runstream-{settings.role}"},
     )
     tcp = not settings.redis_url.startswith("unix://")
-    redis = aioredis.from_url(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
+    redis = open_redis(settings.redis_url, **({"socket_keepalive": True} if tcp else {}))
     if need_redis:
         await redis.ping()
     return pool, redis
@@ -64,12 +64,12 @@ async def preflight(settings: Settings, *, need_redis: bool = True) -> str | Non
         return f"cannot use PostgreSQL at {printable_url(settings.postgres_url)} (--postgres-url): {_reason(exc)}"
     if need_redis:
         try:
-            client = aioredis.from_url(settings.redis_url, socket_connect_timeout=PREFLIGHT_S)
+            client = open_redis(settings.redis_url, socket_connect_timeout=PREFLIGHT_S)
             try:
                 await client.ping()
             finally:
                 await client.aclose()
-        except (OSError, ValueError, aioredis.RedisError) as exc:
+        except (OSError, ValueError, *REDIS_ERRORS) as exc:
             return f"cannot use Redis at {printable_url(settings.redis_url)} (--redis-url): {_reason(exc)}"
     return None
 

@@ -13,11 +13,11 @@ import asyncio
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 from runstream.server.storage import db
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient, memory_of_masters
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class HealthWatch:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis | None,
+        redis: RedisClient | None,
         services: list[str],
         *,
         interval_s: float = 1.0,
@@ -106,23 +106,23 @@ class HealthWatch:
             return None
         try:
             await asyncio.wait_for(self.redis.ping(), self.timeout_s)
-            memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
-        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            masters = await asyncio.wait_for(memory_of_masters(self.redis), self.timeout_s)
+        except (*REDIS_ERRORS, OSError, TimeoutError) as exc:
             return f"Redis does not answer: {type(exc).__name__}"
-        return out_of_memory(memory)
+        return next((p for m in masters if (p := out_of_memory(m))), None)
 
     async def _warn_if_evicting(self) -> None:
         assert self.redis is not None
         try:
-            memory = await asyncio.wait_for(self.redis.info("memory"), self.timeout_s)
-        except (aioredis.RedisError, OSError, TimeoutError):
+            masters = await asyncio.wait_for(memory_of_masters(self.redis), self.timeout_s)
+        except (*REDIS_ERRORS, OSError, TimeoutError):
             return  # the health check says so
-        policy = str(memory.get("maxmemory_policy", "noeviction"))
-        if policy != "noeviction":
+        policies = {str(m.get("maxmemory_policy", "noeviction")) for m in masters} - {"noeviction"}
+        if policies:
             log.warning(
                 "Redis' maxmemory-policy is %s: when full it may evict batches not yet loaded; set noeviction, "
                 "so a full Redis refuses appends (retried by the senders) instead",
-                policy,
+                ", ".join(sorted(policies)),
             )
 
     async def _watch(self) -> None:

@@ -16,13 +16,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient
 from runstream.server.streams.keys import LOADER_GROUP, Keys
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -272,7 +272,7 @@ class StreamStats(Collector):
     """Stream length, pending entries and consumer-group lag per shard, as of the last
     `refresh` (done by the /metrics handler just before it renders)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
         self._rows: list[tuple[str, int, int]] = []  # shard, length, pending
@@ -285,7 +285,7 @@ class StreamStats(Collector):
                     pipe.xlen(stream)
                     pipe.xinfo_groups(stream)
                 replies = await pipe.execute(raise_on_error=False)
-        except (aioredis.ConnectionError, aioredis.TimeoutError):
+        except REDIS_ERRORS:
             self.up, self._rows = 0, []
             return
         rows = []

@@ -11,9 +11,9 @@ the id was made, and a server on a copy is refused until told what the copy is.
 from __future__ import annotations
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from runstream.server.storage import installation
+from runstream.server.streams.client import RedisClient
 from runstream.server.streams.keys import Keys
 
 
@@ -49,7 +49,7 @@ def _same_where_unknown(made_in: str, here: str) -> bool:
     return db_a == db_b and "" in (system_a, system_b)
 
 
-async def bind(redis: aioredis.Redis, keys: Keys, database: str, adopt: bool = False) -> None:
+async def bind(redis: RedisClient, keys: Keys, database: str, adopt: bool = False) -> None:
     """Bind the keyspace to `keys.deployment` in `keys.instance` (whose PostgreSQL is `database`,
     printable) if it is free; DeploymentConflict if another deployment has it, or another
     database of this deployment (the original of a copy) unless `adopt` hands it over."""

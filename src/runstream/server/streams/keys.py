@@ -1,7 +1,10 @@
 """Redis key names and the layout of the metric streams, in one place.
 
 Batches of one run always go to the same shard, so a writer's batches keep their order;
-every loader reads every shard through one consumer group. Every entry names the deployment
+every loader reads every shard through one consumer group. A shard's keys (its stream and its
+dead letters) share one hash tag, `{<prefix>:<shard>}`, so on a Redis Cluster they live in one
+hash slot: each transaction touches one shard's keys, and the shards spread over the masters.
+Every entry names the deployment
 (the PostgreSQL database) it is for, and the keyspace is bound to that deployment
 (streams/deployment.py): a loader takes only its own deployment's entries.
 """
@@ -47,6 +50,10 @@ class Keys:
         """Which deployment this keyspace serves (a hash: its id and database)."""
         return f"{self.prefix}:deployment"
 
+    def patterns(self) -> list[str]:
+        """SCAN patterns that find every key of this keyspace (and no other prefix's)."""
+        return [f"{self.prefix}:*", f"{{{self.prefix}:*"]
+
     def entry(self, batch: bytes, received_ms: int) -> Fields:
         """A stream entry of this deployment."""
         return {FIELD_BATCH: batch, FIELD_RECEIVED_MS: received_ms, FIELD_DEPLOYMENT: self._deployment_bytes}
@@ -57,7 +64,7 @@ class Keys:
         return not theirs or theirs == self._deployment_bytes
 
     def stream(self, shard: int) -> str:
-        return f"{self.prefix}:metrics:{shard}"
+        return f"{self._tag(shard)}:metrics"
 
     def streams(self) -> list[str]:
         return [self.stream(i) for i in range(self.shards)]
@@ -65,10 +72,33 @@ class Keys:
     def shard_of(self, run_id: str) -> int:
         return zlib.crc32(run_id.encode()) % self.shards
 
-    @property
-    def dead_letters(self) -> str:
-        """Entries a loader could not store, kept with the reason until replayed or removed."""
-        return f"{self.prefix}:dead-letters"
-
     def stream_of(self, run_id: str) -> str:
         return self.stream(self.shard_of(run_id))
+
+    def shard_of_stream(self, stream: str | bytes) -> int:
+        """The shard whose stream is `stream` (by its hash tag); 0 for a name of no shard."""
+        name = stream.decode(errors="replace") if isinstance(stream, bytes) else stream
+        tag = f"{{{self.prefix}:"
+        if name.startswith(tag) and (end := name.find("}", len(tag))) > 0:
+            number = name[len(tag) : end]
+            if number.isascii() and number.isdigit() and int(number) < self.shards:
+                return int(number)
+        return 0
+
+    def dead_letters(self, shard: int) -> str:
+        """Entries a loader could not store, kept with the reason until replayed or removed."""
+        return f"{self._tag(shard)}:dead-letters"
+
+    def all_dead_letters(self) -> list[str]:
+        return [self.dead_letters(i) for i in range(self.shards)]
+
+    def legacy_streams(self) -> list[str]:
+        """Where versions before hash tags kept the shards and the dead letters (streams/legacy.py)."""
+        return [f"{self.prefix}:metrics:{i}" for i in range(self.shards)]
+
+    @property
+    def legacy_dead_letters(self) -> str:
+        return f"{self.prefix}:dead-letters"
+
+    def _tag(self, shard: int) -> str:
+        return f"{{{self.prefix}:{shard}}}"

@@ -13,10 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import OutOfMemoryError
 
 from runstream.errors import ResourceExhausted, RunstreamError, Unavailable
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient, master_of
 from runstream.server.streams.keys import Fields
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Durability:
 
 
 class StreamAppender:
-    def __init__(self, redis: aioredis.Redis, stream: str, durability: Durability = Durability()) -> None:
+    def __init__(self, redis: RedisClient, stream: str, durability: Durability = Durability()) -> None:
         self.redis = redis
         self.stream = stream
         self.durability = durability
@@ -63,12 +64,7 @@ class StreamAppender:
                 work.append(self._queue.get_nowait())
             replicas = self.durability.replicas
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for fields, _ in work:
-                        pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
-                    if replicas:
-                        pipe.execute_command("WAIT", replicas, self.durability.timeout_ms)
-                    results = await pipe.execute(raise_on_error=False)
+                results = await self._append([fields for fields, _ in work], replicas)
             except Exception as exc:  # unreachable, timed out, or anything else: no batch was taken
                 results = [exc] * (len(work) + bool(replicas))
             if replicas:
@@ -90,6 +86,23 @@ class StreamAppender:
                     done.set_result(None)
             self._report(failed, results)
 
+    async def _append(self, entries: list[Fields], replicas: int) -> list[Any]:
+        """XADD each entry, then (with `replicas`) WAIT, in one pipeline: one connection, so
+        WAIT counts the replicas that have these appends. On a cluster WAIT goes to the master
+        of the shard's slot; if the slot moved meanwhile (a failover, a resharding), the appends
+        may have gone elsewhere than WAIT looked, so the round is refused and resent."""
+        master = await master_of(self.redis, self.stream) if replicas else None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
+            if replicas:
+                pipe.execute_command("WAIT", replicas, self.durability.timeout_ms, **_on(master))
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        if master is not None and await master_of(self.redis, self.stream) != master:
+            moved = Unavailable(f"the Redis Cluster slot of {self.stream} moved during the append; retry")
+            results = [moved] * len(results)
+        return results
+
     def _report(self, failed: int, results: list[object]) -> None:
         """One log line when appends start failing and one when they work again."""
         if failed and not self.failing:
@@ -98,6 +111,10 @@ class StreamAppender:
         elif not failed and self.failing:
             log.warning("appends to %s work again", self.stream)
         self.failing = bool(failed)
+
+
+def _on(master: ClusterNode | None) -> dict[str, Any]:
+    return {"target_nodes": master} if master is not None else {}
 
 
 def refusal(exc: BaseException) -> RunstreamError:
@@ -109,13 +126,13 @@ def refusal(exc: BaseException) -> RunstreamError:
     return Unavailable(f"the ingest log (Redis) did not take the batch: {type(exc).__name__}: {exc}")
 
 
-async def describe_durability(redis: aioredis.Redis, durability: Durability) -> str:
+async def describe_durability(redis: RedisClient, durability: Durability) -> str:
     """One line on what an ack means with this Redis' persistence settings."""
     try:
         config: Any = await redis.config_get("appendonly")
         config.update(await redis.config_get("appendfsync"))
         aof, fsync = str(config.get("appendonly", "?")), str(config.get("appendfsync", "?"))
-    except aioredis.RedisError:  # managed services often hide CONFIG
+    except REDIS_ERRORS:  # managed services often hide CONFIG
         aof, fsync = "?", "?"
     if aof == "no":
         local = "acked batches live in Redis' memory until loaded: a Redis restart loses those not yet loaded"

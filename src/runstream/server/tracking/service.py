@@ -19,7 +19,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-import redis.asyncio as aioredis
 
 from runstream.errors import (
     AlreadyExists,
@@ -41,6 +40,7 @@ from runstream.server.rpc.paging import PageTokens
 from runstream.server.runtime.metrics import INGEST_RPCS, Metrics
 from runstream.server.storage import db, experiments, metrics, runs
 from runstream.server.storage.failures import database_away
+from runstream.server.streams.client import REDIS_ERRORS, RedisClient
 from runstream.server.streams.keys import Keys
 from runstream.server.tracking.appender import Durability, StreamAppender
 from runstream.wire import batch as wire
@@ -69,7 +69,7 @@ class Tracking:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         max_backlog: int,
         tokens: PageTokens,
@@ -114,7 +114,7 @@ class Tracking:
                     for stream in self.keys.streams():
                         pipe.xlen(stream)
                     self._backlog = [int(n) for n in await pipe.execute()]
-            except aioredis.RedisError as exc:  # unreachable, or refusing: keep the last lengths
+            except REDIS_ERRORS as exc:  # unreachable, or refusing: keep the last lengths
                 log.warning("cannot read stream lengths: %s", exc)
             await asyncio.sleep(BACKLOG_POLL_S)
 
