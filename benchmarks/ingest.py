@@ -1,7 +1,7 @@
 """Ingest benchmark: server capacity and the SDK path, on the machine's PostgreSQL and Redis.
 
     python benchmarks/ingest.py [--postgres-url URL] [--redis-url URL] [--points N] [--loaders N]
-                                [--ingesters M] [--scale-out 1,2] [--metrics-cost]
+                                [--ingesters M] [--metrics-cost]
 
 1. Server capacity: a load generator streams pre-encoded MetricBatches (10 keys per step) on
    1, 4 and 16 StreamMetrics streams; points/s from the first send until every point is
@@ -10,8 +10,7 @@
 2. SDK path: 4 processes calling `run.log_metrics` with 10 keys per step as fast as they can;
    points/s until committed, and the SDK's cost per point in the calling thread.
 
-3. Scale-out (--scale-out 1,2): M --role ingest and N --role load processes for every M, N
-   given, the generators' streams spread over the ingesters; committed points/s.
+3. Scale-out: benchmarks/scale.py (M ingest x N load processes, one Redis and a Redis Cluster).
 4. Cost of /metrics (--metrics-cost): the same load with and without every process's
    /metrics fetched once a second, interleaved; the ratio of committed points/s.
 5. Cost of security (--security-cost): capacity and the SDK path plaintext without auth vs
@@ -125,19 +124,7 @@ class BenchServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server processes and their children (the loaders) so far."""
-        tick = os.sysconf("SC_CLK_TCK")
-        stats = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
-        mine = {p.pid for p in self.procs}
-        mine |= {pid for pid, (ppid, _) in stats.items() if ppid in mine}
-        return sum(stats[pid][1] for pid in mine if pid in stats) / tick
+        return proc_cpu_seconds([p.pid for p in self.procs], children=True)
 
     def close(self) -> None:
         for proc in self.procs:
@@ -147,10 +134,28 @@ class BenchServer:
         for line in self.output:
             if "drained" in line:  # the loaders' own account: transactions and where the time went
                 print("   ", line.strip().split(" INFO ", 1)[-1], file=sys.stderr)
-        r = redis.Redis.from_url(self.redis_url)
+        r = _sync_redis(self.redis_url)
         for key in [k for pattern in Keys(self.prefix).patterns() for k in r.scan_iter(pattern)]:
             r.delete(key)
         asyncio.run(_execute(self.admin_url, f"DROP DATABASE {self.db} WITH (FORCE)"))
+
+
+def proc_cpu_seconds(pids: list[int], children: bool = False) -> float:
+    """User + system CPU so far of the processes `pids` (and, with `children`, of their children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    mine = set(pids)
+    if children:
+        mine |= {pid for pid, (ppid, _) in stats.items() if ppid in mine}
+    return sum(stats[pid][1] for pid in mine if pid in stats) / tick
 
 
 class Scraper:
@@ -179,6 +184,16 @@ class Scraper:
                 reply = urllib3.request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
                 assert reply.status == 200 and b"runstream_points_committed_total" in reply.data
                 self.durations.append(time.perf_counter() - t0)
+
+
+def _sync_redis(url: str) -> redis.Redis | redis.RedisCluster:
+    """A blocking client of the Redis or the Redis Cluster (redis+cluster://, its first node) at `url`."""
+    scheme, _, rest = url.partition("://")
+    if scheme.endswith("+cluster"):
+        first = rest.rpartition("@")[2].split(",")[0].split("/")[0]
+        host, _, port = first.rpartition(":")
+        return redis.RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)
 
 
 async def _execute(url: str, sql: str) -> None:
@@ -286,7 +301,7 @@ def _generator(
     results.put(latencies)
 
 
-async def _capacity(
+async def capacity(
     server: BenchServer,
     streams: int,
     batch_points: int,
@@ -428,7 +443,7 @@ def _run_capacity(args: argparse.Namespace, ingesters: int, loaders: int, scrape
             scraper.__enter__()
         try:
             r = asyncio.run(
-                _capacity(
+                capacity(
                     server, args.scale_streams, args.scale_batch_points, args.points, args.window, 2, with_raw=False
                 )
             )
@@ -442,34 +457,6 @@ def _run_capacity(args: argparse.Namespace, ingesters: int, loaders: int, scrape
         return r
     finally:
         server.close()
-
-
-def _scale_out(args: argparse.Namespace) -> None:
-    counts = [int(x) for x in args.scale_out.split(",")]
-    rows = []
-    for ingesters in counts:
-        for loaders in counts:
-            best = max(
-                (_run_capacity(args, ingesters, loaders) for _ in range(args.repeat)), key=lambda r: r["committed_pps"]
-            )
-            rows.append(
-                [
-                    str(ingesters),
-                    str(loaders),
-                    f"{best['points']:,.0f}",
-                    f"{best['acked_pps']:,.0f}",
-                    f"{best['committed_pps']:,.0f}",
-                    f"{best['p50_ms']:.1f}",
-                    f"{best['p99_ms']:.1f}",
-                ]
-            )
-            print(f"  {ingesters} ingest + {loaders} load: {best['committed_pps']:,.0f} points/s", file=sys.stderr)
-    print(
-        f"\nScale-out: separate --role ingest and --role load processes on one Redis and PostgreSQL "
-        f"({args.scale_streams} streams of {args.scale_batch_points:,}-point batches from 2 generator processes, "
-        f"best of {args.repeat})\n"
-    )
-    print(table(["ingesters", "loaders", "points", "acked pts/s", "committed pts/s", "ack p50 ms", "ack p99 ms"], rows))
 
 
 def _metrics_cost(args: argparse.Namespace) -> None:
@@ -546,7 +533,7 @@ def _security_cost(args: argparse.Namespace) -> None:
                 os.environ["RUNSTREAM_TLS_CA"] = str(pki.ca)
             try:
                 r = asyncio.run(
-                    _capacity(
+                    capacity(
                         server, args.scale_streams, args.scale_batch_points, args.points, args.window, 2, with_raw=False
                     )
                 )
@@ -602,18 +589,15 @@ def main() -> None:
     p.add_argument("--skip-sdk", action="store_true")
     p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--ingesters", type=int, default=0, help="capacity on N --role ingest + --loaders --role load")
-    p.add_argument("--scale-out", default="", help="e.g. 1,2: the ingesters x loaders table for those counts")
     p.add_argument("--metrics-cost", action="store_true", help="committed points/s with and without scraping")
-    p.add_argument("--scale-streams", type=int, default=8, help="streams of the scale-out and metrics runs")
+    p.add_argument("--scale-streams", type=int, default=8, help="streams of the metrics-cost and security-cost runs")
     p.add_argument("--scale-batch-points", type=int, default=1000, help="batch size of those runs")
-    p.add_argument("--repeat", type=int, default=3, help="runs per scale-out or metrics-cost configuration")
+    p.add_argument("--repeat", type=int, default=3, help="runs per metrics-cost or security-cost configuration")
     p.add_argument("--security-cost", action="store_true", help="points/s plaintext vs TLS with tokens")
     args = p.parse_args()
     if args.security_cost:
         _security_cost(args)
         return
-    if args.scale_out:
-        _scale_out(args)
     if args.metrics_cost:
         _metrics_cost(args)
 
@@ -622,7 +606,7 @@ def main() -> None:
         for streams in [int(x) for x in args.streams.split(",")]:
             server = BenchServer(args.postgres_url, args.redis_url, args.loaders, ingesters=args.ingesters)
             try:
-                r = asyncio.run(_capacity(server, streams, batch_points, args.points, args.window, args.generators))
+                r = asyncio.run(capacity(server, streams, batch_points, args.points, args.window, args.generators))
             finally:
                 server.close()
             rows.append(

@@ -314,8 +314,19 @@ def _server_factory(services: Services) -> Iterator[Any]:
     """A factory of servers; servers made with the same `like=` share database and prefix."""
     made: list[Server] = []
 
-    def make(*extra: str, like: Server | None = None, env: dict[str, str] | None = None, start: bool = True) -> Server:
-        db_url = like.db_url if like else services.new_database()
+    created: set[str] = set()
+
+    def make(
+        *extra: str,
+        like: Server | None = None,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+        database: str | None = None,
+    ) -> Server:
+        """A server on a new database (or `like`'s, or the `database` URL given, left alone)."""
+        db_url = like.db_url if like else database or services.new_database()
+        if not like and not database:
+            created.add(db_url)
         prefix = like.prefix if like else f"rs-test-{uuid.uuid4().hex[:8]}"
         artifacts = like.artifacts if like else Path(tempfile.mkdtemp(prefix="rs-artifacts-"))
         args = [
@@ -347,7 +358,7 @@ def _server_factory(services: Services) -> Iterator[Any]:
             r.delete(key)
     for folder in {s.artifacts for s in made}:
         shutil.rmtree(folder, ignore_errors=True)
-    for db_url in {s.db_url for s in made}:
+    for db_url in created:
         sql(services.pg_admin_url, f"DROP DATABASE IF EXISTS {db_url.rsplit('/', 1)[1].split('?')[0]} WITH (FORCE)")
 
 

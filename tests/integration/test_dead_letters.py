@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -156,5 +157,48 @@ def test_a_replayed_dead_letter_that_can_be_stored_is_stored_once(server) -> Non
     assert _cli(server, "ls").stdout.strip() == "no dead letters"
     bad = _cli(server, "retry", "not-an-id")
     assert bad.returncode == 1 and "is not a dead letter id" in bad.stderr
-    bad = _cli(server, "retry", f"{keys.shards}/1-0")
-    assert bad.returncode == 1 and "names no shard of this server" in bad.stderr
+    for wrong, says in [
+        (f"{keys.shards}/1-0", "names no shard of this server"),
+        ("1" * 5000 + "/1-0", "names no shard of this server"),
+        ("0/99999999999999999999-0", "is not a dead letter id"),
+        (f"0/1-{2**64}", "is not a dead letter id"),
+    ]:
+        bad = _cli(server, "retry", wrong)
+        assert bad.returncode == 1 and says in bad.stderr, (wrong[:40], bad.stderr)
+
+
+def test_dead_letters_page_over_many_shards_and_each_is_replayed_once(make_server) -> None:
+    """64 shards, the same entry id in several: every page in (id, shard) order, each letter on
+    exactly one page; two `retry --all` at once, and an id named twice, move each letter once."""
+    shards = 64
+    server = make_server("--shards", str(shards))
+    keys = Keys(server.prefix, shards)
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("poison", "many shards").run_id
+    r = redis.Redis.from_url(server.redis_url)
+    for shard in range(shards):  # distinct batches (a loader drops a seq it has just seen)
+        for seq, eid in ((2 * shard + 1, "5-1"), (2 * shard + 2, f"{6 + shard % 3}-0")):  # 5-1 in every shard
+            poison = {FIELD_BATCH: _batch(run_id, "p\x00nul", seq), b"reason": b"made here"}
+            r.xadd(keys.dead_letters(shard), poison, id=eid)
+    expected = [f"{shard}/5-1" for shard in range(shards)]
+    expected += [f"{shard}/{ms}-0" for ms, shard in sorted((6 + shard % 3, shard) for shard in range(shards))]
+    with runstream.Client(server.target) as client:
+        paged = [d.id for d in client.admin.dead_letters(page_size=7)]
+        assert paged == expected
+        once = client.admin.retry_dead_letters(["3/5-1", "3/5-1"])
+        assert once.retried == 1 and list(once.not_found) == []
+    assert sum(r.xlen(k) for k in keys.all_dead_letters()) == 2 * shards - 1
+
+    def retry_all() -> int:
+        with runstream.Client(server.target) as client:
+            return client.admin.retry_dead_letters(all=True).retried
+
+    with ThreadPoolExecutor(2) as pool:
+        retried = sum(pool.map(lambda _: retry_all(), range(2)))
+    assert retried == 2 * shards - 1  # between the two calls, each letter once
+    # Each replayed letter is refused again by the loaders and kept again: as many as before.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(r.xlen(k) for k in keys.all_dead_letters()) < 2 * shards:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert sum(r.xlen(k) for k in keys.all_dead_letters()) == 2 * shards

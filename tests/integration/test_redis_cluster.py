@@ -145,28 +145,41 @@ def test_a_slot_moved_to_another_master_under_load_loses_and_doubles_nothing(
     assert server.stop() == 0
 
 
-def test_entries_left_under_an_earlier_versions_key_names_are_moved_and_loaded_once(make_server: Any) -> None:
+def test_entries_under_old_key_names_or_of_shards_no_longer_used_are_moved_and_loaded_once(make_server: Any) -> None:
     """Before shards had hash tags, a shard's stream was <prefix>:metrics:<n> and the dead
-    letters <prefix>:dead-letters: what an upgrade finds there is loaded, and kept."""
+    letters <prefix>:dead-letters; a deployment that lowers --shards leaves streams and dead
+    letters of shards it no longer has. What a loader finds there at start is loaded, and kept."""
     first = make_server()
     with runstream.Client(first.target) as client:
         run_id = client.create_run("legacy", "upgrade").run_id
     assert first.stop() == 0
-    keys = Keys(first.prefix)
+    keys = Keys(first.prefix)  # 4 shards
     r = redis.Redis.from_url(first.redis_url)
-    old = keys.legacy_streams()[keys.shard_of(run_id)]
+    old, beyond = keys.legacy_streams()[keys.shard_of(run_id)], f"{first.prefix}:metrics:6"
+    gone = Keys(first.prefix, 8)
     now = int(time.time() * 1000)
     r.xgroup_create(old, "loaders", id="0", mkstream=True)
-    for seq in (1, 2, 3):
-        r.xadd(old, {FIELD_BATCH: _batch(run_id, "old", seq), FIELD_RECEIVED_MS: now})
+    for seq, where in ((1, old), (2, old), (3, old), (4, beyond), (5, gone.stream(7)), (6, gone.stream(5))):
+        r.xadd(where, {FIELD_BATCH: _batch(run_id, "old", seq), FIELD_RECEIVED_MS: now})
     r.xreadgroup("loaders", "an-old-loader", {old: ">"}, count=1)  # one was pending when it stopped
     r.xadd(keys.legacy_dead_letters, {FIELD_BATCH: _batch(run_id, "p\x00nul", 1), b"reason": b"old"})
+    r.xadd(gone.dead_letters(6), {FIELD_BATCH: _batch(run_id, "p\x00nul", 2), b"reason": b"gone"})
+    r.set(f"{first.prefix}:metrics:x", "not a shard: left alone")
+    other = f"{first.prefix}x:metrics:0"  # another prefix that starts with this one: left alone
+    r.xadd(other, {FIELD_BATCH: _batch(run_id, "other", 1), FIELD_RECEIVED_MS: now})
 
     server = make_server(like=first)
-    assert server.wait_points(run_id, 3 * POINTS, timeout=60) == 3 * POINTS
-    steps, _ = server.stored(run_id)[("loss", "old")]
-    assert sorted(steps.tolist()) == list(range(POINTS, 4 * POINTS))  # each once
-    assert r.xlen(old) == 0 and r.xlen(keys.legacy_dead_letters) == 0
-    letters = _dead_letters(server)
-    assert len(letters) == 1 and letters[0].writer_id == "p\x00nul" and letters[0].reason == "old"
-    assert any("moved 4 stream entries left under the key names of an earlier version" in x for x in server.output)
+    try:
+        assert server.wait_points(run_id, 6 * POINTS, timeout=60) == 6 * POINTS
+        steps, _ = server.stored(run_id)[("loss", "old")]
+        assert sorted(steps.tolist()) == list(range(POINTS, 7 * POINTS))  # each once
+        strays = [old, beyond, gone.stream(7), gone.stream(5), keys.legacy_dead_letters, gone.dead_letters(6)]
+        assert sum(r.xlen(k) for k in strays if r.exists(k)) == 0
+        letters = _dead_letters(server)
+        assert sorted(d.reason for d in letters) == ["gone", "old"]
+        assert all(d.id.startswith(f"{keys.shard_of(run_id)}/") for d in letters)  # the shard of their run
+        moved = "moved 8 stream entries from keys of an earlier version or of shards no longer used"
+        assert any(moved in line for line in server.output)
+        assert r.xlen(other) == 1 and r.get(f"{first.prefix}:metrics:x") == b"not a shard: left alone"
+    finally:
+        r.delete(other, f"{first.prefix}:metrics:x")

@@ -7,6 +7,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from runstream.server.runtime.connections import printable_error, printable_url
 from runstream.server.streams.client import is_cluster_url, open_redis
 from runstream.server.streams.keys import Keys
 
@@ -62,3 +63,28 @@ def test_a_wrong_cluster_url_says_what_is_wrong_without_its_password(url: str, s
 def test_a_plain_url_is_one_redis() -> None:
     assert not isinstance(open_redis("redis://127.0.0.1:6379/0"), RedisCluster)
     assert not is_cluster_url("redis://127.0.0.1:6379/0") and not is_cluster_url("unix:///tmp/redis.sock")
+
+
+def test_an_ipv6_seed_and_a_password_with_any_character_reach_redis_py_intact() -> None:
+    client = open_redis("redis+cluster://us%40er:hun/ter#2@[::1]:7000,[::1]:7001?socket_timeout=3")
+    assert isinstance(client, RedisCluster)
+    assert sorted(n.name for n in client.nodes_manager.startup_nodes.values()) == ["::1:7000", "::1:7001"]
+    assert client.connection_kwargs["password"] == "hun/ter#2" and client.connection_kwargs["username"] == "us@er"
+    assert client.connection_kwargs["socket_timeout"] == 3
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://10.0.0.1:7000/0?foo=bar", "redis://10.0.0.1:6379/0?decode_responses=true"]
+)
+def test_an_option_redis_py_does_not_know_or_runstream_cannot_take_is_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError, match=r"option|decode_responses"):
+        open_redis(url)
+
+
+def test_printed_urls_and_errors_hold_no_piece_of_the_password() -> None:
+    url = "redis+cluster://u:hunter2/x@127.0.0.1:7000/0?password=SECRETPW&socket_timeout=3"
+    shown = printable_url(url)
+    assert "hunter2" not in shown and "SECRETPW" not in shown and "socket_timeout=3" in shown
+    assert printable_error("Port could not be cast to integer value as 'hunter2'", url) == (
+        "Port could not be cast to integer value as '***'"
+    )

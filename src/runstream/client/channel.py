@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -77,31 +78,57 @@ def http_tls_context() -> ssl.SSLContext:
     return context
 
 
-class _Bearer(
+READ_AFTER = "runstream-read-after"
+
+
+class _CallMetadata(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
     grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
     grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
 ):
-    """Adds `authorization: Bearer <token>` to every call (once per call, so once per stream)."""
+    """What every call carries (once per call, so once per stream): `authorization: Bearer
+    <token>` when there is a token, and the process's read-after position.
 
-    def __init__(self, token: str) -> None:
-        self._metadata = ("authorization", f"Bearer {token}")
+    This process reads its own writes: a write call answers with the database position that
+    holds it (`runstream-read-after`, from servers whose reads may go to replicas), and every
+    later call of any client of this process carries the highest one, so a server reading from
+    a replica waits until that replica has it (or reads the primary)."""
 
-    def _with_token(self, details: Any) -> Any:
-        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
+    position = 0  # shared by every channel of the process
+    _lock = threading.Lock()
+
+    def __init__(self, token: str | None) -> None:
+        self._token = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _metadata(self, details: Any) -> Any:
+        position = ((READ_AFTER, str(_CallMetadata.position)),) if _CallMetadata.position else ()
+        return details._replace(metadata=(*(details.metadata or ()), *self._token, *position))
+
+    @classmethod
+    def _note(cls, call: Any) -> None:
+        try:
+            trailing = call.trailing_metadata() or ()
+        except Exception:  # a call that never reached the server has none
+            return
+        for key, value in trailing:
+            if key == READ_AFTER and value.isdigit():
+                with cls._lock:
+                    cls.position = max(cls.position, int(value))
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
+        call = continuation(self._metadata(details), request)
+        call.add_done_callback(self._note)
+        return call
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
+        return continuation(self._metadata(details), request)
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
+        return continuation(self._metadata(details), requests)
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
+        return continuation(self._metadata(details), requests)
 
 
 def open_channel(target: str, token: str | None = None) -> grpc.Channel:
@@ -121,9 +148,7 @@ def open_channel(target: str, token: str | None = None) -> grpc.Channel:
     else:
         channel = grpc.insecure_channel(address, options=options)
     token = token or sdk_settings.current().token or None
-    if token:
-        channel = grpc.intercept_channel(channel, _Bearer(token.strip()))
-    return channel
+    return grpc.intercept_channel(channel, _CallMetadata(token.strip() if token else None))
 
 
 def explain(code: grpc.StatusCode, details: str) -> str:

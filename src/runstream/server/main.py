@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,7 +42,14 @@ from runstream.server.registry.service import Registry
 from runstream.server.rpc.grpc import service_handler
 from runstream.server.rpc.paging import page_tokens
 from runstream.server.runtime.config import Settings
-from runstream.server.runtime.connections import connect, preflight, printable_url, sample_pool, stop_event
+from runstream.server.runtime.connections import (
+    connect,
+    open_reads,
+    preflight,
+    printable_url,
+    sample_pool,
+    stop_event,
+)
 from runstream.server.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from runstream.server.runtime.health import HealthWatch, add_health_route
 from runstream.server.runtime.logs import announce
@@ -56,6 +62,7 @@ from runstream.server.runtime.metrics import (
 )
 from runstream.server.runtime.reflection import enable_reflection
 from runstream.server.storage import db, migrate
+from runstream.server.storage.replicas import Reads
 from runstream.server.streams.client import RedisClient, is_cluster
 from runstream.server.streams.deployment import DeploymentConflict, bind, deployment_keys
 from runstream.server.streams.keys import Keys
@@ -120,6 +127,7 @@ async def serve(
     wanted = ROLE_SERVICES[settings.role]
     uses_redis = settings.role not in NO_REDIS_ROLES
     pool, redis = await connect(settings, need_redis=uses_redis)
+    reads = await open_reads(settings, pool, metrics)
     async with pool.acquire() as conn:
         applied = await migrate.migrate(conn)
         pg_version = await db.server_version(conn)
@@ -156,14 +164,14 @@ async def serve(
             raise SystemExit(f"runstream: {exc}") from None
         if made:
             announce(f"runstream auth: {made}")
-    servicers, closing, local_store = await _services(settings, wanted, pool, redis, keys, metrics, http, guard)
+    servicers, closing, local_store = await _services(settings, wanted, reads, redis, keys, metrics, http, guard)
     server.add_generic_rpc_handlers(
-        tuple(service_handler(s, SERVICE_MODULES[name], name, metrics, guard) for name, s in servicers.items())
+        tuple(service_handler(s, SERVICE_MODULES[name], name, metrics, guard, reads) for name, s in servicers.items())
     )
-    add_api_routes(http, servicers, SERVICE_MODULES, guard)
+    add_api_routes(http, servicers, SERVICE_MODULES, guard, reads)
     add_login_routes(http, guard)
     add_ui_routes(http, servicers, guard)
-    add_mlflow_routes(http, servicers, guard)  # an endpoint needing a service not served here says so
+    add_mlflow_routes(http, servicers, guard, reads)  # an endpoint needing a service not served here says so
 
     names = [f"runstream.v1.{name}" for name in wanted]
     health = HealthWatch(pool, redis if uses_redis else None, names)
@@ -234,6 +242,7 @@ async def serve(
             log.warning("%d stream entries left in Redis for the next start", left)
     sampler.cancel()
     await runner.cleanup()
+    await reads.close()
     await pool.close()
     await redis.aclose()
     return exit_code
@@ -242,7 +251,7 @@ async def serve(
 async def _services(
     settings: Settings,
     wanted: tuple[str, ...],
-    pool: asyncpg.Pool,
+    reads: Reads,
     redis: RedisClient,
     keys: Keys,
     metrics: Metrics,
@@ -253,6 +262,7 @@ async def _services(
     whether the artifact store is a local one (its signed URLs then served on `http`)."""
     servicers: dict[str, tuple[Any, ...]] = {}
     closing: list[Callable[[], Awaitable[None]]] = []
+    pool = reads.primary
     tokens = await page_tokens(pool)
     if "TrackingService" in wanted:
         durability = Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
@@ -270,7 +280,7 @@ async def _services(
     local_store = isinstance(objects, LocalStore)
     if "QueryService" in wanted:
         limits = TailLimits(settings.max_tails, settings.max_tails_per_token)
-        query = Query(pool, tokens, Tails(pool, metrics, limits, settings.tail_connections, objects), objects)
+        query = Query(reads, tokens, Tails(pool, metrics, limits, settings.tail_connections, objects), objects)
         closing.append(query.close)
         servicers["QueryService"] = (query,)
     if "ArtifactService" in wanted:

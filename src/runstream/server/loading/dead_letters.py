@@ -27,6 +27,13 @@ from runstream.wire import batch as wire
 from runstream.wire.ids import canonical_run_id
 from runstream.wire.proto import admin_pb2 as adm
 
+# KEYS: a shard's dead letters and its stream; ARGV: the dead letter's id, then the entry's fields.
+_MOVE_BACK = """
+local added = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then return 1 end
+redis.call('XDEL', KEYS[2], added)
+return 0
+"""
 DEFAULT_MAX_RESULTS = 100
 MAX_RESULTS = 1_000
 
@@ -38,22 +45,24 @@ class Admin:
         self.tokens = tokens
 
     async def ListDeadLetters(self, req: adm.ListDeadLettersRequest, ctx: Any) -> adm.ListDeadLettersResponse:
-        """Oldest first over every shard's dead letters; a page token holds where each shard is."""
+        """Oldest first over every shard's dead letters, in (id, shard) order; a page token holds
+        the last (id, shard) given."""
         limit = req.max_results or DEFAULT_MAX_RESULTS
         if not 0 < limit <= MAX_RESULTS:
             raise InvalidArgument(f"max_results is {limit:,}; it must be between 1 and {MAX_RESULTS:,}")
-        after = ["-"] * self.keys.shards
+        last: tuple[str, int] | None = None  # the (id, shard) the previous page ended with
         if req.page_token:
-            told = str(self.tokens.read(req.page_token, "dead letters", str)).split(",")
-            after = [told[i] if i < len(told) else "-" for i in range(self.keys.shards)]
+            eid, _, shard_text = str(self.tokens.read(req.page_token, "dead letters", str)).partition("@")
+            if not shard_text.isdigit():  # issued by an earlier version, whose pages were shard by shard
+                raise InvalidArgument("page_token is from an earlier version of this server; list again from the start")
+            last = (_entry_id(eid, "page_token"), int(shard_text))
         found: list[tuple[int, bytes, dict[bytes, bytes]]] = []
-        for shard, start in enumerate(after):
-            got = await self._range(shard, "-" if start == "-" else "(" + start, "+", limit + 1)
-            found += [(shard, eid, fields) for eid, fields in got]
+        for shard in range(self.keys.shards):
+            # Pages run in (id, shard) order: a shard after the last one may still hold its id.
+            start = "-" if last is None else last[0] if shard > last[1] else "(" + last[0]
+            found += [(shard, eid, fields) for eid, fields in await self._range(shard, start, "+", limit + 1)]
         found.sort(key=lambda f: (_order(f[1]), f[0]))
         page = found[:limit]
-        for shard, eid, _ in page:
-            after[shard] = eid.decode()
         async with self.redis.pipeline(transaction=False) as pipe:
             for letters in self.keys.all_dead_letters():
                 pipe.xlen(letters)
@@ -61,7 +70,7 @@ class Admin:
         more = len(found) > limit
         return adm.ListDeadLettersResponse(
             dead_letters=[_message(shard, eid, fields) for shard, eid, fields in page],
-            next_page_token=self.tokens.issue(",".join(after), "dead letters") if more else "",
+            next_page_token=self.tokens.issue(f"{page[-1][1].decode()}@{page[-1][0]}", "dead letters") if more else "",
             total=total,
         )
 
@@ -78,20 +87,29 @@ class Admin:
             got = [(shard, e, fields) for shard in shards for e, fields in await self._range(shard, wanted, wanted)]
             found += got
             missing += [] if got else [text]
-        for shard, eid, fields in found:
-            await self._retry(shard, eid, fields)
-        return adm.RetryDeadLettersResponse(retried=len(found), not_found=missing)
+        unique = {(shard, eid): fields for shard, eid, fields in found}  # an id named twice is one dead letter
+        retried = 0
+        for (shard, eid), fields in unique.items():
+            retried += await self._retry(shard, eid, fields)
+        return adm.RetryDeadLettersResponse(retried=retried, not_found=missing)
 
-    async def _retry(self, shard: int, eid: bytes, fields: dict[bytes, bytes]) -> None:
-        """Back on the metric stream of its run's shard, and out of the dead letters: in one
-        transaction when that is its own shard (one hash slot); otherwise appended first, so it
-        is never in neither (in both for a moment at worst, and the loaders store a seq once)."""
+    async def _retry(self, shard: int, eid: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Back on the metric stream of its run's shard, and out of the dead letters, once:
+        whether this call moved it (a retry running at the same time may have). Appended first,
+        so it is never in neither; the append is taken back when the dead letter had gone. In one
+        script when the stream is in its own shard (one hash slot), so never in both either;
+        across shards it may be in both for a moment, and the loaders store a seq once."""
         target = self._shard_for(fields, shard)
         entry = self.keys.entry(fields.get(FIELD_BATCH, b""), int(fields.get(FIELD_RECEIVED_MS, b"0")))
-        async with self.redis.pipeline(transaction=target == shard) as pipe:
-            pipe.xadd(self.keys.stream(target), entry)  # type: ignore[arg-type]
-            pipe.xdel(self.keys.dead_letters(shard), eid)
-            await pipe.execute()
+        letters, stream = self.keys.dead_letters(shard), self.keys.stream(target)
+        if target == shard:
+            pairs = [x for item in entry.items() for x in item]
+            return bool(await self.redis.eval(_MOVE_BACK, 2, letters, stream, eid, *pairs))
+        added = await self.redis.xadd(stream, entry)  # type: ignore[arg-type]
+        if await self.redis.xdel(letters, eid):
+            return True
+        await self.redis.xdel(stream, added)
+        return False
 
     async def _range(
         self, shard: int, start: str | bytes, end: str | bytes, count: int | None = None
@@ -116,14 +134,15 @@ def _dead_letter_id(text: str, shards: int) -> tuple[range, str]:
     """A dead letter id as ListDeadLetters gives it, "<shard>/<entry id>" (which shard, and its
     id there); a bare entry id is looked for in every shard."""
     shard, slash, eid = text.rpartition("/")
-    if slash and not (shard.isascii() and shard.isdigit() and int(shard) < shards):
+    if slash and not (shard.isascii() and shard.isdigit() and len(shard) <= 6 and int(shard) < shards):
         raise InvalidArgument(f"id {text[:60]!r} names no shard of this server (0 to {shards - 1})")
     return (range(int(shard), int(shard) + 1) if slash else range(shards)), _entry_id(eid, "id")
 
 
 def _entry_id(text: str, what: str) -> str:
     ms, dash, seq = text.partition("-")
-    if not (ms.isascii() and ms.isdigit() and dash and seq.isascii() and seq.isdigit()) or len(text) > 41:
+    numbers = ms.isascii() and ms.isdigit() and dash and seq.isascii() and seq.isdigit() and len(text) <= 41
+    if not numbers or int(ms) >= 2**64 or int(seq) >= 2**64:  # Redis' stream ids are two 64-bit numbers
         raise InvalidArgument(f"{what} {text[:60]!r} is not a dead letter id (like 1732370000000-0)")
     return text
 

@@ -34,7 +34,7 @@ from runstream.server.runtime.failpoints import failpoint
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage import chunks, db, metrics
 from runstream.server.storage.failures import database_away, refused_value
-from runstream.server.streams import legacy
+from runstream.server.streams import strays
 from runstream.server.streams.client import REDIS_ERRORS, RedisClient
 from runstream.server.streams.deployment import DeploymentConflict, bind
 from runstream.server.streams.keys import (
@@ -126,8 +126,8 @@ class Loader:
             await bind(self.redis, self.keys, self.database)
         except DeploymentConflict as exc:
             log.error("%s", exc)
-        if moved := await legacy.adopt(self.redis, self.keys):
-            log.warning("moved %d stream entries left under the key names of an earlier version", moved)
+        if moved := await strays.adopt(self.redis, self.keys):
+            log.warning("moved %d stream entries from keys of an earlier version or of shards no longer used", moved)
         for stream in self.keys.streams():
             try:
                 await self.redis.xgroup_create(stream, LOADER_GROUP, id="0", mkstream=True)

@@ -13,8 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg
-
 from runstream.errors import InvalidArgument, NotFound, RunNotFound
 from runstream.server.auth.guard import CURRENT
 from runstream.server.query import compare, export, history
@@ -22,6 +20,7 @@ from runstream.server.query.tail import Caller, Tail, Tails
 from runstream.server.rpc.messages import experiment_message, run_message
 from runstream.server.rpc.paging import PageTokens
 from runstream.server.storage import archive, experiments, metrics, runs, search
+from runstream.server.storage.replicas import Reads
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 
@@ -39,9 +38,9 @@ AGGREGATES = history.AGGREGATES
 
 class Query:
     def __init__(
-        self, pool: asyncpg.Pool, tokens: PageTokens, tails: Tails, store: archive.RangeReader | None = None
+        self, reads: Reads, tokens: PageTokens, tails: Tails, store: archive.RangeReader | None = None
     ) -> None:
-        self.pool = pool
+        self.reads = reads  # a replica that has the writes the call must see, or the primary
         self.tokens = tokens
         self.tails = tails
         self.store = store  # where cold runs' points are
@@ -73,7 +72,7 @@ class Query:
         wire.check_run_id(req.run_id)
         wire.check_key(req.key)
         lo, hi = _step_range(req)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.reads.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             series = [s for s in series if s.writer_id > req.after_writer]
             async for message in export.read_series(conn, req.run_id, req.key, series, lo, hi, self.store):
@@ -86,7 +85,7 @@ class Query:
         search.check_like(req.name_like, "name_like")
         query = f"experiments\x00{req.include_deleted}\x00{req.name_like}"
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
-        async with self.pool.acquire() as conn:
+        async with self.reads.acquire() as conn:
             rows = await experiments.experiments_with_counts(
                 conn, req.include_deleted, req.name_like, limit + 1, offset
             )
@@ -108,7 +107,7 @@ class Query:
         if req.with_time and req.aggregate != qpb.AGGREGATE_UNSPECIFIED:
             raise InvalidArgument("with_time gives the time of each bucket's last point: leave aggregate unset")
         lo, hi = _step_range(req)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.reads.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             series = await self._series(conn, req.run_id, req.key, req.writer or None)
             if not req.by_writer:
                 return await history.read(
@@ -147,7 +146,7 @@ class Query:
             if direction not in ("min", "max"):
                 raise InvalidArgument(f"direction of {key!r} is {direction!r}; use 'min' or 'max'")
         max_points = _max_points(req.max_points, DEFAULT_COMPARE_POINTS)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.reads.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             compared = [await runs.get_run(conn, run_id, list(req.keys) or None) for run_id in req.run_ids]
             keys = list(req.keys) or sorted({m.key for run in compared for m in run.metrics})
             if len(keys) > MAX_COMPARE_KEYS:
@@ -168,7 +167,7 @@ class Query:
         async def one(key: str, series: list[metrics.SeriesRow], lo: int | None, hi: int | None) -> qpb.MetricHistory:
             if lo is None or hi is None or not series:
                 return qpb.MetricHistory(key=key)
-            async with self.pool.acquire() as conn:  # series are read in parallel, one connection each
+            async with self.reads.acquire() as conn:  # series are read in parallel, one connection each
                 return await history.read(
                     conn, key, series, lo, hi, max_points, qpb.AGGREGATE_UNSPECIFIED, fixed_range=True, store=self.store
                 )
@@ -188,7 +187,7 @@ class Query:
         order = search.order_by(list(req.order_by), sql)
         query = _search_query(req)
         offset = int(self.tokens.read(req.page_token, query)) if req.page_token else 0
-        async with self.pool.acquire() as conn:
+        async with self.reads.acquire() as conn:
             found = await runs.search_runs(
                 conn, experiment_ids, req.include_deleted, where, order, sql.args, limit + 1, offset
             )

@@ -7,6 +7,8 @@ through these functions, so a call is checked the same way whichever door it com
 2. `request`: the request's ids are canonicalised (or refused), what it names is held against
    the token's experiments (auth/guard.py), and the handler then sees the caller as
    auth.guard.CURRENT. Each call runs in its own task, so the value never leaks into another.
+3. `written`, after the handler: a call that may have written notes the primary's WAL position,
+   so later reads served by replicas see it (storage/replicas.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runstream.server.auth.guard import ANONYMOUS, CURRENT, Guard, Principal
+from runstream.server.auth.policy import READ, scope_of
+from runstream.server.storage.replicas import Reads
 from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canonical_upload_id
 
 # Request fields that carry ids: each is canonicalised (or refused) here, before any handler runs.
@@ -48,6 +52,14 @@ async def request(guard: Guard | None, principal: Principal, service: str, metho
     if guard is not None:
         await guard.admit_request(principal, service, method, req)
     CURRENT.set(principal)
+
+
+async def written(reads: Reads | None, service: str, method: str) -> int:
+    """After a call of a method that may write: the primary's WAL position now, which this
+    process's later reads wait for (0 when every read goes to the primary anyway)."""
+    if reads is None or not reads.tracking or scope_of(service, method) == READ:
+        return 0
+    return await reads.noted()
 
 
 def canonicaliser(message_class: Any) -> Canonicalise:

@@ -20,13 +20,16 @@ from runstream.server.auth.policy import scope_of
 from runstream.server.rpc import door
 from runstream.server.runtime.logs import new_request_id
 from runstream.server.runtime.metrics import Metrics
+from runstream.server.storage import replicas
 from runstream.server.storage.failures import database_away
+from runstream.server.storage.replicas import Reads
 
 log = logging.getLogger(__name__)
 
 RAW_REQUEST_METHODS = {"StreamMetrics", "LogMetrics"}  # take the serialized batch as bytes
 RAW_RESPONSE_METHODS = {"TailMetrics", "ReadMetrics"}  # yield MetricPoints already serialized (points.py)
 REQUEST_ID = "x-request-id"
+READ_AFTER = "runstream-read-after"  # the WAL position a caller's reads must see (storage/replicas.py)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -117,10 +120,11 @@ def log_failure(where: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
 class _Observed:
     """Latency and failures of one RPC, with the labels bound once, and its access check."""
 
-    def __init__(self, metrics: Metrics, service: str, rpc: str, guard: Guard | None) -> None:
+    def __init__(self, metrics: Metrics, service: str, rpc: str, guard: Guard | None, reads: Reads | None) -> None:
         self.service, self.rpc = service, rpc
         self._metrics = metrics
         self._guard = guard
+        self.reads = reads
         self._latency: Any = None  # bound on first use: an RPC never called adds no series to scrape
 
     def observe(self, seconds: float) -> None:
@@ -134,6 +138,16 @@ class _Observed:
         if isinstance(req, Undecodable):
             raise req.refuse()
         await door.request(self._guard, principal, self.service, self.rpc, req)
+        if (given := next((str(v) for k, v in ctx.invocation_metadata() or () if k == READ_AFTER), None)) is not None:
+            try:
+                replicas.READ_AFTER.set(replicas.read_after(given))
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+
+    async def written(self, ctx: grpc.aio.ServicerContext[Any, Any], rid: str) -> None:
+        """A call that may have written tells its caller the WAL position its reads must see."""
+        if lsn := await door.written(self.reads, self.service, self.rpc):
+            ctx.set_trailing_metadata(((REQUEST_ID, rid), (READ_AFTER, str(lsn))))
 
     async def fail(self, ctx: grpc.aio.ServicerContext[Any, Any], exc: Exception, rid: str) -> None:
         code, message = log_failure(f"{self.service}.{self.rpc}", exc)
@@ -149,7 +163,9 @@ def _unary(fn: Callable[[Any, Any], Awaitable[Any]], seen: _Observed) -> Callabl
         t0 = time.perf_counter()
         try:
             await seen.admit(ctx, req)
-            return await fn(req, ctx)
+            reply = await fn(req, ctx)
+            await seen.written(ctx, rid)
+            return reply
         except Exception as exc:  # every failure becomes a status the client can act on
             await seen.fail(ctx, exc, rid)
         finally:
@@ -172,7 +188,12 @@ def _stream(fn: Callable[[Any, Any], AsyncIterator[Any]], seen: _Observed) -> Ca
 
 
 def service_handler(
-    servicer: Any, module: ModuleType, service: str, metrics: Metrics | None = None, guard: Guard | None = None
+    servicer: Any,
+    module: ModuleType,
+    service: str,
+    metrics: Metrics | None = None,
+    guard: Guard | None = None,
+    reads: Reads | None = None,
 ) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """A generic handler for every method of `service` as declared in the generated `module`,
     served by `servicer` (or the first of a tuple of them that has it), each checking the
@@ -187,7 +208,7 @@ def service_handler(
         fn = door.handler(servicers, method.name)
         if fn is None:
             raise KeyError(f"no servicer of {service} has {method.name}")
-        seen = _Observed(metrics, service, method.name, guard)
+        seen = _Observed(metrics, service, method.name, guard, reads)
         out_cls = getattr(module, method.output_type.name)
         raw = method.name in RAW_REQUEST_METHODS
         in_cls = getattr(module, method.input_type.name)

@@ -86,6 +86,22 @@ class Settings:
         shown_default="the embedded one in --data-dir",
         group="PostgreSQL and Redis",
     )
+    postgres_read_url: tuple[str, ...] = setting(
+        (),
+        help="PostgreSQL streaming replicas for the reads that may lag (QueryService: histories, search, compare), "
+        "separated by spaces; a read that must see a recent write waits --replica-wait for a replica to replay "
+        "it, else reads the primary. Give it to every process: ingest tells clients what to wait for",
+        parse=lambda text: tuple(text.split()),
+        shown_default="none: every read on the primary",
+        group="PostgreSQL and Redis",
+    )
+    replica_wait_s: float = setting(
+        1.0,
+        help="seconds a read waits for a replica to replay the writes it must see before it reads the primary",
+        parse=seconds,
+        flag="--replica-wait",
+        group="PostgreSQL and Redis",
+    )
     database_moved: str = setting(
         "",
         help="the database was copied or moved (pg_dump, pg_upgrade) since its deployment was made: adopt: it "

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import asyncpg
 
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage.failures import database_away
+from runstream.server.storage.replicas import Reads
 from runstream.server.streams.client import REDIS_ERRORS, RedisClient, open_redis
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,21 @@ async def connect(settings: Settings, *, need_redis: bool = True) -> tuple[async
     return pool, redis
 
 
+async def open_reads(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Reads:
+    """Where this process's reads go: the replicas of --postgres-read-url (pools that connect on
+    first use, so a replica down at start delays nothing), and `pool`, the primary."""
+    replicas = {
+        printable_url(url): await asyncpg.create_pool(
+            url,
+            min_size=0,
+            max_size=settings.pool_size,
+            server_settings={"application_name": f"runstream-{settings.role}"},
+        )
+        for url in settings.postgres_read_url
+    }
+    return Reads(pool, replicas, settings.replica_wait_s, lambda where: metrics.reads.labels(where).inc())
+
+
 def _lost_connections_as_warnings(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncpg reports a connection killed mid-operation to the event loop too (a waiter nobody
     awaits any more, a pooled connection reset inside its transaction). The work it was doing is
@@ -61,7 +79,8 @@ async def preflight(settings: Settings, *, need_redis: bool = True) -> str | Non
         conn = await asyncio.wait_for(asyncpg.connect(settings.postgres_url), PREFLIGHT_S)
         await conn.close()
     except (OSError, asyncio.TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return f"cannot use PostgreSQL at {printable_url(settings.postgres_url)} (--postgres-url): {_reason(exc)}"
+        why = printable_error(_reason(exc), settings.postgres_url)
+        return f"cannot use PostgreSQL at {printable_url(settings.postgres_url)} (--postgres-url): {why}"
     if need_redis:
         try:
             client = open_redis(settings.redis_url, socket_connect_timeout=PREFLIGHT_S)
@@ -69,8 +88,9 @@ async def preflight(settings: Settings, *, need_redis: bool = True) -> str | Non
                 await client.ping()
             finally:
                 await client.aclose()
-        except (OSError, ValueError, *REDIS_ERRORS) as exc:
-            return f"cannot use Redis at {printable_url(settings.redis_url)} (--redis-url): {_reason(exc)}"
+        except (OSError, ValueError, TypeError, *REDIS_ERRORS) as exc:  # TypeError: an unknown URL option
+            why = printable_error(_reason(exc), settings.redis_url)
+            return f"cannot use Redis at {printable_url(settings.redis_url)} (--redis-url): {why}"
     return None
 
 
@@ -80,14 +100,25 @@ def _reason(exc: BaseException) -> str:
 
 
 def printable_url(url: str | None) -> str:
-    """A URL fit to print: without its password."""
+    """A URL fit to print: without its password (after the user, or as a password= option)."""
     if not url:
         return "?"
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return url
+    scheme, sep, rest = url.partition("://")
+    creds, at, hosts = rest.rpartition("@")
+    if sep and at:
+        url = f"{scheme}://{creds.split(':', 1)[0]}@{hosts}"
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
+
+def printable_error(text: str, url: str | None) -> str:
+    """An error about `url` fit to print: no piece of its password (a driver may quote the URL
+    it could not parse, cut where the password held a / or a #)."""
+    creds = (url or "").partition("://")[2].rpartition("@")[0]
+    secret = creds.partition(":")[2]
+    for piece in sorted({secret, unquote(secret), *re.split(r"[/?#@]", secret)}, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, "***")
+    return text
 
 
 async def while_database_away(what: str, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -90,6 +90,13 @@ class Metrics:
             "Batches not loaded because they were loaded before (client retries)",
             registry=r,
         )
+        self.reads = Counter(
+            "runstream_reads_total",
+            "QueryService reads by where they went: a replica, the primary (no replica had replayed the writes "
+            "the read must see within --replica-wait, or none answered), or wait (a replica was waited for)",
+            ["on"],
+            registry=r,
+        )
         self.entries_claimed = Counter(
             "runstream_entries_claimed_total",
             "Stream entries a loader took over from one that stopped (recovered)",

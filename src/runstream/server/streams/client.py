@@ -9,7 +9,7 @@ RedisCluster follows MOVED and ASK, and finds the new master after a failover.
 from __future__ import annotations
 
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -29,18 +29,35 @@ def is_cluster_url(url: str) -> bool:
 
 def open_redis(url: str, **options: Any) -> RedisClient:
     """A client of the Redis or Redis Cluster at `url` (connects on first use). ValueError
-    names what is wrong with a URL."""
+    names what is wrong with a URL (never with its password)."""
     scheme, _, rest = url.partition("://")
-    if scheme.lower() not in CLUSTER_SCHEMES:
-        return aioredis.from_url(url, **options)
+    if "decode_responses" in rest.partition("?")[2]:
+        raise ValueError("the Redis URL sets decode_responses: runstream reads bytes; leave it out")
+    try:
+        if scheme.lower() not in CLUSTER_SCHEMES:
+            return aioredis.from_url(url, **options)
+        return _cluster(scheme.lower(), rest, options)
+    except TypeError as exc:  # redis-py's answer to an option it does not know
+        raise ValueError(f"an option in the Redis URL is not one redis-py knows ({exc})") from None
+
+
+def _cluster(scheme: str, rest: str, options: dict[str, Any]) -> RedisCluster:
+    """redis+cluster://[user:password@]host:port[,host:port...][/0][?option=value...]: the
+    credentials go to redis-py as they are (a password may hold any character), the nodes as
+    startup nodes, the options as the first node's URL carries them."""
     creds, _, hosts = rest.rpartition("@")
-    where, slash, tail = hosts.partition("/")
+    hosts, _, query = hosts.partition("?")
+    where, slash, db = hosts.partition("/")
+    if slash and db not in ("", "0"):
+        raise ValueError(f"{scheme}:// URLs have no database number (a cluster has only db 0): {db[:20]!r}")
     nodes = [_node(h) for h in where.split(",")]
-    if slash and tail.split("?", 1)[0] not in ("", "0"):
-        raise ValueError(f"{scheme}:// URLs have no database number (a cluster has only db 0): {tail!r}")
-    first = f"{CLUSTER_SCHEMES[scheme.lower()]}://{creds + '@' if creds else ''}{nodes[0].host}:{nodes[0].port}"
-    if "?" in tail:
-        first += "?" + tail.split("?", 1)[1]
+    user, _, password = creds.partition(":")
+    host = f"[{nodes[0].host}]" if ":" in nodes[0].host else nodes[0].host
+    first = f"{CLUSTER_SCHEMES[scheme]}://{host}:{nodes[0].port}" + (f"?{query}" if query else "")
+    if user:
+        options["username"] = unquote(user)
+    if password:
+        options["password"] = unquote(password)
     return RedisCluster.from_url(first, startup_nodes=nodes[1:], **options)
 
 
@@ -51,7 +68,7 @@ def _node(text: str) -> ClusterNode:
     except ValueError:
         port = None
     if not parts.hostname or port is None:
-        raise ValueError(f"a Redis Cluster URL names its nodes as host:port, separated by commas, not {text!r}")
+        raise ValueError(f"a Redis Cluster URL names its nodes as host:port, separated by commas, not {text[:100]!r}")
     return ClusterNode(parts.hostname, port)
 
 

@@ -48,6 +48,9 @@ class StreamAppender:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"append {self.stream}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A sender that stopped waiting (its stream ended on an earlier refusal) never looks at
+        # this one's outcome: look here, so asyncio does not log it as an error never retrieved.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.put_nowait((fields, done))
         return done
 

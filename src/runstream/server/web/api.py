@@ -26,6 +26,7 @@ from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import Guard
 from runstream.server.rpc import door
 from runstream.server.rpc.grpc import RAW_REQUEST_METHODS, log_failure
+from runstream.server.storage.replicas import Reads
 from runstream.server.web import body, protojson
 from runstream.server.web.calls import PREFIX, HttpCall
 
@@ -78,7 +79,11 @@ def routes(servicers: Mapping[str, tuple[Any, ...]], modules: Mapping[str, Modul
 
 
 def add_api_routes(
-    app: web.Application, servicers: Mapping[str, tuple[Any, ...]], modules: Mapping[str, ModuleType], guard: Guard
+    app: web.Application,
+    servicers: Mapping[str, tuple[Any, ...]],
+    modules: Mapping[str, ModuleType],
+    guard: Guard,
+    reads: Reads | None = None,
 ) -> dict[str, Route]:
     table = routes(servicers, modules)
 
@@ -100,6 +105,7 @@ def add_api_routes(
             message = _parse(await body.read(request), route.request_class)
             await door.request(guard, principal, route.service, route.method, message)
             reply = await route.handler(message.SerializeToString() if route.raw_request else message, ctx)
+            await door.written(reads, route.service, route.method)
         except Exception as exc:  # every failure becomes a status the caller can act on
             return failure(f"POST {request.path[:200]}", exc)
         return web.Response(body=protojson.dumps(reply), content_type="application/json")

@@ -27,6 +27,7 @@ from runstream.errors import InvalidArgument
 from runstream.server.auth.guard import Guard
 from runstream.server.rpc import door
 from runstream.server.rpc.grpc import log_failure
+from runstream.server.storage.replicas import Reads
 from runstream.server.web.body import TooLarge, read
 from runstream.server.web.calls import HttpCall
 
@@ -91,8 +92,8 @@ def find(prefix: str, method: str, path: str) -> tuple[Endpoint, dict[str, str]]
 
 
 class MlflowApi:
-    def __init__(self, servicers: Mapping[str, tuple[Any, ...]], guard: Guard) -> None:
-        self.servicers, self.guard = servicers, guard
+    def __init__(self, servicers: Mapping[str, tuple[Any, ...]], guard: Guard, reads: Reads | None = None) -> None:
+        self.servicers, self.guard, self.reads = servicers, guard, reads
 
     def serves(self, service: str) -> bool:
         return service in self.servicers
@@ -112,15 +113,19 @@ class MlflowApi:
         """One of our unary RPCs, admitted, then its handler."""
         handler = self.handler(service, method)
         await self.admit(service, method, request, ctx)
-        return await handler(raw if raw is not None else request, ctx)
+        reply = await handler(raw if raw is not None else request, ctx)
+        await door.written(self.reads, service, method)
+        return reply
 
 
 class Unserved(Exception):
     """An endpoint needs a service this process's role does not run."""
 
 
-def add_routes(app: web.Application, servicers: Mapping[str, tuple[Any, ...]], guard: Guard) -> None:
-    api = MlflowApi(servicers, guard)
+def add_routes(
+    app: web.Application, servicers: Mapping[str, tuple[Any, ...]], guard: Guard, reads: Reads | None = None
+) -> None:
+    api = MlflowApi(servicers, guard, reads)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         info = request.match_info
