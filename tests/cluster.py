@@ -20,8 +20,13 @@ NODE_TIMEOUT_MS = 1_000  # a master not heard from this long is failed over
 class LocalCluster:
     def __init__(self, root: Path, masters: int = 3, replicas: int = 1) -> None:
         self.root, self.masters, self.replicas = root, masters, replicas
-        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
-        self.bus_ports = {port: free_port() for port in self.ports}  # not port + 10000, which may be taken
+        free: list[int] = []
+        while len(free) < 2 * masters * (1 + replicas):  # distinct: free_port may say the same twice
+            if (port := free_port()) not in free:
+                free.append(port)
+        nodes = masters * (1 + replicas)
+        self.ports = free[:nodes]
+        self.bus_ports = dict(zip(self.ports, free[nodes:], strict=True))  # not port + 10000: that may be taken
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property

@@ -22,6 +22,7 @@ from tests.integration.test_operations import scrape
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
+SCALED = DEPLOY / "compose" / "scaled.yaml"  # compose.yaml's override for a Redis Cluster and a replica
 K8S = DEPLOY / "k8s"
 DASHBOARD = DEPLOY / "grafana" / "runstream.json"
 PINNED = re.compile(r"^[^:@\s]+(:[^:@\s]*\d[^:@\s]*|@sha256:[0-9a-f]{64})$")  # a tag with a version, or a digest
@@ -54,8 +55,34 @@ def test_every_file_parses() -> None:
     json.loads(DASHBOARD.read_text())
 
 
+def _scaled() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(SCALED.read_text())
+    return loaded
+
+
+def test_the_scaled_shape_runs_every_role_on_the_cluster_and_the_replica() -> None:
+    """compose.yaml + scaled.yaml: every role gets the Redis Cluster's URL (whose seeds are
+    nodes of the file), acks wait for a replica, and reads go to a replica the file makes."""
+    base, scaled = _compose()["services"], _scaled()["services"]
+    roles = [name for name, svc in base.items() if "build" in svc]
+    assert roles and all(name in scaled for name in roles)
+    for name in roles:
+        env = scaled[name]["environment"]
+        seeds = env["RUNSTREAM_REDIS_URL"].removeprefix("redis+cluster://").split(",")
+        assert env["RUNSTREAM_REDIS_URL"].startswith("redis+cluster://")
+        assert all(seed.split(":")[0] in scaled for seed in seeds)
+        assert env["RUNSTREAM_REDIS_WAIT_REPLICAS"] == "1"
+        replica = env["RUNSTREAM_POSTGRES_READ_URL"].split("@")[1].split(":")[0]
+        assert replica in scaled and "pg_basebackup" in scaled[replica]["command"][0]
+        assert "redis-cluster" in scaled[name]["depends_on"]
+    nodes = [n for n in scaled if re.fullmatch(r"redis-\d", n)]
+    assert len(nodes) == 6 and "--cluster-replicas 1" in scaled["redis-cluster"]["command"][0]
+    assert "--cluster-enabled" in scaled["redis-1"]["command"]
+
+
 def test_every_image_has_a_pinned_version() -> None:
     images = [svc["image"] for svc in _compose()["services"].values()]
+    images += [svc["image"] for svc in _scaled()["services"].values() if "image" in svc]
     for doc in _k8s_docs():
         if doc["kind"] == "Deployment":
             images += [c["image"] for c in doc["spec"]["template"]["spec"]["containers"]]
