@@ -74,7 +74,11 @@ def test_the_scaled_shape_runs_every_role_on_the_cluster_and_the_replica() -> No
         assert env["RUNSTREAM_REDIS_WAIT_REPLICAS"] == "1"
         replica = env["RUNSTREAM_POSTGRES_READ_URL"].split("@")[1].split(":")[0]
         assert replica in scaled and "pg_basebackup" in scaled[replica]["command"][0]
+        assert "chmod 0700" in scaled[replica]["command"][0]  # PostgreSQL refuses a data directory others can read
         assert "redis-cluster" in scaled[name]["depends_on"]
+    hba = (DEPLOY / "compose" / "pg_hba.conf").read_text()
+    assert "hba_file=/etc/postgresql/pg_hba.conf" in scaled["postgres"]["command"][-1]
+    assert re.search(r"^host\s+replication\s+all\s+all\s+scram-sha-256$", hba, re.M)
     nodes = [n for n in scaled if re.fullmatch(r"redis-\d", n)]
     assert len(nodes) == 6 and "--cluster-replicas 1" in scaled["redis-cluster"]["command"][0]
     assert "--cluster-enabled" in scaled["redis-1"]["command"]

@@ -164,3 +164,64 @@ def test_a_read_after_position_that_is_no_wal_position_is_refused(make_server: A
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, position
             assert "WAL position" in (refused.value.details() or "")
         assert stub.ListExperiments(qpb.ListExperimentsQuery(), metadata=(("runstream-read-after", "1"),), timeout=10)
+
+
+def test_reads_cut_short_while_waiting_leave_the_replica_pool_whole(make_server: Any, replication: Replication) -> None:
+    """Callers that give up while their read waits for a lagging replica (more of them than the
+    pool has connections) leave nothing behind: once the replica catches up, reads are fast and
+    on the replica again."""
+    server = _on_replica(make_server, replication)
+    query = _on_replica(make_server, replication, "--role", "query", "--replica-wait", "5")
+    replication.wait_replayed()
+    replication.pause()
+    try:
+        run_id = _logged(server, 100)
+        with grpc.insecure_channel(query.target) as chan:
+            stub = query_pb2_grpc.QueryServiceStub(chan)
+            position = (("runstream-read-after", str(channel._CallMetadata.position)),)
+            for _ in range(12):  # the pool holds 8
+                with pytest.raises(grpc.RpcError) as gave_up:
+                    stub.GetMetricHistory(
+                        qpb.GetMetricHistoryRequest(run_id=run_id, key="loss"), metadata=position, timeout=0.3
+                    )
+                assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        replication.resume()
+    replication.wait_replayed()
+    time.sleep(0.5)  # the server notices the cancellations
+    before = _reads(query)
+    started = time.monotonic()
+    assert _history_points(query, run_id) == 100
+    assert time.monotonic() - started < 1.0
+    assert _reads(query).get("replica", 0) > before.get("replica", 0)
+
+
+def test_a_position_beyond_the_primarys_makes_no_read_wait(make_server: Any, replication: Replication) -> None:
+    server = _on_replica(make_server, replication, "--replica-wait", "5")
+    run_id = _logged(server, 10)
+    replication.wait_replayed()
+    with grpc.insecure_channel(server.target) as chan:
+        stub = query_pb2_grpc.QueryServiceStub(chan)
+        started = time.monotonic()
+        for _ in range(5):
+            reply = stub.GetMetricHistory(
+                qpb.GetMetricHistoryRequest(run_id=run_id, key="loss"),
+                metadata=(("runstream-read-after", str(2**64 - 1)),),
+                timeout=10,
+            )
+            assert reply.total_points == 10
+    assert time.monotonic() - started < 2.0  # not 5 x 5 s
+
+
+def test_a_read_url_that_is_no_replica_of_this_database_is_refused_at_start(
+    make_server: Any, replication: Replication
+) -> None:
+    other = replication.url(replication.replica_port, "postgres")  # the replica's server, another database
+    server = make_server("--postgres-read-url", other, database=replication.primary_url, start=False)
+    with pytest.raises(RuntimeError, match="is not a replica of this deployment's database"):
+        server.start()
+    bad = make_server(
+        "--postgres-read-url", "postgresql://127.0.0.1:notaport/x", database=replication.primary_url, start=False
+    )
+    with pytest.raises(RuntimeError, match="is not a PostgreSQL URL"):
+        bad.start()

@@ -138,6 +138,8 @@ async def serve(
     if redis_version is not None:
         kind = "Redis Cluster" if is_cluster(redis) else "Redis"
         where += f", {kind} {redis_version} at {printable_url(settings.redis_url)}"
+    if settings.postgres_read_url:
+        where += f", reads from {len(settings.postgres_read_url)} replica(s) when they have replayed what is asked"
     announce(f"runstream {extras.version()}: {where}; data directory {settings.data_dir}")
     try:
         keys = await deployment_keys(pool, settings.redis_prefix, settings.shards, settings.database_moved)

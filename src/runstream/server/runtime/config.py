@@ -13,6 +13,12 @@ from runstream.settings import count, integer, positive, seconds, setting, size
 ROLES = ("all", "ingest", "query", "load", "compact")
 
 
+def min_max(value: float, low: float, high: float, flag: str) -> float:
+    if not low <= value <= high:
+        raise ValueError(f"{flag} must be between {low:g} and {high:g}")
+    return value
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "runstream"
@@ -97,8 +103,9 @@ class Settings:
     )
     replica_wait_s: float = setting(
         1.0,
-        help="seconds a read waits for a replica to replay the writes it must see before it reads the primary",
-        parse=seconds,
+        help="seconds a read waits for a replica to replay the writes it must see before it reads the primary "
+        "(at most 60)",
+        parse=lambda text: min_max(seconds(text), 0, 60, "--replica-wait"),
         flag="--replica-wait",
         group="PostgreSQL and Redis",
     )

@@ -16,7 +16,7 @@ import asyncpg
 from runstream.server.runtime.config import Settings
 from runstream.server.runtime.metrics import Metrics
 from runstream.server.storage.failures import database_away
-from runstream.server.storage.replicas import Reads
+from runstream.server.storage.replicas import NotAReplica, Reads
 from runstream.server.streams.client import REDIS_ERRORS, RedisClient, open_redis
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,13 @@ async def open_reads(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -
         )
         for url in settings.postgres_read_url
     }
-    return Reads(pool, replicas, settings.replica_wait_s, lambda where: metrics.reads.labels(where).inc())
+    reads = Reads(pool, replicas, settings.replica_wait_s, lambda where: metrics.reads.labels(where).inc())
+    try:
+        await reads.check()
+    except NotAReplica as exc:
+        await reads.close()
+        raise SystemExit(f"runstream: {exc}") from None
+    return reads
 
 
 def _lost_connections_as_warnings(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

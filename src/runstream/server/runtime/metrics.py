@@ -92,8 +92,8 @@ class Metrics:
         )
         self.reads = Counter(
             "runstream_reads_total",
-            "QueryService reads by where they went: a replica, the primary (no replica had replayed the writes "
-            "the read must see within --replica-wait, or none answered), or wait (a replica was waited for)",
+            "Connections QueryService reads took, by where: a replica, the primary (no replica had replayed the "
+            "writes the read must see within --replica-wait, or none answered), or wait (a replica was waited for)",
             ["on"],
             registry=r,
         )

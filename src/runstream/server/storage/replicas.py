@@ -5,10 +5,17 @@ A read must see what its caller wrote before it: the primary's WAL position (an 
 that write is what the read waits for. This process notes the position after every write call
 it serves (`noted`, by the doors in rpc/), and gRPC callers carry the position their own
 writes got back (metadata `runstream-read-after`, set as READ_AFTER for the call), so a client
-reads its writes whichever process served them. A read takes a replica that has replayed past
-the larger of the two; a replica behind it is waited for up to `wait_s`, then the read goes to
-the primary. A replica that cannot be reached is left alone for `DOWN_S`. With no replicas
-every read goes to the primary and nothing is noted.
+reads its writes whichever process served them. A position beyond the primary's own is
+taken for the primary's (no caller can make reads wait for WAL that does not exist).
+
+Each read asks its own connection, not a position kept for a URL: behind one URL (a load
+balancer in front of several replicas) two connections may reach replicas at different positions. A read takes a replica
+connection that has replayed the position; one behind it is waited for up to `wait_s`, then
+the read goes to the primary. The reads of one call see one state or a later one: a call that
+went to the primary stays there, and a later connection of the call must have replayed at
+least what its first one had. A replica is used only once it is known to be a copy of this
+deployment's database (same PostgreSQL system and database, same deployment id); one that
+cannot be reached is left alone for DOWN_S.
 """
 
 from __future__ import annotations
@@ -24,24 +31,37 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from runstream.server.storage import installation
+
 log = logging.getLogger(__name__)
 
 Pooled = asyncpg.pool.PoolConnectionProxy  # a connection of one of the pools
 READ_AFTER: ContextVar[int] = ContextVar("read_after", default=0)  # the caller's writes reached this LSN
-POLL_S = 0.005  # between looks at a replica that is behind
+_ON_PRIMARY: ContextVar[bool] = ContextVar("on_primary", default=False)  # this call read the primary
+POLL_S = 0.01  # between looks at a replica that is behind
 DOWN_S = 5.0  # a replica that failed is not tried again for this long
-CONNECT_S = 2.0  # a replica that does not hand out a connection within this is taken for down
+CONNECT_S = 2.0  # a replica that does not hand out a connection within this is busy: the primary reads
+MAX_WAIT_S = 60.0
 
 _PRIMARY_LSN = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
-_REPLAYED_LSN = "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) - '0/0'::pg_lsn"
+# A replica's replayed position; a server not in recovery (a promoted replica, or a primary
+# named as a replica) has all it wrote.
+_REPLAYED_LSN = """SELECT (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0'::pg_lsn)
+                        ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn"""
+_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError)
+
+
+class NotAReplica(Exception):
+    """A read URL that is no copy of this deployment's database."""
 
 
 @dataclass
 class _Replica:
     pool: asyncpg.Pool
     name: str  # printable, without its password
-    replayed: int = 0  # the last LSN it was seen to have replayed
+    verified: bool = False  # known to be a copy of this deployment's database
     down_until: float = 0.0
+    refused: str = ""  # why it is never used (not a copy of this database)
 
 
 class Reads:
@@ -54,10 +74,12 @@ class Reads:
     ) -> None:
         self.primary = primary
         self.replicas = [_Replica(pool, name) for name, pool in (replicas or {}).items()]
-        self.wait_s = wait_s
+        self.wait_s = min(wait_s, MAX_WAIT_S)
         self.seen = 0  # the primary's LSN after the last write this process served
         self.count = count  # "replica", "primary" (a read that could not use one) or "wait"
         self._turn = itertools.cycle(range(len(self.replicas) or 1))
+        self._primary_lsn = 0  # the highest position the primary was seen at
+        self._identity: tuple[str, str] | None = None  # the primary's (deployment id, instance)
 
     @property
     def tracking(self) -> bool:
@@ -68,65 +90,120 @@ class Reads:
         """After a write: the primary's LSN now, noted for this process's later reads."""
         if not self.replicas:
             return 0
-        lsn = int(await self.primary.fetchval(_PRIMARY_LSN))
+        lsn = await self._primary_now()
         self.seen = max(self.seen, lsn)
         return lsn
+
+    async def check(self) -> None:
+        """At start: every replica that answers is a copy of this deployment's database
+        (NotAReplica names the one that is not); one that does not answer is checked when it
+        first does."""
+        for replica in self.replicas:
+            try:
+                async with replica.pool.acquire() as conn:
+                    await self._verify(replica, conn)
+            except NotAReplica:
+                raise
+            except ValueError as exc:  # asyncpg's word for a URL it cannot use
+                raise NotAReplica(f"--postgres-read-url {replica.name} is not a PostgreSQL URL: {exc}") from None
+            except _FAILURES as exc:
+                log.warning("replica %s does not answer yet (%s); it is checked when it does", replica.name, exc)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[Pooled]:
         """A connection for a read that must see every write noted so far."""
-        needed = max(self.seen, READ_AFTER.get())
-        deadline = time.monotonic() + self.wait_s
-        for replica in self._in_turn():
-            conn = await self._caught_up(replica, needed, deadline)
-            if conn is not None:
-                self.count("replica")
-                try:
-                    yield conn
-                finally:
-                    await replica.pool.release(conn)
-                return
-        if self.replicas:
+        if self.replicas and not _ON_PRIMARY.get():
+            needed = max(self.seen, READ_AFTER.get())
+            if needed > self._primary_lsn:  # a position this process has not seen: the primary's caps it
+                needed = min(needed, await self._primary_now())
+            deadline = time.monotonic() + self.wait_s
+            for replica in self._in_turn():
+                found = await self._caught_up(replica, needed, deadline)
+                if found is not None:
+                    conn, replayed = found
+                    READ_AFTER.set(max(READ_AFTER.get(), replayed))  # the call's later reads: no older
+                    self.count("replica")
+                    try:
+                        yield conn
+                    finally:
+                        await replica.pool.release(conn)
+                    return
             self.count("primary")
+            _ON_PRIMARY.set(True)
         async with self.primary.acquire() as conn:
             yield conn
 
     def _in_turn(self) -> list[_Replica]:
-        """The replicas that are up, starting with the next one in turn."""
-        if not self.replicas:
-            return []
+        """The usable replicas, starting with the next one in turn."""
         first = next(self._turn)
         now = time.monotonic()
         ordered = self.replicas[first:] + self.replicas[:first]
-        return [r for r in ordered if r.down_until <= now]
+        return [r for r in ordered if r.down_until <= now and not r.refused]
 
-    async def _caught_up(self, replica: _Replica, needed: int, deadline: float) -> Pooled | None:
-        """A connection of `replica` once it has replayed `needed`; None if it has not by
-        `deadline` (or cannot be reached: then it is left alone for a while)."""
+    async def _primary_now(self) -> int:
+        self._primary_lsn = max(self._primary_lsn, int(await self.primary.fetchval(_PRIMARY_LSN)))
+        return self._primary_lsn
+
+    async def _caught_up(self, replica: _Replica, needed: int, deadline: float) -> tuple[Pooled, int] | None:
+        """A connection of `replica` that has replayed `needed`, with the position it has; None
+        if none has by `deadline`, or the replica is busy, down or not a copy of this database."""
         try:
-            conn = await asyncio.wait_for(replica.pool.acquire(), CONNECT_S)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn: Pooled = await asyncio.wait_for(replica.pool.acquire(), CONNECT_S)
+        except asyncio.TimeoutError:  # every connection in use: busy, not down
+            return None
+        except _FAILURES as exc:
             self._down(replica, exc)
             return None
+        handed = False
         try:
+            await self._verify(replica, conn)
             waited = False
-            while replica.replayed < needed:
-                replica.replayed = max(replica.replayed, int(await conn.fetchval(_REPLAYED_LSN)))
-                if replica.replayed >= needed:
+            while True:  # asked on this connection: one backend, one position
+                replayed = int(await conn.fetchval(_REPLAYED_LSN))
+                if replayed >= needed or time.monotonic() >= deadline:
                     break
-                if time.monotonic() >= deadline:
-                    await replica.pool.release(conn)
-                    return None
                 waited = True
                 await asyncio.sleep(POLL_S)
             if waited:
                 self.count("wait")
-            return conn
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            with contextlib.suppress(Exception):  # it is going anyway
-                await replica.pool.release(conn)
+            if replayed < needed:
+                return None
+            handed = True
+            return conn, replayed
+        except NotAReplica as exc:
+            replica.refused = str(exc)
+            log.error("%s; reads never go there", exc)
+            return None
+        except _FAILURES as exc:
             self._down(replica, exc)
             return None
+        finally:
+            if not handed:  # also when the call is cancelled while it waits
+                with contextlib.suppress(Exception):
+                    await replica.pool.release(conn)
+
+    async def _verify(self, replica: _Replica, conn: Pooled) -> None:
+        """NotAReplica unless `conn` reaches a copy of this deployment's database."""
+        if replica.verified:
+            return
+        if self._identity is None:
+            async with self.primary.acquire() as primary:
+                self._identity = (
+                    (await installation.deployment(primary))[0],
+                    await installation.database_instance(primary),
+                )
+        try:
+            theirs = ((await installation.deployment(conn))[0], await installation.database_instance(conn))
+        except asyncpg.UndefinedTableError:
+            theirs = ("none", await installation.database_instance(conn))
+        ours = self._identity
+        same_system = theirs[1] == ours[1] or "" in (theirs[1].partition("/")[0], ours[1].partition("/")[0])
+        if theirs[0] != ours[0] or not same_system:
+            raise NotAReplica(
+                f"--postgres-read-url {replica.name} is not a replica of this deployment's database "
+                f"(deployment {theirs[0]} in {theirs[1]}, not {ours[0]} in {ours[1]})"
+            )
+        replica.verified = True
 
     async def close(self) -> None:
         for replica in self.replicas:
@@ -146,6 +223,7 @@ class Reads:
 
 def read_after(value: str) -> int:
     """The metadata `runstream-read-after` as an LSN; ValueError unless it is one."""
-    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) >= 2**64:
+    digits = value.lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()) or len(digits) > 20 or int(digits) >= 2**64:
         raise ValueError(f"runstream-read-after must be a WAL position (a number below 2^64), not {value[:40]!r}")
-    return int(value)
+    return int(digits)
