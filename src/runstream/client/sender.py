@@ -204,10 +204,7 @@ class Sender:
                         itertools.chain(self._read_spilled(spilled), _drain(requests))
                     )
             except ValueError:  # grpc: "Channel closed!" -- the client was closed under us
-                with self._lock:
-                    lost = sum(points for _, points in self.unacked.values())
-                if lost:
-                    log.error("runstream: client closed with %d points of run %s unacknowledged", lost, self.run_id)
+                self._closed_under_us()
                 return
             try:
                 for ack in call:
@@ -218,6 +215,9 @@ class Sender:
                 else:
                     if self.closing:
                         return
+            except ValueError:  # the same, said by the first read when the channel is intercepted
+                self._closed_under_us()
+                return
             except grpc.RpcError as exc:
                 log.debug("metric stream ended (%s: %s); reconnecting in %.1f s", exc.code(), exc.details(), backoff)
                 if exc.code() != grpc.StatusCode.CANCELLED:  # not our own cancel after a pushback
@@ -233,6 +233,12 @@ class Sender:
                 if self.closing and not self.unacked:
                     return
             backoff = min(backoff * 2, 5.0)
+
+    def _closed_under_us(self) -> None:
+        with self._lock:
+            lost = sum(points for _, points in self.unacked.values())
+        if lost:
+            log.error("runstream: client closed with %d points of run %s unacknowledged", lost, self.run_id)
 
     def _read_spilled(self, seqs: list[int]) -> Iterator[bytes]:
         """The spilled batches `seqs` (ascending), read back from the spool as the stream takes them."""
