@@ -23,7 +23,7 @@ import runstream
 from runstream.client import channel
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc
-from tests.replica import Replication
+from tests.replica import Replication, RoundRobinProxy
 
 WAIT_S = 0.5
 
@@ -225,3 +225,26 @@ def test_a_read_url_that_is_no_replica_of_this_database_is_refused_at_start(
     )
     with pytest.raises(RuntimeError, match="is not a PostgreSQL URL"):
         bad.start()
+
+
+def test_behind_one_url_that_balances_two_replicas_a_writer_reads_its_writes(
+    make_server: Any, replication: Replication
+) -> None:
+    """One read URL whose connections reach either of two replicas, one of them paused: each
+    read asks its own connection how far it has replayed, so none serves the writer stale data."""
+    second = replication.add_replica()
+    proxy = RoundRobinProxy([replication.replica_port, second])
+    try:
+        replication.wait_replayed()
+        server = make_server(
+            "--postgres-read-url", replication.url(proxy.port, replication.database), "--replica-wait", str(WAIT_S),
+            database=replication.primary_url,
+        )  # fmt: skip
+        replication.pause(second)
+        run_id = _logged(server, 100)
+        assert all(_history_points(server, run_id) == 100 for _ in range(20))
+        assert _reads(server).get("replica", 0) >= 1  # the replica that keeps up still serves some
+    finally:
+        replication.resume(second)
+        replication.remove_replica(second)
+        proxy.close()
