@@ -199,7 +199,10 @@ class Loader:
         without `block` (draining) every shard answers at once."""
         for stream in self.keys.streams():
             if stream not in self._fresh:
-                self._fresh[stream] = asyncio.create_task(self._read_shard(stream, ">", block))
+                task = self._fresh[stream] = asyncio.create_task(self._read_shard(stream, ">", block))
+                # One failed read fails the round (below); the others, dropped with it, are looked
+                # at here so asyncio does not log them as errors never retrieved.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.wait(
             self._fresh.values(), return_when=asyncio.FIRST_COMPLETED if block else asyncio.ALL_COMPLETED
         )
