@@ -34,10 +34,12 @@ from ingest import KEYS, BenchServer, _sdk, _wait_committed, service_arguments, 
 
 
 def _sdk_cost(args: argparse.Namespace) -> list[list[str]]:
-    measured: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    modes = {"off": ("0", "0"), "on, batches only": ("1", "0"), "on, kill-safe": ("1", "1")}
+    measured: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for round_ in range(args.repeat):
-        for mode in ("off", "on"):
-            os.environ["RUNSTREAM_SPOOL"] = "1" if mode == "on" else "0"
+        for mode, (spool, pending) in modes.items():
+            os.environ["RUNSTREAM_SPOOL"] = spool
+            os.environ["RUNSTREAM_SPOOL_PENDING"] = pending
             server = BenchServer(args.postgres_url, args.redis_url, 1)
             try:
                 r = _sdk(server, args.sdk_processes, args.sdk_steps)
@@ -51,13 +53,15 @@ def _sdk_cost(args: argparse.Namespace) -> list[list[str]]:
                 flush=True,
             )
     os.environ.pop("RUNSTREAM_SPOOL")
+    os.environ.pop("RUNSTREAM_SPOOL_PENDING")
     rows = []
-    for mode in ("off", "on"):
+    for mode in modes:
         cpu = statistics.median(r["caller_cpu_us"] for r in measured[mode])
         pps = statistics.median(r["committed_pps"] for r in measured[mode])
         rows.append([mode, f"{cpu:.3f}", f"{pps:,.0f}"])
-    added = float(rows[1][1]) - float(rows[0][1])
-    rows.append(["added by the spool", f"{added:+.3f}", ""])
+    cpu_of = {row[0]: float(row[1]) for row in rows}
+    rows.append(["added by the batch spool", f"{cpu_of['on, batches only'] - cpu_of['off']:+.3f}", ""])
+    rows.append(["added by kill-safety", f"{cpu_of['on, kill-safe'] - cpu_of['on, batches only']:+.3f}", ""])
     return rows
 
 

@@ -78,8 +78,8 @@ class BufferFull(RunstreamError):
 
 
 class PointsDropped(RunstreamError):
-    """flush(): the buffer was full with on_full="drop" and points were dropped since the last
-    flush; everything else was acknowledged. `dropped` counts the points."""
+    """flush(): the buffer or the spool was full with on_full="drop" and points were dropped since
+    the last flush; everything else was acknowledged. `dropped` counts the points."""
 
     code = grpc.StatusCode.DATA_LOSS
 

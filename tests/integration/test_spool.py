@@ -352,7 +352,7 @@ def test_a_failing_spool_is_said_once_and_an_online_run_goes_on_from_memory(
 ) -> None:
     monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
 
-    def full(self: Any, seq: int, data: bytes) -> None:
+    def full(self: Any, seq: int, data: bytes, points: int = 0) -> None:
         raise OSError(28, "No space left on device")
 
     with runstream.Client(server.target) as client:
@@ -370,7 +370,7 @@ def test_a_failing_spool_is_said_once_and_an_online_run_goes_on_from_memory(
 def test_an_offline_run_whose_spool_fails_says_what_was_lost(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("RUNSTREAM_SPOOL_DIR", str(tmp_path))
 
-    def full(self: Any, seq: int, data: bytes) -> None:
+    def full(self: Any, seq: int, data: bytes, points: int = 0) -> None:
         raise OSError(28, "No space left on device")
 
     with runstream.Client(f"127.0.0.1:{free_port()}") as client:

@@ -10,7 +10,8 @@ import threading
 import numpy as np
 
 from runstream.client import lifecycle
-from runstream.client.buffer import Batcher, encode_calls
+from runstream.client.buffer import Batcher
+from runstream.client.calls import encode_calls
 from runstream.wire import batch as wire
 
 
@@ -92,6 +93,9 @@ class _Writer:
     def _resume_after_fork(self) -> None:
         self.said.append("resume")
 
+    def _forget_after_fork(self) -> None:
+        self.said.append("forget")
+
 
 def test_a_fork_pauses_the_writers_and_the_child_forgets_them() -> None:
     started, of_run = _Writer(), _Writer()
@@ -99,9 +103,10 @@ def test_a_fork_pauses_the_writers_and_the_child_forgets_them() -> None:
     lifecycle.writer_started(of_run)
     lifecycle.run_writer(of_run)
     pid = os.fork()
-    if pid == 0:  # the child: no writer of the parent's is paused, resumed or closed here
+    if pid == 0:  # the child: the parent's writers are forgotten, never resumed or closed here
         lifecycle.flush_all()
-        os._exit(0 if not lifecycle._started and not lifecycle._of_runs and of_run.said == ["pause"] else 1)
+        forgotten = of_run.said == started.said == ["pause", "forget"]
+        os._exit(0 if not lifecycle._started and not lifecycle._of_runs and forgotten else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert started.said == of_run.said == ["pause", "resume"]

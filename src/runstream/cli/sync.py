@@ -72,10 +72,12 @@ def sync_table(results: list[RunSync], format: str) -> str:
     for r in results:
         run: list[Cell] = [RunId(r.run_id), "yes" if r.created else "", r.entries]
         if not r.writers:
-            rows.append([*run, "", "", 0, 0, 0, 0, r.state])
+            rows.append([*run, "", "", 0, 0, 0, 0, 0, r.state])
         for w in r.writers:
             writer = f"{w.writer_id[:24]} (refused before)" if w.retried else w.writer_id[:32]
-            counts: list[Cell] = [w.batches, w.points, w.refused, w.unreadable]
+            counts: list[Cell] = [w.batches, w.points, w.refused, w.unreadable, w.dropped]
             rows.append([*run, writer, w.epoch, *counts, "live" if w.live else r.state])
-    header = ["run", "created", "entries", "writer", "epoch", "batches", "points", "refused", "unreadable", "state"]
+    header = [
+        "run", "created", "entries", "writer", "epoch", "batches", "points", "refused", "unreadable", "dropped", "state"
+    ]  # fmt: skip
     return render(header, rows, format)

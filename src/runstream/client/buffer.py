@@ -15,22 +15,21 @@ BufferFull; `on_full="drop"` drops the call, counts it in `dropped_points` and l
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from runstream.client.calls import Call, encode_calls, split_calls
 from runstream.errors import BufferFull
 from runstream.wire import batch as wire
 
+if TYPE_CHECKING:
+    from runstream.client.pending import PendingCalls
+
 # The writer's logger, for all its parts: what people filter the SDK's delivery warnings by.
 log = logging.getLogger("runstream.client.writer")
-
-Call = tuple[tuple[str, ...], int, int, list[float]]  # one logging call: keys, step, timestamp_ms, values
 
 
 class Batcher:
@@ -53,6 +52,7 @@ class Batcher:
         on_full: str,
         block_timeout: float,
         emit: Callable[[int, bytes, int], None],
+        pending_calls: PendingCalls | None = None,
     ) -> None:
         self._lock = lock
         self.run_id = run_id
@@ -65,6 +65,9 @@ class Batcher:
         self.on_full = on_full
         self.block_timeout = block_timeout
         self._emit = emit
+        # The pending calls again, in file mappings of the spool that outlive the process
+        # (client/pending.py); None without a spool, or in a forked child.
+        self.pending_calls = pending_calls
         self.pending: list[Call] = []
         self._pending_points = 0
         self.buffered_points = 0  # pending + unacked, in memory
@@ -112,6 +115,8 @@ class Batcher:
                 return
             if step is None:
                 step = self._auto_step
+            if self.pending_calls is not None:
+                self.pending_calls.add(keys, step, ts, values)
             if moves_step:
                 self._auto_step = max(self._auto_step, step + 1)
             self.pending.append((keys, step, ts, values))
@@ -120,16 +125,19 @@ class Batcher:
             if self._pending_points >= self.batch_points:
                 self._lock.notify_all()
 
+    def count_dropped(self, n: int, why: str) -> None:
+        """Called holding the lock: `n` points will never reach the server (on_full="drop"); said
+        the first time and every 10,000 times after."""
+        self.dropped_points += n
+        self._dropped_unreported += n
+        if self._drops_logged % 10_000 == 0:
+            log.warning("runstream: %s: dropped %d points so far", why, self.dropped_points)
+        self._drops_logged += 1
+
     def _wait_for_room(self, n: int) -> bool:
         """Called holding the lock with the buffer full: True once there is room."""
         if self.on_full == "drop":
-            self.dropped_points += n
-            self._dropped_unreported += n
-            if self._drops_logged % 10_000 == 0:
-                log.warning(
-                    "runstream buffer full (server unreachable?): dropped %d points so far", self.dropped_points
-                )
-            self._drops_logged += 1
+            self.count_dropped(n, "the buffer is full (server unreachable?)")
             return False
         deadline = time.monotonic() + self.block_timeout
         while self.buffered_points + n > self.max_buffer_points:
@@ -180,47 +188,19 @@ class Batcher:
                 taken, self.pending = self.pending, []
                 self._pending_points = 0
                 self.emitting = bool(taken)
+                parts = list(split_calls(taken, self.batch_points))
+                last = self._seq + len(parts)
+                if self.pending_calls is not None and parts:
+                    self.pending_calls.taken(self._seq + 1, len(parts))
             try:
-                for part in split_calls(taken, self.batch_points):
+                for part in parts:
                     seq = self._seq + 1
                     data, points = encode_calls(self.run_id, self.writer_id, seq, part, self.epoch)
                     self._emit(seq, data, points)
                     self._seq = seq
             finally:
                 with self._lock:
+                    if self.pending_calls is not None and parts and self._seq == last:
+                        self.pending_calls.spooled()
                     self.emitting = False
                     self._lock.notify_all()
-
-
-def split_calls(calls: list[Call], limit: int) -> Iterator[list[Call]]:
-    """Consecutive runs of calls holding at most `limit` points (a call is never split)."""
-    part: list[Call] = []
-    n = 0
-    for call in calls:
-        if part and n + len(call[3]) > limit:
-            yield part
-            part, n = [], 0
-        part.append(call)
-        n += len(call[3])
-    if part:
-        yield part
-
-
-def encode_calls(run_id: str, writer_id: str, seq: int, calls: list[Call], epoch: int = 0) -> tuple[bytes, int]:
-    """One MetricBatch from buffered calls (keys, step, timestamp, values): the key
-    dictionary is built per distinct key tuple, the columns with numpy."""
-    dictionary: dict[str, int] = {}
-    index_of: dict[tuple[str, ...], np.ndarray] = {}
-    for keys, _, _, _ in calls:
-        if keys not in index_of:
-            index_of[keys] = np.array([dictionary.setdefault(k, len(dictionary)) for k in keys], dtype=np.uint32)
-    lengths = np.fromiter((len(c[3]) for c in calls), dtype=np.int64, count=len(calls))
-    total = int(lengths.sum())
-    if len(index_of) == 1:
-        key_index = np.tile(next(iter(index_of.values())), len(calls))
-    else:
-        key_index = np.concatenate([index_of[c[0]] for c in calls])
-    value = np.fromiter(itertools.chain.from_iterable(c[3] for c in calls), dtype=np.float64, count=total)
-    step = np.repeat(np.fromiter((c[1] for c in calls), dtype=np.int64, count=len(calls)), lengths)
-    stamp = np.repeat(np.fromiter((c[2] for c in calls), dtype=np.int64, count=len(calls)), lengths)
-    return wire.encode(run_id, writer_id, seq, list(dictionary), key_index, step, stamp, value, epoch), total

@@ -25,6 +25,8 @@ class Writer(Protocol):
 
     def _resume_after_fork(self) -> None: ...
 
+    def _forget_after_fork(self) -> None: ...
+
 
 _started: weakref.WeakSet[Writer] = weakref.WeakSet()  # every writer whose threads run here
 _of_runs: weakref.WeakSet[Writer] = weakref.WeakSet()  # closed by flush_all
@@ -90,6 +92,8 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     # The parent's writers have no threads here: they are not the child's to run or to flush.
+    for writer in list(_started):
+        writer._forget_after_fork()
     _started.clear()
     _of_runs.clear()
 

@@ -99,7 +99,7 @@ class Sender:
     def add(self, seq: int, data: bytes, points: int) -> None:
         """A new batch from the batcher: into the spool, then onto the stream (offline: the
         spool only)."""
-        spooled = self._append_to_spool(seq, data)
+        spooled = self._append_to_spool(seq, data, points)
         with self._lock:
             self._seq = seq
             if self.offline:  # in the spool is as far as it goes from here
@@ -115,13 +115,13 @@ class Sender:
             if self._spool_ok and self._batcher.buffered_points > self._batcher.max_buffer_points // 2:
                 self._spill()
 
-    def _append_to_spool(self, seq: int, data: bytes) -> bool:
+    def _append_to_spool(self, seq: int, data: bytes, points: int) -> bool:
         """True when the batch is in the spool. A spool that fails (a full or broken disk) is
         said once and given up: an online writer goes on from memory, as without a spool."""
         if not self._spool_ok or self.spool is None:
             return False
         try:
-            self.spool.append(seq, data)
+            self.spool.append(seq, data, points)
             return True
         except OSError as exc:
             self._spool_ok = False
@@ -133,6 +133,28 @@ class Sender:
                 "losing its points" if self.offline else "with unsent points in memory only",
             )
             return False
+
+    def dropped_by_spool(self, first: int, last: int, points: int) -> int:
+        """The spool, full, removed the batches `first`..`last` of `points` points (on_full="drop"):
+        those not acknowledged yet are never sent, and count as dropped. Returns their points."""
+        with self._lock:
+            if not self.offline:  # (offline, nothing is acknowledged)
+                points = 0
+                for seq in range(first, last + 1):
+                    entry = self.unacked.pop(seq, None)
+                    if entry is None:
+                        continue
+                    points += entry[1]
+                    if entry[0] is None:
+                        self.spilled_points -= entry[1]
+                    else:
+                        self._batcher.release(entry[1])
+            if points:
+                self._batcher.count_dropped(
+                    points, "the spool is full (RUNSTREAM_SPOOL_MAX_BYTES; server unreachable?)"
+                )
+            self._lock.notify_all()
+            return points
 
     def _spill(self) -> None:
         """Called holding the lock: drop the oldest unacked batches' bytes from memory (the

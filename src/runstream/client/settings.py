@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runstream import settings
-from runstream.settings import setting
+from runstream.settings import setting, size
 
 MODES = ("online", "offline", "auto")
 FSYNC_POLICIES = ("interval", "batch", "close", "off")
@@ -57,6 +57,12 @@ class SdkSettings:
     )  # fmt: skip
     # -- runs
     run_id: str = setting("", help="start_run attaches to this run (every rank of a job)", flag=False, group="Runs")
+    resume: str = setting(
+        "",
+        help="start_run continues this run from a new process (creating it under this id the first time)",
+        flag=False,
+        group="Runs",
+    )
     mode: str = setting(
         "online",
         help="online; offline: the spool only, for runstream sync; auto: offline while the server is away",
@@ -75,11 +81,26 @@ class SdkSettings:
     )  # fmt: skip
     # -- the spool
     spool: bool = setting(True, help="spool every batch to disk before it is sent", flag=False, group="Spool")
+    spool_pending: bool = setting(
+        True,
+        help="keep points not yet batched in file mappings of the spool too, so a killed process loses none",
+        flag=False,
+        group="Spool",
+    )
     spool_dir: Path = setting(
         help="where the spool lives",
         parse=Path,
         default_factory=default_spool_dir,
         shown_default="$XDG_CACHE_HOME/runstream/spool (~/.cache/runstream/spool)",
+        flag=False,
+        group="Spool",
+    )
+    spool_max_bytes: int = setting(
+        0,
+        help="most bytes one writer keeps unsent in the spool (then the writer's on_full applies: block or "
+        "drop the oldest); 0: a tenth of the disk's free space when the writer starts",
+        parse=size,
+        shown_default="0 (a tenth of the free space)",
         flag=False,
         group="Spool",
     )

@@ -50,13 +50,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
-from runstream.client import settings
+from runstream.client import pending, settings
 from runstream.wire.batch import MAX_BATCH_BYTES
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ HEADER = struct.Struct("<IIQ")  # length, crc32 of the batch, seq (format 1's wh
 RECORD_HEADER = MARK.size + HEADER.size
 _MARK_BYTES = RECORD_MARK.to_bytes(4, "little")
 SEGMENT_BYTES = 32 * 1024 * 1024
+MIN_SEGMENT_BYTES = 64 * 1024
+DROPPED = "dropped"  # "<first seq> <last seq> <points>" per span a full spool dropped (on_full="drop")
 
 
 def enabled() -> bool:
@@ -85,6 +87,21 @@ def writer_dir(root: Path, run_id: str, writer_id: str, epoch: int) -> Path:
 def fsync_policy() -> tuple[str, float]:
     given = settings.current()
     return given.spool_fsync, given.spool_fsync_s
+
+
+def read_dropped(directory: Path) -> list[tuple[int, int, int]]:
+    """(first seq, last seq, points) of each span a full spool dropped; lines that do not read
+    as three numbers are skipped (a process killed while writing one)."""
+    try:
+        lines = (directory / DROPPED).read_text(encoding="ascii", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    spans = []
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and all(w.isdigit() for w in words):
+            spans.append((int(words[0]), int(words[1]), int(words[2])))
+    return spans
 
 
 class SpoolBusy(RuntimeError):
@@ -171,9 +188,26 @@ def read_sealed(directory: Path) -> int | None:
     return None if sealed.claimed is None or sealed.problem else sealed.value
 
 
+@dataclass
+class _Closed:
+    """A segment the writer no longer appends to."""
+
+    path: Path
+    first: int  # seq
+    last: int
+    points: int
+    size: int
+
+
 class SpoolWriter:
     """The spool of one writer session: `append` each batch before it is sent, `acked` as the
-    acknowledgements come back, `close` at the end (the directory goes once all is acked)."""
+    acknowledgements come back, `close` at the end (the directory goes once all is acked).
+
+    It holds at most `max_bytes` (RUNSTREAM_SPOOL_MAX_BYTES) of segments: when a batch would
+    pass that, `append` waits for acknowledgements to trim the oldest segments (`on_full`
+    "block": the batcher stops, the writer's buffer fills and logging calls block as the
+    writer's on_full says), or removes the oldest segments, whose batches are then never sent,
+    and tells `on_drop` and the file `dropped` ("drop")."""
 
     def __init__(self, root: Path, run_id: str, writer_id: str, epoch: int, target: str) -> None:
         self.directory = writer_dir(root, run_id, writer_id, epoch)
@@ -183,23 +217,51 @@ class SpoolWriter:
         meta = {"run_id": run_id, "writer_id": writer_id, "epoch": epoch, "target": target}
         (self.directory / "meta.json").write_text(json.dumps(meta))
         self._mutex = threading.Lock()
+        self._room = threading.Condition(self._mutex)  # trimmed segments free room for a waiting append
+        self.max_bytes = settings.current().spool_max_bytes or shutil.disk_usage(self.directory).free // 10
+        self.segment_bytes = max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, self.max_bytes // 8))
+        self.on_full = "block"
+        self._on_drop: Callable[[int, int, int], int] | None = None
+        self._stop_waiting = False
         self._segment: IO[bytes] | None = None
         self._segment_bytes = 0
-        self._closed_segments: list[tuple[int, Path]] = []  # (last seq, path), oldest first
+        self._segment_first = 0
+        self._segment_points = 0
+        self._closed_segments: list[_Closed] = []  # oldest first
+        self.held_bytes = 0  # of every segment on disk
         self._last_seq = 0
         self._synced_at = time.monotonic()
         self.bytes_written = 0
 
-    def append(self, seq: int, data: bytes) -> None:
+    def bound(self, on_full: str, on_drop: Callable[[int, int, int], int]) -> None:
+        """What a full spool does: the writer's `on_full` policy; `on_drop` is told of the
+        batches dropped (first seq, last seq, points) and answers how many points were unsent."""
+        self.on_full, self._on_drop = on_full, on_drop
+
+    def stop_waiting(self) -> None:
+        """The writer closes: a waiting append writes past the limit rather than lose its batch."""
+        with self._room:
+            self._stop_waiting = True
+            self._room.notify_all()
+
+    def append(self, seq: int, data: bytes, points: int = 0) -> None:
         header = HEADER.pack(len(data), zlib.crc32(data), seq)
         record = MARK.pack(RECORD_MARK, zlib.crc32(header)) + header + data
-        with self._mutex:
-            if self._segment is None or self._segment_bytes >= SEGMENT_BYTES:
+        dropped: list[_Closed] = []
+        with self._room:
+            while self.held_bytes + len(record) > self.max_bytes and self._closed_segments and not self._stop_waiting:
+                if self.on_full == "drop":
+                    dropped.append(self._drop_oldest())
+                else:
+                    self._room.wait(1.0)
+            if self._segment is None or self._segment_bytes >= self.segment_bytes:
                 self._rotate(seq)
             assert self._segment is not None
             self._segment.write(record)
             self._segment.flush()  # into the OS: a killed process loses nothing written
             self._segment_bytes += len(record)
+            self._segment_points += points
+            self.held_bytes += len(record)
             self.bytes_written += len(record)
             self._last_seq = seq
             if self.policy == "batch" or (
@@ -207,15 +269,37 @@ class SpoolWriter:
             ):
                 os.fsync(self._segment.fileno())
                 self._synced_at = time.monotonic()
+        for gone in dropped:
+            points = gone.points if self._on_drop is None else self._on_drop(gone.first, gone.last, gone.points)
+            with open(self.directory / DROPPED, "a", encoding="ascii") as out:
+                out.write(f"{gone.first} {gone.last} {points}\n")
+
+    def _drop_oldest(self) -> _Closed:
+        """Called holding the mutex: remove the oldest segment."""
+        gone = self._closed_segments.pop(0)
+        gone.path.unlink(missing_ok=True)
+        self.held_bytes -= gone.size
+        return gone
 
     def _rotate(self, first_seq: int) -> None:
         if self._segment is not None:
             self._finish_segment()
-            self._closed_segments.append((self._last_seq, Path(self._segment.name)))
+            self._closed_segments.append(
+                _Closed(
+                    Path(self._segment.name),
+                    self._segment_first,
+                    self._last_seq,
+                    self._segment_points,
+                    self._segment_bytes,
+                )
+            )
             self._segment.close()
         self._segment = open(self.directory / f"{first_seq:020d}.seg", "ab")  # noqa: SIM115
         self._segment.write(SEGMENT_HEADER)
         self._segment_bytes = len(SEGMENT_HEADER)
+        self._segment_first = first_seq
+        self._segment_points = 0
+        self.held_bytes += len(SEGMENT_HEADER)
 
     def _finish_segment(self) -> None:
         if self._segment is not None and self.policy != "off":
@@ -224,14 +308,16 @@ class SpoolWriter:
 
     def acked(self, upto: int) -> None:
         """Every batch up to seq `upto` is acknowledged: drop the segments that hold only those."""
-        with self._mutex:
-            done = [seg for seg in self._closed_segments if seg[0] <= upto]
+        with self._room:
+            done = [seg for seg in self._closed_segments if seg.last <= upto]
             if not done:
                 return
             self._closed_segments = self._closed_segments[len(done) :]
+            self.held_bytes -= sum(seg.size for seg in done)
+            self._room.notify_all()
             try:
-                for _, path in done:
-                    path.unlink(missing_ok=True)
+                for seg in done:
+                    seg.path.unlink(missing_ok=True)
                 write_acked(self.directory, upto)  # spares a sync resending them (it would be harmless)
             except OSError as exc:
                 log.warning("runstream: trimming the spool %s: %s", self.directory, exc)
@@ -290,26 +376,40 @@ class SpooledWriter:
         return sorted(p for p in self.directory.glob("*.seg") if p.stem.isdigit())
 
     def records(
-        self, after: int = 0, quiet: bool = False, damaged: list[Damage] | None = None
+        self,
+        after: int = 0,
+        quiet: bool = False,
+        damaged: list[Damage] | None = None,
+        unspooled: list[str] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """(seq, batch) of every readable record with seq > `after`, oldest first. Unreadable
         bytes followed by readable records (or not a cut-short last record) are appended to
         `damaged` as they are met, or logged as errors without it. The last record of the last
         segment cut short is dropped: its process died writing it (one warning), or a live
-        writer is writing it (`quiet`: no word)."""
+        writer is writing it (`quiet`: no word). With `unspooled` (the writer's process is dead),
+        then the batches of the calls it had logged but not spooled (client/pending.py), with
+        what could not be read of them appended to `unspooled`."""
         segments = self.segments()
+        seen: set[int] = set()
         for index, segment in enumerate(segments):
             found: list[Damage] = [] if damaged is None else damaged
-            yield from _segment_records(segment, after, index == len(segments) - 1, quiet, found)
+            for seq, data in _segment_records(segment, after, index == len(segments) - 1, quiet, found):
+                seen.add(seq)
+                yield seq, data
             if damaged is None:
                 for d in found:
                     log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
+        if unspooled is not None:
+            batches = pending.unspooled_batches(self.directory, self.run_id, self.writer_id, self.epoch, unspooled)
+            for seq, data in batches:
+                if seq > after and seq not in seen:
+                    yield seq, data
 
     def remove_sent(self, segments: list[Path]) -> list[Path]:
         """Remove the files of a dead writer's spool that a sync has sent (`segments`) or knows
         (its lock, meta, acked, sealed and their temporary files); what else is in it is left,
         and returned."""
-        known = {"lock", "meta.json", "acked", "sealed"}
+        known = {"lock", "meta.json", "acked", "sealed", DROPPED, *pending.FILES}
         for path in segments:
             path.unlink(missing_ok=True)
         for path in self.directory.iterdir():

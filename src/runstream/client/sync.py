@@ -88,6 +88,7 @@ class WriterSync:
     points: int = 0
     refused: int = 0
     unreadable: int = 0  # spans of its spool that hold no readable record
+    dropped: int = 0  # points its process dropped because its spool was full (on_full="drop")
     live: bool = False  # its process still writes: its files are left to it
     retried: bool = False  # batches refused by an earlier sync, offered again
     last: int = 0  # the highest seq the server answered in this sync
@@ -321,14 +322,27 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, prob
     if (why := acked.problem) and not out.live:
         log.warning("runstream: %s: %s; every batch of its spool is sent (the server keeps each once)", who, why)
     segments = w.segments()
-    records = w.records(acked.value, quiet=out.live, damaged=damaged)
+    unspooled: list[str] | None = None if out.live else []  # a live process batches its own calls
+    records = w.records(acked.value, quiet=out.live, damaged=damaged, unspooled=unspooled)
     if not out.live:
         records = _gaps(records, acked.claimed or 0, spool.read_sealed(w.directory), damaged, gaps)
     try:
         _stream(client, records, out, counter, refused)
     finally:
         spool.write_acked(w.directory, out.last)
+    spans = spool.read_dropped(w.directory)
+    gaps = _minus(gaps, [(first, last) for first, last, _ in spans])
     out.unreadable = len(damaged) + len(gaps)
+    out.dropped = sum(points for _, _, points in spans)
+    if out.dropped and not out.live:
+        log.warning(
+            "runstream: %s dropped %d points (batches %s) because its spool was full "
+            "(RUNSTREAM_SPOOL_MAX_BYTES, on_full='drop')",
+            who,
+            out.dropped,
+            ", ".join(f"{first}-{last}" for first, last, _ in spans),
+        )
+    problems += [f"{who}: {p}" for p in unspooled or []]
     if out.live:  # its process may still send those batches from memory; read again once it ends
         problems += [
             f"{who}: bytes {d.start}-{d.end} of spool segment {d.segment} unreadable ({d.reason}); "
@@ -365,6 +379,19 @@ def _gaps(
         yield seq, data
     if sealed is not None and sealed > last and len(damaged) == unreadable:
         gaps.append((last + 1, sealed))
+
+
+def _minus(spans: list[tuple[int, int]], removed: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The seqs of `spans` outside every span of `removed`, as spans (all inclusive)."""
+    for cut_first, cut_last in removed:
+        left: list[tuple[int, int]] = []
+        for first, last in spans:
+            if first < cut_first:
+                left.append((first, min(last, cut_first - 1)))
+            if last > cut_last:
+                left.append((max(first, cut_last + 1), last))
+        spans = left
+    return spans
 
 
 def _retry_refused(client: Client, run_dir: Path, counter: _Counter) -> list[WriterSync]:

@@ -26,7 +26,7 @@ import grpc
 from runstream.client import console, lifecycle, offline, settings, spool, sync
 from runstream.client.channel import open_channel, resolve_target, typed_errors
 from runstream.client.writer import MetricWriter
-from runstream.errors import DeadlineExceeded, FailedPrecondition, RunstreamError, Unavailable
+from runstream.errors import DeadlineExceeded, FailedPrecondition, NotFound, RunstreamError, Unavailable
 from runstream.wire.batch import check_writer_id
 from runstream.wire.proto import tracking_pb2 as pb
 from runstream.wire.proto import tracking_pb2_grpc as pb_grpc
@@ -298,11 +298,18 @@ class Client:
         writer_id: str | None = None,
         record_source: bool = True,
         offline: bool | None = None,
+        resume: str | None = None,
         **writer_options: Any,
     ) -> Run:
         """Create a run and a handle to log into it. Unless `record_source` is False the run is
         tagged with the code that started it (git commit and dirty flag, entry point, Python and
         imported package versions: runstream.source.*).
+
+        `resume=RUN_ID` (or RUNSTREAM_RESUME) continues that run from this process, e.g. a job
+        restarted from a checkpoint: the run is RUNNING again and owned by this handle, and this
+        process writes a new session of its writer (points logged before are kept). A run of
+        that id that does not exist yet is created under it, so a launcher can give every start
+        of a job the same id.
 
         `offline=True` (or RUNSTREAM_MODE=offline) records the run in the local spool only, under
         an id made here, for `runstream sync` to send later; RUNSTREAM_MODE=auto does that when
@@ -312,12 +319,18 @@ class Client:
             from runstream.client.provenance import source_tags
 
             tags = {**source_tags(), **(tags or {})}
+        resume = resume or settings.current().resume or None
+        if resume is not None and mode != "online":
+            raise ValueError("resume continues a run on the server; it cannot be offline")
         if mode == "offline":
             return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=False)
         self._resume_orphans()
         try:
             connect = settings.current().connect_timeout if mode == "auto" else None
-            run = self.create_run(experiment, name, tags, timeout=connect)
+            if resume is not None:
+                run = self._resumed(resume, experiment, name, tags or {})
+            else:
+                run = self.create_run(experiment, name, tags, timeout=connect)
         except (Unavailable, DeadlineExceeded) as exc:
             if mode != "auto":
                 raise
@@ -333,6 +346,18 @@ class Client:
         if params:
             handle.log_params(params)
         return handle
+
+    def _resumed(self, run_id: str, experiment: str, name: str, tags: Mapping[str, str]) -> pb.Run:
+        """The run `run_id`, RUNNING again; created under that id if there is none yet."""
+        try:
+            run = self.get_run(run_id, all_metrics=False)
+        except NotFound:
+            return self.create_run(experiment, name, tags, run_id=run_id)
+        if run.lifecycle_stage == "deleted":
+            raise FailedPrecondition(f"run {run.run_id} is deleted; restore it to resume it (runstream runs restore)")
+        if tags:
+            self.set_tags(run.run_id, tags)
+        return self.update_run(run.run_id, status="RUNNING")
 
     def _start_offline(
         self,

@@ -23,8 +23,9 @@ from typing import Any
 import grpc
 
 from runstream.client import lifecycle, settings, system
-from runstream.client.buffer import Batcher
+from runstream.client.buffer import Batcher, log
 from runstream.client.heartbeat import Heartbeat
+from runstream.client.pending import PendingCalls
 from runstream.client.sender import Sender
 from runstream.client.spool import SpoolWriter
 from runstream.errors import DeadlineExceeded, PointsDropped, RunstreamError, from_status
@@ -78,6 +79,10 @@ class MetricWriter:
         )
         # One lock for all the parts: the buffer's room is freed by the sender's acks.
         self._lock = threading.Condition()
+        # With a spool, the calls not yet spooled are also kept where a killed process leaves them.
+        self._pending_calls = (
+            _pending_calls(spool, batch_points) if spool is not None and settings.current().spool_pending else None
+        )
         self._batcher = Batcher(
             self._lock,
             run_id,
@@ -91,8 +96,11 @@ class MetricWriter:
             block_timeout=block_timeout,
             # The sender is made next, with the batcher it gives room back to; the thread starts after.
             emit=lambda seq, data, points: self._sender.add(seq, data, points),
+            pending_calls=self._pending_calls,
         )
         self._sender = Sender(channel, self._lock, self._batcher, spool=spool, offline=offline)
+        if spool is not None:
+            spool.bound(on_full, self._sender.dropped_by_spool)
         self._heartbeat = Heartbeat(channel, self._lock, run_id, writer_id, self.heartbeat_s)
         lifecycle.writer_started(self)
         self._batcher.start()
@@ -191,7 +199,8 @@ class MetricWriter:
             if dropped:
                 raise PointsDropped(
                     f"flush: {dropped:,} points of run {self.run_id} were dropped since the last flush because the "
-                    f"buffer was full (on_full='drop'); the rest are acknowledged",
+                    "buffer or the spool (RUNSTREAM_SPOOL_MAX_BYTES) was full (on_full='drop'); the rest are "
+                    "acknowledged",
                     dropped,
                 )
 
@@ -209,10 +218,16 @@ class MetricWriter:
                 self._sender.closing = True
                 self._heartbeat.closing = True
                 self._lock.notify_all()
+            if self.spool is not None:
+                self.spool.stop_waiting()
             self._sender.end_stream()
             self._batcher.join(5)
             self._sender.join(5)
             self._heartbeat.join(5)
+            if self._pending_calls is not None:
+                with self._lock:
+                    self._batcher.pending_calls = None
+                self._pending_calls.close()
             self._sender.close_spool()
 
     # ---------------------------------------------------------------- around a fork (client/lifecycle.py)
@@ -227,8 +242,25 @@ class MetricWriter:
             while (self._sender.call is not None or self._heartbeat.beating) and time.monotonic() < deadline:
                 self._lock.wait(0.05)
 
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's writer is not the child's to feed. Its pending files
+        are the parent's (the mapping is shared), so calls made here must stay out of them."""
+        self._batcher.pending_calls = None
+
     def _resume_after_fork(self) -> None:
         with self._lock:
             self._sender.paused = False
             self._heartbeat.paused = False
             self._lock.notify_all()
+
+
+def _pending_calls(spool: SpoolWriter, batch_points: int) -> PendingCalls | None:
+    try:
+        return PendingCalls(spool.directory, batch_points)
+    except OSError as exc:
+        log.warning(
+            "runstream: the spool %s cannot keep points not yet batched (%s): a killed process loses them",
+            spool.directory,
+            exc,
+        )
+        return None

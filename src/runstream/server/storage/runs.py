@@ -146,8 +146,8 @@ async def run_statuses(conn: Conn, run_ids: list[str]) -> dict[str, int]:
 
 async def update_run(conn: Conn, run_id: str, status: int | None, end_time_ms: int | None, name: str | None) -> None:
     result = await conn.execute(
-        """UPDATE runs SET status = coalesce($2, status),
-                           end_time_ms = coalesce($3, end_time_ms),
+        f"""UPDATE runs SET status = coalesce($2, status),
+                           end_time_ms = CASE WHEN $2 = {RUNNING} THEN NULL ELSE coalesce($3, end_time_ms) END,
                            name = coalesce($4, name)
            WHERE run_id = $1""",
         run_id,

@@ -1,0 +1,132 @@
+"""The pending calls kept in file mappings (client/pending.py): what a dead writer's files hold is
+read back as the batches its batcher made or would have made, with their seqs; a call cut short
+by the process's death, and what earlier generations left in a file, are not read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runstream.client import pending
+from runstream.client.pending import PendingCalls, unspooled_batches
+from runstream.wire import batch as wire
+
+
+def _read(directory: Path) -> tuple[list[int], list[wire.Batch], list[str]]:
+    problems: list[str] = []
+    found = list(unspooled_batches(directory, "run", "w", 4, problems))
+    return [seq for seq, _ in found], [wire.decode(data) for _, data in found], problems
+
+
+def _points(batches: list[wire.Batch]) -> list[tuple[str, int, float]]:
+    return [
+        (b.keys[int(k)], int(s), float(v))
+        for b in batches
+        for k, s, v in zip(b.key_index, b.step, b.value, strict=True)
+    ]
+
+
+def test_calls_not_yet_taken_are_read_back_with_the_next_seqs(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=4)
+    kept.add(("loss", "acc"), 0, 1_000, [1.0, 0.5])
+    kept.add(("loss",), 1, 1_001, [0.9])
+    kept.add(("loss", "acc"), 2, 1_002, [0.8, 0.6])
+    seqs, batches, problems = _read(tmp_path)
+    assert problems == [] and seqs == [1, 2]  # split as the batcher splits: whole calls, <= 4 points
+    assert all(b.epoch == 4 and b.writer_id == "w" and b.run_id == "run" for b in batches)
+    assert [b.seq for b in batches] == seqs
+    assert _points(batches) == [
+        ("loss", 0, 1.0), ("acc", 0, 0.5), ("loss", 1, 0.9), ("loss", 2, 0.8), ("acc", 2, 0.6)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(batches[0].timestamp_ms, [1_000, 1_000, 1_001])
+
+
+def test_taken_calls_are_read_until_spooled_and_old_generations_never(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=100)
+    for step in range(50):
+        kept.add(("x",), step, step, [float(step)])
+    kept.taken(first_seq=1, batches=1)  # the batcher took them as seq 1...
+    kept.add(("x",), 50, 50, [50.0])  # ...while the job logs on into the other file
+    seqs, batches, _ = _read(tmp_path)
+    assert seqs == [1, 2] and [p[1] for p in _points(batches)] == list(range(51))
+    kept.spooled()  # seq 1 is in the spool
+    seqs, batches, _ = _read(tmp_path)
+    assert seqs == [2] and [p[1] for p in _points(batches)] == [50]
+    kept.taken(first_seq=2, batches=1)
+    kept.spooled()
+    # The first file is active again: a new generation over the 50 calls of the first.
+    kept.add(("x",), 51, 51, [51.0])
+    seqs, batches, _ = _read(tmp_path)
+    assert seqs == [3] and [p[1] for p in _points(batches)] == [51]
+
+
+def test_a_call_cut_short_by_death_is_not_read(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=100)
+    kept.add(("x",), 0, 0, [0.0])
+    kept.add(("x",), 1, 1, [1.0])
+    path = tmp_path / pending.FILES[0]
+    data = bytearray(path.read_bytes())
+    # The process died inside the second call's copy: its last bytes (the mark) never came.
+    keyset = pending.RECORD.size + len(b"x\0") + pending.MARK.size
+    call = pending.CALL.size + 8 + pending.MARK.size
+    second = pending.HEADER_BYTES + keyset + call
+    assert data[second + call - 8 : second + call] == data[second - 8 : second]  # the marks
+    data[second + call - 8 : second + call] = bytes(8)
+    path.write_bytes(bytes(data))
+    _, batches, problems = _read(tmp_path)
+    assert problems == [] and [p[1] for p in _points(batches)] == [0]
+
+
+def test_a_step_beyond_64_bits_is_refused_and_nothing_kept(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=100)
+    with pytest.raises(OverflowError, match="64 bits"):
+        kept.add(("x",), 2**63, 0, [0.0])
+    kept.add(("x",), 1, 0, [1.0])
+    _, batches, _ = _read(tmp_path)
+    assert [p[1] for p in _points(batches)] == [1]
+
+
+def _header(first_seq: int = 1, batch_points: int = 100, state: int = pending.ACTIVE, mark: int = 7) -> bytes:
+    return pending.HEADER.pack(pending.MAGIC, mark, first_seq, batch_points, state).ljust(pending.HEADER_BYTES, b"\0")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        bytes(range(256)) * 64,  # garbage
+        pending.RECORD.pack(2**32 - 1, 0) + b"\xff" * 64,  # a size past the end
+        pending.RECORD.pack(0, 0) + bytes(64),  # a size of nothing
+        # a call of keyset 5, never defined, that ends with the mark
+        pending.CALL.pack(pending.CALL.size + 8 + 8, 5, 1, 1) + bytes(8) + pending.MARK.pack(7),
+        # keys that are not utf-8
+        pending.RECORD.pack(8 + 3 + 8, pending.KEYSET) + b"\xff\xfe\0" + pending.MARK.pack(7),
+    ],
+)
+def test_hostile_pending_files_are_named_never_sent_as_something_else(tmp_path: Path, body: bytes) -> None:
+    (tmp_path / pending.FILES[0]).write_bytes(_header() + body)
+    seqs, batches, problems = _read(tmp_path)
+    assert batches == [] and seqs == []
+    assert len(problems) <= 1 and all(pending.FILES[0] in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        _header(first_seq=2**63),  # seqs past what the server keeps (PostgreSQL's bigint)
+        _header(first_seq=0),
+        _header(batch_points=0),
+        _header(state=9),
+        b"RSPEND\x01",  # cut short
+        b"not a pending file at all" * 4,
+    ],
+)
+def test_pending_files_with_headers_out_of_range_are_left_alone(tmp_path: Path, header: bytes) -> None:
+    keyset = pending.RECORD.pack(8 + 2 + 8, pending.KEYSET) + b"x\0" + pending.MARK.pack(7)
+    call = pending.CALL.pack(pending.CALL.size + 16, 0, 1, 1) + bytes(8) + pending.MARK.pack(7)
+    (tmp_path / pending.FILES[0]).write_bytes(header + keyset + call)
+    seqs, _, problems = _read(tmp_path)
+    assert seqs == []
+    if header.startswith(pending.MAGIC) and len(header) == pending.HEADER_BYTES:
+        assert len(problems) == 1 and "out of range" in problems[0]  # said, not skipped silently
