@@ -30,9 +30,9 @@ def _points(batches: list[wire.Batch]) -> list[tuple[str, int, float]]:
 
 def test_calls_not_yet_taken_are_read_back_with_the_next_seqs(tmp_path: Path) -> None:
     kept = PendingCalls(tmp_path, batch_points=4)
-    kept.add(("loss", "acc"), 0, 1_000, [1.0, 0.5])
-    kept.add(("loss",), 1, 1_001, [0.9])
-    kept.add(("loss", "acc"), 2, 1_002, [0.8, 0.6])
+    kept.add(0, ("loss", "acc"), 0, 1_000, [1.0, 0.5])
+    kept.add(1, ("loss",), 1, 1_001, [0.9])
+    kept.add(0, ("loss", "acc"), 2, 1_002, [0.8, 0.6])
     seqs, batches, problems = _read(tmp_path)
     assert problems == [] and seqs == [1, 2]  # split as the batcher splits: whole calls, <= 4 points
     assert all(b.epoch == 4 and b.writer_id == "w" and b.run_id == "run" for b in batches)
@@ -46,26 +46,30 @@ def test_calls_not_yet_taken_are_read_back_with_the_next_seqs(tmp_path: Path) ->
 def test_taken_calls_are_read_until_spooled_and_old_generations_never(tmp_path: Path) -> None:
     kept = PendingCalls(tmp_path, batch_points=100)
     for step in range(50):
-        kept.add(("x",), step, step, [float(step)])
-    kept.taken(first_seq=1, batches=1)  # the batcher took them as seq 1...
-    kept.add(("x",), 50, 50, [50.0])  # ...while the job logs on into the other file
+        kept.add(0, ("x",), step, step, [float(step)])
+    kept.taken(first_seq=1)  # the batcher took them as seq 1...
+    kept.add(0, ("x",), 50, 50, [50.0])  # ...while the job logs on into the other file
+    seqs, batches, _ = _read(tmp_path)  # (the process died before it counted the batches)
+    assert seqs == [1, 2] and [p[1] for p in _points(batches)] == list(range(51))
+    kept.numbered(1)
     seqs, batches, _ = _read(tmp_path)
     assert seqs == [1, 2] and [p[1] for p in _points(batches)] == list(range(51))
     kept.spooled()  # seq 1 is in the spool
     seqs, batches, _ = _read(tmp_path)
     assert seqs == [2] and [p[1] for p in _points(batches)] == [50]
-    kept.taken(first_seq=2, batches=1)
+    kept.taken(first_seq=2)
+    kept.numbered(1)
     kept.spooled()
     # The first file is active again: a new generation over the 50 calls of the first.
-    kept.add(("x",), 51, 51, [51.0])
+    kept.add(0, ("x",), 51, 51, [51.0])
     seqs, batches, _ = _read(tmp_path)
     assert seqs == [3] and [p[1] for p in _points(batches)] == [51]
 
 
 def test_a_call_cut_short_by_death_is_not_read(tmp_path: Path) -> None:
     kept = PendingCalls(tmp_path, batch_points=100)
-    kept.add(("x",), 0, 0, [0.0])
-    kept.add(("x",), 1, 1, [1.0])
+    kept.add(0, ("x",), 0, 0, [0.0])
+    kept.add(0, ("x",), 1, 1, [1.0])
     path = tmp_path / pending.FILES[0]
     data = bytearray(path.read_bytes())
     # The process died inside the second call's copy: its last bytes (the mark) never came.
@@ -82,8 +86,8 @@ def test_a_call_cut_short_by_death_is_not_read(tmp_path: Path) -> None:
 def test_a_step_beyond_64_bits_is_refused_and_nothing_kept(tmp_path: Path) -> None:
     kept = PendingCalls(tmp_path, batch_points=100)
     with pytest.raises(OverflowError, match="64 bits"):
-        kept.add(("x",), 2**63, 0, [0.0])
-    kept.add(("x",), 1, 0, [1.0])
+        kept.add(0, ("x",), 2**63, 0, [0.0])
+    kept.add(0, ("x",), 1, 0, [1.0])
     _, batches, _ = _read(tmp_path)
     assert [p[1] for p in _points(batches)] == [1]
 
@@ -115,7 +119,6 @@ def test_hostile_pending_files_are_named_never_sent_as_something_else(tmp_path: 
     "header",
     [
         _header(first_seq=2**63),  # seqs past what the server keeps (PostgreSQL's bigint)
-        _header(first_seq=0),
         _header(batch_points=0),
         _header(state=9),
         b"RSPEND\x01",  # cut short
@@ -130,3 +133,23 @@ def test_pending_files_with_headers_out_of_range_are_left_alone(tmp_path: Path, 
     assert seqs == []
     if header.startswith(pending.MAGIC) and len(header) == pending.HEADER_BYTES:
         assert len(problems) == 1 and "out of range" in problems[0]  # said, not skipped silently
+
+
+def test_calls_whose_seqs_cannot_be_known_are_named_not_guessed(tmp_path: Path) -> None:
+    """An active file whose first seq was not counted yet, without the taken file it follows."""
+    keyset = pending.RECORD.pack(8 + 2 + 8, pending.KEYSET) + b"x\0" + pending.MARK.pack(7)
+    call = pending.CALL.pack(pending.CALL.size + 16, 0, 1, 1) + bytes(8) + pending.MARK.pack(7)
+    (tmp_path / pending.FILES[1]).write_bytes(_header(first_seq=0) + keyset + call)
+    seqs, _, problems = _read(tmp_path)
+    assert seqs == [] and len(problems) == 1 and "seqs are unknown" in problems[0]
+
+
+def test_the_active_file_follows_every_batch_of_the_taken_one(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=10)
+    for step in range(45):
+        kept.add(0, ("x",), step, step, [1.0])
+    kept.taken(first_seq=3)  # 5 batches of the batcher: seqs 3..7
+    kept.add(0, ("x",), 45, 45, [1.0])
+    assert _read(tmp_path)[0] == [3, 4, 5, 6, 7, 8]
+    kept.numbered(5)
+    assert _read(tmp_path)[0] == [3, 4, 5, 6, 7, 8]

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from runstream.client.calls import Call, encode_calls, split_calls
@@ -55,6 +56,9 @@ class Batcher:
         pending_calls: PendingCalls | None = None,
     ) -> None:
         self._lock = lock
+        # The condition's own lock, for the logging call: entered directly it costs a training
+        # loop less than the condition's Python-level __enter__ and __exit__.
+        self._mutex: AbstractContextManager[Any] = getattr(lock, "_lock", lock)
         self.run_id = run_id
         self.writer_id = writer_id
         self.epoch = epoch
@@ -75,7 +79,7 @@ class Batcher:
         self._dropped_unreported = 0  # dropped since the last flush, which reports them
         self._drops_logged = 0
         self._auto_step = 0
-        self._known_keys: dict[tuple[str, ...], bool] = {}
+        self._keysets: dict[tuple[str, ...], int] = {}  # every key tuple logged, checked, numbered
         self._seq = 0  # the last batch made; only the batcher thread moves it
         self._flush_now = False
         self.emitting = False  # the batcher thread holds calls taken from `pending`
@@ -101,14 +105,15 @@ class Batcher:
         """Buffer one call. `moves_step=False` (system metrics, on their own clock) leaves the
         counter that steps calls without a step alone."""
         keys = tuple(metrics)
-        if keys not in self._known_keys:
+        keyset = self._keysets.get(keys)
+        if keyset is None:
             for key in keys:
                 wire.check_key(key)
-            self._known_keys[keys] = True
+            keyset = self._keysets[keys] = len(self._keysets)
         values = [float(v) for v in metrics.values()]
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
         n = len(values)
-        with self._lock:
+        with self._mutex:
             if self.closed:
                 raise RuntimeError(f"the metric writer of run {self.run_id} is closed")
             if self.buffered_points + n > self.max_buffer_points and not self._wait_for_room(n):
@@ -116,7 +121,7 @@ class Batcher:
             if step is None:
                 step = self._auto_step
             if self.pending_calls is not None:
-                self.pending_calls.add(keys, step, ts, values)
+                self.pending_calls.add(keyset, keys, step, ts, values)
             if moves_step:
                 self._auto_step = max(self._auto_step, step + 1)
             self.pending.append((keys, step, ts, values))
@@ -188,10 +193,14 @@ class Batcher:
                 taken, self.pending = self.pending, []
                 self._pending_points = 0
                 self.emitting = bool(taken)
-                parts = list(split_calls(taken, self.batch_points))
-                last = self._seq + len(parts)
-                if self.pending_calls is not None and parts:
-                    self.pending_calls.taken(self._seq + 1, len(parts))
+                if self.pending_calls is not None and taken:
+                    self.pending_calls.taken(self._seq + 1)
+            parts = list(split_calls(taken, self.batch_points))  # outside the lock: a Python loop per call
+            last = self._seq + len(parts)
+            if parts:
+                with self._lock:
+                    if self.pending_calls is not None:
+                        self.pending_calls.numbered(len(parts))
             try:
                 for part in parts:
                     seq = self._seq + 1

@@ -62,7 +62,8 @@ class _File:
         os.ftruncate(self._handle.fileno(), self.capacity)  # sparse: pages are taken as they are written
         self.map = mmap.mmap(self._handle.fileno(), self.capacity)
         self.used = HEADER_BYTES
-        self.keysets: dict[tuple[str, ...], tuple[int, struct.Struct]] = {}  # id, its calls' packer
+        self.first_seq = 0
+        self.packers: list[struct.Struct | None] = []  # by keyset: the packer of its calls, once defined here
         self._writer_mark = writer_mark
         self.mark = writer_mark
         self.map[:HEADER_BYTES] = HEADER.pack(MAGIC, self.mark, 0, 0, SPOOLED).ljust(HEADER_BYTES, b"\0")
@@ -73,7 +74,7 @@ class _File:
         self.mark += 1
         self.map[8:28] = struct.pack("<QQI", self.mark, first_seq, batch_points)
         self.used = HEADER_BYTES
-        self.keysets = {}
+        self.packers = []
         self.set_state(ACTIVE)
 
     def set_state(self, state: int, first_seq: int | None = None) -> None:
@@ -106,12 +107,15 @@ class PendingCalls:
         self._active.start(1, batch_points)
         self._batching: _File | None = None
 
-    def add(self, keys: tuple[str, ...], step: int, timestamp_ms: int, values: list[float]) -> None:
-        """One logging call, kept once this returns; OverflowError when `step` or the time
-        does not fit in 64 bits (nothing is kept then)."""
+    def add(self, keyset: int, keys: tuple[str, ...], step: int, timestamp_ms: int, values: list[float]) -> None:
+        """One logging call of `keys` (the writer's `keyset` number for them), kept once this
+        returns; OverflowError when `step` or the time does not fit in 64 bits (nothing is
+        kept then)."""
         f = self._active
-        known = f.keysets.get(keys)
-        keyset, packer = known if known is not None else self._define(f, keys)
+        packers = f.packers
+        packer = packers[keyset] if keyset < len(packers) else None
+        if packer is None:
+            packer = self._define(f, keyset, keys)
         at = f.used
         end = at + packer.size
         if end > f.capacity:
@@ -123,8 +127,8 @@ class PendingCalls:
             raise OverflowError(f"step {step} or timestamp {timestamp_ms} does not fit in 64 bits") from exc
         f.used = end
 
-    def _define(self, f: _File, keys: tuple[str, ...]) -> tuple[int, struct.Struct]:
-        keyset = len(f.keysets)
+    def _define(self, f: _File, keyset: int, keys: tuple[str, ...]) -> struct.Struct:
+        """Write the keys of `keyset` into the file, before its first call there."""
         text = b"".join(k.encode() + b"\0" for k in keys)
         size = RECORD.size + len(text) + MARK.size
         end = f.used + size
@@ -133,16 +137,24 @@ class PendingCalls:
         f.map[f.used : end - MARK.size] = RECORD.pack(size, KEYSET | keyset) + text
         MARK.pack_into(f.map, end - MARK.size, f.mark)  # after the rest: see the module's doc
         f.used = end
-        f.keysets[keys] = known = (keyset, _packers.get(len(keys)) or _packer(len(keys)))
-        return known
+        f.packers.extend([None] * (keyset + 1 - len(f.packers)))
+        packer = f.packers[keyset] = _packers.get(len(keys)) or _packer(len(keys))
+        return packer
 
-    def taken(self, first_seq: int, batches: int) -> None:
-        """The batcher took the active file's calls, to be the `batches` batches from `first_seq`
-        on: that file is BATCHING until `spooled`, and the other takes new calls."""
+    def taken(self, first_seq: int) -> None:
+        """The batcher took the active file's calls, to be batches from `first_seq` on: that file
+        is BATCHING until `spooled`, and the other takes new calls. Its first seq is unknown
+        (0: right after the taken file's batches) until `numbered` says how many they are."""
         taken, self._active = self._active, self._files[1] if self._active is self._files[0] else self._files[0]
         taken.set_state(BATCHING, first_seq)
-        self._active.start(first_seq + batches, self.batch_points)
+        taken.first_seq = first_seq
+        self._active.start(0, self.batch_points)
         self._batching = taken
+
+    def numbered(self, batches: int) -> None:
+        """The taken calls make `batches` batches: the active file's come after them."""
+        if self._batching is not None:
+            self._active.set_state(ACTIVE, self._batching.first_seq + batches)
 
     def spooled(self) -> None:
         """Every batch of the taken calls is in the spool."""
@@ -162,8 +174,17 @@ def unspooled_batches(
     its batcher made or would have made of the calls it had not marked spooled. What cannot be
     read (the calls before it are kept) is appended to `problems`."""
     files = [f for f in (_read_file(directory / name, problems) for name in FILES) if f is not None]
-    for first_seq, batch_points, calls in sorted(files, key=lambda f: f[0]):
-        for i, part in enumerate(split_calls(calls, batch_points)):
+    files.sort(key=lambda f: (f[0] == 0, f[0]))  # one of unknown first seq comes after the other
+    after = 0  # the seq after the previous file's batches
+    for first_seq, batch_points, calls in files:
+        parts = list(split_calls(calls, batch_points))
+        if first_seq == 0:  # its process died before the batches before it were counted
+            if not after:
+                problems.append(f"{directory}: {len(calls):,} calls whose batches' seqs are unknown are not sent")
+                return
+            first_seq = after
+        after = first_seq + len(parts)
+        for i, part in enumerate(parts):
             if first_seq + i >= MAX_SEQ:
                 problems.append(f"{directory}: calls past seq {MAX_SEQ - 1} are not sent")
                 return
@@ -171,7 +192,8 @@ def unspooled_batches(
 
 
 def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] | None:
-    """(first seq, batch points, calls) of a pending file not marked spooled, else None."""
+    """(first seq, batch points, calls) of a pending file not marked spooled, else None (first
+    seq 0: right after the other file's batches)."""
     try:
         handle = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -183,7 +205,7 @@ def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] |
             magic, mark, first_seq, batch_points, state = HEADER.unpack(view[: HEADER.size])
             if magic != MAGIC or state == SPOOLED:
                 return None
-            if state not in (ACTIVE, BATCHING) or not 0 < first_seq < MAX_SEQ or batch_points < 1:
+            if state not in (ACTIVE, BATCHING) or not 0 <= first_seq < MAX_SEQ or batch_points < 1:
                 problems.append(
                     f"{path}: its header is out of range (state {state}, first seq {first_seq}, "
                     f"batch points {batch_points}); its calls are not sent"
