@@ -1,10 +1,14 @@
 """Spool benchmark: what the disk spool costs a training job, and how fast `runstream sync` sends.
 
     python benchmarks/spool.py [--postgres-url URL] [--redis-url URL] [--sync-points N] [--repeat N]
+                               [--baseline DIR] [--skip-sdk] [--skip-sync]
 
 1. SDK cost: benchmarks/ingest.py's SDK path (4 processes, log_metrics with 10 keys per call)
-   with the spool on and off, interleaved `--repeat` times: the calling thread's CPU per point
-   and the committed points/s. Goal: the spool adds <= 0.2 µs per point, <= 1 µs in total.
+   with the spool off, on with batches only (RUNSTREAM_SPOOL_PENDING=0: a kill loses the calls
+   not yet batched) and on and kill-safe (the default), interleaved `--repeat` times: the
+   calling thread's CPU per point and the committed points/s; with `--baseline DIR` also the
+   SDK of that checkout (e.g. `git worktree add DIR <commit>`), spool on. Goals: the spool adds
+   <= 0.2 µs per point, <= 1 µs in total; kill-safe logging costs no more than the baseline.
 2. Spool size and sync rate: an offline run logs `--sync-points` (10 M) points into the spool
    (one process, 10 keys per call); its bytes per point; then `runstream sync` (the CLI, a
    separate process, as a person runs it) against a fresh server: points/s until it returns
@@ -35,15 +39,21 @@ from ingest import KEYS, BenchServer, _sdk, _wait_committed, service_arguments, 
 
 def _sdk_cost(args: argparse.Namespace) -> list[list[str]]:
     modes = {"off": ("0", "0"), "on, batches only": ("1", "0"), "on, kill-safe": ("1", "1")}
+    if args.baseline:  # the SDK of another checkout, spool on: "today" against this one
+        modes["baseline, spool on"] = ("1", "1")
     measured: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for round_ in range(args.repeat):
         for mode, (spool, pending) in modes.items():
             os.environ["RUNSTREAM_SPOOL"] = spool
             os.environ["RUNSTREAM_SPOOL_PENDING"] = pending
             server = BenchServer(args.postgres_url, args.redis_url, 1)
+            # Spawned ranks import the SDK from the parent's sys.path: the baseline's first.
+            sdk_path = [str(Path(args.baseline, "src"))] if mode.startswith("baseline") else []
+            sys.path[:0] = sdk_path
             try:
                 r = _sdk(server, args.sdk_processes, args.sdk_steps)
             finally:
+                del sys.path[: len(sdk_path)]
                 server.close()
             measured[mode].append(r)
             print(
@@ -62,6 +72,9 @@ def _sdk_cost(args: argparse.Namespace) -> list[list[str]]:
     cpu_of = {row[0]: float(row[1]) for row in rows}
     rows.append(["added by the batch spool", f"{cpu_of['on, batches only'] - cpu_of['off']:+.3f}", ""])
     rows.append(["added by kill-safety", f"{cpu_of['on, kill-safe'] - cpu_of['on, batches only']:+.3f}", ""])
+    if args.baseline:
+        change = cpu_of["on, kill-safe"] - cpu_of["baseline, spool on"]
+        rows.append(["kill-safe against the baseline", f"{change:+.3f}", ""])
     return rows
 
 
@@ -122,6 +135,12 @@ def main() -> None:
     p.add_argument("--sync-points", type=int, default=10_000_000)
     p.add_argument("--loaders", type=int, default=1)
     p.add_argument("--skip-sdk", action="store_true")
+    p.add_argument("--skip-sync", action="store_true")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a checkout of another commit: its SDK (spool on) is measured too",
+    )
     args = p.parse_args()
     if not args.skip_sdk:
         rows = _sdk_cost(args)
@@ -131,6 +150,8 @@ def main() -> None:
             f"median of {args.repeat} interleaved rounds; fsync {fsync})\n"
         )
         print(table(["spool", "caller CPU µs/point", "committed pts/s"], rows))
+    if args.skip_sync:
+        return
     rows = _sync_rate(args)
     print("\nAn offline run's spool sent by `runstream sync` (CLI process, fresh server, 1 loader)\n")
     print(

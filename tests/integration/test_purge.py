@@ -102,6 +102,13 @@ def test_a_deleted_cold_run_is_purged_with_its_rows_artifacts_and_object(make_se
         with pytest.raises(runstream.NotFound):
             list(q.read_metrics(gone, "x"))
     assert all(f.startswith(f"runs/{kept}/") for f in _files(server))
+    # A purged id is never a run again: a job resumed under it would start its writer epochs
+    # anew and see its batches taken for the purged run's resends.
+    with runstream.Client(server.target) as client:
+        with pytest.raises(runstream.FailedPrecondition, match="purged for good"):
+            client.start_run("purge", record_source=False, resume=gone)
+        with pytest.raises(runstream.FailedPrecondition, match="purged for good"):
+            client.create_run("purge", run_id=gone)
 
 
 def _transaction_elsewhere(done: threading.Event) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import runstream
 from runstream.client import spool
 from runstream.errors import BufferFull, PointsDropped
+from runstream.settings import SettingError
 from tests.conftest import Server
 
 LIMIT = 1 << 20
@@ -119,3 +121,57 @@ def test_sync_counts_what_a_full_spool_dropped(server: Server, bounded: Path) ->
     assert "dropped" in done.stderr and "RUNSTREAM_SPOOL_MAX_BYTES" in done.stderr
     assert server.wait_points(run.run_id, logged - dropped) == logged - dropped
     assert not (bounded / run.run_id).exists()
+
+
+def test_drop_never_counts_what_the_server_takes(server: Server, bounded: Path) -> None:
+    """With the server up the spool is trimmed by acknowledgements: nothing is dropped, however
+    fast the job logs past the limit."""
+    logged = 300_000
+    with runstream.Client(server.target) as client:
+        run = client.start_run("bounded", record_source=False, batch_points=1_000, on_full="drop")
+        for step in range(logged):
+            run.log_metric("loss", step * 0.5, step=step)
+        run.flush(timeout=120)  # no PointsDropped
+        run.end()
+    assert run.writer.dropped_points == 0
+    assert server.wait_points(run.run_id, logged) == logged
+
+
+@pytest.mark.parametrize("limit", ["1", "1000KB", "abc", "-5", "1.5GiB"])
+def test_a_spool_limit_that_cannot_be_is_refused_in_one_line(monkeypatch: Any, limit: str) -> None:
+    monkeypatch.setenv("RUNSTREAM_SPOOL_MAX_BYTES", limit)
+    with pytest.raises(SettingError, match="RUNSTREAM_SPOOL_MAX_BYTES"):
+        spool.SpoolWriter(Path("/nonexistent"), "r", "w", 1, "t")
+
+
+FULL_DISK_JOB = """
+import os, runstream
+with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
+    run = client.start_run("full", record_source=False, batch_points=1_000)
+    for step in range(200_000):
+        run.log_metric("loss", step * 0.5, step=step)
+    run.flush(timeout=120)
+    print(run.run_id, flush=True)
+    run.end()
+"""
+
+
+def test_a_full_spool_disk_is_said_and_the_job_goes_on_from_memory(server: Server, tmp_path: Path) -> None:
+    """The pending files' blocks are taken before they are mapped: a disk that cannot hold them
+    is an error said once, never a SIGBUS in the training thread."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        (tiny / "filler").write_bytes(bytes(3 * 2**20 - 256 * 1024))  # 256 KiB left
+        env = {**os.environ, "RUNSTREAM_URL": server.target, "RUNSTREAM_SPOOL_DIR": str(tiny / "spool")}
+        done = subprocess.run(
+            [sys.executable, "-c", FULL_DISK_JOB], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+        assert "No space left" in done.stderr, done.stderr[-2000:]
+        run_id = done.stdout.strip()
+        assert server.wait_points(run_id, 200_000) == 200_000
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)

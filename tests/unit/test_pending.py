@@ -4,6 +4,7 @@ by the process's death, and what earlier generations left in a file, are not rea
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,9 @@ def test_calls_whose_seqs_cannot_be_known_are_named_not_guessed(tmp_path: Path) 
     """An active file whose first seq was not counted yet, without the taken file it follows."""
     keyset = pending.RECORD.pack(8 + 2 + 8, pending.KEYSET) + b"x\0" + pending.MARK.pack(7)
     call = pending.CALL.pack(pending.CALL.size + 16, 0, 1, 1) + bytes(8) + pending.MARK.pack(7)
-    (tmp_path / pending.FILES[1]).write_bytes(_header(first_seq=0) + keyset + call)
+    (tmp_path / pending.FILES[1]).write_bytes(
+        (_header(first_seq=0) + keyset + call).ljust(pending.INITIAL_BYTES, b"\0")
+    )
     seqs, _, problems = _read(tmp_path)
     assert seqs == [] and len(problems) == 1 and "seqs are unknown" in problems[0]
 
@@ -153,3 +156,39 @@ def test_the_active_file_follows_every_batch_of_the_taken_one(tmp_path: Path) ->
     assert _read(tmp_path)[0] == [3, 4, 5, 6, 7, 8]
     kept.numbered(5)
     assert _read(tmp_path)[0] == [3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_pending_file_that_is_no_file_is_named_and_the_other_still_read(tmp_path: Path, kind: str) -> None:
+    kept = PendingCalls(tmp_path, batch_points=100)
+    for step in range(5):
+        kept.add(0, ("x",), step, step, [1.0])
+    kept.taken(first_seq=1)  # into pending.0, now BATCHING
+    kept.close()
+    (tmp_path / pending.FILES[1]).unlink()
+    if kind == "fifo":
+        os.mkfifo(tmp_path / pending.FILES[1])  # opening it for reading would wait for a writer
+    else:
+        (tmp_path / pending.FILES[1]).mkdir()
+    seqs, batches, problems = _read(tmp_path)
+    assert seqs == [1] and [p[1] for p in _points(batches)] == list(range(5))
+    assert problems == [f"{tmp_path / pending.FILES[1]} is not a regular file; left alone"]
+
+
+def test_damage_after_good_calls_is_named_and_the_calls_before_it_sent(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=100)
+    for step in range(10):
+        kept.add(0, ("x",), step, step, [1.0])
+    kept.close()
+    path = tmp_path / pending.FILES[0]
+    whole = path.read_bytes()
+    data = bytearray(whole)
+    fifth = pending.HEADER_BYTES + (8 + 2 + 8) + 4 * 40
+    data[fifth : fifth + 200] = bytes(range(200))  # garbage over the fifth call on
+    path.write_bytes(bytes(data))
+    _, batches, problems = _read(tmp_path)
+    assert [p[1] for p in _points(batches)] == [0, 1, 2, 3]
+    assert len(problems) == 1 and f"bytes at {fifth} are no record" in problems[0], problems
+    path.write_bytes(whole[: fifth + 20])  # cut short inside the fifth call
+    _, batches, problems = _read(tmp_path)
+    assert [p[1] for p in _points(batches)] == [0, 1, 2, 3] and "cut short" in problems[0], problems

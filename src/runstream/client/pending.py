@@ -18,14 +18,17 @@ of the writer and the file's generation, which grows each time the file becomes 
 A call is written field by field in order, its mark last, in one copy; a record that does not
 end with the mark (cut short by the process's death, or left from an earlier generation) ends
 the file. The pages are not fsynced: a power loss may lose what they hold (about a batching
-interval's calls).
+interval's calls). The records carry no checksum (a call costs the training thread one copy):
+bytes that are no record are named by sync, but a bit flipped inside a value is not seen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +48,7 @@ FILES = ("pending.0", "pending.1")
 INITIAL_BYTES = 1 << 20
 MAX_SEQ = 2**63  # seqs are PostgreSQL bigints
 _packers: dict[int, struct.Struct] = {}
+log = logging.getLogger("runstream.client.writer")  # the writer's logger, for all its parts
 
 
 def _packer(n: int) -> struct.Struct:
@@ -59,7 +63,9 @@ class _File:
         self.path = path
         self._handle: IO[bytes] = open(path, "w+b")  # noqa: SIM115 (mapped for the writer's life)
         self.capacity = INITIAL_BYTES
-        os.ftruncate(self._handle.fileno(), self.capacity)  # sparse: pages are taken as they are written
+        # Its blocks are taken now: a page written through the mapping that the disk cannot
+        # hold would be a SIGBUS in the training thread, not an error.
+        os.posix_fallocate(self._handle.fileno(), 0, self.capacity)
         self.map = mmap.mmap(self._handle.fileno(), self.capacity)
         self.used = HEADER_BYTES
         self.first_seq = 0
@@ -86,7 +92,8 @@ class _File:
         capacity = self.capacity
         while capacity < need:
             capacity *= 2
-        self.map.resize(capacity)  # the file too
+        os.posix_fallocate(self._handle.fileno(), 0, capacity)  # OSError, not a SIGBUS, on a full disk
+        self.map.resize(capacity)
         self.capacity = capacity
 
     def close(self) -> None:
@@ -106,20 +113,34 @@ class PendingCalls:
         self._active = self._files[0]
         self._active.start(1, batch_points)
         self._batching: _File | None = None
+        self.off = False  # the disk could not hold the files' growth
 
     def add(self, keyset: int, keys: tuple[str, ...], step: int, timestamp_ms: int, values: list[float]) -> None:
         """One logging call of `keys` (the writer's `keyset` number for them), kept once this
         returns; OverflowError when `step` or the time does not fit in 64 bits (nothing is
-        kept then)."""
+        kept then). A disk too full for the files to grow turns keeping off, said once."""
+        if self.off:
+            return
         f = self._active
         packers = f.packers
         packer = packers[keyset] if keyset < len(packers) else None
-        if packer is None:
-            packer = self._define(f, keyset, keys)
         at = f.used
-        end = at + packer.size
-        if end > f.capacity:
-            f.grow(end)
+        try:
+            if packer is None:
+                packer = self._define(f, keyset, keys)
+                at = f.used
+            end = at + packer.size
+            if end > f.capacity:
+                f.grow(end)
+        except OSError as exc:
+            self.off = True
+            log.warning(
+                "runstream: the spool %s cannot keep points not yet batched any more (%s): "
+                "a killed process loses its last flush_interval of them",
+                f.path.parent,
+                exc,
+            )
+            return
         try:
             # One copy, written field by field in order: the mark last (see the module's doc).
             packer.pack_into(f.map, at, packer.size, keyset, step, timestamp_ms, *values, f.mark)
@@ -193,13 +214,22 @@ def unspooled_batches(
 
 def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] | None:
     """(first seq, batch points, calls) of a pending file not marked spooled, else None (first
-    seq 0: right after the other file's batches)."""
+    seq 0: right after the other file's batches). What is wrong with it goes to `problems`."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            problems.append(f"{path} is not a regular file; left alone")
+            return None
         handle = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        problems.append(f"{path} cannot be read ({exc}); left alone")
+        return None
     with handle:
-        if os.fstat(handle.fileno()).st_size < HEADER_BYTES:
+        size = os.fstat(handle.fileno()).st_size
+        if size < HEADER_BYTES:
+            if size:
+                problems.append(f"{path} is cut short ({size} bytes); left alone")
             return None
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             magic, mark, first_seq, batch_points, state = HEADER.unpack(view[: HEADER.size])
@@ -212,6 +242,8 @@ def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] |
                 )
                 return None
             calls, problem = _calls(view, mark)
+    if not problem and size < INITIAL_BYTES:  # a writer makes them at least this long
+        problem = f"the file is cut short ({size:,} bytes)"
     if problem:
         problems.append(f"{path}: {problem}; the {len(calls):,} calls before it are sent")
     return first_seq, batch_points, calls
@@ -219,7 +251,7 @@ def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] |
 
 def _calls(data: mmap.mmap, mark: int) -> tuple[list[Call], str]:
     """The whole calls of one file's records (up to the first that does not end with `mark`),
-    and what stopped the reading early ("" if nothing)."""
+    and what stopped the reading early ("" if nothing, or the end of what was written)."""
     calls: list[Call] = []
     keysets: dict[int, tuple[str, ...]] = {}
     pos = HEADER_BYTES
@@ -227,7 +259,9 @@ def _calls(data: mmap.mmap, mark: int) -> tuple[list[Call], str]:
         size, keyset = RECORD.unpack_from(data, pos)
         end = pos + size
         if size < RECORD.size + MARK.size or end > len(data) or MARK.unpack_from(data, end - MARK.size)[0] != mark:
-            break  # where the writing stopped
+            if size == 0 or _plausible(size, keyset, keysets):
+                break  # where the writing stopped: never written, an earlier generation's, or cut short
+            return calls, f"the bytes at {pos} are no record"
         if keyset & KEYSET:
             names = data[pos + RECORD.size : end - MARK.size].split(b"\0")[:-1]
             try:
@@ -244,3 +278,14 @@ def _calls(data: mmap.mmap, mark: int) -> tuple[list[Call], str]:
             calls.append((keys, step, ts, values))
         pos = end
     return calls, ""
+
+
+def _plausible(size: int, keyset: int, keysets: dict[int, tuple[str, ...]]) -> bool:
+    """A record header a writer could have written (this generation's, cut short, or an
+    earlier one's): a keyset's definition, or a call of a keyset whose size fits its keys."""
+    if keyset & KEYSET:
+        return RECORD.size + MARK.size < size <= 1 << 24
+    keys = keysets.get(keyset)
+    if keys is not None:
+        return size == CALL.size + 8 * len(keys) + MARK.size
+    return CALL.size + MARK.size <= size <= 1 << 24 and (size - CALL.size - MARK.size) % 8 == 0

@@ -134,6 +134,10 @@ class Sender:
             )
             return False
 
+    def sending_stopped(self) -> bool:
+        """Nothing goes to the server now: it is away or pushes back (or the writer is offline)."""
+        return self.offline or self._trouble_since is not None
+
     def dropped_by_spool(self, first: int, last: int, points: int) -> int:
         """The spool, full, removed the batches `first`..`last` of `points` points (on_full="drop"):
         those not acknowledged yet are never sent, and count as dropped. Returns their points."""

@@ -20,6 +20,15 @@ def default_spool_dir() -> Path:
     return Path(cache) / "runstream" / "spool"
 
 
+def spool_limit(text: str) -> int:
+    """RUNSTREAM_SPOOL_MAX_BYTES: 0, or at least 1MiB (below that the spool would hold less than
+    the segments it is written in)."""
+    limit = size(text)
+    if 0 < limit < 2**20:
+        raise ValueError("give 0 (a tenth of the free space) or at least 1MiB")
+    return limit
+
+
 @dataclass(frozen=True)
 class SdkSettings:
     # -- the server
@@ -99,7 +108,7 @@ class SdkSettings:
         0,
         help="most bytes one writer keeps unsent in the spool (then the writer's on_full applies: block or "
         "drop the oldest); 0: a tenth of the disk's free space when the writer starts",
-        parse=size,
+        parse=spool_limit,
         shown_default="0 (a tenth of the free space)",
         flag=False,
         group="Spool",

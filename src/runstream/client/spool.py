@@ -39,6 +39,7 @@ only, whatever the policy. RUNSTREAM_SPOOL=0 turns the spool off for online runs
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import json
@@ -222,6 +223,7 @@ class SpoolWriter:
         self.segment_bytes = max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, self.max_bytes // 8))
         self.on_full = "block"
         self._on_drop: Callable[[int, int, int], int] | None = None
+        self._sending_stopped: Callable[[], bool] = lambda: True
         self._stop_waiting = False
         self._segment: IO[bytes] | None = None
         self._segment_bytes = 0
@@ -233,10 +235,11 @@ class SpoolWriter:
         self._synced_at = time.monotonic()
         self.bytes_written = 0
 
-    def bound(self, on_full: str, on_drop: Callable[[int, int, int], int]) -> None:
-        """What a full spool does: the writer's `on_full` policy; `on_drop` is told of the
-        batches dropped (first seq, last seq, points) and answers how many points were unsent."""
-        self.on_full, self._on_drop = on_full, on_drop
+    def bound(self, on_full: str, on_drop: Callable[[int, int, int], int], sending_stopped: Callable[[], bool]) -> None:
+        """What a full spool does: the writer's `on_full` policy. With "drop", while
+        `sending_stopped()` the oldest batches go, and `on_drop` is told (first seq, last seq,
+        points) and answers how many of those points were not acknowledged."""
+        self.on_full, self._on_drop, self._sending_stopped = on_full, on_drop, sending_stopped
 
     def stop_waiting(self) -> None:
         """The writer closes: a waiting append writes past the limit rather than lose its batch."""
@@ -247,11 +250,12 @@ class SpoolWriter:
     def append(self, seq: int, data: bytes, points: int = 0) -> None:
         header = HEADER.pack(len(data), zlib.crc32(data), seq)
         record = MARK.pack(RECORD_MARK, zlib.crc32(header)) + header + data
-        dropped: list[_Closed] = []
         with self._room:
             while self.held_bytes + len(record) > self.max_bytes and self._closed_segments and not self._stop_waiting:
-                if self.on_full == "drop":
-                    dropped.append(self._drop_oldest())
+                # Only batches that cannot be sent now are dropped: while the server takes them,
+                # the acknowledgements trim the spool soon enough.
+                if self.on_full == "drop" and self._sending_stopped():
+                    self._drop_oldest()
                 else:
                     self._room.wait(1.0)
             if self._segment is None or self._segment_bytes >= self.segment_bytes:
@@ -269,17 +273,16 @@ class SpoolWriter:
             ):
                 os.fsync(self._segment.fileno())
                 self._synced_at = time.monotonic()
-        for gone in dropped:
-            points = gone.points if self._on_drop is None else self._on_drop(gone.first, gone.last, gone.points)
-            with open(self.directory / DROPPED, "a", encoding="ascii") as out:
-                out.write(f"{gone.first} {gone.last} {points}\n")
 
-    def _drop_oldest(self) -> _Closed:
-        """Called holding the mutex: remove the oldest segment."""
+    def _drop_oldest(self) -> None:
+        """Called holding the mutex: remove the oldest segment, its batches never to be sent.
+        Said in `dropped` before it goes, so a sync never sends what was counted dropped."""
         gone = self._closed_segments.pop(0)
+        points = gone.points if self._on_drop is None else self._on_drop(gone.first, gone.last, gone.points)
+        with open(self.directory / DROPPED, "a", encoding="ascii") as out:
+            out.write(f"{gone.first} {gone.last} {points}\n")
         gone.path.unlink(missing_ok=True)
         self.held_bytes -= gone.size
-        return gone
 
     def _rotate(self, first_seq: int) -> None:
         if self._segment is not None:
@@ -391,18 +394,20 @@ class SpooledWriter:
         what could not be read of them appended to `unspooled`."""
         segments = self.segments()
         seen: set[int] = set()
+        dropped = _Spans([(first, last) for first, last, _ in read_dropped(self.directory)])
         for index, segment in enumerate(segments):
             found: list[Damage] = [] if damaged is None else damaged
             for seq, data in _segment_records(segment, after, index == len(segments) - 1, quiet, found):
                 seen.add(seq)
-                yield seq, data
+                if seq not in dropped:  # counted as dropped: its segment was going when its process died
+                    yield seq, data
             if damaged is None:
                 for d in found:
                     log.error("spool %s: bytes %d-%d are unreadable (%s); skipped", segment, d.start, d.end, d.reason)
         if unspooled is not None:
             batches = pending.unspooled_batches(self.directory, self.run_id, self.writer_id, self.epoch, unspooled)
             for seq, data in batches:
-                if seq > after and seq not in seen:
+                if seq > after and seq not in seen and seq not in dropped:
                     yield seq, data
 
     def remove_sent(self, segments: list[Path]) -> list[Path]:
@@ -420,6 +425,18 @@ class SpooledWriter:
             self.directory.rmdir()
             return []
         return sorted(self.directory.iterdir())
+
+
+class _Spans:
+    """Inclusive spans of seqs, for `seq in spans`."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        self._spans = sorted(spans)
+        self._firsts = [first for first, _ in self._spans]
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect.bisect_right(self._firsts, seq) - 1
+        return i >= 0 and seq <= self._spans[i][1]
 
 
 @dataclass(frozen=True)

@@ -308,8 +308,9 @@ class Client:
         `resume=RUN_ID` (or RUNSTREAM_RESUME) continues that run from this process, e.g. a job
         restarted from a checkpoint: the run is RUNNING again and owned by this handle, and this
         process writes a new session of its writer (points logged before are kept). A run of
-        that id that does not exist yet is created under it, so a launcher can give every start
-        of a job the same id.
+        that id that does not exist yet is created under it (in `experiment`, named `name`; a
+        run that exists stays where it is), so a launcher can give every start of a job the
+        same id.
 
         `offline=True` (or RUNSTREAM_MODE=offline) records the run in the local spool only, under
         an id made here, for `runstream sync` to send later; RUNSTREAM_MODE=auto does that when
@@ -320,7 +321,7 @@ class Client:
 
             tags = {**source_tags(), **(tags or {})}
         resume = resume or settings.current().resume or None
-        if resume is not None and mode != "online":
+        if resume is not None and mode == "offline":
             raise ValueError("resume continues a run on the server; it cannot be offline")
         if mode == "offline":
             return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=False)
@@ -332,7 +333,7 @@ class Client:
             else:
                 run = self.create_run(experiment, name, tags, timeout=connect)
         except (Unavailable, DeadlineExceeded) as exc:
-            if mode != "auto":
+            if mode != "auto" or resume is not None:  # a resumed run lives on the server
                 raise
             log.warning(
                 "runstream: the server at %s is unreachable (%s); the run is kept offline and sent when it answers",

@@ -100,7 +100,7 @@ class MetricWriter:
         )
         self._sender = Sender(channel, self._lock, self._batcher, spool=spool, offline=offline)
         if spool is not None:
-            spool.bound(on_full, self._sender.dropped_by_spool)
+            spool.bound(on_full, self._sender.dropped_by_spool, self._sender.sending_stopped)
         self._heartbeat = Heartbeat(channel, self._lock, run_id, writer_id, self.heartbeat_s)
         lifecycle.writer_started(self)
         self._batcher.start()

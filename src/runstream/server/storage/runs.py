@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from runstream.errors import ExperimentNotFound, ParamConflict, RunNotFound
+from runstream.errors import ExperimentNotFound, FailedPrecondition, ParamConflict, RunNotFound
 from runstream.server.storage.db import DELETED_MS, Conn, now_ms
 from runstream.server.storage.search import Order
 
@@ -73,7 +73,8 @@ RUNNING, CRASHED = 1, 5  # runstream.v1.RunStatus
 async def create_run(
     conn: Conn, run_id: str, experiment_id: int, name: str, status: int, start_time_ms: int, tags: dict[str, str]
 ) -> bool:
-    """False when a run with this id exists already (a client-made id created again)."""
+    """False when a run with this id exists already (a client-made id created again);
+    FailedPrecondition when it is the id of a purged run."""
     async with conn.transaction():
         try:
             inserted = await conn.fetchval(
@@ -89,6 +90,9 @@ async def create_run(
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist") from None
         if not inserted:
             return False
+        # After the insert: a purge of this id that committed while the insert waited is seen.
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM purged_runs WHERE run_id = $1)", run_id):
+            raise FailedPrecondition(f"run id {run_id} belonged to a run purged for good; make the run another id")
         await conn.executemany(
             "INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3)", [(run_id, k, v) for k, v in tags.items()]
         )
@@ -241,6 +245,9 @@ async def purge_run(conn: Conn, run_id: str, deleted_before_ms: int) -> PurgedFi
     )
     await conn.execute("DELETE FROM ingested_batches WHERE run_id = $1", run_id)
     await conn.execute("DELETE FROM runs WHERE run_id = $1", run_id)  # the rest cascades
+    await conn.execute(
+        "INSERT INTO purged_runs (run_id, purged_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING", run_id, now_ms()
+    )
     return PurgedFiles(keys + [u[0] for u in uploads if u[1] is None], [(u[0], u[1]) for u in uploads if u[1]])
 
 

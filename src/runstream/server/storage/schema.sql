@@ -129,6 +129,12 @@ ALTER SEQUENCE model_version_events_event_id_seq OWNED BY model_version_events.e
 CREATE INDEX model_version_events_version ON model_version_events USING btree (model_id, version, event_id);
 CREATE TRIGGER model_version_events_append_only BEFORE DELETE OR UPDATE ON model_version_events FOR EACH ROW EXECUTE FUNCTION model_version_events_append_only();
 
+CREATE TABLE purged_runs (
+    run_id uuid NOT NULL,
+    purged_ms bigint NOT NULL,
+    CONSTRAINT purged_runs_pkey PRIMARY KEY (run_id)
+);
+
 CREATE SEQUENCE registered_models_model_id_seq AS bigint START WITH 1 INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 CACHE 1;
 CREATE TABLE registered_models (
     model_id bigint DEFAULT nextval('registered_models_model_id_seq'::regclass) NOT NULL,
