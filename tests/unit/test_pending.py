@@ -172,7 +172,7 @@ def test_a_pending_file_that_is_no_file_is_named_and_the_other_still_read(tmp_pa
         (tmp_path / pending.FILES[1]).mkdir()
     seqs, batches, problems = _read(tmp_path)
     assert seqs == [1] and [p[1] for p in _points(batches)] == list(range(5))
-    assert problems == [f"{tmp_path / pending.FILES[1]} is not a regular file; left alone"]
+    assert problems == [] and not pending.is_ours(tmp_path / pending.FILES[1])  # sync names it, and leaves it
 
 
 def test_damage_after_good_calls_is_named_and_the_calls_before_it_sent(tmp_path: Path) -> None:
@@ -192,3 +192,24 @@ def test_damage_after_good_calls_is_named_and_the_calls_before_it_sent(tmp_path:
     path.write_bytes(whole[: fifth + 20])  # cut short inside the fifth call
     _, batches, problems = _read(tmp_path)
     assert [p[1] for p in _points(batches)] == [0, 1, 2, 3] and "cut short" in problems[0], problems
+
+
+def test_a_new_generation_of_calls_of_other_sizes_ends_cleanly(tmp_path: Path) -> None:
+    """What an earlier generation left is zeroed: the reader never lands inside an old record."""
+    kept = PendingCalls(tmp_path, batch_points=1_000)
+    for step in range(20):
+        kept.add(0, ("a", "b", "c"), step, step, [1.0, 2.0, 3.0])
+    for first in (1, 2):  # both files turn once: pending.0 takes calls again, a new generation
+        kept.taken(first_seq=first)
+        kept.numbered(1)
+        kept.spooled()
+    kept.add(1, ("x",), 20, 20, [4.0])
+    seqs, batches, problems = _read(tmp_path)
+    assert problems == [] and seqs == [3] and _points(batches) == [("x", 20, 4.0)]
+
+
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 8, pending.MAGIC + bytes(100)])
+def test_only_a_writers_own_pending_files_are_taken_for_one(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / pending.FILES[0]
+    path.write_bytes(content)
+    assert pending.is_ours(path) == (content[:8] in (pending.MAGIC, b""))

@@ -75,8 +75,12 @@ class _File:
         self.map[:HEADER_BYTES] = HEADER.pack(MAGIC, self.mark, 0, 0, SPOOLED).ljust(HEADER_BYTES, b"\0")
 
     def start(self, first_seq: int, batch_points: int) -> None:
-        """Make it the active file (its calls were spooled), its batches from `first_seq` on."""
+        """Make it the active file (its calls were spooled), its batches from `first_seq` on.
+        The last generation's records are zeroed, so that a reader finds zeros, or a record
+        cut short, where this generation's writing stopped."""
         self.set_state(SPOOLED)
+        if self.used > HEADER_BYTES:
+            self.map[HEADER_BYTES : self.used] = bytes(self.used - HEADER_BYTES)
         self.mark += 1
         self.map[8:28] = struct.pack("<QQI", self.mark, first_seq, batch_points)
         self.used = HEADER_BYTES
@@ -212,20 +216,32 @@ def unspooled_batches(
             yield first_seq + i, encode_calls(run_id, writer_id, first_seq + i, part, epoch)[0]
 
 
+def is_ours(path: Path) -> bool:
+    """A regular file a writer made as one of its pending files (or left empty, dying)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would wait for a writer
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(MAGIC)) in (MAGIC, b"")
+    finally:
+        os.close(fd)
+
+
 def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] | None:
     """(first seq, batch points, calls) of a pending file not marked spooled, else None (first
     seq 0: right after the other file's batches). What is wrong with it goes to `problems`."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            problems.append(f"{path} is not a regular file; left alone")
-            return None
-        handle = open(path, "rb")  # noqa: SIM115
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would wait for a writer
     except FileNotFoundError:
         return None
     except OSError as exc:
         problems.append(f"{path} cannot be read ({exc}); left alone")
         return None
-    with handle:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # left in place, and named, by the sync
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < HEADER_BYTES:
             if size:
@@ -233,7 +249,9 @@ def _read_file(path: Path, problems: list[str]) -> tuple[int, int, list[Call]] |
             return None
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             magic, mark, first_seq, batch_points, state = HEADER.unpack(view[: HEADER.size])
-            if magic != MAGIC or state == SPOOLED:
+            if magic != MAGIC:  # not ours: left in place, and named, by the sync
+                return None
+            if state == SPOOLED:
                 return None
             if state not in (ACTIVE, BATCHING) or not 0 <= first_seq < MAX_SEQ or batch_points < 1:
                 problems.append(

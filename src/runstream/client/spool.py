@@ -414,12 +414,13 @@ class SpooledWriter:
         """Remove the files of a dead writer's spool that a sync has sent (`segments`) or knows
         (its lock, meta, acked, sealed and their temporary files); what else is in it is left,
         and returned."""
-        known = {"lock", "meta.json", "acked", "sealed", DROPPED, *pending.FILES}
+        known = {"lock", "meta.json", "acked", "sealed", DROPPED}
         for path in segments:
             path.unlink(missing_ok=True)
         for path in self.directory.iterdir():
             name, _, tmp = path.name.partition(".")
-            if path.name in known or (name in ("acked", "sealed") and tmp.replace(".", "").isdigit()):
+            ours = path.name in pending.FILES and pending.is_ours(path)  # else named, not deleted
+            if ours or path.name in known or (name in ("acked", "sealed") and tmp.replace(".", "").isdigit()):
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # something else is in it
             self.directory.rmdir()
