@@ -4,8 +4,11 @@ masters with a replica each, made by `redis-cli --cluster create`. It can lose a
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +18,17 @@ from redis.cluster import RedisCluster
 from tests.conftest import free_port
 
 NODE_TIMEOUT_MS = 1_000  # a master not heard from this long is failed over
+
+
+def system_tool(name: str) -> str:
+    """Debian's `name` (redis-server 7: cluster bus ports), never the older build that the
+    embedded default's wheel puts in the virtualenv, whatever PATH says first."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed outside the virtualenv (apt-get install redis-server)")
+    return found
 
 
 class LocalCluster:
@@ -48,7 +62,15 @@ class LocalCluster:
         for port in self.ports:
             self.wait_until(lambda port=port: redis.Redis(port=port).ping(), f"redis-server on {port}")
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        create = [
+            system_tool("redis-cli"),
+            "--cluster",
+            "create",
+            *nodes,
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        ]
         subprocess.run(create, check=True, capture_output=True, timeout=60)
         self.wait_ok()
         for master in self.masters_now():  # synced: a replica that never was would not take over
@@ -98,7 +120,7 @@ class LocalCluster:
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"]
         args += ["--repl-diskless-sync-delay", "0"]  # replicas in sync at once, not after 5 s
         self.procs[port] = subprocess.Popen(
-            ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [system_tool("redis-server"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
     def restart(self, port: int) -> None:
