@@ -126,6 +126,84 @@ def _sync_rate(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
+def _log_steps(client: runstream.Client, run_id: str, steps: range, **start: object) -> None:
+    """Two writers log `loss` at `steps` in new sessions (the first resumes or forks with `start`)."""
+    first = client.start_run("bench-history", record_source=False, writer_id="rank0", **start)  # type: ignore[arg-type]
+    handles = [first, client.attach(first.run_id, writer_id="rank1")]
+    values = np.linspace(1.0, 0.0, len(steps))
+    for w, h in enumerate(handles):
+        for step, v in zip(steps, values.tolist(), strict=True):
+            h.log_metric("loss", v + w, step=step)
+    for h in handles[::-1]:
+        h.flush(visible=True)
+        h.end()
+
+
+def _history_reads(args: argparse.Namespace) -> list[list[str]]:
+    n = args.history_steps
+    server = BenchServer(args.postgres_url, args.redis_url, 1, ("--compact-delay", "0"))
+    try:
+        with runstream.Client(server.target) as client:
+            plain = client.create_run("bench-history").run_id
+            _log_steps(client, plain, range(n), resume=plain)
+            rewound = client.create_run("bench-history").run_id
+            _log_steps(client, rewound, range(n), resume=rewound)
+            for at in (int(n * 0.8), n // 2, int(n * 0.9)):
+                _log_steps(client, rewound, range(at + 1, n), resume=rewound, rewind_to=at)
+            fork_step = n // 2
+            fork = client.fork(plain, fork_step, record_source=False, writer_id="rank0")
+            fork.end()
+            _log_steps(client, fork.run_id, range(fork_step + 1, n), resume=fork.run_id)
+        asyncio.run(_wait_compacted(server.db_url))
+        cases = [("plain", plain, n // 2), ("3 rewinds", rewound, int(n * 0.9)), ("fork", fork.run_id, fork_step)]
+        times: dict[tuple[str, str], list[float]] = {}
+        with runstream.QueryClient(server.target) as q:
+            for name, run_id, _ in cases:
+                got = q.get_metric_history(run_id, "loss", max_points=1000)  # also warms the caches
+                assert got.total_points == 2 * n, (name, got.total_points)
+            for _ in range(args.repeat * 7):  # interleaved rounds: a slow moment hits every case
+                for name, run_id, edge in cases:
+                    for shape, lo, hi, points in (
+                        ("whole", None, None, 1000),
+                        ("window", edge - 5000, edge + 5000, 200_000),
+                    ):
+                        t0 = time.perf_counter()
+                        q.get_metric_history(run_id, "loss", min_step=lo, max_step=hi, max_points=points)
+                        times.setdefault((name, shape), []).append((time.perf_counter() - t0) * 1000)
+        median = {k: statistics.median(v) for k, v in times.items()}
+        rows = []
+        for name, _, _ in cases:
+            whole, window = median[(name, "whole")], median[(name, "window")]
+            rows.append(
+                [
+                    name,
+                    f"{whole:.1f}",
+                    f"{whole / median[('plain', 'whole')]:.2f}x",
+                    f"{window:.1f}",
+                    f"{window / median[('plain', 'window')]:.2f}x",
+                ]
+            )
+    finally:
+        server.close()
+    return rows
+
+
+async def _wait_compacted(db_url: str, timeout: float = 600) -> None:
+    """Until no ingest chunk is left (the compactor has merged every series)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not await conn.fetchval("SELECT count(*) FROM metric_chunks WHERE codec = 0"):
+                return
+            await asyncio.sleep(0.5)
+        raise SystemExit("the compactor did not finish")
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     service_arguments(p)
@@ -136,6 +214,8 @@ def main() -> None:
     p.add_argument("--loaders", type=int, default=1)
     p.add_argument("--skip-sdk", action="store_true")
     p.add_argument("--skip-sync", action="store_true")
+    p.add_argument("--skip-history", action="store_true")
+    p.add_argument("--history-steps", type=int, default=500_000, help="steps per writer of the history runs")
     p.add_argument(
         "--baseline",
         metavar="DIR",
@@ -150,16 +230,23 @@ def main() -> None:
             f"median of {args.repeat} interleaved rounds; fsync {fsync})\n"
         )
         print(table(["spool", "caller CPU µs/point", "committed pts/s"], rows))
-    if args.skip_sync:
-        return
-    rows = _sync_rate(args)
-    print("\nAn offline run's spool sent by `runstream sync` (CLI process, fresh server, 1 loader)\n")
-    print(
-        table(
-            ["points", "spool bytes/point", "offline logging pts/s", "sync s", "acked pts/s", "committed pts/s"],
-            rows,
+    if not args.skip_sync:
+        rows = _sync_rate(args)
+        print("\nAn offline run's spool sent by `runstream sync` (CLI process, fresh server, 1 loader)\n")
+        print(
+            table(
+                ["points", "spool bytes/point", "offline logging pts/s", "sync s", "acked pts/s", "committed pts/s"],
+                rows,
+            )
         )
-    )
+    if not args.skip_history:
+        rows = _history_reads(args)
+        print(
+            f"\nGetMetricHistory of rewound and forked runs ({args.history_steps:,} steps x 2 writers shown, "
+            f"compacted; median of {args.repeat * 7} calls)\n"
+        )
+        header = ["run", "1,000 buckets ms", "vs plain", "10,000-step raw window ms", "vs plain"]
+        print(table(header, rows))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,13 @@ def run_details(run: pb.Run) -> str:
         f"started  {_when(run.start_time_ms)}" + (f"   ended {_when(run.end_time_ms)}" if run.end_time_ms > 0 else ""),
         f"experiment {run.experiment_id}",
     ]
+    if run.parent_run_id:
+        lines.append(f"forked from {run.parent_run_id} at step {run.fork_step:,} (reads its points up to there)")
+    if run.fork_ids:
+        lines.append(f"forks    {', '.join(run.fork_ids)}")
+    if run.rewinds:
+        rows = [[str(r.number), f"{r.step:,}", _when(r.time_ms), f"{r.superseded_points:,}"] for r in run.rewinds]
+        lines += ["", table(["rewind (branch)", "to step", "when", "points superseded"], rows)]
     if run.params:
         lines += ["", table(["param", "value"], [[_visible(k), _visible(v)] for k, v in sorted(run.params.items())])]
     if run.tags:

@@ -183,8 +183,8 @@ def test_coarse_zoom_reads_summaries_and_sketches_not_points(logged) -> None:  #
     async def fetch() -> list:
         conn = await asyncpg.connect(server.db_url)
         try:
-            ids = [r.series_id for r in await metrics.metric_series(conn, run_id, "loss", None)]
-            return await metrics.history_chunks(conn, ids, 0, 2 * STEPS - 1)
+            series = await metrics.metric_series(conn, run_id, "loss", None)
+            return await metrics.history_chunks(conn, series, 0, 2 * STEPS - 1)
         finally:
             await conn.close()
 

@@ -220,7 +220,9 @@ def test_mutated_valid_messages_to_every_method_never_break_the_server(hostile_s
     assert grpc.StatusCode.UNKNOWN not in seen and grpc.StatusCode.INTERNAL not in seen, seen
     assert "Traceback" not in "".join(hostile_server.output)
     with runstream.Client(hostile_server.target) as client:
-        run = client.attach(run_id, writer_id="after-fuzz")
+        # A fresh run: the fuzz may have deleted, purged or rewound its target, as asked.
+        run = client.start_run("fuzz", "after", writer_id="after-fuzz", record_source=False)
+        run_id = run.run_id
         for step in range(500):
             run.log_metrics({"loss": float(step)}, step=step)
         run.end()

@@ -86,6 +86,7 @@ def site(make_module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> d
             for step in range(20_000):
                 value = SPIKE if (rank == 1 and step == SPIKE_STEP) else 1 / (step + 1) + rank
                 writer.log_metrics({"loss": value, "lr_sched": 0.1 * rank}, step=step)
+            writer.flush(visible=True)  # committed before the pages read it
             writer.end()
         spiky.log_input("wine", source="s3://data/wine.csv", digest="abc123", context="training")
         spiky.log_artifact(files / "notes.txt")
@@ -438,3 +439,37 @@ def test_an_html_artifact_opened_by_a_signed_in_admin_runs_nothing(
     browser.find_element(By.CSS_SELECTOR, "li[data-path='report.html'] button.preview").click()
     text = _wait(browser, "const p = document.querySelector('pre.preview'); return p && p.textContent")
     assert "<script>" in text
+
+
+def test_a_rewound_run_draws_what_it_superseded_faded_and_forks_link_both_ways(
+    browser: Any, site: dict[str, Any]
+) -> None:
+    server = site["server"]
+    with runstream.Client(server.target) as client:
+        first = client.start_run("ui-vision", "rewound", record_source=False)
+        for step in range(300):
+            first.log_metric("loss", 1 / (step + 1), step=step)
+        first.end()  # the job stops at step 299; it comes back from its checkpoint at step 150
+        run_id = first.run_id
+        again = client.start_run(resume=run_id, rewind_to=150, record_source=False)
+        for step in range(151, 200):
+            again.log_metric("loss", 2.0, step=step)
+        again.end()
+        fork = client.fork(run_id, 100, name="forked", record_source=False)
+        fork.log_metric("loss", 3.0, step=101)
+        fork.end()
+    _open(browser, server, f"/run/{run_id}", "run-rewound", charts=True)
+    overview = browser.find_element(By.CSS_SELECTOR, "dl.kv")
+    assert "to step 150" in overview.find_element(By.ID, "rewinds").text
+    assert overview.find_element(By.CSS_SELECTOR, "#forks a").get_attribute("href").endswith(f"#/run/{fork.run_id}")
+    loss = browser.execute_script("return window.runstream.charts.loss")
+    own, faded = loss["lines"]
+    assert own["steps"] == list(range(0, 200)) and not own.get("faded")
+    assert faded["faded"] and faded["label"] == "before rewind 1" and faded["steps"] == list(range(151, 300))
+    _open(browser, server, f"/run/{fork.run_id}", "run-fork", charts=True)
+    parent = browser.find_element(By.CSS_SELECTOR, "#fork-parent a")
+    assert parent.get_attribute("href").endswith(f"#/run/{run_id}") and "at step 100" in browser.find_element(
+        By.ID, "fork-parent"
+    ).text
+    (line,) = browser.execute_script("return window.runstream.charts.loss")["lines"]
+    assert line["steps"] == [*range(0, 101), 101] and line["y"][-1] == 3.0

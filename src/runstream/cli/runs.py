@@ -112,6 +112,9 @@ def add_parsers(sub: Subparsers) -> None:
     metrics.add_argument("--max-step", type=int, help="last step of the window")
     metrics.add_argument("--writer", help="only this writer's points (e.g. rank3)")
     metrics.add_argument("--aggregate", choices=["mean", "min", "max"], help="one value per step across writers")
+    metrics.add_argument(
+        "--branch", type=int, default=0, help="the points rewind N superseded (see `runs show`), not the run's own"
+    )
     metrics.add_argument("--format", choices=["csv", "json"], default="csv", help="output format")
     metrics.add_argument("--all", action="store_true", help="stream every point as CSV, writer by writer")
     metrics.set_defaults(handler=metrics_history)
@@ -290,6 +293,8 @@ def experiments_ls(args: argparse.Namespace) -> int:
 def metrics_history(args: argparse.Namespace) -> int:
     if args.all and args.format != "csv":
         raise ValueError("--all writes CSV; leave out --format json")
+    if args.all and args.branch:
+        raise ValueError("--all streams the run's own points; leave out --branch")
     with QueryClient(args.url) as q:
         run_id = resolve_run(q, args.run_id)
         if args.all:
@@ -306,6 +311,7 @@ def metrics_history(args: argparse.Namespace) -> int:
             max_points=args.max_points,
             writer=args.writer,
             aggregate=args.aggregate,
+            branch=args.branch,
         )
     write_history(history, args.format, sys.stdout)
     return 0

@@ -158,14 +158,21 @@ class QueryClient:
         max_points: int = 1000,
         writer: str | None = None,
         aggregate: str | None = None,
+        branch: int = 0,
     ) -> MetricHistory:
         """Every point when there are at most `max_points`, else `max_points` buckets.
         `writer` keeps one writer's points; `aggregate` ("mean", "min", "max") gives one value
-        per step across writers."""
+        per step across writers. `branch=N` gives the points the run's rewind N superseded
+        (Run.rewinds) instead of the run's points as they stand."""
         if aggregate not in _AGGREGATES:
             raise ValueError("aggregate must be None, 'mean', 'min' or 'max'")
         req = qpb.GetMetricHistoryRequest(
-            run_id=run_id, key=key, max_points=max_points, writer=writer or "", aggregate=_AGGREGATES[aggregate]
+            run_id=run_id,
+            key=key,
+            max_points=max_points,
+            writer=writer or "",
+            aggregate=_AGGREGATES[aggregate],
+            branch=branch,
         )
         if min_step is not None:
             req.min_step = min_step

@@ -137,15 +137,35 @@ class Client:
         *,
         run_id: str = "",
         timeout: float | None = None,
+        fork_of: str = "",
+        fork_step: int = 0,
+        params: Mapping[str, Any] | None = None,
     ) -> pb.Run:
-        """Create a run in the experiment named `experiment` (created when missing); under
-        `run_id` when given (creating it again answers with that run)."""
-        out: pb.Run = self._stub.CreateRun(
-            pb.CreateRunRequest(
-                experiment_name=experiment, name=name, tags=dict(tags or {}), start_time_ms=start_time_ms, run_id=run_id
-            ),
-            timeout=timeout or self.timeout,
+        """Create a run in the experiment named `experiment` (created when missing; "" with
+        `fork_of`: the parent's); under `run_id` when given (creating it again answers with that
+        run). `fork_of`: a fork of that run, reading its points up to `fork_step` (see fork)."""
+        req = pb.CreateRunRequest(
+            name=name,
+            tags=dict(tags or {}),
+            start_time_ms=start_time_ms,
+            run_id=run_id,
+            fork_of=fork_of,
+            fork_step=fork_step,
+            params={k: str(v) for k, v in (params or {}).items()},
         )
+        if experiment or not fork_of:
+            req.experiment_name = experiment or "Default"
+        else:
+            req.experiment_id = self.get_run(fork_of, all_metrics=False).experiment_id
+        out: pb.Run = self._stub.CreateRun(req, timeout=timeout or self.timeout)
+        return out
+
+    @typed_errors
+    def rewind_run(self, run_id: str, step: int) -> pb.Run:
+        """Supersede what the run's writers logged so far above `step` (a checkpoint's step):
+        reads show what is logged from now on there, and the superseded points stay readable as
+        a branch (history(..., branch=N)). start_run(resume=..., rewind_to=STEP) calls it."""
+        out: pb.Run = self._stub.RewindRun(pb.RewindRunRequest(run_id=run_id, step=step), timeout=self.timeout)
         return out
 
     @typed_errors
@@ -299,6 +319,8 @@ class Client:
         record_source: bool = True,
         offline: bool | None = None,
         resume: str | None = None,
+        rewind_to: int | None = None,
+        fork: tuple[str, int] | None = None,
         **writer_options: Any,
     ) -> Run:
         """Create a run and a handle to log into it. Unless `record_source` is False the run is
@@ -310,7 +332,12 @@ class Client:
         process writes a new session of its writer (points logged before are kept). A run of
         that id that does not exist yet is created under it (in `experiment`, named `name`; a
         run that exists stays where it is), so a launcher can give every start of a job the
-        same id.
+        same id. With `rewind_to=STEP` (the checkpoint's step) the points the run's writers
+        logged before at steps above STEP are superseded: reads show the ones logged from now on,
+        and the old ones stay stored as a branch (a faded line in the run page). Start the job's
+        other ranks after this returns: their sessions are then the new ones.
+
+        `fork=(RUN_ID, STEP)`: see fork().
 
         `offline=True` (or RUNSTREAM_MODE=offline) records the run in the local spool only, under
         an id made here, for `runstream sync` to send later; RUNSTREAM_MODE=auto does that when
@@ -323,6 +350,10 @@ class Client:
         resume = resume or settings.current().resume or None
         if resume is not None and mode == "offline":
             raise ValueError("resume continues a run on the server; it cannot be offline")
+        if rewind_to is not None and resume is None:
+            raise ValueError("rewind_to rewinds a resumed run: give resume=RUN_ID (or RUNSTREAM_RESUME) too")
+        if fork is not None and (resume is not None or mode == "offline"):
+            raise ValueError("a fork is a new run on the server: not with resume, nor offline")
         if mode == "offline":
             return self._start_offline(experiment, name, tags or {}, params, writer_id, writer_options, follow=False)
         self._resume_orphans()
@@ -330,10 +361,15 @@ class Client:
             connect = settings.current().connect_timeout if mode == "auto" else None
             if resume is not None:
                 run = self._resumed(resume, experiment, name, tags or {})
+                if rewind_to is not None:
+                    run = self.rewind_run(run.run_id, rewind_to)
+            elif fork is not None:
+                run = self.create_run(experiment, name, tags, fork_of=fork[0], fork_step=fork[1], params=params)
+                params = None  # logged with it: they replace the parent's
             else:
                 run = self.create_run(experiment, name, tags, timeout=connect)
         except (Unavailable, DeadlineExceeded) as exc:
-            if mode != "auto" or resume is not None:  # a resumed run lives on the server
+            if mode != "auto" or resume is not None or fork is not None:  # these runs live on the server
                 raise
             log.warning(
                 "runstream: the server at %s is unreachable (%s); the run is kept offline and sent when it answers",
@@ -347,6 +383,24 @@ class Client:
         if params:
             handle.log_params(params)
         return handle
+
+    def fork(
+        self,
+        run_id: str,
+        at_step: int,
+        experiment: str = "",
+        name: str = "",
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Run:
+        """A new run that shares run `run_id`'s points up to `at_step` without copying them
+        (its reads walk the lineage), starts with its params and tags (`params` and `tags` win),
+        and is linked to it both ways (Run.parent_run_id, fork_ids). In the parent's experiment
+        unless `experiment` names another. Log into it from the step after `at_step`: e.g. the
+        same checkpoint with a new learning rate. Takes start_run's other options."""
+        return self.start_run(experiment, name, params=params, tags=tags, fork=(run_id, at_step), **options)
 
     def _resumed(self, run_id: str, experiment: str, name: str, tags: Mapping[str, str]) -> pb.Run:
         """The run `run_id`, RUNNING again; created under that id if there is none yet."""

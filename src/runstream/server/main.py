@@ -266,11 +266,22 @@ async def _services(
     closing: list[Callable[[], Awaitable[None]]] = []
     pool = reads.primary
     tokens = await page_tokens(pool)
+    objects = await _store(settings, http) if {"QueryService", "ArtifactService"} & set(wanted) else None
+    local_store = isinstance(objects, LocalStore)
     if "TrackingService" in wanted:
         durability = Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
         announce(await describe_durability(redis, durability))
         tracking = Tracking(
-            pool, redis, keys, settings.max_backlog, tokens, metrics, settings.max_keys_per_run, durability, guard
+            pool,
+            redis,
+            keys,
+            settings.max_backlog,
+            tokens,
+            metrics,
+            settings.max_keys_per_run,
+            durability,
+            guard,
+            objects,
         )
         await tracking.start()
         closing.append(tracking.stop)
@@ -278,8 +289,6 @@ async def _services(
         liveness.start()
         closing.append(liveness.stop)
         servicers["TrackingService"] = (tracking, LoggedModels(pool, tokens), liveness)
-    objects = await _store(settings, http) if {"QueryService", "ArtifactService"} & set(wanted) else None
-    local_store = isinstance(objects, LocalStore)
     if "QueryService" in wanted:
         limits = TailLimits(settings.max_tails, settings.max_tails_per_token)
         query = Query(reads, tokens, Tails(pool, metrics, limits, settings.tail_connections, objects), objects)

@@ -178,9 +178,9 @@ class Guard:
         run_ids: list[str] = []
         experiment_ids: list[int] = []
         named: list[tuple[str, str | None]] = []
-        for field in ("run_id", "run_ids"):
+        for field in ("run_id", "run_ids", "fork_of"):
             # CreateRun's run_id is a new run's client-made id: its experiment field decides.
-            if field in fields and req.DESCRIPTOR.name != "CreateRunRequest":
+            if field in fields and (field != "run_id" or req.DESCRIPTOR.name != "CreateRunRequest"):
                 value = getattr(req, field)
                 run_ids += list(value) if not isinstance(value, str) else [value] if value else []
         for field in ("experiment_id", "experiment_ids"):

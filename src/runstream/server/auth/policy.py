@@ -47,6 +47,7 @@ _BY_SCOPE: dict[str, tuple[str, ...]] = {
         "TrackingService/CreateExperiment",
         "TrackingService/CreateRun",
         "TrackingService/UpdateRun",
+        "TrackingService/RewindRun",
         "TrackingService/LogParams",
         "TrackingService/SetTags",
         "TrackingService/DeleteTag",

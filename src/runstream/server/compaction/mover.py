@@ -170,7 +170,7 @@ class ColdMover:
     async def _add(self, writer: archive.ArchiveWriter, rows: list[Any]) -> list[tuple[Any, str, int, list[int]]]:
         out = []
         for r, chunk in zip(rows, await archive.chunk_bytes(rows, self.store), strict=True):
-            where = writer.add(r["key"], r["writer_id"], r["first_step"], r["last_step"], r["n"], chunk)
+            where = writer.add(r["key"], r["writer_id"], r["first_step"], r["last_step"], r["n"], chunk, r["branch"])
             out.append((r["ctid"], r["version"], where.offset, list(where.sizes)))
         return out
 

@@ -30,9 +30,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from runstream.errors import InvalidArgument
+from runstream.server.loading import lineage as runs_lineage
 from runstream.server.runtime.failpoints import failpoint
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import chunks, db, metrics
+from runstream.server.storage import chunks, db, lineage, metrics
 from runstream.server.storage.failures import database_away, refused_value
 from runstream.server.streams import strays
 from runstream.server.streams.client import REDIS_ERRORS, RedisClient
@@ -409,17 +410,33 @@ class Loader:
             self.metrics.batches_deduplicated.inc(resent)
             if not fresh:
                 return reused
-            packed = chunks.pack([b for b, _ in fresh], [r for _, r in fresh], self._series.__getitem__)
-            await metrics.copy_chunks(conn, packed.chunk_records)
+            run_ids = {b.run_id for b, _ in fresh}
+            await lineage.hold_runs(conn, run_ids)  # then rewinds under way are done, and seen
+            rewinds, forks = await lineage.rewinds_and_forks(conn, run_ids)
+            current, taken = runs_lineage.route(fresh, rewinds) if rewinds else (fresh, {})
+            packed = chunks.pack([b for b, _ in current], [r for _, r in current], self._series.__getitem__)
+            records, points, summaries = packed.chunk_records, packed.points, packed.summary_columns
+            if forks:  # the forks that read these points count them in their summaries too (not in chunks)
+                counted = current + runs_lineage.shared(current, forks)
+                summaries = chunks.pack([b for b, _ in counted], [r for _, r in counted], _no_series).summary_columns
+            for number, part in taken.items():  # points an earlier rewind superseded: to its branch
+                ids = await metrics.series_ids(conn, chunks.series_of([b for b, _ in part]), branch=number)
+                branch = chunks.pack([b for b, _ in part], [r for _, r in part], ids.__getitem__)
+                records, points = records + branch.chunk_records, points + branch.points
+            await metrics.copy_chunks(conn, records)
             failpoint("loader.after_copy")
-            await metrics.upsert_summaries(conn, packed.summary_columns)
-            await metrics.notify_loaded(conn, {b.run_id for b, _ in fresh})  # delivered on commit
+            await metrics.upsert_summaries(conn, summaries)
+            await metrics.notify_loaded(conn, run_ids)  # delivered on commit
         self.stats.batches += len(fresh)
-        self.stats.points += packed.points
+        self.stats.points += points
         self.metrics.batches_committed.inc(len(fresh))
-        self.metrics.points_committed.inc(packed.points)
-        self.metrics.copy_points.observe(packed.points)
+        self.metrics.points_committed.inc(points)
+        self.metrics.copy_points.observe(points)
         return reused
+
+
+def _no_series(key: chunks.SeriesKey) -> int:
+    return 0  # chunks packed only for their summaries are never stored
 
 
 def _reused(batches: list[Loaded]) -> list[tuple[Entry, str]]:

@@ -36,7 +36,8 @@ async def read_series(
     for s in series:
         pending: list[Columns] = []
         held = 0
-        async for row in metrics.series_chunk_cursor(conn, s.series_id, lo, hi):
+        top = hi if s.upto is None else min(hi, s.upto)  # a fork reads its ancestor up to where it forked
+        async for row in metrics.series_chunk_cursor(conn, s.series_id, lo, top):
             if held >= MESSAGE_POINTS:
                 final, rest = _split(pending, row["first_step"])
                 pending, held = [rest], len(rest[0])
@@ -47,8 +48,8 @@ async def read_series(
                 cols = codec.decode(chunk.codec, chunk.steps, chunk.timestamps, chunk.vals)
             except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
                 raise codec.CorruptChunk(f"metric {key!r} of run {run_id} (writer {s.writer_id!r}): {exc}") from None
-            if row["first_step"] < lo or row["last_step"] > hi:
-                keep = (cols[0] >= lo) & (cols[0] <= hi)
+            if row["first_step"] < lo or row["last_step"] > top:
+                keep = (cols[0] >= lo) & (cols[0] <= top)
                 cols = (cols[0][keep], cols[1][keep], cols[2][keep])
             pending.append(cols)
             held += len(cols[0])

@@ -145,19 +145,20 @@ async def read(
     if not conn.is_in_transaction():
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             return await read(conn, key, series, lo, hi, max_points, aggregate, fixed_range, with_time, store)
-    ids = [r.series_id for r in series]
-    out = qpb.MetricHistory(key=key, writers=[r.writer_id for r in series])
-    rows = await metrics.history_chunks(conn, ids, lo, hi)
+    writers = list(dict.fromkeys(r.writer_id for r in series))  # a fork's writer has its ancestors' series too
+    out = qpb.MetricHistory(key=key, writers=writers)
+    rows = await metrics.history_chunks(conn, series, lo, hi)
     if not rows:
         return out
     # The chunks across the window's ends say how many points it holds and where they start and
     # end (with their times, in case the points are the answer); the others are decoded only if
     # the answer is points.
     chunks = _Chunks(conn, series, store)
-    crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > hi]
+    crossing = [r for r in rows if r["first_step"] < lo or r["last_step"] > top(r, hi)]
     await chunks.fetch(crossing, with_time=True)
-    inside = [r for r in rows if lo <= r["first_step"] and r["last_step"] <= hi]
-    edges = [chunks.within(r, lo, hi) for r in crossing] + [(r["n"], r["first_step"], r["last_step"]) for r in inside]
+    inside = [r for r in rows if lo <= r["first_step"] and r["last_step"] <= top(r, hi)]
+    edges = [chunks.within(r, lo, top(r, hi)) for r in crossing]
+    edges += [(r["n"], r["first_step"], r["last_step"]) for r in inside]
     in_window = sum(n for n, _, _ in edges)
     if not in_window:
         return out
@@ -166,9 +167,9 @@ async def read(
     width = history.bucket_width(lo, hi, max_points)
     if aggregate != qpb.AGGREGATE_UNSPECIFIED or in_window <= max_points:
         await chunks.fetch(rows, with_time=True)
-        return _points(
-            out, [(r["series_id"], chunks.window(r, lo, hi)) for r in rows], ids, lo, hi, max_points, aggregate
-        )
+        writer_of = {r.series_id: writers.index(r.writer_id) for r in series}
+        parts = [(writer_of[r["series_id"]], chunks.window(r, lo, top(r, hi))) for r in rows]
+        return _points(out, parts, lo, hi, max_points, aggregate)
     per_series: dict[int, list[asyncpg.Record]] = {}
     for r in rows:
         per_series.setdefault(r["series_id"], []).append(r)
@@ -182,11 +183,17 @@ async def read(
     return out
 
 
+def top(r: asyncpg.Record, hi: int) -> int:
+    """The last step read of a chunk: `hi`, or before it where a fork's ancestor's series ends."""
+    upto: int | None = r["upto"]
+    return hi if upto is None else min(hi, upto)
+
+
 def _whole(r: asyncpg.Record, lo: int, hi: int, width: int) -> bool:
     """A chunk inside the window and inside one bucket: its summary is its item."""
     return bool(
         lo <= r["first_step"]
-        and r["last_step"] <= hi
+        and r["last_step"] <= top(r, hi)
         and history.bucket_of(r["first_step"], width) == history.bucket_of(r["last_step"], width)
     )
 
@@ -202,7 +209,7 @@ def needs_points(r: asyncpg.Record, lo: int, hi: int, width: int, with_time: boo
     if _whole(r, lo, hi, width) and not (with_time and r["last_timestamp"] is None):
         return False
     if _sketched(r, width):
-        return bool(r["first_step"] < lo or r["last_step"] > hi)  # only sub-ranges cut by the window's ends
+        return bool(r["first_step"] < lo or r["last_step"] > top(r, hi))  # only sub-ranges cut by the window's ends
     return True
 
 
@@ -221,7 +228,7 @@ def _items(rows: list[asyncpg.Record], chunks: _Chunks, lo: int, hi: int, width:
         if s is not None:
             parts.append(_sketch_items(r, s, chunks, lo, hi))
         else:
-            steps, stamps, values = chunks.window(r, lo, hi)
+            steps, stamps, values = chunks.window(r, lo, top(r, hi))
             parts.append(history.Items.of_points(steps, values, stamps if len(stamps) else None))
     if summaries:
         parts.append(_summary_items(summaries))
@@ -232,6 +239,7 @@ def _sketch_items(r: asyncpg.Record, s: codec.Sketch, chunks: _Chunks, lo: int, 
     """A compacted chunk's sketch entries inside [lo, hi], and the points in [lo, hi] of the
     entries the window cuts, in step order."""
     entries = history.Items(s.first_step, s.last_step, s.first, s.last, s.min, s.max, s.count, s.last_time)
+    hi = top(r, hi)
     if lo <= r["first_step"] and r["last_step"] <= hi:
         return entries
     inside, (steps, stamps, values) = chunks.cut(r, s, lo, hi)
@@ -251,17 +259,15 @@ def _summary_items(rows: list[asyncpg.Record]) -> history.Items:
 def _points(
     out: qpb.MetricHistory,
     parts: list[tuple[int, codec.Columns]],
-    ids: list[int],
     lo: int,
     hi: int,
     max_points: int,
     aggregate: qpb.Aggregate,
 ) -> qpb.MetricHistory:
-    """Every point in [lo, hi] (`parts`: each chunk's, by series id, in series then step order),
+    """Every point in [lo, hi] (`parts`: each chunk's, by writer index, in writer then step order),
     merged across writers in step order, or aggregated per step and bucketed if there are
     still more than `max_points`."""
-    writer_of = {sid: i for i, sid in enumerate(ids)}
-    merged = history.merge([_chunk_points(columns, writer_of[sid]) for sid, columns in parts], lo, hi)
+    merged = history.merge([_chunk_points(columns, writer) for writer, columns in parts], lo, hi)
     out.total_points = len(merged)
     if aggregate != qpb.AGGREGATE_UNSPECIFIED:
         steps, values = history.aggregate(merged, AGGREGATES[aggregate])

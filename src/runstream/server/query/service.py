@@ -106,9 +106,11 @@ class Query:
             raise InvalidArgument("by_writer gives every writer's own history: leave writer and aggregate unset")
         if req.with_time and req.aggregate != qpb.AGGREGATE_UNSPECIFIED:
             raise InvalidArgument("with_time gives the time of each bucket's last point: leave aggregate unset")
+        if req.branch < 0:
+            raise InvalidArgument(f"branch is {req.branch}; 0 is the run's points, N those its rewind N superseded")
         lo, hi = _step_range(req)
         async with self.reads.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            series = await self._series(conn, req.run_id, req.key, req.writer or None)
+            series = await self._series(conn, req.run_id, req.key, req.writer or None, req.branch)
             if not req.by_writer:
                 return await history.read(
                     conn,
@@ -122,12 +124,15 @@ class Query:
                     with_time=req.with_time,
                     store=self.store,
                 )
-            out = qpb.MetricHistory(key=req.key, writers=[r.writer_id for r in series])
+            by_writer: dict[str, list[metrics.SeriesRow]] = {}  # a fork's writer: its ancestors' series too
             for one in series:
+                by_writer.setdefault(one.writer_id, []).append(one)
+            out = qpb.MetricHistory(key=req.key, writers=list(by_writer))
+            for group in by_writer.values():
                 part = await history.read(
                     conn,
                     req.key,
-                    [one],
+                    group,
                     lo,
                     hi,
                     max_points,
@@ -203,12 +208,16 @@ class Query:
             total_count=total,
         )
 
-    async def _series(self, conn: Any, run_id: str, key: str, writer: str | None) -> list[metrics.SeriesRow]:
-        series = await metrics.metric_series(conn, run_id, key, writer)
+    async def _series(
+        self, conn: Any, run_id: str, key: str, writer: str | None, branch: int = 0
+    ) -> list[metrics.SeriesRow]:
+        series = await metrics.metric_series(conn, run_id, key, writer, branch)
         if series:
             return series
         if await runs.run_lifecycle(conn, run_id) is None:
             raise RunNotFound(f"run {run_id} does not exist")
+        if branch:
+            return []  # no point of the key was superseded there: an empty history, as drawn
         if writer is not None and await metrics.metric_series(conn, run_id, key, None):
             raise NotFound(f"writer {writer!r} logged no metric {key!r} in run {run_id}")
         raise NotFound(f"run {run_id} has no metric {key!r}")

@@ -25,6 +25,7 @@ from runstream.wire.ids import canonical_experiment_id, canonical_run_id, canoni
 ID_FIELDS: dict[str, Callable[[str, str], str]] = {
     "run_id": canonical_run_id,
     "run_ids": canonical_run_id,
+    "fork_of": canonical_run_id,
     "experiment_id": canonical_experiment_id,
     "experiment_ids": canonical_experiment_id,
     "upload_id": canonical_upload_id,

@@ -37,6 +37,8 @@ def run_message(run: runs.RunRow) -> pb.Run:
         metric_count=max(run.metric_count, len(run.metrics)),
         metrics_truncated=run.metric_count > len(run.metrics),
         last_heard_ms=run.last_heard_ms or 0,
+        parent_run_id=run.parent_run_id or "",
+        fork_step=run.fork_step or 0,
     )
 
 

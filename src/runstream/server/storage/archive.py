@@ -63,7 +63,7 @@ class ArchiveWriter:
     out: BinaryIO
     run_id: str
     size: int = 0
-    series: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    series: dict[tuple[str, str, int], list[dict[str, Any]]] = field(default_factory=dict)
     _digest: Any = field(default_factory=hashlib.sha256)
 
     def __post_init__(self) -> None:
@@ -74,13 +74,15 @@ class ArchiveWriter:
         self._digest.update(data)
         self.size += len(data)
 
-    def add(self, key: str, writer_id: str, first_step: int, last_step: int, n: int, chunk: ChunkBytes) -> Placed:
+    def add(
+        self, key: str, writer_id: str, first_step: int, last_step: int, n: int, chunk: ChunkBytes, branch: int = 0
+    ) -> Placed:
         if chunk.codec != codec.PCO or chunk.timestamps is None:
             raise ValueError("only compacted chunks with their timestamps go to the cold tier")
         placed = Placed(self.size, (len(chunk.steps), len(chunk.timestamps), len(chunk.vals)))
         for column in (chunk.steps, chunk.timestamps, chunk.vals):
             self._write(column)
-        self.series.setdefault((key, writer_id), []).append(
+        self.series.setdefault((key, writer_id, branch), []).append(
             {"first_step": first_step, "last_step": last_step, "n": n, "offset": placed.offset, "sizes": placed.sizes}
         )
         return placed
@@ -93,7 +95,10 @@ class ArchiveWriter:
                 "version": VERSION,
                 "run_id": self.run_id,
                 "codec": "pcodec pages (runstream codec 1)",
-                "series": [{"key": k, "writer_id": w, "chunks": c} for (k, w), c in self.series.items()],
+                "series": [
+                    {"key": k, "writer_id": w, **({"branch": b} if b else {}), "chunks": c}
+                    for (k, w, b), c in self.series.items()
+                ],
             },
             separators=(",", ":"),
         ).encode()

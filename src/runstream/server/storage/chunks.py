@@ -190,16 +190,16 @@ def _latest(
         first -= 1
     if first == last:
         return last
-    return max(range(first, end), key=lambda j: (int(stamps[j]), _value_order(float(values[j]))))
+    return max(range(first, end), key=lambda j: (int(stamps[j]), value_order(float(values[j]))))
 
 
-def _value_order(value: float) -> tuple[int, float]:
+def value_order(value: float) -> tuple[int, float]:
     """NaN above every number, as PostgreSQL orders float8, so both sides pick the same point."""
     return (1, 0.0) if math.isnan(value) else (0, value)
 
 
 def _latest_order(entry: list[Any]) -> tuple[int, int, tuple[int, float]]:
-    return (entry[1], entry[2], _value_order(entry[0]))
+    return (entry[1], entry[2], value_order(entry[0]))
 
 
 def compacted(series_id: int, parts: Sequence[codec.Columns]) -> list[tuple[Any, ...]]:

@@ -82,13 +82,13 @@ async def begin_object(conn: Conn, run_id: str, key: str) -> int:
 def run_chunks(conn: Conn, run_id: str) -> Any:
     """A cursor (inside a transaction) over every chunk of a run, by key, writer and first
     step: records of ctid, version (ctid and xmin: the row version, new after any change), key,
-    writer_id, first_step, last_step, n and metrics.POINT_COLUMNS."""
+    writer_id, branch (0, or the rewind that superseded them), first_step, last_step, n and metrics.POINT_COLUMNS."""
     return conn.cursor(
         f"""SELECT c.ctid, c.ctid::text || '/' || c.xmin::text AS version,
-                   s.key, s.writer_id, c.first_step, c.last_step, c.n, {POINT_COLUMNS}
+                   s.key, s.writer_id, s.branch, c.first_step, c.last_step, c.n, {POINT_COLUMNS}
             FROM metric_series s JOIN metric_chunks c ON c.series_id = s.series_id {COLD_JOIN}
             WHERE s.run_id = $1
-            ORDER BY s.key COLLATE "C", s.writer_id COLLATE "C", c.first_step""",
+            ORDER BY s.branch, s.key COLLATE "C", s.writer_id COLLATE "C", c.first_step""",
         run_id,
         prefetch=16,
     )

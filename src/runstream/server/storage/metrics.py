@@ -22,15 +22,26 @@ BatchIdentity = tuple[str, str, int, int, int, bytes]
 
 
 class SeriesRow(NamedTuple):
-    """One writer's points of one key of a run."""
+    """One writer's points of one key of a run; read up to step `upto` when it is an
+    ancestor's series that a fork reads (None: every step)."""
 
     series_id: int
     run_id: str
     key: str
     writer_id: str
+    upto: int | None
 
 
-_SERIES_COLUMNS = "series_id, run_id::text AS run_id, key, writer_id"  # SeriesRow's fields, in order
+_SERIES_COLUMNS = "series_id, run_id::text AS run_id, key, writer_id, NULL::int8 AS upto"  # SeriesRow's fields
+
+MAX_FORK_DEPTH = 64  # forks of forks: reads walk this many ancestors at most
+# A run ($1, depth 0, every step) and its ancestors, each with the last step its descendant reads.
+LINEAGE = f"""WITH RECURSIVE lineage(run_id, upto, depth) AS (
+        SELECT $1::uuid, NULL::int8, 0
+        UNION ALL
+        SELECT r.parent_run_id, least(l.upto, r.fork_step), l.depth + 1
+        FROM lineage l JOIN runs r ON r.run_id = l.run_id
+        WHERE r.parent_run_id IS NOT NULL AND l.depth < {MAX_FORK_DEPTH})"""
 
 
 class ChunkExtent(NamedTuple):
@@ -119,24 +130,29 @@ async def record_batches(conn: Conn, batches: list[BatchIdentity]) -> tuple[set[
 # ---------------------------------------------------------------- the loaders' writes
 
 
-async def series_ids(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
-    """Ids of the series (run_id, key, writer_id), creating the missing ones."""
+async def series_ids(
+    conn: Conn, keys: Sequence[tuple[str, str, str]], branch: int = 0
+) -> dict[tuple[str, str, str], int]:
+    """Ids of the series (run_id, key, writer_id) of `branch` (0: what reads show; N: what
+    rewind N superseded), creating the missing ones."""
     runs, names, writers = (list(col) for col in zip(*keys, strict=True))
     await conn.execute(
-        """INSERT INTO metric_series (run_id, key, writer_id)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ORDER BY 1, 2, 3
+        """INSERT INTO metric_series (run_id, key, writer_id, branch)
+           SELECT *, $4 FROM unnest($1::uuid[], $2::text[], $3::text[]) ORDER BY 1, 2, 3
            ON CONFLICT DO NOTHING""",
         runs,
         names,
         writers,
+        branch,
     )
     rows = await conn.fetch(
         """SELECT s.run_id::text, s.key, s.writer_id, s.series_id
            FROM metric_series s JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS t(r, k, w)
-             ON s.run_id = t.r AND s.key = t.k AND s.writer_id = t.w""",
+             ON s.run_id = t.r AND s.key = t.k AND s.writer_id = t.w AND s.branch = $4""",
         runs,
         names,
         writers,
+        branch,
     )
     return {(r[0], r[1], r[2]): r[3] for r in rows}
 
@@ -211,23 +227,32 @@ POINT_COLUMNS = "c.codec, c.steps, c.timestamps, c.vals, o.key AS cold_key, c.co
 COLD_JOIN = "LEFT JOIN cold_objects o ON o.object_id = c.cold_object"
 
 
-async def metric_series(conn: Conn, run_id: str, key: str, writer: str | None) -> list[SeriesRow]:
+async def metric_series(conn: Conn, run_id: str, key: str, writer: str | None, branch: int = 0) -> list[SeriesRow]:
     """The series of a run's key, every writer or one, in writer order (by code point, whatever
-    the database's collation, as Python compares strings)."""
-    if writer is None:
+    the database's collation, as Python compares strings). Branch 0 (the points as they stand)
+    walks a fork's lineage: its ancestors' series come first in each writer's, with `upto`.
+    Branch N is what the run's rewind N superseded."""
+    if branch:
         rows = await conn.fetch(
-            f"SELECT {_SERIES_COLUMNS} FROM metric_series WHERE run_id = $1 AND key = $2 "
-            'ORDER BY writer_id COLLATE "C"',
-            run_id,
-            key,
-        )
-    else:
-        rows = await conn.fetch(
-            f"SELECT {_SERIES_COLUMNS} FROM metric_series WHERE run_id = $1 AND key = $2 AND writer_id = $3",
+            f"""SELECT {_SERIES_COLUMNS} FROM metric_series
+                WHERE run_id = $1 AND key = $2 AND ($3::text IS NULL OR writer_id = $3) AND branch = $4
+                ORDER BY writer_id COLLATE "C" """,
             run_id,
             key,
             writer,
+            branch,
         )
+        return list(map(SeriesRow._make, rows))
+    rows = await conn.fetch(
+        f"""{LINEAGE}
+            SELECT s.series_id, s.run_id::text, s.key, s.writer_id, l.upto
+            FROM lineage l JOIN metric_series s ON s.run_id = l.run_id AND s.key = $2 AND s.branch = 0
+            WHERE $3::text IS NULL OR s.writer_id = $3
+            ORDER BY s.writer_id COLLATE "C", l.depth DESC""",
+        run_id,
+        key,
+        writer,
+    )
     return list(map(SeriesRow._make, rows))
 
 
@@ -244,20 +269,32 @@ async def chunk_extent(conn: Conn, series_ids: list[int], lo: int, hi: int) -> C
     return ChunkExtent(**row)
 
 
-async def history_chunks(conn: Conn, series_ids: list[int], lo: int, hi: int) -> list[asyncpg.Record]:
-    """What is known of the chunks overlapping [lo, hi] without their points, in the order of
-    `series_ids`, then by first step: records of ctid, series_id, first_step, last_step, n,
-    min_value, max_value, first_value, last_value, last_timestamp, codec, sketch_scale and
-    sketch (compacted chunks; NULL for ingest chunks). chunk_points gives their points."""
-    return await conn.fetch(
-        """SELECT ctid, series_id, first_step, last_step, n, min_value, max_value, first_value, last_value,
-                  last_timestamp, codec, sketch_scale, sketch
-           FROM metric_chunks
-           WHERE series_id = ANY($1::int8[]) AND last_step >= $2 AND first_step <= $3
-           ORDER BY array_position($1::int8[], series_id), first_step""",
-        series_ids,
+async def history_chunks(conn: Conn, series: Sequence[SeriesRow], lo: int, hi: int) -> list[asyncpg.Record]:
+    """What is known of the chunks overlapping [lo, hi] (and each series' `upto`) without their
+    points, in the order of `series`, then by first step: records of ctid, series_id, first_step,
+    last_step, n, min_value, max_value, first_value, last_value, last_timestamp, codec,
+    sketch_scale, sketch (compacted chunks; NULL for ingest chunks) and upto (the series').
+    chunk_points gives their points."""
+    columns = """c.ctid, c.series_id, c.first_step, c.last_step, c.n, c.min_value, c.max_value, c.first_value,
+                 c.last_value, c.last_timestamp, c.codec, c.sketch_scale, c.sketch"""
+    if all(s.upto is None for s in series):
+        return await conn.fetch(
+            f"""SELECT {columns}, NULL::int8 AS upto FROM metric_chunks c
+                WHERE c.series_id = ANY($1::int8[]) AND c.last_step >= $2 AND c.first_step <= $3
+                ORDER BY array_position($1::int8[], c.series_id), c.first_step""",
+            [s.series_id for s in series],
+            lo,
+            hi,
+        )
+    return await conn.fetch(  # a fork's: its ancestors' series up to where it forked
+        f"""SELECT {columns}, s.upto FROM unnest($1::int8[], $4::int8[]) WITH ORDINALITY AS s(series_id, upto, o)
+            JOIN metric_chunks c ON c.series_id = s.series_id AND c.last_step >= $2
+                                 AND c.first_step <= least($3, s.upto)
+            ORDER BY s.o, c.first_step""",
+        [s.series_id for s in series],
         lo,
         hi,
+        [s.upto for s in series],
     )
 
 
@@ -294,6 +331,7 @@ async def tail_series(conn: Conn, run_ids: list[str], keys: list[str]) -> list[S
     rows = await conn.fetch(
         f"""SELECT {_SERIES_COLUMNS} FROM metric_series
             WHERE run_id = ANY($1::uuid[]) AND (cardinality($2::text[]) = 0 OR key = ANY($2::text[]))
+              AND branch = 0
             ORDER BY run_id, key, writer_id""",
         run_ids,
         keys,

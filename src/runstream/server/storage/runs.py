@@ -11,6 +11,7 @@ import asyncpg
 
 from runstream.errors import ExperimentNotFound, FailedPrecondition, ParamConflict, RunNotFound
 from runstream.server.storage.db import DELETED_MS, Conn, now_ms
+from runstream.server.storage.metrics import LINEAGE, MAX_FORK_DEPTH
 from runstream.server.storage.search import Order
 
 
@@ -51,6 +52,8 @@ class RunRow(NamedTuple):
     end_time_ms: int | None
     lifecycle_stage: str
     last_heard_ms: int | None
+    parent_run_id: str | None  # a fork's: it reads that run's points up to fork_step
+    fork_step: int | None
     params: dict[str, str]
     tags: dict[str, str]
     metrics: list[SummaryRow]
@@ -65,26 +68,49 @@ SEARCH_METRICS = 20_000
 SUMMARY_COLUMNS = ", ".join(SummaryRow._fields)  # SummaryRow._make takes the record as it comes
 
 # RunRow's first fields, in order: RunRow._make takes a record of them and the rest.
-_RUN_COLUMNS = "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage, last_heard_ms"
+_RUN_COLUMNS = (
+    "run_id::text, experiment_id, name, status, start_time_ms, end_time_ms, lifecycle_stage, last_heard_ms, "
+    "parent_run_id::text, fork_step"
+)
 
 RUNNING, CRASHED = 1, 5  # runstream.v1.RunStatus
 
 
+class Fork(NamedTuple):
+    """What a new run forks from: a run and the last step of it that the fork reads."""
+
+    parent_run_id: str
+    step: int
+
+
 async def create_run(
-    conn: Conn, run_id: str, experiment_id: int, name: str, status: int, start_time_ms: int, tags: dict[str, str]
+    conn: Conn,
+    run_id: str,
+    experiment_id: int,
+    name: str,
+    status: int,
+    start_time_ms: int,
+    tags: dict[str, str],
+    fork: Fork | None = None,
+    params: dict[str, str] | None = None,
 ) -> bool:
     """False when a run with this id exists already (a client-made id created again);
-    FailedPrecondition when it is the id of a purged run."""
+    FailedPrecondition when it is the id of a purged run. A fork starts with its parent's
+    params and tags (but its name tag); `params` and `tags` win."""
     async with conn.transaction():
+        if fork is not None:
+            await _check_parent(conn, fork.parent_run_id)
         try:
             inserted = await conn.fetchval(
-                """INSERT INTO runs (run_id, experiment_id, name, status, start_time_ms)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING RETURNING true""",
+                """INSERT INTO runs (run_id, experiment_id, name, status, start_time_ms, parent_run_id, fork_step)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING RETURNING true""",
                 run_id,
                 experiment_id,
                 name,
                 status,
                 start_time_ms,
+                fork and fork.parent_run_id,
+                fork and fork.step,
             )
         except asyncpg.ForeignKeyViolationError:
             raise ExperimentNotFound(f"experiment {experiment_id} does not exist") from None
@@ -96,7 +122,37 @@ async def create_run(
         await conn.executemany(
             "INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3)", [(run_id, k, v) for k, v in tags.items()]
         )
+        await conn.executemany(
+            "INSERT INTO params (run_id, key, value) VALUES ($1, $2, $3)",
+            [(run_id, k, v) for k, v in (params or {}).items()],
+        )
+        if fork is not None:
+            await conn.execute(
+                """INSERT INTO params (run_id, key, value) SELECT $1, key, value FROM params WHERE run_id = $2
+                   ON CONFLICT DO NOTHING""",
+                run_id,
+                fork.parent_run_id,
+            )
+            await conn.execute(
+                """INSERT INTO tags (run_id, key, value) SELECT $1, key, value FROM tags
+                   WHERE run_id = $2 AND key <> 'mlflow.runName' ON CONFLICT DO NOTHING""",
+                run_id,
+                fork.parent_run_id,
+            )
         return True
+
+
+async def _check_parent(conn: Conn, run_id: str) -> None:
+    """A run may be forked while it exists and is not deleted; its row is held until the fork
+    commits, so a purge waits (and then sees the fork)."""
+    stage = await conn.fetchval("SELECT lifecycle_stage FROM runs WHERE run_id = $1 FOR KEY SHARE", run_id)
+    if stage is None:
+        raise RunNotFound(f"run {run_id} does not exist, so it cannot be forked")
+    if stage == "deleted":
+        raise FailedPrecondition(f"run {run_id} is deleted; restore it to fork it (runstream runs restore)")
+    depth = await conn.fetchval(f"{LINEAGE} SELECT max(depth) FROM lineage", run_id)
+    if depth >= MAX_FORK_DEPTH - 1:
+        raise FailedPrecondition(f"run {run_id} is a fork {depth} forks deep; forks nest at most {MAX_FORK_DEPTH} deep")
 
 
 async def get_run(conn: Conn, run_id: str, keys: list[str] | None = None) -> RunRow:
@@ -187,10 +243,13 @@ async def purgeable_runs(
         """SELECT r.run_id::text, r.lifecycle_stage, r.deleted_ms,
                   (SELECT string_agg(format('%s version %s', m.name, v.version), ', ' ORDER BY m.name, v.version)
                    FROM model_versions v JOIN registered_models m USING (model_id)
-                   WHERE v.run_id = r.run_id) AS versions
+                   WHERE v.run_id = r.run_id) AS versions,
+                  (SELECT string_agg(f.run_id::text, ', ' ORDER BY f.run_id)
+                   FROM runs f WHERE f.parent_run_id = r.run_id) AS forks
            FROM runs r
            WHERE ($2::uuid[] IS NULL AND r.lifecycle_stage = 'deleted' AND r.deleted_ms < $1
-                  AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.run_id = r.run_id))
+                  AND NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.run_id = r.run_id)
+                  AND NOT EXISTS (SELECT 1 FROM runs f WHERE f.parent_run_id = r.run_id))
               OR r.run_id = ANY($2::uuid[])
            ORDER BY r.deleted_ms NULLS LAST, r.run_id
            LIMIT $3""",
@@ -207,6 +266,8 @@ async def purgeable_runs(
             why = "deleted more recently than older_than_ms"
         elif r["versions"]:
             why = f"registered model versions come from it ({r['versions']}): delete them first"
+        elif r["forks"]:
+            why = f"runs forked from it read its points ({r['forks']}): purge them first"
         found.append(Purgeable(r["run_id"], why))
     seen = {p.run_id for p in found}
     found += [Purgeable(r, "no such run") for r in (run_ids or []) if r not in seen]
@@ -229,9 +290,13 @@ async def purge_run(conn: Conn, run_id: str, deleted_before_ms: int) -> PurgedFi
         run_id,
         deleted_before_ms,
     )
-    # Asked after the lock, in a statement of its own: a version registered while the lock was
-    # awaited is seen (a registration holds the run's row while it inserts, and waits for ours).
-    if row is None or await conn.fetchval("SELECT EXISTS (SELECT 1 FROM model_versions WHERE run_id = $1)", run_id):
+    # Asked after the lock, in a statement of its own: a version registered (or a fork made)
+    # while the lock was awaited is seen (each holds the run's row while it inserts).
+    if row is None or await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM model_versions WHERE run_id = $1)
+               OR EXISTS (SELECT 1 FROM runs WHERE parent_run_id = $1)""",
+        run_id,
+    ):
         return None
     keys = [r[0] for r in await conn.fetch("SELECT object_key FROM artifacts WHERE run_id = $1", run_id)]
     uploads = await conn.fetch("SELECT object_key, multipart_id FROM artifact_uploads WHERE run_id = $1", run_id)

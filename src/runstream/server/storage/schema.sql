@@ -166,11 +166,15 @@ CREATE TABLE runs (
     lifecycle_stage text DEFAULT 'active'::text NOT NULL,
     last_heard_ms bigint,
     deleted_ms bigint,
+    parent_run_id uuid,
+    fork_step bigint,
     CONSTRAINT runs_pkey PRIMARY KEY (run_id),
-    CONSTRAINT runs_experiment_id_fkey FOREIGN KEY (experiment_id) REFERENCES experiments(experiment_id)
+    CONSTRAINT runs_experiment_id_fkey FOREIGN KEY (experiment_id) REFERENCES experiments(experiment_id),
+    CONSTRAINT runs_parent_run_id_fkey FOREIGN KEY (parent_run_id) REFERENCES runs(run_id)
 );
 CREATE INDEX runs_deleted ON runs USING btree (deleted_ms) WHERE (lifecycle_stage = 'deleted'::text);
 CREATE INDEX runs_experiment_start ON runs USING btree (experiment_id, start_time_ms DESC);
+CREATE INDEX runs_parent ON runs USING btree (parent_run_id) WHERE (parent_run_id IS NOT NULL);
 CREATE INDEX runs_running_heard ON runs USING btree (last_heard_ms) WHERE (status = 1);
 
 CREATE TABLE artifact_uploads (
@@ -226,8 +230,9 @@ CREATE TABLE metric_series (
     run_id uuid NOT NULL,
     key text NOT NULL,
     writer_id text NOT NULL,
+    branch integer DEFAULT 0 NOT NULL,
     CONSTRAINT metric_series_pkey PRIMARY KEY (series_id),
-    CONSTRAINT metric_series_run_id_key_writer_id_key UNIQUE (run_id, key, writer_id),
+    CONSTRAINT metric_series_run_key_writer_branch UNIQUE (run_id, key, writer_id, branch),
     CONSTRAINT metric_series_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(run_id) ON DELETE CASCADE
 );
 ALTER SEQUENCE metric_series_series_id_seq OWNED BY metric_series.series_id;
@@ -300,6 +305,18 @@ CREATE TABLE run_inputs (
     logged_ms bigint NOT NULL,
     CONSTRAINT run_inputs_pkey PRIMARY KEY (run_id, name, digest),
     CONSTRAINT run_inputs_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(run_id) ON DELETE CASCADE
+);
+
+CREATE TABLE run_rewinds (
+    run_id uuid NOT NULL,
+    number integer NOT NULL,
+    step bigint NOT NULL,
+    rewound_ms bigint NOT NULL,
+    writers text[] NOT NULL,
+    epochs bigint[] NOT NULL,
+    superseded bigint NOT NULL,
+    CONSTRAINT run_rewinds_pkey PRIMARY KEY (run_id, number),
+    CONSTRAINT run_rewinds_run_id_fkey FOREIGN KEY (run_id) REFERENCES runs(run_id) ON DELETE CASCADE
 );
 
 CREATE TABLE schema_migrations (

@@ -38,10 +38,11 @@ from runstream.server.rpc.fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, check_va
 from runstream.server.rpc.messages import experiment_message, input_message, run_message, summary_message
 from runstream.server.rpc.paging import PageTokens
 from runstream.server.runtime.metrics import INGEST_RPCS, Metrics
-from runstream.server.storage import db, experiments, metrics, runs
+from runstream.server.storage import archive, db, experiments, lineage, metrics, runs
 from runstream.server.storage.failures import database_away
 from runstream.server.streams.client import REDIS_ERRORS, RedisClient
 from runstream.server.streams.keys import Keys
+from runstream.server.tracking import lineage as tracking_lineage
 from runstream.server.tracking.appender import Durability, StreamAppender
 from runstream.wire import batch as wire
 from runstream.wire.batch import batch_digest
@@ -77,8 +78,10 @@ class Tracking:
         max_keys_per_run: int = 100_000,
         durability: Durability | None = None,
         guard: Guard | None = None,
+        store: archive.RangeReader | None = None,
     ) -> None:
         self.pool = pool
+        self.store = store  # cold runs' points, which a rewind or fork may read
         self.guard = guard  # checks each batch's run against a token limited to some experiments
         self.tokens = tokens
         self.loaded = Notifications(pool)  # WaitCommitted wakes when loaders commit its run
@@ -161,6 +164,7 @@ class Tracking:
         if len(req.name) > MAX_NAME:
             raise InvalidArgument(f"run name is {len(req.name)} characters; the limit is {MAX_NAME}")
         check_values(dict(req.tags), "tag", MAX_TAG_VALUE)
+        check_values(dict(req.params), "param", MAX_PARAM_VALUE)
         run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc/grpc.py)
         start = req.start_time_ms or db.now_ms()
         async with self.pool.acquire() as conn:
@@ -172,10 +176,26 @@ class Tracking:
                 if len(name) > MAX_NAME:
                     raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
                 experiment_id = await experiments.get_or_create_experiment(conn, name)
+            fork = runs.Fork(req.fork_of, req.fork_step) if req.fork_of else None
             created = await runs.create_run(
-                conn, run_id, experiment_id, req.name or run_id[:8], pb.RUN_STATUS_RUNNING, start, dict(req.tags)
+                conn,
+                run_id,
+                experiment_id,
+                req.name or run_id[:8],
+                pb.RUN_STATUS_RUNNING,
+                start,
+                dict(req.tags),
+                fork,
+                dict(req.params),
             )
+            if created and fork is not None:  # its summaries: what it reads of its lineage
+                async with conn.transaction():
+                    await lineage.lock_lineage(conn, run_id)
+                    await tracking_lineage.recount(conn, run_id, self.store)
             run = await runs.get_run(conn, run_id)
+        forked = (fork.parent_run_id, fork.step) if fork else (None, None)
+        if not created and (run.parent_run_id, run.fork_step) != forked:
+            raise AlreadyExists(f"run id {run_id} is taken by a run that is not this fork; make the run another id")
         if not created and run.experiment_id != experiment_id:
             # not which experiment: a token limited to some would learn of a run it may not see
             raise AlreadyExists(f"run id {run_id} is taken by a run of another experiment; make the run another id")
@@ -203,11 +223,25 @@ class Tracking:
         async with self.pool.acquire() as conn:
             run = await runs.get_run(conn, req.run_id)
             inputs = await runs.run_inputs(conn, req.run_id)
+            family = await lineage.lineage(conn, req.run_id)
         if run.lifecycle_stage == "active":  # attach() asks first: its batches need no second look
             self._runs[req.run_id] = time.monotonic() + RUN_CACHE_S
         out = run_message(run)
         out.inputs.extend(input_message(i) for i in inputs)
+        out.fork_ids.extend(family.fork_ids)
+        out.rewinds.extend(
+            pb.Rewind(number=r.number, step=r.step, time_ms=r.time_ms, superseded_points=r.superseded)
+            for r in family.rewinds
+        )
         return out
+
+    async def RewindRun(self, req: pb.RewindRunRequest, ctx: Any) -> pb.Run:
+        wire.check_run_id(req.run_id)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                number = await tracking_lineage.rewind(conn, req.run_id, req.step, self.store)
+            log.info("run %s rewound to step %d (branch %d keeps what it superseded)", req.run_id, req.step, number)
+        return await self.GetRun(pb.GetRunRequest(run_id=req.run_id), ctx)
 
     async def UpdateRun(self, req: pb.UpdateRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)

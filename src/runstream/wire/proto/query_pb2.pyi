@@ -195,7 +195,7 @@ class SearchRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[_tracking_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_count: _Optional[int] = ...) -> None: ...
 
 class GetMetricHistoryRequest(_message.Message):
-    __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate", "by_writer", "with_time")
+    __slots__ = ("run_id", "key", "min_step", "max_step", "max_points", "writer", "aggregate", "by_writer", "with_time", "branch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MIN_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,7 @@ class GetMetricHistoryRequest(_message.Message):
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     BY_WRITER_FIELD_NUMBER: _ClassVar[int]
     WITH_TIME_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
     min_step: int
@@ -214,7 +215,8 @@ class GetMetricHistoryRequest(_message.Message):
     aggregate: Aggregate
     by_writer: bool
     with_time: bool
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., max_points: _Optional[int] = ..., writer: _Optional[str] = ..., aggregate: _Optional[_Union[Aggregate, str]] = ..., by_writer: _Optional[bool] = ..., with_time: _Optional[bool] = ...) -> None: ...
+    branch: int
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., max_points: _Optional[int] = ..., writer: _Optional[str] = ..., aggregate: _Optional[_Union[Aggregate, str]] = ..., by_writer: _Optional[bool] = ..., with_time: _Optional[bool] = ..., branch: _Optional[int] = ...) -> None: ...
 
 class MetricHistory(_message.Message):
     __slots__ = ("key", "total_points", "downsampled", "writers", "step", "value", "timestamp_ms", "writer_index", "bucket_first_step", "bucket_last_step", "bucket_first", "bucket_last", "bucket_min", "bucket_max", "bucket_count", "per_writer", "bucket_last_timestamp_ms")

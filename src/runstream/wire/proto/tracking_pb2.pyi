@@ -116,7 +116,7 @@ class MetricSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., last_value: _Optional[float] = ..., last_step: _Optional[int] = ..., last_timestamp_ms: _Optional[int] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count", "last_heard_ms", "inputs")
+    __slots__ = ("run_id", "experiment_id", "name", "status", "start_time_ms", "end_time_ms", "lifecycle_stage", "params", "tags", "metrics", "metrics_truncated", "metric_count", "last_heard_ms", "inputs", "parent_run_id", "fork_step", "fork_ids", "rewinds")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,10 @@ class Run(_message.Message):
     METRIC_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORK_STEP_FIELD_NUMBER: _ClassVar[int]
+    FORK_IDS_FIELD_NUMBER: _ClassVar[int]
+    REWINDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     experiment_id: str
     name: str
@@ -159,7 +163,31 @@ class Run(_message.Message):
     metric_count: int
     last_heard_ms: int
     inputs: _containers.RepeatedCompositeFieldContainer[DatasetInput]
-    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ..., last_heard_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[DatasetInput, _Mapping]]] = ...) -> None: ...
+    parent_run_id: str
+    fork_step: int
+    fork_ids: _containers.RepeatedScalarFieldContainer[str]
+    rewinds: _containers.RepeatedCompositeFieldContainer[Rewind]
+    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., start_time_ms: _Optional[int] = ..., end_time_ms: _Optional[int] = ..., lifecycle_stage: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., metrics_truncated: _Optional[bool] = ..., metric_count: _Optional[int] = ..., last_heard_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[DatasetInput, _Mapping]]] = ..., parent_run_id: _Optional[str] = ..., fork_step: _Optional[int] = ..., fork_ids: _Optional[_Iterable[str]] = ..., rewinds: _Optional[_Iterable[_Union[Rewind, _Mapping]]] = ...) -> None: ...
+
+class Rewind(_message.Message):
+    __slots__ = ("number", "step", "time_ms", "superseded_points")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    step: int
+    time_ms: int
+    superseded_points: int
+    def __init__(self, number: _Optional[int] = ..., step: _Optional[int] = ..., time_ms: _Optional[int] = ..., superseded_points: _Optional[int] = ...) -> None: ...
+
+class RewindRunRequest(_message.Message):
+    __slots__ = ("run_id", "step")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    step: int
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class ListRunMetricsRequest(_message.Message):
     __slots__ = ("run_id", "max_results", "page_token")
@@ -180,8 +208,15 @@ class ListRunMetricsResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("experiment_id", "experiment_name", "name", "tags", "start_time_ms", "run_id")
+    __slots__ = ("experiment_id", "experiment_name", "name", "tags", "start_time_ms", "run_id", "fork_of", "fork_step", "params")
     class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -194,13 +229,19 @@ class CreateRunRequest(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORK_OF_FIELD_NUMBER: _ClassVar[int]
+    FORK_STEP_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     experiment_name: str
     name: str
     tags: _containers.ScalarMap[str, str]
     start_time_ms: int
     run_id: str
-    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_time_ms: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
+    fork_of: str
+    fork_step: int
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_time_ms: _Optional[int] = ..., run_id: _Optional[str] = ..., fork_of: _Optional[str] = ..., fork_step: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -70,6 +70,11 @@ class TrackingServiceStub:
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
                 _registered_method=True)
+        self.RewindRun = channel.unary_unary(
+                '/runstream.v1.TrackingService/RewindRun',
+                request_serializer=runstream_dot_v1_dot_tracking__pb2.RewindRunRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+                _registered_method=True)
         self.DeleteRun = channel.unary_unary(
                 '/runstream.v1.TrackingService/DeleteRun',
                 request_serializer=runstream_dot_v1_dot_tracking__pb2.RunRef.SerializeToString,
@@ -210,6 +215,16 @@ class TrackingServiceServicer:
 
     def UpdateRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RewindRun(self, request, context):
+        """A resumed job went back to a checkpoint: the points its writers logged before this call at
+        steps above `step` are superseded. Reads show the points logged after it; the superseded
+        ones stay stored as branch `number` (GetMetricHistory's branch), until the run is purged.
+        FAILED_PRECONDITION for a deleted run, or one with forks above `step`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -386,6 +401,11 @@ def add_TrackingServiceServicer_to_server(servicer, server):
             'UpdateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRun,
                     request_deserializer=runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
+            ),
+            'RewindRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewindRun,
+                    request_deserializer=runstream_dot_v1_dot_tracking__pb2.RewindRunRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_tracking__pb2.Run.SerializeToString,
             ),
             'DeleteRun': grpc.unary_unary_rpc_method_handler(
@@ -673,6 +693,33 @@ class TrackingService:
             target,
             '/runstream.v1.TrackingService/UpdateRun',
             runstream_dot_v1_dot_tracking__pb2.UpdateRunRequest.SerializeToString,
+            runstream_dot_v1_dot_tracking__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewindRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.TrackingService/RewindRun',
+            runstream_dot_v1_dot_tracking__pb2.RewindRunRequest.SerializeToString,
             runstream_dot_v1_dot_tracking__pb2.Run.FromString,
             options,
             channel_credentials,

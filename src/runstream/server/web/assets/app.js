@@ -307,6 +307,7 @@ async function runPage(params, runId) {
     logY: params.get("log") === "1",
     smoothing: Math.min(0.99, Math.max(0, Number(params.get("smooth") || 0))),
     zoom: Object.fromEntries((params.getAll("z") || []).map((z) => { const [k, lo, hi] = z.split("~"); return [k, [Number(lo), Number(hi)]]; })),
+    rewinds: (run.rewinds || []).map((r) => r.number),
   };
   const here = (change) => {
     const p = new URLSearchParams(location.hash.split("?")[1] || "");
@@ -325,6 +326,9 @@ async function runPage(params, runId) {
     ["commit", tags["runstream.source.git.commit"] ? `${tags["runstream.source.git.commit"]}${tags["runstream.source.git.dirty"] === "true" ? " (with changes)" : ""}` : ""],
     ["entry point", tags["runstream.source.entry_point"] || tags["mlflow.source.name"] || ""],
     ["datasets", (run.inputs || []).map((i) => [i.name, i.digest && `@${i.digest}`, i.source && `(${i.source})`, i.context && `for ${i.context}`].filter(Boolean).join(" ")).join("; ")],
+    ["forked from", run.parent_run_id ? h("span", { id: "fork-parent" }, h("a", { href: `#/run/${run.parent_run_id}` }, shortId(run.parent_run_id)), ` at step ${num(run.fork_step || 0).toLocaleString()} (its points up to there are shown here)`) : ""],
+    ["forks", (run.fork_ids || []).length ? h("span", { id: "forks" }, ...run.fork_ids.flatMap((f, i) => [i ? ", " : "", h("a", { href: `#/run/${f}` }, shortId(f))])) : ""],
+    ["rewinds", (run.rewinds || []).length ? h("span", { id: "rewinds" }, run.rewinds.map((r) => `to step ${num(r.step).toLocaleString()} at ${when(r.time_ms)} (${num(r.superseded_points || 0).toLocaleString()} points superseded, drawn faded)`).join("; ")) : ""],
   ]);
   const pairsTable = (obj, id) => {
     const keys = Object.keys(obj || {}).sort();
@@ -409,6 +413,10 @@ async function fetchLines(runId, key, view, width, range) {
   const all = await api("QueryService", "GetMetricHistory", { ...base, by_writer: true });
   const writers = all.writers || [];
   const lines = (all.per_writer || []).map((hist, i) => toLine(writers[i], hist, true));
+  // What each rewind superseded, faded (none for a key the rewind did not touch).
+  const superseded = await Promise.all((view.rewinds || []).map((n) =>
+    api("QueryService", "GetMetricHistory", { ...base, branch: n }).then((hist) => ({ ...toLine(`before rewind ${n}`, hist, false), faded: true }))));
+  lines.push(...superseded.filter((l) => l.total > 0));
   return { lines, writers: writers.length, downsampled: lines.some((l) => l.downsampled) };
 }
 

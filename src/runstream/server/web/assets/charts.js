@@ -28,9 +28,10 @@ export function layout(lines, smoothing) {
   const series = [{ label: "step" }];
   const bands = [];
   lines.forEach((line, i) => {
-    const stroke = color(i);
+    const stroke = line.faded ? "#9ca3af" : color(i);
     tables.push(line.lo ? [line.x, smooth(line.y, smoothing), line.lo, line.hi] : [line.x, smooth(line.y, smoothing)]);
-    series.push({ label: line.label, stroke, width: 1.5, spanGaps: true, points: { show: false } });
+    // A faded line: points a rewind superseded, drawn grey and dashed behind the run's own.
+    series.push({ label: line.label, stroke, width: line.faded ? 1 : 1.5, dash: line.faded ? [4, 4] : undefined, spanGaps: true, points: { show: false } });
     if (line.lo) {
       const lo = series.length;
       series.push({ label: `${line.label} min`, band: true, stroke: stroke + "55", width: 0.5, spanGaps: true, points: { show: false } });
