@@ -468,8 +468,9 @@ def test_a_rewound_run_draws_what_it_superseded_faded_and_forks_link_both_ways(
     assert faded["faded"] and faded["label"] == "before rewind 1" and faded["steps"] == list(range(151, 300))
     _open(browser, server, f"/run/{fork.run_id}", "run-fork", charts=True)
     parent = browser.find_element(By.CSS_SELECTOR, "#fork-parent a")
-    assert parent.get_attribute("href").endswith(f"#/run/{run_id}") and "at step 100" in browser.find_element(
-        By.ID, "fork-parent"
-    ).text
+    assert (
+        parent.get_attribute("href").endswith(f"#/run/{run_id}")
+        and "at step 100" in browser.find_element(By.ID, "fork-parent").text
+    )
     (line,) = browser.execute_script("return window.runstream.charts.loss")["lines"]
     assert line["steps"] == [*range(0, 101), 101] and line["y"][-1] == 3.0
