@@ -8,10 +8,11 @@ import os
 import threading
 
 import numpy as np
+import pytest
 
 from runstream.client import lifecycle
 from runstream.client.buffer import Batcher
-from runstream.client.calls import encode_calls
+from runstream.client.pending import PendingCalls
 from runstream.wire import batch as wire
 
 
@@ -69,15 +70,40 @@ def test_a_full_buffer_drops_and_counts_when_asked_to() -> None:
         assert batcher.take_dropped() == 6 and batcher.take_dropped() == 0
 
 
-def test_encode_calls_with_mixed_keys() -> None:
-    calls = [(("a", "b"), 0, 10, [1.0, 2.0]), (("b",), 1, 11, [3.0]), (("c", "a"), 2, 12, [4.0, 5.0])]
-    data, points = encode_calls("run", "w", 7, calls)
+def test_calls_of_mixed_keys_are_read_back_and_encoded_in_order() -> None:
+    calls = PendingCalls(None, batch_points=100)
+    for keyset, keys, step, values in (
+        (0, ("a", "b"), 0, [1.0, 2.0]),
+        (1, ("b",), 1, [3]),
+        (2, ("c", "a"), 2, [4.0, 5]),
+    ):
+        calls.add(keyset, keys, step, 10 + step, values)
+    calls.taken(1)
+    columns = calls.taken_calls()
+    assert columns.parts(100) == [(0, 3)] and columns.parts(2) == [(0, 1), (1, 2), (2, 3)]
+    assert columns.parts(3) == [(0, 2), (2, 3)]  # whole calls, at most 3 points each
+    data, points = columns.encode("run", "w", 7, 0, 3, 4)
     batch = wire.decode(data)
-    assert points == 5 and batch.seq == 7 and batch.keys == ["a", "b", "c"]
+    assert points == 5 and batch.seq == 7 and batch.epoch == 4 and batch.keys == ["a", "b", "c"]
     assert [batch.keys[i] for i in batch.key_index] == ["a", "b", "b", "c", "a"]
     np.testing.assert_array_equal(batch.value, [1.0, 2.0, 3.0, 4.0, 5.0])
     np.testing.assert_array_equal(batch.step, [0, 0, 1, 2, 2])
     np.testing.assert_array_equal(batch.timestamp_ms, [10, 10, 11, 12, 12])
+
+
+@pytest.mark.parametrize("value", ["0.5", None, "abc", object()])
+def test_a_value_that_is_no_number_is_a_type_error_naming_its_key_and_nothing_is_kept(value: object) -> None:
+    emitted: list[tuple[int, bytes, int]] = []
+    batcher = _batcher(emitted)
+    with pytest.raises(TypeError, match="metric 'b'"):
+        batcher.log({"a": 1.0, "b": value}, step=0)
+    with pytest.raises(TypeError, match=r"step 1\.5 is not an integer"):
+        batcher.log({"a": 1.0}, step=1.5)  # type: ignore[arg-type]
+    batcher.log({"a": 2.0, "b": np.float32(0.25)}, step=1)
+    batcher.start()
+    _settled(batcher)
+    (batch,) = [wire.decode(data) for _, data, _ in emitted]
+    assert batch.step.tolist() == [1, 1] and batch.value.tolist() == [2.0, 0.25]
 
 
 class _Writer:

@@ -1,10 +1,11 @@
 """The writer's buffer and its batcher thread: logging calls are held as they came, and packed
 into columnar MetricBatches with numpy off the training loop's thread.
 
-The calling thread only does a dict lookup, a list of floats and one append under the writer's
-lock. The batcher thread takes what is pending every `flush_interval` (sooner once
-`batch_points` wait or a flush asks), numbers each batch with the next `seq` of the writer's
-epoch and hands it to the sender (client/sender.py).
+The calling thread only does a dict lookup and one copy of the call into the pending buffer
+(client/pending.py: a shared file mapping of the spool, so that it survives the process) under
+the writer's lock. The batcher thread takes what is pending every `flush_interval` (sooner once
+`batch_points` wait or a flush asks), reads it back as numpy columns, numbers each batch with
+the next `seq` of the writer's epoch and hands it to the sender (client/sender.py).
 
 The buffer is bounded (`max_buffer_points`, counting unsent and unacknowledged points in memory;
 the sender gives points back as they are acknowledged or spilled to the spool). When it is full,
@@ -20,14 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runstream.client.calls import Call, encode_calls, split_calls
+from runstream.client.pending import PendingCalls
 from runstream.errors import BufferFull
 from runstream.wire import batch as wire
-
-if TYPE_CHECKING:
-    from runstream.client.pending import PendingCalls
 
 # The writer's logger, for all its parts: what people filter the SDK's delivery warnings by.
 log = logging.getLogger("runstream.client.writer")
@@ -69,10 +67,10 @@ class Batcher:
         self.on_full = on_full
         self.block_timeout = block_timeout
         self._emit = emit
-        # The pending calls again, in file mappings of the spool that outlive the process
-        # (client/pending.py); None without a spool, or in a forked child.
-        self.pending_calls = pending_calls
-        self.pending: list[Call] = []
+        # The calls not yet taken, in file mappings of the spool that outlive the process
+        # (client/pending.py), or in memory without a spool.
+        self.pending_calls = pending_calls or PendingCalls(None, batch_points)
+        self._pending_count = 0  # calls not yet taken
         self._pending_points = 0
         self.buffered_points = 0  # pending + unacked, in memory
         self.dropped_points = 0
@@ -110,9 +108,8 @@ class Batcher:
             for key in keys:
                 wire.check_key(key)
             keyset = self._keysets[keys] = len(self._keysets)
-        values = [float(v) for v in metrics.values()]
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
-        n = len(values)
+        n = len(keys)
         with self._mutex:
             if self.closed:
                 raise RuntimeError(f"the metric writer of run {self.run_id} is closed")
@@ -120,15 +117,19 @@ class Batcher:
                 return
             if step is None:
                 step = self._auto_step
-            if self.pending_calls is not None:
-                self.pending_calls.add(keyset, keys, step, ts, values)
+            self.pending_calls.add(keyset, keys, step, ts, metrics.values())  # the one copy of the call
             if moves_step:
                 self._auto_step = max(self._auto_step, step + 1)
-            self.pending.append((keys, step, ts, values))
+            self._pending_count += 1
             self._pending_points += n
             self.buffered_points += n
             if self._pending_points >= self.batch_points:
                 self._lock.notify_all()
+
+    @property
+    def pending(self) -> bool:
+        """Called holding the lock: whether calls wait to be taken."""
+        return self._pending_count > 0
 
     def count_dropped(self, n: int, why: str) -> None:
         """Called holding the lock: `n` points will never reach the server (on_full="drop"); said
@@ -187,29 +188,32 @@ class Batcher:
                     if left <= 0:
                         break
                     self._lock.wait(left)
-                if self.closed and not self.pending:
+                if self.closed and not self._pending_count:
                     return
                 self._flush_now = False
-                taken, self.pending = self.pending, []
-                self._pending_points = 0
-                self.emitting = bool(taken)
-                if self.pending_calls is not None and taken:
-                    self.pending_calls.taken(self._seq + 1)
-            parts = list(split_calls(taken, self.batch_points))  # outside the lock: a Python loop per call
-            last = self._seq + len(parts)
-            if parts:
-                with self._lock:
-                    if self.pending_calls is not None:
-                        self.pending_calls.numbered(len(parts))
+                taken = self._pending_count > 0
+                self._pending_count = self._pending_points = 0
+                self.emitting = taken
+                calls = self.pending_calls
+                if taken:
+                    calls.taken(self._seq + 1)
+            if not taken:
+                continue
+            last = -1
             try:
-                for part in parts:
+                columns = calls.taken_calls()  # outside the lock: nothing writes the taken file
+                parts = columns.parts(self.batch_points)
+                last = self._seq + len(parts)
+                with self._lock:
+                    calls.numbered(len(parts))
+                for a, b in parts:
                     seq = self._seq + 1
-                    data, points = encode_calls(self.run_id, self.writer_id, seq, part, self.epoch)
+                    data, points = columns.encode(self.run_id, self.writer_id, seq, a, b, self.epoch)
                     self._emit(seq, data, points)
                     self._seq = seq
             finally:
                 with self._lock:
-                    if self.pending_calls is not None and parts and self._seq == last:
-                        self.pending_calls.spooled()
+                    if self._seq == last:
+                        calls.spooled()
                     self.emitting = False
                     self._lock.notify_all()

@@ -141,9 +141,9 @@ class Client:
         fork_step: int = 0,
         params: Mapping[str, Any] | None = None,
     ) -> pb.Run:
-        """Create a run in the experiment named `experiment` (created when missing; "" with
-        `fork_of`: the parent's); under `run_id` when given (creating it again answers with that
-        run). `fork_of`: a fork of that run, reading its points up to `fork_step` (see fork)."""
+        """Create a run in the experiment named `experiment` (created when missing); under
+        `run_id` when given (creating it again answers with that run). `fork_of`: a fork of that
+        run, reading its points up to `fork_step`, in its experiment (see fork)."""
         req = pb.CreateRunRequest(
             name=name,
             tags=dict(tags or {}),
@@ -153,10 +153,8 @@ class Client:
             fork_step=fork_step,
             params={k: str(v) for k, v in (params or {}).items()},
         )
-        if experiment or not fork_of:
+        if experiment or not fork_of:  # a fork lives in its parent's experiment
             req.experiment_name = experiment or "Default"
-        else:
-            req.experiment_id = self.get_run(fork_of, all_metrics=False).experiment_id
         out: pb.Run = self._stub.CreateRun(req, timeout=timeout or self.timeout)
         return out
 
@@ -388,19 +386,18 @@ class Client:
         self,
         run_id: str,
         at_step: int,
-        experiment: str = "",
         name: str = "",
         *,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         **options: Any,
     ) -> Run:
-        """A new run that shares run `run_id`'s points up to `at_step` without copying them
-        (its reads walk the lineage), starts with its params and tags (`params` and `tags` win),
-        and is linked to it both ways (Run.parent_run_id, fork_ids). In the parent's experiment
-        unless `experiment` names another. Log into it from the step after `at_step`: e.g. the
-        same checkpoint with a new learning rate. Takes start_run's other options."""
-        return self.start_run(experiment, name, params=params, tags=tags, fork=(run_id, at_step), **options)
+        """A new run in run `run_id`'s experiment that shares its points up to `at_step` without
+        copying them (its reads walk the lineage), starts with its params and tags (`params` and
+        `tags` win), and is linked to it both ways (Run.parent_run_id, fork_ids). Log into it
+        from the step after `at_step`: e.g. the same checkpoint with a new learning rate. Takes
+        start_run's other options."""
+        return self.start_run("", name, params=params, tags=tags, fork=(run_id, at_step), **options)
 
     def _resumed(self, run_id: str, experiment: str, name: str, tags: Mapping[str, str]) -> pb.Run:
         """The run `run_id`, RUNNING again; created under that id if there is none yet."""

@@ -224,9 +224,7 @@ class MetricWriter:
             self._batcher.join(5)
             self._sender.join(5)
             self._heartbeat.join(5)
-            if self._pending_calls is not None:
-                with self._lock:
-                    self._batcher.pending_calls = None
+            if self._pending_calls is not None:  # the batcher is done: nothing is pending any more
                 self._pending_calls.close()
             self._sender.close_spool()
 
@@ -245,7 +243,7 @@ class MetricWriter:
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's writer is not the child's to feed. Its pending files
         are the parent's (the mapping is shared), so calls made here must stay out of them."""
-        self._batcher.pending_calls = None
+        self._batcher.pending_calls = PendingCalls(None, self._batcher.batch_points)
 
     def _resume_after_fork(self) -> None:
         with self._lock:
