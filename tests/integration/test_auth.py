@@ -634,3 +634,34 @@ def test_an_empty_experiments_glob_is_refused_not_a_token_of_every_experiment(wo
     ]
     with runstream.Client(world.server.target, token=world.tokens["admin"]) as client:
         assert "oops" not in [t.name for t in client.admin.tokens()]
+
+
+def test_a_fork_names_its_parent_and_a_token_of_another_experiment_can_neither_fork_nor_rewind_it(
+    world: World,
+) -> None:
+    """A fork reads its parent's points, so forking needs the parent's experiment: a token of
+    team-b/* is refused forking team-a's run (into team-b or anywhere), and rewinding it."""
+    before = _fingerprint(world)
+    for request in (
+        tracking_pb2.CreateRunRequest(experiment_name="team-b/main", fork_of=world.run_a, fork_step=10),
+        tracking_pb2.CreateRunRequest(fork_of=world.run_a, fork_step=10),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            _unary(
+                world.server.target,
+                "/runstream.v1.TrackingService/CreateRun",
+                request,
+                tracking_pb2.Run,
+                world.tokens["other experiment"],
+            )
+        assert refused.value.code() == PERMISSION_DENIED and world.run_a in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError) as refused:
+        _unary(
+            world.server.target,
+            "/runstream.v1.TrackingService/RewindRun",
+            tracking_pb2.RewindRunRequest(run_id=world.run_a, step=0),
+            tracking_pb2.Run,
+            world.tokens["other experiment"],
+        )
+    assert refused.value.code() == PERMISSION_DENIED
+    assert _fingerprint(world) == before

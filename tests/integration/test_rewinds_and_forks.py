@@ -6,7 +6,13 @@ reads its parent's points up to the fork step and its own after."""
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
+import threading
+import time
 import urllib.request
+import uuid
 from typing import Any
 
 import grpc
@@ -14,7 +20,14 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.errors import FailedPrecondition, InvalidArgument, NotFound, RunNotFound
+from runstream.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RunNotFound,
+    Unavailable,
+)
 from runstream.wire import batch as wire
 from runstream.wire.proto import query_pb2 as qpb
 from runstream.wire.proto import query_pb2_grpc
@@ -196,7 +209,9 @@ def test_a_fork_reads_its_parents_points_up_to_the_step_and_its_own_after(make_s
         fork_id = fork.run_id
         fork.end()
         _log(client, fork_id, range(701, 1000), -1.0, resume=fork_id)
-        grandchild = client.fork(fork_id, 900, "other experiment", record_source=False, writer_id=RANKS[0])
+        with pytest.raises(InvalidArgument, match="parent's experiment"):
+            client.create_run("other experiment", fork_of=fork_id, fork_step=900)
+        grandchild = client.fork(fork_id, 900, "grandchild", record_source=False, writer_id=RANKS[0])
         grand_id = grandchild.run_id
         grandchild.end()
         _log(client, grand_id, range(901, 950), 5.0, resume=grand_id)
@@ -207,7 +222,7 @@ def test_a_fork_reads_its_parents_points_up_to_the_step_and_its_own_after(make_s
     assert (got_fork.parent_run_id, got_fork.fork_step) == (parent_id, 700)
     assert list(got_parent.fork_ids) == [fork_id] and list(got_fork.fork_ids) == [grand_id]
     assert got_fork.params == {"lr": "0.01"} and got_fork.tags["t"] == "p"
-    assert got_grand.experiment_id != got_fork.experiment_id == got_parent.experiment_id
+    assert got_grand.experiment_id == got_fork.experiment_id == got_parent.experiment_id
     # No point was copied: the fork stores only its own.
     own = server.sql(
         "SELECT count(DISTINCT s.series_id) AS series, sum(c.n) AS points FROM metric_chunks c "
@@ -233,11 +248,11 @@ def test_forks_that_cannot_be_are_refused_and_change_nothing(server: Server) -> 
         with pytest.raises(RunNotFound):
             client.fork("7" * 32, 10, record_source=False)
         with pytest.raises(InvalidArgument):
-            client.fork("nope", 10, "forks", record_source=False)
+            client.fork("nope", 10, record_source=False)
         client.delete_run(run.run_id)
         before = server.fingerprint()
         with pytest.raises(FailedPrecondition, match="deleted"):
-            client.fork(run.run_id, 10, "forks", record_source=False)
+            client.fork(run.run_id, 10, record_source=False)
         assert server.fingerprint() == before
 
 
@@ -283,3 +298,141 @@ def test_forks_nest_to_a_bounded_depth(server: Server) -> None:
         assert server.wait_points(chain[-1], 1) == 1  # the first run's point, counted down the line
         with runstream.QueryClient(server.target) as q:
             assert q.get_metric_history(chain[-1], "loss").step.tolist() == [0]
+
+
+def test_a_fork_rewound_below_its_fork_step_reads_its_parent_only_up_to_there(server: Server) -> None:
+    with runstream.Client(server.target) as client:
+        parent = client.create_run("forks").run_id
+        _log(client, parent, range(0, 1000), 1.0, resume=parent)
+        fork = client.fork(parent, 700, record_source=False, writer_id=RANKS[0])
+        fork_id = fork.run_id
+        fork.end()
+        _log(client, fork_id, range(701, 800), -1.0, resume=fork_id)
+        _log(client, fork_id, range(501, 600), 2.0, resume=fork_id, rewind_to=500)
+        got = client.get_run(fork_id)
+    assert (got.parent_run_id, got.fork_step) == (parent, 500)
+    _check_reads(server, fork_id, _expected([(range(0, 501), 1.0), (range(501, 600), 2.0)]))
+    assert _history(server, fork_id, branch=1) == {
+        w: {s: -(s + r / 10) for s in range(701, 800)} for r, w in enumerate(RANKS)
+    }
+
+
+def test_live_tails_read_a_forks_lineage_and_end_when_the_run_is_rewound(server: Server) -> None:
+    with runstream.Client(server.target) as client:
+        parent = client.create_run("tails").run_id
+        _log(client, parent, range(0, 100), 1.0, resume=parent)
+        fork = client.fork(parent, 50, record_source=False, writer_id=RANKS[0])
+        fork.end()
+        _log(client, fork.run_id, range(51, 60), -1.0, resume=fork.run_id)
+    with runstream.QueryClient(server.target, timeout=60) as q:
+        got: dict[str, list[int]] = {w: [] for w in RANKS}
+        for piece in q.tail_metrics([fork.run_id], ["loss"], from_step=0):
+            got[piece.writer] += piece.step.tolist()
+            if sum(map(len, got.values())) >= 2 * 60:
+                break
+        assert got == {w: list(range(0, 60)) for w in RANKS}  # the parent's up to the fork step, then its own
+
+        with runstream.Client(server.target) as client:
+            client.update_run(parent, status="RUNNING")  # a tail of an ended run ends by itself
+        tail = q.tail_metrics([parent], ["loss"], from_step=95)
+        first = next(iter(tail))
+        assert first.step.tolist()[0] == 95
+        with runstream.Client(server.target) as client:
+            client.rewind_run(parent, 60)
+        with pytest.raises(FailedPrecondition, match="rewound to step 60"):
+            for _ in tail:
+                pass
+
+
+def test_forks_and_rewinds_whose_connections_are_killed_happen_whole_or_not_at_all(server: Server) -> None:
+    """PostgreSQL backends of the server's database are killed every 0-50 ms while forks are made
+    (client-made ids, retried) and the parent is rewound: each fork that exists counts exactly
+    its parent's points up to its step, and the parent's current points plus its branches are
+    everything it logged."""
+    n = 30_000
+    with runstream.Client(server.target) as client:
+        parent = client.start_run("faults", record_source=False, writer_id="w")
+        for step in range(n):
+            parent.log_metrics({"loss": float(step), "acc": -float(step)}, step=step)
+        parent.flush(visible=True)
+        parent.end()
+    database = server.db_url.rsplit("/", 1)[1].split("?")[0]
+    stop = threading.Event()
+    kills = [0]
+
+    def killer() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            time.sleep(rng.uniform(0.0, 0.05))
+            kills[0] += server.sql(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid() AND state <> 'idle'",
+                database,
+            )[0]["n"]
+
+    def retried(call: Any) -> Any:
+        for _ in range(50):
+            try:
+                return call()
+            except (Unavailable, DeadlineExceeded):
+                time.sleep(0.05)
+        raise AssertionError("never got through")
+
+    rng = random.Random(3)
+    forks: dict[str, int] = {}
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        with runstream.Client(server.target, timeout=30) as client:
+            for _ in range(30):
+                fork_id, step = str(uuid.uuid4()), rng.randrange(n - 10_000)
+                retried(lambda f=fork_id, s=step: client.create_run("", run_id=f, fork_of=parent.run_id, fork_step=s))
+                forks[fork_id] = step
+            rewinds = [n - 1 - 1000 * i for i in range(1, 6)]
+            for step in rewinds:
+                retried(lambda s=step: client.rewind_run(parent.run_id, s))
+    finally:
+        stop.set()
+        thread.join()
+    assert kills[0] > 0
+    with runstream.Client(server.target) as client, runstream.QueryClient(server.target) as q:
+        for fork_id, step in forks.items():
+            got = sorted((m.key, m.count, m.last_step) for m in client.get_run(fork_id).metrics)
+            assert got == [("acc", step + 1, step), ("loss", step + 1, step)], (fork_id, step)
+        run = client.get_run(parent.run_id)
+        current = q.get_metric_history(parent.run_id, "loss", max_points=10).total_points
+        branches = sum(
+            q.get_metric_history(parent.run_id, "loss", branch=r.number, max_points=10).total_points
+            for r in run.rewinds
+        )
+    lowest = min(r.step for r in run.rewinds)
+    assert lowest == min(rewinds) and current == lowest + 1 and current + branches == n
+    assert sorted((m.key, m.count) for m in run.metrics) == [("acc", lowest + 1), ("loss", lowest + 1)]
+    assert not [line for line in server.output if "Traceback" in line]
+
+
+def test_the_cli_shows_rewinds_and_lineage_and_reads_a_branch(server: Server) -> None:
+    with runstream.Client(server.target) as client:
+        run_id = client.create_run("cli").run_id
+        _log(client, run_id, range(0, 100), 1.0, resume=run_id)
+        _log(client, run_id, range(41, 50), -1.0, resume=run_id, rewind_to=40)
+        fork = client.fork(run_id, 30, record_source=False)
+        fork.end()
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "runstream.cli", *args, "--url", server.target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = cli("runs", "show", run_id)
+    assert f"forks    {fork.run_id}" in shown
+    (row,) = [line for line in shown.splitlines() if line.lstrip().startswith("1 ")]
+    assert "40" in row and f"{2 * 59:,}" in row  # rewind 1: to step 40, 118 points superseded
+    assert f"forked from {run_id} at step 30" in cli("runs", "show", fork.run_id)
+    branch = json.loads(cli("metrics", run_id, "loss", "--branch", "1", "--format", "json"))
+    assert branch["total_points"] == 2 * 59 and {r["step"] for r in branch["rows"]} == set(range(41, 100))

@@ -201,7 +201,7 @@ class Guard:
         name_field = EXPERIMENT_NAME_FIELDS.get(req.DESCRIPTOR.name)
         if name_field is not None and getattr(req, name_field):
             named.append((f"experiment {getattr(req, name_field)!r}", getattr(req, name_field)))
-        elif req.DESCRIPTOR.name == "CreateRunRequest" and not req.experiment_id:
+        elif req.DESCRIPTOR.name == "CreateRunRequest" and not req.experiment_id and not req.fork_of:
             named.append((f"experiment {DEFAULT_EXPERIMENT!r}", DEFAULT_EXPERIMENT))
         if run_ids:
             found = await self._experiments_of_runs(run_ids)

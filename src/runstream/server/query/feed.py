@@ -30,10 +30,10 @@ from typing import Any, Protocol
 import asyncpg
 import numpy as np
 
-from runstream.errors import RunNotFound
+from runstream.errors import FailedPrecondition, RunNotFound
 from runstream.server.loading.notifications import Notifications
 from runstream.server.runtime.metrics import Metrics
-from runstream.server.storage import archive, codec, metrics, runs
+from runstream.server.storage import archive, codec, lineage, metrics, runs
 from runstream.wire import points
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ POLL_S = 1.0
 QUIET_S = 2.0  # after the run ended, this long without new points ends its feed
 TERMINAL = {2, 3, 4, 5}  # FINISHED, FAILED, KILLED, CRASHED
 NO_STEP = -(2**63)  # the head of a series with no points yet
+MAX_STEP = 2**63 - 1
 MESSAGE_POINTS = 65_536  # points per message at most: ~1.5 MB, far under gRPC's 8 MiB
 TAIL_WAKES_PER_S = 2_000
 MAX_PAUSE_S = 0.5
@@ -74,6 +75,7 @@ class Series:
     run_id: str
     key: str
     writer: str
+    upto: int | None = None  # an ancestor's series a fork reads: up to its fork step
 
 
 class Message:
@@ -106,6 +108,8 @@ def messages(
     """The points of one series' `chunks` in (after, upto], in step order, as messages."""
     if not chunks:
         return []
+    if series.upto is not None:
+        upto = series.upto if upto is None else min(upto, series.upto)
     try:
         parts = [codec.decode(c.codec, c.steps, c.timestamps, c.vals) for c in chunks]
     except codec.CorruptChunk as exc:  # name what is damaged, for a person to act on
@@ -166,6 +170,7 @@ class Feed:
         self.done = False  # ended or failed: no more messages
         self._db, self._notifications, self._on_done = db, notifications, on_done
         self._failure: Exception | None = None
+        self._rewinds = 0  # the run's rewinds when the feed started: one more ends its tails
         # The keys asked for by tails joined or joining, and how many of those ask for all.
         self._asked: Counter[str] = Counter()
         self._asking_all = 0
@@ -244,6 +249,7 @@ class Feed:
             async with self._db.connection("shared") as conn:
                 if not await runs.run_statuses(conn, [self.run_id]):
                     raise RunNotFound(f"run {self.run_id} does not exist")
+                self._rewinds = len(await lineage.rewinds_since(conn, self.run_id, 0))
         except Exception:
             self._finish(None)
             raise
@@ -257,11 +263,11 @@ class Feed:
         if new == []:
             return
         async with self._db.connection("shared") as conn:
-            rows = await metrics.tail_series(conn, [self.run_id], new or [])  # [] means every key
+            rows = await metrics.tail_series(conn, self.run_id, new or [])  # [] means every key
             rows = [r for r in rows if r.series_id not in self.heads]
             latest = await metrics.last_steps(conn, [r.series_id for r in rows])
         for r in rows:
-            self.series[r.series_id] = Series(r.run_id, r.key, r.writer_id)
+            self.series[r.series_id] = Series(self.run_id, r.key, r.writer_id, r.upto)
             self.heads[r.series_id] = latest.get(r.series_id, NO_STEP)
         self._reading = None if new is None else self._reading | set(new)
 
@@ -300,6 +306,8 @@ class Feed:
                     return
         except asyncio.CancelledError:
             raise
+        except FailedPrecondition as exc:  # rewound: every tail of the run is told so
+            self._finish(exc)
         except Exception as exc:  # the database went away, or a bug: every tail of the run gets the status
             log.warning("live tail reader of run %s stopped: %r", self.run_id, exc)
             self._finish(exc)
@@ -330,14 +338,21 @@ class Feed:
             async with self._db.connection("shared") as conn:
                 # Status first: points committed before the run ended are then read below.
                 status = (await runs.run_statuses(conn, [self.run_id])).get(self.run_id)
+                rewound = await lineage.rewinds_since(conn, self.run_id, self._rewinds)
+                if rewound:  # its points above the step were superseded: the tails start again
+                    raise FailedPrecondition(
+                        f"run {self.run_id} was rewound to step {min(rewound):,}: its points above it were "
+                        "superseded; open the tail again to follow the new ones"
+                    )
                 rows: list[asyncpg.Record] = []
                 if self._reading is None or self._reading:
                     keys = [] if self._reading is None else sorted(self._reading)  # [] means every key
-                    for r in await metrics.tail_series(conn, [self.run_id], keys):
+                    for r in await metrics.tail_series(conn, self.run_id, keys):
                         if r.series_id not in self.series:  # a series that appeared: all its points are new
-                            self.series[r.series_id] = Series(r.run_id, r.key, r.writer_id)
+                            self.series[r.series_id] = Series(self.run_id, r.key, r.writer_id, r.upto)
                             self.heads[r.series_id] = NO_STEP
-                    ids = list(self.heads)
+                    # An ancestor's series a fork reads up to its fork step: done once read that far.
+                    ids = [i for i, head in self.heads.items() if head < _last_read(self.series[i])]
                     rows = await metrics.chunks_after(conn, ids, [self.heads[i] for i in ids])
             new: list[Message] = []
             for series_id, chunks in (await by_series(rows, self._db.store)).items():
@@ -356,6 +371,10 @@ class Feed:
                 subscriber.ended(self)
             else:
                 subscriber.failed(failure)
+
+
+def _last_read(series: Series) -> int:
+    return MAX_STEP if series.upto is None else series.upto
 
 
 def _covers(reading: set[str] | None, keys: Keys) -> bool:

@@ -59,10 +59,6 @@ class Lineage(NamedTuple):
     rewinds: list[RewindRow]
 
 
-def _lock_key(run_id: str) -> str:
-    return f"rewind {run_id}"
-
-
 # ---------------------------------------------------------------- the loaders' side
 
 
@@ -94,13 +90,22 @@ async def rewinds_and_forks(conn: Conn, run_ids: Collection[str]) -> tuple[list[
     return rewinds, [Descendant(r[1], r[2], r[3]) for r in rows if not r[0]]
 
 
+async def rewinds_since(conn: Conn, run_id: str, known: int) -> list[int]:
+    """The steps of the run's rewinds after the first `known`."""
+    rows = await conn.fetch(
+        "SELECT step FROM run_rewinds WHERE run_id = $1 AND number > $2 ORDER BY number", run_id, known
+    )
+    return [r[0] for r in rows]
+
+
 # ---------------------------------------------------------------- a rewind
 
 
 async def lock_run(conn: Conn, run_id: str) -> None:
-    """Inside the caller's transaction: wait for the run's loaders, keep new ones out, and hold
-    the compactors' locks of its series (no chunk of it is rewritten meanwhile)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(run_id))
+    """Inside the caller's transaction: wait for the loaders of the run and of its ancestors
+    (their points count in its summaries), keep new ones out, and hold the compactors' locks of
+    its series (no chunk of it is rewritten meanwhile)."""
+    await lock_lineage(conn, run_id)
     await conn.execute(
         """SELECT pg_advisory_xact_lock(hashtextextended('compact ' || series_id::text, 0))
            FROM metric_series WHERE run_id = $1 ORDER BY series_id""",
@@ -116,6 +121,15 @@ async def lock_lineage(conn: Conn, run_id: str) -> None:
             SELECT pg_advisory_xact_lock(hashtextextended('rewind ' || r, 0))
             FROM (SELECT run_id::text AS r FROM lineage ORDER BY 1) AS l""",
         run_id,
+    )
+
+
+async def lower_fork_step(conn: Conn, run_id: str, step: int) -> None:
+    """A fork rewound below its fork step reads its parent up to `step` from now on."""
+    await conn.execute(
+        "UPDATE runs SET fork_step = least(fork_step, $2) WHERE run_id = $1 AND parent_run_id IS NOT NULL",
+        run_id,
+        step,
     )
 
 

@@ -326,14 +326,16 @@ def series_chunk_cursor(conn: Conn, series_id: int, lo: int, hi: int) -> Any:
 # ---------------------------------------------------------------- live tails
 
 
-async def tail_series(conn: Conn, run_ids: list[str], keys: list[str]) -> list[SeriesRow]:
-    """The series of the runs' keys (every key when `keys` is empty), by run, key and writer."""
+async def tail_series(conn: Conn, run_id: str, keys: list[str]) -> list[SeriesRow]:
+    """The series a live tail of the run reads, of `keys` (every key when empty), by key, writer
+    and lineage: a fork's ancestors' first (`upto`: their last step it reads), then its own."""
     rows = await conn.fetch(
-        f"""SELECT {_SERIES_COLUMNS} FROM metric_series
-            WHERE run_id = ANY($1::uuid[]) AND (cardinality($2::text[]) = 0 OR key = ANY($2::text[]))
-              AND branch = 0
-            ORDER BY run_id, key, writer_id""",
-        run_ids,
+        f"""{LINEAGE}
+            SELECT s.series_id, s.run_id::text, s.key, s.writer_id, l.upto
+            FROM lineage l JOIN metric_series s ON s.run_id = l.run_id AND s.branch = 0
+            WHERE cardinality($2::text[]) = 0 OR s.key = ANY($2::text[])
+            ORDER BY s.key, s.writer_id, l.depth DESC""",
+        run_id,
         keys,
     )
     return list(map(SeriesRow._make, rows))

@@ -193,6 +193,12 @@ async def run_metrics(conn: Conn, run_id: str, after: str, limit: int) -> list[S
     return list(map(SummaryRow._make, rows))
 
 
+async def experiment_of_run(conn: Conn, run_id: str) -> int | None:
+    """The experiment id of a run that exists."""
+    value: int | None = await conn.fetchval("SELECT experiment_id FROM runs WHERE run_id = $1", run_id)
+    return value
+
+
 async def run_lifecycle(conn: Conn, run_id: str) -> str | None:
     """'active' or 'deleted' for a run that exists, None for one that does not."""
     value: str | None = await conn.fetchval("SELECT lifecycle_stage FROM runs WHERE run_id = $1", run_id)

@@ -35,6 +35,7 @@ async def rewind(conn: Conn, run_id: str, step: int, store: archive.RangeReader 
             "up to their fork step; rewind to a step at or above theirs, or fork anew"
         )
     number = await lineage.record_rewind(conn, run_id, step)
+    await lineage.lower_fork_step(conn, run_id, step)
     moves = await lineage.branch_series(conn, run_id, number)
     superseded = await lineage.move_chunks_above(conn, moves, step) if moves else 0
     across = await lineage.chunks_across(conn, list(moves), step) if moves else []

@@ -167,29 +167,31 @@ class Tracking:
         check_values(dict(req.params), "param", MAX_PARAM_VALUE)
         run_id = req.run_id or str(uuid.uuid4())  # a given id is canonical here (rpc/grpc.py)
         start = req.start_time_ms or db.now_ms()
+        fork = runs.Fork(req.fork_of, req.fork_step) if req.fork_of else None
         async with self.pool.acquire() as conn:
             which = req.WhichOneof("experiment")
-            if which == "experiment_id":
+            if fork is not None:
+                experiment_id = await self._fork_experiment(conn, req, fork)
+            elif which == "experiment_id":
                 experiment_id = fields.experiment_id(req.experiment_id)
             else:
                 name = req.experiment_name or "Default"
                 if len(name) > MAX_NAME:
                     raise InvalidArgument(f"experiment name must be 1-{MAX_NAME} characters")
                 experiment_id = await experiments.get_or_create_experiment(conn, name)
-            fork = runs.Fork(req.fork_of, req.fork_step) if req.fork_of else None
-            created = await runs.create_run(
-                conn,
-                run_id,
-                experiment_id,
-                req.name or run_id[:8],
-                pb.RUN_STATUS_RUNNING,
-                start,
-                dict(req.tags),
-                fork,
-                dict(req.params),
-            )
-            if created and fork is not None:  # its summaries: what it reads of its lineage
-                async with conn.transaction():
+            async with conn.transaction():  # a fork and its summaries, at once
+                created = await runs.create_run(
+                    conn,
+                    run_id,
+                    experiment_id,
+                    req.name or run_id[:8],
+                    pb.RUN_STATUS_RUNNING,
+                    start,
+                    dict(req.tags),
+                    fork,
+                    dict(req.params),
+                )
+                if created and fork is not None:  # its summaries: what it reads of its lineage
                     await lineage.lock_lineage(conn, run_id)
                     await tracking_lineage.recount(conn, run_id, self.store)
             run = await runs.get_run(conn, run_id)
@@ -201,6 +203,22 @@ class Tracking:
             raise AlreadyExists(f"run id {run_id} is taken by a run of another experiment; make the run another id")
         self._runs[run_id] = time.monotonic() + RUN_CACHE_S
         return run_message(run)
+
+    async def _fork_experiment(self, conn: Any, req: pb.CreateRunRequest, fork: runs.Fork) -> int:
+        """A fork lives in its parent's experiment, so that whoever may read it may read the
+        parent's points it shows (a token limited to some experiments sees no other's)."""
+        parent = await runs.experiment_of_run(conn, fork.parent_run_id)
+        if parent is None:
+            raise RunNotFound(f"run {fork.parent_run_id} does not exist, so it cannot be forked")
+        name = (await experiments.experiment_names(conn, [parent]))[parent]
+        which = req.WhichOneof("experiment")
+        if (which == "experiment_id" and fields.experiment_id(req.experiment_id) != parent) or (
+            which == "experiment_name" and req.experiment_name not in ("", name)
+        ):
+            raise InvalidArgument(
+                f"a fork lives in its parent's experiment ({name!r}); leave the experiment out or name that one"
+            )
+        return parent
 
     async def ListRunMetrics(self, req: pb.ListRunMetricsRequest, ctx: Any) -> pb.ListRunMetricsResponse:
         limit = req.max_results or runs.RUN_METRICS
@@ -237,6 +255,8 @@ class Tracking:
 
     async def RewindRun(self, req: pb.RewindRunRequest, ctx: Any) -> pb.Run:
         wire.check_run_id(req.run_id)
+        if not req.HasField("step"):
+            raise InvalidArgument("step is required: the checkpoint's step, above which the points logged so far go")
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 number = await tracking_lineage.rewind(conn, req.run_id, req.step, self.store)

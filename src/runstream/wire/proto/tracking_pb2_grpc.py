@@ -223,6 +223,7 @@ class TrackingServiceServicer:
         """A resumed job went back to a checkpoint: the points its writers logged before this call at
         steps above `step` are superseded. Reads show the points logged after it; the superseded
         ones stay stored as branch `number` (GetMetricHistory's branch), until the run is purged.
+        A fork rewound below its fork step reads its parent up to `step` from then on.
         FAILED_PRECONDITION for a deleted run, or one with forks above `step`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

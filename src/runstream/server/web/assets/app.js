@@ -538,6 +538,10 @@ function follow(runId, charts, view) {
     if (!frame) frame = requestAnimationFrame(redraw);
   };
   source.addEventListener("end", () => source.close());
+  // A rewind superseded points the charts hold: draw the page again (the old ones faded).
+  source.addEventListener("error", (event) => {
+    if (event.data && JSON.parse(event.data).code === "FAILED_PRECONDITION") { source.close(); render(); }
+  });
   const redraw = () => {
     frame = 0;
     for (const c of dirty) {
