@@ -118,6 +118,18 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         pg.stop()
 
 
+def cli_sync(server: Server, root: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`runstream sync ROOT` against `server`, as a person runs it (a process of its own)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "sync", str(root), "--url", server.target, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert not check or done.returncode == 0, done.stderr
+    return done
+
+
 def raw_log(client: Any, data: bytes) -> Any:
     """LogMetrics with a batch serialized by hand (so tests can send what the SDK never would)."""
     call = client.channel.unary_unary(

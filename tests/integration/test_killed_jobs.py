@@ -19,7 +19,7 @@ import pytest
 import runstream
 from runstream.errors import FailedPrecondition, InvalidArgument
 from runstream.wire.status import RUN_STATUS_NAMES
-from tests.conftest import Server
+from tests.conftest import Server, cli_sync
 
 LOG_THEN_WAIT = """
 import os, sys, runstream
@@ -49,17 +49,6 @@ with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
 """
 
 
-def _sync(server: Server, root: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "sync", str(root), "--url", server.target],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout + done.stderr
-
-
 def test_points_logged_just_before_a_sigkill_are_stored_once_after_sync(server: Server, tmp_path: Path) -> None:
     env = {**os.environ, "RUNSTREAM_URL": server.target, "RUNSTREAM_SPOOL_DIR": str(tmp_path)}
     job = subprocess.Popen(
@@ -73,7 +62,7 @@ def test_points_logged_just_before_a_sigkill_are_stored_once_after_sync(server: 
         job.wait(10)
     finally:
         job.kill()
-    _sync(server, tmp_path)
+    cli_sync(server, tmp_path)
     assert server.wait_points(run_id, 100_000) == 100_000
     steps, values = server.stored(run_id)[("loss", "rank0")]
     np.testing.assert_array_equal(steps, np.arange(100_000))  # each exactly once
@@ -115,7 +104,7 @@ def test_twenty_kills_at_random_points_then_sync_store_every_logged_point_once(s
         said = [int(x) for x in lines if x.strip().isdigit()]
         assert said, "the job logged nothing before it was killed"
         logged.append((start, said[-1]))
-    _sync(server, tmp_path)
+    cli_sync(server, tmp_path)
     with runstream.Client(server.target) as client:
         assert RUN_STATUS_NAMES[client.get_run(run_id).status] in ("RUNNING", "CRASHED")
 

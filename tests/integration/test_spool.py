@@ -20,7 +20,7 @@ import pytest
 import runstream
 from runstream.client import offline, spool, sync
 from runstream.errors import AlreadyExists, InvalidArgument
-from tests.conftest import Server, free_port
+from tests.conftest import Server, cli_sync, free_port
 
 TRAINING = """
 import os, sys, runstream
@@ -37,17 +37,6 @@ with runstream.Client(os.environ["RUNSTREAM_URL"]) as client:
     print("spooled", len(run.writer._sender.unacked), flush=True)
     sys.stdin.readline()  # never comes: SIGKILL
 """
-
-
-def _sync(server: Server, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "sync", str(root), "--url", server.target, *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def _steps_once(server: Server, run_id: str, key: str, expected: np.ndarray) -> None:
@@ -87,12 +76,12 @@ def test_a_killed_job_with_unacked_batches_loses_nothing_after_sync(make_server:
     assert len(writers) == 1 and not spool.is_live(writers[0].directory)
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path)
     assert run_id[:8] in out.stdout and "done" in out.stdout, out.stdout
     assert server.wait_points(run_id, 100_000) == 100_000
     _steps_once(server, run_id, "loss", np.arange(100_000))
     assert not (tmp_path / run_id).exists()  # sent: the spool is gone
-    again = _sync(server, tmp_path)  # nothing left, nothing doubled
+    again = cli_sync(server, tmp_path)  # nothing left, nothing doubled
     assert "0 points" in again.stdout
     assert server.wait_points(run_id, 100_000) == 100_000
 
@@ -145,7 +134,7 @@ def test_a_job_with_the_server_down_throughout_syncs_later_under_its_run_id(
     assert (tmp_path / run_id / "run.jsonl").is_file()
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path)
     assert "yes" in out.stdout  # the run was created by the sync
     assert server.wait_points(run_id, 400_000) == 400_000
     _steps_once(server, run_id, "loss", steps)
@@ -163,7 +152,7 @@ def test_a_job_with_the_server_down_throughout_syncs_later_under_its_run_id(
         text = client.download_artifacts(run_id, "notes/readme.txt", tmp_path.parent / "fetched")
         assert text.read_text() == "hello <b>offline</b>\n"
     assert not (tmp_path / run_id).exists()
-    _sync(server, tmp_path)  # again: nothing doubled
+    cli_sync(server, tmp_path)  # again: nothing doubled
     assert server.wait_points(run_id, 400_000) == 400_000
     assert len(server.sql("SELECT 1 FROM run_inputs WHERE run_id = $1", run_id)) == 1
 
@@ -177,14 +166,14 @@ def test_sync_while_an_offline_job_runs_sends_what_is_there_and_never_doubles(
         for step in range(30_000):
             run.log_metric("loss", step * 0.5, step=step)
         run.flush()  # offline: everything logged is in the spool
-        first = _sync(server, tmp_path)
+        first = cli_sync(server, tmp_path)
         assert "live" in first.stdout, first.stdout
         assert server.wait_points(run.run_id, 30_000) == 30_000
         assert (tmp_path / run.run_id).is_dir()  # the job still writes: its spool stays
         for step in range(30_000, 60_000):
             run.log_metric("loss", step * 0.5, step=step)
         run.end()
-    _sync(server, tmp_path)
+    cli_sync(server, tmp_path)
     assert server.wait_points(run.run_id, 60_000) == 60_000
     _steps_once(server, run.run_id, "loss", np.arange(60_000))
     assert not (tmp_path / run.run_id).exists()
@@ -313,7 +302,7 @@ def test_an_offline_job_killed_before_its_end_is_synced_as_crashed(server: Serve
         job.wait(10)
     finally:
         job.kill()
-    _sync(server, tmp_path)
+    cli_sync(server, tmp_path)
     assert server.wait_points(run_id, 20_000) == 20_000
     _steps_once(server, run_id, "loss", np.arange(20_000))
     with runstream.Client(server.target) as client:

@@ -21,20 +21,11 @@ import pytest
 import runstream
 from runstream.client import spool
 from runstream.wire import batch as wire
-from tests.conftest import Server
+from tests.conftest import Server, cli_sync
 
 BATCHES = 12
 POINTS = 1_000  # per batch
 GARBAGE = b"not a spool record; " * 10
-
-
-def _sync(server: Server, root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "sync", str(root), "--url", server.target],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _offline_spool(server: Server, root: Path, monkeypatch: Any) -> tuple[str, spool.SpooledWriter]:
@@ -96,7 +87,7 @@ def test_sync_sends_every_intact_batch_past_a_corrupt_record_and_keeps_it(
     expected = np.setdiff1d(np.arange(BATCHES * POINTS), lost)
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)  # each once
     corrupt = tmp_path / run_id / "corrupt"
@@ -107,7 +98,7 @@ def test_sync_sends_every_intact_batch_past_a_corrupt_record_and_keeps_it(
     assert run_id in line and segment.name in line, out.stderr  # where it was, and where it is now
     assert "kept" in out.stdout, out.stdout  # the table says so too
 
-    again = _sync(server, tmp_path)  # nothing resent, the damage still kept and said
+    again = cli_sync(server, tmp_path, check=False)  # nothing resent, the damage still kept and said
     assert again.returncode == 1 and str(kept[0]) in again.stderr, again.stderr
     assert server.wait_points(run_id, len(expected)) == len(expected)
     assert kept[0].is_file()
@@ -161,7 +152,7 @@ def test_a_torn_last_record_of_a_dead_writer_is_dropped_with_one_line(
     (writer.directory / "sealed").unlink()  # nor did it close its spool, which says its last seq
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     expected = np.concatenate([steps for _, steps in batches[:-1]])
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
@@ -185,7 +176,7 @@ def test_old_format_segments_still_read(make_server: Any, tmp_path: Path, monkey
     run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
     _old_format(writer)
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     expected = np.arange(BATCHES * POINTS)
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
@@ -202,7 +193,7 @@ def test_an_old_format_segment_keeps_what_follows_a_corrupt_record(
     _damage(segment, batches[2][0], "payload")
     tail = segment.read_bytes()[segment.read_bytes().find(batches[2][0][:64]) - 16 :]  # no magic to resync on
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     expected = np.concatenate([batches[0][1], batches[1][1]])  # the two records before the bad one
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
@@ -268,14 +259,14 @@ def test_batches_of_a_run_deleted_before_the_sync_stay_kept_until_it_is_restored
     server.start()
     with runstream.Client(server.target) as client:
         client.delete_run(run_id)
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     kept = _refused_kept(tmp_path, run_id, out)
     assert "deleted" in out.stderr
-    again = _sync(server, tmp_path)  # still kept, still said; nothing sent twice
+    again = cli_sync(server, tmp_path, check=False)  # still kept, still said; nothing sent twice
     assert _refused_kept(tmp_path, run_id, again) == kept
     with runstream.Client(server.target) as client:
         client.restore_run(run_id)
-    last = _sync(server, tmp_path)  # the refused batches are offered again, and now taken
+    last = cli_sync(server, tmp_path, check=False)  # the refused batches are offered again, and now taken
     assert last.returncode == 0, last.stderr
     np.testing.assert_array_equal(_stored_steps(server, run_id, 20_000), np.arange(20_000))
     assert not (tmp_path / run_id).exists()
@@ -287,11 +278,11 @@ def test_another_servers_spool_is_refused_kept_and_sent_to_its_own_server_later(
     own = make_server()
     run_id = _killed_with_unacked_batches(own, tmp_path)
     other = make_server()
-    out = _sync(other, tmp_path)
+    out = cli_sync(other, tmp_path, check=False)
     _refused_kept(tmp_path, run_id, out)
     assert own.target in out.stderr  # the spool says which server it was written for
     own.start()
-    last = _sync(own, tmp_path)
+    last = cli_sync(own, tmp_path, check=False)
     assert last.returncode == 0, last.stderr
     np.testing.assert_array_equal(_stored_steps(own, run_id, 20_000), np.arange(20_000))
     assert not (tmp_path / run_id).exists()
@@ -364,7 +355,7 @@ def test_a_bad_journal_line_is_kept_and_named_and_the_other_runs_go_on(
     before = _files(tmp_path / bad_create)
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     _whole(server, intact)
     assert not (tmp_path / intact).exists()
@@ -381,7 +372,7 @@ def test_a_bad_journal_line_is_kept_and_named_and_the_other_runs_go_on(
         client.get_run(bad_create)
 
     _edit_line(tmp_path / bad_create / "run.jsonl", 1, '{"op",', '{"op"')  # a person mends it
-    again = _sync(server, tmp_path)
+    again = cli_sync(server, tmp_path, check=False)
     assert again.returncode == 1, again.stderr  # the kept line is still named
     _line(again, str(kept))
     _whole(server, bad_create)
@@ -400,7 +391,7 @@ def test_an_entry_missing_a_field_a_missing_file_and_an_odd_writer_directory_sto
     odd = writer.directory.rename(writer.directory.with_name(writer.directory.name + ".old"))
 
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     _whole(server, intact)
     _whole(server, no_field, params=False)
@@ -414,7 +405,7 @@ def test_an_entry_missing_a_field_a_missing_file_and_an_odd_writer_directory_sto
     assert server.wait_points(odd_writer, 0) == 0
     _line(out, odd_writer, odd.name, "left")
     assert any(odd.glob("*.seg"))
-    again = _sync(server, tmp_path)  # said again, never deleted
+    again = cli_sync(server, tmp_path, check=False)  # said again, never deleted
     _line(again, odd_writer, odd.name, "left")
     assert any(odd.glob("*.seg"))
 
@@ -437,7 +428,7 @@ def test_a_damaged_acked_file_never_skips_a_batch(make_server: Any, tmp_path: Pa
     run_id, writer = _offline_spool(server, tmp_path, monkeypatch)
     (writer.directory / "acked").write_text("8\n")  # no checksum: not believed
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     np.testing.assert_array_equal(_stored_steps(server, run_id, BATCHES * POINTS), np.arange(BATCHES * POINTS))
     _line(out, run_id, "acked")
@@ -469,12 +460,12 @@ def test_a_renamed_segment_is_named_missing_and_never_deleted(
     renamed = segment.rename(segment.with_name(segment.name + ".bak"))
     content = renamed.read_bytes()
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     _line(out, run_id, f"seqs 1-{last}", "missing")
     _line(out, run_id, renamed.name, "left")
     assert renamed.read_bytes() == content
-    again = _sync(server, tmp_path)
+    again = cli_sync(server, tmp_path, check=False)
     assert again.returncode == 1 and renamed.read_bytes() == content
     _line(again, run_id, renamed.name, "left")
 
@@ -496,7 +487,7 @@ def test_a_deleted_segment_is_a_gap_named_by_its_seqs(
     segments[gone].unlink()
     expected = np.concatenate([steps for seq, (_, steps) in zip(seqs, batches, strict=True) if seq not in lost])
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 1, out.stderr
     np.testing.assert_array_equal(_stored_steps(server, run_id, len(expected)), expected)
     _line(out, run_id, f"seqs {lost[0]}-{lost[-1]}", "missing")
@@ -513,7 +504,7 @@ def test_a_run_synced_file_saying_too_much_is_not_believed(
     else:  # well formed, but the server never saw the run
         runstream.client.offline.mark_synced(tmp_path / run_id, 5)
     server.start()
-    out = _sync(server, tmp_path)
+    out = cli_sync(server, tmp_path, check=False)
     assert out.returncode == 0, out.stderr
     _line(out, run_id, "run.synced")
     _whole(server, run_id)

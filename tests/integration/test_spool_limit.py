@@ -20,7 +20,7 @@ import runstream
 from runstream.client import spool
 from runstream.errors import BufferFull, PointsDropped
 from runstream.settings import SettingError
-from tests.conftest import Server
+from tests.conftest import Server, cli_sync
 
 LIMIT = 1 << 20
 
@@ -109,13 +109,7 @@ def test_sync_counts_what_a_full_spool_dropped(server: Server, bounded: Path) ->
     (writer,) = spool.spooled_writers(bounded, run.run_id)
     dropped = sum(points for _, _, points in spool.read_dropped(writer.directory))
     assert 0 < dropped < logged and raised.value.dropped == dropped
-    done = subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "sync", str(bounded), "--url", server.target, "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    done = cli_sync(server, bounded, "--format", "json")
     (row,) = json.loads(done.stdout)
     assert row["run"] == run.run_id and row["dropped"] == dropped and row["points"] == logged - dropped, row
     assert "dropped" in done.stderr and "RUNSTREAM_SPOOL_MAX_BYTES" in done.stderr

@@ -394,7 +394,7 @@ class SpooledWriter:
         what could not be read of them appended to `unspooled`."""
         segments = self.segments()
         seen: set[int] = set()
-        dropped = _Spans([(first, last) for first, last, _ in read_dropped(self.directory)])
+        dropped = Spans([(first, last) for first, last, _ in read_dropped(self.directory)])
         for index, segment in enumerate(segments):
             found: list[Damage] = [] if damaged is None else damaged
             for seq, data in _segment_records(segment, after, index == len(segments) - 1, quiet, found):
@@ -428,8 +428,9 @@ class SpooledWriter:
         return sorted(self.directory.iterdir())
 
 
-class _Spans:
-    """Inclusive spans of seqs, for `seq in spans`."""
+class Spans:
+    """Inclusive spans of seqs (e.g. those counted dropped): `seq in spans`, and what of other
+    spans lies outside them."""
 
     def __init__(self, spans: list[tuple[int, int]]) -> None:
         self._spans = sorted(spans)
@@ -438,6 +439,18 @@ class _Spans:
     def __contains__(self, seq: int) -> bool:
         i = bisect.bisect_right(self._firsts, seq) - 1
         return i >= 0 and seq <= self._spans[i][1]
+
+    def outside(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The seqs of `spans` outside every span here, as spans."""
+        for cut_first, cut_last in self._spans:
+            left: list[tuple[int, int]] = []
+            for first, last in spans:
+                if first < cut_first:
+                    left.append((first, min(last, cut_first - 1)))
+                if last > cut_last:
+                    left.append((max(first, cut_last + 1), last))
+            spans = left
+        return spans
 
 
 @dataclass(frozen=True)

@@ -331,7 +331,7 @@ def _send_writer(client: Client, w: spool.SpooledWriter, counter: _Counter, prob
     finally:
         spool.write_acked(w.directory, out.last)
     spans = spool.read_dropped(w.directory)
-    gaps = _minus(gaps, [(first, last) for first, last, _ in spans])
+    gaps = spool.Spans([(first, last) for first, last, _ in spans]).outside(gaps)
     out.unreadable = len(damaged) + len(gaps)
     out.dropped = sum(points for _, _, points in spans)
     if out.dropped and not out.live:
@@ -379,19 +379,6 @@ def _gaps(
         yield seq, data
     if sealed is not None and sealed > last and len(damaged) == unreadable:
         gaps.append((last + 1, sealed))
-
-
-def _minus(spans: list[tuple[int, int]], removed: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The seqs of `spans` outside every span of `removed`, as spans (all inclusive)."""
-    for cut_first, cut_last in removed:
-        left: list[tuple[int, int]] = []
-        for first, last in spans:
-            if first < cut_first:
-                left.append((first, min(last, cut_first - 1)))
-            if last > cut_last:
-                left.append((max(first, cut_last + 1), last))
-        spans = left
-    return spans
 
 
 def _retry_refused(client: Client, run_dir: Path, counter: _Counter) -> list[WriterSync]:
