@@ -213,3 +213,14 @@ def test_only_a_writers_own_pending_files_are_taken_for_one(tmp_path: Path, cont
     path = tmp_path / pending.FILES[0]
     path.write_bytes(content)
     assert pending.is_ours(path) == (content[:8] in (pending.MAGIC, b""))
+
+
+def test_a_refused_call_leaves_nothing_that_a_shorter_call_after_it_would_show_as_damage(tmp_path: Path) -> None:
+    kept = PendingCalls(tmp_path, batch_points=1000)
+    kept.add(0, ("a",), 0, 0, [1.0])
+    keys = tuple(f"k{i}" for i in range(500))
+    with pytest.raises(TypeError, match="metric 'k499'"):
+        kept.add(1, keys, 1, 1, [0.5] * 499 + ["oops"])
+    kept.add(0, ("a",), 2, 2, [2.0])
+    _, batches, problems = _read(tmp_path)
+    assert problems == [] and _points(batches) == [("a", 0, 1.0), ("a", 2, 2.0)]

@@ -5,6 +5,8 @@ calls without splitting one, and gives room back only when told; the process's r
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -138,3 +140,44 @@ def test_a_fork_pauses_the_writers_and_the_child_forgets_them() -> None:
     assert started.said == of_run.said == ["pause", "resume"]
     lifecycle.flush_all()
     assert started.said == ["pause", "resume"] and of_run.said == ["pause", "resume", "close"]
+
+
+FORK_WHILE_LOGGING = """
+import os, sys, threading, time, grpc
+from runstream.client.writer import MetricWriter
+channel = grpc.insecure_channel("127.0.0.1:1")
+run_id = "00000000-0000-0000-0000-000000000001"
+w = MetricWriter(channel, "127.0.0.1:1", run_id, "w", heartbeat_s=0, flush_interval=0.001)
+stop = False
+def worker(t):
+    i = 0
+    while not stop:
+        w.log({f"t{t}": float(i)}, step=i)
+        i += 1
+        if w._batcher.buffered_points > 1_000_000:
+            with w._lock:
+                w._batcher.release(w._batcher.buffered_points)
+for t in range(4):
+    threading.Thread(target=worker, args=(t,), daemon=True).start()
+hung = 0
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        w.log({"child": 1.0}, step=0)  # the parent's writer: kept in the child's memory, never sent
+        os._exit(0)
+    deadline = time.monotonic() + 5
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.01)
+print("hung", hung, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_child_forked_while_other_threads_log_is_not_stuck_on_the_writers_lock() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_WHILE_LOGGING], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "hung 0", done.stdout + done.stderr

@@ -255,6 +255,9 @@ class PendingCalls:
             # One copy, written field by field in order: the mark last (see the module's doc).
             packer.pack_into(f.map, at, packer.size, keyset, step, timestamp_ms, *values, f.mark)
         except struct.error:
+            # The fields before the bad one were written: zeroed, nothing of the call is left
+            # for a later, shorter call to leave behind as bytes that are no record.
+            f.map[at:end] = bytes(end - at)
             raise _refusal(keys, step, timestamp_ms, values) from None
         f.used = end
 
@@ -279,7 +282,7 @@ class PendingCalls:
         except OSError as exc:
             log.warning(
                 "runstream: the spool %s cannot keep points not yet batched any more (%s): "
-                "a killed process loses its last flush_interval of them",
+                "they are kept in memory, and a killed process loses those not yet in the spool",
                 f.path.parent if f.path is not None else "",
                 exc,
             )
@@ -325,7 +328,9 @@ def _refusal(keys: tuple[str, ...], step: Any, timestamp_ms: Any, values: Iterab
         try:
             struct.pack("<d", value)
         except struct.error:
-            return TypeError(f"metric {key!r}: {value!r} is not a number (log ints, floats or numpy numbers)")
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            return TypeError(f"metric {key!r}: {shown} is not a number (log ints, floats or numpy numbers)")
     for what, number in (("step", step), ("timestamp_ms", timestamp_ms)):
         if not isinstance(number, int) and not hasattr(number, "__index__"):
             return TypeError(f"{what} {number!r} is not an integer")

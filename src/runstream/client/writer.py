@@ -232,24 +232,27 @@ class MetricWriter:
 
     def _pause_for_fork(self) -> None:
         """Leave gRPC before the process forks: gRPC's fork handlers only run when no
-        thread is inside a call. Unacked batches are resent on the next stream."""
-        with self._lock:
-            self._sender.pause()
-            self._heartbeat.paused = True
-            deadline = time.monotonic() + 5.0
-            while (self._sender.call is not None or self._heartbeat.beating) and time.monotonic() < deadline:
-                self._lock.wait(0.05)
+        thread is inside a call. Unacked batches are resent on the next stream. The writer's
+        lock stays held across the fork: a child would otherwise inherit it held by a thread
+        it does not have (another thread logging as the fork came), and hang in its first call."""
+        self._lock.acquire()
+        self._sender.pause()
+        self._heartbeat.paused = True
+        deadline = time.monotonic() + 5.0
+        while (self._sender.call is not None or self._heartbeat.beating) and time.monotonic() < deadline:
+            self._lock.wait(0.05)
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's writer is not the child's to feed. Its pending files
         are the parent's (the mapping is shared), so calls made here must stay out of them."""
         self._batcher.pending_calls = PendingCalls(None, self._batcher.batch_points)
+        self._lock.release()  # held across the fork by the thread that is the child's
 
     def _resume_after_fork(self) -> None:
-        with self._lock:
-            self._sender.paused = False
-            self._heartbeat.paused = False
-            self._lock.notify_all()
+        self._sender.paused = False
+        self._heartbeat.paused = False
+        self._lock.notify_all()
+        self._lock.release()  # held across the fork
 
 
 def _pending_calls(spool: SpoolWriter, batch_points: int) -> PendingCalls | None:
