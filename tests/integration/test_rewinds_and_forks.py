@@ -89,10 +89,14 @@ def _check_reads(server: Server, run_id: str, shown: dict[str, dict[int, float]]
         compared = q.compare_runs([run_id], ["loss"], max_points=100_000).series["loss"][0]
         assert compared.total_points == len(every)
     with runstream.Client(server.target) as client:
-        (summary,) = client.get_run(run_id).metrics
+        run = client.get_run(run_id)
+    (summary,) = run.metrics
     last_step = max(s for s, _ in every)
     assert (summary.count, summary.last_step) == (len(every), last_step)
     assert summary.last_value == max(v for w in RANKS for s, v in shown[w].items() if s == last_step)
+    with runstream.QueryClient(server.target) as q:  # search on the last value finds it by the new one
+        found = q.search_runs([run.experiment_id], f"metrics.loss = {summary.last_value!r}", include_deleted=True)
+    assert run_id in [r.run_id for r in found.runs]
     assert (summary.min_value, summary.max_value) == (min(v for _, v in every), max(v for _, v in every))
     url = f"http://127.0.0.1:{server.http_port}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=loss"
     mlflow = json.loads(urllib.request.urlopen(url, timeout=30).read())["metrics"]

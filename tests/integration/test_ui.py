@@ -466,6 +466,8 @@ def test_a_rewound_run_draws_what_it_superseded_faded_and_forks_link_both_ways(
     own, faded = loss["lines"]
     assert own["steps"] == list(range(0, 200)) and not own.get("faded")
     assert faded["faded"] and faded["label"] == "before rewind 1" and faded["steps"] == list(range(151, 300))
+    note = browser.find_element(By.CSS_SELECTOR, "#charts .chart[data-key=loss] .note").text
+    assert note.startswith("200 points (and 149 superseded by rewinds, faded)"), note
     _open(browser, server, f"/run/{fork.run_id}", "run-fork", charts=True)
     parent = browser.find_element(By.CSS_SELECTOR, "#fork-parent a")
     assert (

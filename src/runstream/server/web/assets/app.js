@@ -460,8 +460,9 @@ async function drawChart(runId, c, view, here) {
     });
     c.lines = got.lines;
     c.width = width;
-    const total = got.lines.reduce((n, l) => n + l.total, 0);
-    note.textContent = `${total.toLocaleString()} points${got.downsampled ? `, shown as ${width} buckets per line with their min–max` : ""}${range ? ` · steps ${range[0]}–${range[1]}` : ""}${view.logY && !positive ? " · log scale off: values ≤ 0" : ""}`;
+    const total = got.lines.filter((l) => !l.faded).reduce((n, l) => n + l.total, 0);
+    const superseded = got.lines.filter((l) => l.faded).reduce((n, l) => n + l.total, 0);
+    note.textContent = `${total.toLocaleString()} points${superseded ? ` (and ${superseded.toLocaleString()} superseded by rewinds, faded)` : ""}${got.downsampled ? `, shown as ${width} buckets per line with their min–max` : ""}${range ? ` · steps ${range[0]}–${range[1]}` : ""}${view.logY && !positive ? " · log scale off: values ≤ 0" : ""}`;
     window.runstream.charts[c.key] = { data: c.chart.data, lines: got.lines, writers: got.writers, downsampled: got.downsampled, range: range || null, width };
     window.runstream.plots[c.key] = c.chart; // the uPlot instance, for scripts (benchmarks/ui.py zooms with it)
   } catch (err) {
