@@ -6,12 +6,15 @@ branch 0. It records each writer's latest session (writer_epochs) at that moment
 batch of an earlier session that arrives later (a dead job's spool, synced after) is loaded
 into the branch too (loading/loader.py asks `rewinds_and_forks`).
 
-A rewind holds its run's rewind lock, which every loader transaction holds shared for the
-runs it loads (`hold_runs`): no batch of the run is half loaded while its chunks move, and a
-loader that starts after the rewind sees it.
+A rewind holds the rewind locks of its run and of the run's ancestors, which every loader
+transaction holds shared for the runs it loads (`hold_runs`): no batch is half loaded while
+the chunks move or the summaries are counted again, and a loader that starts after the rewind
+sees it. Making a fork holds the same locks.
 
-A fork reads its parent's points up to its fork step as its own (metrics.metric_series walks
-the lineage); its summaries are counted from its own and its ancestors' chunks (`summarize`).
+A fork reads its parent's points up to its fork step as its own (metrics.metric_series and
+tail_series walk the lineage); its summaries are counted from its own and its ancestors'
+chunks (`chunk_summaries`, `chunks_beyond`), and loaders count later points of its ancestors
+up to the step into them (`rewinds_and_forks`).
 """
 
 from __future__ import annotations
@@ -286,12 +289,6 @@ async def replace_summaries(conn: Conn, run_id: str, columns: Sequence[Sequence[
 
 
 # ---------------------------------------------------------------- forks and what GetRun shows
-
-
-async def fork_depth(conn: Conn, run_id: str) -> int:
-    """How many ancestors a run has."""
-    depth: int = await conn.fetchval(f"{LINEAGE} SELECT max(depth) FROM lineage", run_id)
-    return depth
 
 
 async def lineage(conn: Conn, run_id: str) -> Lineage:
